@@ -1,0 +1,11 @@
+//! keel's IO adapters: thin smol code around the `keel-core` machines.
+//!
+//! Every decision (when to reconnect, when a connection is dead, whether to step the optimizer)
+//! belongs to the core; the modules here open sockets, move frames and tensors, read the clock and
+//! feed `now` in.
+
+pub mod demo;
+pub mod exchange;
+pub mod logging;
+pub mod stream;
+pub mod train;

@@ -1,0 +1,801 @@
+//! keel's configuration: the RON schema, its defaults and its validation.
+//!
+//! The keys are a public contract (DESIGN.md). Every struct is `#[serde(default)]` so that a file
+//! written before a section or field existed still loads with today's defaults, and
+//! `deny_unknown_fields` so that a typo is an error naming the key instead of a silently ignored
+//! setting. Parsing lives here because it is pure (text in, value out); reading the file is the
+//! adapter's job.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::time::Duration;
+use thiserror::Error;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// What to stream and where to write it.
+    pub stream: StreamConfig,
+    /// Reconnect policy.
+    pub reconnect: ReconnectConfig,
+    /// Client-side liveness checks.
+    pub heartbeat: HeartbeatConfig,
+    /// TLS settings of the WebSocket client.
+    pub tls: TlsConfig,
+    /// Dynamic loss scaling.
+    pub scaler: ScalerConfig,
+    /// Informer model and optimizer.
+    pub train: TrainConfig,
+}
+
+/// `stream`: the feed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamConfig {
+    /// Base URL; the combined-stream path `/stream?streams=..` is appended by the connection.
+    pub url: String,
+    /// Stream names as Binance spells them, e.g. `btcusdt@aggTrade`.
+    pub streams: Vec<String>,
+    /// Directory for recorded events (one file per stream and UTC day).
+    pub out_dir: String,
+    /// Largest accepted WebSocket message; larger ones close the transport.
+    pub max_message_bytes: u64,
+    /// A subscribed stream with no event for this long is resubscribed, then reconnected.
+    pub stall_after_ms: u64,
+    /// Open a replacement connection this long after connecting (Binance cuts at 24 h).
+    pub rollover_after_ms: u64,
+    /// Outgoing control messages (pings, pongs, SUBSCRIBE...) per second per connection.
+    /// Binance disconnects a client above 5.
+    pub max_control_per_second: u32,
+    /// Streams per connection; Binance allows 1024.
+    pub max_streams_per_connection: u32,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        StreamConfig {
+            url: "wss://stream.binance.com:9443".to_string(),
+            streams: vec!["btcusdt@aggTrade".to_string(), "btcusdt@kline_1m".to_string()],
+            out_dir: "data".to_string(),
+            max_message_bytes: 1 << 20,
+            stall_after_ms: 120_000,
+            rollover_after_ms: 23 * 3_600_000 + 30 * 60_000,
+            max_control_per_second: 5,
+            max_streams_per_connection: 1024,
+        }
+    }
+}
+
+/// `reconnect`: exponential backoff with jitter and an attempt budget.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReconnectConfig {
+    /// Delay before the first retry of an outage.
+    pub initial_delay_ms: u64,
+    /// Each further failure multiplies the delay by this.
+    pub multiplier: f64,
+    /// Cap on the delay (before jitter).
+    pub max_delay_ms: u64,
+    /// Fraction of each delay that is randomized: the delay is drawn from `[d*(1-jitter), d]`.
+    pub jitter: f64,
+    /// Give up after this many failures in a row.
+    pub max_consecutive_failures: u32,
+    /// A connection must stay up this long before the failure count resets; a server that
+    /// accepts and drops at once must not reset the backoff (the reconnect-storm bug).
+    pub stable_after_ms: u64,
+    /// At most this many connection attempts in any `attempt_window_ms` (Binance: 300 per 5 min per IP).
+    pub max_attempts_per_window: u32,
+    /// The window of the attempt budget.
+    pub attempt_window_ms: u64,
+}
+
+impl Default for ReconnectConfig {
+    fn default() -> Self {
+        ReconnectConfig {
+            initial_delay_ms: 1_000,
+            multiplier: 2.0,
+            max_delay_ms: 60_000,
+            jitter: 0.5,
+            max_consecutive_failures: 100,
+            stable_after_ms: 30_000,
+            max_attempts_per_window: 300,
+            attempt_window_ms: 300_000,
+        }
+    }
+}
+
+/// `heartbeat`: the client's own ping/pong liveness check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HeartbeatConfig {
+    /// Send a ping after this long without one.
+    pub ping_interval_ms: u64,
+    /// The connection is dead when no pong (nor any other frame) arrives this long after a ping.
+    pub pong_timeout_ms: u64,
+}
+
+impl Default for HeartbeatConfig {
+    fn default() -> Self {
+        HeartbeatConfig { ping_interval_ms: 30_000, pong_timeout_ms: 10_000 }
+    }
+}
+
+/// A TLS protocol version keel accepts as a minimum. SSLv2/3 and TLS 1.0/1.1 are not
+/// representable: they are broken, and Binance does not need them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum TlsVersion {
+    /// TLS 1.2.
+    Tls12,
+    /// TLS 1.3.
+    Tls13,
+}
+
+impl TryFrom<String> for TlsVersion {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "1.2" => Ok(TlsVersion::Tls12),
+            "1.3" => Ok(TlsVersion::Tls13),
+            other => Err(format!(
+                "tls.min_version: \"{other}\" is not allowed; use \"1.2\" or \"1.3\" (SSLv2/3 and TLS 1.0/1.1 are refused)"
+            )),
+        }
+    }
+}
+
+impl From<TlsVersion> for String {
+    fn from(v: TlsVersion) -> String {
+        match v {
+            TlsVersion::Tls12 => "1.2".to_string(),
+            TlsVersion::Tls13 => "1.3".to_string(),
+        }
+    }
+}
+
+/// `tls`: the client's TLS settings. Certificates and host names are always verified; there is
+/// deliberately no switch to turn that off.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// TCP connect + TLS handshake + WebSocket upgrade must finish within this.
+    pub handshake_timeout_ms: u64,
+    /// Lowest TLS version offered.
+    pub min_version: TlsVersion,
+    /// An extra trusted root (PEM), for the embedded exchange or a private endpoint.
+    pub ca_file: Option<String>,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig { handshake_timeout_ms: 30_000, min_version: TlsVersion::Tls12, ca_file: None }
+    }
+}
+
+/// A loss scale that is either sized from the model (`Auto`) or given.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+pub enum ScaleChoice {
+    /// Derived from the parameter count (`init_scale_for`).
+    #[default]
+    Auto,
+    /// This exact value.
+    Fixed(f64),
+}
+
+/// `scaler`: dynamic loss scaling and its monitor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScalerConfig {
+    /// Starting scale.
+    pub init_scale: ScaleChoice,
+    /// Multiply the scale by this after `growth_interval` clean steps.
+    pub growth_factor: f64,
+    /// Multiply the scale by this on overflow.
+    pub backoff_factor: f64,
+    /// Clean steps between growths.
+    pub growth_interval: u32,
+    /// The scale never goes below this.
+    pub min_scale: f64,
+    /// The scale never goes above this.
+    pub max_scale: f64,
+    /// Back off only after this many overflows (1 = every overflow, as PyTorch does).
+    pub hysteresis: u32,
+    /// Warn when the scale exceeds this (the original blow-up passed 100 000 before NaN).
+    pub warn_threshold: f64,
+    /// This many overflows in a row reset the scale.
+    pub max_consecutive_overflows: u32,
+    /// Where a reset jumps down to; never up.
+    pub reset_scale: ScaleChoice,
+    /// This many anomalous epochs in a row reset the scale.
+    pub anomalous_epochs_before_reset: u32,
+    /// An epoch whose overflow rate exceeds this is anomalous.
+    pub anomalous_overflow_rate: f64,
+}
+
+impl Default for ScalerConfig {
+    fn default() -> Self {
+        ScalerConfig {
+            init_scale: ScaleChoice::Auto,
+            growth_factor: 1.2,
+            backoff_factor: 0.5,
+            growth_interval: 2000,
+            min_scale: 1.0,
+            max_scale: 16_777_216.0,
+            hysteresis: 1,
+            warn_threshold: 100_000.0,
+            max_consecutive_overflows: 5,
+            reset_scale: ScaleChoice::Auto,
+            anomalous_epochs_before_reset: 3,
+            anomalous_overflow_rate: 0.05,
+        }
+    }
+}
+
+/// Floating-point type of the forward and backward pass (master weights are always f32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum ComputeDtype {
+    /// Full precision; the scaler may be disabled.
+    F32,
+    /// Half precision: needs loss scaling.
+    #[default]
+    F16,
+    /// bfloat16: GPU only (candle's CPU matmul has no bf16).
+    Bf16,
+}
+
+/// Which columns are inputs and outputs (Informer's `--features`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Features {
+    /// Many inputs, many outputs.
+    M,
+    /// The target only.
+    S,
+    /// Many inputs, the target as output.
+    #[default]
+    MS,
+}
+
+/// `train`: the Informer model and its optimizer (defaults from the paper's reference code).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Encoder input length.
+    pub seq_len: u32,
+    /// Known steps fed to the decoder.
+    pub label_len: u32,
+    /// Steps forecast.
+    pub pred_len: u32,
+    /// Model width.
+    pub d_model: u32,
+    /// Attention heads; must divide `d_model`.
+    pub n_heads: u32,
+    /// Encoder layers.
+    pub e_layers: u32,
+    /// Decoder layers.
+    pub d_layers: u32,
+    /// Feed-forward width.
+    pub d_ff: u32,
+    /// Dropout probability.
+    pub dropout: f64,
+    /// ProbSparse sampling factor c.
+    pub factor: u32,
+    /// Adam learning rate (halved every epoch).
+    pub learning_rate: f64,
+    /// Windows per batch.
+    pub batch_size: u32,
+    /// Upper bound on epochs.
+    pub epochs: u32,
+    /// Early stopping: epochs without validation improvement.
+    pub patience: u32,
+    /// Global gradient-norm clip; 0 disables clipping.
+    pub clip_grad_norm: f64,
+    /// Forward/backward dtype.
+    pub dtype: ComputeDtype,
+    /// Column to forecast.
+    pub target: String,
+    /// Input/output columns.
+    pub features: Features,
+    /// Seed of weight init, dropout and shuffling.
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            seq_len: 96,
+            label_len: 48,
+            pred_len: 24,
+            d_model: 512,
+            n_heads: 8,
+            e_layers: 2,
+            d_layers: 1,
+            d_ff: 2048,
+            dropout: 0.05,
+            factor: 5,
+            learning_rate: 1e-4,
+            batch_size: 32,
+            epochs: 6,
+            patience: 3,
+            clip_grad_norm: 1.0,
+            dtype: ComputeDtype::F16,
+            target: "Close".to_string(),
+            features: Features::MS,
+            seed: 2021,
+        }
+    }
+}
+
+/// One value outside its allowed range.
+#[derive(Debug, Clone, PartialEq, Error)]
+#[error("{field} = {value} is invalid: must be {allowed}")]
+pub struct FieldError {
+    /// Dotted path of the key, e.g. `reconnect.jitter`.
+    pub field: &'static str,
+    /// The offending value as written.
+    pub value: String,
+    /// The rule, e.g. `between 0 and 1`.
+    pub allowed: String,
+}
+
+/// Everything wrong with a configuration, so that one `keel config check` shows it all.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub struct ValidationErrors(pub Vec<FieldError>);
+
+impl fmt::Display for ValidationErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum ConfigError {
+    /// The text is not valid RON for this schema (syntax, type, or an unknown key).
+    #[error("config is not valid at line {line}, column {column}: {message}")]
+    Parse {
+        /// What the parser said (names the unknown or mistyped key).
+        message: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+    },
+    /// The text parsed but values are out of range.
+    #[error("{0}")]
+    Invalid(ValidationErrors),
+}
+
+impl Config {
+    /// Parses RON text and validates it.
+    pub fn from_ron(text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = ron::from_str(text).map_err(|e| ConfigError::Parse {
+            message: e.code.to_string(),
+            line: e.span.start.line,
+            column: e.span.start.col,
+        })?;
+        cfg.validate().map_err(ConfigError::Invalid)?;
+        Ok(cfg)
+    }
+
+    /// The configuration as pretty RON (what `keel config default` prints).
+    pub fn to_ron(&self) -> String {
+        let pretty = ron::ser::PrettyConfig::new().struct_names(false);
+        // Serializing plain structs of strings and numbers cannot fail; fall back to Debug rather
+        // than panic if a future field type ever makes it fail.
+        ron::ser::to_string_pretty(self, pretty).unwrap_or_else(|e| format!("/* {e} */ {self:?}"))
+    }
+
+    /// Checks every value against its allowed range and returns all violations at once.
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut v = Validator::default();
+        let s = &self.stream;
+        v.check(
+            !s.url.is_empty() && (s.url.starts_with("wss://") || s.url.starts_with("ws://")),
+            "stream.url",
+            &s.url,
+            "a ws:// or wss:// URL",
+        );
+        v.check(!s.streams.is_empty(), "stream.streams", &format!("{:?}", s.streams), "at least one stream name");
+        for name in &s.streams {
+            v.check(
+                valid_stream_name(name),
+                "stream.streams",
+                name,
+                "a Binance stream name like btcusdt@aggTrade (lowercase symbol, '@', type)",
+            );
+        }
+        v.check(!s.out_dir.is_empty(), "stream.out_dir", &s.out_dir, "a non-empty directory path");
+        v.check(s.max_message_bytes > 0, "stream.max_message_bytes", &s.max_message_bytes, "> 0");
+        v.check(
+            s.stall_after_ms > self.heartbeat.ping_interval_ms,
+            "stream.stall_after_ms",
+            &s.stall_after_ms,
+            &format!("> heartbeat.ping_interval_ms ({})", self.heartbeat.ping_interval_ms),
+        );
+        v.check(
+            s.rollover_after_ms > 0 && s.rollover_after_ms < 24 * 3_600_000,
+            "stream.rollover_after_ms",
+            &s.rollover_after_ms,
+            "> 0 and < 86400000 (Binance cuts connections at 24 h)",
+        );
+        v.check(
+            (1..=5).contains(&s.max_control_per_second),
+            "stream.max_control_per_second",
+            &s.max_control_per_second,
+            "between 1 and 5 (Binance disconnects above 5 per second)",
+        );
+        v.check(
+            (1..=1024).contains(&s.max_streams_per_connection),
+            "stream.max_streams_per_connection",
+            &s.max_streams_per_connection,
+            "between 1 and 1024 (Binance's limit)",
+        );
+
+        let r = &self.reconnect;
+        v.check(r.initial_delay_ms > 0, "reconnect.initial_delay_ms", &r.initial_delay_ms, "> 0");
+        v.check(r.multiplier.is_finite() && r.multiplier >= 1.0, "reconnect.multiplier", &r.multiplier, ">= 1.0");
+        v.check(
+            r.max_delay_ms >= r.initial_delay_ms,
+            "reconnect.max_delay_ms",
+            &r.max_delay_ms,
+            &format!(">= reconnect.initial_delay_ms ({})", r.initial_delay_ms),
+        );
+        v.check((0.0..=1.0).contains(&r.jitter), "reconnect.jitter", &r.jitter, "between 0.0 and 1.0");
+        v.check(
+            r.max_consecutive_failures > 0,
+            "reconnect.max_consecutive_failures",
+            &r.max_consecutive_failures,
+            "> 0",
+        );
+        v.check(r.stable_after_ms > 0, "reconnect.stable_after_ms", &r.stable_after_ms, "> 0");
+        v.check(
+            (1..=300).contains(&r.max_attempts_per_window),
+            "reconnect.max_attempts_per_window",
+            &r.max_attempts_per_window,
+            "between 1 and 300 (Binance allows 300 connections per 5 minutes per IP)",
+        );
+        v.check(
+            r.attempt_window_ms >= 300_000,
+            "reconnect.attempt_window_ms",
+            &r.attempt_window_ms,
+            ">= 300000 (Binance's window is 5 minutes)",
+        );
+
+        let h = &self.heartbeat;
+        v.check(h.ping_interval_ms > 0, "heartbeat.ping_interval_ms", &h.ping_interval_ms, "> 0");
+        v.check(h.pong_timeout_ms > 0, "heartbeat.pong_timeout_ms", &h.pong_timeout_ms, "> 0");
+        v.check(
+            h.pong_timeout_ms < h.ping_interval_ms,
+            "heartbeat.pong_timeout_ms",
+            &h.pong_timeout_ms,
+            &format!("< heartbeat.ping_interval_ms ({})", h.ping_interval_ms),
+        );
+
+        let t = &self.tls;
+        v.check(t.handshake_timeout_ms > 0, "tls.handshake_timeout_ms", &t.handshake_timeout_ms, "> 0");
+        if let Some(ca) = &t.ca_file {
+            v.check(!ca.is_empty(), "tls.ca_file", ca, "a path to a PEM file, or None");
+        }
+
+        let c = &self.scaler;
+        let positive_scale = |x: &ScaleChoice| match x {
+            ScaleChoice::Auto => true,
+            ScaleChoice::Fixed(s) => s.is_finite() && *s > 0.0,
+        };
+        v.check(
+            positive_scale(&c.init_scale),
+            "scaler.init_scale",
+            &format!("{:?}", c.init_scale),
+            "Auto or Fixed(x) with x finite and > 0",
+        );
+        v.check(
+            c.growth_factor.is_finite() && c.growth_factor > 1.0,
+            "scaler.growth_factor",
+            &c.growth_factor,
+            "> 1.0",
+        );
+        v.check(
+            c.backoff_factor > 0.0 && c.backoff_factor < 1.0,
+            "scaler.backoff_factor",
+            &c.backoff_factor,
+            "> 0.0 and < 1.0",
+        );
+        v.check(c.growth_interval > 0, "scaler.growth_interval", &c.growth_interval, "> 0");
+        v.check(c.min_scale.is_finite() && c.min_scale > 0.0, "scaler.min_scale", &c.min_scale, "finite and > 0");
+        v.check(c.max_scale.is_finite() && c.max_scale > 0.0, "scaler.max_scale", &c.max_scale, "finite and > 0");
+        v.check(
+            c.max_scale >= c.min_scale,
+            "scaler.max_scale",
+            &c.max_scale,
+            &format!(">= scaler.min_scale ({})", c.min_scale),
+        );
+        v.check(c.hysteresis > 0, "scaler.hysteresis", &c.hysteresis, "> 0 (1 = back off on every overflow)");
+        v.check(
+            c.warn_threshold.is_finite() && c.warn_threshold > 0.0,
+            "scaler.warn_threshold",
+            &c.warn_threshold,
+            "finite and > 0",
+        );
+        v.check(
+            c.max_consecutive_overflows > 0,
+            "scaler.max_consecutive_overflows",
+            &c.max_consecutive_overflows,
+            "> 0",
+        );
+        v.check(
+            positive_scale(&c.reset_scale),
+            "scaler.reset_scale",
+            &format!("{:?}", c.reset_scale),
+            "Auto or Fixed(x) with x finite and > 0",
+        );
+        v.check(
+            c.anomalous_epochs_before_reset > 0,
+            "scaler.anomalous_epochs_before_reset",
+            &c.anomalous_epochs_before_reset,
+            "> 0",
+        );
+        v.check(
+            c.anomalous_overflow_rate > 0.0 && c.anomalous_overflow_rate <= 1.0,
+            "scaler.anomalous_overflow_rate",
+            &c.anomalous_overflow_rate,
+            "> 0.0 and <= 1.0",
+        );
+
+        let m = &self.train;
+        v.check(m.seq_len > 0, "train.seq_len", &m.seq_len, "> 0");
+        v.check(
+            m.label_len <= m.seq_len,
+            "train.label_len",
+            &m.label_len,
+            &format!("<= train.seq_len ({})", m.seq_len),
+        );
+        v.check(m.pred_len > 0, "train.pred_len", &m.pred_len, "> 0");
+        v.check(m.d_model > 0, "train.d_model", &m.d_model, "> 0");
+        v.check(
+            m.n_heads > 0 && m.d_model % m.n_heads.max(1) == 0,
+            "train.n_heads",
+            &m.n_heads,
+            &format!("> 0 and a divisor of train.d_model ({})", m.d_model),
+        );
+        v.check(m.e_layers > 0, "train.e_layers", &m.e_layers, "> 0");
+        v.check(m.d_layers > 0, "train.d_layers", &m.d_layers, "> 0");
+        v.check(m.d_ff > 0, "train.d_ff", &m.d_ff, "> 0");
+        v.check((0.0..1.0).contains(&m.dropout), "train.dropout", &m.dropout, ">= 0.0 and < 1.0");
+        v.check(m.factor > 0, "train.factor", &m.factor, "> 0");
+        v.check(
+            m.learning_rate.is_finite() && m.learning_rate > 0.0,
+            "train.learning_rate",
+            &m.learning_rate,
+            "finite and > 0",
+        );
+        v.check(m.batch_size > 0, "train.batch_size", &m.batch_size, "> 0");
+        v.check(m.epochs > 0, "train.epochs", &m.epochs, "> 0");
+        v.check(m.patience > 0, "train.patience", &m.patience, "> 0");
+        v.check(
+            m.clip_grad_norm.is_finite() && m.clip_grad_norm >= 0.0,
+            "train.clip_grad_norm",
+            &m.clip_grad_norm,
+            ">= 0.0 (0 disables clipping)",
+        );
+        v.check(!m.target.is_empty(), "train.target", &m.target, "a column name of the data file");
+        v.finish()
+    }
+
+    /// The reconnect initial delay as a `Duration` (and likewise below): the machines take
+    /// durations, the file holds milliseconds.
+    pub fn initial_delay(&self) -> Duration {
+        Duration::from_millis(self.reconnect.initial_delay_ms)
+    }
+}
+
+/// A Binance stream name: lowercase symbol, `@`, a stream type (`aggTrade`, `kline_1m`, `depth@100ms`...).
+fn valid_stream_name(name: &str) -> bool {
+    match name.split_once('@') {
+        Some((symbol, kind)) => {
+            !symbol.is_empty()
+                && symbol.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+                && !kind.is_empty()
+                && kind.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '@')
+        }
+        None => false,
+    }
+}
+
+#[derive(Default)]
+struct Validator(Vec<FieldError>);
+
+impl Validator {
+    fn check(&mut self, ok: bool, field: &'static str, value: &dyn fmt::Display, allowed: &str) {
+        if !ok {
+            self.0.push(FieldError { field, value: value.to_string(), allowed: allowed.to_string() });
+        }
+    }
+
+    fn finish(self) -> Result<(), ValidationErrors> {
+        if self.0.is_empty() { Ok(()) } else { Err(ValidationErrors(self.0)) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example of DESIGN.md, verbatim but for `train`, which it leaves open.
+    const DESIGN_EXAMPLE: &str = r#"(
+        stream: (
+            url: "wss://stream.binance.com:9443",
+            streams: ["btcusdt@aggTrade", "btcusdt@kline_1m"],
+            out_dir: "data",
+            max_message_bytes: 1048576,
+            stall_after_ms: 120000,
+        ),
+        reconnect: (
+            initial_delay_ms: 1000,
+            multiplier: 2.0,
+            max_delay_ms: 60000,
+            jitter: 0.5,
+            max_consecutive_failures: 100,
+            stable_after_ms: 30000,
+        ),
+        heartbeat: (ping_interval_ms: 30000, pong_timeout_ms: 10000),
+        tls: (handshake_timeout_ms: 30000, min_version: "1.2", ca_file: None),
+        scaler: (
+            init_scale: Auto,            // or Fixed(65536.0)
+            growth_factor: 1.2,
+            backoff_factor: 0.5,
+            growth_interval: 2000,
+            min_scale: 1.0,
+            max_scale: 16777216.0,
+            hysteresis: 1,
+            warn_threshold: 100000.0,
+            max_consecutive_overflows: 5,
+            reset_scale: Auto,
+            anomalous_epochs_before_reset: 3,
+            anomalous_overflow_rate: 0.05,
+        ),
+        train: (seq_len: 96, label_len: 48, pred_len: 24, d_model: 512),
+    )"#;
+
+    #[test]
+    fn design_example_loads_and_equals_defaults() {
+        let cfg = Config::from_ron(DESIGN_EXAMPLE).expect("the documented example must load");
+        assert_eq!(cfg, Config::default());
+    }
+
+    #[test]
+    fn defaults_are_valid_and_round_trip() {
+        let cfg = Config::default();
+        cfg.validate().expect("defaults must validate");
+        let text = cfg.to_ron();
+        assert_eq!(Config::from_ron(&text).expect("printed defaults must load"), cfg);
+    }
+
+    #[test]
+    fn old_file_without_newer_sections_loads_with_defaults() {
+        let old = r#"(stream: (url: "wss://example.org:9443", streams: ["ethusdt@trade"]), reconnect: (initial_delay_ms: 500))"#;
+        let cfg = Config::from_ron(old).expect("an old file must load");
+        assert_eq!(cfg.stream.url, "wss://example.org:9443");
+        assert_eq!(cfg.reconnect.initial_delay_ms, 500);
+        assert_eq!(cfg.reconnect.max_delay_ms, 60_000);
+        assert_eq!(cfg.scaler, ScalerConfig::default());
+        assert_eq!(cfg.heartbeat, HeartbeatConfig::default());
+        assert_eq!(Config::from_ron("()").expect("empty file"), Config::default());
+    }
+
+    #[test]
+    fn unknown_field_is_an_error_naming_it() {
+        let err = Config::from_ron("(reconnect: (initial_dealy_ms: 5))").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("initial_dealy_ms"), "{text}");
+        assert!(matches!(err, ConfigError::Parse { line: 1, .. }), "{err:?}");
+        let err = Config::from_ron("(heartbeet: ())").unwrap_err();
+        assert!(err.to_string().contains("heartbeet"), "{err}");
+    }
+
+    #[test]
+    fn old_tls_versions_are_refused_with_the_reason() {
+        let err = Config::from_ron(r#"(tls: (min_version: "1.0"))"#).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("\"1.0\"") && text.contains("1.2"), "{text}");
+        let cfg = Config::from_ron(r#"(tls: (min_version: "1.3", ca_file: Some("ca.pem")))"#).unwrap();
+        assert_eq!(cfg.tls.min_version, TlsVersion::Tls13);
+        assert_eq!(cfg.tls.ca_file.as_deref(), Some("ca.pem"));
+    }
+
+    #[test]
+    fn fixed_scales_parse() {
+        let cfg = Config::from_ron("(scaler: (init_scale: Fixed(65536.0), reset_scale: Fixed(1024.0)))").unwrap();
+        assert_eq!(cfg.scaler.init_scale, ScaleChoice::Fixed(65536.0));
+        assert_eq!(cfg.scaler.reset_scale, ScaleChoice::Fixed(1024.0));
+    }
+
+    /// Each bad value, written as a RON fragment, and the field its error must name.
+    const BAD_VALUES: &[(&str, &str)] = &[
+        (r#"stream: (url: "http://x")"#, "stream.url"),
+        ("stream: (streams: [])", "stream.streams"),
+        (r#"stream: (streams: ["BTCUSDT"])"#, "stream.streams"),
+        (r#"stream: (out_dir: "")"#, "stream.out_dir"),
+        ("stream: (max_message_bytes: 0)", "stream.max_message_bytes"),
+        ("stream: (stall_after_ms: 1000)", "stream.stall_after_ms"),
+        ("stream: (rollover_after_ms: 86400000)", "stream.rollover_after_ms"),
+        ("stream: (max_control_per_second: 6)", "stream.max_control_per_second"),
+        ("stream: (max_streams_per_connection: 1025)", "stream.max_streams_per_connection"),
+        ("reconnect: (initial_delay_ms: 0)", "reconnect.initial_delay_ms"),
+        ("reconnect: (multiplier: 0.5)", "reconnect.multiplier"),
+        ("reconnect: (max_delay_ms: 10)", "reconnect.max_delay_ms"),
+        ("reconnect: (jitter: 1.5)", "reconnect.jitter"),
+        ("reconnect: (jitter: -0.1)", "reconnect.jitter"),
+        ("reconnect: (max_consecutive_failures: 0)", "reconnect.max_consecutive_failures"),
+        ("reconnect: (stable_after_ms: 0)", "reconnect.stable_after_ms"),
+        ("reconnect: (max_attempts_per_window: 301)", "reconnect.max_attempts_per_window"),
+        ("reconnect: (attempt_window_ms: 1000)", "reconnect.attempt_window_ms"),
+        ("heartbeat: (ping_interval_ms: 0)", "heartbeat.ping_interval_ms"),
+        ("heartbeat: (pong_timeout_ms: 0)", "heartbeat.pong_timeout_ms"),
+        ("heartbeat: (pong_timeout_ms: 30000)", "heartbeat.pong_timeout_ms"),
+        ("tls: (handshake_timeout_ms: 0)", "tls.handshake_timeout_ms"),
+        (r#"tls: (ca_file: Some(""))"#, "tls.ca_file"),
+        ("scaler: (init_scale: Fixed(0.0))", "scaler.init_scale"),
+        ("scaler: (growth_factor: 1.0)", "scaler.growth_factor"),
+        ("scaler: (backoff_factor: 1.0)", "scaler.backoff_factor"),
+        ("scaler: (backoff_factor: 0.0)", "scaler.backoff_factor"),
+        ("scaler: (growth_interval: 0)", "scaler.growth_interval"),
+        ("scaler: (min_scale: 0.0)", "scaler.min_scale"),
+        ("scaler: (max_scale: -1.0)", "scaler.max_scale"),
+        ("scaler: (min_scale: 100.0, max_scale: 10.0)", "scaler.max_scale"),
+        ("scaler: (hysteresis: 0)", "scaler.hysteresis"),
+        ("scaler: (warn_threshold: 0.0)", "scaler.warn_threshold"),
+        ("scaler: (max_consecutive_overflows: 0)", "scaler.max_consecutive_overflows"),
+        ("scaler: (reset_scale: Fixed(-2.0))", "scaler.reset_scale"),
+        ("scaler: (anomalous_epochs_before_reset: 0)", "scaler.anomalous_epochs_before_reset"),
+        ("scaler: (anomalous_overflow_rate: 0.0)", "scaler.anomalous_overflow_rate"),
+        ("train: (seq_len: 0)", "train.seq_len"),
+        ("train: (label_len: 200)", "train.label_len"),
+        ("train: (pred_len: 0)", "train.pred_len"),
+        ("train: (d_model: 0)", "train.d_model"),
+        ("train: (n_heads: 7)", "train.n_heads"),
+        ("train: (e_layers: 0)", "train.e_layers"),
+        ("train: (d_layers: 0)", "train.d_layers"),
+        ("train: (d_ff: 0)", "train.d_ff"),
+        ("train: (dropout: 1.0)", "train.dropout"),
+        ("train: (factor: 0)", "train.factor"),
+        ("train: (learning_rate: 0.0)", "train.learning_rate"),
+        ("train: (batch_size: 0)", "train.batch_size"),
+        ("train: (epochs: 0)", "train.epochs"),
+        ("train: (patience: 0)", "train.patience"),
+        ("train: (clip_grad_norm: -1.0)", "train.clip_grad_norm"),
+        (r#"train: (target: "")"#, "train.target"),
+    ];
+
+    #[test]
+    fn every_bad_value_is_named_with_value_and_range() {
+        for (fragment, field) in BAD_VALUES {
+            let text = format!("({fragment})");
+            match Config::from_ron(&text) {
+                Err(ConfigError::Invalid(errors)) => {
+                    let hit = errors.0.iter().find(|e| e.field == *field);
+                    let hit = hit.unwrap_or_else(|| panic!("{text}: no error for {field} in {errors}"));
+                    assert!(!hit.allowed.is_empty());
+                    let shown = hit.to_string();
+                    assert!(shown.contains(field) && shown.contains(&hit.value), "{shown}");
+                }
+                other => panic!("{text}: expected a validation error naming {field}, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn all_errors_are_reported_at_once() {
+        let err =
+            Config::from_ron("(reconnect: (jitter: 2.0, multiplier: 0.1), scaler: (growth_interval: 0))").unwrap_err();
+        let ConfigError::Invalid(errors) = err else { panic!("expected validation errors") };
+        let fields: Vec<_> = errors.0.iter().map(|e| e.field).collect();
+        assert_eq!(fields, ["reconnect.multiplier", "reconnect.jitter", "scaler.growth_interval"]);
+    }
+}
