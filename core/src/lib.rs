@@ -6,6 +6,17 @@
 //! [`rng::Rng`] seeded by the caller, so that the same seed and the same inputs always give the
 //! same outputs: the simulator (`keel-sim`) and trace replay depend on that.
 
+pub mod backoff;
+pub mod classify;
 pub mod config;
+pub mod connection;
+pub mod gaps;
+pub mod heartbeat;
+pub mod monitor;
+pub mod patterns;
+pub mod protocol;
 pub mod rng;
+pub mod scaler;
+pub mod stats;
 pub mod time;
+pub mod trace;

@@ -1,0 +1,1 @@
+//! (placeholder: the connection-core work fills this module)

@@ -1,0 +1,215 @@
+//! What went wrong with a transport, and what to do about it.
+//!
+//! Adapters map every IO error onto [`TransportError`] (keeping the text of the source chain);
+//! [`classify_error`] turns it into the one decision the connection needs: retry with backoff,
+//! wait for a rate limit, or stop. The diagnosis is a line a user can act on.
+
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use thiserror::Error;
+
+/// Rate-limit waits are at least this long when the server names no time: Binance bans for
+/// minutes after a 429, and reconnecting sooner extends the ban.
+pub const RATE_LIMIT_FLOOR: Duration = Duration::from_secs(60);
+
+/// Everything that can go wrong while connecting or on an open transport.
+#[derive(Debug, Clone, PartialEq, Eq, Error, Serialize, Deserialize)]
+pub enum TransportError {
+    /// The host name did not resolve.
+    #[error("DNS lookup failed: {0}")]
+    Dns(String),
+    /// Nothing listens at the address, or a firewall refused.
+    #[error("connection refused: {0}")]
+    Refused(String),
+    /// The peer or a middlebox reset the TCP connection.
+    #[error("connection reset: {0}")]
+    Reset(String),
+    /// Connect, handshake or upgrade did not finish in time.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// The TLS handshake failed for a reason other than the certificate.
+    #[error("TLS handshake failed: {0}")]
+    TlsHandshake(String),
+    /// The server's certificate or host name did not verify.
+    #[error("server certificate rejected: {0}")]
+    CertificateRejected(String),
+    /// The peer closed the TCP stream without a TLS close_notify ("EOF occurred in violation of protocol").
+    #[error("unexpected EOF (TLS stream ended without close_notify): {0}")]
+    UnexpectedEof(String),
+    /// A TLS record failed its integrity check ("bad record MAC"): corruption on the path.
+    #[error("TLS bad record MAC: {0}")]
+    BadRecordMac(String),
+    /// The WebSocket protocol was violated (bad frame, bad upgrade response...).
+    #[error("WebSocket protocol error: {0}")]
+    Protocol(String),
+    /// The server sent a close frame.
+    #[error("server closed with code {code}: {reason}")]
+    ServerClose {
+        /// RFC 6455 close code (1000 normal, 1001 going away, 1006 abnormal, 1008 policy).
+        code: u16,
+        /// The close reason, possibly empty.
+        reason: String,
+    },
+    /// The WebSocket upgrade was answered with this HTTP status.
+    #[error("HTTP {status} on WebSocket upgrade")]
+    HttpStatus {
+        /// The status code.
+        status: u16,
+        /// The server's Retry-After, when it sent one.
+        retry_after: Option<Duration>,
+    },
+    /// A message exceeded the configured maximum size.
+    #[error("message of {size} bytes exceeds the maximum of {max} bytes")]
+    MessageTooLarge {
+        /// Size of the offending message (or the part read before giving up).
+        size: u64,
+        /// `stream.max_message_bytes`.
+        max: u64,
+    },
+    /// The URL cannot be connected to at all.
+    #[error("invalid URL: {0}")]
+    InvalidUrl(String),
+    /// Any other IO error.
+    #[error("I/O error: {0}")]
+    Io(String),
+}
+
+/// What the connection does about an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorClass {
+    /// Retry after the backoff delay.
+    Transient,
+    /// Wait at least this long before the next attempt (the server asked, or a floor).
+    RateLimited {
+        /// The minimum wait.
+        wait: Duration,
+    },
+    /// Retrying cannot help: stop and tell the user.
+    Fatal,
+}
+
+impl ErrorClass {
+    /// A short stable name for logs, stats and metrics labels.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ErrorClass::Transient => "transient",
+            ErrorClass::RateLimited { .. } => "rate_limited",
+            ErrorClass::Fatal => "fatal",
+        }
+    }
+}
+
+/// The class of an error and a one-line diagnosis a user can act on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Classified {
+    /// What to do.
+    pub class: ErrorClass,
+    /// Why it probably happened and what to change, in one line.
+    pub diagnosis: String,
+}
+
+/// Classifies a transport error.
+pub fn classify_error(error: &TransportError) -> Classified {
+    use TransportError as E;
+    let (class, diagnosis): (ErrorClass, String) = match error {
+        E::Dns(_) => (ErrorClass::Transient, "DNS lookup failed: check the host name in stream.url and the resolver; retrying with backoff".into()),
+        E::Refused(_) => (ErrorClass::Transient, "connection refused: the endpoint is down or a firewall blocks the port; retrying with backoff".into()),
+        E::Reset(_) => (ErrorClass::Transient, "connection reset by the peer or a middlebox (proxy, NAT); retrying with backoff".into()),
+        E::Timeout(_) => (ErrorClass::Transient, "timed out: the network is slow or the server does not answer; raise tls.handshake_timeout_ms if this persists".into()),
+        E::TlsHandshake(_) => (ErrorClass::Transient, "TLS handshake failed: a proxy may intercept TLS, or the server refused our TLS version; retrying with backoff".into()),
+        E::CertificateRejected(why) => (ErrorClass::Fatal, format!("the server certificate was rejected ({why}): keel never disables verification; for a private or test endpoint pass its CA with --ca-file / tls.ca_file")),
+        E::UnexpectedEof(_) => (ErrorClass::Transient, "TLS stream ended without close_notify (\"EOF occurred in violation of protocol\"): the server or a middlebox dropped the connection; retrying with backoff".into()),
+        E::BadRecordMac(_) => (ErrorClass::Transient, "TLS bad record MAC: data was corrupted in transit (faulty NIC, proxy or middlebox); retrying on a fresh connection".into()),
+        E::Protocol(_) => (ErrorClass::Transient, "WebSocket protocol error: the frame stream is corrupt; retrying on a fresh connection".into()),
+        E::ServerClose { code: 1008, .. } => (ErrorClass::RateLimited { wait: RATE_LIMIT_FLOOR }, "server closed with 1008 (policy violation / too many requests): too many messages or connections; waiting before reconnecting, lower the request rate".into()),
+        E::ServerClose { code: 1000 | 1001, .. } => (ErrorClass::Transient, "server closed the connection (going away or 24 h limit); reconnecting".into()),
+        E::ServerClose { code, .. } => (ErrorClass::Transient, format!("server closed with code {code}; reconnecting with backoff")),
+        E::HttpStatus { status: 429, retry_after } => (
+            ErrorClass::RateLimited { wait: retry_after.unwrap_or(RATE_LIMIT_FLOOR).max(Duration::from_secs(1)) },
+            "HTTP 429: Binance's connection or request limit was hit (300 connections per 5 minutes per IP); waiting as asked before reconnecting".into(),
+        ),
+        E::HttpStatus { status: 418, retry_after } => (
+            ErrorClass::RateLimited { wait: retry_after.unwrap_or(RATE_LIMIT_FLOOR * 5).max(RATE_LIMIT_FLOOR) },
+            "HTTP 418: this IP is banned for ignoring 429s; waiting the ban out (reconnecting sooner extends it)".into(),
+        ),
+        E::HttpStatus { status: 403, .. } => (ErrorClass::Fatal, "HTTP 403: the endpoint refuses this client (WAF rule or blocked IP); retrying will not help".into()),
+        E::HttpStatus { status: 451, .. } => (ErrorClass::Fatal, "HTTP 451: the service is unavailable from this location for legal reasons; use an endpoint allowed in your region".into()),
+        E::HttpStatus { status: 404 | 400, .. } => (ErrorClass::Fatal, "HTTP 4xx on upgrade: the URL or stream names are wrong; check stream.url and stream.streams".into()),
+        E::HttpStatus { status, .. } if *status >= 500 => (ErrorClass::Transient, format!("HTTP {status}: the server is failing; retrying with backoff")),
+        E::HttpStatus { status, .. } => (ErrorClass::Transient, format!("HTTP {status} on upgrade; retrying with backoff")),
+        E::MessageTooLarge { max, .. } => (ErrorClass::Transient, format!("a message exceeded {max} bytes: raise stream.max_message_bytes if the stream is legitimately large; reconnecting")),
+        E::InvalidUrl(_) => (ErrorClass::Fatal, "the URL is invalid: fix stream.url (wss://host:port)".into()),
+        E::Io(_) => (ErrorClass::Transient, "I/O error on the transport; retrying with backoff".into()),
+    };
+    Classified { class, diagnosis }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn class(e: TransportError) -> ErrorClass {
+        classify_error(&e).class
+    }
+
+    #[test]
+    fn table_of_classes() {
+        let s = || "x".to_string();
+        let table: Vec<(TransportError, ErrorClass)> = vec![
+            (TransportError::Dns(s()), ErrorClass::Transient),
+            (TransportError::Refused(s()), ErrorClass::Transient),
+            (TransportError::Reset(s()), ErrorClass::Transient),
+            (TransportError::Timeout(s()), ErrorClass::Transient),
+            (TransportError::TlsHandshake(s()), ErrorClass::Transient),
+            (TransportError::CertificateRejected(s()), ErrorClass::Fatal),
+            (TransportError::UnexpectedEof(s()), ErrorClass::Transient),
+            (TransportError::BadRecordMac(s()), ErrorClass::Transient),
+            (TransportError::Protocol(s()), ErrorClass::Transient),
+            (TransportError::ServerClose { code: 1000, reason: s() }, ErrorClass::Transient),
+            (TransportError::ServerClose { code: 1001, reason: s() }, ErrorClass::Transient),
+            (TransportError::ServerClose { code: 1006, reason: s() }, ErrorClass::Transient),
+            (
+                TransportError::ServerClose { code: 1008, reason: s() },
+                ErrorClass::RateLimited { wait: RATE_LIMIT_FLOOR },
+            ),
+            (
+                TransportError::HttpStatus { status: 429, retry_after: Some(Duration::from_secs(7)) },
+                ErrorClass::RateLimited { wait: Duration::from_secs(7) },
+            ),
+            (
+                TransportError::HttpStatus { status: 429, retry_after: None },
+                ErrorClass::RateLimited { wait: RATE_LIMIT_FLOOR },
+            ),
+            (
+                TransportError::HttpStatus { status: 418, retry_after: Some(Duration::from_secs(600)) },
+                ErrorClass::RateLimited { wait: Duration::from_secs(600) },
+            ),
+            (
+                TransportError::HttpStatus { status: 418, retry_after: None },
+                ErrorClass::RateLimited { wait: RATE_LIMIT_FLOOR * 5 },
+            ),
+            (TransportError::HttpStatus { status: 403, retry_after: None }, ErrorClass::Fatal),
+            (TransportError::HttpStatus { status: 451, retry_after: None }, ErrorClass::Fatal),
+            (TransportError::HttpStatus { status: 503, retry_after: None }, ErrorClass::Transient),
+            (TransportError::MessageTooLarge { size: 2, max: 1 }, ErrorClass::Transient),
+            (TransportError::InvalidUrl(s()), ErrorClass::Fatal),
+            (TransportError::Io(s()), ErrorClass::Transient),
+        ];
+        for (error, expected) in table {
+            assert_eq!(class(error.clone()), expected, "{error}");
+            assert!(!classify_error(&error).diagnosis.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_418_never_waits_less_than_the_floor() {
+        let e = TransportError::HttpStatus { status: 418, retry_after: Some(Duration::from_secs(1)) };
+        assert_eq!(class(e), ErrorClass::RateLimited { wait: RATE_LIMIT_FLOOR });
+    }
+
+    #[test]
+    fn certificate_diagnosis_names_the_fix() {
+        let d = classify_error(&TransportError::CertificateRejected("unknown issuer".into())).diagnosis;
+        assert!(d.contains("unknown issuer") && d.contains("--ca-file"), "{d}");
+    }
+}

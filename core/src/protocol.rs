@@ -1,0 +1,1 @@
+//! (placeholder: the protocol work fills this module)

@@ -1,0 +1,1 @@
+//! (placeholder: the scaler work fills this module)
