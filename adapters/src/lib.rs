@@ -4,6 +4,7 @@
 //! belongs to the core; the modules here open sockets, move frames and tensors, read the clock and
 //! feed `now` in.
 
+pub mod config_cmd;
 pub mod demo;
 pub mod exchange;
 pub mod logging;

@@ -24,6 +24,8 @@ enum Command {
     Predict(keel::train::PredictArgs),
     /// Exchange + stream with faults + training, offline, with a report.
     Demo(keel::demo::DemoArgs),
+    /// Print, check or document the configuration file.
+    Config(keel::config_cmd::ConfigArgs),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +40,7 @@ fn main() -> ExitCode {
         Command::Train(a) => keel::train::run(a),
         Command::Predict(a) => keel::train::predict(a),
         Command::Demo(a) => keel::demo::run(a),
+        Command::Config(a) => keel::config_cmd::run(a),
     };
     match result {
         Ok(code) => code,

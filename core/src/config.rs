@@ -8,8 +8,9 @@
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::time::Duration;
 use thiserror::Error;
+
+pub mod reference;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -559,7 +560,7 @@ impl Config {
         v.check(m.pred_len > 0, "train.pred_len", &m.pred_len, "> 0");
         v.check(m.d_model > 0, "train.d_model", &m.d_model, "> 0");
         v.check(
-            m.n_heads > 0 && m.d_model % m.n_heads.max(1) == 0,
+            m.n_heads > 0 && m.d_model.is_multiple_of(m.n_heads.max(1)),
             "train.n_heads",
             &m.n_heads,
             &format!("> 0 and a divisor of train.d_model ({})", m.d_model),
@@ -586,12 +587,6 @@ impl Config {
         );
         v.check(!m.target.is_empty(), "train.target", &m.target, "a column name of the data file");
         v.finish()
-    }
-
-    /// The reconnect initial delay as a `Duration` (and likewise below): the machines take
-    /// durations, the file holds milliseconds.
-    pub fn initial_delay(&self) -> Duration {
-        Duration::from_millis(self.reconnect.initial_delay_ms)
     }
 }
 
