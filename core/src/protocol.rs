@@ -1,1 +1,0 @@
-//! (placeholder: the protocol work fills this module)

@@ -1,0 +1,303 @@
+//! An exact decimal number as Binance writes it ("0.00100000"), kept without rounding.
+//!
+//! Binance sends prices and quantities as decimal strings so that no precision is lost on the way.
+//! keel keeps them exact too: the recorder writes back the very text that arrived (trailing zeros
+//! included), and only training converts to `f64`. Storing a digit count and an integer instead of
+//! the text keeps market events free of per-price heap allocations (decode is on the hot path).
+
+use serde::de::{self, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+use std::str::FromStr;
+
+/// Largest number of fractional digits accepted. Binance uses at most 8; 18 keeps the `f64`
+/// conversion table small while leaving ample room.
+pub const MAX_SCALE: u8 = 18;
+
+/// An exact decimal `[-]digits[.digits]`: `mantissa / 10^scale`, with the sign kept separately so
+/// that `"-0.0"` survives a round trip.
+///
+/// Equality is equality of representation: `"0.10"` and `"0.1"` are different `Decimal`s, because
+/// the recorder must write back exactly what Binance sent. Compare [`Decimal::to_f64`] values (or
+/// use [`Decimal::cmp_value`]) to compare magnitudes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Decimal {
+    mantissa: u64,
+    scale: u8,
+    negative: bool,
+}
+
+/// Why a string is not an exact decimal keel can keep.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecimalError {
+    /// The string is empty.
+    #[error("empty string")]
+    Empty,
+    /// A character other than a digit, one `.` or a leading `-` (exponents are not accepted: Binance never
+    /// sends them, and they would not round-trip exactly).
+    #[error("unexpected character {0:?} (expected digits with an optional '.' and leading '-')")]
+    BadChar(char),
+    /// A `.` with no digit before or after it.
+    #[error("a '.' needs digits on both sides")]
+    BareDot,
+    /// An integer part with leading zeros (`"007"`), which would not be written back identically.
+    #[error("leading zeros in the integer part")]
+    LeadingZero,
+    /// More than 19 significant digits or more than 18 fractional digits.
+    #[error("too many digits (at most 19 in all, 18 after the '.')")]
+    TooLong,
+}
+
+const POW10: [f64; 19] =
+    [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18];
+
+impl Decimal {
+    /// `mantissa / 10^scale`; `None` when `scale` exceeds [`MAX_SCALE`].
+    pub fn new(mantissa: u64, scale: u8, negative: bool) -> Option<Decimal> {
+        (scale <= MAX_SCALE).then_some(Decimal { mantissa, scale, negative })
+    }
+
+    /// Parses Binance's decimal text (`"0.00100000"`, `"100"`, `"-1.5"`).
+    pub fn parse(text: &str) -> Result<Decimal, DecimalError> {
+        let bytes = text.as_bytes();
+        let (negative, digits) = match bytes.first() {
+            None => return Err(DecimalError::Empty),
+            Some(b'-') => (true, &bytes[1..]),
+            Some(_) => (false, bytes),
+        };
+        if digits.is_empty() {
+            return Err(DecimalError::Empty);
+        }
+        let mut mantissa: u64 = 0;
+        let mut int_digits = 0usize;
+        let mut frac_digits: Option<usize> = None;
+        for (i, &b) in digits.iter().enumerate() {
+            match b {
+                b'0'..=b'9' => {
+                    mantissa = mantissa
+                        .checked_mul(10)
+                        .and_then(|m| m.checked_add(u64::from(b - b'0')))
+                        .ok_or(DecimalError::TooLong)?;
+                    match frac_digits.as_mut() {
+                        Some(n) => *n += 1,
+                        None => int_digits += 1,
+                    }
+                }
+                b'.' if frac_digits.is_none() => {
+                    if int_digits == 0 {
+                        return Err(DecimalError::BareDot);
+                    }
+                    frac_digits = Some(0);
+                }
+                _ => {
+                    // Report the whole (possibly multi-byte) character, not a byte.
+                    let offset = text.len() - digits.len() + i;
+                    let ch = text.get(offset..).and_then(|s| s.chars().next()).unwrap_or('?');
+                    return Err(DecimalError::BadChar(ch));
+                }
+            }
+        }
+        if frac_digits == Some(0) || int_digits == 0 {
+            return Err(DecimalError::BareDot);
+        }
+        if int_digits > 1 && digits[0] == b'0' {
+            return Err(DecimalError::LeadingZero);
+        }
+        let scale = frac_digits.unwrap_or(0);
+        if scale > usize::from(MAX_SCALE) {
+            return Err(DecimalError::TooLong);
+        }
+        Ok(Decimal { mantissa, scale: scale as u8, negative })
+    }
+
+    /// The value as `f64`, correctly rounded for every value Binance sends (mantissa below 2^53).
+    pub fn to_f64(self) -> f64 {
+        let magnitude = if self.mantissa < (1 << 53) {
+            // Both operands are exact, so the one division rounds once: the nearest f64.
+            self.mantissa as f64 / POW10[usize::from(self.scale)]
+        } else {
+            self.to_string().trim_start_matches('-').parse::<f64>().unwrap_or(f64::NAN)
+        };
+        if self.negative { -magnitude } else { magnitude }
+    }
+
+    /// The digits as an integer (`"0.0010"` -> 10).
+    pub fn mantissa(self) -> u64 {
+        self.mantissa
+    }
+
+    /// Number of digits after the `.` (`"0.0010"` -> 4).
+    pub fn scale(self) -> u8 {
+        self.scale
+    }
+
+    /// Whether a leading `-` was present.
+    pub fn is_negative(self) -> bool {
+        self.negative
+    }
+
+    /// Compares values (not representations): `"0.10"` equals `"0.1"` here.
+    pub fn cmp_value(self, other: Decimal) -> std::cmp::Ordering {
+        let signed =
+            |d: Decimal| -> (bool, u128, u8) { (d.negative && d.mantissa != 0, u128::from(d.mantissa), d.scale) };
+        let (na, ma, sa) = signed(self);
+        let (nb, mb, sb) = signed(other);
+        if na != nb {
+            return if na { std::cmp::Ordering::Less } else { std::cmp::Ordering::Greater };
+        }
+        // Bring both to the same scale; 10^18 * u64::MAX fits in u128.
+        let scale = sa.max(sb);
+        let a = ma * 10u128.pow(u32::from(scale - sa));
+        let b = mb * 10u128.pow(u32::from(scale - sb));
+        if na { b.cmp(&a) } else { a.cmp(&b) }
+    }
+}
+
+impl fmt::Display for Decimal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.negative {
+            f.write_str("-")?;
+        }
+        if self.scale == 0 {
+            return write!(f, "{}", self.mantissa);
+        }
+        let divisor = 10u64.checked_pow(u32::from(self.scale));
+        match divisor {
+            Some(d) => {
+                write!(f, "{}.{:0width$}", self.mantissa / d, self.mantissa % d, width = usize::from(self.scale))
+            }
+            // scale 19+ cannot occur (MAX_SCALE is 18), but stay total.
+            None => write!(f, "0.{:0width$}", self.mantissa, width = usize::from(self.scale)),
+        }
+    }
+}
+
+impl FromStr for Decimal {
+    type Err = DecimalError;
+    fn from_str(s: &str) -> Result<Decimal, DecimalError> {
+        Decimal::parse(s)
+    }
+}
+
+impl Serialize for Decimal {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Decimal {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Decimal, D::Error> {
+        struct DecimalVisitor;
+        impl Visitor<'_> for DecimalVisitor {
+            type Value = Decimal;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a decimal string such as \"0.00100000\"")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Decimal, E> {
+                Decimal::parse(v).map_err(|e| E::custom(format!("{v:?} is not a decimal: {e}")))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Decimal, E> {
+                Ok(Decimal { mantissa: v, scale: 0, negative: false })
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Decimal, E> {
+                Ok(Decimal { mantissa: v.unsigned_abs(), scale: 0, negative: v < 0 })
+            }
+        }
+        deserializer.deserialize_str(DecimalVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quickcheck::quickcheck;
+
+    #[test]
+    fn parses_and_writes_back_binance_text_exactly() {
+        for text in ["0.001", "100", "0.00100000", "25.35190000", "-1.5", "0", "0.0", "-0.0", "123456789.12345678"] {
+            let d = Decimal::parse(text).unwrap();
+            assert_eq!(d.to_string(), text);
+        }
+    }
+
+    #[test]
+    fn table_of_values() {
+        let table: &[(&str, u64, u8, bool, f64)] = &[
+            ("0.001", 1, 3, false, 0.001),
+            ("0.00100000", 100000, 8, false, 0.001),
+            ("25.35190000", 2535190000, 8, false, 25.3519),
+            ("-2.5", 25, 1, true, -2.5),
+            ("100", 100, 0, false, 100.0),
+        ];
+        for &(text, mantissa, scale, negative, value) in table {
+            let d = Decimal::parse(text).unwrap();
+            assert_eq!((d.mantissa(), d.scale(), d.is_negative()), (mantissa, scale, negative), "{text}");
+            assert_eq!(d.to_f64(), value, "{text}");
+        }
+    }
+
+    #[test]
+    fn rejects_what_would_not_round_trip() {
+        let table: &[(&str, DecimalError)] = &[
+            ("", DecimalError::Empty),
+            ("-", DecimalError::Empty),
+            ("1e5", DecimalError::BadChar('e')),
+            ("1.2.3", DecimalError::BadChar('.')),
+            (" 1", DecimalError::BadChar(' ')),
+            ("1,5", DecimalError::BadChar(',')),
+            ("ä", DecimalError::BadChar('ä')),
+            (".5", DecimalError::BareDot),
+            ("5.", DecimalError::BareDot),
+            ("007", DecimalError::LeadingZero),
+            ("00.5", DecimalError::LeadingZero),
+            ("18446744073709551616", DecimalError::TooLong),
+            ("0.0000000000000000001", DecimalError::TooLong),
+            ("NaN", DecimalError::BadChar('N')),
+        ];
+        for (text, err) in table {
+            assert_eq!(Decimal::parse(text).as_ref(), Err(err), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn equality_is_representation_and_cmp_value_is_magnitude() {
+        let a = Decimal::parse("0.10").unwrap();
+        let b = Decimal::parse("0.1").unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a.cmp_value(b), std::cmp::Ordering::Equal);
+        let neg = Decimal::parse("-3").unwrap();
+        assert_eq!(neg.cmp_value(b), std::cmp::Ordering::Less);
+        assert_eq!(
+            Decimal::parse("-0.5").unwrap().cmp_value(Decimal::parse("-0.25").unwrap()),
+            std::cmp::Ordering::Less
+        );
+    }
+
+    #[test]
+    fn serde_is_the_decimal_string() {
+        let d = Decimal::parse("0.00100000").unwrap();
+        assert_eq!(serde_json::to_string(&d).unwrap(), "\"0.00100000\"");
+        assert_eq!(serde_json::from_str::<Decimal>("\"0.00100000\"").unwrap(), d);
+        assert_eq!(ron::to_string(&d).unwrap(), "\"0.00100000\"");
+        assert!(serde_json::from_str::<Decimal>("\"1e3\"").unwrap_err().to_string().contains("not a decimal"));
+    }
+
+    quickcheck! {
+        fn display_parse_round_trip(mantissa: u64, scale: u8, negative: bool) -> bool {
+            let d = Decimal::new(mantissa, scale % (MAX_SCALE + 1), negative).unwrap();
+            Decimal::parse(&d.to_string()) == Ok(d)
+        }
+
+        fn to_f64_matches_std_parse(mantissa: u64, scale: u8) -> bool {
+            let d = Decimal::new(mantissa, scale % (MAX_SCALE + 1), false).unwrap();
+            d.to_f64() == d.to_string().parse::<f64>().unwrap()
+        }
+
+        fn parse_never_panics(text: String) -> bool {
+            match Decimal::parse(&text) {
+                Ok(d) => d.to_string() == text,
+                Err(_) => true,
+            }
+        }
+    }
+}

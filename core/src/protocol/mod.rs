@@ -1,0 +1,671 @@
+//! Binance spot market-data stream frames: decoding what the server sends, encoding what the client
+//! (or keel's embedded exchange) sends.
+//!
+//! Inbound text frames are one of:
+//! - a market event, raw (`/ws/<stream>`) or in the combined-stream envelope
+//!   `{"stream":"btcusdt@aggTrade","data":{...}}` (`/stream?streams=a/b`): aggTrade, trade, kline,
+//!   depthUpdate, bookTicker (which has no `"e"` field) and partial depth (`@depth5`, no `"e"` either);
+//! - a reply to a request: `{"result":null,"id":1}`, `{"result":["btcusdt@aggTrade"],"id":3}`;
+//! - an error reply: `{"error":{"code":2,"msg":"Invalid request"},"id":1}` (codes 0-3, see [`error_code`]);
+//! - `{"e":"serverShutdown","E":...}`, sent shortly before Binance cuts the connection.
+//!
+//! [`decode`] never panics: anything else is a [`DecodeError`] naming what was wrong, which the
+//! connection counts and reports without dropping the connection (a malformed frame is not fatal).
+//!
+//! Prices and quantities stay exact ([`Decimal`]); `to_f64()` is for whoever computes with them.
+//!
+//! Performance: decoding is one serde pass into a borrowed, flat struct (no `serde_json::Value`
+//! tree), then a typed conversion; an aggTrade frame in the combined envelope allocates only its
+//! stream name and symbol. See `benches` notes in the module tests for the measured cost.
+
+mod decimal;
+mod encode;
+mod raw;
+
+pub use decimal::{Decimal, DecimalError};
+pub use encode::{encode_event, encode_frame};
+
+use crate::gaps::Sequence;
+use raw::{Nested, RawFrame, RawKline, Val};
+use serde::{Deserialize, Serialize};
+
+/// A price level: `(price, quantity)`.
+pub type Level = (Decimal, Decimal);
+
+/// An aggregate trade (`<symbol>@aggTrade`): trades at one price from one taker order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AggTrade {
+    /// `s`, upper case as Binance sends it (`BTCUSDT`).
+    pub symbol: String,
+    /// `E`, ms since the Unix epoch.
+    pub event_time: u64,
+    /// `a`: continuous per symbol.
+    pub agg_id: u64,
+    /// `p`
+    pub price: Decimal,
+    /// `q`
+    pub quantity: Decimal,
+    /// `f`
+    pub first_trade_id: u64,
+    /// `l`
+    pub last_trade_id: u64,
+    /// `T`
+    pub trade_time: u64,
+    /// `m`: the buyer was the maker (the taker sold).
+    pub buyer_is_maker: bool,
+}
+
+/// A single trade (`<symbol>@trade`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trade {
+    pub symbol: String,
+    pub event_time: u64,
+    /// `t`: continuous per symbol.
+    pub trade_id: u64,
+    pub price: Decimal,
+    pub quantity: Decimal,
+    pub trade_time: u64,
+    pub buyer_is_maker: bool,
+}
+
+/// A candlestick update (`<symbol>@kline_<interval>`); sent repeatedly while the interval is open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Kline {
+    pub symbol: String,
+    pub event_time: u64,
+    /// `k.t`
+    pub open_time: u64,
+    /// `k.T`
+    pub close_time: u64,
+    /// `k.i`, e.g. `1m`.
+    pub interval: String,
+    /// `k.f`; -1 when the interval had no trade yet.
+    pub first_trade_id: i64,
+    /// `k.L`; -1 when the interval had no trade yet.
+    pub last_trade_id: i64,
+    pub open: Decimal,
+    pub high: Decimal,
+    pub low: Decimal,
+    pub close: Decimal,
+    /// `k.v`: base asset volume.
+    pub volume: Decimal,
+    /// `k.q`: quote asset volume.
+    pub quote_volume: Decimal,
+    /// `k.V`: taker buy base asset volume.
+    pub taker_buy_volume: Decimal,
+    /// `k.Q`: taker buy quote asset volume.
+    pub taker_buy_quote_volume: Decimal,
+    /// `k.n`: number of trades.
+    pub trades: u64,
+    /// `k.x`: this is the final update of the interval.
+    pub is_closed: bool,
+}
+
+/// A diff of the order book (`<symbol>@depth`, `@depth@100ms`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DepthUpdate {
+    pub symbol: String,
+    pub event_time: u64,
+    /// `U`
+    pub first_update_id: u64,
+    /// `u`
+    pub final_update_id: u64,
+    /// `b`: quantity 0 removes the level.
+    pub bids: Vec<Level>,
+    /// `a`
+    pub asks: Vec<Level>,
+}
+
+/// Best bid and ask (`<symbol>@bookTicker`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BookTicker {
+    pub symbol: String,
+    /// `u`: increases, but skips ids by design.
+    pub update_id: u64,
+    /// `b`
+    pub best_bid_price: Decimal,
+    /// `B`
+    pub best_bid_qty: Decimal,
+    /// `a`
+    pub best_ask_price: Decimal,
+    /// `A`
+    pub best_ask_qty: Decimal,
+    /// `E`: spot bookTicker frames have none (futures ones do).
+    pub event_time: Option<u64>,
+}
+
+/// Top levels of the book (`<symbol>@depth5`, `@depth10`, `@depth20`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartialDepth {
+    /// Not in the frame: taken from the stream name (`bnbbtc@depth5` -> `BNBBTC`); empty for a raw
+    /// frame decoded without a stream name.
+    pub symbol: String,
+    /// `lastUpdateId`
+    pub last_update_id: u64,
+    pub bids: Vec<Level>,
+    pub asks: Vec<Level>,
+}
+
+/// One decoded market data event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MarketEvent {
+    AggTrade(AggTrade),
+    Trade(Trade),
+    Kline(Kline),
+    Depth(DepthUpdate),
+    BookTicker(BookTicker),
+    PartialDepth(PartialDepth),
+}
+
+impl MarketEvent {
+    /// The symbol, upper case (`BTCUSDT`).
+    pub fn symbol(&self) -> &str {
+        match self {
+            MarketEvent::AggTrade(e) => &e.symbol,
+            MarketEvent::Trade(e) => &e.symbol,
+            MarketEvent::Kline(e) => &e.symbol,
+            MarketEvent::Depth(e) => &e.symbol,
+            MarketEvent::BookTicker(e) => &e.symbol,
+            MarketEvent::PartialDepth(e) => &e.symbol,
+        }
+    }
+
+    /// The sequence numbers the gap tracker checks.
+    pub fn sequence(&self) -> Sequence {
+        match self {
+            MarketEvent::AggTrade(e) => {
+                Sequence::AggTrade { id: e.agg_id, first_trade: e.first_trade_id, last_trade: e.last_trade_id }
+            }
+            MarketEvent::Trade(e) => Sequence::Trade { id: e.trade_id },
+            MarketEvent::Kline(_) => Sequence::Unsequenced,
+            MarketEvent::Depth(e) => Sequence::Depth { first: e.first_update_id, last: e.final_update_id },
+            MarketEvent::BookTicker(e) => Sequence::BookTicker { id: e.update_id },
+            MarketEvent::PartialDepth(e) => Sequence::Snapshot { id: e.last_update_id },
+        }
+    }
+
+    /// `E`, ms since the Unix epoch; 0 for frames that carry none (spot bookTicker, partial depth).
+    pub fn event_time(&self) -> u64 {
+        match self {
+            MarketEvent::AggTrade(e) => e.event_time,
+            MarketEvent::Trade(e) => e.event_time,
+            MarketEvent::Kline(e) => e.event_time,
+            MarketEvent::Depth(e) => e.event_time,
+            MarketEvent::BookTicker(e) => e.event_time.unwrap_or(0),
+            MarketEvent::PartialDepth(_) => 0,
+        }
+    }
+
+    /// A short name of the event kind, as in Binance's `"e"` field (`aggTrade`, ..., `bookTicker`,
+    /// `partialDepth`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            MarketEvent::AggTrade(_) => "aggTrade",
+            MarketEvent::Trade(_) => "trade",
+            MarketEvent::Kline(_) => "kline",
+            MarketEvent::Depth(_) => "depthUpdate",
+            MarketEvent::BookTicker(_) => "bookTicker",
+            MarketEvent::PartialDepth(_) => "partialDepth",
+        }
+    }
+}
+
+/// The `result` of a reply to a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ResponseResult {
+    /// `null`: SUBSCRIBE / UNSUBSCRIBE / SET_PROPERTY succeeded.
+    Null,
+    /// The active subscriptions (reply to LIST_SUBSCRIPTIONS).
+    Streams(Vec<String>),
+    /// A property value (reply to GET_PROPERTY `combined`).
+    Bool(bool),
+}
+
+/// One decoded text frame.
+// Market frames are nearly all the traffic; boxing the event would add an allocation to each of them
+// to shrink the rare replies.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Frame {
+    /// A market event; `stream` is the envelope's stream name, or [`stream_name`] of a raw event.
+    Market { stream: String, event: MarketEvent },
+    /// A successful reply to the request with this id.
+    Response { id: u64, result: ResponseResult },
+    /// An error reply; `id` is absent when the server could not read the request's id.
+    Error { id: Option<u64>, code: i64, msg: String },
+    /// The server will close this connection soon (maintenance or the 24 h limit): reconnect now.
+    ServerShutdown { event_time: u64 },
+}
+
+/// Binance's error codes in error replies.
+pub mod error_code {
+    /// Unknown property (SET_PROPERTY / GET_PROPERTY).
+    pub const UNKNOWN_PROPERTY: i64 = 0;
+    /// A value had the wrong type.
+    pub const INVALID_VALUE_TYPE: i64 = 1;
+    /// The request is malformed (bad method, id, params).
+    pub const INVALID_REQUEST: i64 = 2;
+    /// The request was not JSON.
+    pub const INVALID_JSON: i64 = 3;
+}
+
+/// Why a text frame could not be decoded. Counted by the connection, never fatal.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The frame was empty or whitespace only.
+    #[error("empty frame")]
+    Empty,
+    /// The frame is not JSON (or is truncated JSON).
+    #[error("not JSON: {0}")]
+    NotJson(String),
+    /// The frame is JSON but not an object.
+    #[error("frame is {0}, expected a JSON object")]
+    NotAnObject(&'static str),
+    /// JSON that serde rejected for a structural reason (a duplicated key, nesting too deep).
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    /// An `"e"` event type keel does not decode.
+    #[error("unknown event type {0:?} (keel decodes aggTrade, trade, kline, depthUpdate, bookTicker, serverShutdown)")]
+    UnknownEvent(String),
+    /// An object that is no frame kind keel knows (no `e`, `stream`, `result`, `error`, bookTicker or
+    /// partial depth fields).
+    #[error(
+        "unrecognized frame: none of \"e\", \"stream\"/\"data\", \"result\", \"error\", bookTicker or partial depth fields"
+    )]
+    Unrecognized,
+    /// A field the frame kind requires is absent.
+    #[error("{kind} frame is missing field {field:?}")]
+    MissingField { kind: &'static str, field: &'static str },
+    /// A field has the wrong JSON type.
+    #[error("field {field:?} of a {kind} frame is {found}, expected {expected}")]
+    WrongType { kind: &'static str, field: &'static str, expected: &'static str, found: &'static str },
+    /// A price or quantity string is not a plain decimal number.
+    #[error("field {field:?} of a {kind} frame: {value:?} is not a decimal number ({reason})")]
+    BadDecimal { kind: &'static str, field: &'static str, value: String, reason: DecimalError },
+    /// A bids/asks array is not a list of `[price, qty]` decimal-string pairs.
+    #[error("field {field:?} of a {kind} frame is not a list of [price, qty] pairs: {reason}")]
+    BadLevels { kind: &'static str, field: &'static str, reason: String },
+}
+
+impl DecodeError {
+    /// A stable short label for counting errors by kind (`not_json`, `missing_field`, ...).
+    pub fn label(&self) -> &'static str {
+        match self {
+            DecodeError::Empty => "empty",
+            DecodeError::NotJson(_) => "not_json",
+            DecodeError::NotAnObject(_) => "not_an_object",
+            DecodeError::Malformed(_) => "malformed",
+            DecodeError::UnknownEvent(_) => "unknown_event",
+            DecodeError::Unrecognized => "unrecognized",
+            DecodeError::MissingField { .. } => "missing_field",
+            DecodeError::WrongType { .. } => "wrong_type",
+            DecodeError::BadDecimal { .. } => "bad_decimal",
+            DecodeError::BadLevels { .. } => "bad_levels",
+        }
+    }
+}
+
+/// Decodes one text frame from a Binance stream connection (raw or combined).
+pub fn decode(text: &str) -> Result<Frame, DecodeError> {
+    let raw = parse(text)?;
+    frame(raw)
+}
+
+/// Decodes a frame from a raw connection (`/ws/<stream>`) whose stream name the caller knows: the
+/// event is attributed to `stream` (rather than to [`stream_name`]'s guess) and a partial depth frame
+/// gets its symbol from it.
+pub fn decode_on_stream(text: &str, stream: &str) -> Result<Frame, DecodeError> {
+    let raw = parse(text)?;
+    if is_market(&raw) {
+        let event = market(raw, Some(stream))?;
+        return Ok(Frame::Market { stream: stream.to_owned(), event });
+    }
+    frame(raw)
+}
+
+/// Text -> the flat borrowed view, mapping serde's errors to ours.
+fn parse(text: &str) -> Result<RawFrame<'_>, DecodeError> {
+    let trimmed = text.trim_start();
+    match trimmed.as_bytes().first() {
+        None => return Err(DecodeError::Empty),
+        Some(b'{') => {}
+        Some(_) => {
+            // Say what it is if it is JSON at all.
+            return match serde_json::from_str::<serde::de::IgnoredAny>(trimmed) {
+                Err(e) => Err(DecodeError::NotJson(e.to_string())),
+                Ok(_) => Err(DecodeError::NotAnObject(match trimmed.as_bytes()[0] {
+                    b'[' => "an array",
+                    b'"' => "a string",
+                    b'n' => "null",
+                    b't' | b'f' => "a boolean",
+                    _ => "a number",
+                })),
+            };
+        }
+    }
+    serde_json::from_str::<RawFrame<'_>>(text).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => DecodeError::Malformed(e.to_string()),
+        _ => DecodeError::NotJson(e.to_string()),
+    })
+}
+
+fn is_market(raw: &RawFrame<'_>) -> bool {
+    (!raw.e.is_absent() && !matches!(&raw.e, Val::Str(e) if e == "serverShutdown"))
+        || (!raw.u.is_absent() && !raw.b.is_absent())
+        || !raw.last_update_id.is_absent()
+}
+
+fn frame(mut raw: RawFrame<'_>) -> Result<Frame, DecodeError> {
+    // Combined-stream envelope.
+    if !raw.stream.is_absent() || !matches!(raw.data, Nested::Absent) {
+        const KIND: &str = "combined stream envelope";
+        let stream = string(KIND, "stream", std::mem::take(&mut raw.stream))?;
+        let data = match std::mem::take(&mut raw.data) {
+            Nested::Value(data) => data,
+            Nested::Absent => return Err(DecodeError::MissingField { kind: KIND, field: "data" }),
+            Nested::Wrong(found) => {
+                return Err(DecodeError::WrongType { kind: KIND, field: "data", expected: "an object", found });
+            }
+        };
+        let event = market(*data, Some(&stream))?;
+        return Ok(Frame::Market { stream, event });
+    }
+    // Error reply, nested (`{"error":{...},"id":1}`) or flat (`{"code":2,"msg":"..","id":1}`).
+    if !matches!(raw.error, Nested::Absent) || (!raw.code.is_absent() && !raw.msg.is_absent()) {
+        const KIND: &str = "error reply";
+        let id = optional_u64(KIND, "id", std::mem::take(&mut raw.id))?;
+        let (code, msg) = match std::mem::take(&mut raw.error) {
+            Nested::Value(err) => (err.code, err.msg),
+            Nested::Absent => (std::mem::take(&mut raw.code), std::mem::take(&mut raw.msg)),
+            Nested::Wrong(found) => {
+                return Err(DecodeError::WrongType { kind: KIND, field: "error", expected: "an object", found });
+            }
+        };
+        return Ok(Frame::Error { id, code: int(KIND, "code", code)?, msg: string(KIND, "msg", msg)? });
+    }
+    if !raw.result.is_absent() {
+        const KIND: &str = "response";
+        let id = u64_field(KIND, "id", std::mem::take(&mut raw.id))?;
+        let result = match std::mem::take(&mut raw.result) {
+            Val::Null => ResponseResult::Null,
+            Val::Bool(b) => ResponseResult::Bool(b),
+            Val::Strings(s) => ResponseResult::Streams(s),
+            Val::Levels(l) if l.is_empty() => ResponseResult::Streams(Vec::new()),
+            other => {
+                return Err(DecodeError::WrongType {
+                    kind: KIND,
+                    field: "result",
+                    expected: "null, a boolean or a list of stream names",
+                    found: other.json_type(),
+                });
+            }
+        };
+        return Ok(Frame::Response { id, result });
+    }
+    if let Val::Str(e) = &raw.e
+        && e == "serverShutdown"
+    {
+        let event_time = u64_field("serverShutdown", "E", std::mem::take(&mut raw.E))?;
+        return Ok(Frame::ServerShutdown { event_time });
+    }
+    if is_market(&raw) {
+        let event = market(raw, None)?;
+        return Ok(Frame::Market { stream: stream_name(&event), event });
+    }
+    Err(DecodeError::Unrecognized)
+}
+
+/// The symbol part of a stream name, upper case (`bnbbtc@depth5` -> `BNBBTC`).
+fn symbol_of(stream: &str) -> String {
+    stream.split('@').next().unwrap_or("").to_ascii_uppercase()
+}
+
+/// The market event in `raw` (the `data` of an envelope, or a raw frame).
+fn market(raw: RawFrame<'_>, stream: Option<&str>) -> Result<MarketEvent, DecodeError> {
+    let kind = match &raw.e {
+        Val::Str(e) => match e.as_ref() {
+            "aggTrade" => agg_trade,
+            "trade" => trade,
+            "kline" => kline,
+            "depthUpdate" => depth,
+            "bookTicker" => book_ticker,
+            other => return Err(DecodeError::UnknownEvent(other.chars().take(64).collect())),
+        },
+        Val::Absent if !raw.last_update_id.is_absent() => return partial_depth(raw, stream),
+        Val::Absent if !raw.u.is_absent() => book_ticker,
+        Val::Absent => return Err(DecodeError::Unrecognized),
+        other => {
+            return Err(DecodeError::WrongType {
+                kind: "market event",
+                field: "e",
+                expected: "an event type string",
+                found: other.json_type(),
+            });
+        }
+    };
+    kind(raw)
+}
+
+fn agg_trade(r: RawFrame<'_>) -> Result<MarketEvent, DecodeError> {
+    const K: &str = "aggTrade";
+    Ok(MarketEvent::AggTrade(AggTrade {
+        symbol: string(K, "s", r.s)?,
+        event_time: u64_field(K, "E", r.E)?,
+        agg_id: u64_field(K, "a", r.a)?,
+        price: decimal(K, "p", &r.p)?,
+        quantity: decimal(K, "q", &r.q)?,
+        first_trade_id: u64_field(K, "f", r.f)?,
+        last_trade_id: u64_field(K, "l", r.l)?,
+        trade_time: u64_field(K, "T", r.T)?,
+        buyer_is_maker: boolean(K, "m", r.m)?,
+    }))
+}
+
+fn trade(r: RawFrame<'_>) -> Result<MarketEvent, DecodeError> {
+    const K: &str = "trade";
+    Ok(MarketEvent::Trade(Trade {
+        symbol: string(K, "s", r.s)?,
+        event_time: u64_field(K, "E", r.E)?,
+        trade_id: u64_field(K, "t", r.t)?,
+        price: decimal(K, "p", &r.p)?,
+        quantity: decimal(K, "q", &r.q)?,
+        trade_time: u64_field(K, "T", r.T)?,
+        buyer_is_maker: boolean(K, "m", r.m)?,
+    }))
+}
+
+fn kline(r: RawFrame<'_>) -> Result<MarketEvent, DecodeError> {
+    const K: &str = "kline";
+    let symbol = string(K, "s", r.s)?;
+    let event_time = u64_field(K, "E", r.E)?;
+    let k: RawKline<'_> = match r.k {
+        Nested::Value(k) => k,
+        Nested::Absent => return Err(DecodeError::MissingField { kind: K, field: "k" }),
+        Nested::Wrong(found) => {
+            return Err(DecodeError::WrongType { kind: K, field: "k", expected: "an object", found });
+        }
+    };
+    Ok(MarketEvent::Kline(Kline {
+        symbol,
+        event_time,
+        open_time: u64_field(K, "k.t", k.t)?,
+        close_time: u64_field(K, "k.T", k.T)?,
+        interval: string(K, "k.i", k.i)?,
+        first_trade_id: int(K, "k.f", k.f)?,
+        last_trade_id: int(K, "k.L", k.L)?,
+        open: decimal(K, "k.o", &k.o)?,
+        high: decimal(K, "k.h", &k.h)?,
+        low: decimal(K, "k.l", &k.l)?,
+        close: decimal(K, "k.c", &k.c)?,
+        volume: decimal(K, "k.v", &k.v)?,
+        quote_volume: decimal(K, "k.q", &k.q)?,
+        taker_buy_volume: decimal(K, "k.V", &k.V)?,
+        taker_buy_quote_volume: decimal(K, "k.Q", &k.Q)?,
+        trades: u64_field(K, "k.n", k.n)?,
+        is_closed: boolean(K, "k.x", k.x)?,
+    }))
+}
+
+fn depth(r: RawFrame<'_>) -> Result<MarketEvent, DecodeError> {
+    const K: &str = "depthUpdate";
+    Ok(MarketEvent::Depth(DepthUpdate {
+        symbol: string(K, "s", r.s)?,
+        event_time: u64_field(K, "E", r.E)?,
+        first_update_id: u64_field(K, "U", r.U)?,
+        final_update_id: u64_field(K, "u", r.u)?,
+        bids: levels(K, "b", r.b)?,
+        asks: levels(K, "a", r.a)?,
+    }))
+}
+
+fn book_ticker(r: RawFrame<'_>) -> Result<MarketEvent, DecodeError> {
+    const K: &str = "bookTicker";
+    Ok(MarketEvent::BookTicker(BookTicker {
+        symbol: string(K, "s", r.s)?,
+        update_id: u64_field(K, "u", r.u)?,
+        best_bid_price: decimal(K, "b", &r.b)?,
+        best_bid_qty: decimal(K, "B", &r.B)?,
+        best_ask_price: decimal(K, "a", &r.a)?,
+        best_ask_qty: decimal(K, "A", &r.A)?,
+        event_time: optional_u64(K, "E", r.E)?,
+    }))
+}
+
+fn partial_depth(r: RawFrame<'_>, stream: Option<&str>) -> Result<MarketEvent, DecodeError> {
+    const K: &str = "partial depth";
+    Ok(MarketEvent::PartialDepth(PartialDepth {
+        symbol: stream.map(symbol_of).unwrap_or_default(),
+        last_update_id: u64_field(K, "lastUpdateId", r.last_update_id)?,
+        bids: levels(K, "bids", r.bids)?,
+        asks: levels(K, "asks", r.asks)?,
+    }))
+}
+
+fn missing_or_wrong(kind: &'static str, field: &'static str, expected: &'static str, v: &Val<'_>) -> DecodeError {
+    match v {
+        Val::Absent => DecodeError::MissingField { kind, field },
+        other => DecodeError::WrongType { kind, field, expected, found: other.json_type() },
+    }
+}
+
+fn u64_field(kind: &'static str, field: &'static str, v: Val<'_>) -> Result<u64, DecodeError> {
+    match v {
+        Val::U64(n) => Ok(n),
+        other => Err(missing_or_wrong(kind, field, "an unsigned integer", &other)),
+    }
+}
+
+fn optional_u64(kind: &'static str, field: &'static str, v: Val<'_>) -> Result<Option<u64>, DecodeError> {
+    match v {
+        Val::Absent | Val::Null => Ok(None),
+        other => u64_field(kind, field, other).map(Some),
+    }
+}
+
+fn int(kind: &'static str, field: &'static str, v: Val<'_>) -> Result<i64, DecodeError> {
+    match v {
+        Val::I64(n) => Ok(n),
+        Val::U64(n) => i64::try_from(n).map_err(|_| DecodeError::WrongType {
+            kind,
+            field,
+            expected: "an integer within i64",
+            found: "a larger integer",
+        }),
+        other => Err(missing_or_wrong(kind, field, "an integer", &other)),
+    }
+}
+
+fn boolean(kind: &'static str, field: &'static str, v: Val<'_>) -> Result<bool, DecodeError> {
+    match v {
+        Val::Bool(b) => Ok(b),
+        other => Err(missing_or_wrong(kind, field, "a boolean", &other)),
+    }
+}
+
+fn string(kind: &'static str, field: &'static str, v: Val<'_>) -> Result<String, DecodeError> {
+    match v {
+        Val::Str(s) => Ok(s.into_owned()),
+        other => Err(missing_or_wrong(kind, field, "a string", &other)),
+    }
+}
+
+fn decimal(kind: &'static str, field: &'static str, v: &Val<'_>) -> Result<Decimal, DecodeError> {
+    match v {
+        Val::Str(s) => Decimal::parse(s).map_err(|reason| DecodeError::BadDecimal {
+            kind,
+            field,
+            value: s.chars().take(64).collect(),
+            reason,
+        }),
+        other => Err(missing_or_wrong(kind, field, "a decimal string", other)),
+    }
+}
+
+fn levels(kind: &'static str, field: &'static str, v: Val<'_>) -> Result<Vec<Level>, DecodeError> {
+    match v {
+        Val::Levels(l) => Ok(l),
+        Val::BadArray(reason) => Err(DecodeError::BadLevels { kind, field, reason }),
+        Val::Strings(_) => {
+            Err(DecodeError::BadLevels { kind, field, reason: "a list of strings, expected [price, qty] pairs".into() })
+        }
+        other => Err(missing_or_wrong(kind, field, "a list of [price, qty] pairs", &other)),
+    }
+}
+
+/// The stream name a raw event most likely came from (`btcusdt@aggTrade`, `btcusdt@kline_1m`,
+/// `btcusdt@depth`, `btcusdt@bookTicker`, `btcusdt@depth5`). Update-speed suffixes (`@100ms`) are not
+/// in the event and cannot be recovered; a partial depth's level count is taken from its longest side.
+pub fn stream_name(event: &MarketEvent) -> String {
+    let symbol = event.symbol().to_ascii_lowercase();
+    match event {
+        MarketEvent::AggTrade(_) => format!("{symbol}@aggTrade"),
+        MarketEvent::Trade(_) => format!("{symbol}@trade"),
+        MarketEvent::Kline(k) => format!("{symbol}@kline_{}", k.interval),
+        MarketEvent::Depth(_) => format!("{symbol}@depth"),
+        MarketEvent::BookTicker(_) => format!("{symbol}@bookTicker"),
+        MarketEvent::PartialDepth(d) => format!("{symbol}@depth{}", d.bids.len().max(d.asks.len())),
+    }
+}
+
+/// A request the client sends on the stream connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    Subscribe(Vec<String>),
+    Unsubscribe(Vec<String>),
+    ListSubscriptions,
+}
+
+/// `{"method":"SUBSCRIBE","params":["btcusdt@aggTrade"],"id":1}`; LIST_SUBSCRIPTIONS has no params.
+pub fn encode_request(request: &Request, id: u64) -> String {
+    let (method, params) = match request {
+        Request::Subscribe(p) => ("SUBSCRIBE", Some(p)),
+        Request::Unsubscribe(p) => ("UNSUBSCRIBE", Some(p)),
+        Request::ListSubscriptions => ("LIST_SUBSCRIPTIONS", None),
+    };
+    let mut out = String::with_capacity(48 + params.map_or(0, |p| p.iter().map(|s| s.len() + 3).sum()));
+    out.push_str("{\"method\":\"");
+    out.push_str(method);
+    out.push('"');
+    if let Some(params) = params {
+        out.push_str(",\"params\":[");
+        for (i, p) in params.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            encode::push_json_str(&mut out, p);
+        }
+        out.push(']');
+    }
+    out.push_str(",\"id\":");
+    out.push_str(&id.to_string());
+    out.push('}');
+    out
+}
+
+/// `base + "/stream?streams=a/b"` (a trailing `/` on `base` is dropped).
+pub fn combined_stream_url(base: &str, streams: &[String]) -> String {
+    format!("{}/stream?streams={}", base.trim_end_matches('/'), streams.join("/"))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,575 @@
+use super::*;
+use quickcheck::{Arbitrary, Gen, quickcheck};
+
+fn d(s: &str) -> Decimal {
+    Decimal::parse(s).unwrap()
+}
+
+const AGG: &str = r#"{"e":"aggTrade","E":1672515782136,"s":"BNBBTC","a":12345,"p":"0.001","q":"100","f":100,"l":105,"T":1672515782136,"m":true,"M":true}"#;
+const TRADE: &str = r#"{"e":"trade","E":1672515782136,"s":"BNBBTC","t":12345,"p":"0.001","q":"100","T":1672515782136,"m":true,"M":true}"#;
+const KLINE: &str = r#"{"e":"kline","E":1672515782136,"s":"BNBBTC","k":{"t":1672515780000,"T":1672515839999,"s":"BNBBTC","i":"1m","f":100,"L":200,"o":"0.0010","c":"0.0020","h":"0.0025","l":"0.0015","v":"1000","n":100,"x":false,"q":"1.0000","V":"500","Q":"0.500","B":"123456"}}"#;
+const DEPTH: &str = r#"{"e":"depthUpdate","E":1672515782136,"s":"BNBBTC","U":157,"u":160,"b":[["0.0024","10"]],"a":[["0.0026","100"]]}"#;
+const BOOK: &str =
+    r#"{"u":400900217,"s":"BNBUSDT","b":"25.35190000","B":"31.21000000","a":"25.36520000","A":"40.66000000"}"#;
+const PARTIAL: &str = r#"{"lastUpdateId":160,"bids":[["0.0024","10"]],"asks":[["0.0026","100"]]}"#;
+
+fn agg_event() -> AggTrade {
+    AggTrade {
+        symbol: "BNBBTC".into(),
+        event_time: 1672515782136,
+        agg_id: 12345,
+        price: d("0.001"),
+        quantity: d("100"),
+        first_trade_id: 100,
+        last_trade_id: 105,
+        trade_time: 1672515782136,
+        buyer_is_maker: true,
+    }
+}
+
+fn combined(stream: &str, data: &str) -> String {
+    format!(r#"{{"stream":"{stream}","data":{data}}}"#)
+}
+
+#[test]
+fn agg_trade_raw_and_combined() {
+    let want = MarketEvent::AggTrade(agg_event());
+    assert_eq!(decode(AGG), Ok(Frame::Market { stream: "bnbbtc@aggTrade".into(), event: want.clone() }));
+    assert_eq!(
+        decode(&combined("bnbbtc@aggTrade", AGG)),
+        Ok(Frame::Market { stream: "bnbbtc@aggTrade".into(), event: want.clone() })
+    );
+    assert_eq!(want.sequence(), Sequence::AggTrade { id: 12345, first_trade: 100, last_trade: 105 });
+    assert_eq!(want.symbol(), "BNBBTC");
+    assert_eq!(want.event_time(), 1672515782136);
+}
+
+#[test]
+fn trade_frame() {
+    let Ok(Frame::Market { stream, event: MarketEvent::Trade(t) }) = decode(TRADE) else {
+        panic!("{:?}", decode(TRADE))
+    };
+    assert_eq!(stream, "bnbbtc@trade");
+    assert_eq!(
+        t,
+        Trade {
+            symbol: "BNBBTC".into(),
+            event_time: 1672515782136,
+            trade_id: 12345,
+            price: d("0.001"),
+            quantity: d("100"),
+            trade_time: 1672515782136,
+            buyer_is_maker: true,
+        }
+    );
+}
+
+#[test]
+fn kline_frame() {
+    let Ok(Frame::Market { stream, event }) = decode(&combined("bnbbtc@kline_1m", KLINE)) else { panic!() };
+    assert_eq!(stream, "bnbbtc@kline_1m");
+    assert_eq!(event.sequence(), Sequence::Unsequenced);
+    let MarketEvent::Kline(k) = event else { panic!() };
+    assert_eq!(
+        k,
+        Kline {
+            symbol: "BNBBTC".into(),
+            event_time: 1672515782136,
+            open_time: 1672515780000,
+            close_time: 1672515839999,
+            interval: "1m".into(),
+            first_trade_id: 100,
+            last_trade_id: 200,
+            open: d("0.0010"),
+            high: d("0.0025"),
+            low: d("0.0015"),
+            close: d("0.0020"),
+            volume: d("1000"),
+            quote_volume: d("1.0000"),
+            taker_buy_volume: d("500"),
+            taker_buy_quote_volume: d("0.500"),
+            trades: 100,
+            is_closed: false,
+        }
+    );
+    assert_eq!(k.open.to_string(), "0.0010", "trailing zeros kept for the recorder");
+    // An interval without trades has f = L = -1.
+    let empty = KLINE.replace(r#""f":100,"L":200"#, r#""f":-1,"L":-1"#);
+    let Ok(Frame::Market { event: MarketEvent::Kline(k), .. }) = decode(&empty) else { panic!() };
+    assert_eq!((k.first_trade_id, k.last_trade_id), (-1, -1));
+}
+
+#[test]
+fn depth_frame() {
+    let Ok(Frame::Market { stream, event }) = decode(DEPTH) else { panic!() };
+    assert_eq!(stream, "bnbbtc@depth");
+    assert_eq!(event.sequence(), Sequence::Depth { first: 157, last: 160 });
+    assert_eq!(
+        event,
+        MarketEvent::Depth(DepthUpdate {
+            symbol: "BNBBTC".into(),
+            event_time: 1672515782136,
+            first_update_id: 157,
+            final_update_id: 160,
+            bids: vec![(d("0.0024"), d("10"))],
+            asks: vec![(d("0.0026"), d("100"))],
+        })
+    );
+    let empty_sides = DEPTH.replace(r#"[["0.0024","10"]]"#, "[]");
+    let Ok(Frame::Market { event: MarketEvent::Depth(u), .. }) = decode(&empty_sides) else { panic!() };
+    assert!(u.bids.is_empty());
+}
+
+#[test]
+fn book_ticker_has_no_e_field() {
+    let want = MarketEvent::BookTicker(BookTicker {
+        symbol: "BNBUSDT".into(),
+        update_id: 400900217,
+        best_bid_price: d("25.35190000"),
+        best_bid_qty: d("31.21000000"),
+        best_ask_price: d("25.36520000"),
+        best_ask_qty: d("40.66000000"),
+        event_time: None,
+    });
+    assert_eq!(decode(BOOK), Ok(Frame::Market { stream: "bnbusdt@bookTicker".into(), event: want.clone() }));
+    assert_eq!(
+        decode(&combined("bnbusdt@bookTicker", BOOK)),
+        Ok(Frame::Market { stream: "bnbusdt@bookTicker".into(), event: want.clone() })
+    );
+    assert_eq!(want.sequence(), Sequence::BookTicker { id: 400900217 });
+    assert_eq!(want.event_time(), 0);
+    // Futures-style, with "e" and "E".
+    let futures =
+        r#"{"e":"bookTicker","u":5,"E":1700000000000,"T":1,"s":"BTCUSDT","b":"1.0","B":"2","a":"1.1","A":"3"}"#;
+    let Ok(Frame::Market { event, .. }) = decode(futures) else { panic!() };
+    assert_eq!(event.event_time(), 1700000000000);
+}
+
+#[test]
+fn partial_depth_takes_symbol_from_stream() {
+    let Ok(Frame::Market { stream, event }) = decode(&combined("bnbbtc@depth5", PARTIAL)) else { panic!() };
+    assert_eq!(stream, "bnbbtc@depth5");
+    assert_eq!(
+        event,
+        MarketEvent::PartialDepth(PartialDepth {
+            symbol: "BNBBTC".into(),
+            last_update_id: 160,
+            bids: vec![(d("0.0024"), d("10"))],
+            asks: vec![(d("0.0026"), d("100"))],
+        })
+    );
+    assert_eq!(event.sequence(), Sequence::Snapshot { id: 160 });
+    let Ok(Frame::Market { event: MarketEvent::PartialDepth(raw), .. }) = decode(PARTIAL) else { panic!() };
+    assert_eq!(raw.symbol, "");
+    let Ok(Frame::Market { stream, event }) = decode_on_stream(PARTIAL, "ethbtc@depth10") else { panic!() };
+    assert_eq!((stream.as_str(), event.symbol()), ("ethbtc@depth10", "ETHBTC"));
+}
+
+#[test]
+fn responses_errors_and_shutdown() {
+    let table: Vec<(&str, Frame)> = vec![
+        (r#"{"result":null,"id":1}"#, Frame::Response { id: 1, result: ResponseResult::Null }),
+        (
+            r#"{"result":["btcusdt@aggTrade","btcusdt@depth"],"id":3}"#,
+            Frame::Response {
+                id: 3,
+                result: ResponseResult::Streams(vec!["btcusdt@aggTrade".into(), "btcusdt@depth".into()]),
+            },
+        ),
+        (r#"{"result":[],"id":4}"#, Frame::Response { id: 4, result: ResponseResult::Streams(vec![]) }),
+        (r#"{"result":true,"id":2}"#, Frame::Response { id: 2, result: ResponseResult::Bool(true) }),
+        (
+            r#"{"error":{"code":2,"msg":"Invalid request: unknown variant"},"id":7}"#,
+            Frame::Error { id: Some(7), code: 2, msg: "Invalid request: unknown variant".into() },
+        ),
+        (
+            r#"{"error":{"code":3,"msg":"Invalid JSON: expected value at line 1 column 1"},"id":null}"#,
+            Frame::Error { id: None, code: 3, msg: "Invalid JSON: expected value at line 1 column 1".into() },
+        ),
+        (
+            r#"{"code":0,"msg":"Unknown property","id":5}"#,
+            Frame::Error { id: Some(5), code: 0, msg: "Unknown property".into() },
+        ),
+        (r#"{"e":"serverShutdown","E":1672515782136}"#, Frame::ServerShutdown { event_time: 1672515782136 }),
+    ];
+    for (text, want) in table {
+        assert_eq!(decode(text), Ok(want), "{text}");
+    }
+}
+
+#[test]
+fn escaped_strings_are_unescaped() {
+    let text = AGG.replace(r#""s":"BNBBTC""#, r#""s":"BNB\u0042TC""#);
+    let Ok(Frame::Market { event, .. }) = decode(&text) else { panic!() };
+    assert_eq!(event.symbol(), "BNBBTC");
+}
+
+#[test]
+fn unknown_fields_are_ignored_and_order_does_not_matter() {
+    let text = r#"{"M":true,"m":false,"T":2,"l":7,"f":7,"q":"1","p":"2","a":9,"s":"X","E":1,"e":"aggTrade","new":[1,{"a":2}]}"#;
+    let Ok(Frame::Market { event, .. }) = decode(text) else { panic!("{:?}", decode(text)) };
+    assert_eq!(event.sequence(), Sequence::AggTrade { id: 9, first_trade: 7, last_trade: 7 });
+}
+
+#[test]
+fn malformed_frames_name_what_is_wrong() {
+    use DecodeError::*;
+    let agg_without = |field: &str| {
+        let start = AGG.find(&format!("\"{field}\":")).unwrap();
+        let end = start + AGG[start..].find(',').unwrap();
+        format!("{}{}", &AGG[..start], &AGG[end + 1..])
+    };
+    let table: Vec<(String, DecodeError)> = vec![
+        ("".into(), Empty),
+        ("   \n".into(), Empty),
+        ("[1,2]".into(), NotAnObject("an array")),
+        ("42".into(), NotAnObject("a number")),
+        ("null".into(), NotAnObject("null")),
+        ("\"hi\"".into(), NotAnObject("a string")),
+        ("{}".into(), Unrecognized),
+        (r#"{"id":1}"#.into(), Unrecognized),
+        (r#"{"e":"outboundAccountPosition","E":1}"#.into(), UnknownEvent("outboundAccountPosition".into())),
+        (r#"{"e":5}"#.into(), WrongType { kind: "market event", field: "e", expected: "an event type string", found: "an integer" }),
+        (agg_without("a"), MissingField { kind: "aggTrade", field: "a" }),
+        (agg_without("s"), MissingField { kind: "aggTrade", field: "s" }),
+        (agg_without("p"), MissingField { kind: "aggTrade", field: "p" }),
+        (agg_without("m"), MissingField { kind: "aggTrade", field: "m" }),
+        (
+            AGG.replace(r#""a":12345"#, r#""a":"12345""#),
+            WrongType { kind: "aggTrade", field: "a", expected: "an unsigned integer", found: "a string" },
+        ),
+        (
+            AGG.replace(r#""a":12345"#, r#""a":-1"#),
+            WrongType { kind: "aggTrade", field: "a", expected: "an unsigned integer", found: "an integer" },
+        ),
+        (
+            AGG.replace(r#""a":12345"#, r#""a":1.5"#),
+            WrongType { kind: "aggTrade", field: "a", expected: "an unsigned integer", found: "a fractional number" },
+        ),
+        (
+            AGG.replace(r#""p":"0.001""#, r#""p":0.001"#),
+            WrongType { kind: "aggTrade", field: "p", expected: "a decimal string", found: "a fractional number" },
+        ),
+        (
+            AGG.replace(r#""p":"0.001""#, r#""p":"1e-3""#),
+            BadDecimal { kind: "aggTrade", field: "p", value: "1e-3".into(), reason: DecimalError::BadChar('e') },
+        ),
+        (
+            AGG.replace(r#""m":true"#, r#""m":"true""#),
+            WrongType { kind: "aggTrade", field: "m", expected: "a boolean", found: "a string" },
+        ),
+        (
+            AGG.replace(r#""E":1672515782136"#, r#""E":null"#),
+            WrongType { kind: "aggTrade", field: "E", expected: "an unsigned integer", found: "null" },
+        ),
+        (KLINE.replace(r#","k":{"#, r#","kk":{"#), MissingField { kind: "kline", field: "k" }),
+        (
+            r#"{"e":"kline","E":1,"s":"X","k":[1]}"#.into(),
+            WrongType { kind: "kline", field: "k", expected: "an object", found: "an array" },
+        ),
+        (KLINE.replace(r#""i":"1m","#, ""), MissingField { kind: "kline", field: "k.i" }),
+        (
+            KLINE.replace(r#""x":false"#, r#""x":0"#),
+            WrongType { kind: "kline", field: "k.x", expected: "a boolean", found: "an integer" },
+        ),
+        (
+            DEPTH.replace(r#"[["0.0024","10"]]"#, r#"[["0.0024"]]"#),
+            BadLevels { kind: "depthUpdate", field: "b", reason: "element 0: quantity is missing (expected [price, qty])".into() },
+        ),
+        (
+            DEPTH.replace(r#"[["0.0024","10"]]"#, r#"[["0.0024","10","x"]]"#),
+            BadLevels {
+                kind: "depthUpdate",
+                field: "b",
+                reason: "element 0: a level has more than two entries (expected [price, qty])".into(),
+            },
+        ),
+        (
+            DEPTH.replace(r#"[["0.0024","10"]]"#, r#"[["0.0024",10]]"#),
+            BadLevels {
+                kind: "depthUpdate",
+                field: "b",
+                reason: "element 0: quantity is an integer, expected a decimal string".into(),
+            },
+        ),
+        (
+            DEPTH.replace(r#"[["0.0024","10"]]"#, r#"[["0,0024","10"]]"#),
+            BadLevels {
+                kind: "depthUpdate",
+                field: "b",
+                reason: "element 0: price \"0,0024\" is not a decimal: unexpected character ',' (expected digits with an optional '.' and leading '-')".into(),
+            },
+        ),
+        (
+            DEPTH.replace(r#""b":[["0.0024","10"]]"#, r#""b":"0.0024""#),
+            WrongType { kind: "depthUpdate", field: "b", expected: "a list of [price, qty] pairs", found: "a string" },
+        ),
+        (BOOK.replace(r#","A":"40.66000000""#, ""), MissingField { kind: "bookTicker", field: "A" }),
+        (PARTIAL.replace(r#","asks":[["0.0026","100"]]"#, ""), MissingField { kind: "partial depth", field: "asks" }),
+        (r#"{"stream":"x@trade"}"#.into(), MissingField { kind: "combined stream envelope", field: "data" }),
+        (
+            r#"{"stream":"x@trade","data":"oops"}"#.into(),
+            WrongType { kind: "combined stream envelope", field: "data", expected: "an object", found: "a string" },
+        ),
+        (
+            format!(r#"{{"stream":7,"data":{AGG}}}"#),
+            WrongType { kind: "combined stream envelope", field: "stream", expected: "a string", found: "an integer" },
+        ),
+        (combined("x@foo", r#"{"e":"foo"}"#), UnknownEvent("foo".into())),
+        (r#"{"result":null}"#.into(), MissingField { kind: "response", field: "id" }),
+        (
+            r#"{"result":{"a":1},"id":1}"#.into(),
+            WrongType {
+                kind: "response",
+                field: "result",
+                expected: "null, a boolean or a list of stream names",
+                found: "an object",
+            },
+        ),
+        (r#"{"error":{"msg":"x"},"id":1}"#.into(), MissingField { kind: "error reply", field: "code" }),
+        (r#"{"e":"serverShutdown"}"#.into(), MissingField { kind: "serverShutdown", field: "E" }),
+    ];
+    for (text, want) in table {
+        assert_eq!(decode(&text), Err(want), "{text}");
+    }
+    // Errors from the JSON parser itself: only the category is stable.
+    for text in ["{", "{\"e\":", "not json", "{\"e\":\"trade\",}", "{'e':1}", "\u{feff}{}"] {
+        assert_eq!(decode(text).map_err(|e| e.label()), Err("not_json"), "{text:?}");
+    }
+    assert_eq!(decode(r#"{"e":"trade","e":"trade"}"#).map_err(|e| e.label()), Err("malformed"));
+    let deep = format!("{}{}", "{\"x\":[".repeat(200), "]}".repeat(200));
+    assert!(decode(&deep).is_err());
+}
+
+#[test]
+fn error_messages_read_well() {
+    let table = [
+        (DecodeError::MissingField { kind: "aggTrade", field: "a" }, r#"aggTrade frame is missing field "a""#),
+        (
+            DecodeError::UnknownEvent("x".into()),
+            r#"unknown event type "x" (keel decodes aggTrade, trade, kline, depthUpdate, bookTicker, serverShutdown)"#,
+        ),
+        (
+            DecodeError::WrongType { kind: "trade", field: "t", expected: "an unsigned integer", found: "a string" },
+            r#"field "t" of a trade frame is a string, expected an unsigned integer"#,
+        ),
+    ];
+    for (err, text) in table {
+        assert_eq!(err.to_string(), text);
+    }
+}
+
+#[test]
+fn requests_encode_exactly() {
+    let table = [
+        (
+            Request::Subscribe(vec!["btcusdt@aggTrade".into(), "btcusdt@depth".into()]),
+            1,
+            r#"{"method":"SUBSCRIBE","params":["btcusdt@aggTrade","btcusdt@depth"],"id":1}"#,
+        ),
+        (
+            Request::Unsubscribe(vec!["btcusdt@depth".into()]),
+            312,
+            r#"{"method":"UNSUBSCRIBE","params":["btcusdt@depth"],"id":312}"#,
+        ),
+        (Request::Subscribe(vec![]), 0, r#"{"method":"SUBSCRIBE","params":[],"id":0}"#),
+        (Request::ListSubscriptions, 3, r#"{"method":"LIST_SUBSCRIPTIONS","id":3}"#),
+        (Request::Subscribe(vec!["a\"b\\c".into()]), 9, r#"{"method":"SUBSCRIBE","params":["a\"b\\c"],"id":9}"#),
+    ];
+    for (request, id, want) in table {
+        assert_eq!(encode_request(&request, id), want);
+    }
+}
+
+#[test]
+fn urls_and_stream_names() {
+    let streams = vec!["btcusdt@aggTrade".to_string(), "btcusdt@kline_1m".to_string()];
+    assert_eq!(
+        combined_stream_url("wss://stream.binance.com:9443", &streams),
+        "wss://stream.binance.com:9443/stream?streams=btcusdt@aggTrade/btcusdt@kline_1m"
+    );
+    assert_eq!(combined_stream_url("wss://h/", &streams[..1]), "wss://h/stream?streams=btcusdt@aggTrade");
+    let names: Vec<String> = [AGG, TRADE, KLINE, DEPTH, BOOK]
+        .iter()
+        .map(|t| match decode(t) {
+            Ok(Frame::Market { event, .. }) => stream_name(&event),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(names, ["bnbbtc@aggTrade", "bnbbtc@trade", "bnbbtc@kline_1m", "bnbbtc@depth", "bnbusdt@bookTicker"]);
+}
+
+#[test]
+fn encoder_writes_binance_frames() {
+    assert_eq!(encode_event(&MarketEvent::AggTrade(agg_event())), AGG);
+    for text in [AGG, TRADE, DEPTH, BOOK, PARTIAL] {
+        let Ok(Frame::Market { event, .. }) = decode(text) else { panic!() };
+        assert_eq!(encode_event(&event), text);
+    }
+    let Ok(Frame::Market { event, .. }) = decode(KLINE) else { panic!() };
+    assert_eq!(encode_event(&event), KLINE.replace(r#""B":"123456""#, r#""B":"0""#));
+    for text in [
+        r#"{"result":null,"id":1}"#,
+        r#"{"result":["a@b","c@d"],"id":3}"#,
+        r#"{"result":true,"id":2}"#,
+        r#"{"error":{"code":2,"msg":"Invalid request"},"id":7}"#,
+        r#"{"error":{"code":3,"msg":"Invalid JSON"},"id":null}"#,
+        r#"{"e":"serverShutdown","E":5}"#,
+    ] {
+        assert_eq!(encode_frame(&decode(text).unwrap()), text);
+    }
+    assert_eq!(encode_frame(&decode(&combined("bnbbtc@aggTrade", AGG)).unwrap()), combined("bnbbtc@aggTrade", AGG));
+}
+
+#[test]
+fn market_events_serialize_for_traces() {
+    let event = MarketEvent::AggTrade(agg_event());
+    let ron_text = ron::to_string(&event).unwrap();
+    assert!(ron_text.contains("\"0.001\""), "{ron_text}");
+    assert_eq!(ron::from_str::<MarketEvent>(&ron_text).unwrap(), event);
+    let json = serde_json::to_string(&event).unwrap();
+    assert_eq!(serde_json::from_str::<MarketEvent>(&json).unwrap(), event);
+}
+
+// ---- properties ----
+
+#[derive(Debug, Clone)]
+struct AnyFrame(Frame);
+
+fn dec(g: &mut Gen) -> Decimal {
+    let scale = u8::arbitrary(g) % 9;
+    Decimal::new(u64::arbitrary(g) % 10_000_000_000_000, scale, false).unwrap_or_default()
+}
+
+fn symbol(g: &mut Gen) -> String {
+    g.choose(&["BTCUSDT", "BNBBTC", "ETHBTC", "X"]).copied().unwrap_or("X").to_string()
+}
+
+fn levels(g: &mut Gen) -> Vec<Level> {
+    (0..usize::arbitrary(g) % 4).map(|_| (dec(g), dec(g))).collect()
+}
+
+impl Arbitrary for AnyFrame {
+    fn arbitrary(g: &mut Gen) -> Self {
+        let sym = symbol(g);
+        let event = match u8::arbitrary(g) % 6 {
+            0 => MarketEvent::AggTrade(AggTrade {
+                symbol: sym,
+                event_time: u64::arbitrary(g),
+                agg_id: u64::arbitrary(g),
+                price: dec(g),
+                quantity: dec(g),
+                first_trade_id: u64::arbitrary(g),
+                last_trade_id: u64::arbitrary(g),
+                trade_time: u64::arbitrary(g),
+                buyer_is_maker: bool::arbitrary(g),
+            }),
+            1 => MarketEvent::Trade(Trade {
+                symbol: sym,
+                event_time: u64::arbitrary(g),
+                trade_id: u64::arbitrary(g),
+                price: dec(g),
+                quantity: dec(g),
+                trade_time: u64::arbitrary(g),
+                buyer_is_maker: bool::arbitrary(g),
+            }),
+            2 => MarketEvent::Kline(Kline {
+                symbol: sym,
+                event_time: u64::arbitrary(g),
+                open_time: u64::arbitrary(g),
+                close_time: u64::arbitrary(g),
+                interval: g.choose(&["1s", "1m", "1h", "1d"]).copied().unwrap_or("1m").to_string(),
+                first_trade_id: i64::arbitrary(g),
+                last_trade_id: i64::arbitrary(g),
+                open: dec(g),
+                high: dec(g),
+                low: dec(g),
+                close: dec(g),
+                volume: dec(g),
+                quote_volume: dec(g),
+                taker_buy_volume: dec(g),
+                taker_buy_quote_volume: dec(g),
+                trades: u64::arbitrary(g),
+                is_closed: bool::arbitrary(g),
+            }),
+            3 => MarketEvent::Depth(DepthUpdate {
+                symbol: sym,
+                event_time: u64::arbitrary(g),
+                first_update_id: u64::arbitrary(g),
+                final_update_id: u64::arbitrary(g),
+                bids: levels(g),
+                asks: levels(g),
+            }),
+            4 => MarketEvent::BookTicker(BookTicker {
+                symbol: sym,
+                update_id: u64::arbitrary(g),
+                best_bid_price: dec(g),
+                best_bid_qty: dec(g),
+                best_ask_price: dec(g),
+                best_ask_qty: dec(g),
+                event_time: Option::arbitrary(g),
+            }),
+            _ => MarketEvent::PartialDepth(PartialDepth {
+                symbol: sym,
+                last_update_id: u64::arbitrary(g),
+                bids: levels(g),
+                asks: levels(g),
+            }),
+        };
+        let frame = match u8::arbitrary(g) % 8 {
+            0 => Frame::Response {
+                id: u64::arbitrary(g),
+                result: match u8::arbitrary(g) % 3 {
+                    0 => ResponseResult::Null,
+                    1 => ResponseResult::Bool(bool::arbitrary(g)),
+                    _ => ResponseResult::Streams(Vec::<String>::arbitrary(g)),
+                },
+            },
+            1 => Frame::Error { id: Option::arbitrary(g), code: i64::arbitrary(g), msg: String::arbitrary(g) },
+            2 => Frame::ServerShutdown { event_time: u64::arbitrary(g) },
+            _ => Frame::Market { stream: stream_name(&event), event },
+        };
+        AnyFrame(frame)
+    }
+}
+
+quickcheck! {
+    fn decode_never_panics(text: String) -> bool {
+        let _ = decode(&text);
+        true
+    }
+
+    fn decode_never_panics_on_mutated_frames(cut: usize, insert: char, which: u8) -> bool {
+        // Real frames with one character replaced or truncated: the nastiest near-misses.
+        let base = [AGG, TRADE, KLINE, DEPTH, BOOK, PARTIAL][usize::from(which) % 6];
+        let chars: Vec<char> = base.chars().collect();
+        let at = cut % chars.len();
+        let mut replaced = chars.clone();
+        replaced[at] = insert;
+        let replaced: String = replaced.into_iter().collect();
+        let truncated: String = chars[..at].iter().collect();
+        let _ = decode(&replaced);
+        decode(&truncated).is_err()
+    }
+
+    fn frames_round_trip(frame: AnyFrame) -> bool {
+        let text = encode_frame(&frame.0);
+        decode(&text) == Ok(frame.0.clone())
+    }
+
+    fn raw_events_round_trip(frame: AnyFrame) -> bool {
+        match frame.0 {
+            // A raw partial depth frame carries no symbol; everything else decodes to itself.
+            Frame::Market { event, .. } if !matches!(event, MarketEvent::PartialDepth(_)) => {
+                decode(&encode_event(&event)) == Ok(Frame::Market { stream: stream_name(&event), event })
+            }
+            _ => true,
+        }
+    }
+
+    fn requests_are_valid_json_with_their_params(streams: Vec<String>, id: u64) -> bool {
+        let text = encode_request(&Request::Subscribe(streams.clone()), id);
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v["method"] == "SUBSCRIBE" && v["id"] == id && v["params"] == serde_json::json!(streams)
+    }
+}
