@@ -1,1 +1,0 @@
-//! (placeholder: the connection-core work fills this module)

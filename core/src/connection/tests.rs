@@ -1,0 +1,708 @@
+//! Tests of the lifecycle machine: hand-stepped tables, then quickcheck properties over random
+//! input scripts driven by a tiny loop (feed input, drain `poll_output`, jump to `poll_timeout`).
+
+use super::*;
+use crate::gaps::GapKind;
+use quickcheck::{Arbitrary, Gen, QuickCheck, TestResult};
+
+const AGG: &str = "btcusdt@aggTrade";
+
+fn t(ms: u64) -> Timestamp {
+    Timestamp::from_millis(ms)
+}
+
+fn id(n: u64) -> TransportId {
+    TransportId(n)
+}
+
+/// Defaults without jitter and with one stream, so that every delay is exact.
+fn cfg() -> Config {
+    let mut c = Config::default();
+    c.reconnect.jitter = 0.0;
+    c.stream.streams = vec![AGG.to_string()];
+    c
+}
+
+fn agg(a: u64) -> String {
+    format!(
+        r#"{{"stream":"{AGG}","data":{{"e":"aggTrade","E":1672515782136,"s":"BTCUSDT","a":{a},"p":"0.001","q":"100","f":{a},"l":{a},"T":1672515782136,"m":true,"M":true}}}}"#
+    )
+}
+
+/// The machine plus a hand-moved clock.
+struct H {
+    c: Connection,
+    now: u64,
+}
+
+impl H {
+    fn new(config: &Config) -> (H, Vec<Output>) {
+        let mut h = H { c: Connection::new(config, 1, t(0)), now: 0 };
+        let out = h.drain();
+        (h, out)
+    }
+
+    fn drain(&mut self) -> Vec<Output> {
+        std::iter::from_fn(|| self.c.poll_output()).collect()
+    }
+
+    fn input_at(&mut self, ms: u64, input: Input) -> Vec<Output> {
+        self.now = ms;
+        self.c.handle_input(input, t(ms));
+        self.drain()
+    }
+
+    fn input(&mut self, input: Input) -> Vec<Output> {
+        self.input_at(self.now, input)
+    }
+
+    /// Jumps to the next deadline and handles it.
+    fn tick(&mut self) -> (u64, Vec<Output>) {
+        let next = self.c.poll_timeout().expect("a deadline");
+        assert!(next.as_millis() >= self.now, "poll_timeout in the past");
+        self.now = next.as_millis();
+        self.c.handle_timeout(next);
+        (self.now, self.drain())
+    }
+
+    /// Ticks through every deadline up to `ms`, answering our pings with matching pongs.
+    fn run_until(&mut self, ms: u64) -> Vec<(u64, Output)> {
+        let mut log = Vec::new();
+        while let Some(next) = self.c.poll_timeout() {
+            if next.as_millis() > ms {
+                break;
+            }
+            let (at, outs) = self.tick();
+            for o in outs {
+                if let Output::Send { id, message: WsMessage::Ping(payload) } = &o {
+                    let pong = Input::Pong { id: *id, payload: payload.clone() };
+                    self.c.handle_input(pong, t(at));
+                    log.extend(self.drain().into_iter().map(|o| (at, o)));
+                }
+                log.push((at, o));
+            }
+        }
+        self.now = self.now.max(ms);
+        log
+    }
+}
+
+fn connected(n: u64, attempt: u32) -> Output {
+    Output::Event(Event::Connected { id: id(n), attempt })
+}
+
+fn open(n: u64) -> Output {
+    Output::Open { id: id(n), url: format!("wss://stream.binance.com:9443/stream?streams={AGG}") }
+}
+
+fn close(n: u64, reason: &str) -> Output {
+    Output::Close { id: id(n), code: CLOSE_NORMAL, reason: reason.to_string() }
+}
+
+fn retry_in(out: &[Output]) -> Option<u64> {
+    out.iter().find_map(|o| match o {
+        Output::Event(Event::Disconnected { retry_in, .. }) => Some(retry_in.as_millis() as u64),
+        _ => None,
+    })
+}
+
+fn refused() -> TransportError {
+    TransportError::Refused("nothing listens".into())
+}
+
+#[test]
+fn opens_at_once_then_delivers_deduplicated_events_and_gaps() {
+    let (mut h, out) = H::new(&cfg());
+    assert_eq!(out, [open(1)]);
+    assert!(!h.c.is_live());
+    assert_eq!(h.input_at(100, Input::Opened { id: id(1) }), [connected(1, 1)]);
+    assert!(h.c.is_live());
+    assert_eq!(h.c.subscriptions(), [AGG.to_string()]);
+
+    let out = h.input(Input::Text { id: id(1), text: agg(10) });
+    assert!(matches!(&out[..], [Output::Event(Event::Market { id: TransportId(1), stream, .. })] if stream == AGG));
+    assert_eq!(h.input(Input::Text { id: id(1), text: agg(10) }), []);
+    let out = h.input(Input::Text { id: id(1), text: agg(13) });
+    assert_eq!(
+        out[0],
+        Output::Gap(Gap { stream: AGG.into(), first_missing: 11, last_missing: 12, kind: GapKind::AggTradeId })
+    );
+    assert!(matches!(out[1], Output::Event(Event::Market { .. })));
+    assert_eq!(out.len(), 2);
+
+    let out = h.input(Input::Text { id: id(1), text: "not json".into() });
+    assert!(matches!(&out[..], [Output::Event(Event::Malformed { id: TransportId(1), .. })]), "{out:?}");
+    assert!(h.c.is_live(), "a malformed frame is never fatal");
+
+    // Frames of another transport are ignored.
+    assert_eq!(h.input(Input::Text { id: id(9), text: agg(14) }), []);
+
+    let s = h.c.stats();
+    assert_eq!((s.messages, s.market_events, s.duplicates, s.gaps, s.missing_ids), (4, 2, 1, 1, 2));
+    assert_eq!(s.malformed_frames, 1);
+    assert_eq!(s.messages_by_stream.get(AGG), Some(&2));
+    assert_eq!((s.connect_attempts, s.connects, s.reconnects), (1, 1, 0));
+}
+
+#[test]
+fn failed_attempts_back_off_exponentially() {
+    let (mut h, _) = H::new(&cfg());
+    // (failure of transport, retry_in, time of the next Open)
+    let table = [(1, 1_000, 1_000), (2, 2_000, 3_000), (3, 4_000, 7_000), (4, 8_000, 15_000)];
+    for (n, delay, next_open) in table {
+        let out = h.input(Input::Failed { id: id(n), error: refused() });
+        assert_eq!(retry_in(&out), Some(delay), "after failure of #{n}: {out:?}");
+        assert_eq!(h.tick(), (next_open, vec![open(n + 1)]));
+    }
+    assert_eq!(h.input(Input::Opened { id: id(5) }), [connected(5, 5)]);
+    let s = h.c.stats();
+    assert_eq!((s.connect_attempts, s.connects, s.failures, s.consecutive_failures), (5, 1, 4, 4));
+    assert!((s.success_rate - 0.2).abs() < 1e-9);
+    assert_eq!(s.history.len(), 5);
+}
+
+#[test]
+fn accept_and_drop_does_not_reset_the_backoff_but_a_stable_connection_does() {
+    let (mut h, _) = H::new(&cfg());
+    let reset = || TransportError::Reset("peer".into());
+    h.input_at(0, Input::Opened { id: id(1) });
+    assert_eq!(retry_in(&h.input_at(10, Input::Failed { id: id(1), error: reset() })), Some(1_000));
+    assert_eq!(h.tick(), (1_010, vec![open(2)]));
+    h.input(Input::Opened { id: id(2) });
+    assert_eq!(retry_in(&h.input_at(1_020, Input::Failed { id: id(2), error: reset() })), Some(2_000));
+    assert_eq!(h.tick(), (3_020, vec![open(3)]));
+    h.input(Input::Opened { id: id(3) });
+    // Up for exactly stable_after (30 s): the failures reset.
+    assert_eq!(retry_in(&h.input_at(33_020, Input::Failed { id: id(3), error: reset() })), Some(1_000));
+    assert_eq!(h.c.stats().consecutive_failures, 1);
+}
+
+#[test]
+fn handshake_timeout_closes_and_ignores_the_late_transport() {
+    let (mut h, _) = H::new(&cfg());
+    let (at, out) = h.tick();
+    assert_eq!(at, 30_000);
+    assert_eq!(out[0], close(1, "handshake timeout"));
+    assert!(matches!(
+        &out[1],
+        Output::Event(Event::Disconnected { id: TransportId(1), error: TransportError::Timeout(_), .. })
+    ));
+    assert_eq!(retry_in(&out), Some(1_000));
+    assert_eq!(h.input(Input::Opened { id: id(1) }), []);
+    assert!(!h.c.is_live());
+    assert_eq!(h.tick(), (31_000, vec![open(2)]));
+}
+
+#[test]
+fn silent_connection_is_pinged_then_closed_and_reopened() {
+    let (mut h, _) = H::new(&cfg());
+    h.input(Input::Opened { id: id(1) });
+    assert_eq!(h.tick(), (30_000, vec![Output::Send { id: id(1), message: WsMessage::Ping(b"keel:1:1".to_vec()) }]));
+    let (at, out) = h.tick();
+    assert_eq!(at, 40_000);
+    assert_eq!(out[0], Output::Event(Event::HeartbeatTimeout { id: id(1) }));
+    assert_eq!(out[1], close(1, "heartbeat timeout"));
+    // Up for 40 s (stable): the backoff starts over at the initial delay.
+    assert_eq!(retry_in(&out), Some(1_000));
+    assert_eq!(h.tick(), (41_000, vec![open(2)]));
+    assert_eq!(h.c.stats().heartbeat_timeouts, 1);
+}
+
+#[test]
+fn answered_pings_keep_the_connection_alive() {
+    let (mut h, _) = H::new(&cfg());
+    h.input(Input::Opened { id: id(1) });
+    h.input_at(100, Input::Text { id: id(1), text: agg(1) });
+    let log = h.run_until(100_000);
+    let pings = log.iter().filter(|(_, o)| matches!(o, Output::Send { message: WsMessage::Ping(_), .. })).count();
+    assert_eq!(pings, 3, "{log:?}");
+    assert!(h.c.is_live());
+    assert_eq!(h.c.stats().last_rtt_ms, Some(0));
+}
+
+#[test]
+fn server_pings_get_pongs_within_the_control_rate() {
+    let (mut h, _) = H::new(&cfg());
+    h.input(Input::Opened { id: id(1) });
+    for i in 0..5u8 {
+        let out = h.input(Input::Ping { id: id(1), payload: vec![i] });
+        assert_eq!(out, [Output::Send { id: id(1), message: WsMessage::Pong(vec![i]) }]);
+    }
+    // The sixth and seventh in the same second wait; only the latest is answered.
+    assert_eq!(h.input(Input::Ping { id: id(1), payload: vec![5] }), []);
+    assert_eq!(h.input(Input::Ping { id: id(1), payload: vec![6] }), []);
+    assert_eq!(h.tick(), (1_000, vec![Output::Send { id: id(1), message: WsMessage::Pong(vec![6]) }]));
+}
+
+#[test]
+fn fatal_error_gives_up_at_once() {
+    let (mut h, _) = H::new(&cfg());
+    let error = TransportError::CertificateRejected("unknown issuer".into());
+    let out = h.input(Input::Failed { id: id(1), error: error.clone() });
+    match &out[..] {
+        [Output::GaveUp(g)] => {
+            assert_eq!((g.class, g.failures, &g.error), (ErrorClass::Fatal, 1, &error));
+            assert!(g.reason.contains("--ca-file"), "{}", g.reason);
+        }
+        other => panic!("expected GaveUp, got {other:?}"),
+    }
+    assert_eq!(h.c.poll_timeout(), None);
+    assert_eq!(h.c.stop_reason(), Some(StopReason::GaveUp));
+    assert_eq!(h.input(Input::Opened { id: id(1) }), []);
+    assert_eq!(h.input(Input::Shutdown), []);
+}
+
+#[test]
+fn too_many_failures_give_up() {
+    let mut c = cfg();
+    c.reconnect.max_consecutive_failures = 3;
+    let (mut h, _) = H::new(&c);
+    h.input(Input::Failed { id: id(1), error: refused() });
+    h.tick();
+    h.input(Input::Failed { id: id(2), error: refused() });
+    h.tick();
+    let out = h.input(Input::Failed { id: id(3), error: refused() });
+    assert!(matches!(&out[..], [Output::GaveUp(GiveUp { failures: 3, class: ErrorClass::Transient, .. })]), "{out:?}");
+    assert!(h.c.is_stopped());
+}
+
+#[test]
+fn rate_limits_wait_at_least_the_servers_time() {
+    let (mut h, _) = H::new(&cfg());
+    let error = TransportError::HttpStatus { status: 429, retry_after: Some(Duration::from_secs(120)) };
+    let out = h.input(Input::Failed { id: id(1), error });
+    assert_eq!(retry_in(&out), Some(120_000));
+    assert_eq!(h.tick(), (120_000, vec![open(2)]));
+}
+
+#[test]
+fn attempt_budget_delays_instead_of_failing() {
+    let mut c = cfg();
+    c.reconnect.max_attempts_per_window = 3;
+    let (mut h, _) = H::new(&c);
+    h.input(Input::Failed { id: id(1), error: refused() });
+    assert_eq!(h.tick(), (1_000, vec![open(2)]));
+    h.input(Input::Failed { id: id(2), error: refused() });
+    assert_eq!(h.tick(), (3_000, vec![open(3)]));
+    // The backoff says 4 s, but three attempts were made in this 5-minute window.
+    let out = h.input(Input::Failed { id: id(3), error: refused() });
+    assert_eq!(retry_in(&out), Some(297_000));
+    assert_eq!(h.tick(), (300_000, vec![open(4)]));
+}
+
+#[test]
+fn shutdown_closes_and_stops() {
+    let (mut h, _) = H::new(&cfg());
+    h.input(Input::Opened { id: id(1) });
+    assert_eq!(h.input_at(5_000, Input::Shutdown), [close(1, "shutdown")]);
+    assert_eq!(h.c.poll_timeout(), None);
+    assert_eq!(h.input(Input::Ping { id: id(1), payload: vec![1] }), []);
+    assert_eq!(h.input(Input::Shutdown), []);
+    assert_eq!(h.c.stop_reason(), Some(StopReason::Shutdown));
+
+    // While waiting there is nothing to close.
+    let (mut h, _) = H::new(&cfg());
+    h.input(Input::Failed { id: id(1), error: refused() });
+    assert_eq!(h.input(Input::Shutdown), []);
+    assert!(h.c.is_stopped());
+    // While connecting the pending transport is closed.
+    let (mut h, _) = H::new(&cfg());
+    assert_eq!(h.input(Input::Shutdown), [close(1, "shutdown")]);
+}
+
+#[test]
+fn scheduled_rollover_reconnects_without_backoff() {
+    let mut c = cfg();
+    c.stream.rollover_after_ms = 50_000;
+    let (mut h, _) = H::new(&c);
+    h.input(Input::Opened { id: id(1) });
+    let log = h.run_until(50_000);
+    let tail: Vec<_> = log.into_iter().filter(|(at, _)| *at == 50_000).map(|(_, o)| o).collect();
+    assert_eq!(
+        tail,
+        [
+            Output::Event(Event::Rollover { id: id(1), reason: RolloverReason::Scheduled }),
+            close(1, "rollover"),
+            open(2)
+        ]
+    );
+    assert_eq!(h.input(Input::Opened { id: id(2) }), [connected(2, 1)]);
+    assert_eq!((h.c.stats().rollovers, h.c.stats().reconnects), (1, 1));
+}
+
+#[test]
+fn server_shutdown_rolls_over_when_stable_and_backs_off_when_not() {
+    let shutdown = || r#"{"e":"serverShutdown","E":1672515782136}"#.to_string();
+    let (mut h, _) = H::new(&cfg());
+    h.input(Input::Opened { id: id(1) });
+    h.run_until(40_000);
+    let out = h.input(Input::Text { id: id(1), text: shutdown() });
+    assert_eq!(
+        out,
+        [
+            Output::Event(Event::Rollover { id: id(1), reason: RolloverReason::ServerShutdown }),
+            close(1, "rollover"),
+            open(2)
+        ]
+    );
+    h.input(Input::Opened { id: id(2) });
+    let out = h.input_at(41_000, Input::Text { id: id(2), text: shutdown() });
+    assert_eq!(out[0], close(2, "server shutdown"));
+    assert_eq!(retry_in(&out), Some(1_000));
+}
+
+#[test]
+fn a_stalled_stream_is_resubscribed_then_reconnected() {
+    let mut c = cfg();
+    c.heartbeat.ping_interval_ms = 100_000;
+    let (mut h, _) = H::new(&c);
+    h.input(Input::Opened { id: id(1) });
+    let log = h.run_until(120_000);
+    let at_stall: Vec<_> = log.into_iter().filter(|(at, _)| *at == 120_000).map(|(_, o)| o).collect();
+    let send = |text: &str| Output::Send { id: id(1), message: WsMessage::Text(text.to_string()) };
+    assert_eq!(
+        at_stall,
+        [
+            Output::Event(Event::StreamStalled { stream: AGG.into(), action: StallAction::Resubscribe }),
+            send(r#"{"method":"UNSUBSCRIBE","params":["btcusdt@aggTrade"],"id":1}"#),
+            send(r#"{"method":"SUBSCRIBE","params":["btcusdt@aggTrade"],"id":2}"#),
+        ]
+    );
+    let log = h.run_until(240_000);
+    let at_stall: Vec<_> = log.into_iter().filter(|(at, _)| *at == 240_000).map(|(_, o)| o).collect();
+    assert_eq!(at_stall[0], Output::Event(Event::StreamStalled { stream: AGG.into(), action: StallAction::Reconnect }));
+    assert_eq!(at_stall[1], close(1, "stream stalled"));
+    assert_eq!(retry_in(&at_stall), Some(1_000));
+    assert_eq!(h.c.stats().stalls, 2);
+}
+
+#[test]
+fn an_event_after_the_resubscribe_clears_the_stall() {
+    let mut c = cfg();
+    c.heartbeat.ping_interval_ms = 100_000;
+    let (mut h, _) = H::new(&c);
+    h.input(Input::Opened { id: id(1) });
+    h.run_until(120_000);
+    h.input_at(130_000, Input::Text { id: id(1), text: agg(1) });
+    let log = h.run_until(249_999);
+    assert!(log.iter().all(|(_, o)| !matches!(o, Output::Event(Event::StreamStalled { .. }))), "{log:?}");
+    assert!(h.c.is_live());
+}
+
+#[test]
+fn server_close_and_errors() {
+    let (mut h, _) = H::new(&cfg());
+    h.input(Input::Opened { id: id(1) });
+    let out = h.input(Input::Text { id: id(1), text: r#"{"error":{"code":2,"msg":"Invalid request"},"id":7}"#.into() });
+    assert_eq!(out, [Output::Event(Event::ServerError { code: 2, msg: "Invalid request".into() })]);
+    let out = h.input(Input::Closed { id: id(1), code: Some(1008), reason: "Too many requests".into() });
+    match &out[..] {
+        [Output::Event(Event::Disconnected { class: ErrorClass::RateLimited { .. }, retry_in, .. })] => {
+            assert_eq!(*retry_in, crate::classify::RATE_LIMIT_FLOOR);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn uptime_downtime_and_outages_are_accounted() {
+    let (mut h, _) = H::new(&cfg());
+    h.input_at(5_000, Input::Opened { id: id(1) });
+    h.input_at(65_000, Input::Failed { id: id(1), error: refused() });
+    h.tick();
+    let s = h.c.stats();
+    assert_eq!((s.uptime_ms, s.downtime_ms, s.current_outage_ms, s.longest_outage_ms), (60_000, 6_000, 1_000, 5_000));
+    let kinds: Vec<_> = s.history.iter().map(|r| std::mem::discriminant(&r.outcome)).collect();
+    assert_eq!(kinds.len(), 2);
+    assert!(matches!(
+        s.history.iter().next().map(|r| &r.outcome),
+        Some(AttemptOutcome::Dropped { up_for_ms: 60_000, .. })
+    ));
+}
+
+// ---- properties ----
+
+/// One step of a random script.
+#[derive(Debug, Clone)]
+enum Step {
+    Advance(u32),
+    Timeout,
+    OpenLatest,
+    FailCurrent(u8),
+    CloseCurrent,
+    Text(u8),
+    Garbage,
+    ServerPing,
+    AnswerPing,
+    StaleOpened,
+    Shutdown,
+}
+
+impl Arbitrary for Step {
+    fn arbitrary(g: &mut Gen) -> Step {
+        match u8::arbitrary(g) % 40 {
+            0..=5 => Step::Advance(u32::arbitrary(g) % 120_000),
+            6..=14 => Step::Timeout,
+            15..=19 => Step::OpenLatest,
+            20..=22 => Step::FailCurrent(u8::arbitrary(g)),
+            23 => Step::CloseCurrent,
+            24..=30 => Step::Text(u8::arbitrary(g)),
+            31 => Step::Garbage,
+            32..=33 => Step::ServerPing,
+            34..=37 => Step::AnswerPing,
+            38 => Step::StaleOpened,
+            _ => {
+                if u8::arbitrary(g) % 8 == 0 {
+                    Step::Shutdown
+                } else {
+                    Step::Timeout
+                }
+            }
+        }
+    }
+}
+
+fn error_of(k: u8) -> TransportError {
+    match k % 8 {
+        0 => TransportError::Reset("x".into()),
+        1 => TransportError::Refused("x".into()),
+        2 => TransportError::UnexpectedEof("x".into()),
+        3 => TransportError::HttpStatus { status: 429, retry_after: Some(Duration::from_secs(u64::from(k % 90))) },
+        4 => TransportError::ServerClose { code: 1008, reason: "x".into() },
+        5 => TransportError::HttpStatus { status: 503, retry_after: None },
+        6 => TransportError::Timeout("x".into()),
+        _ if k == 255 => TransportError::CertificateRejected("x".into()),
+        _ => TransportError::BadRecordMac("x".into()),
+    }
+}
+
+/// A property-test config: two streams (one duplicated), jitter on, a small attempt budget.
+fn prop_cfg() -> Config {
+    let mut c = Config::default();
+    c.stream.streams = vec![AGG.into(), "ethusdt@trade".into(), AGG.into()];
+    c.reconnect.max_attempts_per_window = 5;
+    c.reconnect.max_consecutive_failures = 1_000;
+    c
+}
+
+/// What the script driver remembers from the outputs.
+struct Seen {
+    latest_open: Option<TransportId>,
+    last_ping: Option<(TransportId, Vec<u8>)>,
+}
+
+/// Runs a script and checks the per-step invariants; returns the outputs with their times, or
+/// the first broken invariant.
+fn run_script(config: &Config, seed: u64, steps: &[Step]) -> Result<Vec<(u64, Output)>, String> {
+    let mut c = Connection::new(config, seed, t(0));
+    let mut now = 0u64;
+    let mut given = 0u64;
+    let mut log: Vec<(u64, Output)> = Vec::new();
+    let mut seen = Seen { latest_open: None, last_ping: None };
+    let mut next_agg = 1u64;
+    let desired = c.desired_streams().to_vec();
+    let expected_url = format!("{}/stream?streams={}", config.stream.url, desired.join("/"));
+    // `stopped_before`: whether the machine had stopped before the input that produced these outputs.
+    let step_outputs = |c: &mut Connection,
+                        now: u64,
+                        stopped_before: bool,
+                        log: &mut Vec<(u64, Output)>,
+                        seen: &mut Seen|
+     -> Result<(), String> {
+        while let Some(o) = c.poll_output() {
+            match &o {
+                Output::Open { id, url } => {
+                    if url != &expected_url {
+                        return Err(format!("Open with url {url}, expected {expected_url}"));
+                    }
+                    seen.latest_open = Some(*id);
+                }
+                Output::Send { id, message } => {
+                    if c.current_transport() != Some(*id) {
+                        return Err(format!("Send on {id}, which is not the current transport"));
+                    }
+                    if let WsMessage::Ping(p) = message {
+                        seen.last_ping = Some((*id, p.clone()));
+                    }
+                }
+                Output::Close { .. } => {}
+                _ if stopped_before => return Err(format!("{o:?} after the machine stopped")),
+                _ => {}
+            }
+            log.push((now, o));
+        }
+        if let Some(next) = c.poll_timeout()
+            && next.as_millis() < now
+        {
+            return Err(format!("poll_timeout {next} is before now {}", t(now)));
+        }
+        if c.is_live() && c.subscriptions() != desired.as_slice() {
+            return Err(format!("live with {:?}, desired {desired:?}", c.subscriptions()));
+        }
+        Ok(())
+    };
+    step_outputs(&mut c, given, false, &mut log, &mut seen)?;
+    for step in steps {
+        let stopped_before = c.is_stopped();
+        let current = c.current_transport();
+        match step {
+            Step::Advance(ms) => now += u64::from(*ms),
+            Step::Timeout => {
+                if let Some(next) = c.poll_timeout() {
+                    now = now.max(next.as_millis());
+                    c.handle_timeout(t(now));
+                    given = now;
+                }
+            }
+            Step::OpenLatest => {
+                if let Some(id) = seen.latest_open {
+                    c.handle_input(Input::Opened { id }, t(now));
+                    given = now;
+                }
+            }
+            Step::FailCurrent(k) => {
+                if let Some(id) = current {
+                    c.handle_input(Input::Failed { id, error: error_of(*k) }, t(now));
+                    given = now;
+                }
+            }
+            Step::CloseCurrent => {
+                if let Some(id) = current {
+                    c.handle_input(Input::Closed { id, code: Some(1001), reason: String::new() }, t(now));
+                    given = now;
+                }
+            }
+            Step::Text(k) => {
+                if let Some(id) = current {
+                    // Mostly in order, sometimes repeated or skipping ahead.
+                    next_agg = match k % 8 {
+                        0 => next_agg.saturating_sub(1),
+                        1 => next_agg + u64::from(*k),
+                        _ => next_agg + 1,
+                    };
+                    c.handle_input(Input::Text { id, text: agg(next_agg) }, t(now));
+                    given = now;
+                }
+            }
+            Step::Garbage => {
+                if let Some(id) = current {
+                    c.handle_input(Input::Text { id, text: "{\"stream\":1}".into() }, t(now));
+                    given = now;
+                }
+            }
+            Step::ServerPing => {
+                if let Some(id) = current {
+                    c.handle_input(Input::Ping { id, payload: now.to_be_bytes().to_vec() }, t(now));
+                    given = now;
+                }
+            }
+            Step::AnswerPing => {
+                if let Some((id, payload)) = seen.last_ping.clone() {
+                    c.handle_input(Input::Pong { id, payload }, t(now));
+                    given = now;
+                }
+            }
+            Step::StaleOpened => {
+                c.handle_input(Input::Opened { id: TransportId(0) }, t(now));
+                given = now;
+            }
+            Step::Shutdown => {
+                c.handle_input(Input::Shutdown, t(now));
+                given = now;
+            }
+        }
+        step_outputs(&mut c, given, stopped_before, &mut log, &mut seen)?;
+    }
+    Ok(log)
+}
+
+#[test]
+fn prop_invariants_hold_over_random_scripts() {
+    fn prop(seed: u64, steps: Vec<Step>) -> TestResult {
+        match run_script(&prop_cfg(), seed, &steps) {
+            Ok(log) => {
+                // The attempt budget (5 per 5 minutes) holds over the whole run.
+                let opens: Vec<u64> =
+                    log.iter().filter(|(_, o)| matches!(o, Output::Open { .. })).map(|(at, _)| *at).collect();
+                for (i, &start) in opens.iter().enumerate() {
+                    if opens[i..].iter().take_while(|&&at| at < start + 300_000).count() > 5 {
+                        return TestResult::error(format!("more than 5 opens in 5 minutes: {opens:?}"));
+                    }
+                }
+                TestResult::passed()
+            }
+            Err(e) => TestResult::error(e),
+        }
+    }
+    QuickCheck::new().tests(300).quickcheck(prop as fn(u64, Vec<Step>) -> TestResult);
+}
+
+#[test]
+fn prop_same_seed_same_outputs() {
+    fn prop(seed: u64, steps: Vec<Step>) -> bool {
+        let a = run_script(&prop_cfg(), seed, &steps);
+        let b = run_script(&prop_cfg(), seed, &steps);
+        a == b
+    }
+    QuickCheck::new().tests(100).quickcheck(prop as fn(u64, Vec<Step>) -> bool);
+}
+
+#[test]
+fn different_seeds_jitter_differently() {
+    let steps: Vec<Step> = (0..20).flat_map(|_| [Step::FailCurrent(0), Step::Timeout]).collect();
+    let a = run_script(&prop_cfg(), 1, &steps).unwrap();
+    let b = run_script(&prop_cfg(), 2, &steps).unwrap();
+    assert_ne!(a, b);
+}
+
+#[test]
+fn prop_missing_pong_leads_to_close_then_reconnect_in_time() {
+    // Connected, frames at random gaps, then silence. The transport must be closed no later than
+    // the last frame + ping interval + pong timeout, and a new Open must follow the Close.
+    fn prop(gaps: Vec<u16>, seed: u64) -> TestResult {
+        let config = cfg();
+        let bound = config.heartbeat.ping_interval_ms + config.heartbeat.pong_timeout_ms;
+        let mut c = Connection::new(&config, seed, t(0));
+        while c.poll_output().is_some() {}
+        c.handle_input(Input::Opened { id: id(1) }, t(0));
+        let mut now = 0;
+        let mut last_frame = 0;
+        let mut agg_id = 0;
+        for g in gaps {
+            // Each gap stays under the timeout check; deadlines in between are handled.
+            let target = now + u64::from(g % 9_000);
+            while let Some(next) = c.poll_timeout().filter(|n| n.as_millis() <= target) {
+                c.handle_timeout(next);
+                now = next.as_millis();
+            }
+            if !c.is_live() {
+                return TestResult::error(format!("dropped at {now} despite a frame every < 9 s"));
+            }
+            now = target;
+            agg_id += 1;
+            c.handle_input(Input::Text { id: id(1), text: agg(agg_id) }, t(now));
+            last_frame = now;
+        }
+        while c.poll_output().is_some() {}
+        let mut closed_at = None;
+        while let Some(next) = c.poll_timeout() {
+            c.handle_timeout(next);
+            now = next.as_millis();
+            while let Some(o) = c.poll_output() {
+                match o {
+                    Output::Close { id: TransportId(1), .. } => closed_at = Some(now),
+                    Output::Open { id: TransportId(2), .. } => {
+                        return match closed_at {
+                            Some(at) if at <= last_frame + bound => TestResult::passed(),
+                            Some(at) => TestResult::error(format!("closed at {at}, last frame {last_frame}")),
+                            None => TestResult::error("reopened without closing"),
+                        };
+                    }
+                    _ => {}
+                }
+            }
+        }
+        TestResult::error("never reconnected")
+    }
+    QuickCheck::new().tests(200).quickcheck(prop as fn(Vec<u16>, u64) -> TestResult);
+}
