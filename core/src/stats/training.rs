@@ -1,1 +1,119 @@
-//! (placeholder: the scaler work fills this module)
+//! Training statistics of the loss scaler and its monitor: what `keel train` prints, writes to its
+//! stats JSON and stores in checkpoint metadata.
+
+use serde::{Deserialize, Serialize};
+
+/// A snapshot of the whole run so far ([`crate::monitor::ScaleMonitor::stats`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct TrainingStats {
+    /// Steps recorded (applied + skipped).
+    pub steps: u64,
+    /// Steps whose gradients were finite and reached the optimizer.
+    pub applied: u64,
+    /// Steps skipped because their gradients held inf/NaN (always equal to `overflows`: keel skips
+    /// exactly the overflowing steps, also under hysteresis).
+    pub skipped: u64,
+    /// Steps whose gradients held inf/NaN.
+    pub overflows: u64,
+    /// `overflows / steps` (0 before the first step).
+    pub overflow_rate: f64,
+    /// Longest run of consecutive overflows seen.
+    pub longest_overflow_run: u64,
+    /// Resets the monitor asked for.
+    pub resets: u64,
+    /// Times the scale rose above the warning threshold.
+    pub warnings: u64,
+    /// Epochs judged anomalous.
+    pub anomalous_epochs: u64,
+    /// Scale after the last recorded step (0 before the first step).
+    pub current_scale: f64,
+    /// Lowest scale recorded (0 before the first step).
+    pub min_scale: f64,
+    /// Highest scale recorded (0 before the first step).
+    pub max_scale: f64,
+    /// Arithmetic mean of the recorded scales (0 before the first step).
+    pub mean_scale: f64,
+    /// One summary per ended epoch, oldest first.
+    pub epochs: Vec<EpochSummary>,
+}
+
+/// What happened to the scale during one epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct EpochSummary {
+    /// Epoch number as given to `end_epoch`.
+    pub epoch: u32,
+    /// Steps recorded in this epoch.
+    pub steps: u64,
+    /// Steps applied.
+    pub applied: u64,
+    /// Steps skipped.
+    pub skipped: u64,
+    /// Overflowing steps.
+    pub overflows: u64,
+    /// `overflows / steps` (0 for an empty epoch).
+    pub overflow_rate: f64,
+    /// Scale at the end of the epoch.
+    pub end_scale: f64,
+    /// Lowest scale in the epoch.
+    pub min_scale: f64,
+    /// Highest scale in the epoch.
+    pub max_scale: f64,
+    /// Mean scale over the epoch's steps.
+    pub mean_scale: f64,
+    /// Warnings raised in the epoch.
+    pub warnings: u64,
+    /// Resets asked for in the epoch (including one this epoch's end caused).
+    pub resets: u64,
+    /// Why the epoch was anomalous; empty when it was not.
+    pub anomalies: Vec<EpochAnomaly>,
+}
+
+impl EpochSummary {
+    /// Whether the monitor counted this epoch as anomalous.
+    pub fn is_anomalous(&self) -> bool {
+        !self.anomalies.is_empty()
+    }
+}
+
+/// Why an epoch counts as anomalous.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum EpochAnomaly {
+    /// The scale rose above the warning threshold during the epoch.
+    ScaleAboveThreshold {
+        /// Highest scale of the epoch.
+        max_scale: f64,
+        /// `warn_threshold`.
+        threshold: f64,
+    },
+    /// More steps overflowed than `anomalous_overflow_rate` allows.
+    OverflowRate {
+        /// The epoch's overflow rate.
+        rate: f64,
+        /// `anomalous_overflow_rate`.
+        limit: f64,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn old_json_without_newer_fields_loads() {
+        let s: TrainingStats = serde_json::from_str(r#"{"steps": 3, "skipped": 1}"#).unwrap();
+        assert_eq!((s.steps, s.skipped, s.resets), (3, 1, 0));
+        assert!(s.epochs.is_empty());
+    }
+
+    #[test]
+    fn anomalous_iff_reasons() {
+        let mut e = EpochSummary::default();
+        assert!(!e.is_anomalous());
+        e.anomalies.push(EpochAnomaly::OverflowRate { rate: 0.5, limit: 0.05 });
+        assert!(e.is_anomalous());
+        let json = serde_json::to_string(&e).unwrap();
+        assert_eq!(serde_json::from_str::<EpochSummary>(&json).unwrap(), e);
+    }
+}
