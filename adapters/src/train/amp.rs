@@ -1,0 +1,101 @@
+//! Mixed-precision plumbing between candle's gradients and the loss scaler: the NaN/Inf check,
+//! unscaling and global-norm clipping. The decision itself (apply or skip, the next scale) is the
+//! core's `LossScaler`; this file only turns tensors into the numbers it needs.
+
+use super::model::Params;
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Result, Tensor};
+use keel_core::config::ComputeDtype;
+
+/// candle's dtype for a configured compute dtype.
+pub fn dtype_of(d: ComputeDtype) -> DType {
+    match d {
+        ComputeDtype::F32 => DType::F32,
+        ComputeDtype::F16 => DType::F16,
+        ComputeDtype::Bf16 => DType::BF16,
+    }
+}
+
+/// The gradient of every parameter in `params` order; a parameter the loss does not reach gets zeros.
+pub fn collect(grads: &GradStore, params: &Params) -> Result<Vec<Tensor>> {
+    params
+        .named()
+        .iter()
+        .map(|(_, v)| match grads.get(v) {
+            Some(g) => g.to_dtype(DType::F32),
+            None => v.as_tensor().zeros_like(),
+        })
+        .collect()
+}
+
+/// `true` when any gradient holds a NaN or an infinity.
+///
+/// `Tensor::max` ignores NaN, so it cannot be used. Each gradient is multiplied by zero and
+/// summed: `0 * finite = 0`, `0 * inf = NaN` and `0 * NaN = NaN`, so the sum is NaN exactly when
+/// a non-finite value exists, and, unlike a plain sum, it cannot overflow on large finite values.
+pub fn found_inf(grads: &[Tensor]) -> Result<bool> {
+    for g in grads {
+        let s = (g * 0.0)?.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        if !s.is_finite() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Unscaled and clipped gradients plus the global norm of the unscaled gradients (before clipping,
+/// as PyTorch's `clip_grad_norm_` reports it). `max_norm <= 0` disables clipping.
+pub fn unscale_and_clip(grads: &[Tensor], scale: f64, max_norm: f64) -> Result<(Vec<Tensor>, f64)> {
+    let inv = 1.0 / scale;
+    let mut sq = 0.0f64;
+    for g in grads {
+        sq += (g * inv)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+    }
+    let norm = sq.sqrt();
+    let coef = if max_norm > 0.0 && norm > max_norm { max_norm / (norm + 1e-6) } else { 1.0 };
+    let out = grads.iter().map(|g| g * (inv * coef)).collect::<Result<Vec<_>>>()?;
+    Ok((out, norm))
+}
+
+/// Mean, standard deviation and largest absolute value of a model output (logged with scaler
+/// events: an output drifting toward f16's 65504 is the usual prelude to overflow).
+pub fn output_stats(y: &Tensor) -> Result<(f64, f64, f64)> {
+    let y = y.to_dtype(DType::F32)?.flatten_all()?;
+    let mean = y.mean_all()?.to_scalar::<f32>()? as f64;
+    let var = y.broadcast_sub(&y.mean_keepdim(0)?)?.sqr()?.mean_all()?.to_scalar::<f32>()? as f64;
+    let maxabs = y.abs()?.max_all()?.to_scalar::<f32>()? as f64;
+    Ok((mean, var.sqrt(), maxabs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn nan_and_inf_are_found_where_max_would_miss_nan() {
+        let dev = Device::Cpu;
+        let ok = Tensor::new(&[1f32, 3e38, -3e38, 3e38], &dev).unwrap(); // sum would overflow
+        let nan = Tensor::new(&[1f32, f32::NAN, 2.0], &dev).unwrap();
+        let inf = Tensor::new(&[1f32, f32::NEG_INFINITY], &dev).unwrap();
+        assert!(!found_inf(std::slice::from_ref(&ok)).unwrap());
+        assert!(found_inf(&[ok.clone(), nan.clone()]).unwrap());
+        assert!(found_inf(&[inf]).unwrap());
+        // The trap this avoids: max ignores the NaN.
+        assert_eq!(nan.max_all().unwrap().to_scalar::<f32>().unwrap(), 2.0);
+    }
+
+    #[test]
+    fn unscale_then_clip_to_global_norm() {
+        let dev = Device::Cpu;
+        // Scaled by 8: unscaled grads are [3, 0] and [4] -> norm 5; clipped to norm 1.
+        let g = [Tensor::new(&[24f32, 0.0], &dev).unwrap(), Tensor::new(&[32f32], &dev).unwrap()];
+        let (out, norm) = unscale_and_clip(&g, 8.0, 1.0).unwrap();
+        assert!((norm - 5.0).abs() < 1e-6);
+        let a = out[0].to_vec1::<f32>().unwrap();
+        let b = out[1].to_vec1::<f32>().unwrap();
+        assert!((a[0] - 0.6).abs() < 1e-5 && (b[0] - 0.8).abs() < 1e-5, "{a:?} {b:?}");
+        let (out, _) = unscale_and_clip(&g, 8.0, 0.0).unwrap();
+        assert_eq!(out[1].to_vec1::<f32>().unwrap(), vec![4.0]);
+    }
+}

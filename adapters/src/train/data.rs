@@ -1,0 +1,581 @@
+//! Training data: Informer-layout CSV files and klines recorded by `keel stream`, validated before
+//! any tensor is built, split chronologically 70/10/20, standardized with statistics of the
+//! training part only (so nothing of the future leaks into training), with calendar features.
+
+use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, Timelike};
+use keel_core::config::Features;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// Header of recorded kline files (docs: the recorder/loader contract).
+pub const KLINE_HEADER: [&str; 11] = [
+    "event_time",
+    "open_time",
+    "close_time",
+    "interval",
+    "open",
+    "high",
+    "low",
+    "close",
+    "volume",
+    "trades",
+    "is_closed",
+];
+
+/// Calendar features per step (minute, hour, weekday, day of month, day of year; Informer's `timeF`).
+pub const N_TIME_FEATURES: usize = 5;
+
+/// Why a data file cannot be trained on. Rows are 1-based data rows (the header is not a row);
+/// `line` is the line in the file, for editors.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum DataError {
+    /// The file or directory could not be read.
+    #[error("cannot read {path}: {message}")]
+    Io {
+        /// The path.
+        path: String,
+        /// The OS or CSV reader's message.
+        message: String,
+    },
+    /// The header is missing or has fewer than two columns.
+    #[error("{path}: the header must be a date/time column followed by numeric feature columns, got {header:?}")]
+    BadHeader {
+        /// The file.
+        path: String,
+        /// What was found.
+        header: Vec<String>,
+    },
+    /// A row has a different number of cells than the header.
+    #[error("{path}: row {row} (line {line}) has {found} cells, the header has {expected}")]
+    RowLength {
+        /// The file.
+        path: String,
+        /// 1-based data row.
+        row: usize,
+        /// 1-based line.
+        line: usize,
+        /// Cells in the row.
+        found: usize,
+        /// Cells in the header.
+        expected: usize,
+    },
+    /// A cell is empty.
+    #[error("{path}: row {row} (line {line}), column \"{column}\" is empty; fill or drop the row")]
+    EmptyCell {
+        /// The file.
+        path: String,
+        /// 1-based data row.
+        row: usize,
+        /// 1-based line.
+        line: usize,
+        /// Column name.
+        column: String,
+    },
+    /// A cell is not a number.
+    #[error("{path}: row {row} (line {line}), column \"{column}\": \"{value}\" is not a number")]
+    NotNumeric {
+        /// The file.
+        path: String,
+        /// 1-based data row.
+        row: usize,
+        /// 1-based line.
+        line: usize,
+        /// Column name.
+        column: String,
+        /// The cell.
+        value: String,
+    },
+    /// A cell is NaN or infinite.
+    #[error(
+        "{path}: row {row} (line {line}), column \"{column}\": \"{value}\" is not finite (NaN/Inf); clean the file"
+    )]
+    NotFinite {
+        /// The file.
+        path: String,
+        /// 1-based data row.
+        row: usize,
+        /// 1-based line.
+        line: usize,
+        /// Column name.
+        column: String,
+        /// The cell.
+        value: String,
+    },
+    /// The date/time cell is not understood.
+    #[error(
+        "{path}: row {row} (line {line}), column \"{column}\": \"{value}\" is not a date (use YYYY-MM-DD, \
+         YYYY-MM-DD HH:MM:SS or milliseconds since the epoch)"
+    )]
+    BadDate {
+        /// The file.
+        path: String,
+        /// 1-based data row.
+        row: usize,
+        /// 1-based line.
+        line: usize,
+        /// Column name.
+        column: String,
+        /// The cell.
+        value: String,
+    },
+    /// The target column does not exist.
+    #[error("target column \"{target}\" is not in the data; columns are {columns:?} (use --target)")]
+    UnknownTarget {
+        /// Requested target.
+        target: String,
+        /// Available feature columns.
+        columns: Vec<String>,
+    },
+    /// Too few rows for one training, validation and test window.
+    #[error(
+        "{rows} rows are too few for seq_len {seq_len} + pred_len {pred_len} with a 70/10/20 split: \
+         need at least {needed}; use more data or shorter --seq-len/--pred-len"
+    )]
+    TooFewRows {
+        /// Rows available.
+        rows: usize,
+        /// Rows needed.
+        needed: usize,
+        /// Encoder length.
+        seq_len: usize,
+        /// Forecast length.
+        pred_len: usize,
+    },
+}
+
+/// A validated table: timestamps (ms since the epoch, UTC) and rows of finite numbers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Table {
+    /// Feature column names (the date column excluded).
+    pub columns: Vec<String>,
+    /// One timestamp per row.
+    pub times_ms: Vec<i64>,
+    /// Rows of `columns.len()` finite values.
+    pub rows: Vec<Vec<f64>>,
+}
+
+/// Loads a CSV in Informer's layout, a recorded kline file, or a directory of recorded kline files
+/// (`<out_dir>/<stream>/`, one file per day). Kline files are recognized by their header.
+pub fn load(path: &Path, include_open_candle: bool) -> Result<Table, DataError> {
+    if path.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| io_err(path, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "csv"))
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(DataError::Io { path: path.display().to_string(), message: "no .csv files in it".into() });
+        }
+        let mut all = Vec::new();
+        for f in &files {
+            all.extend(read_kline_rows(f)?);
+        }
+        return Ok(klines_to_table(all, include_open_candle));
+    }
+    let header = read_header(path)?;
+    if header.iter().map(String::as_str).eq(KLINE_HEADER.iter().copied()) {
+        let rows = read_kline_rows(path)?;
+        return Ok(klines_to_table(rows, include_open_candle));
+    }
+    read_informer_csv(path)
+}
+
+fn io_err(path: &Path, e: impl std::fmt::Display) -> DataError {
+    DataError::Io { path: path.display().to_string(), message: e.to_string() }
+}
+
+fn reader(path: &Path) -> Result<csv::Reader<std::fs::File>, DataError> {
+    csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_path(path)
+        .map_err(|e| io_err(path, e))
+}
+
+fn read_header(path: &Path) -> Result<Vec<String>, DataError> {
+    let mut r = reader(path)?;
+    let h = r.headers().map_err(|e| io_err(path, e))?;
+    Ok(h.iter().map(str::to_string).collect())
+}
+
+/// Parses a number cell, telling empty, non-numeric and non-finite cells apart.
+fn parse_cell(path: &Path, row: usize, column: &str, cell: &str) -> Result<f64, DataError> {
+    let (p, line, column) = (path.display().to_string(), row + 1, column.to_string());
+    if cell.is_empty() {
+        return Err(DataError::EmptyCell { path: p, row, line, column });
+    }
+    match cell.parse::<f64>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        Ok(_) => Err(DataError::NotFinite { path: p, row, line, column, value: cell.into() }),
+        Err(_) => Err(DataError::NotNumeric { path: p, row, line, column, value: cell.into() }),
+    }
+}
+
+/// Parses a date cell: ISO date, ISO date-time (space or `T`, optional fraction/offset), or epoch ms.
+pub fn parse_time(cell: &str) -> Option<i64> {
+    if let Ok(ms) = cell.parse::<i64>() {
+        return Some(ms);
+    }
+    if let Ok(d) = NaiveDate::parse_from_str(cell, "%Y-%m-%d") {
+        return d.and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp_millis());
+    }
+    for fmt in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M", "%Y/%m/%d %H:%M", "%m/%d/%Y %H:%M"] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(cell, fmt) {
+            return Some(t.and_utc().timestamp_millis());
+        }
+    }
+    DateTime::parse_from_rfc3339(cell).ok().map(|t| t.timestamp_millis())
+}
+
+fn read_informer_csv(path: &Path) -> Result<Table, DataError> {
+    let mut r = reader(path)?;
+    let header: Vec<String> = r.headers().map_err(|e| io_err(path, e))?.iter().map(str::to_string).collect();
+    if header.len() < 2 || header.iter().any(String::is_empty) {
+        return Err(DataError::BadHeader { path: path.display().to_string(), header });
+    }
+    let columns = header[1..].to_vec();
+    let (mut times_ms, mut rows) = (Vec::new(), Vec::new());
+    for (i, rec) in r.records().enumerate() {
+        let row = i + 1;
+        let rec = rec.map_err(|e| io_err(path, e))?;
+        if rec.len() != header.len() {
+            return Err(DataError::RowLength {
+                path: path.display().to_string(),
+                row,
+                line: row + 1,
+                found: rec.len(),
+                expected: header.len(),
+            });
+        }
+        let date = &rec[0];
+        let t = parse_time(date).ok_or_else(|| DataError::BadDate {
+            path: path.display().to_string(),
+            row,
+            line: row + 1,
+            column: header[0].clone(),
+            value: date.to_string(),
+        })?;
+        let mut values = Vec::with_capacity(columns.len());
+        for (c, cell) in rec.iter().skip(1).enumerate() {
+            values.push(parse_cell(path, row, &columns[c], cell)?);
+        }
+        times_ms.push(t);
+        rows.push(values);
+    }
+    Ok(Table { columns, times_ms, rows })
+}
+
+/// One kline row as recorded: (open_time, is_closed, [open, high, low, close, volume]).
+type KlineRow = (i64, bool, [f64; 5]);
+
+fn read_kline_rows(path: &Path) -> Result<Vec<KlineRow>, DataError> {
+    let header = read_header(path)?;
+    if !header.iter().map(String::as_str).eq(KLINE_HEADER.iter().copied()) {
+        return Err(DataError::BadHeader { path: path.display().to_string(), header });
+    }
+    let mut r = reader(path)?;
+    let mut out = Vec::new();
+    for (i, rec) in r.records().enumerate() {
+        let row = i + 1;
+        let rec = rec.map_err(|e| io_err(path, e))?;
+        if rec.len() != KLINE_HEADER.len() {
+            return Err(DataError::RowLength {
+                path: path.display().to_string(),
+                row,
+                line: row + 1,
+                found: rec.len(),
+                expected: KLINE_HEADER.len(),
+            });
+        }
+        let open_time = parse_cell(path, row, "open_time", &rec[1])?;
+        let mut v = [0.0; 5];
+        for (k, slot) in v.iter_mut().enumerate() {
+            *slot = parse_cell(path, row, KLINE_HEADER[4 + k], &rec[4 + k])?;
+        }
+        let closed = parse_cell(path, row, "is_closed", &rec[10])? != 0.0;
+        out.push((open_time as i64, closed, v));
+    }
+    Ok(out)
+}
+
+/// Keeps the last closed row per `open_time`, sorted; the still-open newest candle (no closed row,
+/// newer than every closed one) is kept only when asked, from its last update.
+fn klines_to_table(rows: Vec<KlineRow>, include_open_candle: bool) -> Table {
+    let mut closed: BTreeMap<i64, [f64; 5]> = BTreeMap::new();
+    let mut open: BTreeMap<i64, [f64; 5]> = BTreeMap::new();
+    for (t, is_closed, v) in rows {
+        if is_closed {
+            closed.insert(t, v);
+        } else {
+            open.insert(t, v);
+        }
+    }
+    if include_open_candle {
+        let newest_closed = closed.keys().next_back().copied().unwrap_or(i64::MIN);
+        if let Some((&t, &v)) = open.iter().next_back()
+            && t > newest_closed
+        {
+            closed.insert(t, v);
+        }
+    }
+    Table {
+        columns: ["open", "high", "low", "close", "volume"].iter().map(|s| s.to_string()).collect(),
+        times_ms: closed.keys().copied().collect(),
+        rows: closed.values().map(|v| v.to_vec()).collect(),
+    }
+}
+
+/// Calendar features of a timestamp, each scaled to [-0.5, 0.5] (Informer's `timeF` encoding).
+pub fn time_features(ms: i64) -> [f32; N_TIME_FEATURES] {
+    let t = DateTime::from_timestamp_millis(ms).unwrap_or_default().naive_utc();
+    [
+        t.minute() as f32 / 59.0 - 0.5,
+        t.hour() as f32 / 23.0 - 0.5,
+        t.weekday().num_days_from_monday() as f32 / 6.0 - 0.5,
+        (t.day() - 1) as f32 / 30.0 - 0.5,
+        (t.ordinal() - 1) as f32 / 365.0 - 0.5,
+    ]
+}
+
+/// Standardization statistics (fitted on the training part) and the column roles.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Normalization {
+    /// Input columns in model order (for MS and M the target is last, as in Informer).
+    pub columns: Vec<String>,
+    /// The target column.
+    pub target: String,
+    /// Which columns are inputs and outputs.
+    pub features: Features,
+    /// Mean per input column.
+    pub mean: Vec<f64>,
+    /// Standard deviation per input column (1 where a column is constant).
+    pub std: Vec<f64>,
+}
+
+impl Normalization {
+    /// Number of model inputs.
+    pub fn c_in(&self) -> usize {
+        self.columns.len()
+    }
+
+    /// Number of model outputs: every column for M, the target only for S and MS.
+    pub fn c_out(&self) -> usize {
+        match self.features {
+            Features::M => self.columns.len(),
+            Features::S | Features::MS => 1,
+        }
+    }
+
+    /// Index of the first output column among the inputs.
+    pub fn out_start(&self) -> usize {
+        self.c_in() - self.c_out()
+    }
+
+    /// Undoes the standardization of an output value in output column `k`.
+    pub fn denormalize(&self, k: usize, v: f64) -> f64 {
+        let c = self.out_start() + k;
+        v * self.std[c] + self.mean[c]
+    }
+}
+
+/// Selects and orders columns for `features` and `target`: S keeps the target only, M and MS put it last.
+pub fn select_columns(table: &Table, target: &str, features: Features) -> Result<(Vec<String>, Vec<usize>), DataError> {
+    let ti = table
+        .columns
+        .iter()
+        .position(|c| c == target)
+        .ok_or_else(|| DataError::UnknownTarget { target: target.into(), columns: table.columns.clone() })?;
+    let idx: Vec<usize> = match features {
+        Features::S => vec![ti],
+        Features::M | Features::MS => (0..table.columns.len()).filter(|&i| i != ti).chain([ti]).collect(),
+    };
+    Ok((idx.iter().map(|&i| table.columns[i].clone()).collect(), idx))
+}
+
+/// Window lengths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Windows {
+    /// Encoder input length.
+    pub seq_len: usize,
+    /// Known steps given to the decoder.
+    pub label_len: usize,
+    /// Forecast length.
+    pub pred_len: usize,
+}
+
+/// One chronological part of the data, standardized, with its calendar features.
+#[derive(Debug, Clone)]
+pub struct Split {
+    /// Standardized rows (`c_in` values each).
+    pub values: Vec<Vec<f32>>,
+    /// Calendar features per row.
+    pub marks: Vec<[f32; N_TIME_FEATURES]>,
+    /// Timestamps per row.
+    pub times_ms: Vec<i64>,
+    /// Window lengths.
+    pub w: Windows,
+}
+
+impl Split {
+    /// Number of (input, forecast) windows.
+    pub fn len(&self) -> usize {
+        (self.values.len() + 1).saturating_sub(self.w.seq_len + self.w.pred_len)
+    }
+
+    /// `true` when the part holds no whole window.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The three parts plus the normalization fitted on the first.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    /// 70 %, fitted on.
+    pub train: Split,
+    /// 10 %, for early stopping.
+    pub val: Split,
+    /// 20 %, for the final report.
+    pub test: Split,
+    /// Statistics and column roles.
+    pub norm: Normalization,
+}
+
+/// Minimum number of rows for one window in each part of a 70/10/20 split.
+pub fn rows_needed(w: Windows) -> usize {
+    // test needs pred_len rows of its own (its windows borrow seq_len rows from before it),
+    // validation likewise, train needs seq_len + pred_len.
+    let mut n = w.seq_len + w.pred_len;
+    while !(n * 7 / 10 >= w.seq_len + w.pred_len && n / 5 >= w.pred_len && n - n * 7 / 10 - n / 5 >= w.pred_len) {
+        n += 1;
+    }
+    n
+}
+
+/// Splits 70/10/20 as Informer does (validation and test windows start `seq_len` rows before
+/// their part so every target step lies inside it), fitting the standardization on train only.
+pub fn prepare(table: &Table, target: &str, features: Features, w: Windows) -> Result<Dataset, DataError> {
+    let (columns, idx) = select_columns(table, target, features)?;
+    let n = table.rows.len();
+    let needed = rows_needed(w);
+    if n < needed {
+        return Err(DataError::TooFewRows { rows: n, needed, seq_len: w.seq_len, pred_len: w.pred_len });
+    }
+    let num_train = n * 7 / 10;
+    let num_test = n / 5;
+    let num_val = n - num_train - num_test;
+    let c = idx.len();
+    let mut mean = vec![0.0; c];
+    let mut std = vec![0.0; c];
+    for (k, &i) in idx.iter().enumerate() {
+        let col = table.rows[..num_train].iter().map(|r| r[i]);
+        mean[k] = col.clone().sum::<f64>() / num_train as f64;
+        let var = col.map(|v| (v - mean[k]).powi(2)).sum::<f64>() / num_train as f64;
+        std[k] = if var.sqrt() > 0.0 { var.sqrt() } else { 1.0 };
+    }
+    let part = |a: usize, b: usize| Split {
+        values: table.rows[a..b]
+            .iter()
+            .map(|r| idx.iter().enumerate().map(|(k, &i)| ((r[i] - mean[k]) / std[k]) as f32).collect())
+            .collect(),
+        marks: table.times_ms[a..b].iter().map(|&t| time_features(t)).collect(),
+        times_ms: table.times_ms[a..b].to_vec(),
+        w,
+    };
+    let train = part(0, num_train);
+    let val = part(num_train - w.seq_len, num_train + num_val);
+    let test = part(n - num_test - w.seq_len, n);
+    let norm = Normalization { columns, target: target.into(), features, mean, std };
+    Ok(Dataset { train, val, test, norm })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("keel-data-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("f.csv");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn bad_cells_are_named_by_row_and_column() {
+        let cases = [
+            ("nan", "date,a,b\n2020-01-01,1,2\n2020-01-02,NaN,2\n", "row 2 (line 3), column \"a\""),
+            ("inf", "date,a,b\n2020-01-01,1,inf\n", "row 1 (line 2), column \"b\""),
+            ("empty", "date,a,b\n2020-01-01,1,2\n2020-01-02,3,\n", "column \"b\" is empty"),
+            ("text", "date,a,b\n2020-01-01,x1,2\n", "\"x1\" is not a number"),
+            ("date", "date,a,b\nyesterday,1,2\n", "\"yesterday\" is not a date"),
+            ("short", "date,a,b\n2020-01-01,1\n", "has 2 cells, the header has 3"),
+        ];
+        for (name, text, want) in cases {
+            let e = load(&write(name, text), false).unwrap_err().to_string();
+            assert!(e.contains(want), "{name}: {e}");
+        }
+    }
+
+    #[test]
+    fn klines_keep_last_closed_row_per_open_time_sorted() {
+        let h = KLINE_HEADER.join(",");
+        let text = format!(
+            "{h}\n\
+             5,120000,179999,1m,9,9,9,9,9,1,0\n\
+             6,60000,119999,1m,1,2,0.5,1.5,10,3,0\n\
+             7,60000,119999,1m,1,2,0.5,1.6,11,4,1\n\
+             8,60000,119999,1m,1,2,0.5,1.7,12,5,1\n\
+             9,0,59999,1m,3,3,3,3,3,1,1\n\
+             10,120000,179999,1m,9,9,9,8,9,2,0\n"
+        );
+        let p = write("kl", &text);
+        let t = load(&p, false).unwrap();
+        assert_eq!(t.times_ms, vec![0, 60000]);
+        assert_eq!(t.rows[1], vec![1.0, 2.0, 0.5, 1.7, 12.0]);
+        assert_eq!(t.columns, vec!["open", "high", "low", "close", "volume"]);
+        let t = load(&p, true).unwrap();
+        assert_eq!(t.times_ms, vec![0, 60000, 120000]);
+        assert_eq!(t.rows[2][3], 8.0);
+        // A directory of day files loads too.
+        let t = load(p.parent().unwrap(), false).unwrap();
+        assert_eq!(t.times_ms.len(), 2);
+    }
+
+    #[test]
+    fn split_fits_normalization_on_train_only_and_orders_target_last() {
+        let n = 100;
+        let table = Table {
+            columns: vec!["y".into(), "x".into()],
+            times_ms: (0..n).map(|i| i as i64 * 86_400_000).collect(),
+            rows: (0..n).map(|i| vec![i as f64, 1.0]).collect(),
+        };
+        let w = Windows { seq_len: 8, label_len: 4, pred_len: 2 };
+        let d = prepare(&table, "y", Features::MS, w).unwrap();
+        assert_eq!(d.norm.columns, vec!["x", "y"]);
+        assert_eq!(d.norm.mean, vec![1.0, 34.5]); // rows 0..70 only
+        assert_eq!(d.norm.std[0], 1.0); // constant column
+        assert_eq!(d.train.values.len(), 70);
+        assert_eq!(d.val.values.len(), 10 + 8);
+        assert_eq!(d.test.values.len(), 20 + 8);
+        assert_eq!(d.test.len(), 20 - 2 + 1);
+        assert_eq!(d.norm.c_out(), 1);
+        let e = prepare(&table, "z", Features::MS, w).unwrap_err();
+        assert!(matches!(e, DataError::UnknownTarget { .. }));
+        let short = Table { rows: table.rows[..12].to_vec(), times_ms: table.times_ms[..12].to_vec(), ..table };
+        let e = prepare(&short, "y", Features::S, w).unwrap_err().to_string();
+        assert!(e.contains("12 rows are too few") && e.contains("need at least 15"), "{e}");
+        assert_eq!(rows_needed(w), 15);
+    }
+
+    #[test]
+    fn time_features_are_in_range() {
+        let f = time_features(parse_time("2024-12-31 23:59:00").unwrap());
+        assert_eq!(f, [0.5, 0.5, 1.0 / 6.0 - 0.5, 0.5, 0.5]);
+        assert!(time_features(0).iter().all(|v| (-0.5..=0.5).contains(v)));
+    }
+}

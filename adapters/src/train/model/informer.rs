@@ -1,0 +1,387 @@
+//! Embedding, distilling encoder, generative decoder: the Informer of the reference code
+//! (`models/model.py`, `encoder.py`, `decoder.py`, `embed.py`), with `timeF` time features.
+
+use super::attention::{AttentionLayer, Kind};
+use super::{BatchNorm, CircularConv3, Ctx, LayerNorm, Linear, Params, elu, max_pool3_s2};
+use candle_core::{DType, Device, Result, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// Everything that fixes the shapes of an Informer (stored in checkpoints).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    /// Input channels.
+    pub c_in: usize,
+    /// Output channels.
+    pub c_out: usize,
+    /// Calendar features per step.
+    pub n_time: usize,
+    /// Encoder input length.
+    pub seq_len: usize,
+    /// Known steps fed to the decoder.
+    pub label_len: usize,
+    /// Steps forecast.
+    pub pred_len: usize,
+    /// Model width.
+    pub d_model: usize,
+    /// Attention heads.
+    pub n_heads: usize,
+    /// Encoder layers.
+    pub e_layers: usize,
+    /// Decoder layers.
+    pub d_layers: usize,
+    /// Feed-forward width.
+    pub d_ff: usize,
+    /// Dropout probability.
+    pub dropout: f64,
+    /// ProbSparse factor c.
+    pub factor: usize,
+    /// Self-attention distilling between encoder layers.
+    pub distil: bool,
+}
+
+/// Value (circular conv) + sinusoidal position + time-feature embedding.
+struct DataEmbedding {
+    value: CircularConv3,
+    time: Linear,
+    d_model: usize,
+    dropout: f64,
+}
+
+impl DataEmbedding {
+    fn new(p: &mut Params, name: &str, cfg: &ModelConfig) -> Result<Self> {
+        Ok(DataEmbedding {
+            value: CircularConv3::new(p, &format!("{name}.value"), cfg.c_in, cfg.d_model)?,
+            time: Linear::new(p, &format!("{name}.time"), cfg.n_time, cfg.d_model)?,
+            d_model: cfg.d_model,
+            dropout: cfg.dropout,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, mark: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let l = x.dim(1)?;
+        let pos = positional(l, self.d_model, x.device())?.to_dtype(ctx.dtype)?;
+        let e = self.value.forward(x, ctx)?.broadcast_add(&pos)?.add(&self.time.forward(mark, ctx)?)?;
+        ctx.dropout(&e, self.dropout)
+    }
+}
+
+/// `pe[t, 2i] = sin(t / 10000^(2i/d))`, `pe[t, 2i+1] = cos(..)`, shape `(1, L, d)`.
+fn positional(l: usize, d: usize, dev: &Device) -> Result<Tensor> {
+    let mut pe = vec![0f32; l * d];
+    for t in 0..l {
+        for i in (0..d).step_by(2) {
+            let angle = t as f64 / 10000f64.powf(i as f64 / d as f64);
+            pe[t * d + i] = angle.sin() as f32;
+            if i + 1 < d {
+                pe[t * d + i + 1] = angle.cos() as f32;
+            }
+        }
+    }
+    Tensor::from_vec(pe, (1, l, d), dev)
+}
+
+/// Position-wise feed-forward (two kernel-1 convolutions, i.e. linears) with erf GELU.
+struct FeedForward {
+    conv1: Linear,
+    conv2: Linear,
+    dropout: f64,
+}
+
+impl FeedForward {
+    fn new(p: &mut Params, name: &str, cfg: &ModelConfig) -> Result<Self> {
+        Ok(FeedForward {
+            conv1: Linear::new(p, &format!("{name}.conv1"), cfg.d_model, cfg.d_ff)?,
+            conv2: Linear::new(p, &format!("{name}.conv2"), cfg.d_ff, cfg.d_model)?,
+            dropout: cfg.dropout,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let y = ctx.dropout(&self.conv1.forward(x, ctx)?.gelu_erf()?, self.dropout)?;
+        ctx.dropout(&self.conv2.forward(&y, ctx)?, self.dropout)
+    }
+}
+
+struct EncoderLayer {
+    attn: AttentionLayer,
+    ff: FeedForward,
+    norm1: LayerNorm,
+    norm2: LayerNorm,
+    dropout: f64,
+}
+
+impl EncoderLayer {
+    fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let a = self.attn.forward(x, x, x, ctx)?;
+        let x = self.norm1.forward(&(x + ctx.dropout(&a, self.dropout)?)?, ctx)?;
+        let y = self.ff.forward(&x, ctx)?;
+        self.norm2.forward(&(x + y)?, ctx)
+    }
+}
+
+/// Self-attention distilling: Conv1d(k=3, circular) -> BatchNorm -> ELU -> MaxPool(3, 2, 1).
+struct DistilLayer {
+    conv: CircularConv3,
+    norm: BatchNorm,
+}
+
+impl DistilLayer {
+    fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let y = self.norm.forward(&self.conv.forward(x, ctx)?, ctx)?;
+        max_pool3_s2(&elu(&y)?)
+    }
+}
+
+struct DecoderLayer {
+    self_attn: AttentionLayer,
+    cross_attn: AttentionLayer,
+    ff: FeedForward,
+    norm1: LayerNorm,
+    norm2: LayerNorm,
+    norm3: LayerNorm,
+    dropout: f64,
+}
+
+impl DecoderLayer {
+    fn forward(&self, x: &Tensor, cross: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let a = self.self_attn.forward(x, x, x, ctx)?;
+        let x = self.norm1.forward(&(x + ctx.dropout(&a, self.dropout)?)?, ctx)?;
+        let a = self.cross_attn.forward(&x, cross, cross, ctx)?;
+        let x = self.norm2.forward(&(&x + ctx.dropout(&a, self.dropout)?)?, ctx)?;
+        let y = self.ff.forward(&x, ctx)?;
+        self.norm3.forward(&(x + y)?, ctx)
+    }
+}
+
+/// The Informer forecaster.
+pub struct Informer {
+    /// Its shape.
+    pub cfg: ModelConfig,
+    enc_emb: DataEmbedding,
+    dec_emb: DataEmbedding,
+    enc_layers: Vec<EncoderLayer>,
+    distil: Vec<DistilLayer>,
+    enc_norm: LayerNorm,
+    dec_layers: Vec<DecoderLayer>,
+    dec_norm: LayerNorm,
+    proj: Linear,
+}
+
+impl Informer {
+    /// A freshly initialized model whose weights are registered in `p`.
+    pub fn new(cfg: &ModelConfig, p: &mut Params) -> Result<Self> {
+        let d = cfg.d_model;
+        if cfg.n_heads == 0 || !d.is_multiple_of(cfg.n_heads) {
+            candle_core::bail!("d_model {d} must be a multiple of n_heads {}", cfg.n_heads);
+        }
+        let prob = Kind::Prob(cfg.factor);
+        let enc_layers = (0..cfg.e_layers)
+            .map(|i| {
+                let n = format!("encoder.{i}");
+                Ok(EncoderLayer {
+                    attn: AttentionLayer::new(
+                        p,
+                        &format!("{n}.attn"),
+                        d,
+                        cfg.n_heads,
+                        prob,
+                        false,
+                        false,
+                        cfg.dropout,
+                    )?,
+                    ff: FeedForward::new(p, &n, cfg)?,
+                    norm1: LayerNorm::new(p, &format!("{n}.norm1"), d)?,
+                    norm2: LayerNorm::new(p, &format!("{n}.norm2"), d)?,
+                    dropout: cfg.dropout,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let n_distil = if cfg.distil { cfg.e_layers.saturating_sub(1) } else { 0 };
+        let distil = (0..n_distil)
+            .map(|i| {
+                let n = format!("distil.{i}");
+                Ok(DistilLayer {
+                    conv: CircularConv3::new(p, &format!("{n}.conv"), d, d)?,
+                    norm: BatchNorm::new(p, &format!("{n}.norm"), d)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let dec_layers = (0..cfg.d_layers)
+            .map(|i| {
+                let n = format!("decoder.{i}");
+                Ok(DecoderLayer {
+                    self_attn: AttentionLayer::new(
+                        p,
+                        &format!("{n}.self"),
+                        d,
+                        cfg.n_heads,
+                        prob,
+                        true,
+                        true,
+                        cfg.dropout,
+                    )?,
+                    cross_attn: AttentionLayer::new(
+                        p,
+                        &format!("{n}.cross"),
+                        d,
+                        cfg.n_heads,
+                        Kind::Full,
+                        false,
+                        false,
+                        cfg.dropout,
+                    )?,
+                    ff: FeedForward::new(p, &n, cfg)?,
+                    norm1: LayerNorm::new(p, &format!("{n}.norm1"), d)?,
+                    norm2: LayerNorm::new(p, &format!("{n}.norm2"), d)?,
+                    norm3: LayerNorm::new(p, &format!("{n}.norm3"), d)?,
+                    dropout: cfg.dropout,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Informer {
+            cfg: cfg.clone(),
+            enc_emb: DataEmbedding::new(p, "enc_embedding", cfg)?,
+            dec_emb: DataEmbedding::new(p, "dec_embedding", cfg)?,
+            enc_layers,
+            distil,
+            enc_norm: LayerNorm::new(p, "encoder.norm", d)?,
+            dec_layers,
+            dec_norm: LayerNorm::new(p, "decoder.norm", d)?,
+            proj: Linear::new(p, "projection", d, cfg.c_out)?,
+        })
+    }
+
+    /// Forecast `(B, pred_len, c_out)` in the compute dtype from encoder input `(B, seq_len, c_in)`,
+    /// its calendar features, the decoder input `(B, label_len + pred_len, c_in)` (known steps then
+    /// zeros) and its calendar features. Inputs are cast to `ctx.dtype` here.
+    pub fn forward(
+        &self,
+        x_enc: &Tensor,
+        mark_enc: &Tensor,
+        x_dec: &Tensor,
+        mark_dec: &Tensor,
+        ctx: &Ctx,
+    ) -> Result<Tensor> {
+        let cast = |t: &Tensor| t.to_dtype(ctx.dtype);
+        let mut enc = self.enc_emb.forward(&cast(x_enc)?, &cast(mark_enc)?, ctx)?;
+        for (i, layer) in self.enc_layers.iter().enumerate() {
+            enc = layer.forward(&enc, ctx)?;
+            if let Some(d) = self.distil.get(i) {
+                enc = d.forward(&enc, ctx)?;
+            }
+        }
+        let enc = self.enc_norm.forward(&enc, ctx)?;
+        let mut dec = self.dec_emb.forward(&cast(x_dec)?, &cast(mark_dec)?, ctx)?;
+        for layer in &self.dec_layers {
+            dec = layer.forward(&dec, &enc, ctx)?;
+        }
+        let dec = self.dec_norm.forward(&dec, ctx)?;
+        let out = self.proj.forward(&dec, ctx)?;
+        let l = out.dim(1)?;
+        out.narrow(1, l - self.cfg.pred_len, self.cfg.pred_len)
+    }
+
+    /// BatchNorm running statistics by name (buffers saved with the weights).
+    pub fn buffers(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        for (i, d) in self.distil.iter().enumerate() {
+            let r = d.norm.running.borrow();
+            out.push((format!("distil.{i}.norm.running_mean"), r.0.clone()));
+            out.push((format!("distil.{i}.norm.running_var"), r.1.clone()));
+        }
+        out
+    }
+
+    /// Restores a buffer saved by [`Informer::buffers`]; `false` if the name is unknown.
+    pub fn set_buffer(&self, name: &str, t: Tensor) -> bool {
+        for (i, d) in self.distil.iter().enumerate() {
+            let mut r = d.norm.running.borrow_mut();
+            if name == format!("distil.{i}.norm.running_mean") {
+                r.0 = t;
+                return true;
+            }
+            if name == format!("distil.{i}.norm.running_var") {
+                r.1 = t;
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// The dtype a forward would run in, checked against the device: candle's CPU matmul has no bf16.
+pub fn check_dtype(dtype: DType, dev: &Device) -> anyhow::Result<()> {
+    if dtype == DType::BF16 && dev.is_cpu() {
+        anyhow::bail!("bf16 needs a GPU (--device cuda); use --dtype f16 or f32 on CPU");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The small test shape.
+    pub fn tiny() -> ModelConfig {
+        ModelConfig {
+            c_in: 3,
+            c_out: 1,
+            n_time: 5,
+            seq_len: 16,
+            label_len: 8,
+            pred_len: 4,
+            d_model: 16,
+            n_heads: 2,
+            e_layers: 2,
+            d_layers: 1,
+            d_ff: 32,
+            dropout: 0.05,
+            factor: 2,
+            distil: true,
+        }
+    }
+
+    fn inputs(cfg: &ModelConfig, b: usize) -> [Tensor; 4] {
+        let dev = Device::Cpu;
+        let mut r = keel_core::rng::Rng::new(3);
+        let mut mk = |shape: (usize, usize, usize)| {
+            let v: Vec<f32> = (0..shape.0 * shape.1 * shape.2).map(|_| r.next_f64() as f32 - 0.5).collect();
+            Tensor::from_vec(v, shape, &dev).unwrap()
+        };
+        let ld = cfg.label_len + cfg.pred_len;
+        [mk((b, cfg.seq_len, cfg.c_in)), mk((b, cfg.seq_len, 5)), mk((b, ld, cfg.c_in)), mk((b, ld, 5))]
+    }
+
+    #[test]
+    fn every_parameter_gets_a_nonzero_gradient_in_f32_and_f16() {
+        for dtype in [DType::F32, DType::F16] {
+            let cfg = tiny();
+            let mut p = Params::new(1, &Device::Cpu);
+            let m = Informer::new(&cfg, &mut p).unwrap();
+            let [xe, me, xd, md] = inputs(&cfg, 4);
+            let ctx = Ctx::new(dtype, true, 9);
+            let y = m.forward(&xe, &me, &xd, &md, &ctx).unwrap();
+            assert_eq!(y.dims(), &[4, cfg.pred_len, cfg.c_out]);
+            let loss = y.to_dtype(DType::F32).unwrap().sqr().unwrap().mean_all().unwrap();
+            let grads = loss.backward().unwrap();
+            for (name, var) in p.named() {
+                let g = grads.get(var).unwrap_or_else(|| panic!("{dtype:?}: no gradient for {name}"));
+                assert_eq!(g.dtype(), DType::F32, "{name}");
+                let n = g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+                assert!(n > 0.0 && n.is_finite(), "{dtype:?}: gradient of {name} is {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn eval_forward_is_deterministic_and_bf16_is_refused_on_cpu() {
+        let cfg = tiny();
+        let mut p = Params::new(1, &Device::Cpu);
+        let m = Informer::new(&cfg, &mut p).unwrap();
+        let [xe, me, xd, md] = inputs(&cfg, 2);
+        let run = || m.forward(&xe, &me, &xd, &md, &Ctx::new(DType::F32, false, 0)).unwrap().to_vec3::<f32>().unwrap();
+        assert_eq!(run(), run());
+        let e = check_dtype(DType::BF16, &Device::Cpu).unwrap_err().to_string();
+        assert_eq!(e, "bf16 needs a GPU (--device cuda); use --dtype f16 or f32 on CPU");
+    }
+}
