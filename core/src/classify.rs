@@ -108,8 +108,14 @@ pub struct Classified {
     pub diagnosis: String,
 }
 
-/// Classifies a transport error.
+/// Classifies a transport error with the default rate-limit floor ([`RATE_LIMIT_FLOOR`]).
 pub fn classify_error(error: &TransportError) -> Classified {
+    classify_error_with_floor(error, RATE_LIMIT_FLOOR)
+}
+
+/// Classifies a transport error; `floor` is the wait after a rate-limit signal that names none
+/// (`reconnect.rate_limit_floor_ms`), and a ban (HTTP 418) waits at least five times it.
+pub fn classify_error_with_floor(error: &TransportError, floor: Duration) -> Classified {
     use TransportError as E;
     let (class, diagnosis): (ErrorClass, String) = match error {
         E::Dns(_) => (ErrorClass::Transient, "DNS lookup failed: check the host name in stream.url and the resolver; retrying with backoff".into()),
@@ -121,15 +127,15 @@ pub fn classify_error(error: &TransportError) -> Classified {
         E::UnexpectedEof(_) => (ErrorClass::Transient, "TLS stream ended without close_notify (\"EOF occurred in violation of protocol\"): the server or a middlebox dropped the connection; retrying with backoff".into()),
         E::BadRecordMac(_) => (ErrorClass::Transient, "TLS bad record MAC: data was corrupted in transit (faulty NIC, proxy or middlebox); retrying on a fresh connection".into()),
         E::Protocol(_) => (ErrorClass::Transient, "WebSocket protocol error: the frame stream is corrupt; retrying on a fresh connection".into()),
-        E::ServerClose { code: 1008, .. } => (ErrorClass::RateLimited { wait: RATE_LIMIT_FLOOR }, "server closed with 1008 (policy violation / too many requests): too many messages or connections; waiting before reconnecting, lower the request rate".into()),
+        E::ServerClose { code: 1008, .. } => (ErrorClass::RateLimited { wait: floor }, "server closed with 1008 (policy violation / too many requests): too many messages or connections; waiting before reconnecting, lower the request rate".into()),
         E::ServerClose { code: 1000 | 1001, .. } => (ErrorClass::Transient, "server closed the connection (going away or 24 h limit); reconnecting".into()),
         E::ServerClose { code, .. } => (ErrorClass::Transient, format!("server closed with code {code}; reconnecting with backoff")),
         E::HttpStatus { status: 429, retry_after } => (
-            ErrorClass::RateLimited { wait: retry_after.unwrap_or(RATE_LIMIT_FLOOR).max(Duration::from_secs(1)) },
+            ErrorClass::RateLimited { wait: retry_after.unwrap_or(floor).max(Duration::from_millis(1)) },
             "HTTP 429: Binance's connection or request limit was hit (300 connections per 5 minutes per IP); waiting as asked before reconnecting".into(),
         ),
         E::HttpStatus { status: 418, retry_after } => (
-            ErrorClass::RateLimited { wait: retry_after.unwrap_or(RATE_LIMIT_FLOOR * 5).max(RATE_LIMIT_FLOOR) },
+            ErrorClass::RateLimited { wait: retry_after.unwrap_or(floor * 5).max(floor) },
             "HTTP 418: this IP is banned for ignoring 429s; waiting the ban out (reconnecting sooner extends it)".into(),
         ),
         E::HttpStatus { status: 403, .. } => (ErrorClass::Fatal, "HTTP 403: the endpoint refuses this client (WAF rule or blocked IP); retrying will not help".into()),
@@ -199,6 +205,24 @@ mod tests {
             assert_eq!(class(error.clone()), expected, "{error}");
             assert!(!classify_error(&error).diagnosis.is_empty());
         }
+    }
+
+    #[test]
+    fn the_floor_is_configurable() {
+        let floor = Duration::from_millis(200);
+        let c = |e| classify_error_with_floor(&e, floor).class;
+        assert_eq!(
+            c(TransportError::ServerClose { code: 1008, reason: String::new() }),
+            ErrorClass::RateLimited { wait: floor }
+        );
+        assert_eq!(
+            c(TransportError::HttpStatus { status: 429, retry_after: None }),
+            ErrorClass::RateLimited { wait: floor }
+        );
+        assert_eq!(
+            c(TransportError::HttpStatus { status: 418, retry_after: None }),
+            ErrorClass::RateLimited { wait: floor * 5 }
+        );
     }
 
     #[test]

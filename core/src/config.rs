@@ -89,6 +89,9 @@ pub struct ReconnectConfig {
     pub max_attempts_per_window: u32,
     /// The window of the attempt budget.
     pub attempt_window_ms: u64,
+    /// Minimum wait after a rate-limit signal (close 1008, HTTP 429) that names no wait; HTTP 418
+    /// (an IP ban) waits five times this. Binance extends bans for clients that come back sooner.
+    pub rate_limit_floor_ms: u64,
 }
 
 impl Default for ReconnectConfig {
@@ -102,6 +105,7 @@ impl Default for ReconnectConfig {
             stable_after_ms: 30_000,
             max_attempts_per_window: 300,
             attempt_window_ms: 300_000,
+            rate_limit_floor_ms: 60_000,
         }
     }
 }
@@ -468,6 +472,7 @@ impl Config {
             &r.attempt_window_ms,
             ">= 300000 (Binance's window is 5 minutes)",
         );
+        v.check(r.rate_limit_floor_ms > 0, "reconnect.rate_limit_floor_ms", &r.rate_limit_floor_ms, "> 0");
 
         let h = &self.heartbeat;
         v.check(h.ping_interval_ms > 0, "heartbeat.ping_interval_ms", &h.ping_interval_ms, "> 0");
@@ -731,6 +736,7 @@ mod tests {
         ("reconnect: (stable_after_ms: 0)", "reconnect.stable_after_ms"),
         ("reconnect: (max_attempts_per_window: 301)", "reconnect.max_attempts_per_window"),
         ("reconnect: (attempt_window_ms: 1000)", "reconnect.attempt_window_ms"),
+        ("reconnect: (rate_limit_floor_ms: 0)", "reconnect.rate_limit_floor_ms"),
         ("heartbeat: (ping_interval_ms: 0)", "heartbeat.ping_interval_ms"),
         ("heartbeat: (pong_timeout_ms: 0)", "heartbeat.pong_timeout_ms"),
         ("heartbeat: (pong_timeout_ms: 30000)", "heartbeat.pong_timeout_ms"),

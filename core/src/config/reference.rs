@@ -100,6 +100,11 @@ pub const KEYS: &[KeyDoc] = &[
     ),
     key!(reconnect.attempt_window_ms, ">= 300000", "Length of that sliding window."),
     key!(
+        reconnect.rate_limit_floor_ms,
+        "> 0",
+        "Minimum wait after close code 1008 or HTTP 429 without Retry-After (HTTP 418, an IP ban, waits 5x this). Coming back sooner extends Binance's ban."
+    ),
+    key!(
         heartbeat.ping_interval_ms,
         "> 0",
         "Send a ping after this long; detects half-open sockets that TCP alone would keep for hours."
