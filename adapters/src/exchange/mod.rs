@@ -1,14 +1,324 @@
 //! `keel exchange`: the embedded Binance-like TLS WebSocket server with fault injection.
-//! (Owned by the stream-adapter work; this placeholder only keeps the binary building.)
+//!
+//! It serves Binance's spot stream format on 127.0.0.1 over real TLS (a CA and a `localhost` leaf
+//! generated at every start): `/ws/<stream>` (raw events) and `/stream?streams=a/b` (combined
+//! envelope), SUBSCRIBE / UNSUBSCRIBE / LIST_SUBSCRIPTIONS with ids and Binance's error replies,
+//! server pings (every 20 s by default, a client silent for 60 s after one is dropped), and a seeded
+//! random-walk market whose sequence ids advance on the exchange's clock whether anyone listens or
+//! not. Faults come from a per-connection plan ([`FaultPlan`]) and from runtime injection through
+//! the [`ExchangeHandle`]; the handle also tells tests which ids went out on which connection.
+//!
+//! ```no_run
+//! let ex = keel::exchange::Exchange::start(keel::exchange::ExchangeConfig::default()).unwrap();
+//! println!("{} trusts {}", ex.url(), ex.ca_pem().len());
+//! ex.shutdown();
+//! ```
 
+mod cert;
+mod fault;
+mod market;
+mod server;
+
+pub use cert::{GeneratedCerts, generate as generate_certs};
+pub use fault::{Fault, FaultParseError, FaultPlan};
+pub use market::{Market, Produced, StreamKind, StreamNameError, parse_stream};
+
+use anyhow::Context;
 use clap::Args;
+use server::{ConnMsg, Shared, lock};
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How the exchange behaves.
+#[derive(Debug, Clone)]
+pub struct ExchangeConfig {
+    /// Seed of the market's random walk (same seed, same prices and id origins).
+    pub seed: u64,
+    /// Port on 127.0.0.1; 0 picks a free one.
+    pub port: u16,
+    /// Symbols trading from the start (others start when first subscribed).
+    pub symbols: Vec<String>,
+    /// Market tick: every tick each symbol trades once (aggTrade, trades, depth, bookTicker, klines).
+    pub tick: Duration,
+    /// Server ping period (Binance: 20 s).
+    pub ping_interval: Duration,
+    /// A client that does not answer a ping within this is dropped (Binance: 60 s).
+    pub pong_deadline: Duration,
+    /// Exchange clock speed: 60 makes a 1m kline close every real second.
+    pub clock_speed: u32,
+    /// Faults per connection number.
+    pub faults: FaultPlan,
+    /// How long a stalled socket is held open before it is dropped.
+    pub stall_hold: Duration,
+    /// Batches queued for a client before it is dropped as too slow.
+    pub max_queue: usize,
+}
+
+impl Default for ExchangeConfig {
+    fn default() -> Self {
+        ExchangeConfig {
+            seed: 1,
+            port: 0,
+            symbols: vec!["btcusdt".to_string(), "ethusdt".to_string()],
+            tick: Duration::from_millis(100),
+            ping_interval: Duration::from_secs(20),
+            pong_deadline: Duration::from_secs(60),
+            clock_speed: 1,
+            faults: FaultPlan::default(),
+            stall_hold: Duration::from_secs(120),
+            max_queue: 10_000,
+        }
+    }
+}
+
+/// What the exchange knows about one connection (rejected upgrades included).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnectionInfo {
+    /// Connection number in accept order, from 0.
+    pub index: u64,
+    /// The request URI of the upgrade (empty when TLS failed).
+    pub path: String,
+    /// The faults this connection got.
+    pub faults: Vec<Fault>,
+    /// The HTTP status of a rejected upgrade.
+    pub rejected: Option<u16>,
+    /// Market frames sent.
+    pub frames_sent: u64,
+    /// Malformed frames sent.
+    pub malformed_sent: u64,
+    /// Current (or last) subscriptions.
+    pub subscriptions: Vec<String>,
+    /// How it ended, once it did.
+    pub ended: Option<String>,
+}
+
+/// The embedded exchange.
+pub struct Exchange;
+
+impl Exchange {
+    /// Generates the certificates, binds 127.0.0.1 and starts serving on smol's global executor.
+    pub fn start(cfg: ExchangeConfig) -> anyhow::Result<ExchangeHandle> {
+        let certs = cert::generate("keel embedded exchange CA").context("cannot generate the exchange's certificates")?;
+        let identity = native_tls::Identity::from_pkcs8(certs.leaf_pem.as_bytes(), certs.leaf_key_pem.as_bytes())
+            .context("cannot load the generated leaf certificate into native-tls")?;
+        let acceptor = native_tls::TlsAcceptor::builder(identity)
+            .min_protocol_version(Some(native_tls::Protocol::Tlsv12))
+            .build()
+            .context("cannot build the TLS acceptor")?;
+        let std_listener = std::net::TcpListener::bind(("127.0.0.1", cfg.port))
+            .with_context(|| format!("cannot listen on 127.0.0.1:{}", cfg.port))?;
+        let addr = std_listener.local_addr()?;
+        let listener = smol::net::TcpListener::try_from(std_listener).context("cannot register the listener")?;
+        let (shutdown_tx, shutdown_rx) = smol::channel::bounded::<()>(1);
+        let shared = Arc::new(Shared {
+            market: Mutex::new(Market::new(cfg.seed, &cfg.symbols)),
+            clock: server::Clock::new(cfg.clock_speed),
+            cfg,
+            acceptor: acceptor.into(),
+            conns: Mutex::new(BTreeMap::new()),
+            next_conn: AtomicU64::new(0),
+            next_faults: Mutex::new(VecDeque::new()),
+            log: Mutex::new(server::Log::default()),
+            shutdown_rx,
+        });
+        let tasks = vec![
+            smol::spawn(server::accept_loop(shared.clone(), listener)),
+            smol::spawn(server::ticker(shared.clone())),
+        ];
+        tracing::info!("exchange: listening on wss://localhost:{}", addr.port());
+        Ok(ExchangeHandle { addr, certs, shared, tasks, shutdown_tx: Some(shutdown_tx) })
+    }
+}
+
+/// A running exchange; dropping it shuts it down.
+pub struct ExchangeHandle {
+    addr: SocketAddr,
+    certs: GeneratedCerts,
+    shared: Arc<Shared>,
+    tasks: Vec<smol::Task<()>>,
+    shutdown_tx: Option<smol::channel::Sender<()>>,
+}
+
+impl ExchangeHandle {
+    /// `wss://localhost:PORT`: the base URL clients use (host name verified against the leaf).
+    pub fn url(&self) -> String {
+        format!("wss://localhost:{}", self.addr.port())
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The CA certificate (PEM) clients must trust.
+    pub fn ca_pem(&self) -> &str {
+        &self.certs.ca_pem
+    }
+
+    /// Writes the CA PEM to `path`.
+    pub fn write_ca(&self, path: &Path) -> anyhow::Result<()> {
+        std::fs::write(path, &self.certs.ca_pem).with_context(|| format!("cannot write the CA to {}", path.display()))
+    }
+
+    /// Gives the next accepted connections these faults (one entry per connection), before the plan.
+    pub fn fault_next(&self, faults: Vec<Fault>) {
+        lock(&self.shared.next_faults).push_back(faults);
+    }
+
+    /// Applies `fault` now to every open connection (`after` counts from now). Returns how many got it.
+    pub fn inject(&self, fault: Fault) -> usize {
+        let conns: Vec<_> = lock(&self.shared.conns).values().cloned().collect();
+        conns.iter().filter(|tx| tx.try_send(ConnMsg::Inject(fault.clone())).is_ok()).count()
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> Vec<ConnectionInfo> {
+        lock(&self.shared.log).connections.values().cloned().collect()
+    }
+
+    /// Connections currently open and serving.
+    pub fn open_connections(&self) -> usize {
+        lock(&self.shared.conns).len()
+    }
+
+    /// The first and last sequence number the market produced on `stream` since start.
+    pub fn produced(&self, stream: &str) -> Option<(u64, u64)> {
+        lock(&self.shared.log).produced.get(stream).copied()
+    }
+
+    /// Per connection: the first and last sequence number sent on `stream`, and how many frames.
+    pub fn sent(&self, stream: &str) -> BTreeMap<u64, (u64, u64, u64)> {
+        lock(&self.shared.log).sent.get(stream).cloned().unwrap_or_default()
+    }
+
+    /// Sequence ranges of `stream` that went out on no connection, between the first and the last
+    /// one that did: exactly the gaps a single client following the stream must report.
+    pub fn skipped(&self, stream: &str) -> Vec<(u64, u64)> {
+        let mut ranges: Vec<(u64, u64)> = self.sent(stream).values().map(|r| (r.0, r.1)).collect();
+        ranges.sort();
+        let mut holes = Vec::new();
+        let mut covered: Option<u64> = None;
+        for (lo, hi) in ranges {
+            if let Some(c) = covered {
+                if lo > c + 1 {
+                    holes.push((c + 1, lo - 1));
+                }
+            }
+            covered = Some(covered.map_or(hi, |c| c.max(hi)));
+        }
+        holes
+    }
+
+    /// Closes every connection with 1001 and stops serving.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if let Some(tx) = self.shutdown_tx.take() {
+            let conns: Vec<_> = lock(&self.shared.conns).values().cloned().collect();
+            for c in conns {
+                let _ = c.try_send(ConnMsg::Shutdown);
+            }
+            drop(tx);
+            self.tasks.clear();
+        }
+    }
+}
+
+impl Drop for ExchangeHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
 
 /// Flags of `keel exchange`.
 #[derive(Debug, Clone, Args)]
-pub struct ExchangeArgs {}
+pub struct ExchangeArgs {
+    /// Port on 127.0.0.1 (0 picks a free one and prints it).
+    #[arg(long, default_value_t = 9443)]
+    pub port: u16,
+    /// Directory where the CA certificate is written as `ca.pem`, for clients' --ca-file.
+    #[arg(long, default_value = ".")]
+    pub cert_out: PathBuf,
+    /// Market seed.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Symbols trading from the start, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "btcusdt,ethusdt")]
+    pub symbols: Vec<String>,
+    /// Market tick in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    pub tick_ms: u64,
+    /// Server ping period in milliseconds (Binance: 20000).
+    #[arg(long, default_value_t = 20_000)]
+    pub ping_interval_ms: u64,
+    /// Drop a client that does not answer a ping within this many milliseconds (Binance: 60000).
+    #[arg(long, default_value_t = 60_000)]
+    pub pong_deadline_ms: u64,
+    /// Clock speed for event times and klines (60: a 1m candle per second).
+    #[arg(long, default_value_t = 1)]
+    pub clock_speed: u32,
+    /// A fault: `K=SPEC` for connection K (0-based), `*=SPEC` or `SPEC` for every connection.
+    /// SPEC: reset:N, eof:N, stall:N, close:CODE:N, malformed:EVERY, reject:STATUS[:RETRY_SECS],
+    /// cutoff:MS, slow:MS, blast:FRAMES (N counts market frames sent). Repeatable.
+    #[arg(long = "fault")]
+    pub faults: Vec<String>,
+    /// Stop after this many seconds (default: run until Ctrl-C).
+    #[arg(long)]
+    pub duration: Option<u64>,
+}
 
 /// Runs `keel exchange`.
-pub fn run(_args: ExchangeArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("keel exchange is not built yet")
+pub fn run(args: ExchangeArgs) -> anyhow::Result<ExitCode> {
+    let mut plan = FaultPlan::default();
+    for f in &args.faults {
+        plan.add_spec(f)?;
+    }
+    for s in &args.symbols {
+        parse_stream(&format!("{s}@trade")).map_err(|e| anyhow::anyhow!("invalid --symbols entry {s:?}: {e}"))?;
+    }
+    if args.tick_ms == 0 || args.ping_interval_ms == 0 || args.pong_deadline_ms == 0 {
+        anyhow::bail!("--tick-ms, --ping-interval-ms and --pong-deadline-ms must be > 0");
+    }
+    let cfg = ExchangeConfig {
+        seed: args.seed,
+        port: args.port,
+        symbols: args.symbols.clone(),
+        tick: Duration::from_millis(args.tick_ms),
+        ping_interval: Duration::from_millis(args.ping_interval_ms),
+        pong_deadline: Duration::from_millis(args.pong_deadline_ms),
+        clock_speed: args.clock_speed.max(1),
+        faults: plan,
+        ..ExchangeConfig::default()
+    };
+    let ex = Exchange::start(cfg)?;
+    std::fs::create_dir_all(&args.cert_out)
+        .with_context(|| format!("cannot create --cert-out {}", args.cert_out.display()))?;
+    let ca_path = args.cert_out.join("ca.pem");
+    ex.write_ca(&ca_path)?;
+    println!("exchange listening on {} (CA: {})", ex.url(), ca_path.display());
+    println!("try: keel stream --url {} --ca-file {} --streams btcusdt@aggTrade", ex.url(), ca_path.display());
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    ctrlc::set_handler(move || {
+        let _ = stop_tx.send(());
+    })
+    .context("cannot install the Ctrl-C handler")?;
+    match args.duration {
+        Some(secs) => {
+            let _ = stop_rx.recv_timeout(Duration::from_secs(secs));
+        }
+        None => {
+            let _ = stop_rx.recv();
+        }
+    }
+    let conns = ex.connections();
+    ex.shutdown();
+    println!("exchange stopped after {} connections", conns.len());
+    Ok(ExitCode::SUCCESS)
 }

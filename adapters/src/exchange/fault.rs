@@ -1,0 +1,217 @@
+//! Faults the embedded exchange injects on demand, and their command-line spelling.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+use thiserror::Error;
+
+/// One misbehaviour of the exchange on one connection. `after` counts market-data frames sent on
+/// that connection (from the moment the fault was applied, for runtime injection).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Abrupt TCP reset (RST, SO_LINGER 0) after `after` frames: the client sees "connection reset".
+    Reset {
+        /// Frames before the reset.
+        after: u64,
+    },
+    /// TCP closed without a TLS close_notify after `after` frames ("EOF occurred in violation of protocol").
+    Eof {
+        /// Frames before the EOF.
+        after: u64,
+    },
+    /// After `after` frames the socket stays open but nothing is written or read: no data, no pongs.
+    Stall {
+        /// Frames before the stall.
+        after: u64,
+    },
+    /// Close frame with `code` after `after` frames (1001 going away, 1008 policy violation...).
+    Close {
+        /// Frames before the close.
+        after: u64,
+        /// RFC 6455 close code.
+        code: u16,
+    },
+    /// A malformed text frame is inserted after every `every` market frames (no market frame is lost).
+    Malformed {
+        /// Period in market frames.
+        every: u64,
+    },
+    /// The WebSocket upgrade is answered with this HTTP status (429, 418...) and maybe a Retry-After.
+    RejectUpgrade {
+        /// HTTP status code.
+        status: u16,
+        /// Retry-After in seconds, when sent.
+        retry_after_secs: Option<u64>,
+    },
+    /// Binance's 24-hour cutoff, shortened: `{"e":"serverShutdown"}`, then close 1001 after `after`.
+    Cutoff {
+        /// Lifetime of the connection.
+        after: Duration,
+    },
+    /// The server reads the client's frames slowly: it sleeps `delay` before each read.
+    SlowReads {
+        /// Sleep before each read.
+        delay: Duration,
+    },
+    /// Benchmark mode: `frames` pre-encoded aggTrade frames as fast as the socket takes them, then normal.
+    Blast {
+        /// Number of frames.
+        frames: u64,
+    },
+}
+
+/// A fault spelling that could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("invalid fault {spec:?}: {why}; expected one of reset:N, eof:N, stall:N, close:CODE:N, malformed:EVERY, reject:STATUS[:RETRY_AFTER_SECS], cutoff:MS, slow:MS, blast:FRAMES")]
+pub struct FaultParseError {
+    /// The text given.
+    pub spec: String,
+    /// What was wrong with it.
+    pub why: String,
+}
+
+impl FromStr for Fault {
+    type Err = FaultParseError;
+
+    fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        let err = |why: &str| FaultParseError { spec: spec.to_string(), why: why.to_string() };
+        let parts: Vec<&str> = spec.split(':').collect();
+        let num = |i: usize| -> Result<u64, FaultParseError> {
+            let p = parts.get(i).ok_or_else(|| err("missing number"))?;
+            p.parse::<u64>().map_err(|_| err(&format!("{p:?} is not a non-negative integer")))
+        };
+        let fault = match parts[0] {
+            "reset" if parts.len() == 2 => Fault::Reset { after: num(1)? },
+            "eof" if parts.len() == 2 => Fault::Eof { after: num(1)? },
+            "stall" if parts.len() == 2 => Fault::Stall { after: num(1)? },
+            "close" if parts.len() == 3 => {
+                let code = num(1)?;
+                let code = u16::try_from(code).ok().filter(|c| (1000..5000).contains(c));
+                Fault::Close { code: code.ok_or_else(|| err("close code must be in 1000..5000"))?, after: num(2)? }
+            }
+            "malformed" if parts.len() == 2 => {
+                Fault::Malformed { every: Some(num(1)?).filter(|n| *n > 0).ok_or_else(|| err("EVERY must be > 0"))? }
+            }
+            "reject" if parts.len() == 2 || parts.len() == 3 => {
+                let status = u16::try_from(num(1)?).ok().filter(|s| (400..600).contains(s));
+                let status = status.ok_or_else(|| err("status must be an HTTP error status (400..600)"))?;
+                let retry_after_secs = if parts.len() == 3 { Some(num(2)?) } else { None };
+                Fault::RejectUpgrade { status, retry_after_secs }
+            }
+            "cutoff" if parts.len() == 2 => Fault::Cutoff { after: Duration::from_millis(num(1)?) },
+            "slow" if parts.len() == 2 => Fault::SlowReads { delay: Duration::from_millis(num(1)?) },
+            "blast" if parts.len() == 2 => Fault::Blast { frames: num(1)? },
+            _ => return Err(err("unknown kind or wrong number of fields")),
+        };
+        Ok(fault)
+    }
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fault::Reset { after } => write!(f, "reset:{after}"),
+            Fault::Eof { after } => write!(f, "eof:{after}"),
+            Fault::Stall { after } => write!(f, "stall:{after}"),
+            Fault::Close { after, code } => write!(f, "close:{code}:{after}"),
+            Fault::Malformed { every } => write!(f, "malformed:{every}"),
+            Fault::RejectUpgrade { status, retry_after_secs: None } => write!(f, "reject:{status}"),
+            Fault::RejectUpgrade { status, retry_after_secs: Some(s) } => write!(f, "reject:{status}:{s}"),
+            Fault::Cutoff { after } => write!(f, "cutoff:{}", after.as_millis()),
+            Fault::SlowReads { delay } => write!(f, "slow:{}", delay.as_millis()),
+            Fault::Blast { frames } => write!(f, "blast:{frames}"),
+        }
+    }
+}
+
+/// Which connection gets which faults: connection k (0-based, in accept order, rejected upgrades
+/// included) gets `per_connection[k]` if present, else `every_connection`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FaultPlan {
+    /// Faults for specific connection numbers.
+    pub per_connection: BTreeMap<u64, Vec<Fault>>,
+    /// Faults for every connection not named in `per_connection`.
+    pub every_connection: Vec<Fault>,
+}
+
+impl FaultPlan {
+    /// The faults of connection `k`.
+    pub fn faults_for(&self, k: u64) -> Vec<Fault> {
+        self.per_connection.get(&k).cloned().unwrap_or_else(|| self.every_connection.clone())
+    }
+
+    /// Adds `fault` to connection `k`.
+    pub fn on(mut self, k: u64, fault: Fault) -> Self {
+        self.per_connection.entry(k).or_default().push(fault);
+        self
+    }
+
+    /// Parses `K=SPEC` (connection K) or `*=SPEC` / `SPEC` (every connection) and adds it.
+    pub fn add_spec(&mut self, text: &str) -> Result<(), FaultParseError> {
+        match text.split_once('=') {
+            Some(("*", spec)) => self.every_connection.push(spec.parse()?),
+            Some((k, spec)) => {
+                let k = k.parse::<u64>().map_err(|_| FaultParseError {
+                    spec: text.to_string(),
+                    why: format!("{k:?} is not a connection number (0-based) or *"),
+                })?;
+                self.per_connection.entry(k).or_default().push(spec.parse()?);
+            }
+            None => self.every_connection.push(text.parse()?),
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spellings_round_trip() {
+        let table = [
+            ("reset:100", Fault::Reset { after: 100 }),
+            ("eof:3", Fault::Eof { after: 3 }),
+            ("stall:0", Fault::Stall { after: 0 }),
+            ("close:1008:5", Fault::Close { after: 5, code: 1008 }),
+            ("malformed:10", Fault::Malformed { every: 10 }),
+            ("reject:429", Fault::RejectUpgrade { status: 429, retry_after_secs: None }),
+            ("reject:418:120", Fault::RejectUpgrade { status: 418, retry_after_secs: Some(120) }),
+            ("cutoff:5000", Fault::Cutoff { after: Duration::from_secs(5) }),
+            ("slow:250", Fault::SlowReads { delay: Duration::from_millis(250) }),
+            ("blast:1000", Fault::Blast { frames: 1000 }),
+        ];
+        for (text, fault) in table {
+            assert_eq!(text.parse::<Fault>().unwrap(), fault, "{text}");
+            assert_eq!(fault.to_string(), text);
+        }
+    }
+
+    #[test]
+    fn bad_spellings_say_what_is_wrong() {
+        for (text, why) in [
+            ("reset", "unknown kind"),
+            ("reset:x", "not a non-negative integer"),
+            ("close:99:1", "close code"),
+            ("reject:200", "HTTP error status"),
+            ("malformed:0", "> 0"),
+            ("explode:1", "unknown kind"),
+        ] {
+            let e = text.parse::<Fault>().unwrap_err();
+            assert!(e.to_string().contains(why), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn plan_picks_per_connection_first() {
+        let mut plan = FaultPlan::default();
+        plan.add_spec("0=reject:429:1").unwrap();
+        plan.add_spec("*=malformed:5").unwrap();
+        plan.add_spec("2=reset:10").unwrap();
+        assert_eq!(plan.faults_for(0), vec![Fault::RejectUpgrade { status: 429, retry_after_secs: Some(1) }]);
+        assert_eq!(plan.faults_for(1), vec![Fault::Malformed { every: 5 }]);
+        assert_eq!(plan.faults_for(2), vec![Fault::Reset { after: 10 }]);
+        assert!(plan.add_spec("x=reset:1").is_err());
+    }
+}
