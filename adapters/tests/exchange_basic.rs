@@ -23,7 +23,8 @@ async fn connect_with(ex: &ExchangeHandle, ca_pem: &str, path: &str) -> Result<W
     let tcp = smol::net::TcpStream::connect(ex.addr()).await?;
     let connector = async_native_tls::TlsConnector::new()
         .add_root_certificate(native_tls::Certificate::from_pem(ca_pem.as_bytes()).unwrap());
-    let tls = connector.connect("localhost", tcp).await.map_err(|e| tungstenite::Error::Io(std::io::Error::other(e)))?;
+    let tls =
+        connector.connect("localhost", tcp).await.map_err(|e| tungstenite::Error::Io(std::io::Error::other(e)))?;
     let (ws, _) = async_tungstenite::client_async(format!("{}{path}", ex.url()), tls).await?;
     Ok(ws)
 }
@@ -36,7 +37,9 @@ async fn connect(ex: &ExchangeHandle, path: &str) -> Ws {
 async fn next_json(ws: &mut Ws) -> serde_json::Value {
     loop {
         match next_msg(ws).await {
-            Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).unwrap_or(serde_json::Value::String(t.to_string())),
+            Some(Ok(Message::Text(t))) => {
+                return serde_json::from_str(&t).unwrap_or(serde_json::Value::String(t.to_string()));
+            }
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
             other => panic!("expected a text frame, got {other:?}"),
         }

@@ -63,7 +63,9 @@ pub enum Fault {
 
 /// A fault spelling that could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("invalid fault {spec:?}: {why}; expected one of reset:N, eof:N, stall:N, close:CODE:N, malformed:EVERY, reject:STATUS[:RETRY_AFTER_SECS], cutoff:MS, slow:MS, blast:FRAMES")]
+#[error(
+    "invalid fault {spec:?}: {why}; expected one of reset:N, eof:N, stall:N, close:CODE:N, malformed:EVERY, reject:STATUS[:RETRY_AFTER_SECS], cutoff:MS, slow:MS, blast:FRAMES"
+)]
 pub struct FaultParseError {
     /// The text given.
     pub spec: String,

@@ -22,7 +22,9 @@ pub struct Produced {
 
 /// A stream name the exchange does not serve.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("invalid stream name {name:?}: {why} (expected <symbol>@aggTrade|trade|depth|depth@100ms|bookTicker|kline_<1s,1m,3m,5m,15m,30m,1h,2h,4h,6h,8h,12h,1d>, symbol lowercase)")]
+#[error(
+    "invalid stream name {name:?}: {why} (expected <symbol>@aggTrade|trade|depth|depth@100ms|bookTicker|kline_<1s,1m,3m,5m,15m,30m,1h,2h,4h,6h,8h,12h,1d>, symbol lowercase)"
+)]
 pub struct StreamNameError {
     /// The name given.
     pub name: String,

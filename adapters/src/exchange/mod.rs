@@ -103,7 +103,8 @@ pub struct Exchange;
 impl Exchange {
     /// Generates the certificates, binds 127.0.0.1 and starts serving on smol's global executor.
     pub fn start(cfg: ExchangeConfig) -> anyhow::Result<ExchangeHandle> {
-        let certs = cert::generate("keel embedded exchange CA").context("cannot generate the exchange's certificates")?;
+        let certs =
+            cert::generate("keel embedded exchange CA").context("cannot generate the exchange's certificates")?;
         let identity = native_tls::Identity::from_pkcs8(certs.leaf_pem.as_bytes(), certs.leaf_key_pem.as_bytes())
             .context("cannot load the generated leaf certificate into native-tls")?;
         let acceptor = native_tls::TlsAcceptor::builder(identity)
@@ -204,10 +205,8 @@ impl ExchangeHandle {
         let mut holes = Vec::new();
         let mut covered: Option<u64> = None;
         for (lo, hi) in ranges {
-            if let Some(c) = covered {
-                if lo > c + 1 {
-                    holes.push((c + 1, lo - 1));
-                }
+            if let Some(c) = covered.filter(|c| lo > c + 1) {
+                holes.push((c + 1, lo - 1));
             }
             covered = Some(covered.map_or(hi, |c| c.max(hi)));
         }

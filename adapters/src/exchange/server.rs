@@ -294,10 +294,9 @@ fn set_linger_zero(tcp: &TcpStream) {
 
 async fn serve(shared: Arc<Shared>, tcp: TcpStream, k: u64) {
     let faults = lock(&shared.next_faults).pop_front().unwrap_or_else(|| shared.cfg.faults.faults_for(k));
-    lock(&shared.log).connections.insert(
-        k,
-        ConnectionInfo { index: k, faults: faults.clone(), ..ConnectionInfo::default() },
-    );
+    lock(&shared.log)
+        .connections
+        .insert(k, ConnectionInfo { index: k, faults: faults.clone(), ..ConnectionInfo::default() });
     let ending = serve_inner(&shared, tcp, k, faults).await;
     lock(&shared.conns).remove(&k);
     tracing::debug!(conn = k, "exchange: connection ended: {ending:?}");
@@ -306,6 +305,7 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream, k: u64) {
     }
 }
 
+#[allow(clippy::result_large_err)] // the error type is tungstenite's callback contract
 async fn serve_inner(shared: &Arc<Shared>, tcp: TcpStream, k: u64, faults: Vec<Fault>) -> Ending {
     let raw = tcp.clone();
     let tls = match shared.acceptor.accept(tcp).await {
@@ -386,9 +386,7 @@ async fn serve_inner(shared: &Arc<Shared>, tcp: TcpStream, k: u64, faults: Vec<F
             let frame = CloseFrame { code: CloseCode::from(*code), reason: reason.clone().into() };
             let _ = ws.close(Some(frame)).await;
             // Wait (briefly) for the client's answering close so that it reads ours first.
-            let drain = async {
-                while let Some(Ok(_)) = ws.next().await {}
-            };
+            let drain = async { while let Some(Ok(_)) = ws.next().await {} };
             drain
                 .or(async {
                     smol::Timer::after(Duration::from_secs(2)).await;
@@ -495,8 +493,7 @@ where
                         return Ending::ClientGone(format!("write failed: {e}"));
                     }
                     conn.note_sent(p);
-                    if let Some(every) = armed.malformed_every.filter(|e| conn.sent % e == 0) {
-                        let _ = every;
+                    if armed.malformed_every.is_some_and(|e| conn.sent.is_multiple_of(e)) {
                         let bad = MALFORMED[(conn.malformed % MALFORMED.len() as u64) as usize];
                         if let Err(e) = ws.feed(Message::text(bad)).await {
                             return Ending::ClientGone(format!("write failed: {e}"));
