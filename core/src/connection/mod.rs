@@ -41,7 +41,7 @@
 //! disconnection); `GiveUp` carries the error, its class and the failure count.
 
 use crate::backoff::{AttemptBudget, AttemptOutcome, Backoff, BackoffDecision};
-use crate::classify::{ErrorClass, TransportError, classify_error};
+use crate::classify::{ErrorClass, TransportError, classify_error_with_floor};
 use crate::config::{Config, HeartbeatConfig};
 use crate::gaps::{Gap, GapTracker, Verdict};
 use crate::heartbeat::{ControlLimiter, Heartbeat, HeartbeatAction, PongMatch, StallAction, StallDetector};
@@ -292,6 +292,7 @@ pub struct Connection {
     desired: Vec<String>,
     heartbeat_config: HeartbeatConfig,
     handshake_timeout: Duration,
+    rate_limit_floor: Duration,
     stall_after: Duration,
     rollover_after: Duration,
     max_control_per_second: u32,
@@ -322,6 +323,7 @@ impl Connection {
             desired,
             heartbeat_config: config.heartbeat.clone(),
             handshake_timeout: Duration::from_millis(config.tls.handshake_timeout_ms),
+            rate_limit_floor: Duration::from_millis(config.reconnect.rate_limit_floor_ms),
             stall_after: Duration::from_millis(config.stream.stall_after_ms),
             rollover_after: Duration::from_millis(config.stream.rollover_after_ms),
             max_control_per_second: config.stream.max_control_per_second,
@@ -581,7 +583,7 @@ impl Connection {
     /// The current transport failed or was lost (`close`: the machine closes it itself, with this
     /// reason). Counts the failure, then waits for the backoff or gives up.
     fn lose(&mut self, error: TransportError, close: Option<(TransportId, &str)>, now: Timestamp) {
-        let classified = classify_error(&error);
+        let classified = classify_error_with_floor(&error, self.rate_limit_floor);
         let class = classified.class;
         let (id, next_attempt) = match &self.state {
             State::Connecting { id, attempt, .. } => {

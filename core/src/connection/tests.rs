@@ -402,6 +402,13 @@ fn server_close_and_errors() {
         }
         other => panic!("{other:?}"),
     }
+    // The floor is configurable (tests and the demo shorten it).
+    let mut c = cfg();
+    c.reconnect.rate_limit_floor_ms = 2_500;
+    let (mut h, _) = H::new(&c);
+    let out =
+        h.input(Input::Failed { id: id(1), error: TransportError::HttpStatus { status: 429, retry_after: None } });
+    assert_eq!(retry_in(&out), Some(2_500));
 }
 
 #[test]
