@@ -1,5 +1,8 @@
 //! keel-sim: drives the real `keel-core` machines through simulated days with injected faults.
 
+pub mod exchange;
+pub mod network;
+pub mod profile;
 pub mod replay;
 pub mod run;
 pub mod scaler_cli;
