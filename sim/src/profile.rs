@@ -228,7 +228,10 @@ impl FaultProfile {
         }
         let latency_ms = [1, 5, 20, 80, 250][rng.below(5) as usize];
         let latency_jitter_ms = [0, 2, 10, 50, 200][rng.below(5) as usize];
-        let trade_interval_ms = [500, 2_000, 10_000, 30_000][rng.below(4) as usize];
+        // Sparse on purpose (Binance sends several per second): every frame costs a decode, and the
+        // faults, not the volume, are what is under test. Below stall_after / 2 so that only a quiet
+        // market fault makes a stream stall.
+        let trade_interval_ms = [3_000, 10_000, 30_000][rng.below(3) as usize];
         let outage_ms = (1_000, [60_000, 600_000, 3 * 3_600_000][rng.below(3) as usize]);
         let machine_seed = rng.next_u64();
         let clock_start_ms = rng.below(1 << 40);

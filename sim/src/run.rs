@@ -1,13 +1,272 @@
-//! (placeholder: filled by the simulator / scaler work)
+//! `keel-sim run`: seeded fault simulations of the real core machines.
+//!
+//! A seed is the whole test case (TigerBeetle's VOPR): it draws the fault profile, the model
+//! exchange, the virtual clock's start and the machines' own seeds. The first line printed for a
+//! seed is its seed and profile; a failure prints the broken invariant, the last events before it and
+//! the one command that reproduces it. `KEEL_SIM_SEED=N` works like `--seed N` (madsim's habit).
 
+use crate::profile::FaultProfile;
+use crate::scaler_sim::{self, ScalerCase};
 use clap::Args;
 use std::process::ExitCode;
+use std::time::Instant;
 
-/// Flags.
+/// Flags of `keel-sim run`.
 #[derive(Debug, Clone, Args)]
-pub struct RunArgs {}
+pub struct RunArgs {
+    /// Run this one seed (default: the KEEL_SIM_SEED environment variable).
+    #[arg(long, conflicts_with = "seeds")]
+    pub seed: Option<u64>,
+    /// Run the seeds A..B (B excluded), e.g. 0..500.
+    #[arg(long, value_parser = parse_range, value_name = "A..B")]
+    pub seeds: Option<(u64, u64)>,
+    /// Simulated hours per seed.
+    #[arg(long, default_value_t = 24.0)]
+    pub hours: f64,
+    /// Run every seed twice and compare a hash of all outputs.
+    #[arg(long)]
+    pub check_determinism: bool,
+    /// Steps of the loss-scaler run per seed.
+    #[arg(long, default_value_t = DEFAULT_SCALER_STEPS)]
+    pub scaler_steps: u64,
+    /// Print only failures and the final summary.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Scaler steps per seed unless told otherwise.
+pub const DEFAULT_SCALER_STEPS: u64 = 10_000;
+
+/// Parses `A..B` (B excluded) into `(A, B)`.
+pub fn parse_range(text: &str) -> Result<(u64, u64), String> {
+    let (a, b) =
+        text.split_once("..").ok_or_else(|| format!("seed range {text:?} must look like A..B, e.g. 0..500"))?;
+    let a: u64 = a.trim().parse().map_err(|_| format!("seed range {text:?}: {a:?} is not a number"))?;
+    let b: u64 = b.trim().parse().map_err(|_| format!("seed range {text:?}: {b:?} is not a number"))?;
+    if b <= a {
+        return Err(format!("seed range {text:?} is empty: B must be greater than A"));
+    }
+    Ok((a, b))
+}
+
+/// What one seed runs with.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SimOptions {
+    /// Simulated hours of the connection run.
+    pub hours: f64,
+    /// Steps of the scaler run.
+    pub scaler_steps: u64,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        SimOptions { hours: 24.0, scaler_steps: DEFAULT_SCALER_STEPS }
+    }
+}
+
+impl SimOptions {
+    /// The command that reproduces `seed` with these options.
+    pub fn reproduce(&self, seed: u64) -> String {
+        let mut cmd = format!("keel-sim run --seed {seed}");
+        if self.hours != 24.0 {
+            cmd.push_str(&format!(" --hours {}", self.hours));
+        }
+        if self.scaler_steps != DEFAULT_SCALER_STEPS {
+            cmd.push_str(&format!(" --scaler-steps {}", self.scaler_steps));
+        }
+        cmd
+    }
+}
+
+/// A broken invariant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    /// Which machine: `connection` or `scaler`.
+    pub machine: &'static str,
+    /// The invariant and what was seen.
+    pub invariant: String,
+    /// When (simulated time or step).
+    pub at: String,
+    /// The last events before it, oldest first.
+    pub recent: Vec<String>,
+}
+
+/// How a seed went.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeedReport {
+    /// The seed.
+    pub seed: u64,
+    /// First line: seed and drawn profile.
+    pub profile: String,
+    /// Second line: the scaler case.
+    pub scaler_case: String,
+    /// One-line summary when every invariant held.
+    pub result: Result<String, Failure>,
+    /// Hash of every output of every machine (the determinism check compares these).
+    pub hash: u64,
+    /// Simulated milliseconds of the connection run.
+    pub simulated_ms: u64,
+}
+
+/// Runs every machine of one seed.
+pub fn simulate(seed: u64, opts: &SimOptions) -> SeedReport {
+    let profile = FaultProfile::draw(seed);
+    let case = ScalerCase::draw(seed, opts.scaler_steps);
+    let mut report = SeedReport {
+        seed,
+        profile: profile.to_string(),
+        scaler_case: case.to_string(),
+        result: Ok(String::new()),
+        hash: 0,
+        simulated_ms: 0,
+    };
+    let scaler = match scaler_sim::run(&case) {
+        Ok(s) => s,
+        Err(f) => {
+            report.result = Err(Failure {
+                machine: "scaler",
+                invariant: f.invariant,
+                at: format!("step {}", f.step),
+                recent: f.recent,
+            });
+            return report;
+        }
+    };
+    let conn = match crate::conn_sim::run(&profile, opts.hours) {
+        Ok(c) => c,
+        Err(f) => {
+            report.result =
+                Err(Failure { machine: "connection", invariant: f.invariant, at: f.at.to_string(), recent: f.recent });
+            return report;
+        }
+    };
+    report.simulated_ms = conn.simulated_ms;
+    report.hash = scaler.hash ^ conn.hash.rotate_left(1);
+    let stop = match scaler.stopped_at_min_scale {
+        Some(step) => format!(", stopped at step {step}: overflow at the minimum scale"),
+        None => String::new(),
+    };
+    report.result = Ok(format!(
+        "connection {:.1} h, {} steps, {} attempts, {} connects, {} market events, {} gaps, {} gave up; faults: {}; \
+         scaler {} steps, {} overflows, {} resets, {} warnings{stop}",
+        conn.simulated_ms as f64 / 3_600_000.0,
+        conn.steps,
+        conn.attempts,
+        conn.connects,
+        conn.market_events,
+        conn.gaps,
+        conn.gave_up,
+        if conn.faults.is_empty() { "none" } else { &conn.faults },
+        scaler.steps,
+        scaler.overflows,
+        scaler.resets,
+        scaler.warnings
+    ));
+    report
+}
+
+/// Prints a failure: the invariant, the last events, and the reproducing command.
+pub fn print_failure(report: &SeedReport, failure: &Failure, opts: &SimOptions) {
+    println!(
+        "FAILED seed={}: {} invariant broken at {}: {}",
+        report.seed, failure.machine, failure.at, failure.invariant
+    );
+    println!("  profile: {}", report.profile);
+    println!("  {}", report.scaler_case);
+    println!("  last events before the failure:");
+    for line in &failure.recent {
+        println!("    {line}");
+    }
+    println!("  reproduce with: {}", opts.reproduce(report.seed));
+}
 
 /// Runs the subcommand.
-pub fn main(_args: RunArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not built yet")
+pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let (first, end) = match (args.seed, args.seeds) {
+        (Some(s), _) => (s, s.saturating_add(1)),
+        (None, Some(r)) => r,
+        (None, None) => match std::env::var("KEEL_SIM_SEED") {
+            Ok(v) => {
+                let s: u64 = v.trim().parse().map_err(|_| anyhow::anyhow!("KEEL_SIM_SEED={v:?} is not a number"))?;
+                (s, s.saturating_add(1))
+            }
+            Err(_) => anyhow::bail!("say which seeds to run: --seed N, --seeds A..B, or KEEL_SIM_SEED=N"),
+        },
+    };
+    if !(args.hours.is_finite() && args.hours > 0.0) {
+        anyhow::bail!("--hours {} is invalid: give a positive number of simulated hours", args.hours);
+    }
+    let opts = SimOptions { hours: args.hours, scaler_steps: args.scaler_steps };
+    let started = Instant::now();
+    let mut failed = Vec::new();
+    let mut simulated_ms = 0u64;
+    for seed in first..end {
+        let report = simulate(seed, &opts);
+        simulated_ms += report.simulated_ms;
+        if !args.quiet {
+            println!("{}", report.profile);
+        }
+        let mut result = report.result.clone();
+        if args.check_determinism && result.is_ok() {
+            let again = simulate(seed, &opts);
+            if again.hash != report.hash || again.result != report.result {
+                result = Err(Failure {
+                    machine: "all",
+                    invariant: format!(
+                        "nondeterminism: the same seed gave output hash {:#018x}, then {:#018x}",
+                        report.hash, again.hash
+                    ),
+                    at: "end of run".into(),
+                    recent: vec![format!("first: {:?}", report.result), format!("second: {:?}", again.result)],
+                });
+            }
+        }
+        match &result {
+            Ok(summary) => {
+                if !args.quiet {
+                    println!("seed={seed} ok: {summary} (hash {:#018x})", report.hash);
+                }
+            }
+            Err(f) => {
+                print_failure(&report, f, &opts);
+                failed.push(seed);
+            }
+        }
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let hours = simulated_ms as f64 / 3_600_000.0;
+    let n = end - first;
+    println!(
+        "{n} seed(s), {} passed, {} failed{}; {hours:.1} simulated hours in {wall:.2} s wall ({:.0} simulated h/s)",
+        n - failed.len() as u64,
+        failed.len(),
+        if args.check_determinism { ", each run twice" } else { "" },
+        if wall > 0.0 { hours / wall } else { 0.0 }
+    );
+    if failed.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("failing seeds: {failed:?}");
+        Ok(ExitCode::from(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_ranges_parse_and_bad_ones_say_why() {
+        assert_eq!(parse_range("0..500"), Ok((0, 500)));
+        assert!(parse_range("5").unwrap_err().contains("A..B"));
+        assert!(parse_range("x..5").unwrap_err().contains("not a number"));
+        assert!(parse_range("5..5").unwrap_err().contains("empty"));
+    }
+
+    #[test]
+    fn the_reproducing_command_names_every_non_default_flag() {
+        assert_eq!(SimOptions::default().reproduce(7), "keel-sim run --seed 7");
+        let o = SimOptions { hours: 2.5, scaler_steps: 100 };
+        assert_eq!(o.reproduce(7), "keel-sim run --seed 7 --hours 2.5 --scaler-steps 100");
+    }
 }

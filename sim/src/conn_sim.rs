@@ -1,0 +1,712 @@
+//! Seeded runs of the real [`Connection`] against the model network and exchange, in virtual time.
+//!
+//! The loop jumps straight to the earliest of the machine's `poll_timeout()`, the network's next
+//! event or delivery, the next invariant deadline and the end of the safety phase: no sleeping, no
+//! wall clock, so a simulated day takes milliseconds. The run has two phases (TigerBeetle's VOPR):
+//! a safety phase with the seed's faults, then a liveness phase with the network healed, in which
+//! the machine must be live again within `max_delay + handshake_timeout` (plus any rate-limit wait
+//! still running and a few network round trips). The invariants of issue 4 are checked after every
+//! step by [`Checker`], from what the machine emitted and what the model knows it sent.
+//!
+//! A machine that gave up (fatal error, or too many failures through a long outage) is checked to
+//! have done so for a reason, then replaced by a fresh one when the network is back, the way an
+//! operator or a supervisor restarts the process; its transport ids are kept apart by an
+//! incarnation number in the upper bits.
+
+use crate::exchange::agg_trade_fields;
+use crate::network::{FromClient, Network, Tid, ToClient};
+use crate::profile::FaultProfile;
+use crate::scaler_sim::mix;
+use keel_core::classify::{ErrorClass, classify_error};
+use keel_core::connection::{Connection, Event, Input, Output, StopReason, TransportId, WsMessage};
+use keel_core::gaps::{GapKind, Sequence};
+use keel_core::protocol::MarketEvent;
+use keel_core::time::Timestamp;
+use std::collections::{BTreeMap, VecDeque};
+
+/// Transports one machine may hold at once (a make-before-break rollover needs two).
+pub const MAX_TRANSPORTS: usize = 2;
+/// Events kept for a failure report.
+const TAIL: usize = 40;
+
+/// A broken invariant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnFailure {
+    /// The invariant and what was seen.
+    pub invariant: String,
+    /// Simulated time.
+    pub at: Timestamp,
+    /// The last inputs and outputs before it (only filled when the run was asked to keep them).
+    pub recent: Vec<String>,
+}
+
+/// What a run that kept every invariant did.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ConnSummary {
+    /// Simulated milliseconds.
+    pub simulated_ms: u64,
+    /// Steps of the event loop.
+    pub steps: u64,
+    /// `Open` outputs.
+    pub attempts: u64,
+    /// `Connected` events.
+    pub connects: u64,
+    /// Market events delivered.
+    pub market_events: u64,
+    /// Gaps reported.
+    pub gaps: u64,
+    /// Machines that gave up (and were restarted).
+    pub gave_up: u64,
+    /// Faults the model injected, as `name=count`.
+    pub faults: String,
+    /// Hash of every output.
+    pub hash: u64,
+}
+
+/// The client's-eye state of one transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// `Open` emitted at this time; no `Opened` yet.
+    Connecting { since: u64 },
+    /// `Opened` delivered; the last frame of any kind arrived at `last_inbound`.
+    Open { last_inbound: u64 },
+}
+
+/// Ids delivered or reported missing on one stream, as disjoint sorted ranges.
+#[derive(Debug, Clone, Default)]
+struct Coverage {
+    ranges: Vec<(u64, u64)>,
+}
+
+impl Coverage {
+    /// Adds `lo..=hi`; `Err` with the overlapping range if any id was already covered.
+    fn add(&mut self, lo: u64, hi: u64) -> Result<(), (u64, u64)> {
+        let pos = self.ranges.partition_point(|&(_, h)| h < lo);
+        if let Some(&(l, h)) = self.ranges.get(pos)
+            && l <= hi
+        {
+            return Err((l, h));
+        }
+        self.ranges.insert(pos, (lo, hi));
+        // Merge with neighbours that touch.
+        let mut i = pos.saturating_sub(1);
+        while i + 1 < self.ranges.len() {
+            if self.ranges[i].1 + 1 == self.ranges[i + 1].0 {
+                self.ranges[i].1 = self.ranges[i + 1].1;
+                self.ranges.remove(i + 1);
+            } else if i > pos {
+                break;
+            } else {
+                i += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Everything the invariants need to remember about one machine's life.
+#[derive(Debug, Default)]
+struct Machine {
+    /// Transport id offset of this incarnation.
+    base: u64,
+    transports: BTreeMap<u64, Side>,
+    /// Ids ever opened (never reused).
+    used: std::collections::BTreeSet<u64>,
+    /// Earliest time the next `Open` may come, and the latest, after a `Disconnected`.
+    next_open: Option<(u64, u64)>,
+    coverage: BTreeMap<String, Coverage>,
+    opens: u64,
+    connects: u64,
+    gaps: u64,
+    markets: u64,
+    gave_up: bool,
+    started: u64,
+}
+
+/// One seed's connection run.
+pub struct ConnSim<'p> {
+    profile: &'p FaultProfile,
+    now: u64,
+    end: u64,
+    heal_at: u64,
+    healed: bool,
+    /// Must be live by then (set at the heal, or at a restart in the liveness phase).
+    live_by: Option<u64>,
+    live_since_heal: bool,
+    conn: Connection,
+    net: Network,
+    m: Machine,
+    incarnation: u64,
+    /// Attempt times over the whole run (Binance's budget is per IP, not per process).
+    attempt_times: VecDeque<u64>,
+    restart_at: Option<u64>,
+    tail: Option<VecDeque<String>>,
+    summary: ConnSummary,
+}
+
+fn tid(id: TransportId, base: u64) -> Tid {
+    base + id.0
+}
+
+impl<'p> ConnSim<'p> {
+    /// A run of `hours` simulated hours; `keep_tail` records the last events for a failure report.
+    pub fn new(profile: &'p FaultProfile, hours: f64, keep_tail: bool) -> Self {
+        let start = profile.clock_start_ms;
+        let total = (hours * 3_600_000.0) as u64;
+        // The liveness phase: the last hour, or the last quarter of a short run.
+        let liveness = (total / 4).min(3_600_000);
+        let conn = Connection::new(&profile.config, profile.machine_seed, Timestamp::from_millis(start));
+        ConnSim {
+            profile,
+            now: start,
+            end: start + total,
+            heal_at: start + total - liveness,
+            healed: false,
+            live_by: None,
+            live_since_heal: false,
+            conn,
+            net: Network::new(profile, start),
+            m: Machine { started: start, ..Machine::default() },
+            incarnation: 0,
+            attempt_times: VecDeque::new(),
+            restart_at: None,
+            tail: keep_tail.then(VecDeque::new),
+            summary: ConnSummary { hash: 0xcbf2_9ce4_8422_2325, ..ConnSummary::default() },
+        }
+    }
+
+    fn note(&mut self, text: impl FnOnce() -> String) {
+        if let Some(tail) = &mut self.tail {
+            if tail.len() == TAIL {
+                tail.pop_front();
+            }
+            tail.push_back(format!("{} {}", Timestamp::from_millis(self.now), text()));
+        }
+    }
+
+    fn fail(&self, invariant: String) -> ConnFailure {
+        ConnFailure {
+            invariant,
+            at: Timestamp::from_millis(self.now),
+            recent: self.tail.as_ref().map(|t| t.iter().cloned().collect()).unwrap_or_default(),
+        }
+    }
+
+    /// Runs to the end, checking every invariant after every step.
+    pub fn run(mut self) -> Result<ConnSummary, ConnFailure> {
+        let cfg = &self.profile.config;
+        let dead_after = cfg.heartbeat.ping_interval_ms + cfg.heartbeat.pong_timeout_ms;
+        let handshake = cfg.tls.handshake_timeout_ms;
+        let profile = self.profile;
+        self.note(|| format!("machine 0 starts: {profile}"));
+        self.drain()?;
+        let mut same_time_steps = 0u32;
+        loop {
+            // 1. The next thing that happens: machine deadline, network, invariant deadline, phase change.
+            let mut next = self.conn.poll_timeout().map(Timestamp::as_millis);
+            let mut consider = |t: Option<u64>| {
+                if let Some(t) = t {
+                    next = Some(next.map_or(t, |n| n.min(t)));
+                }
+            };
+            consider(self.net.next_event_time());
+            consider(self.deadline(dead_after, handshake));
+            consider(self.live_by.map(|t| t + 1));
+            consider(self.restart_at);
+            if !self.healed {
+                consider(Some(self.heal_at));
+            }
+            let Some(next) = next else { break };
+            if next > self.end {
+                break;
+            }
+            if next <= self.now {
+                same_time_steps += 1;
+                if same_time_steps > 100_000 {
+                    return Err(self.fail("livelock: 100000 steps without time advancing".into()));
+                }
+            } else {
+                same_time_steps = 0;
+            }
+            self.now = self.now.max(next);
+            self.summary.steps += 1;
+
+            // 2. Phase change: faults stop; the machine must recover in bounded time.
+            if !self.healed && self.now >= self.heal_at {
+                self.healed = true;
+                self.net.heal(self.now);
+                self.note(|| "network healed: liveness phase".into());
+                let cfg = &self.profile.config;
+                if !self.m.gave_up {
+                    self.set_live_deadline(cfg.reconnect.max_delay_ms + handshake);
+                } else {
+                    self.restart_at = Some(self.now);
+                }
+            }
+            if self.restart_at.is_some_and(|t| t <= self.now) {
+                self.restart()?;
+            }
+
+            // 3. The network moves, then delivers what is due, one input at a time.
+            self.net.advance(self.now);
+            while let Some((id, msg)) = self.net.pop_delivery(self.now) {
+                self.deliver(id, msg)?;
+            }
+            // 4. The machine's own deadlines.
+            if self.conn.poll_timeout().is_some_and(|t| t.as_millis() <= self.now) {
+                self.note(|| "handle_timeout".into());
+                self.conn.handle_timeout(Timestamp::from_millis(self.now));
+                self.drain()?;
+            }
+            // 5. Deadlines of the invariants.
+            self.check_deadlines(dead_after, handshake)?;
+        }
+        self.now = self.end;
+        self.finish()
+    }
+
+    /// The earliest time an invariant deadline expires (the loop wakes just after it to check).
+    fn deadline(&self, dead_after: u64, handshake: u64) -> Option<u64> {
+        self.m
+            .transports
+            .values()
+            .map(|s| match *s {
+                Side::Connecting { since } => since + handshake + 1,
+                Side::Open { last_inbound } => last_inbound + dead_after + 1,
+            })
+            .min()
+    }
+
+    fn set_live_deadline(&mut self, budget: u64) {
+        let p = self.profile;
+        // A few network trips: the reset of a dead transport, TCP + TLS + upgrade, Opened.
+        let trips = 8 * (p.latency_ms + p.latency_jitter_ms) + 1;
+        let ban = self.net.ban_until().saturating_sub(self.now);
+        let by = self.now + budget.max(ban + p.config.tls.handshake_timeout_ms) + trips;
+        self.live_by = Some(by);
+        self.live_since_heal = false;
+    }
+
+    /// A fresh machine replaces one that gave up (the operator restarts it).
+    fn restart(&mut self) -> Result<(), ConnFailure> {
+        self.restart_at = None;
+        self.incarnation += 1;
+        let seed = self.profile.machine_seed.wrapping_add(self.incarnation);
+        let n = self.incarnation;
+        self.note(|| format!("machine {n} starts (restart after giving up)"));
+        self.conn = Connection::new(&self.profile.config, seed, Timestamp::from_millis(self.now));
+        self.m = Machine { base: self.incarnation << 32, started: self.now, ..Machine::default() };
+        if self.healed {
+            let handshake = self.profile.config.tls.handshake_timeout_ms;
+            self.set_live_deadline(handshake);
+        }
+        self.drain()
+    }
+
+    fn deliver(&mut self, id: Tid, msg: ToClient) -> Result<(), ConnFailure> {
+        let local = id.wrapping_sub(self.m.base);
+        if id < self.m.base || local >= 1 << 32 {
+            return Ok(()); // a transport of a previous machine: its process is gone
+        }
+        let tid = TransportId(local);
+        let now = self.now;
+        if let Some(side) = self.m.transports.get_mut(&local) {
+            match (side, &msg) {
+                (side @ Side::Connecting { .. }, ToClient::Opened) => *side = Side::Open { last_inbound: now },
+                (Side::Open { last_inbound }, _) => *last_inbound = now,
+                _ => {}
+            }
+        }
+        if matches!(msg, ToClient::Failed(_) | ToClient::Closed { .. }) {
+            self.m.transports.remove(&local);
+        }
+        let input = match msg {
+            ToClient::Opened => Input::Opened { id: tid },
+            ToClient::Failed(error) => Input::Failed { id: tid, error },
+            ToClient::Closed { code, reason } => Input::Closed { id: tid, code, reason },
+            ToClient::Text(text) => Input::Text { id: tid, text },
+            ToClient::Ping(payload) => Input::Ping { id: tid, payload },
+            ToClient::Pong(payload) => Input::Pong { id: tid, payload },
+        };
+        self.note(|| format!("in  {input:?}"));
+        self.conn.handle_input(input, Timestamp::from_millis(now));
+        self.drain()
+    }
+
+    /// Applies every output of the machine and checks the invariants after the step.
+    fn drain(&mut self) -> Result<(), ConnFailure> {
+        while let Some(out) = self.conn.poll_output() {
+            self.note(|| format!("out {out:?}"));
+            digest(&mut self.summary.hash, self.now, &out);
+            self.apply(out)?;
+        }
+        self.check_step()
+    }
+
+    fn apply(&mut self, out: Output) -> Result<(), ConnFailure> {
+        let now = self.now;
+        let cfg = &self.profile.config;
+        if self.m.gave_up && !matches!(out, Output::Close { .. }) {
+            return Err(self.fail(format!("output after GaveUp: {out:?} (only Close may follow)")));
+        }
+        match out {
+            Output::Open { id, url } => {
+                if !self.m.used.insert(id.0) {
+                    return Err(self.fail(format!("transport id {id} reused")));
+                }
+                if let Some((earliest, latest)) = self.m.next_open.take()
+                    && !(earliest..=latest).contains(&now)
+                {
+                    return Err(self.fail(format!(
+                        "reconnect at {} but the announced delay put it in [{}, {}]",
+                        Timestamp::from_millis(now),
+                        Timestamp::from_millis(earliest),
+                        Timestamp::from_millis(latest)
+                    )));
+                }
+                self.m.transports.insert(id.0, Side::Connecting { since: now });
+                if self.m.transports.len() > MAX_TRANSPORTS {
+                    return Err(self.fail(format!(
+                        "{} transports open or connecting, at most {MAX_TRANSPORTS}",
+                        self.m.transports.len()
+                    )));
+                }
+                let window = cfg.reconnect.attempt_window_ms;
+                while self.attempt_times.front().is_some_and(|&t| t + window <= now) {
+                    self.attempt_times.pop_front();
+                }
+                self.attempt_times.push_back(now);
+                if self.attempt_times.len() > cfg.reconnect.max_attempts_per_window as usize {
+                    return Err(self.fail(format!(
+                        "{} connection attempts within {window} ms (limit {})",
+                        self.attempt_times.len(),
+                        cfg.reconnect.max_attempts_per_window
+                    )));
+                }
+                self.m.opens += 1;
+                self.summary.attempts += 1;
+                self.net.open(tid(id, self.m.base), &url, now);
+            }
+            Output::Send { id, message } => {
+                if !matches!(self.m.transports.get(&id.0), Some(Side::Open { .. })) {
+                    return Err(self.fail(format!("Send on transport {id}, which is not open: {message:?}")));
+                }
+                let msg = match message {
+                    WsMessage::Text(t) => FromClient::Text(t),
+                    WsMessage::Ping(p) => FromClient::Ping(p),
+                    WsMessage::Pong(p) => FromClient::Pong(p),
+                };
+                self.net.send(tid(id, self.m.base), msg, now);
+            }
+            Output::Close { id, .. } => {
+                self.m.transports.remove(&id.0);
+                self.net.close(tid(id, self.m.base));
+            }
+            Output::Event(event) => self.on_event(event)?,
+            Output::Gap(gap) => {
+                self.m.gaps += 1;
+                self.summary.gaps += 1;
+                if gap.kind == GapKind::AggTradeId {
+                    let cov = self.m.coverage.entry(gap.stream.clone()).or_default();
+                    if let Err((l, h)) = cov.add(gap.first_missing, gap.last_missing) {
+                        return Err(
+                            self.fail(format!("gap {gap:?} overlaps ids {l}..={h} already delivered or reported"))
+                        );
+                    }
+                }
+            }
+            Output::GaveUp(g) => {
+                self.m.gave_up = true;
+                self.summary.gave_up += 1;
+                let class = classify_error(&g.error).class;
+                let legit = match class {
+                    ErrorClass::Fatal => self.net.fatal_sent,
+                    _ => g.failures >= cfg.reconnect.max_consecutive_failures,
+                };
+                if !legit {
+                    return Err(self.fail(format!("gave up without cause: {g:?}")));
+                }
+                if class == ErrorClass::Fatal && self.m.next_open.is_some() {
+                    return Err(self.fail("a fatal error announced a retry".into()));
+                }
+                self.m.next_open = None;
+                // Restart once the network works again (or at once in the liveness phase).
+                self.restart_at = Some(if self.healed { now } else { now.max(self.heal_at.min(now + 3_600_000)) });
+            }
+        }
+        Ok(())
+    }
+
+    fn on_event(&mut self, event: Event) -> Result<(), ConnFailure> {
+        let now = self.now;
+        let cfg = &self.profile.config;
+        match event {
+            Event::Market { stream, event, .. } => {
+                self.m.markets += 1;
+                self.summary.market_events += 1;
+                if let (Sequence::AggTrade { id, .. }, MarketEvent::AggTrade(trade)) = (event.sequence(), &event) {
+                    let produced = self.net.next_agg_id(&stream).unwrap_or(0);
+                    if id >= produced {
+                        return Err(
+                            self.fail(format!("aggTrade {id} on {stream} was never produced (next is {produced})"))
+                        );
+                    }
+                    // Exact decimals: mantissa and scale of the strings `agg_trade_fields` wrote.
+                    let price = (trade.price.mantissa(), trade.price.scale());
+                    let qty = (trade.quantity.mantissa(), trade.quantity.scale());
+                    if price != ((30_000 + id % 997) * 100 + id % 100, 2) || qty != (1 + id % 999, 3) {
+                        let sent = agg_trade_fields(id);
+                        return Err(self.fail(format!("aggTrade {id} decoded as {trade:?}, sent {sent:?}")));
+                    }
+                    let cov = self.m.coverage.entry(stream.clone()).or_default();
+                    if let Err((l, h)) = cov.add(id, id) {
+                        return Err(self.fail(format!(
+                            "aggTrade {id} on {stream} delivered twice (or after its gap {l}..={h} was reported)"
+                        )));
+                    }
+                }
+            }
+            Event::Connected { id, .. } => {
+                self.m.connects += 1;
+                self.summary.connects += 1;
+                if !matches!(self.m.transports.get(&id.0), Some(Side::Open { .. })) {
+                    return Err(self.fail(format!("Connected on transport {id}, which is not open")));
+                }
+                let mut want: Vec<&String> = self.conn.desired_streams().iter().collect();
+                want.sort();
+                let mut have: Vec<&String> =
+                    self.net.subscriptions(tid(id, self.m.base)).unwrap_or_default().iter().collect();
+                have.sort();
+                if want != have {
+                    return Err(self.fail(format!(
+                        "after connecting {id} the exchange has {have:?} subscribed, desired {want:?}"
+                    )));
+                }
+                if self.healed && now > self.heal_at + 2 * (self.profile.latency_ms + self.profile.latency_jitter_ms) {
+                    self.live_since_heal = true;
+                }
+            }
+            Event::Disconnected { class, retry_in, .. } => {
+                let retry = retry_in.as_millis() as u64;
+                let r = &cfg.reconnect;
+                let floor = ((r.initial_delay_ms as f64) * (1.0 - r.jitter)).floor() as u64;
+                // The attempt budget may push the next attempt later than the backoff.
+                let limit = r.max_attempts_per_window as usize;
+                let budget = if self.attempt_times.len() >= limit {
+                    (self.attempt_times[self.attempt_times.len() - limit] + r.attempt_window_ms).saturating_sub(now)
+                } else {
+                    0
+                };
+                let (lo, hi) = match class {
+                    ErrorClass::Transient => (floor.saturating_sub(1), r.max_delay_ms.max(budget)),
+                    ErrorClass::RateLimited { wait } => {
+                        let w = wait.as_millis() as u64;
+                        (w, w.max(r.max_delay_ms).max(budget))
+                    }
+                    ErrorClass::Fatal => (0, u64::MAX),
+                };
+                if class != ErrorClass::Fatal && !(lo..=hi).contains(&retry) {
+                    return Err(
+                        self.fail(format!("retry_in {retry} ms outside [{lo}, {hi}] for a {} error", class.name()))
+                    );
+                }
+                self.m.next_open = Some((now + retry, now + retry + 1));
+            }
+            Event::HeartbeatTimeout { .. }
+            | Event::StreamStalled { .. }
+            | Event::Malformed { .. }
+            | Event::ServerError { .. }
+            | Event::Rollover { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// Checks that hold after every step.
+    fn check_step(&mut self) -> Result<(), ConnFailure> {
+        let now = self.now;
+        if let Some(t) = self.conn.poll_timeout()
+            && t.as_millis() < now
+        {
+            return Err(self.fail(format!("poll_timeout() {t} is in the past")));
+        }
+        if let Some(v) = self.net.violations.first() {
+            return Err(self.fail(format!("the exchange saw the client break a rule: {v}")));
+        }
+        for (stream, cov) in &self.m.coverage {
+            if cov.ranges.len() > 1 {
+                return Err(self.fail(format!("ids missing on {stream} were never reported: covered {:?}", cov.ranges)));
+            }
+        }
+        let s = self.conn.stats();
+        let m = &self.m;
+        let problem = if s.connect_attempts != m.opens {
+            Some(format!("connect_attempts {} but {} Open outputs", s.connect_attempts, m.opens))
+        } else if s.connects != m.connects || s.connects > s.connect_attempts {
+            Some(format!(
+                "connects {} but {} Connected events ({} attempts)",
+                s.connects, m.connects, s.connect_attempts
+            ))
+        } else if s.reconnects != s.connects.saturating_sub(1) {
+            Some(format!("reconnects {} but connects {}", s.reconnects, s.connects))
+        } else if s.gaps != m.gaps {
+            Some(format!("gaps {} but {} Gap outputs", s.gaps, m.gaps))
+        } else if s.market_events != m.markets {
+            Some(format!("market_events {} but {} Market events", s.market_events, m.markets))
+        } else if !self.conn.is_stopped() && s.uptime_ms + s.downtime_ms != now - m.started {
+            Some(format!("uptime {} + downtime {} != {} ms since start", s.uptime_ms, s.downtime_ms, now - m.started))
+        } else {
+            None
+        };
+        if let Some(p) = problem {
+            return Err(self.fail(format!("stats do not add up: {p}")));
+        }
+        if self.healed
+            && self.conn.is_live()
+            && now > self.heal_at + 2 * (self.profile.latency_ms + self.profile.latency_jitter_ms)
+        {
+            self.live_since_heal = true;
+        }
+        Ok(())
+    }
+
+    fn check_deadlines(&mut self, dead_after: u64, handshake: u64) -> Result<(), ConnFailure> {
+        let now = self.now;
+        for (&id, side) in &self.m.transports {
+            match *side {
+                Side::Connecting { since } if now > since + handshake => {
+                    return Err(self.fail(format!(
+                        "transport #{id} still connecting {} ms after Open (handshake timeout {handshake} ms)",
+                        now - since
+                    )));
+                }
+                Side::Open { last_inbound } if now > last_inbound + dead_after => {
+                    return Err(self.fail(format!(
+                        "transport #{id} silent since {} and still open after ping interval + pong timeout ({dead_after} ms)",
+                        Timestamp::from_millis(last_inbound)
+                    )));
+                }
+                _ => {}
+            }
+        }
+        if let Some(by) = self.live_by
+            && now > by
+        {
+            if !self.live_since_heal {
+                return Err(self.fail(format!(
+                    "not live again by {} after the network healed at {} (max delay + handshake timeout + rate-limit wait)",
+                    Timestamp::from_millis(by),
+                    Timestamp::from_millis(self.heal_at)
+                )));
+            }
+            self.live_by = None;
+        }
+        Ok(())
+    }
+
+    /// End of the run: a clean shutdown must close everything and stop.
+    fn finish(mut self) -> Result<ConnSummary, ConnFailure> {
+        let now = self.now;
+        if let Some(by) = self.live_by
+            && by < now
+            && !self.live_since_heal
+        {
+            return Err(self.fail("not live again after the network healed".into()));
+        }
+        self.note(|| "in  Shutdown".into());
+        self.conn.handle_input(Input::Shutdown, Timestamp::from_millis(now));
+        while let Some(out) = self.conn.poll_output() {
+            self.note(|| format!("out {out:?}"));
+            match out {
+                Output::Close { id, .. } => {
+                    self.m.transports.remove(&id.0);
+                }
+                other => return Err(self.fail(format!("output after Shutdown: {other:?} (only Close may follow)"))),
+            }
+        }
+        if !self.m.transports.is_empty() {
+            return Err(self.fail(format!("transports {:?} still open after Shutdown", self.m.transports.keys())));
+        }
+        if !self.m.gave_up && self.conn.stop_reason() != Some(StopReason::Shutdown) {
+            return Err(self.fail(format!("stop reason {:?} after Shutdown", self.conn.stop_reason())));
+        }
+        if self.conn.poll_timeout().is_some() {
+            return Err(self.fail("a stopped machine still asks for a timeout".into()));
+        }
+        let mut s = self.summary;
+        s.simulated_ms = self.end - self.profile.clock_start_ms;
+        s.faults = self.net.stats.injected.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
+        Ok(s)
+    }
+}
+
+/// Folds an output into the run's hash: its kind, transport, time and sequence number (cheap
+/// enough to do always, precise enough that any divergence shows).
+fn digest(hash: &mut u64, now: u64, out: &Output) {
+    let (kind, a, b) = match out {
+        Output::Open { id, url } => (1, id.0, url.len() as u64),
+        Output::Send { id, message } => (
+            2,
+            id.0,
+            match message {
+                WsMessage::Text(t) => t.len() as u64,
+                WsMessage::Ping(p) | WsMessage::Pong(p) => p.len() as u64 | 1 << 40,
+            },
+        ),
+        Output::Close { id, code, .. } => (3, id.0, u64::from(*code)),
+        Output::Event(Event::Market { id, event, .. }) => (
+            4,
+            id.0,
+            match event.sequence() {
+                Sequence::AggTrade { id, .. } => id,
+                _ => event.event_time(),
+            },
+        ),
+        Output::Event(Event::Disconnected { id, retry_in, .. }) => (5, id.0, retry_in.as_millis() as u64),
+        Output::Event(e) => (
+            6,
+            match e {
+                Event::Connected { id, .. } | Event::HeartbeatTimeout { id } | Event::Malformed { id, .. } => id.0,
+                Event::Rollover { id, .. } => id.0 | 1 << 40,
+                Event::StreamStalled { stream, .. } => stream.len() as u64 | 1 << 41,
+                Event::ServerError { code, .. } => *code as u64 | 1 << 42,
+                Event::Market { .. } | Event::Disconnected { .. } => 0,
+            },
+            0,
+        ),
+        Output::Gap(g) => (7, g.first_missing, g.last_missing),
+        Output::GaveUp(g) => (8, u64::from(g.failures), 0),
+    };
+    mix(hash, now);
+    mix(hash, kind);
+    mix(hash, a);
+    mix(hash, b);
+}
+
+/// Runs one seed's connection simulation; on failure, runs it again keeping the last events so
+/// that the report shows what led to it (the run is deterministic, so the rerun fails the same way).
+pub fn run(profile: &FaultProfile, hours: f64) -> Result<ConnSummary, ConnFailure> {
+    match ConnSim::new(profile, hours, false).run() {
+        Ok(s) => Ok(s),
+        Err(_) => ConnSim::new(profile, hours, true).run(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coverage_merges_and_rejects_overlaps() {
+        let mut c = Coverage::default();
+        c.add(5, 5).unwrap();
+        c.add(7, 9).unwrap();
+        assert_eq!(c.ranges, vec![(5, 5), (7, 9)]);
+        c.add(6, 6).unwrap();
+        assert_eq!(c.ranges, vec![(5, 9)]);
+        assert_eq!(c.add(9, 12), Err((5, 9)));
+        assert_eq!(c.add(1, 5), Err((5, 9)));
+        c.add(10, 10).unwrap();
+        c.add(1, 4).unwrap();
+        assert_eq!(c.ranges, vec![(1, 10)]);
+    }
+}
