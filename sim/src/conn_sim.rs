@@ -176,18 +176,33 @@ impl<'p> ConnSim<'p> {
     }
 
     fn note(&mut self, text: impl FnOnce() -> String) {
+        let rel = self.rel(self.now);
         if let Some(tail) = &mut self.tail {
             if tail.len() == TAIL {
                 tail.pop_front();
             }
-            tail.push_back(format!("{} {}", Timestamp::from_millis(self.now), text()));
+            let mut line = format!("{rel} {}", text());
+            if line.len() > 240 {
+                let mut cut = 240;
+                while !line.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                line.truncate(cut);
+                line.push_str(" ...");
+            }
+            tail.push_back(line);
         }
+    }
+
+    /// Simulated time since the start of the run, as logs show it (`t=+12.345s`).
+    fn rel(&self, t: u64) -> Timestamp {
+        Timestamp::from_millis(t.saturating_sub(self.profile.clock_start_ms))
     }
 
     fn fail(&self, invariant: String) -> ConnFailure {
         ConnFailure {
             invariant,
-            at: Timestamp::from_millis(self.now),
+            at: self.rel(self.now),
             recent: self.tail.as_ref().map(|t| t.iter().cloned().collect()).unwrap_or_default(),
         }
     }
@@ -359,9 +374,9 @@ impl<'p> ConnSim<'p> {
                 {
                     return Err(self.fail(format!(
                         "reconnect at {} but the announced delay put it in [{}, {}]",
-                        Timestamp::from_millis(now),
-                        Timestamp::from_millis(earliest),
-                        Timestamp::from_millis(latest)
+                        self.rel(now),
+                        self.rel(earliest),
+                        self.rel(latest)
                     )));
                 }
                 self.m.transports.insert(id.0, Side::Connecting { since: now });
@@ -582,7 +597,7 @@ impl<'p> ConnSim<'p> {
                 Side::Open { last_inbound } if now > last_inbound + dead_after => {
                     return Err(self.fail(format!(
                         "transport #{id} silent since {} and still open after ping interval + pong timeout ({dead_after} ms)",
-                        Timestamp::from_millis(last_inbound)
+                        self.rel(last_inbound)
                     )));
                 }
                 _ => {}
@@ -594,8 +609,8 @@ impl<'p> ConnSim<'p> {
             if !self.live_since_heal {
                 return Err(self.fail(format!(
                     "not live again by {} after the network healed at {} (max delay + handshake timeout + rate-limit wait)",
-                    Timestamp::from_millis(by),
-                    Timestamp::from_millis(self.heal_at)
+                    self.rel(by),
+                    self.rel(self.heal_at)
                 )));
             }
             self.live_by = None;

@@ -124,6 +124,8 @@ pub struct Network {
     outage_ms: (u64, u64),
     base_url: String,
     max_control_per_second: usize,
+    /// Virtual time at which the run started (logs count from here).
+    start: u64,
     /// Epoch ms at virtual time 0, for the frames' `E` fields.
     epoch_offset: u64,
     connect_faults: Vec<(Fault, Ratio)>,
@@ -172,6 +174,7 @@ impl Network {
             }
         }
         Network {
+            start: now,
             latency_ms: profile.latency_ms,
             jitter_ms: profile.latency_jitter_ms,
             trade_interval_ms: profile.trade_interval_ms,
@@ -201,7 +204,12 @@ impl Network {
     }
 
     fn violation(&mut self, now: u64, text: String) {
-        self.violations.push(format!("{}: {text}", keel_core::time::Timestamp::from_millis(now)));
+        self.violations.push(format!("{}: {text}", self.rel(now)));
+    }
+
+    /// Simulated time since the network started, as logs show it.
+    fn rel(&self, t: u64) -> keel_core::time::Timestamp {
+        keel_core::time::Timestamp::from_millis(t.saturating_sub(self.start))
     }
 
     /// One-way delay of a message sent now.

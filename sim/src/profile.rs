@@ -231,7 +231,7 @@ impl FaultProfile {
         // Sparse on purpose (Binance sends several per second): every frame costs a decode, and the
         // faults, not the volume, are what is under test. Below stall_after / 2 so that only a quiet
         // market fault makes a stream stall.
-        let trade_interval_ms = [3_000, 10_000, 30_000][rng.below(3) as usize];
+        let trade_interval_ms = [10_000, 20_000, 45_000][rng.below(3) as usize];
         let outage_ms = (1_000, [60_000, 600_000, 3 * 3_600_000][rng.below(3) as usize]);
         let machine_seed = rng.next_u64();
         let clock_start_ms = rng.below(1 << 40);

@@ -32,6 +32,10 @@ pub struct RunArgs {
     /// Print only failures and the final summary.
     #[arg(long)]
     pub quiet: bool,
+    /// Seeds run in parallel (default: the number of CPUs). Output order and results do not
+    /// depend on it.
+    #[arg(long)]
+    pub jobs: Option<usize>,
 }
 
 /// Scaler steps per seed unless told otherwise.
@@ -165,6 +169,27 @@ pub fn simulate(seed: u64, opts: &SimOptions) -> SeedReport {
     report
 }
 
+/// Runs `seed`, twice when checking determinism, and says whether it kept every invariant.
+pub fn check_seed(seed: u64, opts: &SimOptions, check_determinism: bool) -> (SeedReport, Result<String, Failure>) {
+    let report = simulate(seed, opts);
+    let mut result = report.result.clone();
+    if check_determinism && result.is_ok() {
+        let again = simulate(seed, opts);
+        if again.hash != report.hash || again.result != report.result {
+            result = Err(Failure {
+                machine: "all",
+                invariant: format!(
+                    "nondeterminism: the same seed gave output hash {:#018x}, then {:#018x}",
+                    report.hash, again.hash
+                ),
+                at: "end of run".into(),
+                recent: vec![format!("first: {:?}", report.result), format!("second: {:?}", again.result)],
+            });
+        }
+    }
+    (report, result)
+}
+
 /// Prints a failure: the invariant, the last events, and the reproducing command.
 pub fn print_failure(report: &SeedReport, failure: &Failure, opts: &SimOptions) {
     println!(
@@ -197,42 +222,56 @@ pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("--hours {} is invalid: give a positive number of simulated hours", args.hours);
     }
     let opts = SimOptions { hours: args.hours, scaler_steps: args.scaler_steps };
+    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
     let started = Instant::now();
     let mut failed = Vec::new();
     let mut simulated_ms = 0u64;
-    for seed in first..end {
-        let report = simulate(seed, &opts);
-        simulated_ms += report.simulated_ms;
-        if !args.quiet {
-            println!("{}", report.profile);
+    // Seeds run on `jobs` threads; reports print in seed order, so the output does not depend on
+    // scheduling.
+    let next = std::sync::atomic::AtomicU64::new(first);
+    let (tx, rx) = std::sync::mpsc::channel::<(SeedReport, Result<String, Failure>)>();
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.min((end - first) as usize) {
+            let tx = tx.clone();
+            let next = &next;
+            scope.spawn(move || {
+                loop {
+                    let seed = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if seed >= end {
+                        break;
+                    }
+                    let checked = check_seed(seed, &opts, args.check_determinism);
+                    if tx.send(checked).is_err() {
+                        break;
+                    }
+                }
+            });
         }
-        let mut result = report.result.clone();
-        if args.check_determinism && result.is_ok() {
-            let again = simulate(seed, &opts);
-            if again.hash != report.hash || again.result != report.result {
-                result = Err(Failure {
-                    machine: "all",
-                    invariant: format!(
-                        "nondeterminism: the same seed gave output hash {:#018x}, then {:#018x}",
-                        report.hash, again.hash
-                    ),
-                    at: "end of run".into(),
-                    recent: vec![format!("first: {:?}", report.result), format!("second: {:?}", again.result)],
-                });
-            }
-        }
-        match &result {
-            Ok(summary) => {
+        drop(tx);
+        let mut pending = std::collections::BTreeMap::new();
+        let mut expected = first;
+        for (report, result) in rx {
+            pending.insert(report.seed, (report, result));
+            while let Some((report, result)) = pending.remove(&expected) {
+                expected += 1;
+                simulated_ms += report.simulated_ms;
                 if !args.quiet {
-                    println!("seed={seed} ok: {summary} (hash {:#018x})", report.hash);
+                    println!("{}", report.profile);
+                }
+                match &result {
+                    Ok(summary) => {
+                        if !args.quiet {
+                            println!("seed={} ok: {summary} (hash {:#018x})", report.seed, report.hash);
+                        }
+                    }
+                    Err(f) => {
+                        print_failure(&report, f, &opts);
+                        failed.push(report.seed);
+                    }
                 }
             }
-            Err(f) => {
-                print_failure(&report, f, &opts);
-                failed.push(seed);
-            }
         }
-    }
+    });
     let wall = started.elapsed().as_secs_f64();
     let hours = simulated_ms as f64 / 3_600_000.0;
     let n = end - first;
