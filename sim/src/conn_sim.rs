@@ -4,8 +4,8 @@
 //! event or delivery, the next invariant deadline and the end of the safety phase: no sleeping, no
 //! wall clock, so a simulated day takes milliseconds. The run has two phases (TigerBeetle's VOPR):
 //! a safety phase with the seed's faults, then a liveness phase with the network healed, in which
-//! the machine must be live again within `max_delay + handshake_timeout` (plus any rate-limit wait
-//! still running and a few network round trips). The invariants of issue 4 are checked after every
+//! the machine must be live again within `max_delay + handshake_timeout` (or, when a rate-limit
+//! wait is already running, that wait + handshake timeout), plus a few network round trips. The invariants of issue 4 are checked after every
 //! step by [`Checker`], from what the machine emitted and what the model knows it sent.
 //!
 //! A machine that gave up (fatal error, or too many failures through a long outage) is checked to
@@ -296,8 +296,11 @@ impl<'p> ConnSim<'p> {
         let p = self.profile;
         // A few network trips: the reset of a dead transport, TCP + TLS + upgrade, Opened.
         let trips = 8 * (p.latency_ms + p.latency_jitter_ms) + 1;
+        // A rate-limit wait already running (the exchange's Retry-After, or the floor the machine
+        // applies after a 1008 close) legitimately delays the first attempt.
         let ban = self.net.ban_until().saturating_sub(self.now);
-        let by = self.now + budget.max(ban + p.config.tls.handshake_timeout_ms) + trips;
+        let announced = self.m.next_open.map_or(0, |(earliest, _)| earliest.saturating_sub(self.now));
+        let by = self.now + budget.max(ban.max(announced) + p.config.tls.handshake_timeout_ms) + trips;
         self.live_by = Some(by);
         self.live_since_heal = false;
     }
@@ -487,15 +490,17 @@ impl<'p> ConnSim<'p> {
                 if !matches!(self.m.transports.get(&id.0), Some(Side::Open { .. })) {
                     return Err(self.fail(format!("Connected on transport {id}, which is not open")));
                 }
-                let mut want: Vec<&String> = self.conn.desired_streams().iter().collect();
-                want.sort();
-                let mut have: Vec<&String> =
-                    self.net.subscriptions(tid(id, self.m.base)).unwrap_or_default().iter().collect();
-                have.sort();
-                if want != have {
-                    return Err(self.fail(format!(
-                        "after connecting {id} the exchange has {have:?} subscribed, desired {want:?}"
-                    )));
+                // `None`: the server already dropped the transport (its close is on the way).
+                if let Some(subscribed) = self.net.subscriptions(tid(id, self.m.base)) {
+                    let mut want: Vec<&String> = self.conn.desired_streams().iter().collect();
+                    want.sort();
+                    let mut have: Vec<&String> = subscribed.iter().collect();
+                    have.sort();
+                    if want != have {
+                        return Err(self.fail(format!(
+                            "after connecting {id} the exchange has {have:?} subscribed, desired {want:?}"
+                        )));
+                    }
                 }
                 if self.healed && now > self.heal_at + 2 * (self.profile.latency_ms + self.profile.latency_jitter_ms) {
                     self.live_since_heal = true;
@@ -606,7 +611,7 @@ impl<'p> ConnSim<'p> {
         if let Some(by) = self.live_by
             && now > by
         {
-            if !self.live_since_heal {
+            if !self.live_since_heal && !self.conn.is_live() {
                 return Err(self.fail(format!(
                     "not live again by {} after the network healed at {} (max delay + handshake timeout + rate-limit wait)",
                     self.rel(by),
