@@ -66,7 +66,7 @@ impl Market {
                     self.symbol,
                     3 * a,
                     3 * a + 2,
-                    a % 2 == 0,
+                    a.is_multiple_of(2),
                     e = epoch_ms,
                 );
                 (frame, Some(a))

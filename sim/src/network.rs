@@ -251,14 +251,8 @@ impl Network {
         );
         let arrives = now + self.latency_ms;
         if arrives < self.ban_until {
-            let until = self.ban_until;
-            self.violation(
-                now,
-                format!(
-                    "transport {id} connects during a rate-limit ban lasting until {}",
-                    keel_core::time::Timestamp::from_millis(until)
-                ),
-            );
+            let until = self.rel(self.ban_until);
+            self.violation(now, format!("transport {id} connects during a rate-limit ban lasting until {until}"));
         }
         let streams = match parse_url(&self.base_url, url) {
             Ok(s) => s,
@@ -274,9 +268,9 @@ impl Network {
                 1 => Some(TransportError::Dns("no route to resolver (outage)".into())),
                 _ => None,
             };
-            match error {
-                Some(e) => self.fail_at(id, now + rtt, e),
-                None => {} // hangs: the core's handshake timeout must fire
+            // No error: the attempt hangs, and the core's handshake timeout must fire.
+            if let Some(e) = error {
+                self.fail_at(id, now + rtt, e);
             }
             return;
         }
@@ -521,19 +515,14 @@ impl Network {
                 self.kill(id, s, ToClient::Closed { code: Some(1001), reason: "server shutdown".into() });
                 return;
             }
-            if let Some(&(_, sent)) = o.unanswered.front() {
-                if sent + SERVER_PONG_DEADLINE_MS <= now {
-                    let at = sent + SERVER_PONG_DEADLINE_MS;
-                    self.violation(
-                        at,
-                        format!(
-                            "server ping sent on transport {id} at {} got no pong within 60 s",
-                            keel_core::time::Timestamp::from_millis(sent)
-                        ),
-                    );
-                    self.kill(id, at, ToClient::Closed { code: Some(1008), reason: "pong timeout".into() });
-                    return;
-                }
+            if let Some(&(_, sent)) = o.unanswered.front()
+                && sent + SERVER_PONG_DEADLINE_MS <= now
+            {
+                let at = sent + SERVER_PONG_DEADLINE_MS;
+                let sent = self.rel(sent);
+                self.violation(at, format!("server ping sent on transport {id} at {sent} got no pong within 60 s"));
+                self.kill(id, at, ToClient::Closed { code: Some(1008), reason: "pong timeout".into() });
+                return;
             }
             if o.next_ping_at <= now {
                 let at = o.next_ping_at;

@@ -217,7 +217,7 @@ pub struct FaultProfile {
 impl FaultProfile {
     /// Draws the whole test case from `seed`.
     pub fn draw(seed: u64) -> FaultProfile {
-        let mut rng = Rng::new(seed ^ 0x5EED_0F_FA17);
+        let mut rng = Rng::new(seed ^ 0x005E_ED0F_FA17);
         let mut faults = Vec::new();
         for kind in Fault::ALL {
             let (n, d) = kind.on_chance();
