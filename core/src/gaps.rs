@@ -23,6 +23,31 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// FxHash (rustc's hasher): a multiply and rotate per word. The streams are a handful of names from
+/// our own configuration, so SipHash's flooding resistance buys nothing, and this lookup runs once per
+/// market event.
+#[derive(Default, Clone, Copy)]
+struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
+        }
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
 
 /// The sequence numbers of one market event, as far as continuity goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -117,7 +142,7 @@ impl Last {
 /// Sequence state per stream name; see the module docs for the rules.
 #[derive(Debug, Clone, Default)]
 pub struct GapTracker {
-    streams: HashMap<String, Last>,
+    streams: HashMap<String, Last, BuildHasherDefault<FxHasher>>,
 }
 
 impl GapTracker {

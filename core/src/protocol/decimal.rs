@@ -196,12 +196,6 @@ impl<'de> Deserialize<'de> for Decimal {
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Decimal, E> {
                 Decimal::parse(v).map_err(|e| E::custom(format!("{v:?} is not a decimal: {e}")))
             }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Decimal, E> {
-                Ok(Decimal { mantissa: v, scale: 0, negative: false })
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Decimal, E> {
-                Ok(Decimal { mantissa: v.unsigned_abs(), scale: 0, negative: v < 0 })
-            }
         }
         deserializer.deserialize_str(DecimalVisitor)
     }
@@ -280,6 +274,8 @@ mod tests {
         assert_eq!(serde_json::from_str::<Decimal>("\"0.00100000\"").unwrap(), d);
         assert_eq!(ron::to_string(&d).unwrap(), "\"0.00100000\"");
         assert!(serde_json::from_str::<Decimal>("\"1e3\"").unwrap_err().to_string().contains("not a decimal"));
+        // Numbers are refused: a JSON number may already have been rounded, and Binance never sends one.
+        assert!(serde_json::from_str::<Decimal>("5").is_err());
     }
 
     quickcheck! {

@@ -16,10 +16,14 @@
 //!
 //! Performance: decoding is one serde pass into a borrowed, flat struct (no `serde_json::Value`
 //! tree), then a typed conversion; an aggTrade frame in the combined envelope allocates only its
-//! stream name and symbol. See `benches` notes in the module tests for the measured cost.
+//! stream name and symbol. Frames formatted exactly as Binance sends them take a typed fast path
+//! (`fast.rs`) that skips the per-field bookkeeping; anything else takes the general path, which
+//! names what is wrong. Measured (on-CPU time, `decode_speed` in the tests, release, a loaded
+//! 2-core machine): ~440 ns decode, ~490 ns decode + gap check per combined aggTrade frame.
 
 mod decimal;
 mod encode;
+mod fast;
 mod raw;
 
 pub use decimal::{Decimal, DecimalError};
@@ -307,8 +311,15 @@ impl DecodeError {
 
 /// Decodes one text frame from a Binance stream connection (raw or combined).
 pub fn decode(text: &str) -> Result<Frame, DecodeError> {
-    let raw = parse(text)?;
-    frame(raw)
+    match fast::try_decode(text) {
+        Some(frame) => Ok(frame),
+        None => decode_general(text),
+    }
+}
+
+/// The general path: every frame kind, and an error naming the field for anything malformed.
+fn decode_general(text: &str) -> Result<Frame, DecodeError> {
+    frame(parse(text)?)
 }
 
 /// Decodes a frame from a raw connection (`/ws/<stream>`) whose stream name the caller knows: the

@@ -552,6 +552,32 @@ quickcheck! {
         decode(&truncated).is_err()
     }
 
+    fn fast_path_agrees_with_general_path_on_mutations(cut: usize, insert: char, which: u8, envelope: bool) -> bool {
+        let base = [AGG, TRADE, KLINE, DEPTH, BOOK, PARTIAL][usize::from(which) % 6];
+        let stream = ["x@aggTrade", "x@trade", "x@kline_1m", "x@depth", "x@bookTicker", "x@depth5"][usize::from(which) % 6];
+        let base = if envelope { combined(stream, base) } else { base.to_string() };
+        let mut chars: Vec<char> = base.chars().collect();
+        let at = cut % chars.len();
+        chars[at] = insert;
+        let text: String = chars.into_iter().collect();
+        match fast::try_decode(&text) {
+            Some(frame) => decode_general(&text) == Ok(frame),
+            None => true,
+        }
+    }
+
+    fn fast_path_takes_binance_formatted_market_frames(frame: AnyFrame) -> bool {
+        let Frame::Market { event, .. } = &frame.0 else { return true };
+        let combined_text = encode_frame(&frame.0);
+        let raw_text = encode_event(event);
+        let raw_fast = matches!(event, MarketEvent::BookTicker(_) | MarketEvent::PartialDepth(_))
+            || fast::try_decode(&raw_text) == decode_general(&raw_text).ok();
+        // Partial depth streams are only @depth5/10/20; generated ones may have other level counts.
+        let odd_partial = matches!(event, MarketEvent::PartialDepth(d) if ![5, 10, 20].contains(&d.bids.len().max(d.asks.len())));
+        let combined_fast = if odd_partial { None } else { Some(frame.0.clone()) };
+        fast::try_decode(&combined_text) == combined_fast && raw_fast
+    }
+
     fn frames_round_trip(frame: AnyFrame) -> bool {
         let text = encode_frame(&frame.0);
         decode(&text) == Ok(frame.0.clone())
@@ -572,4 +598,96 @@ quickcheck! {
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         v["method"] == "SUBSCRIBE" && v["id"] == id && v["params"] == serde_json::json!(streams)
     }
+}
+
+/// On-CPU nanoseconds of the current thread (Linux), so that timings on a loaded machine count only
+/// the time this thread actually ran; wall time elsewhere.
+fn cpu_ns() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
+/// Measures `f` over `n` runs: (ns per run, on-CPU if available, else wall).
+fn per_run(n: u64, mut f: impl FnMut()) -> f64 {
+    let cpu = cpu_ns();
+    let wall = std::time::Instant::now();
+    for _ in 0..n {
+        f();
+    }
+    let ns = match (cpu, cpu_ns()) {
+        (Some(a), Some(b)) => b - a,
+        _ => wall.elapsed().as_nanos() as u64,
+    };
+    ns as f64 / n as f64
+}
+
+/// Decode + gap check cost per aggTrade frame. Not a unit test (timing is machine dependent):
+/// `cargo test -p keel-core --release --lib -- --ignored decode_speed --nocapture`.
+#[test]
+#[ignore]
+fn decode_speed() {
+    use crate::gaps::{GapTracker, Verdict};
+    let n: u64 = 200_000;
+    let frames: Vec<String> = (0..n)
+        .map(|i| {
+            let mut e = agg_event();
+            e.agg_id = 1_000_000 + i;
+            e.first_trade_id = 5_000_000 + 3 * i;
+            e.last_trade_id = e.first_trade_id + 2;
+            encode_frame(&Frame::Market { stream: "bnbbtc@aggTrade".into(), event: MarketEvent::AggTrade(e) })
+        })
+        .collect();
+    for round in 0..3 {
+        let mut tracker = GapTracker::new();
+        let mut fresh = 0u64;
+        let mut next = frames.iter();
+        let ns = per_run(n, || {
+            if let Some(Ok(Frame::Market { stream, event })) = next.next().map(|t| decode(t))
+                && tracker.observe(&stream, event.sequence()) == Verdict::Fresh
+            {
+                fresh += 1;
+            }
+        });
+        assert_eq!(fresh, n);
+        println!("round {round}: decode + gap check of a combined aggTrade frame: {ns:.0} ns");
+    }
+}
+
+#[test]
+#[ignore]
+fn decode_speed_parts() {
+    let text = combined("bnbbtc@aggTrade", AGG);
+    let time = |name: &str, f: &dyn Fn() -> bool| {
+        let mut ok = 0u32;
+        let ns = per_run(200_000, || ok += u32::from(std::hint::black_box(f())));
+        println!("{name}: {ns:.0} ns ({ok})");
+    };
+    #[derive(serde::Deserialize)]
+    #[allow(non_snake_case, dead_code)]
+    struct Agg<'a> {
+        e: &'a str,
+        E: u64,
+        s: &'a str,
+        a: u64,
+        p: &'a str,
+        q: &'a str,
+        f: u64,
+        l: u64,
+        T: u64,
+        m: bool,
+    }
+    #[derive(serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Env<'a> {
+        stream: &'a str,
+        #[serde(borrow)]
+        data: Agg<'a>,
+    }
+    time("typed ideal", &|| serde_json::from_str::<Env<'_>>(std::hint::black_box(&text)).is_ok());
+    time("IgnoredAny", &|| serde_json::from_str::<serde::de::IgnoredAny>(std::hint::black_box(&text)).is_ok());
+    time("RawFrame", &|| serde_json::from_str::<raw::RawFrame<'_>>(std::hint::black_box(&text)).is_ok());
+    time("Value", &|| serde_json::from_str::<serde_json::Value>(std::hint::black_box(&text)).is_ok());
+    time("general path", &|| decode_general(std::hint::black_box(&text)).is_ok());
+    time("decode", &|| decode(std::hint::black_box(&text)).is_ok());
+    time("decode raw", &|| decode(std::hint::black_box(AGG)).is_ok());
 }
