@@ -1,27 +1,364 @@
 //! `keel train` and `keel predict`: the candle Informer with mixed precision and the loss scaler.
+//!
+//! `keel train` loads and validates the data before building any tensor, trains with the loss
+//! scaler deciding every step, stops early on validation loss, writes a checkpoint (safetensors +
+//! RON metadata), a PNG of the loss and scale curves, and reports test MSE/MAE next to a
+//! persistence baseline. `keel predict` loads a checkpoint and forecasts after the last row.
 
 pub mod amp;
+pub mod checkpoint;
 pub mod data;
 pub mod model;
 pub mod optim;
+pub mod plot;
+pub mod trainer;
 
-use clap::Args;
+use anyhow::Context;
+use candle_core::{DType, Device, Tensor};
+use clap::{Args, ValueEnum};
+use keel_core::config::{ComputeDtype, Config, Features};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+/// Model size preset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModelSize {
+    /// d_model 64, 4 heads, d_ff 256: for CPU work and tests.
+    Small,
+    /// The paper's d_model 512, 8 heads, d_ff 2048.
+    Base,
+}
+
+/// Compute dtype flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DtypeArg {
+    /// Full precision.
+    F32,
+    /// Half precision (loss scaling needed).
+    F16,
+    /// bfloat16 (GPU only).
+    Bf16,
+}
+
+/// Features flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FeaturesArg {
+    /// Many inputs, many outputs.
+    M,
+    /// Target only.
+    S,
+    /// Many inputs, target output.
+    #[value(name = "MS", alias = "ms")]
+    Ms,
+}
+
+/// Device flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum DeviceArg {
+    /// The CPU (default).
+    #[default]
+    Cpu,
+    /// The first CUDA GPU (needs the `cuda` feature).
+    Cuda,
+}
 
 /// Flags of `keel train`.
 #[derive(Debug, Clone, Args)]
-pub struct TrainArgs {}
+pub struct TrainArgs {
+    /// CSV in Informer's layout (date column, then numeric columns), a recorded kline file, or a
+    /// directory of recorded kline files.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Column to forecast (kline data: open, high, low, close, volume).
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Inputs/outputs: M (all->all), S (target->target), MS (all->target).
+    #[arg(long, value_enum, ignore_case = true)]
+    pub features: Option<FeaturesArg>,
+    /// Forward/backward dtype; master weights stay f32.
+    #[arg(long, value_enum)]
+    pub dtype: Option<DtypeArg>,
+    /// Maximum epochs.
+    #[arg(long)]
+    pub epochs: Option<u32>,
+    /// Windows per batch.
+    #[arg(long)]
+    pub batch_size: Option<u32>,
+    /// Model size preset (overrides the config's d_model, n_heads, d_ff).
+    #[arg(long, value_enum)]
+    pub model_size: Option<ModelSize>,
+    /// Encoder input length.
+    #[arg(long)]
+    pub seq_len: Option<u32>,
+    /// Known steps fed to the decoder.
+    #[arg(long)]
+    pub label_len: Option<u32>,
+    /// Steps to forecast.
+    #[arg(long)]
+    pub pred_len: Option<u32>,
+    /// Learning rate (halved after every epoch).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Early-stopping patience in epochs.
+    #[arg(long)]
+    pub patience: Option<u32>,
+    /// Seed of weight init, dropout, sampling and shuffling.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// keel.ron whose `scaler` and `train` sections apply (flags override them).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Checkpoint directory (weights, metadata, loss plot).
+    #[arg(long, default_value = "checkpoints")]
+    pub out: PathBuf,
+    /// Write TrainingStats plus test/baseline errors as JSON here.
+    #[arg(long)]
+    pub stats_json: Option<PathBuf>,
+    /// Device to train on.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    pub device: DeviceArg,
+    /// Pin the loss scale at 1 (f32 only; overflow checks and skips stay on).
+    #[arg(long)]
+    pub no_scaler: bool,
+    /// Cap training batches per epoch and evaluation batches (quick runs).
+    #[arg(long)]
+    pub max_batches: Option<usize>,
+    /// Kline data: also use the still-open newest candle.
+    #[arg(long)]
+    pub include_open_candle: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
 
 /// Flags of `keel predict`.
 #[derive(Debug, Clone, Args)]
-pub struct PredictArgs {}
+pub struct PredictArgs {
+    /// Checkpoint directory written by `keel train`.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Data in the layout the model was trained on; the forecast follows its last row.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Write the forecast CSV here (stdout when absent).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Device.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    pub device: DeviceArg,
+    /// Kline data: also use the still-open newest candle.
+    #[arg(long)]
+    pub include_open_candle: bool,
+}
+
+/// The device for a flag; CUDA only when built with the `cuda` feature.
+pub fn device(d: DeviceArg) -> anyhow::Result<Device> {
+    match d {
+        DeviceArg::Cpu => Ok(Device::Cpu),
+        DeviceArg::Cuda if cfg!(feature = "cuda") => {
+            Device::new_cuda(0).context("cannot open CUDA device 0 (check the driver and nvidia-smi)")
+        }
+        DeviceArg::Cuda => anyhow::bail!(
+            "this keel was built without CUDA: rebuild with `cargo build --release --features cuda` (needs nvcc), or use --device cpu"
+        ),
+    }
+}
+
+/// The config file's sections with the flags applied.
+pub fn resolve_config(args: &TrainArgs) -> anyhow::Result<Config> {
+    let mut cfg = match &args.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("cannot read config {}", p.display()))?;
+            Config::from_ron(&text).with_context(|| format!("config {}", p.display()))?
+        }
+        None => Config::default(),
+    };
+    let t = &mut cfg.train;
+    if let Some(size) = args.model_size {
+        (t.d_model, t.n_heads, t.d_ff) = match size {
+            ModelSize::Small => (64, 4, 256),
+            ModelSize::Base => (512, 8, 2048),
+        };
+    }
+    macro_rules! set {
+        ($($flag:ident => $field:ident),*) => { $(if let Some(v) = args.$flag.clone() { t.$field = v; })* };
+    }
+    set!(target => target, epochs => epochs, batch_size => batch_size, seq_len => seq_len, label_len => label_len,
+         pred_len => pred_len, lr => learning_rate, patience => patience, seed => seed);
+    if let Some(d) = args.dtype {
+        t.dtype = match d {
+            DtypeArg::F32 => ComputeDtype::F32,
+            DtypeArg::F16 => ComputeDtype::F16,
+            DtypeArg::Bf16 => ComputeDtype::Bf16,
+        };
+    }
+    if let Some(f) = args.features {
+        t.features = match f {
+            FeaturesArg::M => Features::M,
+            FeaturesArg::S => Features::S,
+            FeaturesArg::Ms => Features::MS,
+        };
+    }
+    if t.label_len > t.seq_len {
+        anyhow::bail!("label_len {} must not exceed seq_len {}", t.label_len, t.seq_len);
+    }
+    cfg.validate().context("configuration after applying flags")?;
+    Ok(cfg)
+}
 
 /// Runs `keel train`.
-pub fn run(_args: TrainArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("keel train is not built yet")
+pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
+    let cfg = resolve_config(&args)?;
+    let dev = device(args.device)?;
+    let t = &cfg.train;
+    model::informer::check_dtype(amp::dtype_of(t.dtype), &dev)?;
+    let table = data::load(&args.data, args.include_open_candle)?;
+    let w =
+        data::Windows { seq_len: t.seq_len as usize, label_len: t.label_len as usize, pred_len: t.pred_len as usize };
+    let ds = data::prepare(&table, &t.target, t.features, w)?;
+    let mcfg = trainer::model_config(t, &ds.norm);
+    let opts = trainer::RunOptions {
+        device: dev,
+        disable_scaler: args.no_scaler,
+        max_batches: args.max_batches,
+        progress: !args.quiet,
+    };
+    let mut tr = trainer::Trainer::new(&mcfg, t, &cfg.scaler, opts)?;
+    tracing::info!(
+        rows = table.rows.len(),
+        train_windows = ds.train.len(),
+        val_windows = ds.val.len(),
+        test_windows = ds.test.len(),
+        params = tr.params.count(),
+        scale = tr.driver.scale(),
+        dtype = ?t.dtype,
+        "training"
+    );
+    let report = tr.fit(&ds)?;
+    let meta = checkpoint::Meta {
+        format_version: checkpoint::FORMAT_VERSION,
+        model: mcfg,
+        normalization: ds.norm.clone(),
+        train: t.clone(),
+        scaler: tr.driver.clone(),
+    };
+    checkpoint::save(&args.out, &tr.model, &tr.params, &meta)?;
+    let plot_path = args.out.join("loss.png");
+    plot::write(&plot_path, &tr.curve, &tr.val_curve)
+        .with_context(|| format!("cannot write {}", plot_path.display()))?;
+    if let Some(p) = &args.stats_json {
+        std::fs::write(p, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    let s = &report.stats;
+    println!(
+        "epochs run      {} (best {} with validation MSE {:.4})",
+        report.epochs_run,
+        report.best_epoch + 1,
+        report.best_val_loss
+    );
+    println!("test MSE / MAE  {:.4} / {:.4}", report.test_mse, report.test_mae);
+    println!(
+        "persistence     {:.4} / {:.4} (repeat the last observed value)",
+        report.baseline_mse, report.baseline_mae
+    );
+    println!(
+        "loss scale      {} now, {}..{} seen; {} of {} steps skipped, {} resets, {} warnings, {} NaN losses",
+        s.current_scale, s.min_scale, s.max_scale, s.skipped, s.steps, s.resets, s.warnings, report.nan_losses
+    );
+    println!("step time       {:.1} ms", report.step_ms);
+    println!("checkpoint      {}", args.out.display());
+    println!("plot            {}", plot_path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Forecast `(pred_len, c_out)` standardized values after the last row of `values`/`times_ms`
+/// (standardized rows in the model's column order). Future calendar features continue the
+/// median spacing of the last timestamps.
+pub fn forecast(
+    model: &model::Informer,
+    values: &[Vec<f32>],
+    times_ms: &[i64],
+    dev: &Device,
+) -> anyhow::Result<(Vec<i64>, Vec<Vec<f32>>)> {
+    let c = &model.cfg;
+    if values.len() < c.seq_len {
+        anyhow::bail!("{} rows are too few: the model needs the last {} (its seq_len)", values.len(), c.seq_len);
+    }
+    let n = values.len();
+    let mut gaps: Vec<i64> = times_ms[n - c.seq_len..].windows(2).map(|w| w[1] - w[0]).collect();
+    gaps.sort_unstable();
+    let step = gaps.get(gaps.len() / 2).copied().unwrap_or(1).max(1);
+    let future: Vec<i64> = (1..=c.pred_len as i64).map(|k| times_ms[n - 1] + k * step).collect();
+    let enc_rows = &values[n - c.seq_len..];
+    let xe: Vec<f32> = enc_rows.iter().flatten().copied().collect();
+    let me: Vec<f32> = times_ms[n - c.seq_len..].iter().flat_map(|&t| data::time_features(t)).collect();
+    let mut xd: Vec<f32> = values[n - c.label_len..].iter().flatten().copied().collect();
+    xd.extend(std::iter::repeat_n(0f32, c.pred_len * c.c_in));
+    let md: Vec<f32> =
+        times_ms[n - c.label_len..].iter().chain(&future).flat_map(|&t| data::time_features(t)).collect();
+    let ld = c.label_len + c.pred_len;
+    let ctx = model::Ctx::new(DType::F32, false, 0);
+    let y = model.forward(
+        &Tensor::from_vec(xe, (1, c.seq_len, c.c_in), dev)?,
+        &Tensor::from_vec(me, (1, c.seq_len, data::N_TIME_FEATURES), dev)?,
+        &Tensor::from_vec(xd, (1, ld, c.c_in), dev)?,
+        &Tensor::from_vec(md, (1, ld, data::N_TIME_FEATURES), dev)?,
+        &ctx,
+    )?;
+    let y = y.to_dtype(DType::F32)?.squeeze(0)?.to_vec2::<f32>()?;
+    Ok((future, y))
+}
+
+/// Standardized rows of `table` in the checkpoint's column order.
+pub fn standardize(table: &data::Table, norm: &data::Normalization) -> anyhow::Result<Vec<Vec<f32>>> {
+    let idx: Vec<usize> = norm
+        .columns
+        .iter()
+        .map(|c| {
+            table.columns.iter().position(|x| x == c).with_context(|| {
+                format!("column \"{c}\" the model was trained on is not in the data (columns: {:?})", table.columns)
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok(table
+        .rows
+        .iter()
+        .map(|r| idx.iter().enumerate().map(|(k, &i)| ((r[i] - norm.mean[k]) / norm.std[k]) as f32).collect())
+        .collect())
+}
+
+/// Loads a checkpoint and forecasts after the last row of `data`, in data units.
+pub fn predict_file(
+    checkpoint_dir: &Path,
+    data_path: &Path,
+    dev: &Device,
+    open_candle: bool,
+) -> anyhow::Result<String> {
+    let (meta, model, _) = checkpoint::load(checkpoint_dir, dev)?;
+    let table = data::load(data_path, open_candle)?;
+    let values = standardize(&table, &meta.normalization)?;
+    let (times, y) = forecast(&model, &values, &table.times_ms, dev)?;
+    let norm = &meta.normalization;
+    let out_cols = &norm.columns[norm.out_start()..];
+    let mut text = format!("date,{}\n", out_cols.join(","));
+    for (t, row) in times.iter().zip(&y) {
+        let date = chrono::DateTime::from_timestamp_millis(*t)
+            .map_or(t.to_string(), |d| d.format("%Y-%m-%d %H:%M:%S").to_string());
+        let vals: Vec<String> =
+            row.iter().enumerate().map(|(k, v)| format!("{}", norm.denormalize(k, *v as f64))).collect();
+        text.push_str(&format!("{date},{}\n", vals.join(",")));
+    }
+    Ok(text)
 }
 
 /// Runs `keel predict`.
-pub fn predict(_args: PredictArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("keel predict is not built yet")
+pub fn predict(args: PredictArgs) -> anyhow::Result<ExitCode> {
+    let dev = device(args.device)?;
+    let text = predict_file(&args.checkpoint, &args.data, &dev, args.include_open_candle)?;
+    match &args.out {
+        Some(p) => std::fs::write(p, text).with_context(|| format!("cannot write {}", p.display()))?,
+        None => print!("{text}"),
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,411 @@
+//! The training loop: batches, the mixed-precision step under the loss scaler, validation with
+//! early stopping, Informer's per-epoch learning-rate halving, and the test report next to a
+//! persistence baseline.
+
+use super::amp;
+use super::data::{Dataset, N_TIME_FEATURES, Normalization, Split};
+use super::model::{Ctx, Informer, ModelConfig, Params};
+use super::optim::Adam;
+use candle_core::{DType, Device, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
+use keel_core::config::{ScaleChoice, ScalerConfig, TrainConfig};
+use keel_core::monitor::ScalerDriver;
+use keel_core::rng::Rng;
+use keel_core::scaler::StepDecision;
+use keel_core::stats::training::TrainingStats;
+use serde::{Deserialize, Serialize};
+
+/// One batch of windows, as f32 tensors on the device.
+pub struct Batch {
+    /// Encoder input `(B, seq_len, c_in)`.
+    pub x_enc: Tensor,
+    /// Its calendar features `(B, seq_len, 5)`.
+    pub mark_enc: Tensor,
+    /// Decoder input `(B, label_len + pred_len, c_in)`: known steps, then zeros.
+    pub x_dec: Tensor,
+    /// Its calendar features.
+    pub mark_dec: Tensor,
+    /// Targets `(B, pred_len, c_out)`.
+    pub y: Tensor,
+    /// Last observed value of each output column `(B, 1, c_out)`, for the persistence baseline.
+    pub last: Tensor,
+}
+
+/// Builds the batch of windows starting at `starts` (Informer's `Dataset_Custom.__getitem__`).
+pub fn make_batch(split: &Split, starts: &[usize], norm: &Normalization, dev: &Device) -> candle_core::Result<Batch> {
+    let w = split.w;
+    let (c_in, c_out, o) = (norm.c_in(), norm.c_out(), norm.out_start());
+    let ld = w.label_len + w.pred_len;
+    let b = starts.len();
+    let (mut xe, mut me, mut xd, mut md, mut y, mut last) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+    for &s in starts {
+        for t in s..s + w.seq_len {
+            xe.extend_from_slice(&split.values[t]);
+            me.extend_from_slice(&split.marks[t]);
+        }
+        last.extend_from_slice(&split.values[s + w.seq_len - 1][o..]);
+        let r0 = s + w.seq_len - w.label_len;
+        for (k, t) in (r0..r0 + ld).enumerate() {
+            if k < w.label_len {
+                xd.extend_from_slice(&split.values[t]);
+            } else {
+                xd.extend(std::iter::repeat_n(0f32, c_in));
+                y.extend_from_slice(&split.values[t][o..]);
+            }
+            md.extend_from_slice(&split.marks[t]);
+        }
+    }
+    Ok(Batch {
+        x_enc: Tensor::from_vec(xe, (b, w.seq_len, c_in), dev)?,
+        mark_enc: Tensor::from_vec(me, (b, w.seq_len, N_TIME_FEATURES), dev)?,
+        x_dec: Tensor::from_vec(xd, (b, ld, c_in), dev)?,
+        mark_dec: Tensor::from_vec(md, (b, ld, N_TIME_FEATURES), dev)?,
+        y: Tensor::from_vec(y, (b, w.pred_len, c_out), dev)?,
+        last: Tensor::from_vec(last, (b, 1, c_out), dev)?,
+    })
+}
+
+/// One point of the loss curves (for the plot).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StepPoint {
+    /// Global step (0-based).
+    pub step: u64,
+    /// Training loss of the batch (unscaled MSE).
+    pub loss: f64,
+    /// Loss scale used for the step.
+    pub scale: f64,
+    /// Whether the step was skipped.
+    pub skipped: bool,
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    /// The scaler monitor's statistics.
+    #[serde(flatten)]
+    pub stats: TrainingStats,
+    /// Test MSE (standardized units, as Informer reports it).
+    pub test_mse: f64,
+    /// Test MAE.
+    pub test_mae: f64,
+    /// MSE of repeating the last observed value on the same test windows.
+    pub baseline_mse: f64,
+    /// MAE of that baseline.
+    pub baseline_mae: f64,
+    /// Training batches whose loss was NaN or infinite.
+    pub nan_losses: u64,
+    /// Epochs run (early stopping may end before `epochs`).
+    pub epochs_run: u32,
+    /// Best validation loss and its epoch.
+    pub best_val_loss: f64,
+    /// Epoch (0-based) of the best validation loss, whose weights are kept.
+    pub best_epoch: u32,
+    /// Mean wall time of a training step, in milliseconds.
+    pub step_ms: f64,
+}
+
+/// Settings of a run beyond `TrainConfig` and `ScalerConfig`.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Device.
+    pub device: Device,
+    /// Pin the loss scale at 1 (allowed with f32 only): overflow checks and skips stay on.
+    pub disable_scaler: bool,
+    /// Cap on training batches per epoch and on validation/test batches (quick runs, tests).
+    pub max_batches: Option<usize>,
+    /// Draw a progress bar.
+    pub progress: bool,
+}
+
+/// The model, its f32 master weights, the optimizer and the scaler.
+pub struct Trainer {
+    /// The network.
+    pub model: Informer,
+    /// Its master weights.
+    pub params: Params,
+    /// Adam over the masters.
+    pub adam: Adam,
+    /// LossScaler + ScaleMonitor.
+    pub driver: ScalerDriver,
+    /// Compute dtype.
+    pub dtype: DType,
+    /// Model and optimizer settings.
+    pub cfg: TrainConfig,
+    /// Step curves so far.
+    pub curve: Vec<StepPoint>,
+    /// Validation loss per finished epoch, with the step it was measured at.
+    pub val_curve: Vec<(u64, f64)>,
+    /// Training batches with a non-finite loss.
+    pub nan_losses: u64,
+    step: u64,
+    opts: RunOptions,
+}
+
+/// The scaler config actually used: with the scaler disabled, a scale pinned at 1.
+pub fn effective_scaler(cfg: &ScalerConfig, disabled: bool) -> ScalerConfig {
+    if disabled {
+        ScalerConfig {
+            init_scale: ScaleChoice::Fixed(1.0),
+            reset_scale: ScaleChoice::Fixed(1.0),
+            min_scale: 1.0,
+            max_scale: 1.0,
+            ..cfg.clone()
+        }
+    } else {
+        cfg.clone()
+    }
+}
+
+/// The model shape for a dataset and a config.
+pub fn model_config(cfg: &TrainConfig, norm: &Normalization) -> ModelConfig {
+    ModelConfig {
+        c_in: norm.c_in(),
+        c_out: norm.c_out(),
+        n_time: N_TIME_FEATURES,
+        seq_len: cfg.seq_len as usize,
+        label_len: cfg.label_len as usize,
+        pred_len: cfg.pred_len as usize,
+        d_model: cfg.d_model as usize,
+        n_heads: cfg.n_heads as usize,
+        e_layers: cfg.e_layers as usize,
+        d_layers: cfg.d_layers as usize,
+        d_ff: cfg.d_ff as usize,
+        dropout: cfg.dropout,
+        factor: cfg.factor as usize,
+        distil: true,
+    }
+}
+
+impl Trainer {
+    /// A fresh model for `mcfg`, seeded by `cfg.seed`.
+    pub fn new(mcfg: &ModelConfig, cfg: &TrainConfig, scaler: &ScalerConfig, opts: RunOptions) -> anyhow::Result<Self> {
+        let dtype = amp::dtype_of(cfg.dtype);
+        super::model::informer::check_dtype(dtype, &opts.device)?;
+        if opts.disable_scaler && dtype != DType::F32 {
+            anyhow::bail!("the loss scaler can only be disabled with --dtype f32 (f16 gradients underflow without it)");
+        }
+        let mut params = Params::new(cfg.seed, &opts.device);
+        let model = Informer::new(mcfg, &mut params)?;
+        let adam = Adam::new(&params, cfg.learning_rate)?;
+        let driver = ScalerDriver::new(&effective_scaler(scaler, opts.disable_scaler), params.count());
+        Ok(Trainer {
+            model,
+            params,
+            adam,
+            driver,
+            dtype,
+            cfg: cfg.clone(),
+            curve: Vec::new(),
+            val_curve: Vec::new(),
+            nan_losses: 0,
+            step: 0,
+            opts,
+        })
+    }
+
+    /// One mixed-precision step: forward in the compute dtype, f32 loss times the scale, backward
+    /// onto the f32 masters, NaN/Inf check, then unscale + clip + Adam or skip, and the scaler.
+    /// Returns the unscaled loss.
+    pub fn train_step(&mut self, batch: &Batch, epoch: u32, batch_no: usize) -> anyhow::Result<f64> {
+        let step = self.step;
+        self.step += 1;
+        let ctx = Ctx::new(self.dtype, true, self.cfg.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let out = self.model.forward(&batch.x_enc, &batch.mark_enc, &batch.x_dec, &batch.mark_dec, &ctx)?;
+        let out32 = out.to_dtype(DType::F32)?;
+        let loss = (&out32 - &batch.y)?.sqr()?.mean_all()?;
+        let loss_value = loss.to_scalar::<f32>()? as f64;
+        if !loss_value.is_finite() {
+            self.nan_losses += 1;
+        }
+        let scale = self.driver.scale();
+        let grads = (&loss * scale)?.backward()?;
+        let grads = amp::collect(&grads, &self.params)?;
+        let found_inf = amp::found_inf(&grads)?;
+        let clipped =
+            if found_inf { None } else { Some(amp::unscale_and_clip(&grads, scale, self.cfg.clip_grad_norm)?) };
+        let grad_norm = clipped.as_ref().map(|c| c.1);
+        let outcome = self.driver.step(step, found_inf, grad_norm);
+        let skipped = match (outcome.decision, clipped) {
+            (StepDecision::Apply, Some((g, _))) => {
+                self.adam.step(&self.params, &g)?;
+                false
+            }
+            _ => true,
+        };
+        self.curve.push(StepPoint { step, loss: loss_value, scale, skipped });
+        if !outcome.events.is_empty() || outcome.reset.is_some() {
+            let (mean, std, maxabs) = amp::output_stats(&out32)?;
+            for e in &outcome.events {
+                tracing::warn!(epoch, batch = batch_no, step, scale, grad_norm = ?grad_norm, found_inf, out_mean = mean,
+                    out_std = std, out_maxabs = maxabs, "loss scaler: {e}");
+            }
+            if let Some(r) = outcome.reset {
+                tracing::warn!(epoch, batch = batch_no, step, "loss scale reset from {} to {}", r.before, r.after);
+            }
+            if let Some(fatal) = outcome.events.iter().find(|e| e.is_fatal()) {
+                anyhow::bail!("training stopped at epoch {epoch}, batch {batch_no}: {fatal}");
+            }
+        }
+        Ok(loss_value)
+    }
+
+    /// Mean MSE and MAE of the model, and of the persistence baseline, over a split (eval mode).
+    pub fn evaluate(&self, split: &Split, norm: &Normalization) -> anyhow::Result<Errors> {
+        let bs = self.cfg.batch_size.max(1) as usize;
+        let starts: Vec<usize> = (0..split.len()).collect();
+        let mut e = Errors::default();
+        let mut n = 0usize;
+        for (bi, chunk) in starts.chunks(bs).enumerate() {
+            if self.opts.max_batches.is_some_and(|m| bi >= m) {
+                break;
+            }
+            let b = make_batch(split, chunk, norm, &self.opts.device)?;
+            let ctx = Ctx::new(self.dtype, false, self.cfg.seed);
+            let out = self.model.forward(&b.x_enc, &b.mark_enc, &b.x_dec, &b.mark_dec, &ctx)?.to_dtype(DType::F32)?;
+            let d = (&out - &b.y)?;
+            let base = b.last.broadcast_sub(&b.y)?;
+            let k = d.elem_count();
+            let sum = |t: Tensor| -> candle_core::Result<f64> { Ok(t.sum_all()?.to_scalar::<f32>()? as f64) };
+            e.mse += sum(d.sqr()?)?;
+            e.mae += sum(d.abs()?)?;
+            e.baseline_mse += sum(base.sqr()?)?;
+            e.baseline_mae += sum(base.abs()?)?;
+            n += k;
+        }
+        let n = n.max(1) as f64;
+        Ok(Errors {
+            mse: e.mse / n,
+            mae: e.mae / n,
+            baseline_mse: e.baseline_mse / n,
+            baseline_mae: e.baseline_mae / n,
+        })
+    }
+
+    /// Trains with early stopping on validation loss; keeps the best epoch's weights.
+    pub fn fit(&mut self, data: &Dataset) -> anyhow::Result<Report> {
+        let bs = self.cfg.batch_size.max(1) as usize;
+        let n_train = data.train.len();
+        if n_train < bs {
+            anyhow::bail!(
+                "the training part has {n_train} windows, fewer than one batch of {bs}; use a smaller --batch-size or more data"
+            );
+        }
+        let mut rng = Rng::new(self.cfg.seed);
+        let (mut best, mut best_epoch, mut best_weights) = (f64::INFINITY, 0u32, None);
+        let mut since_best = 0u32;
+        let mut epochs_run = 0u32;
+        let mut step_time = std::time::Duration::ZERO;
+        for epoch in 0..self.cfg.epochs {
+            epochs_run = epoch + 1;
+            // Shuffled windows, whole batches only (Informer's drop_last for training).
+            let mut order: Vec<usize> = (0..n_train).collect();
+            for i in (1..order.len()).rev() {
+                order.swap(i, rng.below(i as u64 + 1) as usize);
+            }
+            let mut n_batches = n_train / bs;
+            if let Some(m) = self.opts.max_batches {
+                n_batches = n_batches.min(m);
+            }
+            let bar = if self.opts.progress { ProgressBar::new(n_batches as u64) } else { ProgressBar::hidden() };
+            bar.set_style(
+                ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar.set_prefix(format!("{}/{}", epoch + 1, self.cfg.epochs));
+            let mut loss_sum = 0.0;
+            for bi in 0..n_batches {
+                let batch = make_batch(&data.train, &order[bi * bs..(bi + 1) * bs], &data.norm, &self.opts.device)?;
+                let t0 = std::time::Instant::now();
+                let loss = self.train_step(&batch, epoch, bi)?;
+                step_time += t0.elapsed();
+                loss_sum += loss;
+                let st = self.driver.stats();
+                bar.set_message(format!("loss {loss:.4} scale {:.0} skipped {}", self.driver.scale(), st.skipped));
+                bar.inc(1);
+            }
+            bar.finish_and_clear();
+            let outcome = self.driver.end_epoch(epoch);
+            for e in &outcome.report.events {
+                tracing::warn!(epoch, scale = self.driver.scale(), "loss scaler: {e}");
+            }
+            let val = self.evaluate(&data.val, &data.norm)?.mse;
+            self.val_curve.push((self.step, val));
+            tracing::info!(
+                epoch,
+                train_loss = loss_sum / n_batches.max(1) as f64,
+                val_loss = val,
+                scale = self.driver.scale(),
+                skipped = outcome.report.stats.skipped,
+                lr = self.adam.lr,
+                "epoch done"
+            );
+            if val < best {
+                best = val;
+                best_epoch = epoch;
+                since_best = 0;
+                best_weights = Some(self.snapshot()?);
+            } else {
+                since_best += 1;
+                if since_best >= self.cfg.patience.max(1) {
+                    tracing::info!(
+                        epoch,
+                        patience = self.cfg.patience,
+                        "early stopping: validation loss stopped improving"
+                    );
+                    break;
+                }
+            }
+            // Informer's `adjust_learning_rate` type1: halve after every epoch.
+            self.adam.lr *= 0.5;
+        }
+        if let Some(w) = best_weights {
+            self.restore(&w)?;
+        }
+        let step_ms = step_time.as_secs_f64() * 1000.0 / self.step.max(1) as f64;
+        let test = self.evaluate(&data.test, &data.norm)?;
+        Ok(Report {
+            stats: self.driver.stats(),
+            test_mse: test.mse,
+            test_mae: test.mae,
+            baseline_mse: test.baseline_mse,
+            baseline_mae: test.baseline_mae,
+            nan_losses: self.nan_losses,
+            epochs_run,
+            best_val_loss: best,
+            best_epoch,
+            step_ms,
+        })
+    }
+
+    /// Copies of the weights and buffers (for keeping the best epoch).
+    fn snapshot(&self) -> candle_core::Result<Vec<Tensor>> {
+        let mut v: Vec<Tensor> =
+            self.params.named().iter().map(|(_, var)| var.as_tensor().copy()).collect::<candle_core::Result<_>>()?;
+        v.extend(self.model.buffers().into_iter().map(|(_, t)| t));
+        Ok(v)
+    }
+
+    fn restore(&self, snap: &[Tensor]) -> candle_core::Result<()> {
+        let n = self.params.named().len();
+        for ((_, var), t) in self.params.named().iter().zip(snap) {
+            var.set(t)?;
+        }
+        for ((name, _), t) in self.model.buffers().into_iter().zip(&snap[n..]) {
+            self.model.set_buffer(&name, t.clone());
+        }
+        Ok(())
+    }
+}
+
+/// Error sums turned into means.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Errors {
+    /// Model MSE.
+    pub mse: f64,
+    /// Model MAE.
+    pub mae: f64,
+    /// Persistence MSE.
+    pub baseline_mse: f64,
+    /// Persistence MAE.
+    pub baseline_mae: f64,
+}
