@@ -22,6 +22,7 @@ use keel_core::connection::{Connection, Event, Input, Output, StopReason, Transp
 use keel_core::gaps::{GapKind, Sequence};
 use keel_core::protocol::MarketEvent;
 use keel_core::time::Timestamp;
+use keel_core::trace::TraceRecord;
 use std::collections::{BTreeMap, VecDeque};
 
 /// Transports one machine may hold at once (a make-before-break rollover needs two).
@@ -141,6 +142,10 @@ pub struct ConnSim<'p> {
     attempt_times: VecDeque<u64>,
     restart_at: Option<u64>,
     tail: Option<VecDeque<String>>,
+    /// The first machine's trace, when asked for (`keel-sim run --trace`); a restarted machine
+    /// is not recorded, since a trace holds one machine.
+    trace: Option<Vec<TraceRecord>>,
+    trace_closed: bool,
     summary: ConnSummary,
 }
 
@@ -171,7 +176,34 @@ impl<'p> ConnSim<'p> {
             attempt_times: VecDeque::new(),
             restart_at: None,
             tail: keep_tail.then(VecDeque::new),
+            trace: None,
+            trace_closed: false,
             summary: ConnSummary { hash: 0xcbf2_9ce4_8422_2325, ..ConnSummary::default() },
+        }
+    }
+
+    /// Records the first machine's trace (its `Start` record is written now).
+    pub fn with_trace(mut self) -> Self {
+        let p = self.profile;
+        let mut records = vec![TraceRecord::Start {
+            config: p.config.clone(),
+            seed: p.machine_seed,
+            now: Timestamp::from_millis(p.clock_start_ms),
+        }];
+        // The first Open is already waiting in the machine; drain() records it when run() starts.
+        records.reserve(1024);
+        self.trace = Some(records);
+        self
+    }
+
+    /// The recorded trace (empty unless [`Self::with_trace`] was used).
+    pub fn take_trace(&mut self) -> Vec<TraceRecord> {
+        self.trace.take().unwrap_or_default()
+    }
+
+    fn record(&mut self, record: impl FnOnce() -> TraceRecord) {
+        if let Some(t) = self.trace.as_mut().filter(|_| !self.trace_closed) {
+            t.push(record());
         }
     }
 
@@ -208,7 +240,7 @@ impl<'p> ConnSim<'p> {
     }
 
     /// Runs to the end, checking every invariant after every step.
-    pub fn run(mut self) -> Result<ConnSummary, ConnFailure> {
+    pub fn run(&mut self) -> Result<ConnSummary, ConnFailure> {
         let cfg = &self.profile.config;
         let dead_after = cfg.heartbeat.ping_interval_ms + cfg.heartbeat.pong_timeout_ms;
         let handshake = cfg.tls.handshake_timeout_ms;
@@ -270,7 +302,9 @@ impl<'p> ConnSim<'p> {
             // 4. The machine's own deadlines.
             if self.conn.poll_timeout().is_some_and(|t| t.as_millis() <= self.now) {
                 self.note(|| "handle_timeout".into());
-                self.conn.handle_timeout(Timestamp::from_millis(self.now));
+                let now = Timestamp::from_millis(self.now);
+                self.record(|| TraceRecord::Timeout { now });
+                self.conn.handle_timeout(now);
                 self.drain()?;
             }
             // 5. Deadlines of the invariants.
@@ -309,6 +343,8 @@ impl<'p> ConnSim<'p> {
     fn restart(&mut self) -> Result<(), ConnFailure> {
         self.restart_at = None;
         self.incarnation += 1;
+        // A trace holds one machine: keep the first one's, record nothing of the new one.
+        self.trace_closed = true;
         let seed = self.profile.machine_seed.wrapping_add(self.incarnation);
         let n = self.incarnation;
         self.note(|| format!("machine {n} starts (restart after giving up)"));
@@ -347,6 +383,7 @@ impl<'p> ConnSim<'p> {
             ToClient::Pong(payload) => Input::Pong { id: tid, payload },
         };
         self.note(|| format!("in  {input:?}"));
+        self.record(|| TraceRecord::Input { now: Timestamp::from_millis(now), input: input.clone() });
         self.conn.handle_input(input, Timestamp::from_millis(now));
         self.drain()
     }
@@ -355,6 +392,7 @@ impl<'p> ConnSim<'p> {
     fn drain(&mut self) -> Result<(), ConnFailure> {
         while let Some(out) = self.conn.poll_output() {
             self.note(|| format!("out {out:?}"));
+            self.record(|| TraceRecord::Output { output: out.clone() });
             digest(&mut self.summary.hash, self.now, &out);
             self.apply(out)?;
         }
@@ -624,7 +662,7 @@ impl<'p> ConnSim<'p> {
     }
 
     /// End of the run: a clean shutdown must close everything and stop.
-    fn finish(mut self) -> Result<ConnSummary, ConnFailure> {
+    fn finish(&mut self) -> Result<ConnSummary, ConnFailure> {
         let now = self.now;
         if let Some(by) = self.live_by
             && by < now
@@ -633,9 +671,11 @@ impl<'p> ConnSim<'p> {
             return Err(self.fail("not live again after the network healed".into()));
         }
         self.note(|| "in  Shutdown".into());
+        self.record(|| TraceRecord::Input { now: Timestamp::from_millis(now), input: Input::Shutdown });
         self.conn.handle_input(Input::Shutdown, Timestamp::from_millis(now));
         while let Some(out) = self.conn.poll_output() {
             self.note(|| format!("out {out:?}"));
+            self.record(|| TraceRecord::Output { output: out.clone() });
             match out {
                 Output::Close { id, .. } => {
                     self.m.transports.remove(&id.0);
@@ -652,7 +692,7 @@ impl<'p> ConnSim<'p> {
         if self.conn.poll_timeout().is_some() {
             return Err(self.fail("a stopped machine still asks for a timeout".into()));
         }
-        let mut s = self.summary;
+        let mut s = std::mem::take(&mut self.summary);
         s.simulated_ms = self.end - self.profile.clock_start_ms;
         s.faults = self.net.stats.injected.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
         Ok(s)
@@ -711,9 +751,39 @@ pub fn run(profile: &FaultProfile, hours: f64) -> Result<ConnSummary, ConnFailur
     }
 }
 
+/// Like [`run`], also returning the trace of the first machine (what `keel stream --trace` would
+/// have written had it been the adapter), for `keel-sim replay`.
+pub fn run_traced(profile: &FaultProfile, hours: f64) -> (Result<ConnSummary, ConnFailure>, Vec<TraceRecord>) {
+    let mut sim = ConnSim::new(profile, hours, false).with_trace();
+    let result = sim.run();
+    (result, sim.take_trace())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn traces_of_seeded_runs_replay_exactly() {
+        for seed in 0..12 {
+            let profile = FaultProfile::draw(seed);
+            let (result, records) = run_traced(&profile, 3.0);
+            assert!(result.is_ok(), "seed {seed}: {:?}", result.err().map(|f| f.invariant));
+            let numbered: Vec<(usize, TraceRecord)> =
+                records.into_iter().enumerate().map(|(i, r)| (i + 1, r)).collect();
+            let summary = keel_core::trace::replay(&numbered).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+            assert!(summary.outputs > 0);
+        }
+    }
+
+    #[test]
+    fn same_seed_same_hash_and_different_seeds_differ() {
+        let a = run(&FaultProfile::draw(4), 2.0).unwrap();
+        let b = run(&FaultProfile::draw(4), 2.0).unwrap();
+        let c = run(&FaultProfile::draw(5), 2.0).unwrap();
+        assert_eq!(a, b);
+        assert_ne!(a.hash, c.hash);
+    }
 
     #[test]
     fn coverage_merges_and_rejects_overlaps() {

@@ -32,6 +32,10 @@ pub struct RunArgs {
     /// Print only failures and the final summary.
     #[arg(long)]
     pub quiet: bool,
+    /// Write the connection machine's trace to this file (with --seed only; replay it with
+    /// `keel-sim replay FILE`). Only the first machine is recorded if it gave up and was restarted.
+    #[arg(long, value_name = "FILE", conflicts_with = "seeds")]
+    pub trace: Option<std::path::PathBuf>,
     /// Seeds run in parallel (default: the number of CPUs). Output order and results do not
     /// depend on it.
     #[arg(long)]
@@ -222,6 +226,16 @@ pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("--hours {} is invalid: give a positive number of simulated hours", args.hours);
     }
     let opts = SimOptions { hours: args.hours, scaler_steps: args.scaler_steps };
+    if let Some(path) = &args.trace {
+        let profile = FaultProfile::draw(first);
+        let (result, records) = crate::conn_sim::run_traced(&profile, opts.hours);
+        crate::replay::write_trace(path, &records)?;
+        println!("{profile}");
+        println!("wrote {} trace records to {}", records.len(), path.display());
+        if let Err(f) = result {
+            println!("the run broke an invariant at {}: {} (the trace still replays)", f.at, f.invariant);
+        }
+    }
     let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
     let started = Instant::now();
     let mut failed = Vec::new();
