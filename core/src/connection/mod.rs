@@ -45,6 +45,7 @@ use crate::classify::{ErrorClass, TransportError, classify_error_with_floor};
 use crate::config::{Config, HeartbeatConfig};
 use crate::gaps::{Gap, GapTracker, Verdict};
 use crate::heartbeat::{ControlLimiter, Heartbeat, HeartbeatAction, PongMatch, StallAction, StallDetector};
+use crate::patterns::{self, DISCONNECT_LOG_LEN, Disconnect};
 use crate::protocol::{self, Frame, MarketEvent, Request};
 use crate::stats::connection::ConnectionStats;
 use crate::time::Timestamp;
@@ -305,6 +306,8 @@ pub struct Connection {
     next_request: u64,
     last_now: Timestamp,
     outage_since: Option<Timestamp>,
+    disconnects: VecDeque<Disconnect>,
+    wall_clock_offset_ms: Option<u64>,
     stats: ConnectionStats,
 }
 
@@ -336,6 +339,8 @@ impl Connection {
             next_request: 1,
             last_now: now,
             outage_since: Some(now),
+            disconnects: VecDeque::new(),
+            wall_clock_offset_ms: None,
             stats: ConnectionStats::default(),
         };
         conn.start_attempt(now, Duration::ZERO, 1);
@@ -369,6 +374,7 @@ impl Connection {
                 if let Some(live) = self.live_mut(id) {
                     live.heartbeat.on_inbound(now);
                     self.stats.messages += 1;
+                    self.stats.last_message_at_ms = Some(now.as_millis());
                     self.on_text(id, &text, now);
                 }
             }
@@ -490,6 +496,18 @@ impl Connection {
         protocol::combined_stream_url(&self.base_url, &self.desired)
     }
 
+    /// Lets the disconnect-pattern analysis see wall-clock time of day: `offset_ms` plus a
+    /// [`Timestamp`] is milliseconds since the Unix epoch. Affects only `stats().patterns`, never
+    /// outputs (traces stay replayable without it).
+    pub fn set_wall_clock_offset(&mut self, offset_ms: u64) {
+        self.wall_clock_offset_ms = Some(offset_ms);
+    }
+
+    /// The last lost live transports (at most [`DISCONNECT_LOG_LEN`]), oldest first.
+    pub fn disconnects(&self) -> impl Iterator<Item = &Disconnect> {
+        self.disconnects.iter()
+    }
+
     // ---- internals ----
 
     /// Moves the clock to `now` (a clock stepping backwards is held at the last `now`) and
@@ -597,10 +615,12 @@ impl Connection {
                     error: error.clone(),
                     class,
                 });
+                let id = live.id;
                 // Only a connection that stayed up resets the failures (no reconnect storm).
                 self.backoff.on_uptime(up_for);
                 self.outage_since = Some(now);
-                (live.id, 1)
+                self.record_disconnect(now, up_for, class, &error);
+                (id, 1)
             }
             State::Waiting { .. } | State::Stopped { .. } => return,
         };
@@ -608,6 +628,8 @@ impl Connection {
             self.emit(Output::Close { id: close_id, code: CLOSE_NORMAL, reason: reason.to_string() });
         }
         self.stats.failures += 1;
+        *self.stats.failures_by_class.entry(class.name().to_string()).or_default() += 1;
+        *self.stats.failures_by_error.entry(error_name(&error)).or_default() += 1;
         self.stats.last_error = Some(error.to_string());
         let decision = match class {
             ErrorClass::Fatal => BackoffDecision::GiveUp { failures: self.backoff.failures().saturating_add(1) },
@@ -787,6 +809,21 @@ impl Connection {
         }
     }
 
+    fn record_disconnect(&mut self, now: Timestamp, up_for: Duration, class: ErrorClass, error: &TransportError) {
+        if self.disconnects.len() == DISCONNECT_LOG_LEN {
+            self.disconnects.pop_front();
+        }
+        self.disconnects.push_back(Disconnect {
+            at: now,
+            up_for_ms: up_for.as_millis() as u64,
+            class,
+            error: error_name(error),
+        });
+        let drops: Vec<Disconnect> = self.disconnects.iter().cloned().collect();
+        self.stats.patterns =
+            patterns::analyze(&drops, self.wall_clock_offset_ms, self.backoff.stable_after().as_millis() as u64);
+    }
+
     /// Encodes a request with a fresh id.
     fn request(&mut self, request: &Request) -> String {
         let id = self.next_request;
@@ -801,6 +838,27 @@ impl Connection {
         while let Some(message) = live.control.poll(now) {
             self.outputs.push_back(Output::Send { id, message });
         }
+    }
+}
+
+/// A short stable name of an error's kind, for stats keys and pattern reports.
+pub fn error_name(error: &TransportError) -> String {
+    use TransportError as E;
+    match error {
+        E::Dns(_) => "dns".into(),
+        E::Refused(_) => "refused".into(),
+        E::Reset(_) => "reset".into(),
+        E::Timeout(_) => "timeout".into(),
+        E::TlsHandshake(_) => "tls_handshake".into(),
+        E::CertificateRejected(_) => "certificate_rejected".into(),
+        E::UnexpectedEof(_) => "unexpected_eof".into(),
+        E::BadRecordMac(_) => "bad_record_mac".into(),
+        E::Protocol(_) => "protocol".into(),
+        E::ServerClose { code, .. } => format!("server_close_{code}"),
+        E::HttpStatus { status, .. } => format!("http_{status}"),
+        E::MessageTooLarge { .. } => "message_too_large".into(),
+        E::InvalidUrl(_) => "invalid_url".into(),
+        E::Io(_) => "io".into(),
     }
 }
 

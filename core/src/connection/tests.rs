@@ -427,6 +427,34 @@ fn uptime_downtime_and_outages_are_accounted() {
     ));
 }
 
+#[test]
+fn repeated_drops_after_the_same_uptime_are_reported_as_a_pattern() {
+    let (mut h, _) = H::new(&cfg());
+    for next in 1..=3 {
+        let start = h.now;
+        h.input(Input::Opened { id: id(next) });
+        // Frames keep the stream flowing; pings are answered by run_until.
+        for k in 1..=5 {
+            h.run_until(start + k * 60_000 - 1);
+            h.input_at(start + k * 60_000 - 1, Input::Text { id: id(next), text: agg(next * 100 + k) });
+        }
+        h.input_at(start + 300_000, Input::Failed { id: id(next), error: TransportError::Reset("nat".into()) });
+        let (_, out) = h.tick();
+        assert_eq!(out, [open(next + 1)]);
+    }
+    let s = h.c.stats();
+    assert_eq!(s.failures_by_class.get("transient"), Some(&3));
+    assert_eq!(s.failures_by_error.get("reset"), Some(&3));
+    match &s.patterns[..] {
+        [p] => {
+            assert_eq!(p.kind, crate::patterns::PatternKind::FixedUptime { every_ms: 300_000 });
+            assert!(p.advice.contains("idle timeout"), "{p}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(h.c.disconnects().count(), 3);
+}
+
 // ---- properties ----
 
 /// One step of a random script.

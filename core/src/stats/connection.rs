@@ -7,6 +7,7 @@
 //! `now` the machine was given (the core has no clock).
 
 use crate::backoff::ReconnectHistory;
+use crate::patterns::Pattern;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -62,6 +63,14 @@ pub struct ConnectionStats {
     pub consecutive_failures: u32,
     /// `connects / connect_attempts` (0 before the first attempt).
     pub success_rate: f64,
+    /// Failures by error class name (`transient`, `rate_limited`, `fatal`).
+    pub failures_by_class: BTreeMap<String, u64>,
+    /// Failures by error kind (`reset`, `timeout`, `server_close_1008`, `http_429`...).
+    pub failures_by_error: BTreeMap<String, u64>,
+    /// When the last text frame arrived (the machine's time, ms), for a "last message age" gauge.
+    pub last_message_at_ms: Option<u64>,
+    /// Disconnect patterns found in the recent drops (see `patterns`), most specific first.
+    pub patterns: Vec<Pattern>,
     /// The last transport error, as text.
     pub last_error: Option<String>,
     /// The last 10 attempts.
