@@ -25,9 +25,11 @@ mod decimal;
 mod encode;
 mod fast;
 mod raw;
+mod request;
 
 pub use decimal::{Decimal, DecimalError};
 pub use encode::{encode_event, encode_frame};
+pub use request::{Request, RequestError, decode_request, encode_request};
 
 use crate::gaps::Sequence;
 use raw::{Nested, RawFrame, RawKline, Val};
@@ -636,41 +638,6 @@ pub fn stream_name(event: &MarketEvent) -> String {
         MarketEvent::BookTicker(_) => format!("{symbol}@bookTicker"),
         MarketEvent::PartialDepth(d) => format!("{symbol}@depth{}", d.bids.len().max(d.asks.len())),
     }
-}
-
-/// A request the client sends on the stream connection.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Request {
-    Subscribe(Vec<String>),
-    Unsubscribe(Vec<String>),
-    ListSubscriptions,
-}
-
-/// `{"method":"SUBSCRIBE","params":["btcusdt@aggTrade"],"id":1}`; LIST_SUBSCRIPTIONS has no params.
-pub fn encode_request(request: &Request, id: u64) -> String {
-    let (method, params) = match request {
-        Request::Subscribe(p) => ("SUBSCRIBE", Some(p)),
-        Request::Unsubscribe(p) => ("UNSUBSCRIBE", Some(p)),
-        Request::ListSubscriptions => ("LIST_SUBSCRIPTIONS", None),
-    };
-    let mut out = String::with_capacity(48 + params.map_or(0, |p| p.iter().map(|s| s.len() + 3).sum()));
-    out.push_str("{\"method\":\"");
-    out.push_str(method);
-    out.push('"');
-    if let Some(params) = params {
-        out.push_str(",\"params\":[");
-        for (i, p) in params.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            encode::push_json_str(&mut out, p);
-        }
-        out.push(']');
-    }
-    out.push_str(",\"id\":");
-    out.push_str(&id.to_string());
-    out.push('}');
-    out
 }
 
 /// `base + "/stream?streams=a/b"` (a trailing `/` on `base` is dropped).

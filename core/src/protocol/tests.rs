@@ -433,6 +433,16 @@ fn market_events_serialize_for_traces() {
 
 // ---- properties ----
 
+/// The fast path's contract (see `fast.rs`): what it accepts, the general path decodes identically,
+/// except that only the general path rejects a repeated key that the event type does not use.
+fn paths_agree(fast: &Frame, general: &Result<Frame, DecodeError>) -> bool {
+    match general {
+        Ok(frame) => frame == fast,
+        Err(DecodeError::Malformed(msg)) => msg.starts_with("duplicate field"),
+        Err(_) => false,
+    }
+}
+
 #[derive(Debug, Clone)]
 struct AnyFrame(Frame);
 
@@ -561,7 +571,7 @@ quickcheck! {
         chars[at] = insert;
         let text: String = chars.into_iter().collect();
         match fast::try_decode(&text) {
-            Some(frame) => decode_general(&text) == Ok(frame),
+            Some(frame) => paths_agree(&frame, &decode_general(&text)),
             None => true,
         }
     }
@@ -690,4 +700,240 @@ fn decode_speed_parts() {
     time("general path", &|| decode_general(std::hint::black_box(&text)).is_ok());
     time("decode", &|| decode(std::hint::black_box(&text)).is_ok());
     time("decode raw", &|| decode(std::hint::black_box(AGG)).is_ok());
+}
+
+/// A random JSON object built from the keys Binance frames use, with values of random types (and,
+/// often, of the right type): reaches deep into both decoding paths, unlike random strings.
+#[derive(Debug, Clone)]
+struct JsonFrame(String);
+
+const KEYS: [&str; 28] = [
+    "e",
+    "E",
+    "s",
+    "a",
+    "p",
+    "q",
+    "f",
+    "l",
+    "T",
+    "m",
+    "M",
+    "t",
+    "U",
+    "u",
+    "b",
+    "B",
+    "A",
+    "lastUpdateId",
+    "bids",
+    "asks",
+    "stream",
+    "data",
+    "result",
+    "id",
+    "code",
+    "msg",
+    "k",
+    "error",
+];
+const KLINE_KEYS: [&str; 16] = ["t", "T", "s", "i", "f", "L", "o", "c", "h", "l", "v", "n", "x", "q", "V", "Q"];
+
+fn json_value(g: &mut Gen, depth: u8) -> String {
+    let choice = u8::arbitrary(g) % if depth > 2 { 9 } else { 12 };
+    match choice {
+        0 => "null".into(),
+        1 => bool::arbitrary(g).to_string(),
+        2 => u64::arbitrary(g).to_string(),
+        3 => i64::arbitrary(g).to_string(),
+        4 => format!("{}.5", u16::arbitrary(g)),
+        5 => format!("\"{}\"", dec(g)),
+        6 => {
+            let e = ["aggTrade", "trade", "kline", "depthUpdate", "bookTicker", "serverShutdown", "x", ""];
+            format!("\"{}\"", g.choose(&e).copied().unwrap_or(""))
+        }
+        7 => serde_json::to_string(&String::arbitrary(g)).unwrap(),
+        8 => {
+            let lv: Vec<String> =
+                (0..usize::arbitrary(g) % 3).map(|_| format!("[\"{}\",\"{}\"]", dec(g), dec(g))).collect();
+            format!("[{}]", lv.join(","))
+        }
+        9 => {
+            let items: Vec<String> = (0..usize::arbitrary(g) % 3).map(|_| json_value(g, depth + 1)).collect();
+            format!("[{}]", items.join(","))
+        }
+        10 => json_object(g, depth + 1, &KLINE_KEYS),
+        _ => json_object(g, depth + 1, &KEYS),
+    }
+}
+
+fn json_object(g: &mut Gen, depth: u8, keys: &[&str]) -> String {
+    let n = usize::arbitrary(g) % (keys.len() + 1);
+    let fields: Vec<String> = (0..n)
+        .map(|_| {
+            let key = g.choose(keys).copied().unwrap_or("e");
+            format!("\"{key}\":{}", json_value(g, depth))
+        })
+        .collect();
+    format!("{{{}}}", fields.join(","))
+}
+
+impl Arbitrary for JsonFrame {
+    fn arbitrary(g: &mut Gen) -> Self {
+        let mut text = json_object(g, 0, &KEYS);
+        // Often start like a real frame, so that the fast path is tried.
+        match u8::arbitrary(g) % 5 {
+            2 | 3 => {
+                // A real frame with one or two fields removed, retyped, or added.
+                let which = usize::from(u8::arbitrary(g)) % 6;
+                let base = [AGG, TRADE, KLINE, DEPTH, BOOK, PARTIAL][which];
+                let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(base).unwrap();
+                let mut fields: Vec<(String, String)> = map.into_iter().map(|(k, v)| (k, v.to_string())).collect();
+                // Binance puts "e" first; the fast path relies on it.
+                fields.sort_by_key(|(k, _)| k != "e");
+                for _ in 0..1 + usize::from(bool::arbitrary(g)) {
+                    let at = usize::arbitrary(g) % fields.len().max(1);
+                    match u8::arbitrary(g) % 4 {
+                        0 if !fields.is_empty() => {
+                            fields.remove(at);
+                        }
+                        1 if !fields.is_empty() => fields[at].1 = json_value(g, 1),
+                        2 => fields.push((g.choose(&KEYS).copied().unwrap_or("x").to_string(), json_value(g, 1))),
+                        _ => {}
+                    }
+                }
+                let body: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+                text = format!("{{{}}}", body.join(","));
+                if bool::arbitrary(g) {
+                    let stream = ["x@aggTrade", "x@trade", "x@kline_1m", "x@depth", "x@bookTicker", "x@depth5"][which];
+                    text = format!("{{\"stream\":\"{stream}\",\"data\":{text}}}");
+                }
+            }
+            0 => {
+                let stream = g.choose(&["x@aggTrade", "x@trade", "x@kline_1m", "x@depth", "x@bookTicker", "x@depth5"]);
+                text = format!("{{\"stream\":\"{}\",\"data\":{}}}", stream.copied().unwrap_or("x@trade"), text);
+            }
+            1 => {
+                let e = g.choose(&["aggTrade", "trade", "kline", "depthUpdate"]).copied().unwrap_or("trade");
+                text = format!("{{\"e\":\"{e}\",{}", &text[1..]).replace(",}", "}");
+            }
+            _ => {}
+        }
+        JsonFrame(text)
+    }
+}
+
+quickcheck! {
+    fn structured_garbage_never_panics_and_paths_agree(frame: JsonFrame) -> bool {
+        let general = decode_general(&frame.0);
+        match fast::try_decode(&frame.0) {
+            Some(fast) => paths_agree(&fast, &general),
+            None => decode(&frame.0) == general,
+        }
+    }
+
+    fn agg_trade_id_gaps_are_reported_in_trade_ids(trades_per_agg: Vec<(u8, u8)>) -> bool {
+        // `a` is continuous; each aggregate covers 1..=4 trades and sometimes skips some trade ids.
+        let mut t = crate::gaps::GapTracker::new();
+        let mut next_trade = 100u64;
+        for (i, (count, skip)) in trades_per_agg.into_iter().enumerate() {
+            let skipped = u64::from(skip % 4 == 0) * u64::from(skip % 7 + 1);
+            let first = next_trade + skipped;
+            let last = first + u64::from(count % 4);
+            next_trade = last + 1;
+            let seq = Sequence::AggTrade { id: i as u64, first_trade: first, last_trade: last };
+            let want = if i > 0 && skipped > 0 {
+                crate::gaps::Verdict::FreshAfterGap(crate::gaps::Gap {
+                    stream: "s".into(),
+                    first_missing: first - skipped,
+                    last_missing: first - 1,
+                    kind: crate::gaps::GapKind::TradeId,
+                })
+            } else {
+                crate::gaps::Verdict::Fresh
+            };
+            if t.observe("s", seq) != want {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+#[test]
+fn structured_garbage_reaches_the_fast_path() {
+    // Guards the generator above: the agreement property is only as good as its fast-path hits.
+    let mut g = Gen::new(100);
+    let (mut fast_hits, mut general_ok, n) = (0, 0, 3000);
+    for _ in 0..n {
+        let JsonFrame(text) = JsonFrame::arbitrary(&mut g);
+        fast_hits += usize::from(fast::try_decode(&text).is_some());
+        general_ok += usize::from(decode_general(&text).is_ok());
+    }
+    assert!(fast_hits > n / 20, "fast path taken {fast_hits} times of {n}");
+    assert!(general_ok > fast_hits, "general {general_ok}, fast {fast_hits}");
+}
+
+#[test]
+fn requests_decode_with_binance_error_codes() {
+    let ok: Vec<(&str, Request, u64)> = vec![
+        (
+            r#"{"method":"SUBSCRIBE","params":["a@trade","b@depth"],"id":1}"#,
+            Request::Subscribe(vec!["a@trade".into(), "b@depth".into()]),
+            1,
+        ),
+        (r#"{"id":7,"params":["a@trade"],"method":"UNSUBSCRIBE"}"#, Request::Unsubscribe(vec!["a@trade".into()]), 7),
+        (r#"{"method":"LIST_SUBSCRIPTIONS","id":3}"#, Request::ListSubscriptions, 3),
+    ];
+    for (text, request, id) in ok {
+        assert_eq!(decode_request(text), Ok((request, id)), "{text}");
+    }
+    let err = |id: Option<u64>, code: i64, msg: &str| RequestError { id, code, msg: msg.into() };
+    let bad: Vec<(&str, RequestError)> = vec![
+        (r#"{"method":"SUBSCRIBE""#, err(None, 3, "Invalid JSON: EOF while parsing an object at line 1 column 21")),
+        ("[1]", err(None, 2, "Invalid request: expected a JSON object")),
+        (r#"{"method":"SUBSCRIBE","params":[]}"#, err(None, 2, "Invalid request: missing field `id`")),
+        (
+            r#"{"method":"SUBSCRIBE","params":[],"id":-1}"#,
+            err(None, 2, "Invalid request: request ID must be an unsigned integer"),
+        ),
+        (
+            r#"{"method":"SUBSCRIBE","params":[],"id":"x"}"#,
+            err(None, 2, "Invalid request: request ID must be an unsigned integer"),
+        ),
+        (r#"{"params":[],"id":4}"#, err(Some(4), 2, "Invalid request: missing field `method`")),
+        (r#"{"method":"SUBSCRIBE","id":4}"#, err(Some(4), 2, "Invalid request: missing field `params`")),
+        (
+            r#"{"method":"SUBSCRIBE","params":[1],"id":4}"#,
+            err(Some(4), 2, "Invalid request: params must be stream names (strings)"),
+        ),
+        (
+            r#"{"method":"SUBSCRIBE","params":"a@trade","id":4}"#,
+            err(Some(4), 2, "Invalid request: params must be an array"),
+        ),
+        (
+            r#"{"method":"FOO","id":5}"#,
+            err(
+                Some(5),
+                2,
+                "Invalid request: unknown variant `FOO`, expected one of SUBSCRIBE, UNSUBSCRIBE, LIST_SUBSCRIPTIONS",
+            ),
+        ),
+    ];
+    for (text, want) in bad {
+        assert_eq!(decode_request(text), Err(want), "{text}");
+    }
+    let reply = decode_request(r#"{"method":"FOO","id":5}"#).unwrap_err().to_frame();
+    assert_eq!(decode(&encode_frame(&reply)), Ok(reply));
+}
+
+quickcheck! {
+    fn requests_round_trip(streams: Vec<String>, id: u64, kind: u8) -> bool {
+        let request = match kind % 3 {
+            0 => Request::Subscribe(streams),
+            1 => Request::Unsubscribe(streams),
+            _ => Request::ListSubscriptions,
+        };
+        decode_request(&encode_request(&request, id)) == Ok((request, id))
+    }
 }
