@@ -23,7 +23,7 @@ pub type Tid = u64;
 pub const SERVER_PING_EVERY_MS: u64 = 20_000;
 /// ... and disconnects a client whose pong is not back within 60 s.
 pub const SERVER_PONG_DEADLINE_MS: u64 = 60_000;
-/// Binance cuts every connection at 24 hours.
+/// Binance cuts every connection at 24 hours (a seed may shorten it, as the embedded exchange can).
 pub const CUTOFF_MS: u64 = 24 * 3_600_000;
 /// After a `serverShutdown` notice the server closes this much later.
 pub const SHUTDOWN_GRACE_MS: u64 = 5_000;
@@ -126,6 +126,10 @@ pub struct Network {
     max_control_per_second: usize,
     /// Virtual time at which the run started (logs count from here).
     start: u64,
+    /// The server cuts a connection this long after accepting it.
+    cutoff_ms: u64,
+    /// `stream.rollover_after_ms`: the client must have replaced a connection by then.
+    rollover_ms: u64,
     /// Epoch ms at virtual time 0, for the frames' `E` fields.
     epoch_offset: u64,
     connect_faults: Vec<(Fault, Ratio)>,
@@ -175,6 +179,8 @@ impl Network {
         }
         Network {
             start: now,
+            cutoff_ms: profile.cutoff_ms,
+            rollover_ms: profile.config.stream.rollover_after_ms,
             latency_ms: profile.latency_ms,
             jitter_ms: profile.latency_jitter_ms,
             trade_interval_ms: profile.trade_interval_ms,
@@ -423,7 +429,7 @@ impl Network {
                 State::Connecting(Attempt::Accept { at: a, .. }) => at(*a),
                 State::Open(o) => {
                     at(o.next_ping_at);
-                    at(o.opened_at + CUTOFF_MS);
+                    at(o.opened_at + self.cutoff_ms);
                     if let Some(&(_, sent)) = o.unanswered.front() {
                         at(sent + SERVER_PONG_DEADLINE_MS);
                     }
@@ -505,9 +511,16 @@ impl Network {
         }
         loop {
             let Some(Transport { state: State::Open(o), .. }) = self.transports.get_mut(&id) else { return };
-            if o.opened_at + CUTOFF_MS <= now {
-                let at = o.opened_at + CUTOFF_MS;
+            if o.opened_at + self.cutoff_ms <= now {
+                let at = o.opened_at + self.cutoff_ms;
                 self.stats.cutoffs += 1;
+                if self.rollover_ms + self.latency_ms + self.jitter_ms < self.cutoff_ms {
+                    let hours = self.cutoff_ms as f64 / 3_600_000.0;
+                    self.violation(
+                        at,
+                        format!("transport {id} reached the {hours} h cutoff: the rollover before it never happened"),
+                    );
+                }
                 self.kill(id, at, ToClient::Closed { code: Some(1001), reason: "24 hour connection limit".into() });
                 return;
             }

@@ -204,6 +204,9 @@ pub struct FaultProfile {
     pub latency_jitter_ms: u64,
     /// Mean interval between aggTrades on each stream.
     pub trade_interval_ms: u64,
+    /// The exchange cuts connections this long after accepting them (24 h, or shorter so that a
+    /// day of simulation sees many rollovers).
+    pub cutoff_ms: u64,
     /// Shortest and longest outage.
     pub outage_ms: (u64, u64),
     /// The machine's own seed (jitter).
@@ -257,6 +260,14 @@ impl FaultProfile {
         h.pong_timeout_ms = h.ping_interval_ms / [2, 3, 6][rng.below(3) as usize];
         config.stream.stall_after_ms = (h.ping_interval_ms + 1).max(120_000);
         config.tls.handshake_timeout_ms = [5_000, 10_000, 30_000][rng.below(3) as usize];
+        let cutoff_ms = if rng.chance(1, 3) {
+            [3_600_000, 2 * 3_600_000, 5 * 3_600_000][rng.below(3) as usize]
+        } else {
+            24 * 3_600_000
+        };
+        // Binance cuts at 24 h and keel rolls over at 23 h 30 m: keep that margin (5 minutes
+        // when the seed shortens the cutoff to an hour).
+        config.stream.rollover_after_ms = cutoff_ms - if cutoff_ms > 3_600_000 { 1_800_000 } else { 300_000 };
 
         FaultProfile {
             seed,
@@ -264,6 +275,7 @@ impl FaultProfile {
             latency_ms,
             latency_jitter_ms,
             trade_interval_ms,
+            cutoff_ms,
             outage_ms,
             machine_seed,
             clock_start_ms,
@@ -282,11 +294,12 @@ impl fmt::Display for FaultProfile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "seed={} latency={}ms+{}ms trade_every={}ms outage={}..{}ms",
+            "seed={} latency={}ms+{}ms trade_every={}ms cutoff={}h outage={}..{}ms",
             self.seed,
             self.latency_ms,
             self.latency_jitter_ms,
             self.trade_interval_ms,
+            self.cutoff_ms / 3_600_000,
             self.outage_ms.0,
             self.outage_ms.1
         )?;
