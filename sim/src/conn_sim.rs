@@ -58,6 +58,12 @@ pub struct ConnSummary {
     pub gaps: u64,
     /// Machines that gave up (and were restarted).
     pub gave_up: u64,
+    /// Heartbeat timeouts, stall actions and rollovers the machine reported.
+    pub heartbeat_timeouts: u64,
+    /// Stall actions (resubscribe or reconnect).
+    pub stalls: u64,
+    /// Planned reconnects (scheduled or serverShutdown).
+    pub rollovers: u64,
     /// Faults the model injected, as `name=count`.
     pub faults: String,
     /// Hash of every output.
@@ -306,6 +312,26 @@ impl<'p> ConnSim<'p> {
                 self.record(|| TraceRecord::Timeout { now });
                 self.conn.handle_timeout(now);
                 self.drain()?;
+            }
+            // A spurious wake-up (nothing due): the machine must do nothing.
+            else if self.profile.spurious_timeouts {
+                let due = self.conn.poll_timeout();
+                let now = Timestamp::from_millis(self.now);
+                self.record(|| TraceRecord::Timeout { now });
+                self.conn.handle_timeout(now);
+                if let Some(out) = self.conn.poll_output() {
+                    return Err(self.fail(format!(
+                        "a spurious handle_timeout at {} (poll_timeout was {:?}) produced {out:?}",
+                        self.rel(self.now),
+                        due.map(|t| self.rel(t.as_millis()))
+                    )));
+                }
+                if self.conn.poll_timeout() != due {
+                    return Err(self.fail(format!(
+                        "a spurious handle_timeout moved poll_timeout from {due:?} to {:?}",
+                        self.conn.poll_timeout()
+                    )));
+                }
             }
             // 5. Deadlines of the invariants.
             self.check_deadlines(dead_after, handshake)?;
@@ -570,11 +596,10 @@ impl<'p> ConnSim<'p> {
                 }
                 self.m.next_open = Some((now + retry, now + retry + 1));
             }
-            Event::HeartbeatTimeout { .. }
-            | Event::StreamStalled { .. }
-            | Event::Malformed { .. }
-            | Event::ServerError { .. }
-            | Event::Rollover { .. } => {}
+            Event::HeartbeatTimeout { .. } => self.summary.heartbeat_timeouts += 1,
+            Event::StreamStalled { .. } => self.summary.stalls += 1,
+            Event::Rollover { .. } => self.summary.rollovers += 1,
+            Event::Malformed { .. } | Event::ServerError { .. } => {}
         }
         Ok(())
     }
@@ -669,6 +694,22 @@ impl<'p> ConnSim<'p> {
             && !self.live_since_heal
         {
             return Err(self.fail("not live again after the network healed".into()));
+        }
+        // After an hour without faults the live transport carries exactly the desired streams
+        // (stall resubscribes included), as the exchange sees it.
+        if self.conn.is_live()
+            && let Some(id) = self.conn.current_transport()
+            && let Some(subscribed) = self.net.subscriptions(tid(id, self.m.base))
+        {
+            let mut want: Vec<&String> = self.conn.desired_streams().iter().collect();
+            want.sort();
+            let mut have: Vec<&String> = subscribed.iter().collect();
+            have.sort();
+            if want != have {
+                return Err(
+                    self.fail(format!("at the end the exchange has {have:?} subscribed on {id}, desired {want:?}"))
+                );
+            }
         }
         self.note(|| "in  Shutdown".into());
         self.record(|| TraceRecord::Input { now: Timestamp::from_millis(now), input: Input::Shutdown });

@@ -207,6 +207,9 @@ pub struct FaultProfile {
     /// The exchange cuts connections this long after accepting them (24 h, or shorter so that a
     /// day of simulation sees many rollovers).
     pub cutoff_ms: u64,
+    /// Call `handle_timeout` at steps where nothing is due, and require that it does nothing
+    /// (the API promises a spurious call is a harmless no-op; adapters wake up early).
+    pub spurious_timeouts: bool,
     /// Shortest and longest outage.
     pub outage_ms: (u64, u64),
     /// The machine's own seed (jitter).
@@ -269,8 +272,10 @@ impl FaultProfile {
         // when the seed shortens the cutoff to an hour).
         config.stream.rollover_after_ms = cutoff_ms - if cutoff_ms > 3_600_000 { 1_800_000 } else { 300_000 };
 
+        let spurious_timeouts = rng.chance(1, 2);
         FaultProfile {
             seed,
+            spurious_timeouts,
             faults,
             latency_ms,
             latency_jitter_ms,
@@ -294,12 +299,13 @@ impl fmt::Display for FaultProfile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "seed={} latency={}ms+{}ms trade_every={}ms cutoff={}h outage={}..{}ms",
+            "seed={} latency={}ms+{}ms trade_every={}ms cutoff={}h spurious_timeouts={} outage={}..{}ms",
             self.seed,
             self.latency_ms,
             self.latency_jitter_ms,
             self.trade_interval_ms,
             self.cutoff_ms / 3_600_000,
+            self.spurious_timeouts,
             self.outage_ms.0,
             self.outage_ms.1
         )?;

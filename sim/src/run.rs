@@ -155,7 +155,8 @@ pub fn simulate(seed: u64, opts: &SimOptions) -> SeedReport {
         None => String::new(),
     };
     report.result = Ok(format!(
-        "connection {:.1} h, {} steps, {} attempts, {} connects, {} market events, {} gaps, {} gave up; faults: {}; \
+        "connection {:.1} h, {} steps, {} attempts, {} connects, {} market events, {} gaps, {} heartbeat timeouts, \
+         {} stalls, {} rollovers, {} gave up; faults: {}; \
          scaler {} steps, {} overflows, {} resets, {} warnings{stop}",
         conn.simulated_ms as f64 / 3_600_000.0,
         conn.steps,
@@ -163,6 +164,9 @@ pub fn simulate(seed: u64, opts: &SimOptions) -> SeedReport {
         conn.connects,
         conn.market_events,
         conn.gaps,
+        conn.heartbeat_timeouts,
+        conn.stalls,
+        conn.rollovers,
         conn.gave_up,
         if conn.faults.is_empty() { "none" } else { &conn.faults },
         scaler.steps,
