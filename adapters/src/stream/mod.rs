@@ -1,14 +1,565 @@
 //! `keel stream`: the smol WebSocket client driving `keel_core::connection::Connection`.
-//! (Owned by the stream-adapter work; this placeholder only keeps the binary building.)
+//!
+//! The adapter is thin. Every decision (when to reconnect, when a transport is dead, what to
+//! subscribe) is the core's; this module reads the clock, opens sockets, moves frames and writes
+//! what the core passes on. The loop:
+//!
+//! 1. drain `poll_output()`: `Open` spawns a transport task (TCP + TLS + upgrade), `Send`/`Close`
+//!    go to that task, `Event::Market` goes to the [`recorder`], gaps and notices to logs and the
+//!    report, `GaveUp` ends the run;
+//! 2. sleep until `poll_timeout()`, the next transport event, the recorder flush (every second),
+//!    the status line, the end of `--duration`, or Ctrl-C/SIGTERM, whichever is first;
+//! 3. feed what happened with `handle_input(.., now)` / `handle_timeout(now)`.
+//!
+//! Server pings: tungstenite answers them itself with the same payload (RFC 6455) as soon as it
+//! reads them, so the core's `Send{Pong}` is already on the wire and is not sent a second time
+//! (Binance counts pongs against its 5 messages per second).
 
+pub mod recorder;
+pub mod transport;
+
+use anyhow::Context;
 use clap::Args;
+use keel_core::classify::{ErrorClass, TransportError};
+use keel_core::config::Config;
+use keel_core::connection::{Connection, Event, GiveUp, Input, Output, TransportId, WsMessage};
+use keel_core::gaps::Gap;
+use keel_core::stats::connection::ConnectionStats;
+use keel_core::time::Timestamp;
+use keel_core::trace::{TraceRecord, TracedConnection};
+use recorder::{Recorder, RecorderError};
+use smol::channel::{Receiver, Sender};
+use smol::future::FutureExt;
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use transport::{Command, SettingsError, TransportEvent, TransportSettings};
 
-/// Flags of `keel stream`.
+/// How a run is bounded and observed (everything that is not in [`Config`]).
+#[derive(Debug, Clone, Default)]
+pub struct StreamOptions {
+    /// Seed of the core's jitter.
+    pub seed: u64,
+    /// Stop cleanly after this long.
+    pub duration: Option<Duration>,
+    /// Stop cleanly after this many market events were passed on.
+    pub max_messages: Option<u64>,
+    /// Stop cleanly when this channel yields or closes (Ctrl-C, tests).
+    pub stop: Option<Receiver<()>>,
+    /// Write market events under `stream.out_dir`.
+    pub record: bool,
+    /// Print a status line this often (on stderr when it is a terminal, as a log line otherwise).
+    pub status_every: Option<Duration>,
+    /// Write every core input and output to this file (RON lines, replayable by `keel-sim replay`).
+    pub trace: Option<PathBuf>,
+}
+
+/// Why the run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopCause {
+    /// `--duration` elapsed.
+    Duration,
+    /// `--max-messages` reached.
+    MaxMessages,
+    /// Ctrl-C, SIGTERM, or the stop channel.
+    Signal,
+    /// The core gave up (fatal error or too many failures).
+    GaveUp,
+}
+
+/// One lost or refused transport, as the core reported it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Disconnect {
+    /// The transport.
+    pub id: TransportId,
+    /// What went wrong.
+    pub error: TransportError,
+    /// Its class.
+    pub class: ErrorClass,
+    /// The wait before the next attempt.
+    pub retry_in: Duration,
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct StreamReport {
+    /// The core's counters at the end.
+    pub stats: ConnectionStats,
+    /// Every gap the core reported, in order.
+    pub gaps: Vec<Gap>,
+    /// Every disconnection the core reported, in order.
+    pub disconnects: Vec<Disconnect>,
+    /// URLs of every transport opened, in order.
+    pub opened: Vec<String>,
+    /// Market events passed on by the core, per stream.
+    pub market_events: BTreeMap<String, u64>,
+    /// Rows written by the recorder.
+    pub rows_written: u64,
+    /// Files written to.
+    pub files: Vec<PathBuf>,
+    /// Set when the core gave up.
+    pub gave_up: Option<GiveUp>,
+    /// Why the run ended.
+    pub cause: StopCause,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+}
+
+/// A run that could not start or could not write.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// The configuration is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The TLS settings cannot be used.
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    /// Recording failed (disk full, permissions).
+    #[error(transparent)]
+    Recorder(#[from] RecorderError),
+    /// The trace file could not be written.
+    #[error("cannot write the trace file {path}: {source}")]
+    Trace {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// The machine, traced or not (tracing clones every input, so it is on only when asked).
+enum Machine {
+    Plain(Box<Connection>),
+    Traced(Box<TracedConnection>, std::io::BufWriter<std::fs::File>, PathBuf),
+}
+
+impl Machine {
+    fn conn(&self) -> &Connection {
+        match self {
+            Machine::Plain(c) => c,
+            Machine::Traced(t, _, _) => t.connection(),
+        }
+    }
+    fn handle_input(&mut self, input: Input, now: Timestamp) {
+        match self {
+            Machine::Plain(c) => c.handle_input(input, now),
+            Machine::Traced(t, _, _) => t.handle_input(input, now),
+        }
+    }
+    fn handle_timeout(&mut self, now: Timestamp) {
+        match self {
+            Machine::Plain(c) => c.handle_timeout(now),
+            Machine::Traced(t, _, _) => t.handle_timeout(now),
+        }
+    }
+    fn poll_output(&mut self) -> Option<Output> {
+        match self {
+            Machine::Plain(c) => c.poll_output(),
+            Machine::Traced(t, _, _) => t.poll_output(),
+        }
+    }
+    fn write_trace(&mut self) -> Result<(), StreamError> {
+        if let Machine::Traced(t, w, path) = self {
+            for r in t.take_records() {
+                writeln!(w, "{}", r.to_line())
+                    .and_then(|_| if matches!(r, TraceRecord::Start { .. }) { w.flush() } else { Ok(()) })
+                    .map_err(|source| StreamError::Trace { path: path.clone(), source })?;
+            }
+        }
+        Ok(())
+    }
+    fn flush_trace(&mut self) -> Result<(), StreamError> {
+        if let Machine::Traced(_, w, path) = self {
+            w.flush().map_err(|source| StreamError::Trace { path: path.clone(), source })?;
+        }
+        Ok(())
+    }
+}
+
+struct Transport {
+    commands: Sender<Command>,
+    task: smol::Task<()>,
+    attempt: u64,
+}
+
+fn wall_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Streams until the duration, the message count, a stop signal, or the core gives up.
+pub async fn stream(cfg: Config, opts: StreamOptions) -> Result<StreamReport, StreamError> {
+    cfg.validate().map_err(|e| StreamError::Config(e.to_string()))?;
+    let settings = TransportSettings::from_config(&cfg)?;
+    let mut recorder = opts.record.then(|| Recorder::new(Path::new(&cfg.stream.out_dir)));
+    let start = Instant::now();
+    let now = || Timestamp::from_millis(start.elapsed().as_millis() as u64);
+    let mut machine = match &opts.trace {
+        None => Machine::Plain(Box::new(Connection::new(&cfg, opts.seed, now()))),
+        Some(path) => {
+            let file = std::fs::File::create(path).map_err(|source| StreamError::Trace { path: path.clone(), source })?;
+            let traced = TracedConnection::new(&cfg, opts.seed, now());
+            Machine::Traced(Box::new(traced), std::io::BufWriter::new(file), path.clone())
+        }
+    };
+    let (events_tx, events_rx) = smol::channel::unbounded::<(TransportId, TransportEvent)>();
+    let mut transports: BTreeMap<TransportId, Transport> = BTreeMap::new();
+    let mut closing: Vec<smol::Task<()>> = Vec::new();
+    let mut report = StreamReport {
+        stats: ConnectionStats::default(),
+        gaps: Vec::new(),
+        disconnects: Vec::new(),
+        opened: Vec::new(),
+        market_events: BTreeMap::new(),
+        rows_written: 0,
+        files: Vec::new(),
+        gave_up: None,
+        cause: StopCause::Signal,
+        elapsed: Duration::ZERO,
+    };
+    let end_at = opts.duration.map(|d| start + d);
+    let mut stopping: Option<Instant> = None;
+    let mut next_flush = start + Duration::from_secs(1);
+    let status_every = opts.status_every.unwrap_or(Duration::from_secs(5));
+    let mut next_status = start + status_every;
+    let mut last_status = (start, 0u64);
+    let terminal = std::io::stderr().is_terminal();
+    let mut total_market = 0u64;
+    let stop_rx = opts.stop.clone();
+
+    loop {
+        // 1. Do what the machine asks.
+        while let Some(out) = machine.poll_output() {
+            match out {
+                Output::Open { id, url } => {
+                    let (cmd_tx, cmd_rx) = smol::channel::unbounded();
+                    let attempt = machine.conn().stats().connect_attempts;
+                    tracing::debug!(transport = %id, attempt, t_ms = now().as_millis(), %url, "opening");
+                    report.opened.push(url.clone());
+                    let task = smol::spawn(transport::run(id, url, settings.clone(), events_tx.clone(), cmd_rx));
+                    transports.insert(id, Transport { commands: cmd_tx, task, attempt });
+                }
+                Output::Send { id, message } => {
+                    if matches!(message, WsMessage::Pong(_)) {
+                        continue; // already answered by tungstenite, see the module docs
+                    }
+                    if let Some(t) = transports.get(&id) {
+                        let _ = t.commands.try_send(Command::Send(message));
+                    }
+                }
+                Output::Close { id, code, reason } => {
+                    if let Some(t) = transports.remove(&id) {
+                        let _ = t.commands.try_send(Command::Close { code, reason });
+                        // A transport still connecting never reads its commands: bound the close.
+                        let task = t.task;
+                        closing.push(smol::spawn(async move {
+                            task.or(async {
+                                smol::Timer::after(Duration::from_secs(2)).await;
+                            })
+                            .await
+                        }));
+                    }
+                }
+                Output::Event(ev) => {
+                    if let Event::Market { stream, event, .. } = &ev {
+                        total_market += 1;
+                        *report.market_events.entry(stream.clone()).or_default() += 1;
+                        if let Some(r) = recorder.as_mut() {
+                            r.record(stream, event, wall_ms())?;
+                        }
+                    } else {
+                        log_event(&ev, &mut report);
+                    }
+                }
+                Output::Gap(g) => {
+                    tracing::warn!(
+                        stream = %g.stream,
+                        first = g.first_missing,
+                        last = g.last_missing,
+                        missing = g.missing(),
+                        kind = ?g.kind,
+                        "gap: ids missing on the stream"
+                    );
+                    report.gaps.push(g);
+                }
+                Output::GaveUp(g) => {
+                    tracing::error!(class = g.class.name(), failures = g.failures, "giving up: {}", g.reason);
+                    report.gave_up = Some(g);
+                }
+            }
+        }
+        machine.write_trace()?;
+        if machine.conn().is_stopped() {
+            break;
+        }
+        if stopping.is_some_and(|s| s.elapsed() > Duration::from_secs(3)) {
+            tracing::warn!("the core did not stop within 3 s of the shutdown request; stopping anyway");
+            break;
+        }
+        if stopping.is_none() && opts.max_messages.is_some_and(|m| total_market >= m) {
+            report.cause = StopCause::MaxMessages;
+            stopping = Some(Instant::now());
+            machine.handle_input(Input::Shutdown, now());
+            continue;
+        }
+
+        // 2. Sleep until something happens.
+        let core_at = machine.conn().poll_timeout().map(|t| start + Duration::from_millis(t.as_millis()));
+        let mut wake_at = next_flush.min(next_status);
+        if let Some(t) = core_at {
+            wake_at = wake_at.min(t);
+        }
+        if let (Some(e), None) = (end_at, stopping) {
+            wake_at = wake_at.min(e);
+        }
+        enum Wake {
+            Transport(Option<(TransportId, TransportEvent)>),
+            Timer,
+            Stop,
+        }
+        let wake = async { Wake::Transport(events_rx.recv().await.ok()) }
+            .or(async {
+                smol::Timer::at(wake_at).await;
+                Wake::Timer
+            })
+            .or(async {
+                match (&stop_rx, stopping) {
+                    (Some(rx), None) => {
+                        let _ = rx.recv().await;
+                        Wake::Stop
+                    }
+                    _ => std::future::pending().await,
+                }
+            })
+            .await;
+
+        // 3. Feed what happened.
+        match wake {
+            Wake::Transport(Some((id, ev))) => {
+                let input = match ev {
+                    TransportEvent::Opened => Input::Opened { id },
+                    TransportEvent::Failed(f) => {
+                        let attempt = transports.remove(&id).map(|t| t.attempt);
+                        tracing::warn!(
+                            transport = %id,
+                            attempt,
+                            t_ms = now().as_millis(),
+                            live = machine.conn().is_live(),
+                            "transport failed: {}",
+                            f.chain
+                        );
+                        Input::Failed { id, error: f.error }
+                    }
+                    TransportEvent::Closed { code, reason } => {
+                        transports.remove(&id);
+                        tracing::info!(transport = %id, t_ms = now().as_millis(), ?code, %reason, "server closed the transport");
+                        Input::Closed { id, code, reason }
+                    }
+                    TransportEvent::Text(text) => Input::Text { id, text },
+                    TransportEvent::Ping(payload) => Input::Ping { id, payload },
+                    TransportEvent::Pong(payload) => Input::Pong { id, payload },
+                };
+                machine.handle_input(input, now());
+            }
+            Wake::Transport(None) => unreachable!("the loop holds a sender"),
+            Wake::Stop => {
+                tracing::info!("stop requested: closing cleanly");
+                report.cause = StopCause::Signal;
+                stopping = Some(Instant::now());
+                machine.handle_input(Input::Shutdown, now());
+            }
+            Wake::Timer => {
+                let t = Instant::now();
+                if core_at.is_some_and(|c| t >= c) {
+                    machine.handle_timeout(now());
+                }
+                if t >= next_flush {
+                    next_flush = t + Duration::from_secs(1);
+                    if let Some(r) = recorder.as_mut() {
+                        r.flush()?;
+                    }
+                    machine.flush_trace()?;
+                }
+                if t >= next_status {
+                    next_status = t + status_every;
+                    let stats = machine.conn().stats();
+                    let rate = (stats.messages - last_status.1) as f64 / t.duration_since(last_status.0).as_secs_f64();
+                    last_status = (t, stats.messages);
+                    let line = format!(
+                        "keel stream: {} | {:.0} msg/s | {} events | {} reconnects | {} gaps ({} ids) | {} malformed | last error: {}",
+                        if machine.conn().is_live() { "live" } else { "down" },
+                        rate,
+                        stats.market_events,
+                        stats.reconnects,
+                        stats.gaps,
+                        stats.missing_ids,
+                        stats.malformed_frames,
+                        stats.last_error.as_deref().unwrap_or("none")
+                    );
+                    if terminal {
+                        eprintln!("{line}");
+                    } else {
+                        tracing::info!("{line}");
+                    }
+                }
+                if stopping.is_none() && end_at.is_some_and(|e| t >= e) {
+                    report.cause = StopCause::Duration;
+                    stopping = Some(Instant::now());
+                    machine.handle_input(Input::Shutdown, now());
+                }
+            }
+        }
+    }
+
+    if report.gave_up.is_some() {
+        report.cause = StopCause::GaveUp;
+    }
+    // Let the close frames go out (each bounded), then drop whatever is left.
+    for t in closing {
+        t.await;
+    }
+    drop(transports);
+    if let Some(r) = recorder.as_mut() {
+        r.flush()?;
+        report.rows_written = r.rows();
+        report.files = r.paths().to_vec();
+    }
+    machine.write_trace()?;
+    machine.flush_trace()?;
+    report.stats = machine.conn().stats().clone();
+    report.elapsed = start.elapsed();
+    Ok(report)
+}
+
+fn log_event(ev: &Event, report: &mut StreamReport) {
+    match ev {
+        Event::Market { .. } => {}
+        Event::Connected { id, attempt } => tracing::info!(transport = %id, attempt, "connected"),
+        Event::Disconnected { id, error, class, diagnosis, retry_in } => {
+            tracing::warn!(transport = %id, class = class.name(), retry_in_ms = retry_in.as_millis() as u64, "disconnected: {error}; {diagnosis}");
+            report.disconnects.push(Disconnect { id: *id, error: error.clone(), class: *class, retry_in: *retry_in });
+        }
+        Event::HeartbeatTimeout { id } => tracing::warn!(transport = %id, "heartbeat timeout: no frame after our ping"),
+        Event::StreamStalled { stream, action } => tracing::warn!(%stream, ?action, "stream stalled"),
+        Event::Malformed { id, error } => tracing::debug!(transport = %id, "malformed frame (counted): {error}"),
+        Event::ServerError { code, msg } => tracing::warn!(code, "server error reply: {msg}"),
+        Event::Rollover { id, reason } => tracing::info!(transport = %id, ?reason, "rollover"),
+    }
+}
+
+/// Flags of `keel stream` (each overrides the config file).
 #[derive(Debug, Clone, Args)]
-pub struct StreamArgs {}
+pub struct StreamArgs {
+    /// Config file (RON); defaults apply to everything it leaves out.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Base URL (`wss://host:port`), e.g. the embedded exchange's.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Streams, comma-separated (e.g. `btcusdt@aggTrade,btcusdt@kline_1m`).
+    #[arg(long, value_delimiter = ',')]
+    pub streams: Option<Vec<String>>,
+    /// An extra trusted root certificate (PEM), e.g. the embedded exchange's `ca.pem`.
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// Output directory for the recorded files.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Stop cleanly after this many seconds.
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Stop cleanly after this many market events.
+    #[arg(long)]
+    pub max_messages: Option<u64>,
+    /// Write the connection stats as JSON to this file at exit.
+    #[arg(long)]
+    pub stats_json: Option<PathBuf>,
+    /// Record every core input and output to this file (RON lines) for `keel-sim replay`.
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
+    /// Seed of the reconnect jitter (default: from the clock).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Do not write market data to disk.
+    #[arg(long)]
+    pub no_record: bool,
+}
 
-/// Runs `keel stream`.
-pub fn run(_args: StreamArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("keel stream is not built yet")
+/// The config file (or defaults) with the flags applied.
+pub fn config_from_args(args: &StreamArgs) -> anyhow::Result<Config> {
+    let mut cfg = match &args.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("cannot read config {}", p.display()))?;
+            Config::from_ron(&text).with_context(|| format!("config {}", p.display()))?
+        }
+        None => Config::default(),
+    };
+    if let Some(u) = &args.url {
+        cfg.stream.url = u.trim_end_matches('/').to_string();
+    }
+    if let Some(s) = &args.streams {
+        cfg.stream.streams = s.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+    }
+    if let Some(c) = &args.ca_file {
+        cfg.tls.ca_file = Some(c.display().to_string());
+    }
+    if let Some(o) = &args.out {
+        cfg.stream.out_dir = o.display().to_string();
+    }
+    cfg.validate().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    Ok(cfg)
+}
+
+/// Runs `keel stream`. Exit codes: 0 clean stop, 2 certificate rejected, 1 anything else.
+pub fn run(args: StreamArgs) -> anyhow::Result<ExitCode> {
+    let cfg = config_from_args(&args)?;
+    if let Some(d) = args.duration.filter(|d| !(d.is_finite() && *d > 0.0)) {
+        anyhow::bail!("--duration must be a positive number of seconds, got {d}");
+    }
+    let (stop_tx, stop_rx) = smol::channel::bounded::<()>(1);
+    // ctrlc's `termination` feature covers SIGTERM too.
+    ctrlc::set_handler(move || {
+        let _ = stop_tx.try_send(());
+    })
+    .context("cannot install the Ctrl-C/SIGTERM handler")?;
+    let seed = args.seed.unwrap_or_else(|| wall_ms() ^ u64::from(std::process::id()));
+    let opts = StreamOptions {
+        seed,
+        duration: args.duration.map(Duration::from_secs_f64),
+        max_messages: args.max_messages,
+        stop: Some(stop_rx),
+        record: !args.no_record,
+        status_every: Some(Duration::from_secs(5)),
+        trace: args.trace.clone(),
+    };
+    tracing::info!(url = %cfg.stream.url, streams = ?cfg.stream.streams, out = %cfg.stream.out_dir, "keel stream starting");
+    let report = smol::block_on(stream(cfg, opts))?;
+    if let Some(p) = &args.stats_json {
+        std::fs::write(p, report.stats.to_json()).with_context(|| format!("cannot write --stats-json {}", p.display()))?;
+    }
+    let s = &report.stats;
+    eprintln!(
+        "keel stream: {} market events, {} rows in {} files, {} reconnects, {} gaps ({} ids missing), {} malformed, {:.1}s",
+        s.market_events,
+        report.rows_written,
+        report.files.len(),
+        s.reconnects,
+        s.gaps,
+        s.missing_ids,
+        s.malformed_frames,
+        report.elapsed.as_secs_f64()
+    );
+    match &report.gave_up {
+        None => Ok(ExitCode::SUCCESS),
+        Some(g) if matches!(g.error, TransportError::CertificateRejected(_)) => {
+            eprintln!("keel: error: the server certificate was rejected: {}", g.error);
+            eprintln!("keel: {}", g.reason);
+            Ok(ExitCode::from(2))
+        }
+        Some(g) => {
+            eprintln!("keel: error: gave up after {} consecutive failures: {}", g.failures, g.reason);
+            Ok(ExitCode::from(1))
+        }
+    }
 }

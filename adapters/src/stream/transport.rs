@@ -1,0 +1,384 @@
+//! One transport: TCP connect, TLS (always verified), WebSocket upgrade, then frames both ways.
+//!
+//! Every failure is mapped onto the core's [`TransportError`] together with the full text of its
+//! source chain; the stream loop logs that chain once, with the transport id and attempt.
+
+use async_native_tls::TlsStream;
+use async_tungstenite::WebSocketStream;
+use async_tungstenite::tungstenite::client::IntoClientRequest;
+use async_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
+use async_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use async_tungstenite::tungstenite::{self, Message};
+use futures_util::StreamExt;
+use keel_core::classify::TransportError;
+use keel_core::config::{Config, TlsVersion};
+use keel_core::connection::{TransportId, WsMessage};
+use smol::channel::{Receiver, Sender};
+use smol::future::FutureExt;
+use smol::net::TcpStream;
+use std::error::Error as StdError;
+use std::time::Duration;
+
+/// The client side of a connected WebSocket.
+pub type Ws = WebSocketStream<TlsStream<TcpStream>>;
+
+/// TLS and WebSocket settings shared by every transport of a run.
+#[derive(Clone)]
+pub struct TransportSettings {
+    connector: async_native_tls::TlsConnector,
+    ws_config: WebSocketConfig,
+}
+
+/// Settings that cannot be used (unreadable CA file, bad PEM).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SettingsError {
+    /// The CA file could not be read.
+    #[error("cannot read the CA file {path} (--ca-file / tls.ca_file): {why}")]
+    CaUnreadable {
+        /// The path.
+        path: String,
+        /// Why.
+        why: String,
+    },
+    /// The CA file holds no usable PEM certificate.
+    #[error("the CA file {path} (--ca-file / tls.ca_file) holds no valid PEM certificate: {why}")]
+    CaInvalid {
+        /// The path.
+        path: String,
+        /// Why.
+        why: String,
+    },
+}
+
+impl TransportSettings {
+    /// Builds the TLS connector (minimum version, extra root from `tls.ca_file`; host names and
+    /// certificates always verified) and the WebSocket limits from `config`.
+    pub fn from_config(config: &Config) -> Result<TransportSettings, SettingsError> {
+        let min = match config.tls.min_version {
+            TlsVersion::Tls12 => native_tls::Protocol::Tlsv12,
+            TlsVersion::Tls13 => native_tls::Protocol::Tlsv13,
+        };
+        let mut connector = async_native_tls::TlsConnector::new().min_protocol_version(Some(min));
+        if let Some(path) = &config.tls.ca_file {
+            let pem = std::fs::read(path)
+                .map_err(|e| SettingsError::CaUnreadable { path: path.clone(), why: e.to_string() })?;
+            let certs = native_tls::Certificate::stack_from_pem(&pem)
+                .map_err(|e| SettingsError::CaInvalid { path: path.clone(), why: e.to_string() })?;
+            if certs.is_empty() {
+                return Err(SettingsError::CaInvalid { path: path.clone(), why: "no certificate in the file".into() });
+            }
+            for c in certs {
+                connector = connector.add_root_certificate(c);
+            }
+        }
+        let max = usize::try_from(config.stream.max_message_bytes).unwrap_or(usize::MAX);
+        let ws_config = WebSocketConfig::default().max_message_size(Some(max)).max_frame_size(Some(max));
+        Ok(TransportSettings { connector, ws_config })
+    }
+}
+
+/// A transport error with the text of its whole source chain, for the log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    /// The core's view of the error.
+    pub error: TransportError,
+    /// `error: source: source...`, as the libraries reported it.
+    pub chain: String,
+}
+
+/// `e: its source: its source...`.
+pub fn chain(e: &(dyn StdError + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+/// Maps TLS library text (OpenSSL's reason strings) to a class, or None when it says nothing specific.
+fn from_tls_text(text: &str) -> Option<TransportError> {
+    let l = text.to_ascii_lowercase();
+    if l.contains("certificate verify failed")
+        || l.contains("hostname mismatch")
+        || l.contains("certificate has expired")
+        || l.contains("self-signed certificate")
+        || l.contains("self signed certificate")
+        || l.contains("unable to get local issuer certificate")
+        || l.contains("ip address mismatch")
+    {
+        return Some(TransportError::CertificateRejected(text.to_string()));
+    }
+    if l.contains("unexpected eof") {
+        return Some(TransportError::UnexpectedEof(text.to_string()));
+    }
+    if l.contains("bad record mac") || l.contains("decryption failed or bad record mac") {
+        return Some(TransportError::BadRecordMac(text.to_string()));
+    }
+    None
+}
+
+/// Maps an IO error (which may carry a TLS error inside) to a [`TransportError`].
+pub fn map_io(e: &std::io::Error) -> TransportError {
+    use std::io::ErrorKind as K;
+    let text = chain(e);
+    if let Some(t) = from_tls_text(&text) {
+        return t;
+    }
+    match e.kind() {
+        K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe => TransportError::Reset(text),
+        K::ConnectionRefused => TransportError::Refused(text),
+        K::TimedOut => TransportError::Timeout(text),
+        K::UnexpectedEof => TransportError::UnexpectedEof(text),
+        _ => TransportError::Io(text),
+    }
+}
+
+/// Maps a TLS handshake error.
+pub fn map_tls(e: &native_tls::Error) -> TransportError {
+    let text = chain(e);
+    from_tls_text(&text).unwrap_or(TransportError::TlsHandshake(text))
+}
+
+/// Maps a tungstenite error (upgrade or an open socket).
+pub fn map_ws(e: &tungstenite::Error) -> TransportError {
+    use tungstenite::Error as W;
+    match e {
+        W::Http(resp) => {
+            let retry_after = resp
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            TransportError::HttpStatus { status: resp.status().as_u16(), retry_after }
+        }
+        W::Io(io) => map_io(io),
+        W::Tls(t) => {
+            let text = chain(t);
+            from_tls_text(&text).unwrap_or(TransportError::TlsHandshake(text))
+        }
+        W::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
+            TransportError::MessageTooLarge { size: *size as u64, max: *max_size as u64 }
+        }
+        W::Capacity(c) => TransportError::Protocol(format!("capacity exceeded: {c}")),
+        W::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+            TransportError::Reset("the stream ended without a WebSocket close frame".into())
+        }
+        W::Url(u) => TransportError::InvalidUrl(u.to_string()),
+        W::ConnectionClosed | W::AlreadyClosed => TransportError::Io(e.to_string()),
+        other => TransportError::Protocol(chain(other)),
+    }
+}
+
+/// Host and port of a `wss://` URL; anything else is an invalid URL (keel never speaks plain `ws://`).
+pub fn host_port(url: &str) -> Result<(String, u16), TransportError> {
+    let req = url.into_client_request().map_err(|e| TransportError::InvalidUrl(format!("{url}: {e}")))?;
+    let uri = req.uri();
+    if uri.scheme_str() != Some("wss") {
+        return Err(TransportError::InvalidUrl(format!("{url}: only wss:// is supported (TLS is mandatory)")));
+    }
+    let host = uri.host().ok_or_else(|| TransportError::InvalidUrl(format!("{url}: no host")))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    Ok((host, uri.port_u16().unwrap_or(443)))
+}
+
+/// TCP connect, TLS handshake (host name and chain verified), WebSocket upgrade.
+pub async fn connect(url: &str, settings: &TransportSettings) -> Result<Ws, Failure> {
+    let fail = |error: TransportError, chain: String| Failure { error, chain };
+    let (host, port) = host_port(url).map_err(|e| fail(e.clone(), e.to_string()))?;
+    let addrs = smol::net::resolve((host.as_str(), port))
+        .await
+        .map_err(|e| fail(TransportError::Dns(format!("{host}: {e}")), format!("resolving {host}: {}", chain(&e))))?;
+    if addrs.is_empty() {
+        return Err(fail(TransportError::Dns(format!("{host}: no address")), format!("{host} resolved to nothing")));
+    }
+    let tcp = TcpStream::connect(&addrs[..]).await.map_err(|e| fail(map_io(&e), format!("TCP connect to {host}:{port}: {}", chain(&e))))?;
+    let _ = tcp.set_nodelay(true);
+    let tls = settings
+        .connector
+        .connect(host.as_str(), tcp)
+        .await
+        .map_err(|e| fail(map_tls(&e), format!("TLS handshake with {host}:{port}: {}", chain(&e))))?;
+    let (ws, _resp) = async_tungstenite::client_async_with_config(url, tls, Some(settings.ws_config))
+        .await
+        .map_err(|e| fail(map_ws(&e), format!("WebSocket upgrade at {url}: {}", chain(&e))))?;
+    Ok(ws)
+}
+
+/// What a transport task reports to the stream loop.
+#[derive(Debug)]
+pub enum TransportEvent {
+    /// Connected and upgraded.
+    Opened,
+    /// Connecting failed or the open transport broke.
+    Failed(Failure),
+    /// The server sent a close frame.
+    Closed {
+        /// Its code.
+        code: Option<u16>,
+        /// Its reason.
+        reason: String,
+    },
+    /// A text frame.
+    Text(String),
+    /// A server ping (tungstenite has already queued the pong with the same payload).
+    Ping(Vec<u8>),
+    /// A pong.
+    Pong(Vec<u8>),
+}
+
+/// What the stream loop tells a transport task.
+#[derive(Debug)]
+pub enum Command {
+    /// Send a message.
+    Send(WsMessage),
+    /// Send a close frame and end.
+    Close {
+        /// Close code.
+        code: u16,
+        /// Reason.
+        reason: String,
+    },
+}
+
+/// Runs transport `id`: connects to `url`, then moves frames until it fails, is closed, or is told to close.
+pub async fn run(
+    id: TransportId,
+    url: String,
+    settings: TransportSettings,
+    events: Sender<(TransportId, TransportEvent)>,
+    commands: Receiver<Command>,
+) {
+    let report = |ev: TransportEvent| {
+        let events = events.clone();
+        async move {
+            let _ = events.send((id, ev)).await;
+        }
+    };
+    let mut ws = match connect(&url, &settings).await {
+        Ok(ws) => ws,
+        Err(f) => return report(TransportEvent::Failed(f)).await,
+    };
+    report(TransportEvent::Opened).await;
+    enum Wake {
+        Read(Option<Result<Message, tungstenite::Error>>),
+        Cmd(Option<Command>),
+    }
+    let mut closed_by_server = false;
+    loop {
+        let wake = async { Wake::Read(ws.next().await) }.or(async { Wake::Cmd(commands.recv().await.ok()) }).await;
+        match wake {
+            Wake::Read(Some(Ok(msg))) => match msg {
+                Message::Text(t) => report(TransportEvent::Text(t.as_str().to_string())).await,
+                Message::Ping(p) => {
+                    // tungstenite queued the pong with the same payload; make sure it goes out now.
+                    let _ = futures_util::SinkExt::flush(&mut ws).await;
+                    report(TransportEvent::Ping(p.to_vec())).await
+                }
+                Message::Pong(p) => report(TransportEvent::Pong(p.to_vec())).await,
+                Message::Close(frame) => {
+                    closed_by_server = true;
+                    let (code, reason) = match frame {
+                        Some(f) => (Some(u16::from(f.code)), f.reason.as_str().to_string()),
+                        None => (None, String::new()),
+                    };
+                    report(TransportEvent::Closed { code, reason }).await;
+                    // tungstenite answers the close; read until the server ends the stream (bounded).
+                    let drain = async { while let Some(Ok(_)) = ws.next().await {} };
+                    drain
+                        .or(async {
+                            smol::Timer::after(Duration::from_secs(1)).await;
+                        })
+                        .await;
+                    return;
+                }
+                Message::Binary(_) | Message::Frame(_) => {}
+            },
+            Wake::Read(Some(Err(e))) => {
+                let error = map_ws(&e);
+                return report(TransportEvent::Failed(Failure { error, chain: chain(&e) })).await;
+            }
+            Wake::Read(None) => {
+                if !closed_by_server {
+                    let error = TransportError::Reset("the stream ended without a WebSocket close frame".into());
+                    report(TransportEvent::Failed(Failure { chain: error.to_string(), error })).await;
+                }
+                return;
+            }
+            Wake::Cmd(Some(Command::Send(m))) => {
+                let msg = match m {
+                    WsMessage::Text(t) => Message::text(t),
+                    WsMessage::Ping(p) => Message::Ping(p.into()),
+                    WsMessage::Pong(p) => Message::Pong(p.into()),
+                };
+                if let Err(e) = ws.send(msg).await {
+                    let error = map_ws(&e);
+                    return report(TransportEvent::Failed(Failure { error, chain: chain(&e) })).await;
+                }
+            }
+            Wake::Cmd(Some(Command::Close { code, reason })) => {
+                let frame = CloseFrame { code: code.into(), reason: reason.into() };
+                let close = async {
+                    let _ = ws.close(Some(frame)).await;
+                    while let Some(Ok(_)) = ws.next().await {}
+                };
+                close
+                    .or(async {
+                        smol::Timer::after(Duration::from_secs(1)).await;
+                    })
+                    .await;
+                return;
+            }
+            // The stream loop dropped us: nothing to report to.
+            Wake::Cmd(None) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+
+    #[test]
+    fn io_errors_map_to_their_class() {
+        let table = [
+            (io::Error::new(io::ErrorKind::ConnectionReset, "reset by peer"), "Reset"),
+            (io::Error::new(io::ErrorKind::ConnectionRefused, "refused"), "Refused"),
+            (io::Error::new(io::ErrorKind::TimedOut, "slow"), "Timeout"),
+            (io::Error::other("error:0A000126:SSL routines::unexpected eof while reading"), "UnexpectedEof"),
+            (io::Error::other("error:0A000119:SSL routines::decryption failed or bad record mac"), "BadRecordMac"),
+            (io::Error::other("certificate verify failed: unable to get local issuer certificate"), "CertificateRejected"),
+            (io::Error::other("something else"), "Io"),
+        ];
+        for (e, name) in table {
+            let mapped = format!("{:?}", map_io(&e));
+            assert!(mapped.starts_with(name), "{e} -> {mapped}");
+        }
+    }
+
+    #[test]
+    fn http_rejections_keep_status_and_retry_after() {
+        let resp = tungstenite::http::Response::builder().status(429).header("Retry-After", "7").body(None).unwrap();
+        assert_eq!(
+            map_ws(&tungstenite::Error::Http(Box::new(resp))),
+            TransportError::HttpStatus { status: 429, retry_after: Some(Duration::from_secs(7)) }
+        );
+        let too_big = tungstenite::Error::Capacity(CapacityError::MessageTooLong { size: 20, max_size: 10 });
+        assert_eq!(map_ws(&too_big), TransportError::MessageTooLarge { size: 20, max: 10 });
+    }
+
+    #[test]
+    fn only_wss_urls_are_accepted() {
+        assert_eq!(host_port("wss://stream.binance.com:9443/stream?streams=a").unwrap(), ("stream.binance.com".into(), 9443));
+        assert_eq!(host_port("wss://localhost/ws").unwrap(), ("localhost".into(), 443));
+        assert!(matches!(host_port("ws://localhost:1/ws"), Err(TransportError::InvalidUrl(_))));
+        assert!(matches!(host_port("not a url"), Err(TransportError::InvalidUrl(_))));
+    }
+}
