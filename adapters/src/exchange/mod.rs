@@ -95,6 +95,8 @@ pub struct ConnectionInfo {
     pub subscriptions: Vec<String>,
     /// How it ended, once it did.
     pub ended: Option<String>,
+    /// When it was accepted, in ms since the exchange started (real time, not the market clock).
+    pub accepted_ms: u64,
 }
 
 /// The embedded exchange.

@@ -552,9 +552,11 @@ pub fn run(args: StreamArgs) -> anyhow::Result<ExitCode> {
     );
     match &report.gave_up {
         None => Ok(ExitCode::SUCCESS),
-        Some(g) if matches!(g.error, TransportError::CertificateRejected(_)) => {
-            eprintln!("keel: error: the server certificate was rejected: {}", g.error);
-            eprintln!("keel: {}", g.reason);
+        Some(GiveUp { error: TransportError::CertificateRejected(why), .. }) => {
+            eprintln!("keel: error: the server certificate was rejected: {why}");
+            eprintln!(
+                "keel: not retrying (keel never disables verification); for a private or test endpoint pass its CA with --ca-file or tls.ca_file"
+            );
             Ok(ExitCode::from(2))
         }
         Some(g) => {

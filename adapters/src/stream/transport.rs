@@ -25,7 +25,7 @@ pub type Ws = WebSocketStream<TlsStream<TcpStream>>;
 /// TLS and WebSocket settings shared by every transport of a run.
 #[derive(Clone)]
 pub struct TransportSettings {
-    connector: async_native_tls::TlsConnector,
+    connector: std::sync::Arc<async_native_tls::TlsConnector>,
     ws_config: WebSocketConfig,
 }
 
@@ -73,7 +73,7 @@ impl TransportSettings {
         }
         let max = usize::try_from(config.stream.max_message_bytes).unwrap_or(usize::MAX);
         let ws_config = WebSocketConfig::default().max_message_size(Some(max)).max_frame_size(Some(max));
-        Ok(TransportSettings { connector, ws_config })
+        Ok(TransportSettings { connector: std::sync::Arc::new(connector), ws_config })
     }
 }
 
@@ -270,7 +270,6 @@ pub async fn run(
         Read(Option<Result<Message, tungstenite::Error>>),
         Cmd(Option<Command>),
     }
-    let mut closed_by_server = false;
     loop {
         let wake = async { Wake::Read(ws.next().await) }.or(async { Wake::Cmd(commands.recv().await.ok()) }).await;
         match wake {
@@ -283,7 +282,6 @@ pub async fn run(
                 }
                 Message::Pong(p) => report(TransportEvent::Pong(p.to_vec())).await,
                 Message::Close(frame) => {
-                    closed_by_server = true;
                     let (code, reason) = match frame {
                         Some(f) => (Some(u16::from(f.code)), f.reason.as_str().to_string()),
                         None => (None, String::new()),
@@ -305,11 +303,8 @@ pub async fn run(
                 return report(TransportEvent::Failed(Failure { error, chain: chain(&e) })).await;
             }
             Wake::Read(None) => {
-                if !closed_by_server {
-                    let error = TransportError::Reset("the stream ended without a WebSocket close frame".into());
-                    report(TransportEvent::Failed(Failure { chain: error.to_string(), error })).await;
-                }
-                return;
+                let error = TransportError::Reset("the stream ended without a WebSocket close frame".into());
+                return report(TransportEvent::Failed(Failure { chain: error.to_string(), error })).await;
             }
             Wake::Cmd(Some(Command::Send(m))) => {
                 let msg = match m {
