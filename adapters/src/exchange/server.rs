@@ -294,9 +294,15 @@ fn set_linger_zero(tcp: &TcpStream) {
 
 async fn serve(shared: Arc<Shared>, tcp: TcpStream, k: u64) {
     let faults = lock(&shared.next_faults).pop_front().unwrap_or_else(|| shared.cfg.faults.faults_for(k));
-    lock(&shared.log)
-        .connections
-        .insert(k, ConnectionInfo { index: k, faults: faults.clone(), ..ConnectionInfo::default() });
+    lock(&shared.log).connections.insert(
+        k,
+        ConnectionInfo {
+            index: k,
+            faults: faults.clone(),
+            accepted_ms: shared.clock.start.elapsed().as_millis() as u64,
+            ..ConnectionInfo::default()
+        },
+    );
     let ending = serve_inner(&shared, tcp, k, faults).await;
     lock(&shared.conns).remove(&k);
     tracing::debug!(conn = k, "exchange: connection ended: {ending:?}");

@@ -198,7 +198,8 @@ pub async fn stream(cfg: Config, opts: StreamOptions) -> Result<StreamReport, St
     let mut machine = match &opts.trace {
         None => Machine::Plain(Box::new(Connection::new(&cfg, opts.seed, now()))),
         Some(path) => {
-            let file = std::fs::File::create(path).map_err(|source| StreamError::Trace { path: path.clone(), source })?;
+            let file =
+                std::fs::File::create(path).map_err(|source| StreamError::Trace { path: path.clone(), source })?;
             let traced = TracedConnection::new(&cfg, opts.seed, now());
             Machine::Traced(Box::new(traced), std::io::BufWriter::new(file), path.clone())
         }
@@ -536,7 +537,8 @@ pub fn run(args: StreamArgs) -> anyhow::Result<ExitCode> {
     tracing::info!(url = %cfg.stream.url, streams = ?cfg.stream.streams, out = %cfg.stream.out_dir, "keel stream starting");
     let report = smol::block_on(stream(cfg, opts))?;
     if let Some(p) = &args.stats_json {
-        std::fs::write(p, report.stats.to_json()).with_context(|| format!("cannot write --stats-json {}", p.display()))?;
+        std::fs::write(p, report.stats.to_json())
+            .with_context(|| format!("cannot write --stats-json {}", p.display()))?;
     }
     let s = &report.stats;
     eprintln!(

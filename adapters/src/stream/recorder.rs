@@ -45,9 +45,7 @@ pub fn header(event: &MarketEvent) -> &'static str {
             "event_time,agg_id,price,quantity,first_trade_id,last_trade_id,trade_time,buyer_is_maker"
         }
         MarketEvent::Trade(_) => "event_time,trade_id,price,quantity,trade_time,buyer_is_maker",
-        MarketEvent::Kline(_) => {
-            "event_time,open_time,close_time,interval,open,high,low,close,volume,trades,is_closed"
-        }
+        MarketEvent::Kline(_) => "event_time,open_time,close_time,interval,open,high,low,close,volume,trades,is_closed",
         MarketEvent::Depth(_) => "event_time,first_update_id,final_update_id,bids,asks",
         MarketEvent::BookTicker(_) => "update_id,bid_price,bid_qty,ask_price,ask_qty",
         MarketEvent::PartialDepth(_) => "last_update_id,bids,asks",
@@ -112,11 +110,9 @@ pub fn row(event: &MarketEvent) -> String {
             levels(&mut s, &d.asks);
             Ok(())
         }
-        MarketEvent::BookTicker(t) => write!(
-            s,
-            "{},{},{},{},{}",
-            t.update_id, t.best_bid_price, t.best_bid_qty, t.best_ask_price, t.best_ask_qty
-        ),
+        MarketEvent::BookTicker(t) => {
+            write!(s, "{},{},{},{},{}", t.update_id, t.best_bid_price, t.best_bid_qty, t.best_ask_price, t.best_ask_qty)
+        }
         MarketEvent::PartialDepth(d) => {
             let _ = write!(s, "{},", d.last_update_id);
             levels(&mut s, &d.bids);
@@ -192,7 +188,8 @@ impl Recorder {
         let len = file.metadata().map_err(|source| RecorderError::Open { path: path.clone(), source })?.len();
         let mut writer = BufWriter::with_capacity(64 * 1024, file);
         if len == 0 {
-            writeln!(writer, "{}", header(event)).map_err(|source| RecorderError::Write { path: path.clone(), source })?;
+            writeln!(writer, "{}", header(event))
+                .map_err(|source| RecorderError::Write { path: path.clone(), source })?;
         }
         if !self.paths.contains(&path) {
             self.paths.push(path.clone());
@@ -242,7 +239,8 @@ mod tests {
     const AGG: &str = r#"{"e":"aggTrade","E":1672515782136,"s":"BNBBTC","a":12345,"p":"0.00100000","q":"100","f":100,"l":105,"T":1672515782136,"m":true,"M":true}"#;
     const KLINE: &str = r#"{"e":"kline","E":1672515782136,"s":"BNBBTC","k":{"t":1672515780000,"T":1672515839999,"s":"BNBBTC","i":"1m","f":100,"L":200,"o":"0.0010","c":"0.0020","h":"0.0025","l":"0.0015","v":"1000","n":100,"x":false,"q":"1.0000","V":"500","Q":"0.500","B":"123456"}}"#;
     const DEPTH: &str = r#"{"e":"depthUpdate","E":1672515782136,"s":"BNBBTC","U":157,"u":160,"b":[["0.0024","10"],["0.0023","5"]],"a":[["0.0026","100"]]}"#;
-    const BOOK: &str = r#"{"u":400900217,"s":"BNBUSDT","b":"25.35190000","B":"31.21000000","a":"25.36520000","A":"40.66000000"}"#;
+    const BOOK: &str =
+        r#"{"u":400900217,"s":"BNBUSDT","b":"25.35190000","B":"31.21000000","a":"25.36520000","A":"40.66000000"}"#;
 
     #[test]
     fn rows_follow_the_documented_columns() {

@@ -198,7 +198,9 @@ pub async fn connect(url: &str, settings: &TransportSettings) -> Result<Ws, Fail
     if addrs.is_empty() {
         return Err(fail(TransportError::Dns(format!("{host}: no address")), format!("{host} resolved to nothing")));
     }
-    let tcp = TcpStream::connect(&addrs[..]).await.map_err(|e| fail(map_io(&e), format!("TCP connect to {host}:{port}: {}", chain(&e))))?;
+    let tcp = TcpStream::connect(&addrs[..])
+        .await
+        .map_err(|e| fail(map_io(&e), format!("TCP connect to {host}:{port}: {}", chain(&e))))?;
     let _ = tcp.set_nodelay(true);
     let tls = settings
         .connector
@@ -349,7 +351,10 @@ mod tests {
             (io::Error::new(io::ErrorKind::TimedOut, "slow"), "Timeout"),
             (io::Error::other("error:0A000126:SSL routines::unexpected eof while reading"), "UnexpectedEof"),
             (io::Error::other("error:0A000119:SSL routines::decryption failed or bad record mac"), "BadRecordMac"),
-            (io::Error::other("certificate verify failed: unable to get local issuer certificate"), "CertificateRejected"),
+            (
+                io::Error::other("certificate verify failed: unable to get local issuer certificate"),
+                "CertificateRejected",
+            ),
             (io::Error::other("something else"), "Io"),
         ];
         for (e, name) in table {
@@ -371,7 +376,10 @@ mod tests {
 
     #[test]
     fn only_wss_urls_are_accepted() {
-        assert_eq!(host_port("wss://stream.binance.com:9443/stream?streams=a").unwrap(), ("stream.binance.com".into(), 9443));
+        assert_eq!(
+            host_port("wss://stream.binance.com:9443/stream?streams=a").unwrap(),
+            ("stream.binance.com".into(), 9443)
+        );
         assert_eq!(host_port("wss://localhost/ws").unwrap(), ("localhost".into(), 443));
         assert!(matches!(host_port("ws://localhost:1/ws"), Err(TransportError::InvalidUrl(_))));
         assert!(matches!(host_port("not a url"), Err(TransportError::InvalidUrl(_))));
