@@ -36,7 +36,7 @@
 //! ```
 
 use crate::config::ScalerConfig;
-use crate::scaler::{LossScaler, ScaleReset, StepDecision};
+use crate::scaler::{InvariantViolation, LossScaler, ScaleReset, StepDecision};
 use crate::stats::training::{EpochAnomaly, EpochSummary, TrainingStats};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -538,6 +538,11 @@ impl ScalerDriver {
     /// A snapshot of the run so far.
     pub fn stats(&self) -> TrainingStats {
         self.monitor.stats()
+    }
+
+    /// The scaler's invariants (for the simulator, after every step).
+    pub fn check_invariants(&self) -> Result<(), InvariantViolation> {
+        self.scaler.check_invariants()
     }
 
     fn apply_resets(&mut self, events: &[MonitorEvent]) -> Option<ScaleReset> {

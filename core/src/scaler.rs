@@ -79,6 +79,49 @@ pub struct ScaleReset {
     pub after: f64,
 }
 
+/// A broken scaler invariant (found by [`LossScaler::check_invariants`]; a bug, never expected).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InvariantViolation {
+    /// The scale left `[min_scale, max_scale]` or is not a positive finite number.
+    #[error("loss scale {scale:?} is outside [{min:?}, {max:?}] or not finite and > 0")]
+    ScaleOutOfBounds {
+        /// The scale.
+        scale: f64,
+        /// `min_scale`.
+        min: f64,
+        /// `max_scale`.
+        max: f64,
+    },
+    /// The scale is finite in f64 but inf or 0 as f32.
+    #[error("loss scale {scale:?} is not a positive finite f32")]
+    ScaleNotF32 {
+        /// The scale.
+        scale: f64,
+    },
+    /// The growth counter reached the interval without a growth.
+    #[error("growth tracker {tracker} >= growth_interval {interval}")]
+    GrowthTracker {
+        /// The counter.
+        tracker: u32,
+        /// `growth_interval`.
+        interval: u32,
+    },
+    /// More hysteresis allowance than configured.
+    #[error("hysteresis allowance {left} > hysteresis {hysteresis}")]
+    Hysteresis {
+        /// The allowance.
+        left: u32,
+        /// `hysteresis`.
+        hysteresis: u32,
+    },
+    /// The reset target is outside the bounds.
+    #[error("reset scale {reset:?} is outside [min_scale, max_scale]")]
+    ResetScale {
+        /// The reset target.
+        reset: f64,
+    },
+}
+
 /// Dynamic loss scaler. Checkpointable: serialize it with the weights and a resumed run continues
 /// with the same scale and counters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -111,6 +154,7 @@ impl LossScaler {
         let min_scale = pick(cfg.min_scale, cfg.min_scale.is_finite() && cfg.min_scale > 0.0, d.min_scale);
         let max_ok = cfg.max_scale.is_finite() && cfg.max_scale >= min_scale;
         let max_scale = pick(cfg.max_scale, max_ok, d.max_scale.max(min_scale));
+        let (min_scale, max_scale) = f32_range(min_scale, max_scale);
         let resolve = |c: ScaleChoice| match c {
             ScaleChoice::Fixed(x) if x.is_finite() && x > 0.0 => x,
             _ => init_scale_for(param_count),
@@ -149,6 +193,37 @@ impl LossScaler {
     /// backward, and divide the gradients by it before clipping and stepping.
     pub fn scale(&self) -> f64 {
         self.scale
+    }
+
+    /// [`LossScaler::scale`] as f32, for multiplying an f32 loss: always finite and > 0, because
+    /// the bounds are kept inside f32's normal range.
+    pub fn scale_f32(&self) -> f32 {
+        self.scale as f32
+    }
+
+    /// Checks the invariants the simulator asserts after every step: the scale is finite, > 0
+    /// and within `[min_scale, max_scale]`, the counters are within their configured ranges.
+    pub fn check_invariants(&self) -> Result<(), InvariantViolation> {
+        let s = self.scale;
+        if !(s.is_finite() && s > 0.0 && s >= self.min_scale && s <= self.max_scale) {
+            return Err(InvariantViolation::ScaleOutOfBounds { scale: s, min: self.min_scale, max: self.max_scale });
+        }
+        if !(self.scale_f32().is_finite() && self.scale_f32() > 0.0) {
+            return Err(InvariantViolation::ScaleNotF32 { scale: s });
+        }
+        if self.growth_tracker >= self.growth_interval {
+            return Err(InvariantViolation::GrowthTracker {
+                tracker: self.growth_tracker,
+                interval: self.growth_interval,
+            });
+        }
+        if self.hysteresis_left > self.hysteresis {
+            return Err(InvariantViolation::Hysteresis { left: self.hysteresis_left, hysteresis: self.hysteresis });
+        }
+        if self.reset_scale < self.min_scale || self.reset_scale > self.max_scale {
+            return Err(InvariantViolation::ResetScale { reset: self.reset_scale });
+        }
+        Ok(())
     }
 
     /// Reports whether the gradients of the step just computed hold inf/NaN. Returns whether to
@@ -226,6 +301,7 @@ impl LossScaler {
         if !(self.max_scale.is_finite() && self.max_scale >= self.min_scale) {
             self.max_scale = defaults.max_scale.max(self.min_scale);
         }
+        (self.min_scale, self.max_scale) = f32_range(self.min_scale, self.max_scale);
         if !(self.growth_factor.is_finite() && self.growth_factor > 1.0) {
             self.growth_factor = defaults.growth_factor;
         }
@@ -233,6 +309,7 @@ impl LossScaler {
             self.backoff_factor = defaults.backoff_factor;
         }
         self.growth_interval = self.growth_interval.max(1);
+        self.growth_tracker = self.growth_tracker.min(self.growth_interval - 1);
         self.hysteresis = self.hysteresis.max(1);
         self.hysteresis_left = self.hysteresis_left.min(self.hysteresis);
         self.reset_scale = clamp(self.reset_scale, self.min_scale, self.max_scale);
@@ -242,6 +319,34 @@ impl LossScaler {
             self.reset_scale
         };
         self
+    }
+}
+
+/// Narrows `[min, max]` to positive normal f32 values: the trainer multiplies an f32 loss by the
+/// scale, and a scale of 1e300 would be inf there (and 1e-300 would be 0) although finite in f64.
+fn f32_range(min: f64, max: f64) -> (f64, f64) {
+    let lo = f64::from(f32::MIN_POSITIVE);
+    let hi = f64::from(f32::MAX);
+    let min = min.clamp(lo, hi);
+    (min, max.clamp(min, hi))
+}
+
+/// One line for the training log: the chosen configuration and the current state.
+impl std::fmt::Display for LossScaler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "loss scale {} (x{} after {} clean steps, x{} on overflow{}, within [{}, {}], reset to {}; growth counter {})",
+            self.scale,
+            self.growth_factor,
+            self.growth_interval,
+            self.backoff_factor,
+            if self.hysteresis > 1 { format!(" after {} overflows", self.hysteresis) } else { String::new() },
+            self.min_scale,
+            self.max_scale,
+            self.reset_scale,
+            self.growth_tracker,
+        )
     }
 }
 
@@ -338,6 +443,52 @@ mod tests {
         let mut s = LossScaler::new(&c, 0);
         let got: Vec<f64> = run(&mut s, &flags("0000111100")).into_iter().map(|x| x.1).collect();
         assert_eq!(got, [8.0, 8.0, 8.0, 8.0, 4.0, 2.0, 2.0, 2.0, 4.0, 8.0]);
+    }
+
+    #[test]
+    fn bounds_stay_inside_f32() {
+        let c = ScalerConfig {
+            init_scale: ScaleChoice::Fixed(1e300),
+            min_scale: 1e-300,
+            max_scale: 1e300,
+            growth_interval: 1,
+            ..ScalerConfig::default()
+        };
+        let mut s = LossScaler::new(&c, 0);
+        assert_eq!(s.scale(), f64::from(f32::MAX));
+        assert!(s.scale_f32().is_finite());
+        let _ = s.update(false);
+        assert_eq!(s.scale_f32(), f32::MAX);
+        for _ in 0..2000 {
+            let _ = s.update(true);
+        }
+        assert_eq!(s.scale_f32(), f32::MIN_POSITIVE);
+        assert_eq!(s.check_invariants(), Ok(()));
+    }
+
+    #[test]
+    fn invariant_violations_are_reported() {
+        let mut s = LossScaler::new(&cfg(1024.0, 2.0, 0.5, 4), 0);
+        assert_eq!(s.check_invariants(), Ok(()));
+        s.scale = f64::NAN;
+        assert!(matches!(s.check_invariants(), Err(InvariantViolation::ScaleOutOfBounds { .. })));
+        s.scale = 1024.0;
+        s.growth_tracker = 4;
+        assert_eq!(s.check_invariants(), Err(InvariantViolation::GrowthTracker { tracker: 4, interval: 4 }));
+        assert_eq!(s.clone().sanitized().check_invariants(), Ok(()));
+    }
+
+    #[test]
+    fn display_names_the_config() {
+        let mut c = cfg(1024.0, 2.0, 0.5, 4);
+        c.hysteresis = 2;
+        c.reset_scale = ScaleChoice::Fixed(512.0);
+        let s = LossScaler::new(&c, 0);
+        assert_eq!(
+            s.to_string(),
+            "loss scale 1024 (x2 after 4 clean steps, x0.5 on overflow after 2 overflows, within [1, 16777216], \
+             reset to 512; growth counter 0)"
+        );
     }
 
     #[test]
@@ -550,7 +701,7 @@ mod tests {
                     skipped += 1;
                 }
                 let x = s.scale();
-                if !(x.is_finite() && x >= min && x <= max) {
+                if !(x.is_finite() && x >= min && x <= max) || s.check_invariants().is_err() {
                     return false;
                 }
             }

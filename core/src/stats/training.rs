@@ -38,6 +38,28 @@ pub struct TrainingStats {
     pub epochs: Vec<EpochSummary>,
 }
 
+/// One line for the end-of-run report.
+impl std::fmt::Display for TrainingStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} steps: {} applied, {} skipped ({:.2}% overflow, longest run {}), {} resets, {} warnings; \
+             loss scale {} (min {}, max {}, mean {:.1})",
+            self.steps,
+            self.applied,
+            self.skipped,
+            100.0 * self.overflow_rate,
+            self.longest_overflow_run,
+            self.resets,
+            self.warnings,
+            self.current_scale,
+            self.min_scale,
+            self.max_scale,
+            self.mean_scale,
+        )
+    }
+}
+
 /// What happened to the scale during one epoch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default)]
@@ -105,6 +127,30 @@ mod tests {
         let s: TrainingStats = serde_json::from_str(r#"{"steps": 3, "skipped": 1}"#).unwrap();
         assert_eq!((s.steps, s.skipped, s.resets), (3, 1, 0));
         assert!(s.epochs.is_empty());
+    }
+
+    #[test]
+    fn display_line() {
+        let s = TrainingStats {
+            steps: 200,
+            applied: 197,
+            skipped: 3,
+            overflows: 3,
+            overflow_rate: 0.015,
+            longest_overflow_run: 2,
+            resets: 1,
+            warnings: 0,
+            current_scale: 16384.0,
+            min_scale: 8192.0,
+            max_scale: 32768.0,
+            mean_scale: 17000.25,
+            ..TrainingStats::default()
+        };
+        assert_eq!(
+            s.to_string(),
+            "200 steps: 197 applied, 3 skipped (1.50% overflow, longest run 2), 1 resets, 0 warnings; loss scale 16384 \
+             (min 8192, max 32768, mean 17000.2)"
+        );
     }
 
     #[test]
