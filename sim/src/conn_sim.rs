@@ -126,6 +126,11 @@ struct Machine {
     connects: u64,
     gaps: u64,
     markets: u64,
+    /// HeartbeatTimeout, StreamStalled, Rollover and Malformed events seen.
+    heartbeat_timeouts: u64,
+    stalls: u64,
+    rollovers: u64,
+    malformed: u64,
     gave_up: bool,
     started: u64,
 }
@@ -596,10 +601,20 @@ impl<'p> ConnSim<'p> {
                 }
                 self.m.next_open = Some((now + retry, now + retry + 1));
             }
-            Event::HeartbeatTimeout { .. } => self.summary.heartbeat_timeouts += 1,
-            Event::StreamStalled { .. } => self.summary.stalls += 1,
-            Event::Rollover { .. } => self.summary.rollovers += 1,
-            Event::Malformed { .. } | Event::ServerError { .. } => {}
+            Event::HeartbeatTimeout { .. } => {
+                self.summary.heartbeat_timeouts += 1;
+                self.m.heartbeat_timeouts += 1;
+            }
+            Event::StreamStalled { .. } => {
+                self.summary.stalls += 1;
+                self.m.stalls += 1;
+            }
+            Event::Rollover { .. } => {
+                self.summary.rollovers += 1;
+                self.m.rollovers += 1;
+            }
+            Event::Malformed { .. } => self.m.malformed += 1,
+            Event::ServerError { .. } => {}
         }
         Ok(())
     }
@@ -633,6 +648,14 @@ impl<'p> ConnSim<'p> {
             Some(format!("reconnects {} but connects {}", s.reconnects, s.connects))
         } else if s.gaps != m.gaps {
             Some(format!("gaps {} but {} Gap outputs", s.gaps, m.gaps))
+        } else if (s.heartbeat_timeouts, s.stalls, s.rollovers, s.malformed_frames)
+            != (m.heartbeat_timeouts, m.stalls, m.rollovers, m.malformed)
+        {
+            Some(format!(
+                "(heartbeat_timeouts, stalls, rollovers, malformed_frames) = {:?} but the events say {:?}",
+                (s.heartbeat_timeouts, s.stalls, s.rollovers, s.malformed_frames),
+                (m.heartbeat_timeouts, m.stalls, m.rollovers, m.malformed)
+            ))
         } else if s.market_events != m.markets {
             Some(format!("market_events {} but {} Market events", s.market_events, m.markets))
         } else if !self.conn.is_stopped() && s.uptime_ms + s.downtime_ms != now - m.started {
