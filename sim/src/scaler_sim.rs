@@ -75,7 +75,7 @@ impl ScalerCase {
             backoff_factor: pick(&mut rng, &[0.5, 0.25, 0.9]),
             growth_interval: [1, 3, 50, 2_000][rng.below(4) as usize],
             min_scale: pick(&mut rng, &[1.0, 0.5, 128.0]),
-            max_scale: pick(&mut rng, &[16_777_216.0, 65_536.0, 1e30]),
+            max_scale: pick(&mut rng, &[16_777_216.0, 65_536.0, 1e30, 1e300]),
             hysteresis: 1 + rng.below(3) as u32,
             warn_threshold: pick(&mut rng, &[100_000.0, 1_000.0, 1e12]),
             max_consecutive_overflows: [1, 3, 5, 10][rng.below(4) as usize],
@@ -176,12 +176,15 @@ pub fn run(case: &ScalerCase) -> Result<ScalerSummary, ScalerFailure> {
         return Err(ScalerFailure { invariant: format!("drawn config invalid: {e}"), step: 0, recent: vec![] });
     }
     let mut driver = ScalerDriver::new(cfg, case.param_count);
+    // The clamp, narrowed to positive normal f32 values (the trainer multiplies an f32 loss).
+    let lo = cfg.min_scale.max(f64::from(f32::MIN_POSITIVE));
+    let hi = cfg.max_scale.min(f64::from(f32::MAX));
     let resolve = |c: ScaleChoice| match c {
         ScaleChoice::Fixed(x) => x,
         ScaleChoice::Auto => init_scale_for(case.param_count),
     };
     let mut o = Oracle {
-        scale: clamp(resolve(cfg.init_scale), cfg.min_scale, cfg.max_scale),
+        scale: clamp(resolve(cfg.init_scale), lo, hi),
         growth_tracker: 0,
         hysteresis_left: cfg.hysteresis,
         overflow_run: 0,
@@ -191,7 +194,7 @@ pub fn run(case: &ScalerCase) -> Result<ScalerSummary, ScalerFailure> {
         epoch_overflows: 0,
         epoch_max: f64::MIN,
         anomalous_run: 0,
-        reset_scale: clamp(resolve(cfg.reset_scale), cfg.min_scale, cfg.max_scale),
+        reset_scale: clamp(resolve(cfg.reset_scale), lo, hi),
     };
     let mut recent: std::collections::VecDeque<String> = std::collections::VecDeque::new();
     let mut summary = ScalerSummary {
@@ -249,14 +252,14 @@ pub fn run(case: &ScalerCase) -> Result<ScalerSummary, ScalerFailure> {
             o.growth_tracker = 0;
             o.hysteresis_left = o.hysteresis_left.saturating_sub(1);
             if o.hysteresis_left == 0 {
-                expected = clamp(before * cfg.backoff_factor, cfg.min_scale, cfg.max_scale);
+                expected = clamp(before * cfg.backoff_factor, lo, hi);
             }
         } else {
             o.growth_tracker += 1;
             if o.growth_tracker >= cfg.growth_interval {
                 let grown = before * cfg.growth_factor;
                 if grown.is_finite() {
-                    expected = clamp(grown, cfg.min_scale, cfg.max_scale);
+                    expected = clamp(grown, lo, hi);
                 }
                 o.growth_tracker = 0;
                 o.hysteresis_left = cfg.hysteresis;
@@ -356,12 +359,11 @@ pub fn run(case: &ScalerCase) -> Result<ScalerSummary, ScalerFailure> {
             o.hysteresis_left = cfg.hysteresis;
             o.above = expected > cfg.warn_threshold;
         }
-        if !(out.scale.is_finite() && out.scale >= cfg.min_scale && out.scale <= cfg.max_scale) {
-            return Err(fail(
-                format!("scale {} not finite within [{}, {}]", out.scale, cfg.min_scale, cfg.max_scale),
-                step,
-                &recent,
-            ));
+        if let Err(e) = driver.scaler().check_invariants() {
+            return Err(fail(format!("the scaler's own invariant check failed: {e}"), step, &recent));
+        }
+        if !(out.scale.is_finite() && out.scale >= lo && out.scale <= hi) {
+            return Err(fail(format!("scale {} not finite within [{lo}, {hi}]", out.scale), step, &recent));
         }
         if out.scale != expected {
             return Err(fail(
