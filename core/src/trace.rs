@@ -261,6 +261,11 @@ impl TracedConnection {
         std::mem::take(&mut self.records)
     }
 
+    /// `Connection::set_wall_clock_offset` (affects only stats, so it is not recorded).
+    pub fn set_wall_clock_offset(&mut self, offset_ms: u64) {
+        self.conn.set_wall_clock_offset(offset_ms);
+    }
+
     /// The wrapped machine, for its queries (`poll_timeout`, `stats`, `is_live`...).
     pub fn connection(&self) -> &Connection {
         &self.conn

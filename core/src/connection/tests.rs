@@ -29,6 +29,12 @@ fn agg(a: u64) -> String {
     )
 }
 
+fn trade(t: u64) -> String {
+    format!(
+        r#"{{"stream":"ethusdt@trade","data":{{"e":"trade","E":1672515782136,"s":"ETHUSDT","t":{t},"p":"1.5","q":"2","T":1672515782136,"m":false,"M":true}}}}"#
+    )
+}
+
 /// The machine plus a hand-moved clock.
 struct H {
     c: Connection,
@@ -457,6 +463,12 @@ fn repeated_drops_after_the_same_uptime_are_reported_as_a_pattern() {
 
 // ---- properties ----
 
+/// `n` cases, or `QUICKCHECK_TESTS` when set (for long local runs).
+fn qc(n: u64) -> QuickCheck {
+    let n = std::env::var("QUICKCHECK_TESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(n);
+    QuickCheck::new().tests(n).max_tests(n * 10)
+}
+
 /// One step of a random script.
 #[derive(Debug, Clone)]
 enum Step {
@@ -470,6 +482,7 @@ enum Step {
     ServerPing,
     AnswerPing,
     StaleOpened,
+    ServerShutdown,
     Shutdown,
 }
 
@@ -486,13 +499,11 @@ impl Arbitrary for Step {
             32..=33 => Step::ServerPing,
             34..=37 => Step::AnswerPing,
             38 => Step::StaleOpened,
-            _ => {
-                if u8::arbitrary(g) % 8 == 0 {
-                    Step::Shutdown
-                } else {
-                    Step::Timeout
-                }
-            }
+            _ => match u8::arbitrary(g) % 8 {
+                0 => Step::Shutdown,
+                1 | 2 => Step::ServerShutdown,
+                _ => Step::Timeout,
+            },
         }
     }
 }
@@ -517,6 +528,9 @@ fn prop_cfg() -> Config {
     c.stream.streams = vec![AGG.into(), "ethusdt@trade".into(), AGG.into()];
     c.reconnect.max_attempts_per_window = 5;
     c.reconnect.max_consecutive_failures = 1_000;
+    // Short enough for scripts to reach a scheduled rollover.
+    c.stream.rollover_after_ms = 200_000;
+    c.stream.stall_after_ms = 60_000;
     c
 }
 
@@ -524,6 +538,7 @@ fn prop_cfg() -> Config {
 struct Seen {
     latest_open: Option<TransportId>,
     last_ping: Option<(TransportId, Vec<u8>)>,
+    closed: std::collections::BTreeSet<TransportId>,
 }
 
 /// Runs a script and checks the per-step invariants; returns the outputs with their times, or
@@ -533,8 +548,9 @@ fn run_script(config: &Config, seed: u64, steps: &[Step]) -> Result<Vec<(u64, Ou
     let mut now = 0u64;
     let mut given = 0u64;
     let mut log: Vec<(u64, Output)> = Vec::new();
-    let mut seen = Seen { latest_open: None, last_ping: None };
+    let mut seen = Seen { latest_open: None, last_ping: None, closed: Default::default() };
     let mut next_agg = 1u64;
+    let mut next_trade = 1u64;
     let desired = c.desired_streams().to_vec();
     let expected_url = format!("{}/stream?streams={}", config.stream.url, desired.join("/"));
     // `stopped_before`: whether the machine had stopped before the input that produced these outputs.
@@ -550,9 +566,15 @@ fn run_script(config: &Config, seed: u64, steps: &[Step]) -> Result<Vec<(u64, Ou
                     if url != &expected_url {
                         return Err(format!("Open with url {url}, expected {expected_url}"));
                     }
+                    if seen.latest_open.is_some_and(|last| last >= *id) {
+                        return Err(format!("Open of {id} after {:?}: ids must be new", seen.latest_open));
+                    }
                     seen.latest_open = Some(*id);
                 }
                 Output::Send { id, message } => {
+                    if seen.closed.contains(id) {
+                        return Err(format!("Send on {id} after its Close"));
+                    }
                     if c.current_transport() != Some(*id) {
                         return Err(format!("Send on {id}, which is not the current transport"));
                     }
@@ -560,7 +582,11 @@ fn run_script(config: &Config, seed: u64, steps: &[Step]) -> Result<Vec<(u64, Ou
                         seen.last_ping = Some((*id, p.clone()));
                     }
                 }
-                Output::Close { .. } => {}
+                Output::Close { id, .. } => {
+                    if !seen.closed.insert(*id) {
+                        return Err(format!("{id} closed twice"));
+                    }
+                }
                 _ if stopped_before => return Err(format!("{o:?} after the machine stopped")),
                 _ => {}
             }
@@ -609,13 +635,15 @@ fn run_script(config: &Config, seed: u64, steps: &[Step]) -> Result<Vec<(u64, Ou
             }
             Step::Text(k) => {
                 if let Some(id) = current {
-                    // Mostly in order, sometimes repeated or skipping ahead.
-                    next_agg = match k % 8 {
-                        0 => next_agg.saturating_sub(1),
-                        1 => next_agg + u64::from(*k),
-                        _ => next_agg + 1,
+                    // Mostly in order, sometimes repeated or skipping ahead; odd k on the trade stream.
+                    let counter = if k % 2 == 0 { &mut next_agg } else { &mut next_trade };
+                    *counter = match k % 16 {
+                        0 | 1 => counter.saturating_sub(1),
+                        2 | 3 => *counter + u64::from(*k),
+                        _ => *counter + 1,
                     };
-                    c.handle_input(Input::Text { id, text: agg(next_agg) }, t(now));
+                    let text = if k % 2 == 0 { agg(next_agg) } else { trade(next_trade) };
+                    c.handle_input(Input::Text { id, text }, t(now));
                     given = now;
                 }
             }
@@ -640,6 +668,13 @@ fn run_script(config: &Config, seed: u64, steps: &[Step]) -> Result<Vec<(u64, Ou
             Step::StaleOpened => {
                 c.handle_input(Input::Opened { id: TransportId(0) }, t(now));
                 given = now;
+            }
+            Step::ServerShutdown => {
+                if let Some(id) = current {
+                    let text = r#"{"e":"serverShutdown","E":1}"#.to_string();
+                    c.handle_input(Input::Text { id, text }, t(now));
+                    given = now;
+                }
             }
             Step::Shutdown => {
                 c.handle_input(Input::Shutdown, t(now));
@@ -669,7 +704,7 @@ fn prop_invariants_hold_over_random_scripts() {
             Err(e) => TestResult::error(e),
         }
     }
-    QuickCheck::new().tests(300).quickcheck(prop as fn(u64, Vec<Step>) -> TestResult);
+    qc(300).quickcheck(prop as fn(u64, Vec<Step>) -> TestResult);
 }
 
 #[test]
@@ -679,7 +714,7 @@ fn prop_same_seed_same_outputs() {
         let b = run_script(&prop_cfg(), seed, &steps);
         a == b
     }
-    QuickCheck::new().tests(100).quickcheck(prop as fn(u64, Vec<Step>) -> bool);
+    qc(100).quickcheck(prop as fn(u64, Vec<Step>) -> bool);
 }
 
 #[test]
@@ -739,5 +774,95 @@ fn prop_missing_pong_leads_to_close_then_reconnect_in_time() {
         }
         TestResult::error("never reconnected")
     }
-    QuickCheck::new().tests(200).quickcheck(prop as fn(Vec<u16>, u64) -> TestResult);
+    qc(200).quickcheck(prop as fn(Vec<u16>, u64) -> TestResult);
+}
+
+/// Timing of the hot path (decode + gap check + stall watch + stats + output), not a pass/fail
+/// test: `cargo test --release -p keel-core connection_hot_path -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn connection_hot_path_timing() {
+    let mut c = cfg();
+    c.stream.streams = vec![AGG.into(), "btcusdt@kline_1m".into(), "ethusdt@trade".into()];
+    let mut conn = Connection::new(&c, 1, t(0));
+    while conn.poll_output().is_some() {}
+    conn.handle_input(Input::Opened { id: id(1) }, t(0));
+    while conn.poll_output().is_some() {}
+    let n = 200_000u64;
+    let frames: Vec<String> = (1..=n).map(agg).collect();
+    let start = std::time::Instant::now();
+    let mut delivered = 0;
+    for (i, text) in frames.into_iter().enumerate() {
+        let now = t(i as u64 / 100);
+        conn.handle_input(Input::Text { id: id(1), text }, now);
+        while let Some(o) = conn.poll_output() {
+            delivered += usize::from(matches!(o, Output::Event(Event::Market { .. })));
+        }
+        let _ = conn.poll_timeout();
+    }
+    let per = start.elapsed().as_nanos() as f64 / n as f64;
+    assert_eq!(delivered as u64, n);
+    println!("handle_input(Text aggTrade) + drain + poll_timeout: {per:.0} ns per frame");
+    // The same frames through decode alone, for comparison.
+    let frames: Vec<String> = (1..=n).map(agg).collect();
+    let start = std::time::Instant::now();
+    let mut ok = 0;
+    for text in frames {
+        ok += usize::from(protocol::decode(&text).is_ok());
+    }
+    let per = start.elapsed().as_nanos() as f64 / n as f64;
+    assert_eq!(ok as u64, n);
+    println!("protocol::decode alone: {per:.0} ns per frame");
+}
+
+#[test]
+fn random_scripts_reach_every_path() {
+    // Guards the properties above against a generator that never gets anywhere interesting.
+    let mut g = Gen::new(200);
+    let mut seen = std::collections::BTreeSet::new();
+    for seed in 0..300 {
+        let steps: Vec<Step> = Arbitrary::arbitrary(&mut g);
+        let log = run_script(&prop_cfg(), seed, &steps).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        for (_, o) in log {
+            seen.insert(match o {
+                Output::Open { .. } => "open",
+                Output::Send { message: WsMessage::Ping(_), .. } => "ping",
+                Output::Send { message: WsMessage::Pong(_), .. } => "pong",
+                Output::Send { message: WsMessage::Text(_), .. } => "request",
+                Output::Close { .. } => "close",
+                Output::Gap(_) => "gap",
+                Output::GaveUp(_) => "gave_up",
+                Output::Event(Event::Market { .. }) => "market",
+                Output::Event(Event::Connected { .. }) => "connected",
+                Output::Event(Event::Disconnected { .. }) => "disconnected",
+                Output::Event(Event::HeartbeatTimeout { .. }) => "heartbeat_timeout",
+                Output::Event(Event::StreamStalled { action: StallAction::Resubscribe, .. }) => "resubscribe",
+                Output::Event(Event::StreamStalled { action: StallAction::Reconnect, .. }) => "stall_reconnect",
+                Output::Event(Event::Malformed { .. }) => "malformed",
+                Output::Event(Event::ServerError { .. }) => "server_error",
+                Output::Event(Event::Rollover { reason: RolloverReason::Scheduled, .. }) => "rollover",
+                Output::Event(Event::Rollover { reason: RolloverReason::ServerShutdown, .. }) => "server_shutdown",
+            });
+        }
+    }
+    let all = [
+        "open",
+        "ping",
+        "pong",
+        "request",
+        "close",
+        "gap",
+        "gave_up",
+        "market",
+        "connected",
+        "disconnected",
+        "heartbeat_timeout",
+        "resubscribe",
+        "stall_reconnect",
+        "malformed",
+        "rollover",
+        "server_shutdown",
+    ];
+    let missing: Vec<_> = all.iter().filter(|k| !seen.contains(*k)).collect();
+    assert!(missing.is_empty(), "never reached: {missing:?}");
 }
