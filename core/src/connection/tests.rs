@@ -582,11 +582,10 @@ fn run_script(config: &Config, seed: u64, steps: &[Step]) -> Result<Vec<(u64, Ou
                         seen.last_ping = Some((*id, p.clone()));
                     }
                 }
-                Output::Close { id, .. } => {
-                    if !seen.closed.insert(*id) {
-                        return Err(format!("{id} closed twice"));
-                    }
+                Output::Close { id, .. } if !seen.closed.insert(*id) => {
+                    return Err(format!("{id} closed twice"));
                 }
+                Output::Close { .. } => {}
                 _ if stopped_before => return Err(format!("{o:?} after the machine stopped")),
                 _ => {}
             }
