@@ -309,3 +309,69 @@ fn write_version_1_fixture() {
     );
     std::fs::write(dir.join("meta.ron"), v1).unwrap();
 }
+
+#[test]
+fn trains_and_predicts_on_recorded_klines() {
+    // A `keel stream` recording: two day files, every candle updated twice before it closes, and a
+    // still-open last candle.
+    let dir = tmp("klines").join("btcusdt@kline_1m");
+    std::fs::create_dir_all(&dir).unwrap();
+    let header = data::KLINE_HEADER.join(",");
+    let start = 1_795_996_800_000i64 - 200 * 60_000; // 200 minutes before 2026-11-30 00:00 UTC
+    let (mut day1, mut day2) = (vec![header.clone()], vec![header]);
+    for i in 0..401i64 {
+        let open_time = start + i * 60_000;
+        let p = 100.0 + (i as f64 / 7.0).sin() * 3.0 + i as f64 * 0.01;
+        for (k, closed) in [(0, 0), (1, 0), (2, 1)] {
+            if i == 400 && closed == 1 {
+                continue; // the newest candle never closed
+            }
+            let row = format!(
+                "{},{open_time},{},1m,{p:.2},{:.2},{:.2},{:.2},{},{},{closed}",
+                open_time + 20_000 * k + 1,
+                open_time + 59_999,
+                p + 1.0,
+                p - 1.0,
+                p + 0.1 * k as f64,
+                10.0 + k as f64,
+                5 + k
+            );
+            if open_time < 1_795_996_800_000 { day1.push(row) } else { day2.push(row) }
+        }
+    }
+    std::fs::write(dir.join("2026-11-29.csv"), day1.join("\n")).unwrap();
+    std::fs::write(dir.join("2026-11-30.csv"), day2.join("\n") + "\n").unwrap();
+    let table = data::load(&dir, false).unwrap();
+    assert_eq!(table.rows.len(), 400);
+    assert_eq!(table.rows[0][3], format!("{:.2}", 100.0 + 0.2).parse::<f64>().unwrap()); // closed row's close
+    assert_eq!(data::load(&dir, true).unwrap().rows.len(), 401);
+
+    let out = dir.parent().unwrap().join("ck");
+    let args = train_args(&[
+        "--data",
+        dir.to_str().unwrap(),
+        "--target",
+        "Close",
+        "--features",
+        "S",
+        "--dtype",
+        "f16",
+        "--batch-size",
+        "8",
+        "--max-batches",
+        "2",
+        "--epochs",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    keel::train::run(args).unwrap();
+    let csv = keel::train::predict_file(&out, &dir, &candle_core::Device::Cpu, false).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "date,close");
+    assert_eq!(lines.len(), 9);
+    // The forecast starts one minute after the last closed candle (minute 399 after start).
+    let first = chrono::DateTime::from_timestamp_millis(start + 400 * 60_000).unwrap();
+    assert!(lines[1].starts_with(&first.format("%Y-%m-%d %H:%M:%S").to_string()), "{csv}");
+}

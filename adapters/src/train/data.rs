@@ -384,10 +384,16 @@ impl Normalization {
 
 /// Selects and orders columns for `features` and `target`: S keeps the target only, M and MS put it last.
 pub fn select_columns(table: &Table, target: &str, features: Features) -> Result<(Vec<String>, Vec<usize>), DataError> {
+    // Exact name first, then a unique case-insensitive match (`Close` for recorded klines' `close`).
     let ti = table
         .columns
         .iter()
         .position(|c| c == target)
+        .or_else(|| {
+            let m: Vec<usize> =
+                (0..table.columns.len()).filter(|&i| table.columns[i].eq_ignore_ascii_case(target)).collect();
+            if m.len() == 1 { Some(m[0]) } else { None }
+        })
         .ok_or_else(|| DataError::UnknownTarget { target: target.into(), columns: table.columns.clone() })?;
     let idx: Vec<usize> = match features {
         Features::S => vec![ti],
@@ -489,7 +495,8 @@ pub fn prepare(table: &Table, target: &str, features: Features, w: Windows) -> R
     let train = part(0, num_train);
     let val = part(num_train - w.seq_len, num_train + num_val);
     let test = part(n - num_test - w.seq_len, n);
-    let norm = Normalization { columns, target: target.into(), features, mean, std };
+    let target = columns[columns.len() - 1].clone();
+    let norm = Normalization { columns, target, features, mean, std };
     Ok(Dataset { train, val, test, norm })
 }
 

@@ -362,3 +362,64 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: TrainArgs,
+    }
+
+    fn args(extra: &[&str]) -> TrainArgs {
+        let mut argv = vec!["keel", "--data", "x.csv"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).unwrap().args
+    }
+
+    #[test]
+    fn flags_override_the_config_file() {
+        let dir = std::env::temp_dir().join(format!("keel-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("keel.ron");
+        std::fs::write(
+            &path,
+            "(train: (seq_len: 48, label_len: 24, d_model: 128, n_heads: 8), scaler: (growth_interval: 7))",
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let c = resolve_config(&args(&["--config", p])).unwrap();
+        assert_eq!((c.train.seq_len, c.train.d_model, c.scaler.growth_interval), (48, 128, 7));
+        let c = resolve_config(&args(&["--config", p, "--seq-len", "64", "--model-size", "small", "--dtype", "f32"]))
+            .unwrap();
+        assert_eq!((c.train.seq_len, c.train.label_len, c.train.d_model, c.train.n_heads), (64, 24, 64, 4));
+        assert_eq!(c.train.dtype, ComputeDtype::F32);
+        let c = resolve_config(&args(&["--features", "S", "--target", "Open"])).unwrap();
+        assert_eq!((c.train.features, c.train.target.as_str()), (Features::S, "Open"));
+        let e = resolve_config(&args(&["--seq-len", "8", "--label-len", "16"])).unwrap_err().to_string();
+        assert!(e.contains("label_len 16 must not exceed seq_len 8"), "{e}");
+    }
+
+    #[test]
+    fn scaler_can_only_be_disabled_in_f32() {
+        let cfg = keel_core::config::TrainConfig { d_model: 8, n_heads: 2, d_ff: 8, ..Default::default() };
+        let norm = data::Normalization {
+            columns: vec!["a".into()],
+            target: "a".into(),
+            features: Features::S,
+            mean: vec![0.0],
+            std: vec![1.0],
+        };
+        let opts =
+            trainer::RunOptions { device: Device::Cpu, disable_scaler: true, max_batches: None, progress: false };
+        let m = trainer::model_config(&cfg, &norm);
+        let e = trainer::Trainer::new(&m, &cfg, &Default::default(), opts.clone()).err().unwrap().to_string();
+        assert!(e.contains("only be disabled with --dtype f32"), "{e}");
+        let f32cfg = keel_core::config::TrainConfig { dtype: ComputeDtype::F32, ..cfg };
+        let t = trainer::Trainer::new(&m, &f32cfg, &Default::default(), opts).unwrap();
+        assert_eq!(t.driver.scale(), 1.0);
+    }
+}
