@@ -58,18 +58,32 @@ impl Market {
             StreamKind::AggTrade => {
                 let a = self.next_id;
                 self.next_id += 1;
-                let (price, qty) = agg_trade_fields(a);
-                // f/l continue across aggTrades: f = 3a, l = 3a + 2, so f == previous l + 1.
-                let frame = format!(
-                    r#"{{"stream":"{}","data":{{"e":"aggTrade","E":{e},"s":"{}","a":{a},"p":"{price}","q":"{qty}","f":{},"l":{},"T":{e},"m":{},"M":true}}}}"#,
-                    self.stream,
-                    self.symbol,
-                    3 * a,
-                    3 * a + 2,
-                    a.is_multiple_of(2),
-                    e = epoch_ms,
-                );
-                (frame, Some(a))
+                // Written by hand rather than with format!: this is the simulator's hottest line.
+                // The unit test pins the exact text. f/l continue across aggTrades: f = 3a,
+                // l = 3a + 2, so f == previous l + 1.
+                let mut f = String::with_capacity(96 + 2 * self.stream.len());
+                f.push_str(r#"{"stream":""#);
+                f.push_str(&self.stream);
+                f.push_str(r#"","data":{"e":"aggTrade","E":"#);
+                push_u64(&mut f, epoch_ms);
+                f.push_str(r#","s":""#);
+                f.push_str(&self.symbol);
+                f.push_str(r#"","a":"#);
+                push_u64(&mut f, a);
+                f.push_str(r#","p":""#);
+                push_u64(&mut f, 30_000 + a % 997);
+                f.push('.');
+                push_padded(&mut f, a % 100, 2);
+                f.push_str(r#"","q":"0."#);
+                push_padded(&mut f, 1 + a % 999, 3);
+                f.push_str(r#"","f":"#);
+                push_u64(&mut f, 3 * a);
+                f.push_str(r#","l":"#);
+                push_u64(&mut f, 3 * a + 2);
+                f.push_str(r#","T":"#);
+                push_u64(&mut f, epoch_ms);
+                f.push_str(if a.is_multiple_of(2) { r#","m":true,"M":true}}"# } else { r#","m":false,"M":true}}"# });
+                (f, Some(a))
             }
             StreamKind::Kline => {
                 let open = epoch_ms / 60_000 * 60_000;
@@ -83,6 +97,31 @@ impl Market {
             }
         }
     }
+}
+
+/// Appends the decimal digits of `n`.
+fn push_u64(out: &mut String, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(buf[i..].iter().map(|&b| b as char));
+}
+
+/// Appends `n` left-padded with zeros to `width` digits.
+fn push_padded(out: &mut String, n: u64, width: usize) {
+    let mut digits = String::new();
+    push_u64(&mut digits, n);
+    for _ in digits.len()..width {
+        out.push('0');
+    }
+    out.push_str(&digits);
 }
 
 /// Price and quantity of aggTrade `a`, as the decimal strings Binance sends.
@@ -119,6 +158,22 @@ mod tests {
         assert!(f2.contains(r#""a":42"#) && f2.contains(r#""f":126"#) && f2.contains(r#""l":128"#));
         let v: serde_json::Value = serde_json::from_str(&f2).unwrap();
         assert_eq!(v["data"]["p"], "30042.42");
+    }
+
+    #[test]
+    fn hand_written_frames_equal_format() {
+        for a in [0u64, 1, 9, 10, 99, 100, 996, 997, 12_345, 1 << 40, u64::MAX / 4] {
+            let mut m = Market::new("ethusdt@aggTrade", a, 0).unwrap();
+            let (frame, _) = m.next_frame(1_700_000_000_123);
+            let (p, q) = agg_trade_fields(a);
+            let expected = format!(
+                r#"{{"stream":"ethusdt@aggTrade","data":{{"e":"aggTrade","E":1700000000123,"s":"ETHUSDT","a":{a},"p":"{p}","q":"{q}","f":{},"l":{},"T":1700000000123,"m":{},"M":true}}}}"#,
+                3 * a,
+                3 * a + 2,
+                a % 2 == 0
+            );
+            assert_eq!(frame, expected);
+        }
     }
 
     #[test]

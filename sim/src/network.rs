@@ -469,9 +469,11 @@ impl Network {
             self.outage_until = None;
         }
         // Transports: accepts, server pings, pong deadlines, shutdown closes, the 24 h cutoff.
-        let ids: Vec<Tid> = self.transports.keys().copied().collect();
-        for id in ids {
+        // Walk the transports by key (advancing one may remove it) without allocating.
+        let mut from = 0;
+        while let Some(id) = self.transports.range(from..).next().map(|(&id, _)| id) {
             self.advance_transport(id, now);
+            from = id + 1;
         }
         for i in 0..self.markets.len() {
             while self.markets[i].next_at <= now {

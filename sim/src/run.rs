@@ -198,19 +198,24 @@ pub fn check_seed(seed: u64, opts: &SimOptions, check_determinism: bool) -> (See
     (report, result)
 }
 
-/// Prints a failure: the invariant, the last events, and the reproducing command.
-pub fn print_failure(report: &SeedReport, failure: &Failure, opts: &SimOptions) {
-    println!(
-        "FAILED seed={}: {} invariant broken at {}: {}",
-        report.seed, failure.machine, failure.at, failure.invariant
+/// A failure report: the invariant, the profile, the last events, and the reproducing command.
+pub fn format_failure(report: &SeedReport, failure: &Failure, opts: &SimOptions) -> String {
+    let mut text = format!(
+        "FAILED seed={}: {} invariant broken at {}: {}\n  profile: {}\n  {}\n  last events before the failure:\n",
+        report.seed, failure.machine, failure.at, failure.invariant, report.profile, report.scaler_case
     );
-    println!("  profile: {}", report.profile);
-    println!("  {}", report.scaler_case);
-    println!("  last events before the failure:");
     for line in &failure.recent {
-        println!("    {line}");
+        text.push_str("    ");
+        text.push_str(line);
+        text.push('\n');
     }
-    println!("  reproduce with: {}", opts.reproduce(report.seed));
+    text.push_str(&format!("  reproduce with: {}", opts.reproduce(report.seed)));
+    text
+}
+
+/// Prints [`format_failure`].
+pub fn print_failure(report: &SeedReport, failure: &Failure, opts: &SimOptions) {
+    println!("{}", format_failure(report, failure, opts));
 }
 
 /// Runs the subcommand.
@@ -311,6 +316,25 @@ pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failure_names_the_invariant_the_events_and_the_command() {
+        let opts = SimOptions { hours: 3.0, ..SimOptions::default() };
+        let mut report = simulate(2, &opts);
+        let failure = Failure {
+            machine: "connection",
+            invariant: "2 transports open".into(),
+            at: "t=+5.000s".into(),
+            recent: vec!["t=+4.000s out Open".into(), "t=+5.000s out Open".into()],
+        };
+        report.result = Err(failure.clone());
+        let text = format_failure(&report, &failure, &opts);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "FAILED seed=2: connection invariant broken at t=+5.000s: 2 transports open");
+        assert!(lines[1].starts_with("  profile: seed=2 latency="));
+        assert_eq!(lines[4..6], ["    t=+4.000s out Open", "    t=+5.000s out Open"]);
+        assert_eq!(lines[6], "  reproduce with: keel-sim run --seed 2 --hours 3");
+    }
 
     #[test]
     fn seed_ranges_parse_and_bad_ones_say_why() {
