@@ -10,6 +10,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::str::FromStr;
 
+/// Largest mantissa a [`Decimal`] holds: 2^96 - 1 (28 digits always fit).
+pub const MAX_MANTISSA: u128 = (1 << 96) - 1;
+
 /// Largest number of fractional digits accepted. Binance uses at most 8; 18 keeps the `f64`
 /// conversion table small while leaving ample room.
 pub const MAX_SCALE: u8 = 18;
@@ -20,9 +23,13 @@ pub const MAX_SCALE: u8 = 18;
 /// Equality is equality of representation: `"0.10"` and `"0.1"` are different `Decimal`s, because
 /// the recorder must write back exactly what Binance sent. Compare [`Decimal::to_f64`] values (or
 /// use [`Decimal::cmp_value`]) to compare magnitudes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Decimal {
-    mantissa: u64,
+    // 96 bits, not 64: a daily kline's volume of a token with a huge supply, written with 8 decimals
+    // ("12345678901234.00000000"), has more than the 19 digits a u64 holds. Split in two words (not a
+    // u128) so that a Decimal stays 16 bytes: events hold up to 9 of them and travel by value.
+    lo: u64,
+    hi: u32,
     scale: u8,
     negative: bool,
 }
@@ -43,8 +50,8 @@ pub enum DecimalError {
     /// An integer part with leading zeros (`"007"`), which would not be written back identically.
     #[error("leading zeros in the integer part")]
     LeadingZero,
-    /// More than 19 significant digits or more than 18 fractional digits.
-    #[error("too many digits (at most 19 in all, 18 after the '.')")]
+    /// More digits than 96 bits hold (28 always fit), or more than 18 after the `.`.
+    #[error("too many digits (at most 28 in all, 18 after the '.')")]
     TooLong,
 }
 
@@ -52,9 +59,14 @@ const POW10: [f64; 19] =
     [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18];
 
 impl Decimal {
-    /// `mantissa / 10^scale`; `None` when `scale` exceeds [`MAX_SCALE`].
-    pub fn new(mantissa: u64, scale: u8, negative: bool) -> Option<Decimal> {
-        (scale <= MAX_SCALE).then_some(Decimal { mantissa, scale, negative })
+    /// `mantissa / 10^scale`; `None` when `scale` exceeds [`MAX_SCALE`] or `mantissa` [`MAX_MANTISSA`].
+    pub fn new(mantissa: u128, scale: u8, negative: bool) -> Option<Decimal> {
+        (scale <= MAX_SCALE && mantissa <= MAX_MANTISSA).then_some(Decimal {
+            lo: mantissa as u64,
+            hi: (mantissa >> 64) as u32,
+            scale,
+            negative,
+        })
     }
 
     /// Parses Binance's decimal text (`"0.00100000"`, `"100"`, `"-1.5"`).
@@ -68,7 +80,7 @@ impl Decimal {
         if digits.is_empty() {
             return Err(DecimalError::Empty);
         }
-        let mut mantissa: u64 = 0;
+        let mut mantissa: u128 = 0;
         let mut int_digits = 0usize;
         let mut frac_digits: Option<usize> = None;
         for (i, &b) in digits.iter().enumerate() {
@@ -76,7 +88,7 @@ impl Decimal {
                 b'0'..=b'9' => {
                     mantissa = mantissa
                         .checked_mul(10)
-                        .and_then(|m| m.checked_add(u64::from(b - b'0')))
+                        .and_then(|m| m.checked_add(u128::from(b - b'0')))
                         .ok_or(DecimalError::TooLong)?;
                     match frac_digits.as_mut() {
                         Some(n) => *n += 1,
@@ -107,23 +119,33 @@ impl Decimal {
         if scale > usize::from(MAX_SCALE) {
             return Err(DecimalError::TooLong);
         }
-        Ok(Decimal { mantissa, scale: scale as u8, negative })
+        Decimal::new(mantissa, scale as u8, negative).ok_or(DecimalError::TooLong)
+    }
+
+    fn wide(self) -> u128 {
+        (u128::from(self.hi) << 64) | u128::from(self.lo)
     }
 
     /// The value as `f64`, correctly rounded for every value Binance sends (mantissa below 2^53).
     pub fn to_f64(self) -> f64 {
-        let magnitude = if self.mantissa < (1 << 53) {
+        let magnitude = if self.hi == 0 && self.lo < (1 << 53) {
             // Both operands are exact, so the one division rounds once: the nearest f64.
-            self.mantissa as f64 / POW10[usize::from(self.scale)]
+            self.lo as f64 / POW10[usize::from(self.scale)]
         } else {
             self.to_string().trim_start_matches('-').parse::<f64>().unwrap_or(f64::NAN)
         };
         if self.negative { -magnitude } else { magnitude }
     }
 
-    /// The digits as an integer (`"0.0010"` -> 10).
+    /// The digits as an integer (`"0.0010"` -> 10), when they fit in a u64 (every price and quantity
+    /// Binance sends; only some large kline volumes do not), else `u64::MAX`. See [`Decimal::mantissa_wide`].
     pub fn mantissa(self) -> u64 {
-        self.mantissa
+        if self.hi == 0 { self.lo } else { u64::MAX }
+    }
+
+    /// The digits as an integer, always exact.
+    pub fn mantissa_wide(self) -> u128 {
+        self.wide()
     }
 
     /// Number of digits after the `.` (`"0.0010"` -> 4).
@@ -138,18 +160,21 @@ impl Decimal {
 
     /// Compares values (not representations): `"0.10"` equals `"0.1"` here.
     pub fn cmp_value(self, other: Decimal) -> std::cmp::Ordering {
-        let signed =
-            |d: Decimal| -> (bool, u128, u8) { (d.negative && d.mantissa != 0, u128::from(d.mantissa), d.scale) };
-        let (na, ma, sa) = signed(self);
-        let (nb, mb, sb) = signed(other);
+        use std::cmp::Ordering;
+        let (na, nb) = (self.negative && self.wide() != 0, other.negative && other.wide() != 0);
         if na != nb {
-            return if na { std::cmp::Ordering::Less } else { std::cmp::Ordering::Greater };
+            return if na { Ordering::Less } else { Ordering::Greater };
         }
-        // Bring both to the same scale; 10^18 * u64::MAX fits in u128.
-        let scale = sa.max(sb);
-        let a = ma * 10u128.pow(u32::from(scale - sa));
-        let b = mb * 10u128.pow(u32::from(scale - sb));
-        if na { b.cmp(&a) } else { a.cmp(&b) }
+        // Bring both to the larger scale. If that overflows 128 bits, the scaled value exceeds
+        // anything the other can hold, so it is the larger magnitude.
+        let widen = |m: u128, from: u8, to: u8| m.checked_mul(10u128.pow(u32::from(to - from)));
+        let scale = self.scale.max(other.scale);
+        let magnitude = match (widen(self.wide(), self.scale, scale), widen(other.wide(), other.scale, scale)) {
+            (Some(a), Some(b)) => a.cmp(&b),
+            (None, _) => Ordering::Greater,
+            (_, None) => Ordering::Less,
+        };
+        if na { magnitude.reverse() } else { magnitude }
     }
 }
 
@@ -159,16 +184,23 @@ impl fmt::Display for Decimal {
             f.write_str("-")?;
         }
         if self.scale == 0 {
-            return write!(f, "{}", self.mantissa);
+            return write!(f, "{}", self.wide());
         }
-        let divisor = 10u64.checked_pow(u32::from(self.scale));
+        let divisor = 10u128.checked_pow(u32::from(self.scale));
         match divisor {
             Some(d) => {
-                write!(f, "{}.{:0width$}", self.mantissa / d, self.mantissa % d, width = usize::from(self.scale))
+                write!(f, "{}.{:0width$}", self.wide() / d, self.wide() % d, width = usize::from(self.scale))
             }
-            // scale 19+ cannot occur (MAX_SCALE is 18), but stay total.
-            None => write!(f, "0.{:0width$}", self.mantissa, width = usize::from(self.scale)),
+            // scale 39+ cannot occur (MAX_SCALE is 18), but stay total.
+            None => write!(f, "0.{:0width$}", self.wide(), width = usize::from(self.scale)),
         }
+    }
+}
+
+/// `Decimal("0.00100000")`: the text, which is what a reader of a test failure or a trace needs.
+impl fmt::Debug for Decimal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Decimal(\"{self}\")")
     }
 }
 
@@ -216,16 +248,17 @@ mod tests {
 
     #[test]
     fn table_of_values() {
-        let table: &[(&str, u64, u8, bool, f64)] = &[
+        let table: &[(&str, u128, u8, bool, f64)] = &[
             ("0.001", 1, 3, false, 0.001),
             ("0.00100000", 100000, 8, false, 0.001),
             ("25.35190000", 2535190000, 8, false, 25.3519),
             ("-2.5", 25, 1, true, -2.5),
             ("100", 100, 0, false, 100.0),
+            ("12345678901234.00000000", 1234567890123400000000, 8, false, 12345678901234.0),
         ];
         for &(text, mantissa, scale, negative, value) in table {
             let d = Decimal::parse(text).unwrap();
-            assert_eq!((d.mantissa(), d.scale(), d.is_negative()), (mantissa, scale, negative), "{text}");
+            assert_eq!((d.mantissa_wide(), d.scale(), d.is_negative()), (mantissa, scale, negative), "{text}");
             assert_eq!(d.to_f64(), value, "{text}");
         }
     }
@@ -244,13 +277,19 @@ mod tests {
             ("5.", DecimalError::BareDot),
             ("007", DecimalError::LeadingZero),
             ("00.5", DecimalError::LeadingZero),
-            ("18446744073709551616", DecimalError::TooLong),
+            ("79228162514264337593543950336", DecimalError::TooLong),
+            ("340282366920938463463374607431768211456", DecimalError::TooLong),
             ("0.0000000000000000001", DecimalError::TooLong),
             ("NaN", DecimalError::BadChar('N')),
         ];
         for (text, err) in table {
             assert_eq!(Decimal::parse(text).as_ref(), Err(err), "{text:?}");
         }
+    }
+
+    #[test]
+    fn debug_shows_the_text() {
+        assert_eq!(format!("{:?}", Decimal::parse("-0.0010").unwrap()), "Decimal(\"-0.0010\")");
     }
 
     #[test]
@@ -278,14 +317,39 @@ mod tests {
         assert!(serde_json::from_str::<Decimal>("5").is_err());
     }
 
+    #[test]
+    fn wide_values_keep_every_digit() {
+        assert_eq!(std::mem::size_of::<Decimal>(), 16);
+        let d = Decimal::parse("9999999999999999999.123456789").unwrap();
+        assert_eq!(d.to_string(), "9999999999999999999.123456789");
+        assert_eq!(d.mantissa(), u64::MAX, "saturates where u64 cannot hold it");
+        assert_eq!(d.mantissa_wide(), 9999999999999999999123456789);
+        assert_eq!(d.to_f64(), 1e19);
+        let max = Decimal::parse("79228162514264337593543950335").unwrap();
+        assert_eq!(max.mantissa_wide(), MAX_MANTISSA);
+        let small_scaled = Decimal::parse("1.000000000000000000").unwrap();
+        assert_eq!(max.cmp_value(small_scaled), std::cmp::Ordering::Greater);
+        assert_eq!(small_scaled.cmp_value(max), std::cmp::Ordering::Less);
+        let neg_max = Decimal::parse("-79228162514264337593543950335").unwrap();
+        assert_eq!(neg_max.cmp_value(Decimal::parse("-1.5").unwrap()), std::cmp::Ordering::Less);
+    }
+
     quickcheck! {
-        fn display_parse_round_trip(mantissa: u64, scale: u8, negative: bool) -> bool {
-            let d = Decimal::new(mantissa, scale % (MAX_SCALE + 1), negative).unwrap();
+        fn cmp_value_matches_f64_order(a: (u64, u8, bool), b: (u64, u8, bool)) -> bool {
+            let da = Decimal::new(u128::from(a.0 >> 12), a.1 % 9, a.2).unwrap();
+            let db = Decimal::new(u128::from(b.0 >> 12), b.1 % 9, b.2).unwrap();
+            // Mantissas below 2^52 and scales to 8: where f64 tells two values apart, the order agrees.
+            let (fa, fb) = (da.to_f64(), db.to_f64());
+            fa == fb || da.cmp_value(db) == fa.partial_cmp(&fb).unwrap()
+        }
+
+        fn display_parse_round_trip(mantissa: u128, scale: u8, negative: bool) -> bool {
+            let d = Decimal::new(mantissa & MAX_MANTISSA, scale % (MAX_SCALE + 1), negative).unwrap();
             Decimal::parse(&d.to_string()) == Ok(d)
         }
 
-        fn to_f64_matches_std_parse(mantissa: u64, scale: u8) -> bool {
-            let d = Decimal::new(mantissa, scale % (MAX_SCALE + 1), false).unwrap();
+        fn to_f64_matches_std_parse(mantissa: u128, scale: u8) -> bool {
+            let d = Decimal::new(mantissa & MAX_MANTISSA, scale % (MAX_SCALE + 1), false).unwrap();
             d.to_f64() == d.to_string().parse::<f64>().unwrap()
         }
 

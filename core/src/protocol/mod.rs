@@ -27,7 +27,7 @@ mod fast;
 mod raw;
 mod request;
 
-pub use decimal::{Decimal, DecimalError};
+pub use decimal::{Decimal, DecimalError, MAX_MANTISSA, MAX_SCALE};
 pub use encode::{encode_event, encode_frame};
 pub use request::{Request, RequestError, decode_request, encode_request};
 

@@ -448,7 +448,13 @@ struct AnyFrame(Frame);
 
 fn dec(g: &mut Gen) -> Decimal {
     let scale = u8::arbitrary(g) % 9;
-    Decimal::new(u64::arbitrary(g) % 10_000_000_000_000, scale, false).unwrap_or_default()
+    // Mostly Binance-sized values, sometimes the full 96-bit range (huge kline volumes).
+    let mantissa = if u8::arbitrary(g) % 8 == 0 {
+        u128::arbitrary(g) & decimal::MAX_MANTISSA
+    } else {
+        u128::from(u64::arbitrary(g) % 10_000_000_000_000)
+    };
+    Decimal::new(mantissa, scale, false).unwrap_or_default()
 }
 
 fn symbol(g: &mut Gen) -> String {
