@@ -328,8 +328,11 @@ fn decode_general(text: &str) -> Result<Frame, DecodeError> {
 /// event is attributed to `stream` (rather than to [`stream_name`]'s guess) and a partial depth frame
 /// gets its symbol from it.
 pub fn decode_on_stream(text: &str, stream: &str) -> Result<Frame, DecodeError> {
+    if let Some(Frame::Market { event, .. }) = fast::try_decode(text) {
+        return Ok(Frame::Market { stream: stream.to_owned(), event });
+    }
     let raw = parse(text)?;
-    if is_market(&raw) {
+    if is_market(&raw) && raw.stream.is_absent() && matches!(raw.data, Nested::Absent) {
         let event = market(raw, Some(stream))?;
         return Ok(Frame::Market { stream: stream.to_owned(), event });
     }
@@ -638,6 +641,56 @@ pub fn stream_name(event: &MarketEvent) -> String {
         MarketEvent::BookTicker(_) => format!("{symbol}@bookTicker"),
         MarketEvent::PartialDepth(d) => format!("{symbol}@depth{}", d.bids.len().max(d.asks.len())),
     }
+}
+
+/// Why a stream name is not one keel can decode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StreamNameError {
+    /// No `@` between symbol and stream type.
+    #[error("stream {0:?} has no '@' (expected <symbol>@<type>, e.g. btcusdt@aggTrade)")]
+    NoAt(String),
+    /// The symbol part is empty or not lower-case letters and digits (Binance stream names are lower case).
+    #[error("stream {0:?}: the symbol must be lower-case letters and digits (e.g. btcusdt)")]
+    BadSymbol(String),
+    /// A stream type keel does not decode.
+    #[error(
+        "stream {0:?}: unsupported type (keel decodes aggTrade, trade, kline_<interval>, depth, depth@100ms, \
+         depth5/10/20[@100ms], bookTicker)"
+    )]
+    UnsupportedType(String),
+    /// A kline interval Binance does not offer.
+    #[error("stream {0:?}: unknown kline interval (1s 1m 3m 5m 15m 30m 1h 2h 4h 6h 8h 12h 1d 3d 1w 1M)")]
+    BadInterval(String),
+}
+
+/// Checks that `name` is a stream keel decodes (`btcusdt@aggTrade`, `btcusdt@kline_1m`,
+/// `btcusdt@depth@100ms`, `btcusdt@depth5`, ...), so that a configuration naming, say, `@ticker`
+/// fails up front instead of counting every frame as malformed.
+pub fn check_stream_name(name: &str) -> Result<(), StreamNameError> {
+    const INTERVALS: [&str; 16] =
+        ["1s", "1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "3d", "1w", "1M"];
+    let (symbol, kind) = name.split_once('@').ok_or_else(|| StreamNameError::NoAt(name.to_owned()))?;
+    if symbol.is_empty() || !symbol.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
+        return Err(StreamNameError::BadSymbol(name.to_owned()));
+    }
+    let supported = match kind {
+        "aggTrade" | "trade" | "bookTicker" | "depth" | "depth@100ms" | "depth@1000ms" => true,
+        _ => match kind.strip_prefix("kline_") {
+            Some(rest) => {
+                // An optional UTC offset: kline_1h@+08:00.
+                let interval = rest.split_once('@').map_or(rest, |(interval, _)| interval);
+                if !INTERVALS.contains(&interval) {
+                    return Err(StreamNameError::BadInterval(name.to_owned()));
+                }
+                true
+            }
+            None => {
+                let base = kind.strip_suffix("@100ms").or_else(|| kind.strip_suffix("@1000ms")).unwrap_or(kind);
+                matches!(base, "depth5" | "depth10" | "depth20")
+            }
+        },
+    };
+    if supported { Ok(()) } else { Err(StreamNameError::UnsupportedType(name.to_owned())) }
 }
 
 /// `base + "/stream?streams=a/b"` (a trailing `/` on `base` is dropped).

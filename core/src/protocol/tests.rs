@@ -943,3 +943,48 @@ quickcheck! {
         decode_request(&encode_request(&request, id)) == Ok((request, id))
     }
 }
+
+#[test]
+fn stream_names_are_checked() {
+    for ok in [
+        "btcusdt@aggTrade",
+        "btcusdt@trade",
+        "btcusdt@kline_1m",
+        "btcusdt@kline_1M",
+        "btcusdt@kline_1h@+08:00",
+        "btcusdt@depth",
+        "btcusdt@depth@100ms",
+        "btcusdt@depth5",
+        "btcusdt@depth20@100ms",
+        "1000shibusdt@bookTicker",
+    ] {
+        assert_eq!(check_stream_name(ok), Ok(()), "{ok}");
+    }
+    let table = [
+        ("btcusdt", StreamNameError::NoAt("btcusdt".into())),
+        ("BTCUSDT@trade", StreamNameError::BadSymbol("BTCUSDT@trade".into())),
+        ("@trade", StreamNameError::BadSymbol("@trade".into())),
+        ("btcusdt@ticker", StreamNameError::UnsupportedType("btcusdt@ticker".into())),
+        ("btcusdt@aggtrade", StreamNameError::UnsupportedType("btcusdt@aggtrade".into())),
+        ("btcusdt@depth7", StreamNameError::UnsupportedType("btcusdt@depth7".into())),
+        ("btcusdt@kline_2m", StreamNameError::BadInterval("btcusdt@kline_2m".into())),
+    ];
+    for (name, err) in table {
+        assert_eq!(check_stream_name(name), Err(err), "{name}");
+    }
+    assert!(check_stream_name("btcusdt@ticker").unwrap_err().to_string().contains("keel decodes aggTrade"));
+}
+
+#[test]
+fn decode_on_stream_attributes_raw_frames_to_the_known_stream() {
+    let Ok(Frame::Market { stream, event }) = decode_on_stream(AGG, "bnbbtc@aggTrade") else { panic!() };
+    assert_eq!((stream.as_str(), event), ("bnbbtc@aggTrade", MarketEvent::AggTrade(agg_event())));
+    let Ok(Frame::Market { stream, .. }) = decode_on_stream(BOOK, "bnbusdt@bookTicker") else { panic!() };
+    assert_eq!(stream, "bnbusdt@bookTicker");
+    // Non-market frames decode as usual.
+    assert_eq!(
+        decode_on_stream(r#"{"result":null,"id":1}"#, "x@trade"),
+        Ok(Frame::Response { id: 1, result: ResponseResult::Null })
+    );
+    assert_eq!(decode_on_stream("", "x@trade"), Err(DecodeError::Empty));
+}
