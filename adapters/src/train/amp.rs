@@ -34,23 +34,37 @@ pub fn collect(grads: &GradStore, params: &Params) -> Result<Vec<Tensor>> {
 /// summed: `0 * finite = 0`, `0 * inf = NaN` and `0 * NaN = NaN`, so the sum is NaN exactly when
 /// a non-finite value exists, and, unlike a plain sum, it cannot overflow on large finite values.
 pub fn found_inf(grads: &[Tensor]) -> Result<bool> {
+    // One device-to-host read for the whole model (matters on a GPU).
+    let mut acc: Option<Tensor> = None;
     for g in grads {
-        let s = (g * 0.0)?.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
-        if !s.is_finite() {
-            return Ok(true);
-        }
+        let s = (g * 0.0)?.to_dtype(DType::F32)?.sum_all()?;
+        acc = Some(match acc {
+            Some(a) => (a + s)?,
+            None => s,
+        });
     }
-    Ok(false)
+    Ok(match acc {
+        Some(a) => !a.to_scalar::<f32>()?.is_finite(),
+        None => false,
+    })
 }
 
 /// Unscaled and clipped gradients plus the global norm of the unscaled gradients (before clipping,
 /// as PyTorch's `clip_grad_norm_` reports it). `max_norm <= 0` disables clipping.
 pub fn unscale_and_clip(grads: &[Tensor], scale: f64, max_norm: f64) -> Result<(Vec<Tensor>, f64)> {
     let inv = 1.0 / scale;
-    let mut sq = 0.0f64;
+    let mut acc: Option<Tensor> = None;
     for g in grads {
-        sq += (g * inv)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+        let s = (g * inv)?.sqr()?.sum_all()?;
+        acc = Some(match acc {
+            Some(a) => (a + s)?,
+            None => s,
+        });
     }
+    let sq = match acc {
+        Some(a) => a.to_scalar::<f32>()? as f64,
+        None => 0.0,
+    };
     let norm = sq.sqrt();
     let coef = if max_norm > 0.0 && norm > max_norm { max_norm / (norm + 1e-6) } else { 1.0 };
     let out = grads.iter().map(|g| g * (inv * coef)).collect::<Result<Vec<_>>>()?;

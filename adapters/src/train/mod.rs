@@ -234,6 +234,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         dtype = ?t.dtype,
         "training"
     );
+    tracing::info!("{}", tr.driver.scaler());
     let report = tr.fit(&ds)?;
     let meta = checkpoint::Meta {
         format_version: checkpoint::FORMAT_VERSION,
@@ -262,10 +263,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         "persistence     {:.4} / {:.4} (repeat the last observed value)",
         report.baseline_mse, report.baseline_mae
     );
-    println!(
-        "loss scale      {} now, {}..{} seen; {} of {} steps skipped, {} resets, {} warnings, {} NaN losses",
-        s.current_scale, s.min_scale, s.max_scale, s.skipped, s.steps, s.resets, s.warnings, report.nan_losses
-    );
+    println!("loss scaler     {s}; {} NaN losses", report.nan_losses);
     println!("step time       {:.1} ms", report.step_ms);
     println!("checkpoint      {}", args.out.display());
     println!("plot            {}", plot_path.display());
