@@ -286,6 +286,41 @@ enum State {
     Stopped { reason: StopReason },
 }
 
+/// Whether time currently counts as uptime, downtime, or not at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Up,
+    Down,
+    Stopped,
+}
+
+/// Time accounting of the stats, shared by `advance` and `stats_at`.
+struct StatsClock {
+    mode: Mode,
+    last_now: Timestamp,
+    outage_since: Option<Timestamp>,
+    stats: ConnectionStats,
+}
+
+impl StatsClock {
+    fn advance(&mut self, now: Timestamp) -> Timestamp {
+        let now = now.max(self.last_now);
+        let elapsed = now.saturating_since(self.last_now).as_millis() as u64;
+        match self.mode {
+            Mode::Up => self.stats.uptime_ms += elapsed,
+            Mode::Down => self.stats.downtime_ms += elapsed,
+            Mode::Stopped => {}
+        }
+        if let Some(since) = self.outage_since {
+            let outage = now.saturating_since(since).as_millis() as u64;
+            self.stats.current_outage_ms = outage;
+            self.stats.longest_outage_ms = self.stats.longest_outage_ms.max(outage);
+        }
+        self.last_now = now;
+        now
+    }
+}
+
 /// The connection lifecycle machine; see the module docs.
 #[derive(Debug, Clone)]
 pub struct Connection {
@@ -455,6 +490,14 @@ impl Connection {
         &self.stats
     }
 
+    /// A snapshot of the statistics with the time since the last call accounted up to `now` (for
+    /// live displays and metrics between inputs); the machine itself is not changed.
+    pub fn stats_at(&self, now: Timestamp) -> ConnectionStats {
+        let mut snapshot = self.clone_for_stats();
+        snapshot.advance(now);
+        snapshot.stats
+    }
+
     /// Whether a transport is open and subscribed.
     pub fn is_live(&self) -> bool {
         matches!(self.state, State::Live(_))
@@ -510,21 +553,35 @@ impl Connection {
 
     // ---- internals ----
 
+    /// The parts `advance` touches, cheap to clone (no queues, trackers or transport state).
+    fn clone_for_stats(&self) -> StatsClock {
+        StatsClock {
+            mode: match self.state {
+                State::Live(_) => Mode::Up,
+                State::Stopped { .. } => Mode::Stopped,
+                State::Connecting { .. } | State::Waiting { .. } => Mode::Down,
+            },
+            last_now: self.last_now,
+            outage_since: self.outage_since,
+            stats: self.stats.clone(),
+        }
+    }
+
     /// Moves the clock to `now` (a clock stepping backwards is held at the last `now`) and
     /// accounts the elapsed time as up or down.
     fn advance(&mut self, now: Timestamp) -> Timestamp {
-        let now = now.max(self.last_now);
-        let elapsed = now.saturating_since(self.last_now).as_millis() as u64;
-        match self.state {
-            State::Live(_) => self.stats.uptime_ms += elapsed,
-            State::Stopped { .. } => {}
-            State::Connecting { .. } | State::Waiting { .. } => self.stats.downtime_ms += elapsed,
-        }
-        if let Some(since) = self.outage_since {
-            let outage = now.saturating_since(since).as_millis() as u64;
-            self.stats.current_outage_ms = outage;
-            self.stats.longest_outage_ms = self.stats.longest_outage_ms.max(outage);
-        }
+        let mut clock = StatsClock {
+            mode: match self.state {
+                State::Live(_) => Mode::Up,
+                State::Stopped { .. } => Mode::Stopped,
+                State::Connecting { .. } | State::Waiting { .. } => Mode::Down,
+            },
+            last_now: self.last_now,
+            outage_since: self.outage_since,
+            stats: std::mem::take(&mut self.stats),
+        };
+        let now = clock.advance(now);
+        self.stats = clock.stats;
         self.last_now = now;
         now
     }

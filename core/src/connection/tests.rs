@@ -425,6 +425,12 @@ fn uptime_downtime_and_outages_are_accounted() {
     h.tick();
     let s = h.c.stats();
     assert_eq!((s.uptime_ms, s.downtime_ms, s.current_outage_ms, s.longest_outage_ms), (60_000, 6_000, 1_000, 5_000));
+    // A snapshot between inputs accounts the time since without changing the machine.
+    let later = h.c.stats_at(t(70_000));
+    assert_eq!((later.uptime_ms, later.downtime_ms, later.current_outage_ms), (60_000, 10_000, 5_000));
+    assert_eq!(later.longest_outage_ms, 5_000);
+    assert_eq!(h.c.stats().downtime_ms, 6_000);
+    let s = h.c.stats();
     let kinds: Vec<_> = s.history.iter().map(|r| std::mem::discriminant(&r.outcome)).collect();
     assert_eq!(kinds.len(), 2);
     assert!(matches!(
