@@ -37,8 +37,14 @@
 //! - Control messages (pings, pongs, SUBSCRIBE) go through a [`ControlLimiter`] (Binance: at most
 //!   5 per second per connection).
 //!
+//! - More desired streams than `stream.max_streams_per_connection` (Binance: 1024) cannot be
+//!   served by one transport (splitting is not implemented): the machine gives up at once with an
+//!   `InvalidUrl` error naming the setting, instead of letting Binance reject the connection.
+//!
 //! Deviations from connection-api.md: `Event::Rollover` was added (a planned reconnect is not a
-//! disconnection); `GiveUp` carries the error, its class and the failure count.
+//! disconnection); `GiveUp` carries the error, its class and the failure count. Additions:
+//! `is_stopped`, `stop_reason`, `subscriptions`, `current_transport`, `url`, `stats_at(now)`,
+//! `set_wall_clock_offset` (time-of-day disconnect patterns), `disconnects`.
 
 use crate::backoff::{AttemptBudget, AttemptOutcome, Backoff, BackoffDecision};
 use crate::classify::{ErrorClass, TransportError, classify_error_with_floor};
@@ -378,6 +384,21 @@ impl Connection {
             wall_clock_offset_ms: None,
             stats: ConnectionStats::default(),
         };
+        let max_streams = config.stream.max_streams_per_connection as usize;
+        if conn.desired.len() > max_streams {
+            let error = TransportError::InvalidUrl(format!(
+                "{} streams requested but one connection carries at most {max_streams} \
+                 (stream.max_streams_per_connection; Binance allows 1024): run several keel processes \
+                 with fewer streams each",
+                conn.desired.len()
+            ));
+            let class = ErrorClass::Fatal;
+            let reason = format!("not connecting: {error}");
+            conn.state = State::Stopped { reason: StopReason::GaveUp };
+            conn.stats.last_error = Some(error.to_string());
+            conn.emit(Output::GaveUp(GiveUp { reason, error, class, failures: 0 }));
+            return conn;
+        }
         conn.start_attempt(now, Duration::ZERO, 1);
         conn
     }

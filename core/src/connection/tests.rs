@@ -467,6 +467,29 @@ fn repeated_drops_after_the_same_uptime_are_reported_as_a_pattern() {
     assert_eq!(h.c.disconnects().count(), 3);
 }
 
+#[test]
+fn too_many_streams_for_one_connection_give_up_with_the_setting_named() {
+    let mut c = cfg();
+    c.stream.max_streams_per_connection = 2;
+    c.stream.streams = vec![AGG.into(), "ethusdt@trade".into(), "bnbusdt@trade".into()];
+    let (h, out) = H::new(&c);
+    match &out[..] {
+        [Output::GaveUp(g)] => {
+            assert_eq!((g.class, g.failures), (ErrorClass::Fatal, 0));
+            assert!(g.reason.contains("3 streams") && g.reason.contains("max_streams_per_connection"), "{}", g.reason);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(h.c.poll_timeout(), None);
+    assert_eq!(h.c.stop_reason(), Some(StopReason::GaveUp));
+    // Exactly at the limit is fine.
+    c.stream.streams.pop();
+    assert_eq!(
+        H::new(&c).1,
+        [Output::Open { id: id(1), url: format!("wss://stream.binance.com:9443/stream?streams={AGG}/ethusdt@trade") }]
+    );
+}
+
 // ---- properties ----
 
 /// `n` cases, or `QUICKCHECK_TESTS` when set (for long local runs).
