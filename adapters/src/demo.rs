@@ -293,7 +293,7 @@ fn check_training(stats_json: &Path) -> anyhow::Result<Vec<String>> {
     if !num("test_mse").is_finite() {
         failures.push("the test error is not finite".into());
     }
-    if !(num("steps") > 0.0) {
+    if num("steps").is_nan() || num("steps") <= 0.0 {
         failures.push("training ran no step".into());
     }
     Ok(failures)
