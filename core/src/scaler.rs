@@ -82,6 +82,16 @@ pub struct ScaleReset {
 /// A broken scaler invariant (found by [`LossScaler::check_invariants`]; a bug, never expected).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum InvariantViolation {
+    /// A configuration number is out of its range.
+    #[error("{name} = {value:?} is invalid: must be {allowed}")]
+    Parameter {
+        /// The field (as in the `scaler` config section).
+        name: &'static str,
+        /// Its value.
+        value: f64,
+        /// The rule.
+        allowed: &'static str,
+    },
     /// The scale left `[min_scale, max_scale]` or is not a positive finite number.
     #[error("loss scale {scale:?} is outside [{min:?}, {max:?}] or not finite and > 0")]
     ScaleOutOfBounds {
@@ -123,8 +133,11 @@ pub enum InvariantViolation {
 }
 
 /// Dynamic loss scaler. Checkpointable: serialize it with the weights and a resumed run continues
-/// with the same scale and counters.
+/// with the same scale and counters. Deserializing checks the invariants
+/// ([`LossScaler::check_invariants`]), so that a corrupt or hand-edited checkpoint (an inf scale,
+/// a growth factor of 0.5) is an error naming the field instead of a run that diverges.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "LossScalerState")]
 pub struct LossScaler {
     /// Current scale, always finite and within `[min_scale, max_scale]`.
     scale: f64,
@@ -140,6 +153,50 @@ pub struct LossScaler {
     hysteresis: u32,
     /// Where a reset jumps down to, already clamped into `[min_scale, max_scale]`.
     reset_scale: f64,
+}
+
+/// The serialized form of [`LossScaler`], checked on the way in.
+#[derive(Deserialize)]
+struct LossScalerState {
+    scale: f64,
+    /// Clean steps since the last overflow, growth or reset (PyTorch's `_growth_tracker`).
+    growth_tracker: u32,
+    /// Overflows still tolerated before backing off (Megatron's `_hysteresis_tracker`).
+    hysteresis_left: u32,
+    growth_factor: f64,
+    backoff_factor: f64,
+    growth_interval: u32,
+    min_scale: f64,
+    max_scale: f64,
+    hysteresis: u32,
+    /// Where a reset jumps down to, already clamped into `[min_scale, max_scale]`.
+    reset_scale: f64,
+}
+
+impl TryFrom<LossScalerState> for LossScaler {
+    type Error = String;
+
+    fn try_from(s: LossScalerState) -> Result<Self, String> {
+        let scaler = LossScaler {
+            scale: s.scale,
+            growth_tracker: s.growth_tracker,
+            hysteresis_left: s.hysteresis_left,
+            growth_factor: s.growth_factor,
+            backoff_factor: s.backoff_factor,
+            growth_interval: s.growth_interval,
+            min_scale: s.min_scale,
+            max_scale: s.max_scale,
+            hysteresis: s.hysteresis,
+            reset_scale: s.reset_scale,
+        };
+        scaler.check_invariants().map_err(|e| {
+            format!(
+                "invalid loss scaler state: {e} (a corrupt or hand-edited checkpoint; restore the file, or resume \
+                 without its scaler state to restart from the configured scale)"
+            )
+        })?;
+        Ok(scaler)
+    }
 }
 
 impl LossScaler {
@@ -204,6 +261,17 @@ impl LossScaler {
     /// Checks the invariants the simulator asserts after every step: the scale is finite, > 0
     /// and within `[min_scale, max_scale]`, the counters are within their configured ranges.
     pub fn check_invariants(&self) -> Result<(), InvariantViolation> {
+        let param = |name: &'static str, value: f64, ok: bool, allowed: &'static str| {
+            if ok { Ok(()) } else { Err(InvariantViolation::Parameter { name, value, allowed }) }
+        };
+        let (lo, hi) = (f64::from(f32::MIN_POSITIVE), f64::from(f32::MAX));
+        let (g, b, min, max) = (self.growth_factor, self.backoff_factor, self.min_scale, self.max_scale);
+        param("growth_factor", g, g.is_finite() && g > 1.0, "finite and > 1")?;
+        param("backoff_factor", b, b > 0.0 && b < 1.0, "> 0 and < 1")?;
+        param("growth_interval", f64::from(self.growth_interval), self.growth_interval > 0, "> 0")?;
+        param("hysteresis", f64::from(self.hysteresis), self.hysteresis > 0, "> 0")?;
+        param("min_scale", min, min >= lo && min <= hi, "a positive normal f32 (1.2e-38 to 3.4e38)")?;
+        param("max_scale", max, max >= min && max <= hi, ">= min_scale and <= f32::MAX (3.4e38)")?;
         let s = self.scale;
         if !(s.is_finite() && s > 0.0 && s >= self.min_scale && s <= self.max_scale) {
             return Err(InvariantViolation::ScaleOutOfBounds { scale: s, min: self.min_scale, max: self.max_scale });
@@ -595,6 +663,16 @@ mod tests {
         let json = serde_json::to_string(&a).unwrap();
         let mut b: LossScaler = serde_json::from_str(&json).unwrap();
         assert_eq!(a, b);
+        // A corrupt checkpoint is refused with the field named.
+        let bad = json.replace("\"growth_factor\":2.0", "\"growth_factor\":0.5");
+        let err = serde_json::from_str::<LossScaler>(&bad).unwrap_err().to_string();
+        assert!(
+            err.contains("invalid loss scaler state: growth_factor = 0.5 is invalid: must be finite and > 1"),
+            "{err}"
+        );
+        let bad = json.replace(&format!("\"scale\":{:?}", a.scale()), "\"scale\":1e300");
+        let err = serde_json::from_str::<LossScaler>(&bad).unwrap_err().to_string();
+        assert!(err.contains("loss scale 1e300 is outside [1.0, 16777216.0]"), "{err}");
         let ron_text = ron::to_string(&a).unwrap();
         let c2: LossScaler = ron::from_str(&ron_text).unwrap();
         assert_eq!(a, c2);
