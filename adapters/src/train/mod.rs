@@ -4,6 +4,11 @@
 //! scaler deciding every step, stops early on validation loss, writes a checkpoint (safetensors +
 //! RON metadata), a PNG of the loss and scale curves, and reports test MSE/MAE next to a
 //! persistence baseline. `keel predict` loads a checkpoint and forecasts after the last row.
+//!
+//! Speed on a busy CPU: candle's CPU thread pool spin-waits at every matmul barrier; when the
+//! cores are shared with other work, `CANDLE_NUM_THREADS=1` made the small preset 3-5x faster
+//! here (the base preset still gains from 2 threads). On CPU, f16 is slower than f32 (candle
+//! converts element by element); it is for checking the mixed-precision path, GPUs are for speed.
 
 pub mod amp;
 pub mod checkpoint;
