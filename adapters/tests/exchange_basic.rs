@@ -293,3 +293,17 @@ fn cutoff_announces_server_shutdown_then_closes_1001_and_injection_works() {
         }
     });
 }
+
+#[test]
+fn slow_reads_delay_the_answers_to_requests() {
+    let ex = start(FaultPlan::default().on(0, Fault::SlowReads { delay: Duration::from_millis(300) }));
+    smol::block_on(async {
+        let mut ws = connect(&ex, "/ws").await;
+        let t0 = std::time::Instant::now();
+        send(&mut ws, serde_json::json!({"method":"LIST_SUBSCRIPTIONS","id":1})).await;
+        send(&mut ws, serde_json::json!({"method":"LIST_SUBSCRIPTIONS","id":2})).await;
+        assert_eq!(next_json(&mut ws).await["id"], 1);
+        assert_eq!(next_json(&mut ws).await["id"], 2);
+        assert!(t0.elapsed() >= Duration::from_millis(300), "the second request was read without delay");
+    });
+}

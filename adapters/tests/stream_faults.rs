@@ -211,3 +211,16 @@ fn server_shutdown_notice_rolls_over_to_a_new_connection() {
     assert!(infos.len() >= 2);
     check_file_against_report(&dir, &report);
 }
+
+#[test]
+fn a_message_over_the_size_limit_drops_the_transport_and_the_client_reconnects() {
+    let ex = exchange(FaultPlan::default().on(0, Fault::Oversize { after: 5, bytes: 100_000 }));
+    let dir = tmp("oversize");
+    let mut cfg = config(&ex, &dir, &[AGG]);
+    cfg.stream.max_message_bytes = 64 * 1024;
+    let report = run(cfg, 1_200, None);
+    let d = report.disconnects.first().expect("a disconnection");
+    assert!(matches!(d.error, TransportError::MessageTooLarge { max: 65_536, size } if size > 65_536), "{:?}", d.error);
+    assert!(infos_settled(&ex).len() >= 2);
+    check_file_against_report(&dir, &report);
+}

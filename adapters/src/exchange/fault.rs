@@ -54,6 +54,13 @@ pub enum Fault {
         /// Sleep before each read.
         delay: Duration,
     },
+    /// One text frame of `bytes` bytes after `after` frames (tests the client's max_message_bytes).
+    Oversize {
+        /// Frames before the big one.
+        after: u64,
+        /// Its size.
+        bytes: u64,
+    },
     /// Benchmark mode: `frames` pre-encoded aggTrade frames as fast as the socket takes them, then normal.
     Blast {
         /// Number of frames.
@@ -64,7 +71,7 @@ pub enum Fault {
 /// A fault spelling that could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error(
-    "invalid fault {spec:?}: {why}; expected one of reset:N, eof:N, stall:N, close:CODE:N, malformed:EVERY, reject:STATUS[:RETRY_AFTER_SECS], cutoff:MS, slow:MS, blast:FRAMES"
+    "invalid fault {spec:?}: {why}; expected one of reset:N, eof:N, stall:N, close:CODE:N, malformed:EVERY, reject:STATUS[:RETRY_AFTER_SECS], cutoff:MS, slow:MS, blast:FRAMES, oversize:N:BYTES"
 )]
 pub struct FaultParseError {
     /// The text given.
@@ -104,6 +111,7 @@ impl FromStr for Fault {
             "cutoff" if parts.len() == 2 => Fault::Cutoff { after: Duration::from_millis(num(1)?) },
             "slow" if parts.len() == 2 => Fault::SlowReads { delay: Duration::from_millis(num(1)?) },
             "blast" if parts.len() == 2 => Fault::Blast { frames: num(1)? },
+            "oversize" if parts.len() == 3 => Fault::Oversize { after: num(1)?, bytes: num(2)? },
             _ => return Err(err("unknown kind or wrong number of fields")),
         };
         Ok(fault)
@@ -123,6 +131,7 @@ impl fmt::Display for Fault {
             Fault::Cutoff { after } => write!(f, "cutoff:{}", after.as_millis()),
             Fault::SlowReads { delay } => write!(f, "slow:{}", delay.as_millis()),
             Fault::Blast { frames } => write!(f, "blast:{frames}"),
+            Fault::Oversize { after, bytes } => write!(f, "oversize:{after}:{bytes}"),
         }
     }
 }
@@ -183,6 +192,7 @@ mod tests {
             ("cutoff:5000", Fault::Cutoff { after: Duration::from_secs(5) }),
             ("slow:250", Fault::SlowReads { delay: Duration::from_millis(250) }),
             ("blast:1000", Fault::Blast { frames: 1000 }),
+            ("oversize:5:2000000", Fault::Oversize { after: 5, bytes: 2_000_000 }),
         ];
         for (text, fault) in table {
             assert_eq!(text.parse::<Fault>().unwrap(), fault, "{text}");

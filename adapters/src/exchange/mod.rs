@@ -267,7 +267,7 @@ pub struct ExchangeArgs {
     pub clock_speed: u32,
     /// A fault: `K=SPEC` for connection K (0-based), `*=SPEC` or `SPEC` for every connection.
     /// SPEC: reset:N, eof:N, stall:N, close:CODE:N, malformed:EVERY, reject:STATUS[:RETRY_SECS],
-    /// cutoff:MS, slow:MS, blast:FRAMES (N counts market frames sent). Repeatable.
+    /// cutoff:MS, slow:MS, blast:FRAMES, oversize:N:BYTES (N counts market frames sent). Repeatable.
     #[arg(long = "fault")]
     pub faults: Vec<String>,
     /// Stop after this many seconds (default: run until Ctrl-C).

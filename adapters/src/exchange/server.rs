@@ -175,6 +175,7 @@ struct Armed {
     cutoff: Option<(Instant, Instant)>,
     slow_reads: Option<Duration>,
     blast: Option<u64>,
+    oversize: Option<(u64, u64)>,
 }
 
 impl Armed {
@@ -192,6 +193,7 @@ impl Armed {
             }
             Fault::SlowReads { delay } => self.slow_reads = Some(*delay),
             Fault::Blast { frames } => self.blast = Some(*frames),
+            Fault::Oversize { after, bytes } => self.oversize = Some((sent + after, *bytes)),
             Fault::RejectUpgrade { .. } => {}
         }
     }
@@ -505,6 +507,13 @@ where
                             return Ending::ClientGone(format!("write failed: {e}"));
                         }
                         conn.malformed += 1;
+                    }
+                    if let Some((_, bytes)) = armed.oversize.filter(|(at, _)| conn.sent >= *at) {
+                        armed.oversize = None;
+                        let big = format!(r#"{{"e":"padding","x":"{}"}}"#, "x".repeat(bytes as usize));
+                        if let Err(e) = ws.feed(Message::text(big)).await {
+                            return Ending::ClientGone(format!("write failed: {e}"));
+                        }
                     }
                     if let Some(end) = armed.due(conn.sent) {
                         let _ = ws.flush().await;
