@@ -438,7 +438,13 @@ fn log_event(ev: &Event, report: &mut StreamReport) {
         Event::Market { .. } => {}
         Event::Connected { id, attempt } => tracing::info!(transport = %id, attempt, "connected"),
         Event::Disconnected { id, error, class, diagnosis, retry_in } => {
-            tracing::warn!(transport = %id, class = class.name(), retry_in_ms = retry_in.as_millis() as u64, "disconnected: {error}; {diagnosis}");
+            // The error's source chain was logged once when the transport failed; here only the decision.
+            tracing::warn!(
+                transport = %id,
+                class = class.name(),
+                retry_in_ms = retry_in.as_millis() as u64,
+                "disconnected: {diagnosis}"
+            );
             report.disconnects.push(Disconnect { id: *id, error: error.clone(), class: *class, retry_in: *retry_in });
         }
         Event::HeartbeatTimeout { id } => tracing::warn!(transport = %id, "heartbeat timeout: no frame after our ping"),
