@@ -409,13 +409,30 @@ impl Config {
         );
         v.check(!s.streams.is_empty(), "stream.streams", &format!("{:?}", s.streams), "at least one stream name");
         for name in &s.streams {
-            v.check(
-                valid_stream_name(name),
-                "stream.streams",
-                name,
-                "a Binance stream name like btcusdt@aggTrade (lowercase symbol, '@', type)",
-            );
+            // The decoder's own list, so that a stream keel cannot decode (say `@ticker`) fails here
+            // instead of counting every one of its frames as malformed.
+            if let Err(e) = crate::protocol::check_stream_name(name) {
+                v.check(false, "stream.streams", name, &format!("a stream keel decodes: {e}"));
+            }
         }
+        let mut unique = s.streams.clone();
+        unique.sort();
+        unique.dedup();
+        v.check(
+            unique.len() == s.streams.len(),
+            "stream.streams",
+            &format!("{:?}", s.streams),
+            "no stream listed twice",
+        );
+        v.check(
+            s.streams.len() <= s.max_streams_per_connection as usize,
+            "stream.streams",
+            &format!("{} streams", s.streams.len()),
+            &format!(
+                "at most stream.max_streams_per_connection ({}) streams: keel does not split streams across connections yet",
+                s.max_streams_per_connection
+            ),
+        );
         v.check(!s.out_dir.is_empty(), "stream.out_dir", &s.out_dir, "a non-empty directory path");
         v.check(s.max_message_bytes > 0, "stream.max_message_bytes", &s.max_message_bytes, "> 0");
         v.check(
@@ -595,19 +612,6 @@ impl Config {
     }
 }
 
-/// A Binance stream name: lowercase symbol, `@`, a stream type (`aggTrade`, `kline_1m`, `depth@100ms`...).
-fn valid_stream_name(name: &str) -> bool {
-    match name.split_once('@') {
-        Some((symbol, kind)) => {
-            !symbol.is_empty()
-                && symbol.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-                && !kind.is_empty()
-                && kind.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '@')
-        }
-        None => false,
-    }
-}
-
 #[derive(Default)]
 struct Validator(Vec<FieldError>);
 
@@ -721,6 +725,10 @@ mod tests {
         (r#"stream: (url: "http://x")"#, "stream.url"),
         ("stream: (streams: [])", "stream.streams"),
         (r#"stream: (streams: ["BTCUSDT"])"#, "stream.streams"),
+        (r#"stream: (streams: ["btcusdt@ticker"])"#, "stream.streams"),
+        (r#"stream: (streams: ["btcusdt@kline_7m"])"#, "stream.streams"),
+        (r#"stream: (streams: ["btcusdt@trade", "btcusdt@trade"])"#, "stream.streams"),
+        (r#"stream: (streams: ["btcusdt@trade", "ethusdt@trade"], max_streams_per_connection: 1)"#, "stream.streams"),
         (r#"stream: (out_dir: "")"#, "stream.out_dir"),
         ("stream: (max_message_bytes: 0)", "stream.max_message_bytes"),
         ("stream: (stall_after_ms: 1000)", "stream.stall_after_ms"),
