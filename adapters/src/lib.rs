@@ -10,3 +10,4 @@ pub mod exchange;
 pub mod logging;
 pub mod stream;
 pub mod train;
+pub mod tune;

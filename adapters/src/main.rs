@@ -22,6 +22,8 @@ enum Command {
     Train(keel::train::TrainArgs),
     /// Forecast with a trained checkpoint.
     Predict(keel::train::PredictArgs),
+    /// Search Informer hyperparameters with TPE, the loss scaler in every trial.
+    Tune(keel::tune::TuneArgs),
     /// Exchange + stream with faults + training, offline, with a report.
     Demo(keel::demo::DemoArgs),
     /// Print, check or document the configuration file.
@@ -39,6 +41,7 @@ fn main() -> ExitCode {
         Command::Exchange(a) => keel::exchange::run(a),
         Command::Train(a) => keel::train::run(a),
         Command::Predict(a) => keel::train::predict(a),
+        Command::Tune(a) => keel::tune::run(a),
         Command::Demo(a) => keel::demo::run(a),
         Command::Config(a) => keel::config_cmd::run(a),
     };
