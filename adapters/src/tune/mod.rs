@@ -278,7 +278,7 @@ impl Sampler {
         let d_model = pick(&self.space.d_models, ask(&mut self.d_model, r));
         let heads = pick(&N_HEADS, ask(&mut self.n_heads, r));
         // Every offered width is a multiple of every head count, but keep the invariant local.
-        let n_heads = N_HEADS.iter().copied().filter(|&h| h <= heads && d_model % h == 0).max().unwrap_or(1);
+        let n_heads = N_HEADS.iter().copied().filter(|&h| h <= heads && d_model.is_multiple_of(h)).max().unwrap_or(1);
         TrialParams {
             learning_rate: 10f64.powf(ask(&mut self.lr, r)),
             d_model,
