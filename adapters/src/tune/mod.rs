@@ -379,23 +379,22 @@ fn train_trial(table: &Table, setup: &TrialSetup, p: &TrialParams, rec: &mut Tri
     rec.test_mse = finite(report.test_mse);
     rec.epochs_run = report.epochs_run;
     rec.step_ms = finite(report.step_ms);
-    rec.status = TrialStatus::Failed;
-    if report.nan_losses > 0 || rec.val_loss.is_none() {
-        anyhow::bail!(
-            "NaN loss: {} training batches had a non-finite loss, validation loss {}",
-            report.nan_losses,
-            report.best_val_loss
-        );
-    }
-    if report.stats.resets > setup.max_resets {
-        anyhow::bail!(
-            "the loss scale was reset {} times, more than --max-resets {}",
-            report.stats.resets,
-            setup.max_resets
-        );
+    if let Some(why) = verdict(report.nan_losses, report.best_val_loss, report.stats.resets, setup.max_resets) {
+        anyhow::bail!(why);
     }
     rec.status = TrialStatus::Ok;
     Ok(())
+}
+
+/// Why a finished run fails as a trial, if it does: a NaN loss, or more scaler resets than allowed.
+pub fn verdict(nan_losses: u64, val_loss: f64, resets: u64, max_resets: u64) -> Option<String> {
+    if nan_losses > 0 || !val_loss.is_finite() {
+        return Some(format!(
+            "NaN loss: {nan_losses} training batches had a non-finite loss, validation loss {val_loss}"
+        ));
+    }
+    (resets > max_resets)
+        .then(|| format!("the loss scale was reset {resets} times, more than --max-resets {max_resets}"))
 }
 
 /// Reads trials.jsonl. A last line cut off by an interruption is dropped (and cut from the file
@@ -668,6 +667,15 @@ mod tests {
         let t = table(&rs, 5);
         assert_eq!(t.lines().count(), 3, "{t}");
         assert!(t.lines().nth(1).unwrap().trim_start().starts_with('2'), "{t}");
+    }
+
+    #[test]
+    fn nan_losses_and_too_many_resets_fail_the_trial() {
+        assert_eq!(verdict(0, 0.3, 2, 2), None);
+        assert!(verdict(1, 0.3, 0, 2).is_some_and(|e| e.contains("NaN loss")));
+        assert!(verdict(0, f64::NAN, 0, 2).is_some_and(|e| e.contains("NaN loss")));
+        assert!(verdict(0, f64::INFINITY, 0, 2).is_some_and(|e| e.contains("NaN loss")));
+        assert!(verdict(0, 0.3, 3, 2).is_some_and(|e| e.contains("reset 3 times") && e.contains("--max-resets 2")));
     }
 
     #[test]
