@@ -402,10 +402,10 @@ impl Config {
         let mut v = Validator::default();
         let s = &self.stream;
         v.check(
-            !s.url.is_empty() && (s.url.starts_with("wss://") || s.url.starts_with("ws://")),
+            s.url.starts_with("wss://") && s.url.len() > "wss://".len(),
             "stream.url",
             &s.url,
-            "a ws:// or wss:// URL",
+            "a wss:// URL (TLS is mandatory; plain ws:// is refused)",
         );
         v.check(!s.streams.is_empty(), "stream.streams", &format!("{:?}", s.streams), "at least one stream name");
         for name in &s.streams {

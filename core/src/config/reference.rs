@@ -41,7 +41,7 @@ macro_rules! key {
 pub const KEYS: &[KeyDoc] = &[
     key!(
         stream.url,
-        "ws:// or wss:// URL",
+        "wss:// URL (TLS is mandatory)",
         "Base URL of the stream endpoint; `/stream?streams=a/b` is appended. Point it at `keel exchange` for offline runs."
     ),
     key!(
