@@ -30,10 +30,18 @@
 //!   outage show as a gap): duplicates are dropped and counted, gaps are emitted before the event
 //!   that revealed them. Malformed frames are counted and reported, never fatal.
 //! - A rollover (`stream.rollover_after_ms` after connecting, or Binance's `serverShutdown`
-//!   notice) closes and reopens at once, without backoff, when the connection was stable; a
-//!   `serverShutdown` on an unstable connection is treated as a failure, so a server repeating it
-//!   cannot cause a reconnect storm. Make-before-break (issue 9) can later run two transports at
-//!   once; ids already allow it.
+//!   notice) is make-before-break (issue 9): a second transport (new id, same URL, counted in the
+//!   attempt budget, its own control limiter) opens beside the live one, which keeps delivering.
+//!   The new one's market events are buffered until it has delivered on every subscribed stream
+//!   and, on sequenced streams, the old one has delivered the new one's first id (an overlap, so
+//!   nothing falls between them); then the old one is closed and the buffer goes through the
+//!   [`GapTracker`], which drops what was already delivered. Unsequenced streams (klines) are
+//!   delivered only from the active transport. The old one dying, or the cutoff (handshake timeout
+//!   + `stream.stall_after_ms` after the start), hands over early; if the old one dies before the
+//!   new one opened, the machine waits for it as a normal attempt. If the new one fails (error,
+//!   handshake or heartbeat timeout), the old one is closed too and the plain reconnect path runs
+//!   (backoff, budget, give-up), accounting the new one's error. A `serverShutdown` on an unstable
+//!   connection is treated as a failure, so a server repeating it cannot cause a reconnect storm.
 //! - Control messages (pings, pongs, SUBSCRIBE) go through a [`ControlLimiter`] (Binance: at most
 //!   5 per second per connection).
 //!
@@ -44,7 +52,11 @@
 //! Deviations from connection-api.md: `Event::Rollover` was added (a planned reconnect is not a
 //! disconnection); `GiveUp` carries the error, its class and the failure count. Additions:
 //! `is_stopped`, `stop_reason`, `subscriptions`, `current_transport`, `url`, `stats_at(now)`,
-//! `set_wall_clock_offset` (time-of-day disconnect patterns), `disconnects`.
+//! `set_wall_clock_offset` (time-of-day disconnect patterns), `disconnects`, `standby_transport`.
+//! During a rollover two transports are open, so `Send`, `Connected` and `HeartbeatTimeout` may
+//! name the standby; `Event::Rollover` no longer implies a `Close` of the old transport right away.
+//! Stats: `rollovers` counts rollovers started; a hand-over is no outage (no downtime), and ids
+//! the new transport repeats are counted in `duplicates`.
 
 use crate::backoff::{AttemptBudget, AttemptOutcome, Backoff, BackoffDecision};
 use crate::classify::{ErrorClass, TransportError, classify_error_with_floor};
@@ -200,7 +212,7 @@ pub enum Event {
         /// Its message.
         msg: String,
     },
-    /// A planned reconnect: transport `id` is closed and a new one opened.
+    /// A planned reconnect: a new transport is opened beside `id`, which is closed after the hand-over.
     Rollover {
         /// The transport being replaced.
         id: TransportId,
@@ -866,8 +878,7 @@ impl Connection {
         let deadline = now + self.handshake_timeout;
         let cutoff = deadline + self.stall_after;
         if let State::Live(live) = &mut self.state {
-            live.standby =
-                Some(Box::new(Standby { id: new, cutoff, phase: StandbyPhase::Opening { deadline } }));
+            live.standby = Some(Box::new(Standby { id: new, cutoff, phase: StandbyPhase::Opening { deadline } }));
         }
     }
 
