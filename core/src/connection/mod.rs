@@ -37,8 +37,8 @@
 //!   nothing falls between them); then the old one is closed and the buffer goes through the
 //!   [`GapTracker`], which drops what was already delivered. Unsequenced streams (klines) are
 //!   delivered only from the active transport. The old one dying, or the cutoff (handshake timeout
-//!   + `stream.stall_after_ms` after the start), hands over early; if the old one dies before the
-//!   new one opened, the machine waits for it as a normal attempt. If the new one fails (error,
+//!   plus `stream.stall_after_ms` after the start), hands over early; if the old one dies before
+//!   the new one opened, the machine waits for it as a normal attempt. If the new one fails (error,
 //!   handshake or heartbeat timeout), the old one is closed too and the plain reconnect path runs
 //!   (backoff, budget, give-up), accounting the new one's error. A `serverShutdown` on an unstable
 //!   connection is treated as a failure, so a server repeating it cannot cause a reconnect storm.
@@ -303,6 +303,8 @@ struct Standby {
 }
 
 /// How far the new transport of a rollover got.
+// `Standby` is boxed inside `Live` already; boxing `Open` again would only add an indirection.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 enum StandbyPhase {
     /// `Open` emitted; the handshake must finish by `deadline`.
