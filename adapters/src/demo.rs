@@ -177,6 +177,7 @@ pub fn run_demo(args: &DemoArgs) -> anyhow::Result<DemoOutcome> {
         max_batches: None,
         include_open_candle: false,
         quiet: true,
+        metrics_addr: None,
     };
     match train::run(train_args) {
         Ok(code) if code == ExitCode::SUCCESS => failures.extend(check_training(&stats_json)?),

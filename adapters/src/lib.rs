@@ -8,6 +8,7 @@ pub mod config_cmd;
 pub mod demo;
 pub mod exchange;
 pub mod logging;
+pub mod metrics;
 pub mod stream;
 pub mod train;
 pub mod tune;

@@ -54,6 +54,8 @@ pub struct StreamOptions {
     pub status_every: Option<Duration>,
     /// Write every core input and output to this file (RON lines, replayable by `keel-sim replay`).
     pub trace: Option<PathBuf>,
+    /// Publish the connection stats here about once a second (`--metrics-addr`).
+    pub metrics: Option<crate::metrics::Metrics>,
 }
 
 /// Why the run ended.
@@ -381,6 +383,9 @@ pub async fn stream(cfg: Config, opts: StreamOptions) -> Result<StreamReport, St
                         r.flush()?;
                     }
                     machine.flush_trace()?;
+                    if let Some(m) = &opts.metrics {
+                        m.set_connection(machine.conn().stats_at(now()), now());
+                    }
                 }
                 if t >= next_status {
                     next_status = t + status_every;
@@ -429,6 +434,9 @@ pub async fn stream(cfg: Config, opts: StreamOptions) -> Result<StreamReport, St
     machine.write_trace()?;
     machine.flush_trace()?;
     report.stats = machine.conn().stats().clone();
+    if let Some(m) = &opts.metrics {
+        m.set_connection(report.stats.clone(), now());
+    }
     report.elapsed = start.elapsed();
     Ok(report)
 }
@@ -458,6 +466,9 @@ fn log_event(ev: &Event, report: &mut StreamReport) {
 /// Flags of `keel stream` (each overrides the config file).
 #[derive(Debug, Clone, Args)]
 pub struct StreamArgs {
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9898).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Config file (RON); defaults apply to everything it leaves out.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -530,6 +541,8 @@ pub fn run(args: StreamArgs) -> anyhow::Result<ExitCode> {
         let _ = stop_tx.try_send(());
     })
     .context("cannot install the Ctrl-C/SIGTERM handler")?;
+    // The server lives until `run` returns; the stream loop publishes into the shared handle.
+    let metrics = args.metrics_addr.map(crate::metrics::serve_new).transpose()?;
     let seed = args.seed.unwrap_or_else(|| wall_ms() ^ u64::from(std::process::id()));
     let opts = StreamOptions {
         seed,
@@ -539,6 +552,7 @@ pub fn run(args: StreamArgs) -> anyhow::Result<ExitCode> {
         record: !args.no_record,
         status_every: Some(Duration::from_secs(5)),
         trace: args.trace.clone(),
+        metrics: metrics.as_ref().map(|(m, _)| m.clone()),
     };
     tracing::info!(url = %cfg.stream.url, streams = ?cfg.stream.streams, out = %cfg.stream.out_dir, "keel stream starting");
     let report = smol::block_on(stream(cfg, opts))?;

@@ -70,6 +70,9 @@ pub enum DeviceArg {
 /// Flags of `keel train`.
 #[derive(Debug, Clone, Args)]
 pub struct TrainArgs {
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9898).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// CSV in Informer's layout (date column, then numeric columns), a recorded kline file, or a
     /// directory of recorded kline files.
     #[arg(long)]
@@ -228,7 +231,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         max_batches: args.max_batches,
         progress: !args.quiet,
     };
+    // The server lives until `run` returns; the trainer publishes after every step.
+    let metrics = args.metrics_addr.map(crate::metrics::serve_new).transpose()?;
     let mut tr = trainer::Trainer::new(&mcfg, t, &cfg.scaler, opts)?;
+    tr.metrics = metrics.as_ref().map(|(m, _)| m.clone());
     tracing::info!(
         rows = table.rows.len(),
         train_windows = ds.train.len(),

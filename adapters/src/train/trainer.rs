@@ -6,6 +6,7 @@ use super::amp;
 use super::data::{Dataset, N_TIME_FEATURES, Normalization, Split};
 use super::model::{Ctx, Informer, ModelConfig, Params};
 use super::optim::Adam;
+use crate::metrics::TrainingSnapshot;
 use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use keel_core::config::{ScaleChoice, ScalerConfig, TrainConfig};
@@ -137,6 +138,8 @@ pub struct Trainer {
     pub val_curve: Vec<(u64, f64)>,
     /// Training batches with a non-finite loss.
     pub nan_losses: u64,
+    /// Where to publish the scaler stats after every step (`--metrics-addr`).
+    pub metrics: Option<crate::metrics::Metrics>,
     step: u64,
     opts: RunOptions,
 }
@@ -198,6 +201,7 @@ impl Trainer {
             curve: Vec::new(),
             val_curve: Vec::new(),
             nan_losses: 0,
+            metrics: None,
             step: 0,
             opts,
         })
@@ -320,6 +324,9 @@ impl Trainer {
                 step_time += t0.elapsed();
                 loss_sum += loss;
                 let st = self.driver.stats();
+                if let Some(m) = &self.metrics {
+                    m.set_training(TrainingSnapshot { stats: st.clone(), epoch, step: self.step, loss: Some(loss) });
+                }
                 bar.set_message(format!("loss {loss:.4} scale {:.0} skipped {}", self.driver.scale(), st.skipped));
                 bar.inc(1);
             }
