@@ -133,6 +133,10 @@ struct Machine {
     malformed: u64,
     gave_up: bool,
     started: u64,
+    /// While a make-before-break rollover runs: the faults injected when it started, and the new transport.
+    rolling: Option<(u64, Option<u64>)>,
+    /// A gap reported during a fault-free rollover, until the event that revealed it shows its transport.
+    suspect_gap: Option<String>,
 }
 
 /// One seed's connection run.
@@ -470,6 +474,9 @@ impl<'p> ConnSim<'p> {
                         cfg.reconnect.max_attempts_per_window
                     )));
                 }
+                if let Some((_, new @ None)) = &mut self.m.rolling {
+                    *new = Some(id.0);
+                }
                 self.m.opens += 1;
                 self.summary.attempts += 1;
                 self.net.open(tid(id, self.m.base), &url, now);
@@ -491,6 +498,9 @@ impl<'p> ConnSim<'p> {
             }
             Output::Event(event) => self.on_event(event)?,
             Output::Gap(gap) => {
+                if self.m.rolling.is_some_and(|(faults, _)| faults == self.injected()) {
+                    self.m.suspect_gap = Some(format!("{gap:?}"));
+                }
                 self.m.gaps += 1;
                 self.summary.gaps += 1;
                 if gap.kind == GapKind::AggTradeId {
@@ -528,7 +538,14 @@ impl<'p> ConnSim<'p> {
         let now = self.now;
         let cfg = &self.profile.config;
         match event {
-            Event::Market { stream, event, .. } => {
+            Event::Market { stream, event, id } => {
+                // A gap revealed by the new transport of a fault-free rollover was caused by the rollover
+                // (one revealed by the old transport predates it: an earlier outage or a lost frame).
+                if let Some(gap) = self.m.suspect_gap.take()
+                    && self.m.rolling.is_some_and(|(_, new)| new == Some(id.0))
+                {
+                    return Err(self.fail(format!("gap {gap} caused by a rollover with no fault injected during it")));
+                }
                 self.m.markets += 1;
                 self.summary.market_events += 1;
                 if let (Sequence::AggTrade { id, .. }, MarketEvent::AggTrade(trade)) = (event.sequence(), &event) {
@@ -612,6 +629,7 @@ impl<'p> ConnSim<'p> {
             Event::Rollover { .. } => {
                 self.summary.rollovers += 1;
                 self.m.rollovers += 1;
+                self.m.rolling = Some((self.injected(), None));
             }
             Event::Malformed { .. } => self.m.malformed += 1,
             Event::ServerError { .. } => {}
@@ -619,9 +637,17 @@ impl<'p> ConnSim<'p> {
         Ok(())
     }
 
+    /// Faults the model injected so far, all kinds together.
+    fn injected(&self) -> u64 {
+        self.net.stats.injected.values().sum()
+    }
+
     /// Checks that hold after every step.
     fn check_step(&mut self) -> Result<(), ConnFailure> {
         let now = self.now;
+        if self.conn.standby_transport().is_none() {
+            self.m.rolling = None;
+        }
         if let Some(t) = self.conn.poll_timeout()
             && t.as_millis() < now
         {

@@ -30,10 +30,18 @@
 //!   outage show as a gap): duplicates are dropped and counted, gaps are emitted before the event
 //!   that revealed them. Malformed frames are counted and reported, never fatal.
 //! - A rollover (`stream.rollover_after_ms` after connecting, or Binance's `serverShutdown`
-//!   notice) closes and reopens at once, without backoff, when the connection was stable; a
-//!   `serverShutdown` on an unstable connection is treated as a failure, so a server repeating it
-//!   cannot cause a reconnect storm. Make-before-break (issue 9) can later run two transports at
-//!   once; ids already allow it.
+//!   notice) is make-before-break (issue 9): a second transport (new id, same URL, counted in the
+//!   attempt budget, its own control limiter) opens beside the live one, which keeps delivering.
+//!   The new one's market events are buffered until it has delivered on every subscribed stream
+//!   and, on sequenced streams, the old one has delivered the new one's first id (an overlap, so
+//!   nothing falls between them); then the old one is closed and the buffer goes through the
+//!   [`GapTracker`], which drops what was already delivered. Unsequenced streams (klines) are
+//!   delivered only from the active transport. The old one dying, or the cutoff (handshake timeout
+//!   plus `stream.stall_after_ms` after the start), hands over early; if the old one dies before
+//!   the new one opened, the machine waits for it as a normal attempt. If the new one fails (error,
+//!   handshake or heartbeat timeout), the old one is closed too and the plain reconnect path runs
+//!   (backoff, budget, give-up), accounting the new one's error. A `serverShutdown` on an unstable
+//!   connection is treated as a failure, so a server repeating it cannot cause a reconnect storm.
 //! - Control messages (pings, pongs, SUBSCRIBE) go through a [`ControlLimiter`] (Binance: at most
 //!   5 per second per connection).
 //!
@@ -44,7 +52,11 @@
 //! Deviations from connection-api.md: `Event::Rollover` was added (a planned reconnect is not a
 //! disconnection); `GiveUp` carries the error, its class and the failure count. Additions:
 //! `is_stopped`, `stop_reason`, `subscriptions`, `current_transport`, `url`, `stats_at(now)`,
-//! `set_wall_clock_offset` (time-of-day disconnect patterns), `disconnects`.
+//! `set_wall_clock_offset` (time-of-day disconnect patterns), `disconnects`, `standby_transport`.
+//! During a rollover two transports are open, so `Send`, `Connected` and `HeartbeatTimeout` may
+//! name the standby; `Event::Rollover` no longer implies a `Close` of the old transport right away.
+//! Stats: `rollovers` counts rollovers started; a hand-over is no outage (no downtime), and ids
+//! the new transport repeats are counted in `duplicates`.
 
 use crate::backoff::{AttemptBudget, AttemptOutcome, Backoff, BackoffDecision};
 use crate::classify::{ErrorClass, TransportError, classify_error_with_floor};
@@ -200,7 +212,7 @@ pub enum Event {
         /// Its message.
         msg: String,
     },
-    /// A planned reconnect: transport `id` is closed and a new one opened.
+    /// A planned reconnect: a new transport is opened beside `id`, which is closed after the hand-over.
     Rollover {
         /// The transport being replaced.
         id: TransportId,
@@ -277,6 +289,50 @@ struct Live {
     control: ControlLimiter<WsMessage>,
     /// The streams this transport is subscribed to (those of its URL).
     subscribed: Vec<String>,
+    /// The replacement transport while a make-before-break rollover runs.
+    standby: Option<Box<Standby>>,
+}
+
+/// The new transport of a make-before-break rollover, running beside the live one.
+#[derive(Debug, Clone)]
+struct Standby {
+    id: TransportId,
+    /// When the old transport is closed even if the new one has not delivered on every stream yet.
+    cutoff: Timestamp,
+    phase: StandbyPhase,
+}
+
+/// How far the new transport of a rollover got.
+// `Standby` is boxed inside `Live` already; boxing `Open` again would only add an indirection.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+enum StandbyPhase {
+    /// `Open` emitted; the handshake must finish by `deadline`.
+    Opening { deadline: Timestamp },
+    /// Open and subscribed; its market events wait in `buffer` until the hand-over.
+    Open {
+        since: Timestamp,
+        heartbeat: Heartbeat,
+        control: ControlLimiter<WsMessage>,
+        /// Market events received on the new transport, in arrival order.
+        buffer: Vec<(String, MarketEvent)>,
+        /// Per stream, the first sequence id the new transport delivered (`None`: unsequenced).
+        first: Vec<(String, Option<u64>)>,
+    },
+}
+
+/// Events a standby may buffer before the hand-over is forced (bounds memory on a lagging old transport).
+const STANDBY_BUFFER_MAX: usize = 100_000;
+
+/// The first id an event covers, for the overlap test of a hand-over (`None`: no sequence).
+fn first_id(event: &MarketEvent) -> Option<u64> {
+    use crate::gaps::Sequence;
+    match event.sequence() {
+        Sequence::AggTrade { id, .. } | Sequence::Trade { id } => Some(id),
+        Sequence::Depth { first, .. } => Some(first),
+        Sequence::BookTicker { id } | Sequence::Snapshot { id } => Some(id),
+        Sequence::Unsequenced => None,
+    }
 }
 
 /// Where the machine stands; each state holds only what it needs.
@@ -413,39 +469,57 @@ impl Connection {
                     && current == id
                 {
                     self.go_live(id, attempt, now);
+                } else if self.standby_id() == Some(id) {
+                    self.standby_opened(now);
                 }
             }
             Input::Failed { id, error } => {
                 if self.current_id() == Some(id) {
                     self.lose(error, None, now);
+                } else if self.standby_id() == Some(id) {
+                    self.standby_failed(error, None, now);
                 }
             }
             Input::Closed { id, code, reason } => {
+                // 1005: "no status code was present" (RFC 6455 7.4.1).
+                let error = TransportError::ServerClose { code: code.unwrap_or(1005), reason };
                 if self.current_id() == Some(id) {
-                    // 1005: "no status code was present" (RFC 6455 7.4.1).
-                    self.lose(TransportError::ServerClose { code: code.unwrap_or(1005), reason }, None, now);
+                    self.lose(error, None, now);
+                } else if self.standby_id() == Some(id) {
+                    self.standby_failed(error, None, now);
                 }
             }
             Input::Text { id, text } => {
                 if let Some(live) = self.live_mut(id) {
                     live.heartbeat.on_inbound(now);
-                    self.stats.messages += 1;
-                    self.stats.last_message_at_ms = Some(now.as_millis());
-                    self.on_text(id, &text, now);
+                } else if let Some((heartbeat, _)) = self.standby_open_mut(id) {
+                    heartbeat.on_inbound(now);
+                } else {
+                    return self.flush_control(now);
                 }
+                self.stats.messages += 1;
+                self.stats.last_message_at_ms = Some(now.as_millis());
+                self.on_text(id, &text, now);
             }
             Input::Ping { id, payload } => {
                 if let Some(live) = self.live_mut(id) {
                     live.heartbeat.on_inbound(now);
                     live.control.push_pong(WsMessage::Pong(payload));
+                } else if let Some((heartbeat, control)) = self.standby_open_mut(id) {
+                    heartbeat.on_inbound(now);
+                    control.push_pong(WsMessage::Pong(payload));
                 }
             }
             Input::Pong { id, payload } => {
-                if let Some(live) = self.live_mut(id) {
-                    match live.heartbeat.on_pong(&payload, now) {
-                        PongMatch::Matched { rtt } => self.stats.last_rtt_ms = Some(rtt.as_millis() as u64),
-                        PongMatch::Unmatched => self.stats.unmatched_pongs += 1,
-                    }
+                let matched = if let Some(live) = self.live_mut(id) {
+                    Some(live.heartbeat.on_pong(&payload, now))
+                } else {
+                    self.standby_open_mut(id).map(|(heartbeat, _)| heartbeat.on_pong(&payload, now))
+                };
+                match matched {
+                    Some(PongMatch::Matched { rtt }) => self.stats.last_rtt_ms = Some(rtt.as_millis() as u64),
+                    Some(PongMatch::Unmatched) => self.stats.unmatched_pongs += 1,
+                    None => {}
                 }
             }
         }
@@ -493,15 +567,22 @@ impl Connection {
             State::Stopped { .. } => None,
             State::Waiting { until, .. } => Some(*until),
             State::Connecting { deadline, .. } => Some(*deadline),
-            State::Live(live) => [
-                Some(live.rollover_at),
-                live.heartbeat.poll_timeout(),
-                live.stalls.poll_timeout(),
-                live.control.poll_timeout(),
-            ]
-            .into_iter()
-            .flatten()
-            .min(),
+            State::Live(live) => {
+                let standby = match live.standby.as_deref() {
+                    None => [None, None, None],
+                    Some(Standby { phase: StandbyPhase::Opening { deadline }, .. }) => [Some(*deadline), None, None],
+                    Some(Standby { cutoff, phase: StandbyPhase::Open { heartbeat, control, .. }, .. }) => {
+                        [Some(*cutoff), heartbeat.poll_timeout(), control.poll_timeout()]
+                    }
+                };
+                // While a rollover runs, the old transport is not rolled over again.
+                let rollover = if live.standby.is_some() { None } else { Some(live.rollover_at) };
+                [rollover, live.heartbeat.poll_timeout(), live.stalls.poll_timeout(), live.control.poll_timeout()]
+                    .into_iter()
+                    .chain(standby)
+                    .flatten()
+                    .min()
+            }
         };
         t.map(|t| t.max(self.last_now))
     }
@@ -553,6 +634,11 @@ impl Connection {
     /// The transport the machine currently uses (connecting or live).
     pub fn current_transport(&self) -> Option<TransportId> {
         self.current_id()
+    }
+
+    /// The new transport of a make-before-break rollover in progress (connecting or open), if any.
+    pub fn standby_transport(&self) -> Option<TransportId> {
+        self.standby_id()
     }
 
     /// The URL every `Open` uses: the combined-stream endpoint with the desired streams.
@@ -671,6 +757,7 @@ impl Connection {
             stalls: StallDetector::new(self.stall_after, &subscribed, now),
             control: ControlLimiter::new(self.max_control_per_second),
             subscribed,
+            standby: None,
         };
         self.state = State::Live(Box::new(live));
         self.emit(Output::Event(Event::Connected { id, attempt }));
@@ -679,6 +766,13 @@ impl Connection {
     /// The current transport failed or was lost (`close`: the machine closes it itself, with this
     /// reason). Counts the failure, then waits for the backoff or gives up.
     fn lose(&mut self, error: TransportError, close: Option<(TransportId, &str)>, now: Timestamp) {
+        if let State::Live(live) = &self.state
+            && live.standby.is_some()
+        {
+            // The old transport of a rollover died: the new one takes over (or is awaited).
+            self.old_lost(close.map(|(_, reason)| reason), now);
+            return;
+        }
         let classified = classify_error_with_floor(&error, self.rate_limit_floor);
         let class = classified.class;
         let (id, next_attempt) = match &self.state {
@@ -758,15 +852,172 @@ impl Connection {
             self.lose(error, Some((id, "server shutdown")), now);
             return;
         }
+        if live.standby.is_some() {
+            return;
+        }
+        let allowed = self.budget.next_allowed(now);
+        if allowed > now {
+            // The attempt budget is spent: keep the old transport and roll over when it allows.
+            if let State::Live(live) = &mut self.state {
+                live.rollover_at = allowed;
+            }
+            return;
+        }
         self.stats.rollovers += 1;
         self.backoff.on_uptime(up_for);
         self.stats
             .history
             .finish(AttemptOutcome::Closed { up_for_ms: up_for.as_millis() as u64, reason: format!("{reason:?}") });
         self.emit(Output::Event(Event::Rollover { id, reason }));
-        self.emit(Output::Close { id, code: CLOSE_NORMAL, reason: "rollover".into() });
+        let new = TransportId(self.next_transport);
+        self.next_transport += 1;
+        self.budget.record(now);
+        self.stats.history.start(now, Duration::ZERO);
+        self.stats.connect_attempts += 1;
+        self.update_success_rate();
+        let url = self.url();
+        self.emit(Output::Open { id: new, url });
+        let deadline = now + self.handshake_timeout;
+        let cutoff = deadline + self.stall_after;
+        if let State::Live(live) = &mut self.state {
+            live.standby = Some(Box::new(Standby { id: new, cutoff, phase: StandbyPhase::Opening { deadline } }));
+        }
+    }
+
+    /// The transport a rollover is replacing the live one with, if any.
+    fn standby_id(&self) -> Option<TransportId> {
+        match &self.state {
+            State::Live(live) => live.standby.as_ref().map(|s| s.id),
+            _ => None,
+        }
+    }
+
+    /// The heartbeat and control limiter of the open standby `id`.
+    fn standby_open_mut(&mut self, id: TransportId) -> Option<(&mut Heartbeat, &mut ControlLimiter<WsMessage>)> {
+        match &mut self.state {
+            State::Live(live) => match live.standby.as_deref_mut() {
+                Some(Standby { id: sid, phase: StandbyPhase::Open { heartbeat, control, .. }, .. }) if *sid == id => {
+                    Some((heartbeat, control))
+                }
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// The new transport of a rollover opened: it is counted as a connect and starts buffering.
+    fn standby_opened(&mut self, now: Timestamp) {
+        let config = self.heartbeat_config.clone();
+        let per_second = self.max_control_per_second;
+        let State::Live(live) = &mut self.state else { return };
+        let Some(standby) = live.standby.as_deref_mut() else { return };
+        if !matches!(standby.phase, StandbyPhase::Opening { .. }) {
+            return;
+        }
+        let id = standby.id;
+        standby.phase = StandbyPhase::Open {
+            since: now,
+            heartbeat: Heartbeat::new(&config, id.0, now),
+            control: ControlLimiter::new(per_second),
+            buffer: Vec::new(),
+            first: Vec::new(),
+        };
+        self.stats.connects += 1;
+        self.stats.reconnects += 1;
+        self.update_success_rate();
+        self.stats.history.finish(AttemptOutcome::Connected);
+        self.emit(Output::Event(Event::Connected { id, attempt: 1 }));
+        self.maybe_hand_over(now);
+    }
+
+    /// The new transport of a rollover failed: close the old one too and take the plain reconnect
+    /// path (backoff, attempt budget, give-up rules), accounting the new transport's error.
+    fn standby_failed(&mut self, error: TransportError, close: Option<&str>, now: Timestamp) {
+        let State::Live(live) = &mut self.state else { return };
+        let Some(standby) = live.standby.take() else { return };
+        let old = live.id;
+        if let Some(reason) = close {
+            self.emit(Output::Close { id: standby.id, code: CLOSE_NORMAL, reason: reason.to_string() });
+        }
+        self.emit(Output::Close { id: old, code: CLOSE_NORMAL, reason: "rollover failed".into() });
+        // The standby's attempt record is the latest one: `lose` accounts the failure on it.
+        self.state = State::Connecting { id: standby.id, deadline: now, attempt: 1 };
         self.outage_since = Some(now);
-        self.start_attempt(now, Duration::ZERO, 1);
+        self.lose(error, None, now);
+    }
+
+    /// The old transport of a rollover died (or was given up by a timeout, `close` naming why).
+    fn old_lost(&mut self, close: Option<&str>, now: Timestamp) {
+        let State::Live(live) = &mut self.state else { return };
+        let old = live.id;
+        let opening = match live.standby.as_deref() {
+            Some(Standby { id, phase: StandbyPhase::Opening { deadline }, .. }) => Some((*id, *deadline)),
+            _ => None,
+        };
+        match opening {
+            Some((id, deadline)) => {
+                if let Some(reason) = close {
+                    self.emit(Output::Close { id: old, code: CLOSE_NORMAL, reason: reason.to_string() });
+                }
+                // Not yet open: wait for it like any connection attempt.
+                self.outage_since = Some(now);
+                self.state = State::Connecting { id, deadline, attempt: 1 };
+            }
+            None => self.hand_over(close, now),
+        }
+    }
+
+    /// Hands over when the open standby has delivered on every subscribed stream, overlapping what
+    /// the old transport delivered on sequenced streams (so that nothing falls between them).
+    fn maybe_hand_over(&mut self, now: Timestamp) {
+        let State::Live(live) = &self.state else { return };
+        let Some(Standby { phase: StandbyPhase::Open { buffer, first, .. }, .. }) = live.standby.as_deref() else {
+            return;
+        };
+        let ready = buffer.len() >= STANDBY_BUFFER_MAX
+            || live.subscribed.iter().all(|stream| match first.iter().find(|(s, _)| s == stream) {
+                None => false,
+                Some((_, None)) => true,
+                Some((_, Some(first))) => self.gaps.last_seen(stream).is_none_or(|last| last >= *first),
+            });
+        if ready {
+            self.hand_over(Some("rollover"), now);
+        }
+    }
+
+    /// Makes the open standby the live transport: closes the old one (when `close` says why), then
+    /// delivers the buffered events once (sequenced ones through the gap tracker, which drops what
+    /// the old transport already delivered; unsequenced ones only ever from the active transport).
+    fn hand_over(&mut self, close: Option<&str>, now: Timestamp) {
+        let State::Live(live) = &mut self.state else { return };
+        let Some(standby) = live.standby.take() else { return };
+        let StandbyPhase::Open { since, heartbeat, control, buffer, .. } = standby.phase else {
+            live.standby = Some(standby);
+            return;
+        };
+        let old = live.id;
+        if let Some(reason) = close {
+            self.emit(Output::Close { id: old, code: CLOSE_NORMAL, reason: reason.to_string() });
+        }
+        let subscribed = self.desired.clone();
+        let id = standby.id;
+        self.state = State::Live(Box::new(Live {
+            id,
+            since,
+            rollover_at: since + self.rollover_after,
+            heartbeat,
+            stalls: StallDetector::new(self.stall_after, &subscribed, now),
+            control,
+            subscribed,
+            standby: None,
+        }));
+        for (stream, event) in buffer {
+            if first_id(&event).is_none() {
+                self.stats.duplicates += 1;
+                continue;
+            }
+            self.deliver(id, stream, event, now);
+        }
     }
 
     fn shutdown(&mut self, now: Timestamp) {
@@ -778,10 +1029,14 @@ impl Connection {
             }
             State::Live(live) => {
                 let (id, up_for) = (live.id, now.saturating_since(live.since));
+                let standby = live.standby.as_ref().map(|s| s.id);
                 self.stats
                     .history
                     .finish(AttemptOutcome::Closed { up_for_ms: up_for.as_millis() as u64, reason: "shutdown".into() });
                 self.emit(Output::Close { id, code: CLOSE_NORMAL, reason: "shutdown".into() });
+                if let Some(standby) = standby {
+                    self.emit(Output::Close { id: standby, code: CLOSE_NORMAL, reason: "shutdown".into() });
+                }
             }
             State::Waiting { .. } | State::Stopped { .. } => {}
         }
@@ -799,7 +1054,12 @@ impl Connection {
                 self.stats.server_errors += 1;
                 self.emit(Output::Event(Event::ServerError { code, msg }));
             }
-            Ok(Frame::ServerShutdown { .. }) => self.rollover(RolloverReason::ServerShutdown, now),
+            // A notice on the new transport of a running rollover changes nothing: it is replaced anyway
+            // if it does not outlive the hand-over.
+            Ok(Frame::ServerShutdown { .. }) if self.standby_id() != Some(id) => {
+                self.rollover(RolloverReason::ServerShutdown, now)
+            }
+            Ok(Frame::ServerShutdown { .. }) => {}
             Err(e) => {
                 self.stats.malformed_frames += 1;
                 self.emit(Output::Event(Event::Malformed { id, error: e.to_string() }));
@@ -808,6 +1068,27 @@ impl Connection {
     }
 
     fn on_market(&mut self, id: TransportId, stream: String, event: MarketEvent, now: Timestamp) {
+        if let State::Live(live) = &mut self.state
+            && let Some(Standby { id: sid, phase: StandbyPhase::Open { buffer, first, .. }, .. }) =
+                live.standby.as_deref_mut()
+            && *sid == id
+        {
+            if !first.iter().any(|(s, _)| *s == stream) {
+                first.push((stream.clone(), first_id(&event)));
+            }
+            buffer.push((stream, event));
+            self.maybe_hand_over(now);
+            return;
+        }
+        let rolling = self.standby_id().is_some();
+        self.deliver(id, stream, event, now);
+        if rolling {
+            self.maybe_hand_over(now);
+        }
+    }
+
+    /// Passes one market event of the active transport through the gap tracker.
+    fn deliver(&mut self, id: TransportId, stream: String, event: MarketEvent, now: Timestamp) {
         if let Some(live) = self.live_mut(id) {
             live.stalls.on_event(&stream, now);
         }
@@ -834,8 +1115,11 @@ impl Connection {
     }
 
     fn live_timeouts(&mut self, now: Timestamp) {
+        if !self.standby_timeouts(now) {
+            return;
+        }
         let (id, rollover_due) = match &self.state {
-            State::Live(live) => (live.id, now >= live.rollover_at),
+            State::Live(live) => (live.id, live.standby.is_none() && now >= live.rollover_at),
             _ => return,
         };
         if rollover_due {
@@ -887,6 +1171,48 @@ impl Connection {
         }
     }
 
+    /// The deadlines of a rollover's new transport; `false` when the state changed under the caller.
+    fn standby_timeouts(&mut self, now: Timestamp) -> bool {
+        let State::Live(live) = &mut self.state else { return false };
+        let Some(standby) = live.standby.as_deref_mut() else { return true };
+        let id = standby.id;
+        match &mut standby.phase {
+            StandbyPhase::Opening { deadline } => {
+                if now >= *deadline {
+                    let ms = self.handshake_timeout.as_millis();
+                    let error = TransportError::Timeout(format!(
+                        "connect + TLS handshake + WebSocket upgrade did not finish within {ms} ms (tls.handshake_timeout_ms)"
+                    ));
+                    self.standby_failed(error, Some("handshake timeout"), now);
+                    return false;
+                }
+            }
+            StandbyPhase::Open { heartbeat, control, .. } => {
+                while let Some(action) = heartbeat.handle_timeout(now) {
+                    match action {
+                        HeartbeatAction::SendPing(payload) => control.push(WsMessage::Ping(payload)),
+                        HeartbeatAction::Dead { silent_for } => {
+                            self.stats.heartbeat_timeouts += 1;
+                            self.emit(Output::Event(Event::HeartbeatTimeout { id }));
+                            let error = TransportError::Timeout(format!(
+                                "no frame for {} ms after our ping (heartbeat.pong_timeout_ms)",
+                                silent_for.as_millis()
+                            ));
+                            self.standby_failed(error, Some("heartbeat timeout"), now);
+                            return false;
+                        }
+                    }
+                }
+                if now >= standby.cutoff {
+                    // Some stream stayed quiet on one side: switch anyway, the old one has had its time.
+                    self.hand_over(Some("rollover"), now);
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
     fn record_disconnect(&mut self, now: Timestamp, up_for: Duration, class: ErrorClass, error: &TransportError) {
         if self.disconnects.len() == DISCONNECT_LOG_LEN {
             self.disconnects.pop_front();
@@ -915,6 +1241,11 @@ impl Connection {
         let id = live.id;
         while let Some(message) = live.control.poll(now) {
             self.outputs.push_back(Output::Send { id, message });
+        }
+        if let Some(Standby { id, phase: StandbyPhase::Open { control, .. }, .. }) = live.standby.as_deref_mut() {
+            while let Some(message) = control.poll(now) {
+                self.outputs.push_back(Output::Send { id: *id, message });
+            }
         }
     }
 }
