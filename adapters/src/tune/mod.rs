@@ -47,6 +47,9 @@ pub const DROPOUT: (f64, f64) = (0.0, 0.3);
 /// Flags of `keel tune`.
 #[derive(Debug, Clone, Args)]
 pub struct TuneArgs {
+    /// Serve the running trial's training metrics at http://ADDR/metrics (e.g. 127.0.0.1:9898).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// CSV in Informer's layout, a recorded kline file, or a directory of them.
     #[arg(long)]
     pub data: PathBuf,
@@ -324,6 +327,8 @@ pub struct TrialSetup {
     pub max_resets: u64,
     /// Poison the training data with NaN (tests of the failure path).
     pub inject_nan: bool,
+    /// Where the running trial publishes its training metrics (`--metrics-addr`).
+    pub metrics: Option<crate::metrics::Metrics>,
 }
 
 /// Trains one trial and judges it; errors become failed records, never a panic or an abort.
@@ -371,6 +376,7 @@ fn train_trial(table: &Table, setup: &TrialSetup, p: &TrialParams, rec: &mut Tri
     tracing::info!(trial = rec.number, params = rec.param_count, ?p, scaler = ?rec.scaler, "trial starts");
     let opts = RunOptions { device: dev, disable_scaler: false, max_batches: Some(setup.max_batches), progress: false };
     let mut tr = Trainer::new(&mcfg, &t, &rec.scaler, opts)?;
+    tr.metrics = setup.metrics.clone();
     let fitted = tr.fit(&ds);
     rec.stats = serde_json::to_value(tr.driver.stats())?;
     rec.nan_losses = tr.nan_losses;
@@ -543,12 +549,15 @@ pub fn run(args: TuneArgs) -> anyhow::Result<ExitCode> {
     if !records.is_empty() {
         tracing::info!(finished = records.len(), next, "resuming the search");
     }
+    // The server lives until `run` returns; each trial's trainer publishes into the shared handle.
+    let metrics = args.metrics_addr.map(crate::metrics::serve_new).transpose()?;
     let setup = TrialSetup {
         base: base.clone(),
         epochs: args.epochs,
         max_batches: args.max_batches,
         max_resets: args.max_resets,
         inject_nan: false,
+        metrics: metrics.as_ref().map(|(m, _)| m.clone()),
     };
     let start = Instant::now();
     let deadline = args.timeout.map(Duration::from_secs);
