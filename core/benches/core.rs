@@ -61,13 +61,13 @@ fn frames(c: &mut Criterion) {
         let mut now = 0u64;
         b.iter(|| {
             a += 1;
-            if a % 100 == 0 {
+            if a.is_multiple_of(100) {
                 now += 1;
             }
             // Ids must keep increasing or the gap tracker drops the frame as a duplicate: when the pre-built
             // ring wraps, a fresh connection starts (once per 65 536 frames, negligible).
             let text = texts[(a as usize - 1) % texts.len()].clone();
-            if (a as usize - 1) % texts.len() == 0 && a > 1 {
+            if (a as usize - 1).is_multiple_of(texts.len()) && a > 1 {
                 conn = live_connection();
             }
             conn.handle_input(Input::Text { id: TransportId(1), text }, Timestamp::from_millis(now));
@@ -90,7 +90,7 @@ fn steps(c: &mut Criterion) {
         let mut i = 0u64;
         b.iter(|| {
             i += 1;
-            black_box(s.update(black_box(i % 1000 == 0)))
+            black_box(s.update(black_box(i.is_multiple_of(1000))))
         })
     });
     g.bench_function("ScalerDriver::step (update + record_step)", |b| {
@@ -98,7 +98,7 @@ fn steps(c: &mut Criterion) {
         let mut i = 0u64;
         b.iter(|| {
             i += 1;
-            black_box(d.step(i, black_box(i % 1000 == 0), Some(1.0)))
+            black_box(d.step(i, black_box(i.is_multiple_of(1000)), Some(1.0)))
         })
     });
     g.finish();
