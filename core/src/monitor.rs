@@ -795,26 +795,4 @@ mod tests {
         assert_eq!(steps, Some(4));
         assert_eq!(d.scale(), 16_384.0);
     }
-
-    /// Cost of one `ScalerDriver::step` (run: `cargo test --release -p keel-core driver_hot_path --
-    /// --ignored --nocapture`). A training step takes milliseconds; this must stay far below.
-    #[test]
-    #[ignore]
-    fn driver_hot_path() {
-        let mut d = ScalerDriver::new(&ScalerConfig::default(), 11_000_000);
-        let n = 10_000_000u64;
-        let start = std::time::Instant::now();
-        let mut skipped = 0u64;
-        for step in 0..n {
-            // An overflow every 997 steps: mostly the clean path, as in training.
-            let out = d.step(step, step % 997 == 0, Some(1.0));
-            skipped += u64::from(out.decision == StepDecision::Skip);
-            if step % 1000 == 999 {
-                let _ = d.end_epoch((step / 1000) as u32);
-            }
-        }
-        let ns = start.elapsed().as_nanos() as f64 / n as f64;
-        println!("ScalerDriver::step: {ns:.1} ns/step over {n} steps ({skipped} skipped)");
-        assert_eq!(skipped, d.stats().skipped);
-    }
 }

@@ -936,44 +936,6 @@ fn prop_missing_pong_leads_to_close_then_reconnect_in_time() {
     qc(200).quickcheck(prop as fn(Vec<u16>, u64) -> TestResult);
 }
 
-/// Timing of the hot path (decode + gap check + stall watch + stats + output), not a pass/fail
-/// test: `cargo test --release -p keel-core connection_hot_path -- --ignored --nocapture`.
-#[test]
-#[ignore]
-fn connection_hot_path_timing() {
-    let mut c = cfg();
-    c.stream.streams = vec![AGG.into(), "btcusdt@kline_1m".into(), "ethusdt@trade".into()];
-    let mut conn = Connection::new(&c, 1, t(0));
-    while conn.poll_output().is_some() {}
-    conn.handle_input(Input::Opened { id: id(1) }, t(0));
-    while conn.poll_output().is_some() {}
-    let n = 200_000u64;
-    let frames: Vec<String> = (1..=n).map(agg).collect();
-    let start = std::time::Instant::now();
-    let mut delivered = 0;
-    for (i, text) in frames.into_iter().enumerate() {
-        let now = t(i as u64 / 100);
-        conn.handle_input(Input::Text { id: id(1), text }, now);
-        while let Some(o) = conn.poll_output() {
-            delivered += usize::from(matches!(o, Output::Event(Event::Market { .. })));
-        }
-        let _ = conn.poll_timeout();
-    }
-    let per = start.elapsed().as_nanos() as f64 / n as f64;
-    assert_eq!(delivered as u64, n);
-    println!("handle_input(Text aggTrade) + drain + poll_timeout: {per:.0} ns per frame");
-    // The same frames through decode alone, for comparison.
-    let frames: Vec<String> = (1..=n).map(agg).collect();
-    let start = std::time::Instant::now();
-    let mut ok = 0;
-    for text in frames {
-        ok += usize::from(protocol::decode(&text).is_ok());
-    }
-    let per = start.elapsed().as_nanos() as f64 / n as f64;
-    assert_eq!(ok as u64, n);
-    println!("protocol::decode alone: {per:.0} ns per frame");
-}
-
 #[test]
 fn random_scripts_reach_every_path() {
     // Guards the properties above against a generator that never gets anywhere interesting.

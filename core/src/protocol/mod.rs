@@ -18,8 +18,8 @@
 //! tree), then a typed conversion; an aggTrade frame in the combined envelope allocates only its
 //! stream name and symbol. Frames formatted exactly as Binance sends them take a typed fast path
 //! (`fast.rs`) that skips the per-field bookkeeping; anything else takes the general path, which
-//! names what is wrong. Measured (on-CPU time, `decode_speed` in the tests, release, a loaded
-//! 2-core machine): ~440 ns decode, ~490 ns decode + gap check per combined aggTrade frame.
+//! names what is wrong. Its cost is measured by `cargo bench -p keel-core --bench core`
+//! (docs/BENCHMARKS.md), not by tests.
 
 mod decimal;
 mod encode;
