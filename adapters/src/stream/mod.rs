@@ -20,7 +20,7 @@ pub mod transport;
 
 use anyhow::Context;
 use clap::Args;
-use keel_core::classify::{ErrorClass, TransportError};
+use keel_core::classify::{ErrorClass, TransportError, classify_error};
 use keel_core::config::Config;
 use keel_core::connection::{Connection, Event, GiveUp, Input, Output, TransportId, WsMessage};
 use keel_core::gaps::Gap;
@@ -183,7 +183,8 @@ impl Machine {
 struct Transport {
     commands: Sender<Command>,
     task: smol::Task<()>,
-    attempt: u64,
+    /// The machine's attempt number when it opened this transport.
+    attempt: u32,
 }
 
 fn wall_ms() -> u64 {
@@ -230,6 +231,8 @@ pub async fn stream(cfg: Config, opts: StreamOptions) -> Result<StreamReport, St
     let terminal = std::io::stderr().is_terminal();
     let mut total_market = 0u64;
     let stop_rx = opts.stop.clone();
+    // The transport a give-up is about (the core's GiveUp carries no id).
+    let mut last_opened: Option<TransportId> = None;
 
     loop {
         // 1. Do what the machine asks.
@@ -237,8 +240,9 @@ pub async fn stream(cfg: Config, opts: StreamOptions) -> Result<StreamReport, St
             match out {
                 Output::Open { id, url } => {
                     let (cmd_tx, cmd_rx) = smol::channel::unbounded();
-                    let attempt = machine.conn().stats().connect_attempts;
-                    tracing::debug!(transport = %id, attempt, t_ms = now().as_millis(), %url, "opening");
+                    let (state, attempt) = (machine.conn().state_name(), machine.conn().attempt());
+                    last_opened = Some(id);
+                    tracing::debug!(conn = %id, state, attempt, class = "none", t_ms = now().as_millis(), %url, "opening");
                     report.opened.push(url.clone());
                     let task = smol::spawn(transport::run(id, url, settings.clone(), events_tx.clone(), cmd_rx));
                     transports.insert(id, Transport { commands: cmd_tx, task, attempt });
@@ -272,11 +276,16 @@ pub async fn stream(cfg: Config, opts: StreamOptions) -> Result<StreamReport, St
                             r.record(stream, event, wall_ms())?;
                         }
                     } else {
-                        log_event(&ev, &mut report);
+                        log_event(&ev, machine.conn(), &mut report);
                     }
                 }
                 Output::Gap(g) => {
+                    let c = machine.conn();
                     tracing::warn!(
+                        conn = conn_name(c.current_transport()),
+                        state = c.state_name(),
+                        attempt = c.attempt(),
+                        class = "none",
                         stream = %g.stream,
                         first = g.first_missing,
                         last = g.last_missing,
@@ -287,7 +296,16 @@ pub async fn stream(cfg: Config, opts: StreamOptions) -> Result<StreamReport, St
                     report.gaps.push(g);
                 }
                 Output::GaveUp(g) => {
-                    tracing::error!(class = g.class.name(), failures = g.failures, "giving up: {}", g.reason);
+                    let c = machine.conn();
+                    tracing::error!(
+                        conn = conn_name(last_opened),
+                        state = c.state_name(),
+                        attempt = g.failures,
+                        class = g.class.name(),
+                        failures = g.failures,
+                        "giving up: {}",
+                        g.reason
+                    );
                     report.gave_up = Some(g);
                 }
             }
@@ -343,10 +361,12 @@ pub async fn stream(cfg: Config, opts: StreamOptions) -> Result<StreamReport, St
                 let input = match ev {
                     TransportEvent::Opened => Input::Opened { id },
                     TransportEvent::Failed(f) => {
-                        let attempt = transports.remove(&id).map(|t| t.attempt);
+                        let attempt = transports.remove(&id).map_or(0, |t| t.attempt);
                         tracing::warn!(
-                            transport = %id,
+                            conn = %id,
+                            state = machine.conn().state_name(),
                             attempt,
+                            class = classify_error(&f.error).class.name(),
                             t_ms = now().as_millis(),
                             live = machine.conn().is_live(),
                             "transport failed: {}",
@@ -355,8 +375,18 @@ pub async fn stream(cfg: Config, opts: StreamOptions) -> Result<StreamReport, St
                         Input::Failed { id, error: f.error }
                     }
                     TransportEvent::Closed { code, reason } => {
-                        transports.remove(&id);
-                        tracing::info!(transport = %id, t_ms = now().as_millis(), ?code, %reason, "server closed the transport");
+                        let attempt = transports.remove(&id).map_or(0, |t| t.attempt);
+                        let error = TransportError::ServerClose { code: code.unwrap_or(1005), reason: reason.clone() };
+                        tracing::info!(
+                            conn = %id,
+                            state = machine.conn().state_name(),
+                            attempt,
+                            class = classify_error(&error).class.name(),
+                            t_ms = now().as_millis(),
+                            ?code,
+                            %reason,
+                            "server closed the transport"
+                        );
                         Input::Closed { id, code, reason }
                     }
                     TransportEvent::Text(text) => Input::Text { id, text },
@@ -441,25 +471,49 @@ pub async fn stream(cfg: Config, opts: StreamOptions) -> Result<StreamReport, St
     Ok(report)
 }
 
-fn log_event(ev: &Event, report: &mut StreamReport) {
+/// The `conn` field of connection log lines: the transport id (`#3`), or `none`.
+fn conn_name(id: Option<TransportId>) -> String {
+    id.map_or_else(|| "none".to_string(), |id| id.to_string())
+}
+
+/// Logs a core event with the fields every connection line carries: `conn`, `state` and `attempt`
+/// (the machine's, after the event; `waiting`: the next attempt), `class` (`none` without an error).
+fn log_event(ev: &Event, c: &Connection, report: &mut StreamReport) {
+    let (state, attempt, current) = (c.state_name(), c.attempt(), conn_name(c.current_transport()));
     match ev {
         Event::Market { .. } => {}
-        Event::Connected { id, attempt } => tracing::info!(transport = %id, attempt, "connected"),
+        Event::Connected { id, attempt } => tracing::info!(conn = %id, state, attempt, class = "none", "connected"),
         Event::Disconnected { id, error, class, diagnosis, retry_in } => {
             // The error's source chain was logged once when the transport failed; here only the decision.
             tracing::warn!(
-                transport = %id,
+                conn = %id,
+                state,
+                attempt,
                 class = class.name(),
                 retry_in_ms = retry_in.as_millis() as u64,
                 "disconnected: {diagnosis}"
             );
             report.disconnects.push(Disconnect { id: *id, error: error.clone(), class: *class, retry_in: *retry_in });
         }
-        Event::HeartbeatTimeout { id } => tracing::warn!(transport = %id, "heartbeat timeout: no frame after our ping"),
-        Event::StreamStalled { stream, action } => tracing::warn!(%stream, ?action, "stream stalled"),
-        Event::Malformed { id, error } => tracing::debug!(transport = %id, "malformed frame (counted): {error}"),
-        Event::ServerError { code, msg } => tracing::warn!(code, "server error reply: {msg}"),
-        Event::Rollover { id, reason } => tracing::info!(transport = %id, ?reason, "rollover"),
+        Event::HeartbeatTimeout { id } => tracing::warn!(
+            conn = %id,
+            state,
+            attempt,
+            class = ErrorClass::Transient.name(),
+            "heartbeat timeout: no frame after our ping"
+        ),
+        Event::StreamStalled { stream, action } => {
+            tracing::warn!(conn = current, state, attempt, class = "none", %stream, ?action, "stream stalled")
+        }
+        Event::Malformed { id, error } => {
+            tracing::debug!(conn = %id, state, attempt, class = "none", "malformed frame (counted): {error}")
+        }
+        Event::ServerError { code, msg } => {
+            tracing::warn!(conn = current, state, attempt, class = "none", code, "server error reply: {msg}")
+        }
+        Event::Rollover { id, reason } => {
+            tracing::info!(conn = %id, state, attempt, class = "none", ?reason, "rollover")
+        }
     }
 }
 

@@ -245,7 +245,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         dtype = ?t.dtype,
         "training"
     );
-    tracing::info!("{}", tr.driver.scaler());
+    tracing::info!(epoch = 0, step = 0, scale = tr.driver.scale(), grad_norm = f64::NAN, "{}", tr.driver.scaler());
     let report = tr.fit(&ds)?;
     let meta = checkpoint::Meta {
         format_version: checkpoint::FORMAT_VERSION,

@@ -141,7 +141,15 @@ pub struct Trainer {
     /// Where to publish the scaler stats after every step (`--metrics-addr`).
     pub metrics: Option<crate::metrics::Metrics>,
     step: u64,
+    /// The grad norm of the last applied step (`None` until one), for the scaler log lines.
+    last_grad_norm: Option<f64>,
     opts: RunOptions,
+}
+
+/// The `grad_norm` field of scaler log lines: NaN (`null` in JSON) when no norm was measured
+/// (an overflowing step has none).
+pub fn norm_field(norm: Option<f64>) -> f64 {
+    norm.unwrap_or(f64::NAN)
 }
 
 /// The scaler config actually used: with the scaler disabled, a scale pinned at 1.
@@ -203,6 +211,7 @@ impl Trainer {
             nan_losses: 0,
             metrics: None,
             step: 0,
+            last_grad_norm: None,
             opts,
         })
     }
@@ -228,6 +237,9 @@ impl Trainer {
         let clipped =
             if found_inf { None } else { Some(amp::unscale_and_clip(&grads, scale, self.cfg.clip_grad_norm)?) };
         let grad_norm = clipped.as_ref().map(|c| c.1);
+        if grad_norm.is_some() {
+            self.last_grad_norm = grad_norm;
+        }
         let outcome = self.driver.step(step, found_inf, grad_norm);
         let skipped = match (outcome.decision, clipped) {
             (StepDecision::Apply, Some((g, _))) => {
@@ -240,11 +252,30 @@ impl Trainer {
         if !outcome.events.is_empty() || outcome.reset.is_some() {
             let (mean, std, maxabs) = amp::output_stats(&out32)?;
             for e in &outcome.events {
-                tracing::warn!(epoch, batch = batch_no, step, scale, grad_norm = ?grad_norm, found_inf, out_mean = mean,
-                    out_std = std, out_maxabs = maxabs, "loss scaler: {e}");
+                tracing::warn!(
+                    epoch,
+                    batch = batch_no,
+                    step,
+                    scale,
+                    grad_norm = norm_field(grad_norm),
+                    found_inf,
+                    out_mean = mean,
+                    out_std = std,
+                    out_maxabs = maxabs,
+                    "loss scaler: {e}"
+                );
             }
             if let Some(r) = outcome.reset {
-                tracing::warn!(epoch, batch = batch_no, step, "loss scale reset from {} to {}", r.before, r.after);
+                tracing::warn!(
+                    epoch,
+                    batch = batch_no,
+                    step,
+                    scale = r.after,
+                    grad_norm = norm_field(grad_norm),
+                    "loss scale reset from {} to {}",
+                    r.before,
+                    r.after
+                );
             }
             if let Some(fatal) = outcome.events.iter().find(|e| e.is_fatal()) {
                 anyhow::bail!("training stopped at epoch {epoch}, batch {batch_no}: {fatal}");
@@ -332,8 +363,12 @@ impl Trainer {
             }
             bar.finish_and_clear();
             let outcome = self.driver.end_epoch(epoch);
+            let (step, scale, grad_norm) = (self.step, self.driver.scale(), norm_field(self.last_grad_norm));
             for e in &outcome.report.events {
-                tracing::warn!(epoch, scale = self.driver.scale(), "loss scaler: {e}");
+                tracing::warn!(epoch, step, scale, grad_norm, "loss scaler: {e}");
+            }
+            if let Some(r) = outcome.reset {
+                tracing::warn!(epoch, step, scale, grad_norm, "loss scale reset from {} to {}", r.before, r.after);
             }
             let val = self.evaluate(&data.val, &data.norm)?.mse;
             self.val_curve.push((self.step, val));
@@ -341,7 +376,9 @@ impl Trainer {
                 epoch,
                 train_loss = loss_sum / n_batches.max(1) as f64,
                 val_loss = val,
-                scale = self.driver.scale(),
+                step,
+                scale,
+                grad_norm,
                 skipped = outcome.report.stats.skipped,
                 lr = self.adam.lr,
                 "epoch done"

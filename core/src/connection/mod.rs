@@ -284,6 +284,8 @@ pub enum StopReason {
 #[derive(Debug, Clone)]
 struct Live {
     id: TransportId,
+    /// The attempt that brought this transport up (1 after a rollover), for logs.
+    attempt: u32,
     since: Timestamp,
     rollover_at: Timestamp,
     heartbeat: Heartbeat,
@@ -612,6 +614,26 @@ impl Connection {
         matches!(self.state, State::Stopped { .. })
     }
 
+    /// The state's name for logs and metrics: `connecting`, `live`, `waiting` or `stopped`.
+    pub fn state_name(&self) -> &'static str {
+        match self.state {
+            State::Connecting { .. } => "connecting",
+            State::Live(_) => "live",
+            State::Waiting { .. } => "waiting",
+            State::Stopped { .. } => "stopped",
+        }
+    }
+
+    /// The consecutive attempt number, for logs: the attempt under way (`connecting`), the next one
+    /// (`waiting`), the one that connected (`live`; 1 after a rollover), 0 once `stopped`.
+    pub fn attempt(&self) -> u32 {
+        match &self.state {
+            State::Connecting { attempt, .. } | State::Waiting { attempt, .. } => *attempt,
+            State::Live(live) => live.attempt,
+            State::Stopped { .. } => 0,
+        }
+    }
+
     /// Why the machine stopped, once it has.
     pub fn stop_reason(&self) -> Option<StopReason> {
         match self.state {
@@ -753,6 +775,7 @@ impl Connection {
         let subscribed = self.desired.clone();
         let live = Live {
             id,
+            attempt,
             since: now,
             rollover_at: now + self.rollover_after,
             heartbeat: Heartbeat::new(&self.heartbeat_config, id.0, now),
@@ -1005,6 +1028,7 @@ impl Connection {
         let id = standby.id;
         self.state = State::Live(Box::new(Live {
             id,
+            attempt: 1,
             since,
             rollover_at: since + self.rollover_after,
             heartbeat,

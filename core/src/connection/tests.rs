@@ -1095,3 +1095,19 @@ fn rollover_property_generator_rolls_over() {
         .count();
     assert!(rolled > 50, "only {rolled} of 200 scripts rolled over");
 }
+
+#[test]
+fn state_name_and_attempt_follow_the_lifecycle() {
+    let (mut h, _) = H::new(&cfg());
+    let mut seen = vec![(h.c.state_name(), h.c.attempt())];
+    h.input(Input::Failed { id: id(1), error: refused() });
+    seen.push((h.c.state_name(), h.c.attempt()));
+    h.tick();
+    seen.push((h.c.state_name(), h.c.attempt()));
+    h.input(Input::Opened { id: id(2) });
+    seen.push((h.c.state_name(), h.c.attempt()));
+    h.input(Input::Shutdown);
+    seen.push((h.c.state_name(), h.c.attempt()));
+    let expected = [("connecting", 1), ("waiting", 2), ("connecting", 2), ("live", 2), ("stopped", 0)];
+    assert_eq!(seen, expected);
+}
