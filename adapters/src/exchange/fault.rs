@@ -66,12 +66,18 @@ pub enum Fault {
         /// Number of frames.
         frames: u64,
     },
+    /// The first depth diff due after `after` frames is not sent (the market's book still applies
+    /// it): the client sees `U` > its last `u` + 1 and must resync that symbol's book.
+    DropDepth {
+        /// Frames before the dropped diff.
+        after: u64,
+    },
 }
 
 /// A fault spelling that could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error(
-    "invalid fault {spec:?}: {why}; expected one of reset:N, eof:N, stall:N, close:CODE:N, malformed:EVERY, reject:STATUS[:RETRY_AFTER_SECS], cutoff:MS, slow:MS, blast:FRAMES, oversize:N:BYTES"
+    "invalid fault {spec:?}: {why}; expected one of reset:N, eof:N, stall:N, close:CODE:N, malformed:EVERY, reject:STATUS[:RETRY_AFTER_SECS], cutoff:MS, slow:MS, blast:FRAMES, oversize:N:BYTES, dropdepth:N"
 )]
 pub struct FaultParseError {
     /// The text given.
@@ -112,6 +118,7 @@ impl FromStr for Fault {
             "slow" if parts.len() == 2 => Fault::SlowReads { delay: Duration::from_millis(num(1)?) },
             "blast" if parts.len() == 2 => Fault::Blast { frames: num(1)? },
             "oversize" if parts.len() == 3 => Fault::Oversize { after: num(1)?, bytes: num(2)? },
+            "dropdepth" if parts.len() == 2 => Fault::DropDepth { after: num(1)? },
             _ => return Err(err("unknown kind or wrong number of fields")),
         };
         Ok(fault)
@@ -132,6 +139,69 @@ impl fmt::Display for Fault {
             Fault::SlowReads { delay } => write!(f, "slow:{}", delay.as_millis()),
             Fault::Blast { frames } => write!(f, "blast:{frames}"),
             Fault::Oversize { after, bytes } => write!(f, "oversize:{after}:{bytes}"),
+            Fault::DropDepth { after } => write!(f, "dropdepth:{after}"),
+        }
+    }
+}
+
+/// One misbehaviour of the exchange's REST server, applied to one request (queued with
+/// `ExchangeHandle::rest_fault_next`, taken in order, one per request).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RestFault {
+    /// HTTP 429 (Binance: request weight exceeded), with `Retry-After` in seconds when set.
+    RateLimited {
+        /// Retry-After in seconds.
+        retry_after_secs: Option<u64>,
+    },
+    /// HTTP 418 (Binance: IP auto-banned for ignoring 429s), with `Retry-After` when set.
+    Banned {
+        /// Retry-After in seconds.
+        retry_after_secs: Option<u64>,
+    },
+    /// HTTP 500 with Binance's unknown-error body.
+    ServerError,
+    /// The answer is delayed by `delay` (then served normally).
+    Slow {
+        /// The delay.
+        delay: Duration,
+    },
+}
+
+impl FromStr for RestFault {
+    type Err = FaultParseError;
+
+    /// `429[:SECS]`, `418[:SECS]`, `500`, `slow:MS`.
+    fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        let err = |why: &str| FaultParseError {
+            spec: spec.to_string(),
+            why: format!("{why} (REST faults: 429[:RETRY_AFTER_SECS], 418[:RETRY_AFTER_SECS], 500, slow:MS)"),
+        };
+        let parts: Vec<&str> = spec.split(':').collect();
+        let num = |i: usize| -> Result<Option<u64>, FaultParseError> {
+            parts
+                .get(i)
+                .map(|p| p.parse::<u64>().map_err(|_| err(&format!("{p:?} is not a non-negative integer"))))
+                .transpose()
+        };
+        match (parts[0], parts.len()) {
+            ("429", 1 | 2) => Ok(RestFault::RateLimited { retry_after_secs: num(1)? }),
+            ("418", 1 | 2) => Ok(RestFault::Banned { retry_after_secs: num(1)? }),
+            ("500", 1) => Ok(RestFault::ServerError),
+            ("slow", 2) => Ok(RestFault::Slow { delay: Duration::from_millis(num(1)?.unwrap_or(0)) }),
+            _ => Err(err("unknown kind or wrong number of fields")),
+        }
+    }
+}
+
+impl fmt::Display for RestFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RestFault::RateLimited { retry_after_secs: None } => write!(f, "429"),
+            RestFault::RateLimited { retry_after_secs: Some(s) } => write!(f, "429:{s}"),
+            RestFault::Banned { retry_after_secs: None } => write!(f, "418"),
+            RestFault::Banned { retry_after_secs: Some(s) } => write!(f, "418:{s}"),
+            RestFault::ServerError => write!(f, "500"),
+            RestFault::Slow { delay } => write!(f, "slow:{}", delay.as_millis()),
         }
     }
 }
@@ -193,6 +263,7 @@ mod tests {
             ("slow:250", Fault::SlowReads { delay: Duration::from_millis(250) }),
             ("blast:1000", Fault::Blast { frames: 1000 }),
             ("oversize:5:2000000", Fault::Oversize { after: 5, bytes: 2_000_000 }),
+            ("dropdepth:7", Fault::DropDepth { after: 7 }),
         ];
         for (text, fault) in table {
             assert_eq!(text.parse::<Fault>().unwrap(), fault, "{text}");
@@ -212,6 +283,24 @@ mod tests {
         ] {
             let e = text.parse::<Fault>().unwrap_err();
             assert!(e.to_string().contains(why), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn rest_fault_spellings_round_trip() {
+        let table = [
+            ("429", RestFault::RateLimited { retry_after_secs: None }),
+            ("429:3", RestFault::RateLimited { retry_after_secs: Some(3) }),
+            ("418:120", RestFault::Banned { retry_after_secs: Some(120) }),
+            ("500", RestFault::ServerError),
+            ("slow:250", RestFault::Slow { delay: Duration::from_millis(250) }),
+        ];
+        for (text, fault) in table {
+            assert_eq!(text.parse::<RestFault>().unwrap(), fault, "{text}");
+            assert_eq!(fault.to_string(), text);
+        }
+        for bad in ["404", "429:x", "slow", "500:1"] {
+            assert!(bad.parse::<RestFault>().unwrap_err().to_string().contains("REST faults"), "{bad}");
         }
     }
 

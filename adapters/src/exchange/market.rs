@@ -3,10 +3,190 @@
 //! Sequence numbers live here, not in connections: aggTrade `a`, trade `t`, depth `U`/`u` and
 //! bookTicker `u` advance on the exchange's clock whether or not anyone listens, so a client that
 //! was away sees exactly the ids it missed as a gap, as on Binance.
+//!
+//! Each symbol keeps a real order book (prices in ticks of 0.01, quantities in units of 1e-8, so
+//! every level is exact): a `depthUpdate` is exactly the set of levels that changed in that tick
+//! (absolute quantities, 0 removes the level) with `U` = previous `u` + 1, and the REST snapshot
+//! (`/api/v3/depth`) is the same book with `lastUpdateId` = the last `u` produced. The last
+//! [`DEFAULT_AGG_HISTORY`] aggTrades of each symbol are kept for `/api/v3/aggTrades`; the stream
+//! and REST print them from the same integers, so a backfilled trade is byte-for-byte the live one.
 
 use keel_core::rng::Rng;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use thiserror::Error;
+
+/// aggTrades kept per symbol for REST backfill (older ones are gone, as a client asking too late
+/// finds out from the first id it gets back).
+pub const DEFAULT_AGG_HISTORY: usize = 200_000;
+/// Levels kept per side of a book; the farthest are removed (with a 0 in the diff) beyond this.
+const MAX_LEVELS: usize = 60;
+const QTY_UNIT: u64 = 100_000_000;
+
+/// `12345` ticks -> `"123.45"`.
+pub fn price_text(ticks: u64) -> String {
+    format!("{}.{:02}", ticks / 100, ticks % 100)
+}
+
+/// `150000000` units -> `"1.50000000"` (Binance's 8 decimals).
+pub fn qty_text(units: u64) -> String {
+    format!("{}.{:08}", units / QTY_UNIT, units % QTY_UNIT)
+}
+
+/// One aggregate trade as the market produced it (and as REST returns it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AggRecord {
+    /// Aggregate trade id `a`.
+    pub id: u64,
+    /// Price in ticks of 0.01.
+    pub price: u64,
+    /// Quantity in units of 1e-5.
+    pub qty: u64,
+    /// First trade id `f`.
+    pub first_trade: u64,
+    /// Last trade id `l`.
+    pub last_trade: u64,
+    /// Trade time `T` (exchange clock, ms).
+    pub time: u64,
+    /// Buyer is the maker `m`.
+    pub maker: bool,
+}
+
+impl AggRecord {
+    fn price_text(&self) -> String {
+        price_text(self.price)
+    }
+    fn qty_text(&self) -> String {
+        format!("{}.{:05}", self.qty / 100_000, self.qty % 100_000)
+    }
+
+    /// The stream event (`/ws/<symbol>@aggTrade`), event time `E` = `T`.
+    fn stream_json(&self, sym: &str) -> String {
+        format!(
+            r#"{{"e":"aggTrade","E":{t},"s":"{sym}","a":{a},"p":"{p}","q":"{q}","f":{f},"l":{l},"T":{t},"m":{m},"M":true}}"#,
+            t = self.time,
+            a = self.id,
+            p = self.price_text(),
+            q = self.qty_text(),
+            f = self.first_trade,
+            l = self.last_trade,
+            m = self.maker
+        )
+    }
+
+    /// One element of the `/api/v3/aggTrades` array, Binance's shape.
+    pub fn rest_json(&self) -> String {
+        format!(
+            r#"{{"a":{a},"p":"{p}","q":"{q}","f":{f},"l":{l},"T":{t},"m":{m},"M":true}}"#,
+            t = self.time,
+            a = self.id,
+            p = self.price_text(),
+            q = self.qty_text(),
+            f = self.first_trade,
+            l = self.last_trade,
+            m = self.maker
+        )
+    }
+}
+
+/// A depth snapshot (`/api/v3/depth`): levels as exact decimal text, best first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DepthSnapshot {
+    /// The `u` of the last diff applied to this book.
+    pub last_update_id: u64,
+    /// Bids, highest price first: (price, quantity).
+    pub bids: Vec<(String, String)>,
+    /// Asks, lowest price first: (price, quantity).
+    pub asks: Vec<(String, String)>,
+}
+
+impl DepthSnapshot {
+    /// Binance's JSON shape: `{"lastUpdateId":..,"bids":[["p","q"],..],"asks":[..]}`.
+    pub fn to_json(&self) -> String {
+        let side = |levels: &[(String, String)]| {
+            let items: Vec<String> = levels.iter().map(|(p, q)| format!(r#"["{p}","{q}"]"#)).collect();
+            items.join(",")
+        };
+        format!(
+            r#"{{"lastUpdateId":{},"bids":[{}],"asks":[{}]}}"#,
+            self.last_update_id,
+            side(&self.bids),
+            side(&self.asks)
+        )
+    }
+}
+
+/// One side-pair of price levels: ticks -> quantity units.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Book {
+    bids: BTreeMap<u64, u64>,
+    asks: BTreeMap<u64, u64>,
+}
+
+impl Book {
+    /// One tick of book changes around `mid` (ticks): levels crossing the price are removed, the
+    /// two bids below and the ask above get `near` quantities, one level `offset` ticks out on the
+    /// bid (`bid`) or ask side is set to `qty` (0 removes it), and each side is trimmed to
+    /// [`MAX_LEVELS`]. Returns the changed levels of each side with their new quantity (0 = gone).
+    fn step(
+        &mut self,
+        mid: u64,
+        near: [u64; 3],
+        (bid, offset, qty): (bool, u64, u64),
+    ) -> (BTreeMap<u64, u64>, BTreeMap<u64, u64>) {
+        let mut cb = BTreeMap::new();
+        let mut ca = BTreeMap::new();
+        let mid = mid.max(3);
+        let crossing_bids: Vec<u64> = self.bids.range(mid..).map(|(p, _)| *p).collect();
+        for p in crossing_bids {
+            self.bids.remove(&p);
+            cb.insert(p, 0);
+        }
+        let crossing_asks: Vec<u64> = self.asks.range(..=mid).map(|(p, _)| *p).collect();
+        for p in crossing_asks {
+            self.asks.remove(&p);
+            ca.insert(p, 0);
+        }
+        for (p, q) in [(mid - 1, near[0]), (mid - 2, near[1])] {
+            self.bids.insert(p, q);
+            cb.insert(p, q);
+        }
+        self.asks.insert(mid + 1, near[2]);
+        ca.insert(mid + 1, near[2]);
+        let (side, changes, p) = if bid {
+            (&mut self.bids, &mut cb, mid.saturating_sub(offset).max(1))
+        } else {
+            (&mut self.asks, &mut ca, mid + offset)
+        };
+        if qty == 0 {
+            if side.remove(&p).is_some() {
+                changes.insert(p, 0);
+            }
+        } else {
+            side.insert(p, qty);
+            changes.insert(p, qty);
+        }
+        while self.bids.len() > MAX_LEVELS {
+            if let Some((p, _)) = self.bids.pop_first() {
+                cb.insert(p, 0);
+            }
+        }
+        while self.asks.len() > MAX_LEVELS {
+            if let Some((p, _)) = self.asks.pop_last() {
+                ca.insert(p, 0);
+            }
+        }
+        (cb, ca)
+    }
+}
+
+fn levels_json(changes: &BTreeMap<u64, u64>, descending: bool) -> String {
+    let items: Vec<String> = if descending {
+        changes.iter().rev().map(|(p, q)| format!(r#"["{}","{}"]"#, price_text(*p), qty_text(*q))).collect()
+    } else {
+        changes.iter().map(|(p, q)| format!(r#"["{}","{}"]"#, price_text(*p), qty_text(*q))).collect()
+    };
+    items.join(",")
+}
 
 /// One event produced by the market, already serialized as Binance sends it on `/ws/<stream>`.
 #[derive(Debug, Clone, PartialEq)]
@@ -116,8 +296,20 @@ struct Symbol {
     next_trade: u64,
     last_depth: u64,
     next_book: u64,
+    book: Book,
+    /// The last aggTrades, oldest first, ids continuous.
+    history: VecDeque<AggRecord>,
     /// interval text -> (interval ms, current candle)
     klines: BTreeMap<String, (u64, Option<Candle>)>,
+}
+
+impl Symbol {
+    fn remember(&mut self, rec: AggRecord, cap: usize) {
+        if self.history.len() >= cap.max(1) {
+            self.history.pop_front();
+        }
+        self.history.push_back(rec);
+    }
 }
 
 /// The market of every symbol served so far.
@@ -125,16 +317,56 @@ struct Symbol {
 pub struct Market {
     rng: Rng,
     symbols: BTreeMap<String, Symbol>,
+    history_cap: usize,
 }
 
 impl Market {
     /// A market with `symbols` trading from the start; other symbols start when first asked for.
     pub fn new(seed: u64, symbols: &[String]) -> Market {
-        let mut m = Market { rng: Rng::new(seed), symbols: BTreeMap::new() };
+        Market::with_history(seed, symbols, DEFAULT_AGG_HISTORY)
+    }
+
+    /// [`Market::new`] keeping the last `history` aggTrades of each symbol for REST.
+    pub fn with_history(seed: u64, symbols: &[String], history: usize) -> Market {
+        let mut m = Market { rng: Rng::new(seed), symbols: BTreeMap::new(), history_cap: history.max(1) };
         for s in symbols {
             m.symbol(s);
         }
         m
+    }
+
+    /// The market's key of an upper-case REST symbol (`BTCUSDT` -> `btcusdt`), if it trades.
+    fn rest_key(&self, symbol: &str) -> Option<String> {
+        if symbol.is_empty() || !symbol.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()) {
+            return None;
+        }
+        let key = symbol.to_ascii_lowercase();
+        self.symbols.contains_key(&key).then_some(key)
+    }
+
+    /// `/api/v3/aggTrades`: up to `limit` trades of `symbol` (upper case) from `from_id` on, or the
+    /// most recent `limit` without it. A `from_id` older than the history starts at the oldest kept
+    /// trade (the caller sees from the first id that the rest is gone). None: unknown symbol.
+    pub fn agg_trades(&self, symbol: &str, from_id: Option<u64>, limit: usize) -> Option<Vec<AggRecord>> {
+        let s = self.symbols.get(&self.rest_key(symbol)?)?;
+        let h = &s.history;
+        let start = match (from_id, h.front()) {
+            (_, None) => 0,
+            (None, _) => h.len().saturating_sub(limit),
+            (Some(id), Some(first)) => usize::try_from(id.saturating_sub(first.id)).unwrap_or(usize::MAX).min(h.len()),
+        };
+        Some(h.iter().skip(start).take(limit).copied().collect())
+    }
+
+    /// `/api/v3/depth`: the best `limit` levels per side of `symbol`'s book (upper case). None: unknown symbol.
+    pub fn depth(&self, symbol: &str, limit: usize) -> Option<DepthSnapshot> {
+        let s = self.symbols.get(&self.rest_key(symbol)?)?;
+        let text = |(p, q): (&u64, &u64)| (price_text(*p), qty_text(*q));
+        Some(DepthSnapshot {
+            last_update_id: s.last_depth,
+            bids: s.book.bids.iter().rev().take(limit).map(text).collect(),
+            asks: s.book.asks.iter().take(limit).map(text).collect(),
+        })
     }
 
     fn symbol(&mut self, name: &str) -> &mut Symbol {
@@ -151,8 +383,16 @@ impl Market {
                 next_trade: 5_000_000 + self.rng.below(1_000_000),
                 last_depth: 9_000_000 + self.rng.below(1_000_000),
                 next_book: 40_000_000 + self.rng.below(1_000_000),
+                book: Book::default(),
+                history: VecDeque::new(),
                 klines: BTreeMap::new(),
             };
+            let mid = (s.price * 100.0).round() as u64;
+            let mut s = s;
+            for i in 1..=20u64 {
+                s.book.bids.insert(mid.saturating_sub(i).max(1), 1 + self.rng.below(5 * QTY_UNIT));
+                s.book.asks.insert(mid + i, 1 + self.rng.below(5 * QTY_UNIT));
+            }
             self.symbols.insert(name.to_string(), s);
         }
         // The entry was inserted just above when missing.
@@ -190,8 +430,14 @@ impl Market {
                 s.price = (s.price * (1.0 + step)).max(0.01);
                 trades.push((s.price, qty, maker));
             }
-            let depth_extra = self.rng.below(3);
+            // Book changes of this tick, drawn before the symbol is borrowed: quantities of the three
+            // levels next to the price, and one more level further out (set or removed).
+            let near: [u64; 3] = [0; 3].map(|_| 1 + self.rng.below(3 * QTY_UNIT));
+            let far_bid = self.rng.chance(1, 2);
+            let far_offset = 3 + self.rng.below(40);
+            let far_qty = if self.rng.chance(1, 3) { 0 } else { 1 + self.rng.below(10 * QTY_UNIT) };
             let book_skip = 1 + self.rng.below(3);
+            let cap = self.history_cap;
             let s = self.symbol(&name);
             let sym = s.upper.clone();
             let (first_t, last_t) = (s.next_trade, s.next_trade + n_trades - 1);
@@ -200,11 +446,19 @@ impl Market {
             s.next_agg += 1;
             let total_qty: f64 = trades.iter().map(|t| t.1).sum();
             let (last_price, _, last_maker) = trades[trades.len() - 1];
+            let rec = AggRecord {
+                id: agg,
+                price: (last_price * 100.0).round() as u64,
+                qty: (total_qty * 100_000.0).round() as u64,
+                first_trade: first_t,
+                last_trade: last_t,
+                time: now_ms,
+                maker: last_maker,
+            };
+            s.remember(rec, cap);
             out.push(Produced {
                 stream: format!("{name}@aggTrade"),
-                json: format!(
-                    r#"{{"e":"aggTrade","E":{now_ms},"s":"{sym}","a":{agg},"p":"{last_price:.2}","q":"{total_qty:.5}","f":{first_t},"l":{last_t},"T":{now_ms},"m":{last_maker},"M":true}}"#
-                ),
+                json: rec.stream_json(&sym),
                 seq: Some((agg, agg)),
             });
             for (i, (p, q, m)) in trades.iter().enumerate() {
@@ -217,31 +471,33 @@ impl Market {
                     seq: Some((t, t)),
                 });
             }
+            let (bid_changes, ask_changes) =
+                s.book.step((s.price * 100.0).round() as u64, near, (far_bid, far_offset, far_qty));
+            // Binance's U..u spans the updates of the diff: one id per changed level here.
             let first_u = s.last_depth + 1;
-            let last_u = first_u + depth_extra;
+            let last_u = s.last_depth + (bid_changes.len() + ask_changes.len()).max(1) as u64;
             s.last_depth = last_u;
-            let px = s.price;
             out.push(Produced {
                 stream: format!("{name}@depth"),
                 json: format!(
-                    r#"{{"e":"depthUpdate","E":{now_ms},"s":"{sym}","U":{first_u},"u":{last_u},"b":[["{:.2}","{:.4}"],["{:.2}","{:.4}"]],"a":[["{:.2}","{:.4}"]]}}"#,
-                    px - 0.01,
-                    total_qty,
-                    px - 0.02,
-                    total_qty * 2.0,
-                    px + 0.01,
-                    total_qty
+                    r#"{{"e":"depthUpdate","E":{now_ms},"s":"{sym}","U":{first_u},"u":{last_u},"b":[{}],"a":[{}]}}"#,
+                    levels_json(&bid_changes, true),
+                    levels_json(&ask_changes, false),
                 ),
                 seq: Some((first_u, last_u)),
             });
             let book = s.next_book;
             s.next_book += book_skip;
+            let (bb, bq) = s.book.bids.iter().next_back().map(|(p, q)| (*p, *q)).unwrap_or((0, 0));
+            let (ba, aq) = s.book.asks.iter().next().map(|(p, q)| (*p, *q)).unwrap_or((0, 0));
             out.push(Produced {
                 stream: format!("{name}@bookTicker"),
                 json: format!(
-                    r#"{{"u":{book},"s":"{sym}","b":"{:.2}","B":"{total_qty:.5}","a":"{:.2}","A":"{total_qty:.5}"}}"#,
-                    px - 0.01,
-                    px + 0.01
+                    r#"{{"u":{book},"s":"{sym}","b":"{}","B":"{}","a":"{}","A":"{}"}}"#,
+                    price_text(bb),
+                    qty_text(bq),
+                    price_text(ba),
+                    qty_text(aq)
                 ),
                 seq: Some((book, book)),
             });
@@ -279,21 +535,19 @@ impl Market {
 
     /// `n` aggTrade events of `symbol` at once (benchmark blast), taking their ids from the market.
     pub fn blast_agg_trades(&mut self, symbol: &str, n: u64, now_ms: u64) -> Vec<Produced> {
+        let cap = self.history_cap;
         let s = self.symbol(symbol);
         let sym = s.upper.clone();
-        let (price, stream) = (s.price, format!("{symbol}@aggTrade"));
+        let (price, stream) = ((s.price * 100.0).round() as u64, format!("{symbol}@aggTrade"));
         (0..n)
             .map(|_| {
                 let (agg, t) = (s.next_agg, s.next_trade);
                 s.next_agg += 1;
                 s.next_trade += 1;
-                Produced {
-                    stream: stream.clone(),
-                    json: format!(
-                        r#"{{"e":"aggTrade","E":{now_ms},"s":"{sym}","a":{agg},"p":"{price:.2}","q":"0.01000","f":{t},"l":{t},"T":{now_ms},"m":false,"M":true}}"#
-                    ),
-                    seq: Some((agg, agg)),
-                }
+                let rec =
+                    AggRecord { id: agg, price, qty: 1000, first_trade: t, last_trade: t, time: now_ms, maker: false };
+                s.remember(rec, cap);
+                Produced { stream: stream.clone(), json: rec.stream_json(&sym), seq: Some((agg, agg)) }
             })
             .collect()
     }
@@ -413,5 +667,78 @@ mod tests {
         assert_eq!(blast[9].seq, Some((first + 9, first + 9)));
         let next = m.tick(6).into_iter().find(|p| p.stream == "btcusdt@aggTrade").unwrap();
         assert_eq!(next.seq, Some((first + 10, first + 10)));
+    }
+
+    /// Applies `levels` ([["p","q"],..]) to one side of a text book.
+    fn apply(side: &mut BTreeMap<String, String>, levels: &serde_json::Value) {
+        for l in levels.as_array().unwrap() {
+            let (p, q) = (l[0].as_str().unwrap().to_string(), l[1].as_str().unwrap().to_string());
+            if q.trim_end_matches('0').trim_end_matches('.').chars().all(|c| c == '0') {
+                assert!(side.remove(&p).is_some(), "a 0 for level {p} that is not in the book");
+            } else {
+                side.insert(p, q);
+            }
+        }
+    }
+
+    #[test]
+    fn depth_diffs_are_exactly_the_changes_of_the_book() {
+        let mut m = Market::new(5, &syms());
+        let snap = m.depth("BTCUSDT", 1000).unwrap();
+        let mut bids: BTreeMap<String, String> = snap.bids.iter().cloned().collect();
+        let mut asks: BTreeMap<String, String> = snap.asks.iter().cloned().collect();
+        let mut last = snap.last_update_id;
+        for i in 0..300 {
+            for p in m.tick(1_000 + i * 100).into_iter().filter(|p| p.stream == "btcusdt@depth") {
+                let v: serde_json::Value = serde_json::from_str(&p.json).unwrap();
+                assert_eq!(v["U"].as_u64(), Some(last + 1), "continuous U/u");
+                last = v["u"].as_u64().unwrap();
+                apply(&mut bids, &v["b"]);
+                apply(&mut asks, &v["a"]);
+            }
+            let now = m.depth("BTCUSDT", 1000).unwrap();
+            assert_eq!(now.last_update_id, last);
+            assert_eq!(now.bids.iter().cloned().collect::<BTreeMap<_, _>>(), bids, "tick {i}");
+            assert_eq!(now.asks.iter().cloned().collect::<BTreeMap<_, _>>(), asks, "tick {i}");
+            assert!(now.bids.len() <= MAX_LEVELS && now.asks.len() <= MAX_LEVELS);
+            let best_bid: f64 = now.bids[0].0.parse().unwrap();
+            let best_ask: f64 = now.asks[0].0.parse().unwrap();
+            assert!(best_bid < best_ask, "the book is never crossed");
+        }
+        // limit takes the best levels, best first.
+        let top = m.depth("BTCUSDT", 5).unwrap();
+        assert_eq!(top.bids.len(), 5);
+        assert!(top.bids[0].0.parse::<f64>().unwrap() > top.bids[4].0.parse::<f64>().unwrap());
+        assert!(top.asks[0].0.parse::<f64>().unwrap() < top.asks[4].0.parse::<f64>().unwrap());
+        assert!(m.depth("btcusdt", 5).is_none() && m.depth("XRPUSDT", 5).is_none());
+    }
+
+    #[test]
+    fn rest_agg_trades_are_the_streamed_ones() {
+        let mut m = Market::with_history(9, &syms(), 50);
+        let mut streamed = Vec::new();
+        for i in 0..80 {
+            for p in m.tick(2_000 + i * 100).into_iter().filter(|p| p.stream == "btcusdt@aggTrade") {
+                let mut v: serde_json::Value = serde_json::from_str(&p.json).unwrap();
+                let o = v.as_object_mut().unwrap();
+                for k in ["e", "E", "s"] {
+                    o.remove(k);
+                }
+                streamed.push(v);
+            }
+        }
+        let ids = |r: &[AggRecord]| r.iter().map(|r| r.id).collect::<Vec<_>>();
+        let first = streamed[0]["a"].as_u64().unwrap();
+        // Only the last 50 are kept: asking for older ones starts at the oldest kept.
+        let got = m.agg_trades("BTCUSDT", Some(first), 10).unwrap();
+        assert_eq!(ids(&got), (first + 30..first + 40).collect::<Vec<_>>());
+        let got = m.agg_trades("BTCUSDT", Some(first + 70), 1000).unwrap();
+        assert_eq!(ids(&got), (first + 70..first + 80).collect::<Vec<_>>());
+        for (r, s) in got.iter().zip(&streamed[70..]) {
+            assert_eq!(&serde_json::from_str::<serde_json::Value>(&r.rest_json()).unwrap(), s);
+        }
+        assert!(m.agg_trades("BTCUSDT", Some(first + 80), 10).unwrap().is_empty());
+        assert_eq!(ids(&m.agg_trades("BTCUSDT", None, 3).unwrap()), vec![first + 77, first + 78, first + 79]);
+        assert!(m.agg_trades("ETHUSDT", None, 3).is_none());
     }
 }

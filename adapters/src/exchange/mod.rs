@@ -8,6 +8,10 @@
 //! not. Faults come from a per-connection plan ([`FaultPlan`]) and from runtime injection through
 //! the [`ExchangeHandle`]; the handle also tells tests which ids went out on which connection.
 //!
+//! A second port serves Binance's REST market data over HTTPS (same certificate):
+//! `GET /api/v3/aggTrades?symbol=&fromId=&limit=` and `GET /api/v3/depth?symbol=&limit=`, answered
+//! from the same market as the streams (see `rest`); [`ExchangeHandle::rest_url`] is its base URL.
+//!
 //! ```no_run
 //! let ex = keel::exchange::Exchange::start(keel::exchange::ExchangeConfig::default()).unwrap();
 //! println!("{} trusts {}", ex.url(), ex.ca_pem().len());
@@ -17,11 +21,15 @@
 mod cert;
 mod fault;
 mod market;
+mod rest;
 mod server;
 
 pub use cert::{GeneratedCerts, generate as generate_certs};
-pub use fault::{Fault, FaultParseError, FaultPlan};
-pub use market::{Market, Produced, StreamKind, StreamNameError, parse_stream};
+pub use fault::{Fault, FaultParseError, FaultPlan, RestFault};
+pub use market::{
+    AggRecord, DEFAULT_AGG_HISTORY, DepthSnapshot, Market, Produced, StreamKind, StreamNameError, parse_stream,
+};
+pub use rest::{AGG_TRADES_MAX_LIMIT, AGG_TRADES_WEIGHT, DEPTH_MAX_LIMIT, RestRequestInfo, depth_weight};
 
 use anyhow::Context;
 use clap::Args;
@@ -57,6 +65,12 @@ pub struct ExchangeConfig {
     pub stall_hold: Duration,
     /// Batches queued for a client before it is dropped as too slow.
     pub max_queue: usize,
+    /// Port of the REST server on 127.0.0.1; 0 picks a free one.
+    pub rest_port: u16,
+    /// REST request weight allowed per minute (Binance: 6000 per IP); past it, 429 with Retry-After.
+    pub rest_weight_limit: u32,
+    /// aggTrades kept per symbol for `/api/v3/aggTrades`.
+    pub agg_history: usize,
 }
 
 impl Default for ExchangeConfig {
@@ -72,6 +86,9 @@ impl Default for ExchangeConfig {
             faults: FaultPlan::default(),
             stall_hold: Duration::from_secs(120),
             max_queue: 10_000,
+            rest_port: 0,
+            rest_weight_limit: 6000,
+            agg_history: DEFAULT_AGG_HISTORY,
         }
     }
 }
@@ -97,6 +114,8 @@ pub struct ConnectionInfo {
     pub ended: Option<String>,
     /// When it was accepted, in ms since the exchange started (real time, not the market clock).
     pub accepted_ms: u64,
+    /// Depth diffs not sent because of [`Fault::DropDepth`]: (stream, U, u).
+    pub dropped_depth: Vec<(String, u64, u64)>,
 }
 
 /// The embedded exchange.
@@ -117,9 +136,13 @@ impl Exchange {
             .with_context(|| format!("cannot listen on 127.0.0.1:{}", cfg.port))?;
         let addr = std_listener.local_addr()?;
         let listener = smol::net::TcpListener::try_from(std_listener).context("cannot register the listener")?;
+        let std_rest = std::net::TcpListener::bind(("127.0.0.1", cfg.rest_port))
+            .with_context(|| format!("cannot listen on 127.0.0.1:{} for REST", cfg.rest_port))?;
+        let rest_addr = std_rest.local_addr()?;
+        let rest_listener = smol::net::TcpListener::try_from(std_rest).context("cannot register the REST listener")?;
         let (shutdown_tx, shutdown_rx) = smol::channel::bounded::<()>(1);
         let shared = Arc::new(Shared {
-            market: Mutex::new(Market::new(cfg.seed, &cfg.symbols)),
+            market: Mutex::new(Market::with_history(cfg.seed, &cfg.symbols, cfg.agg_history)),
             clock: server::Clock::new(cfg.clock_speed),
             cfg,
             acceptor: acceptor.into(),
@@ -127,20 +150,27 @@ impl Exchange {
             next_conn: AtomicU64::new(0),
             next_faults: Mutex::new(VecDeque::new()),
             log: Mutex::new(server::Log::default()),
+            rest: Mutex::new(rest::RestState::default()),
             shutdown_rx,
         });
         let tasks = vec![
             smol::spawn(server::accept_loop(shared.clone(), listener)),
             smol::spawn(server::ticker(shared.clone())),
+            smol::spawn(rest::accept_loop(shared.clone(), rest_listener)),
         ];
-        tracing::info!("exchange: listening on wss://localhost:{}", addr.port());
-        Ok(ExchangeHandle { addr, certs, shared, tasks, shutdown_tx: Some(shutdown_tx) })
+        tracing::info!(
+            "exchange: listening on wss://localhost:{}, REST on https://localhost:{}",
+            addr.port(),
+            rest_addr.port()
+        );
+        Ok(ExchangeHandle { addr, rest_addr, certs, shared, tasks, shutdown_tx: Some(shutdown_tx) })
     }
 }
 
 /// A running exchange; dropping it shuts it down.
 pub struct ExchangeHandle {
     addr: SocketAddr,
+    rest_addr: SocketAddr,
     certs: GeneratedCerts,
     shared: Arc<Shared>,
     tasks: Vec<smol::Task<()>>,
@@ -156,6 +186,37 @@ impl ExchangeHandle {
     /// The bound address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// `https://localhost:PORT`: the REST base URL (`rest.url`, `--rest-url`), same CA as [`Self::url`].
+    pub fn rest_url(&self) -> String {
+        format!("https://localhost:{}", self.rest_addr.port())
+    }
+
+    /// The bound address of the REST server.
+    pub fn rest_addr(&self) -> SocketAddr {
+        self.rest_addr
+    }
+
+    /// Gives the next REST requests these faults, one per request, in order.
+    pub fn rest_fault_next(&self, faults: Vec<RestFault>) {
+        lock(&self.shared.rest).faults.extend(faults);
+    }
+
+    /// Every REST request answered so far, in order.
+    pub fn rest_requests(&self) -> Vec<RestRequestInfo> {
+        lock(&self.shared.rest).log.clone()
+    }
+
+    /// The current book of `symbol` (upper case, e.g. `BTCUSDT`), best `limit` levels per side:
+    /// what `/api/v3/depth` would answer now.
+    pub fn depth(&self, symbol: &str, limit: usize) -> Option<DepthSnapshot> {
+        lock(&self.shared.market).depth(symbol, limit)
+    }
+
+    /// The aggTrades of `symbol` (upper case) the market still keeps from `from_id` on, at most `limit`.
+    pub fn agg_trades(&self, symbol: &str, from_id: u64, limit: usize) -> Vec<AggRecord> {
+        lock(&self.shared.market).agg_trades(symbol, Some(from_id), limit).unwrap_or_default()
     }
 
     /// The CA certificate (PEM) clients must trust.
@@ -273,6 +334,12 @@ pub struct ExchangeArgs {
     /// Stop after this many seconds (default: run until Ctrl-C).
     #[arg(long)]
     pub duration: Option<u64>,
+    /// Port of the HTTPS REST server on 127.0.0.1 (0 picks a free one and prints it).
+    #[arg(long, default_value_t = 0)]
+    pub rest_port: u16,
+    /// A REST fault for the next request (in order): 429[:RETRY_AFTER_SECS], 418[:SECS], 500, slow:MS. Repeatable.
+    #[arg(long = "rest-fault")]
+    pub rest_faults: Vec<String>,
 }
 
 /// Runs `keel exchange`.
@@ -296,15 +363,24 @@ pub fn run(args: ExchangeArgs) -> anyhow::Result<ExitCode> {
         pong_deadline: Duration::from_millis(args.pong_deadline_ms),
         clock_speed: args.clock_speed.max(1),
         faults: plan,
+        rest_port: args.rest_port,
         ..ExchangeConfig::default()
     };
+    let rest_faults = args.rest_faults.iter().map(|f| f.parse::<RestFault>()).collect::<Result<Vec<_>, _>>()?;
     let ex = Exchange::start(cfg)?;
+    ex.rest_fault_next(rest_faults);
     std::fs::create_dir_all(&args.cert_out)
         .with_context(|| format!("cannot create --cert-out {}", args.cert_out.display()))?;
     let ca_path = args.cert_out.join("ca.pem");
     ex.write_ca(&ca_path)?;
     println!("exchange listening on {} (CA: {})", ex.url(), ca_path.display());
-    println!("try: keel stream --url {} --ca-file {} --streams btcusdt@aggTrade", ex.url(), ca_path.display());
+    println!("REST on {} (GET /api/v3/aggTrades, /api/v3/depth)", ex.rest_url());
+    println!(
+        "try: keel stream --url {} --rest-url {} --ca-file {} --streams btcusdt@aggTrade,btcusdt@depth",
+        ex.url(),
+        ex.rest_url(),
+        ca_path.display()
+    );
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
     ctrlc::set_handler(move || {
         let _ = stop_tx.send(());

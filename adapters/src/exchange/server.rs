@@ -33,6 +33,11 @@ impl Clock {
         Clock { start: Instant::now(), base_ms, speed: speed.max(1) }
     }
 
+    /// When the exchange started (real time).
+    pub(crate) fn start(&self) -> Instant {
+        self.start
+    }
+
     pub(crate) fn now_ms(&self) -> u64 {
         self.base_ms + self.start.elapsed().as_millis() as u64 * u64::from(self.speed)
     }
@@ -63,6 +68,7 @@ pub(crate) struct Shared {
     pub(crate) next_conn: AtomicU64,
     pub(crate) next_faults: Mutex<VecDeque<Vec<Fault>>>,
     pub(crate) log: Mutex<Log>,
+    pub(crate) rest: Mutex<super::rest::RestState>,
     /// Closed (never sent on) when the exchange shuts down: stalled connections wait on it.
     pub(crate) shutdown_rx: Receiver<()>,
 }
@@ -176,6 +182,7 @@ struct Armed {
     slow_reads: Option<Duration>,
     blast: Option<u64>,
     oversize: Option<(u64, u64)>,
+    drop_depth_at: Option<u64>,
 }
 
 impl Armed {
@@ -194,6 +201,7 @@ impl Armed {
             Fault::SlowReads { delay } => self.slow_reads = Some(*delay),
             Fault::Blast { frames } => self.blast = Some(*frames),
             Fault::Oversize { after, bytes } => self.oversize = Some((sent + after, *bytes)),
+            Fault::DropDepth { after } => self.drop_depth_at = Some(sent + after),
             Fault::RejectUpgrade { .. } => {}
         }
     }
@@ -494,6 +502,14 @@ where
             Wake::Chan(Some(ConnMsg::Batch(batch))) => {
                 for p in batch.iter() {
                     if !conn.subs.contains(&p.stream) {
+                        continue;
+                    }
+                    if p.stream.ends_with("@depth") && armed.drop_depth_at.is_some_and(|n| conn.sent >= n) {
+                        armed.drop_depth_at = None;
+                        if let (Some((lo, hi)), Some(info)) = (p.seq, lock(&shared.log).connections.get_mut(&conn.k)) {
+                            info.dropped_depth.push((p.stream.clone(), lo, hi));
+                        }
+                        tracing::debug!(conn = conn.k, stream = %p.stream, seq = ?p.seq, "exchange: depth diff dropped (fault)");
                         continue;
                     }
                     let text = conn.encode(p);
