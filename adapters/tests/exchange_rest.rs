@@ -142,7 +142,8 @@ fn depth_snapshot_and_diffs_build_the_exchange_book() {
         let (mut bids, mut asks) = (side(&snap["bids"]), side(&snap["asks"]));
         let mut prev: Option<u64> = None;
         let mut later: Option<serde_json::Value> = None;
-        for i in 0..400 {
+        let mut applied = 0;
+        for _ in 0..400 {
             let (stream, d) = next_data(&mut w).await;
             if stream != "btcusdt@depth" {
                 continue;
@@ -158,7 +159,8 @@ fn depth_snapshot_and_diffs_build_the_exchange_book() {
             prev = Some(hi);
             apply(&mut bids, &d["b"]);
             apply(&mut asks, &d["a"]);
-            if i == 5 {
+            applied += 1;
+            if applied == 5 {
                 later = Some(get(&ex, "/api/v3/depth?symbol=BTCUSDT&limit=5000").await.json());
             }
             if let Some(l) = later.as_ref().filter(|l| l["lastUpdateId"].as_u64() == Some(hi)) {
