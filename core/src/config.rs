@@ -22,8 +22,10 @@ pub struct Config {
     pub reconnect: ReconnectConfig,
     /// Client-side liveness checks.
     pub heartbeat: HeartbeatConfig,
-    /// TLS settings of the WebSocket client.
+    /// TLS settings of the WebSocket client (and of the REST client).
     pub tls: TlsConfig,
+    /// Binance's REST API: aggTrade backfill and order-book snapshots (issue 9).
+    pub rest: RestConfig,
     /// Dynamic loss scaling.
     pub scaler: ScalerConfig,
     /// Informer model and optimizer.
@@ -175,6 +177,43 @@ pub struct TlsConfig {
 impl Default for TlsConfig {
     fn default() -> Self {
         TlsConfig { handshake_timeout_ms: 30_000, min_version: TlsVersion::Tls12, ca_file: None }
+    }
+}
+
+/// Binance's allowed `limit` values of `GET /api/v3/depth`.
+pub const BOOK_DEPTH_LIMITS: [u16; 8] = [5, 10, 20, 50, 100, 500, 1000, 5000];
+
+/// Binance's request weight budget per IP and minute (`REQUEST_WEIGHT` in `/api/v3/exchangeInfo`).
+pub const BINANCE_WEIGHT_PER_MINUTE: u32 = 6000;
+
+/// `rest`: Binance's REST API, used to close aggTrade gaps and to fetch order-book snapshots. The
+/// `tls` settings apply to it as well.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RestConfig {
+    /// Base URL of the REST API (`/api/v3/...` is appended).
+    pub url: String,
+    /// keel's share of Binance's request weight per minute (6000 per IP, shared with anything else
+    /// running from the same address).
+    pub weight_per_minute: u32,
+    /// Fetch missing aggTrade ids over REST; when off, gaps are reported as abandoned at once.
+    pub backfill: bool,
+    /// `limit` of order-book snapshots (`/api/v3/depth`); weights: <=100: 5, <=500: 25, <=1000: 50, 5000: 250.
+    pub book_depth_limit: u16,
+    /// Live events held back per stream while a gap before them is backfilled; when full, the gap is
+    /// abandoned and the held events released.
+    pub max_held_events: u32,
+}
+
+impl Default for RestConfig {
+    fn default() -> Self {
+        RestConfig {
+            url: "https://api.binance.com".to_string(),
+            weight_per_minute: 1200,
+            backfill: true,
+            book_depth_limit: 1000,
+            max_held_events: 100_000,
+        }
     }
 }
 
@@ -507,6 +546,27 @@ impl Config {
             v.check(!ca.is_empty(), "tls.ca_file", ca, "a path to a PEM file, or None");
         }
 
+        let r = &self.rest;
+        v.check(
+            r.url.starts_with("https://") && r.url.len() > "https://".len(),
+            "rest.url",
+            &r.url,
+            "an https:// URL (TLS is mandatory; plain http:// is refused)",
+        );
+        v.check(
+            r.weight_per_minute > 0 && r.weight_per_minute <= BINANCE_WEIGHT_PER_MINUTE,
+            "rest.weight_per_minute",
+            &r.weight_per_minute,
+            "between 1 and 6000 (Binance allows 6000 request weight per minute per IP)",
+        );
+        v.check(
+            BOOK_DEPTH_LIMITS.contains(&r.book_depth_limit),
+            "rest.book_depth_limit",
+            &r.book_depth_limit,
+            "one of 5, 10, 20, 50, 100, 500, 1000, 5000 (Binance's allowed depth limits)",
+        );
+        v.check(r.max_held_events > 0, "rest.max_held_events", &r.max_held_events, "> 0");
+
         let c = &self.scaler;
         let positive_scale = |x: &ScaleChoice| match x {
             ScaleChoice::Auto => true,
@@ -714,6 +774,25 @@ mod tests {
     }
 
     #[test]
+    fn rest_section_parses_and_defaults() {
+        let cfg = Config::from_ron(
+            r#"(rest: (url: "https://127.0.0.1:9444", weight_per_minute: 6000, backfill: false, book_depth_limit: 5000, max_held_events: 1))"#,
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.rest,
+            RestConfig {
+                url: "https://127.0.0.1:9444".into(),
+                weight_per_minute: 6000,
+                backfill: false,
+                book_depth_limit: 5000,
+                max_held_events: 1
+            }
+        );
+        assert_eq!(Config::from_ron("(rest: ())").unwrap().rest, RestConfig::default());
+    }
+
+    #[test]
     fn fixed_scales_parse() {
         let cfg = Config::from_ron("(scaler: (init_scale: Fixed(65536.0), reset_scale: Fixed(1024.0)))").unwrap();
         assert_eq!(cfg.scaler.init_scale, ScaleChoice::Fixed(65536.0));
@@ -750,6 +829,12 @@ mod tests {
         ("heartbeat: (pong_timeout_ms: 30000)", "heartbeat.pong_timeout_ms"),
         ("tls: (handshake_timeout_ms: 0)", "tls.handshake_timeout_ms"),
         (r#"tls: (ca_file: Some(""))"#, "tls.ca_file"),
+        (r#"rest: (url: "http://api.binance.com")"#, "rest.url"),
+        (r#"rest: (url: "https://")"#, "rest.url"),
+        ("rest: (weight_per_minute: 0)", "rest.weight_per_minute"),
+        ("rest: (weight_per_minute: 6001)", "rest.weight_per_minute"),
+        ("rest: (book_depth_limit: 1001)", "rest.book_depth_limit"),
+        ("rest: (max_held_events: 0)", "rest.max_held_events"),
         ("scaler: (init_scale: Fixed(0.0))", "scaler.init_scale"),
         ("scaler: (growth_factor: 1.0)", "scaler.growth_factor"),
         ("scaler: (backoff_factor: 1.0)", "scaler.backoff_factor"),

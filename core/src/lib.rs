@@ -15,6 +15,8 @@ pub mod heartbeat;
 pub mod monitor;
 pub mod patterns;
 pub mod protocol;
+pub mod recovery;
+pub mod rest;
 pub mod rng;
 pub mod scaler;
 pub mod stats;

@@ -35,6 +35,8 @@ use std::collections::VecDeque;
 use thiserror::Error;
 
 /// One line of a trace.
+// `Start` (with the whole Config) comes once per trace; boxing it would change the API for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum TraceRecord {
     /// The machine was created (`Connection::new(&config, seed, now)`).

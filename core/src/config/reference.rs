@@ -126,6 +126,31 @@ pub const KEYS: &[KeyDoc] = &[
         "An extra trusted root, for `keel exchange` or a private endpoint. Verification is never disabled."
     ),
     key!(
+        rest.url,
+        "https:// URL (TLS is mandatory)",
+        "Base URL of Binance's REST API (`/api/v3/aggTrades`, `/api/v3/depth`); point it at `keel exchange` for offline runs. The `tls` settings apply to it too."
+    ),
+    key!(
+        rest.weight_per_minute,
+        "1..=6000",
+        "keel's share of Binance's request weight per minute (6000 per IP, shared with every other client on the address). Backfill (weight 4 per 1000 trades) and book snapshots draw from it; requests wait, never exceed it."
+    ),
+    key!(
+        rest.backfill,
+        "true or false",
+        "Fetch aggTrade ids missed during an outage over REST and deliver them in order; off: gaps are reported as abandoned."
+    ),
+    key!(
+        rest.book_depth_limit,
+        "5, 10, 20, 50, 100, 500, 1000 or 5000",
+        "Levels per side of an order-book snapshot (`/api/v3/depth?limit=`). Weight: <=100: 5, 500: 25, 1000: 50, 5000: 250."
+    ),
+    key!(
+        rest.max_held_events,
+        "> 0",
+        "Live aggTrades held back per stream while an earlier gap is being fetched; when full, the gap is abandoned (reported) and the held events released."
+    ),
+    key!(
         scaler.init_scale,
         "Auto or Fixed(x > 0)",
         "Starting loss scale; Auto sizes it from the model's parameter count (larger models start lower)."
@@ -199,6 +224,7 @@ const SECTIONS: &[(&str, &str)] = &[
     ("reconnect", "Exponential backoff with jitter and Binance's connection-attempt budget."),
     ("heartbeat", "The client's own liveness check (Binance's server pings are answered regardless)."),
     ("tls", "TLS of the WebSocket client; certificates and host names are always verified."),
+    ("rest", "Binance's REST API: aggTrade backfill and order-book snapshots, within a request weight budget."),
     ("scaler", "Dynamic loss scaling and the scale monitor."),
     ("train", "The Informer model and its optimizer."),
 ];

@@ -58,8 +58,6 @@
 //! Stats: `rollovers` counts rollovers started; a hand-over is no outage (no downtime), and ids
 //! the new transport repeats are counted in `duplicates`.
 
-pub mod backfill;
-
 use crate::backoff::{AttemptBudget, AttemptOutcome, Backoff, BackoffDecision};
 use crate::classify::{ErrorClass, TransportError, classify_error_with_floor};
 use crate::config::{Config, HeartbeatConfig};

@@ -26,6 +26,7 @@ mod encode;
 mod fast;
 mod raw;
 mod request;
+pub mod rest;
 
 pub use decimal::{Decimal, DecimalError, MAX_MANTISSA, MAX_SCALE};
 pub use encode::{encode_event, encode_frame};

@@ -1,0 +1,314 @@
+//! Decoding Binance REST bodies (pure): `/api/v3/aggTrades`, `/api/v3/depth`, and error bodies.
+//!
+//! - aggTrades: `[{"a":26129,"p":"0.01633102","q":"4.70443515","f":27781,"l":27781,"T":1498793709153,
+//!   "m":true,"M":true}, ...]` -> `Vec<AggTrade>` (the stream's struct; the symbol comes from the
+//!   request, `event_time` is `T` since REST has no event time).
+//! - depth: `{"lastUpdateId":1027024,"bids":[["4.00000000","431.00000000"]],"asks":[...]}` -> [`DepthSnapshot`].
+//! - errors: `{"code":-1121,"msg":"Invalid symbol."}` -> [`RestDecodeError::Binance`].
+//!
+//! Every error names the item and the field that is wrong, since a REST body that does not decode is
+//! retried, and the log line is all an operator has to go on.
+
+use super::{AggTrade, Decimal, DecimalError, Level};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// An order-book snapshot from `GET /api/v3/depth`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DepthSnapshot {
+    /// `lastUpdateId`: the book includes every diff up to this update id.
+    pub last_update_id: u64,
+    /// Bids, best (highest) first as Binance sends them.
+    pub bids: Vec<Level>,
+    /// Asks, best (lowest) first.
+    pub asks: Vec<Level>,
+}
+
+/// Why a REST body could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RestDecodeError {
+    /// The body is not JSON (or is truncated).
+    #[error("REST body is not JSON: {0}")]
+    NotJson(String),
+    /// The body is Binance's error object.
+    #[error("Binance error {code}: {msg}")]
+    Binance {
+        /// Binance's error code, e.g. -1121.
+        code: i64,
+        /// Binance's message, e.g. `Invalid symbol.`.
+        msg: String,
+    },
+    /// The body has the wrong JSON shape (an object where an array belongs, ...).
+    #[error("{what} is {found}, expected {expected}")]
+    Shape {
+        /// Which body or item, e.g. `aggTrades body`, `aggTrade #3`.
+        what: String,
+        /// The JSON type found.
+        found: &'static str,
+        /// The JSON type wanted.
+        expected: &'static str,
+    },
+    /// A required field is absent.
+    #[error("{what} is missing field {field:?}")]
+    MissingField {
+        /// Which item, e.g. `aggTrade #3`.
+        what: String,
+        /// The field.
+        field: &'static str,
+    },
+    /// A field has the wrong type or an out-of-range value.
+    #[error("field {field:?} of {what} is {found}, expected {expected}")]
+    WrongType {
+        /// Which item.
+        what: String,
+        /// The field.
+        field: &'static str,
+        /// What was there.
+        found: String,
+        /// What was wanted.
+        expected: &'static str,
+    },
+    /// A price or quantity is not a decimal string.
+    #[error("field {field:?} of {what}: {value:?} is not a decimal number ({reason})")]
+    BadDecimal {
+        /// Which item (e.g. `depth bids level #2`).
+        what: String,
+        /// The field.
+        field: &'static str,
+        /// The text.
+        value: String,
+        /// Why.
+        reason: DecimalError,
+    },
+}
+
+/// Decodes an aggTrades body; `symbol` is the request's (REST trades carry none).
+pub fn decode_agg_trades(body: &str, symbol: &str) -> Result<Vec<AggTrade>, RestDecodeError> {
+    let value = parse(body)?;
+    let Value::Array(items) = value else {
+        return Err(shape("aggTrades body", &value, "an array of trades"));
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let what = format!("aggTrade #{i}");
+            let Value::Object(o) = item else { return Err(shape(&what, item, "an object")) };
+            let trade_time = uint(o, &what, "T")?;
+            Ok(AggTrade {
+                symbol: symbol.to_owned(),
+                event_time: trade_time,
+                agg_id: uint(o, &what, "a")?,
+                price: decimal(o, &what, "p")?,
+                quantity: decimal(o, &what, "q")?,
+                first_trade_id: uint(o, &what, "f")?,
+                last_trade_id: uint(o, &what, "l")?,
+                trade_time,
+                buyer_is_maker: boolean(o, &what, "m")?,
+            })
+        })
+        .collect()
+}
+
+/// Decodes a depth snapshot body.
+pub fn decode_depth(body: &str) -> Result<DepthSnapshot, RestDecodeError> {
+    let value = parse(body)?;
+    let Value::Object(o) = &value else {
+        return Err(shape("depth body", &value, "an object"));
+    };
+    let what = "depth body";
+    Ok(DepthSnapshot {
+        last_update_id: uint(o, what, "lastUpdateId")?,
+        bids: levels(o, "bids")?,
+        asks: levels(o, "asks")?,
+    })
+}
+
+/// Binance's error body (`{"code":-1121,"msg":"Invalid symbol."}`), if `body` is one.
+pub fn decode_error_body(body: &str) -> Option<RestDecodeError> {
+    let Ok(Value::Object(o)) = serde_json::from_str::<Value>(body) else { return None };
+    binance_error(&o)
+}
+
+fn binance_error(o: &Map<String, Value>) -> Option<RestDecodeError> {
+    let code = o.get("code")?.as_i64()?;
+    let msg = o.get("msg").and_then(Value::as_str).unwrap_or("").to_owned();
+    Some(RestDecodeError::Binance { code, msg })
+}
+
+fn parse(body: &str) -> Result<Value, RestDecodeError> {
+    let value: Value = serde_json::from_str(body).map_err(|e| RestDecodeError::NotJson(e.to_string()))?;
+    if let Value::Object(o) = &value
+        && let Some(e) = binance_error(o)
+    {
+        return Err(e);
+    }
+    Ok(value)
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn shape(what: &str, v: &Value, expected: &'static str) -> RestDecodeError {
+    RestDecodeError::Shape { what: what.to_owned(), found: type_name(v), expected }
+}
+
+fn field<'a>(o: &'a Map<String, Value>, what: &str, name: &'static str) -> Result<&'a Value, RestDecodeError> {
+    o.get(name).ok_or_else(|| RestDecodeError::MissingField { what: what.to_owned(), field: name })
+}
+
+fn uint(o: &Map<String, Value>, what: &str, name: &'static str) -> Result<u64, RestDecodeError> {
+    let v = field(o, what, name)?;
+    v.as_u64().ok_or_else(|| RestDecodeError::WrongType {
+        what: what.to_owned(),
+        field: name,
+        found: v.to_string(),
+        expected: "a non-negative integer",
+    })
+}
+
+fn boolean(o: &Map<String, Value>, what: &str, name: &'static str) -> Result<bool, RestDecodeError> {
+    let v = field(o, what, name)?;
+    v.as_bool().ok_or_else(|| RestDecodeError::WrongType {
+        what: what.to_owned(),
+        field: name,
+        found: v.to_string(),
+        expected: "true or false",
+    })
+}
+
+fn decimal_value(v: &Value, what: &str, name: &'static str) -> Result<Decimal, RestDecodeError> {
+    let Value::String(text) = v else {
+        return Err(RestDecodeError::WrongType {
+            what: what.to_owned(),
+            field: name,
+            found: v.to_string(),
+            expected: "a decimal string",
+        });
+    };
+    Decimal::parse(text).map_err(|reason| RestDecodeError::BadDecimal {
+        what: what.to_owned(),
+        field: name,
+        value: text.clone(),
+        reason,
+    })
+}
+
+fn decimal(o: &Map<String, Value>, what: &str, name: &'static str) -> Result<Decimal, RestDecodeError> {
+    decimal_value(field(o, what, name)?, what, name)
+}
+
+fn levels(o: &Map<String, Value>, name: &'static str) -> Result<Vec<Level>, RestDecodeError> {
+    let v = field(o, "depth body", name)?;
+    let Value::Array(items) = v else {
+        return Err(RestDecodeError::WrongType {
+            what: "depth body".into(),
+            field: name,
+            found: type_name(v).into(),
+            expected: "an array of [price, qty] pairs",
+        });
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let what = format!("depth {name} level #{i}");
+            match item.as_array().map(Vec::as_slice) {
+                Some([p, q, ..]) => Ok((decimal_value(p, &what, "price")?, decimal_value(q, &what, "qty")?)),
+                _ => Err(shape(&what, item, "a [price, qty] pair")),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(s: &str) -> Decimal {
+        Decimal::parse(s).unwrap()
+    }
+
+    #[test]
+    fn agg_trades_decode_like_the_docs_example() {
+        let body = r#"[{"a":26129,"p":"0.01633102","q":"4.70443515","f":27781,"l":27781,"T":1498793709153,"m":true,"M":true},
+                       {"a":26130,"p":"0.01633200","q":"1.00000000","f":27782,"l":27784,"T":1498793709200,"m":false,"M":true}]"#;
+        let trades = decode_agg_trades(body, "BNBBTC").unwrap();
+        assert_eq!(
+            trades[0],
+            AggTrade {
+                symbol: "BNBBTC".into(),
+                event_time: 1498793709153,
+                agg_id: 26129,
+                price: d("0.01633102"),
+                quantity: d("4.70443515"),
+                first_trade_id: 27781,
+                last_trade_id: 27781,
+                trade_time: 1498793709153,
+                buyer_is_maker: true,
+            }
+        );
+        assert_eq!((trades[1].agg_id, trades[1].last_trade_id, trades[1].buyer_is_maker), (26130, 27784, false));
+        assert_eq!(decode_agg_trades("[]", "X").unwrap(), vec![]);
+    }
+
+    #[test]
+    fn depth_decodes_like_the_docs_example() {
+        let body =
+            r#"{"lastUpdateId":1027024,"bids":[["4.00000000","431.00000000"]],"asks":[["4.00000200","12.00000000"]]}"#;
+        assert_eq!(
+            decode_depth(body).unwrap(),
+            DepthSnapshot {
+                last_update_id: 1027024,
+                bids: vec![(d("4.00000000"), d("431.00000000"))],
+                asks: vec![(d("4.00000200"), d("12.00000000"))],
+            }
+        );
+    }
+
+    /// Each bad body and words its error must contain.
+    #[test]
+    fn errors_name_the_field() {
+        let agg: &[(&str, &[&str])] = &[
+            (r#"{"code":-1121,"msg":"Invalid symbol."}"#, &["-1121", "Invalid symbol."]),
+            ("[{", &["not JSON"]),
+            (r#"{"a":1}"#, &["aggTrades body", "an object"]),
+            ("[1]", &["aggTrade #0", "a number"]),
+            (r#"[{"p":"1","q":"1","f":1,"l":1,"T":1,"m":true}]"#, &["aggTrade #0", "\"a\""]),
+            (r#"[{"a":-1,"p":"1","q":"1","f":1,"l":1,"T":1,"m":true}]"#, &["\"a\"", "-1"]),
+            (r#"[{"a":1,"p":1.5,"q":"1","f":1,"l":1,"T":1,"m":true}]"#, &["\"p\"", "decimal string"]),
+            (r#"[{"a":1,"p":"1","q":"1e5","f":1,"l":1,"T":1,"m":true}]"#, &["\"q\"", "1e5"]),
+            (r#"[{"a":1,"p":"1","q":"1","f":1,"l":1,"T":1,"m":"yes"}]"#, &["\"m\"", "true or false"]),
+        ];
+        for (body, words) in agg {
+            let e = decode_agg_trades(body, "X").unwrap_err().to_string();
+            assert!(words.iter().all(|w| e.contains(w)), "{body}: {e}");
+        }
+        let depth: &[(&str, &[&str])] = &[
+            (r#"{"code":-1100,"msg":"Illegal characters"}"#, &["-1100", "Illegal characters"]),
+            ("[]", &["depth body", "an array"]),
+            (r#"{"bids":[],"asks":[]}"#, &["lastUpdateId"]),
+            (r#"{"lastUpdateId":1,"asks":[]}"#, &["\"bids\""]),
+            (r#"{"lastUpdateId":1,"bids":{},"asks":[]}"#, &["\"bids\"", "pairs"]),
+            (r#"{"lastUpdateId":1,"bids":[],"asks":[["1"]]}"#, &["asks level #0", "pair"]),
+            (r#"{"lastUpdateId":1,"bids":[["1","x"]],"asks":[]}"#, &["bids level #0", "qty", "\"x\""]),
+        ];
+        for (body, words) in depth {
+            let e = decode_depth(body).unwrap_err().to_string();
+            assert!(words.iter().all(|w| e.contains(w)), "{body}: {e}");
+        }
+        assert_eq!(decode_error_body("[]"), None);
+        assert_eq!(
+            decode_error_body(r#"{"code":-1003,"msg":"Too much request weight used"}"#),
+            Some(RestDecodeError::Binance { code: -1003, msg: "Too much request weight used".into() })
+        );
+    }
+}

@@ -1,0 +1,320 @@
+//! [`Recovery`]: zero gap on top of the [`Connection`](crate::connection::Connection) (issue 9): aggTrade
+//! gaps are fetched over REST and delivered in order, and order books are synced from snapshots.
+//!
+//! Sans-IO like the connection: the adapter feeds what the connection delivered and what REST
+//! answered, and sends what [`Recovery::poll_request`] asks for. The run loop, beside the connection's:
+//!
+//! ```text
+//! let mut rec = Recovery::new(&config, now);
+//! // 1. For every Output of the Connection, in order:
+//! //    Output::Event(Event::Market { stream, event }) => rec.handle_event(&stream, event, now),
+//! //    Output::Gap(gap)                               => rec.handle_gap(&gap, now),
+//! // 2. Send what it asks (each answer, later: rec.handle_response(id, response, now)):
+//! while let Some((id, request)) = rec.poll_request(now) { rest_client.get(id, request.path()) }
+//! // 3. Record / publish what comes out:
+//! while let Some(out) = rec.poll_output() { .. }      // Deliver, Backfilled, Abandoned, BookSynced, BookResync
+//! // 4. Wake at rec.poll_timeout() (with the connection's) and call rec.handle_timeout(now), then 2 and 3.
+//! ```
+//!
+//! Rules it keeps:
+//! - aggTrade events of a stream come out in id order: live trades behind a missing range are held
+//!   (at most `rest.max_held_events` per stream) while `GET /api/v3/aggTrades` fetches it, up to
+//!   1000 ids per request. Every id from the first one seen is delivered or reported
+//!   [`RecoveryOutput::Abandoned`] exactly once. A gap is abandoned when backfill is off, when the
+//!   hold-back buffer is full, when REST failed [`backfill::MAX_BACKFILL_FAILURES`] times in a row
+//!   (pauses 1 s doubling to 30 s), or when Binance answers from a later id (the ids are gone).
+//! - Every other event passes through at once, unchanged.
+//! - REST spends at most `rest.weight_per_minute` of request weight in any 60 s
+//!   ([`WeightBudget`]); after a 429 nothing is sent for `Retry-After` (or 60 s), after a 418 for at
+//!   least 5 minutes, doubling ([`RateGate`]).
+
+mod backfill;
+pub mod book;
+
+pub use backfill::{FIRST_RETRY_PAUSE, MAX_BACKFILL_FAILURES, MAX_RETRY_PAUSE};
+pub use book::OrderBook;
+
+use crate::config::Config;
+use crate::gaps::{Gap, GapKind};
+use crate::protocol::MarketEvent;
+use crate::protocol::rest::decode_agg_trades;
+use crate::rest::{Classified, RateGate, RequestId, RestRequest, RestResponse, WeightBudget};
+use crate::time::Timestamp;
+use backfill::{Answer, Ctx, TradeStream};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, VecDeque};
+
+/// What the adapter should do or know, from [`Recovery::poll_output`].
+#[allow(clippy::large_enum_variant)] // Deliver is nearly all of the traffic; boxing it would allocate per event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RecoveryOutput {
+    /// Pass this event on (record it). aggTrade events come out in id order, backfilled ones before
+    /// newer live ones held behind the gap; every other stream passes through at once, unchanged.
+    Deliver {
+        /// The stream it belongs to.
+        stream: String,
+        /// The event.
+        event: MarketEvent,
+        /// Fetched over REST rather than received live.
+        backfilled: bool,
+    },
+    /// A gap was closed over REST: `count` trades fetched for `first..=last`.
+    Backfilled {
+        /// The aggTrade stream.
+        stream: String,
+        /// First id of the gap.
+        first: u64,
+        /// Last id of the gap.
+        last: u64,
+        /// Trades fetched (fewer than the range when part of it was abandoned).
+        count: u64,
+    },
+    /// Ids `first..=last` could not be filled and are lost (REST gave up, Binance no longer has
+    /// them, the hold-back buffer was full, backfill is off). Held events behind them are released.
+    Abandoned {
+        /// The aggTrade stream.
+        stream: String,
+        /// First lost id.
+        first: u64,
+        /// Last lost id.
+        last: u64,
+        /// Why, for the log.
+        reason: String,
+    },
+    /// The book of `symbol` is synced from snapshot `last_update_id` (first sync or after a resync).
+    BookSynced {
+        /// Upper-case symbol.
+        symbol: String,
+        /// The snapshot's `lastUpdateId`.
+        last_update_id: u64,
+    },
+    /// The book of `symbol` was discarded (a diff gap, or no diff straddling the snapshot) and will
+    /// be resynced; only that symbol.
+    BookResync {
+        /// Upper-case symbol.
+        symbol: String,
+        /// Why, for the log.
+        reason: String,
+    },
+}
+
+/// Counters of the recovery machine (next to `ConnectionStats` in `--stats-json` and the metrics).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveryStats {
+    /// aggTrades fetched over REST and delivered.
+    pub backfilled_trades: u64,
+    /// `aggTrades` requests sent.
+    pub backfill_requests: u64,
+    /// aggTrade ids reported lost.
+    pub abandoned_ids: u64,
+    /// Live aggTrades held back right now, all streams.
+    pub held_events: u64,
+    /// Book snapshots requested.
+    pub book_snapshots: u64,
+    /// Books discarded and resynced.
+    pub book_resyncs: u64,
+    /// HTTP 429 and 418 answers.
+    pub rest_rate_limited: u64,
+    /// Other failed requests (network errors, other statuses, undecodable bodies).
+    pub rest_failures: u64,
+    /// Request weight spent in the last 60 s (as of the last call).
+    pub weight_used_last_minute: u64,
+}
+
+/// What a request in flight was for.
+#[derive(Debug, Clone)]
+enum Purpose {
+    Backfill { stream: String, serial: u64, from_id: u64, symbol: String },
+}
+
+/// The recovery machine; see the module docs.
+#[derive(Debug, Clone)]
+pub struct Recovery {
+    backfill: bool,
+    max_held: usize,
+    budget: WeightBudget,
+    gate: RateGate,
+    next_request: u64,
+    serial: u64,
+    in_flight: BTreeMap<RequestId, Purpose>,
+    trades: BTreeMap<String, TradeStream>,
+    books: BTreeMap<String, OrderBook>,
+    out: VecDeque<RecoveryOutput>,
+    stats: RecoveryStats,
+}
+
+/// `btcusdt@aggTrade` -> `BTCUSDT`.
+fn symbol_of(stream: &str) -> String {
+    stream.split('@').next().unwrap_or(stream).to_ascii_uppercase()
+}
+
+impl Recovery {
+    /// A machine for `config.rest` and the aggTrade streams of `config.stream.streams`.
+    pub fn new(config: &Config, _now: Timestamp) -> Recovery {
+        let rest = &config.rest;
+        let trades = config
+            .stream
+            .streams
+            .iter()
+            .filter(|s| s.ends_with("@aggTrade"))
+            .map(|s| (s.clone(), TradeStream::new(s, &symbol_of(s))))
+            .collect();
+        Recovery {
+            backfill: rest.backfill,
+            max_held: usize::try_from(rest.max_held_events).unwrap_or(usize::MAX).max(1),
+            budget: WeightBudget::new(rest.weight_per_minute),
+            gate: RateGate::default(),
+            next_request: 0,
+            serial: 0,
+            in_flight: BTreeMap::new(),
+            trades,
+            books: BTreeMap::new(),
+            out: VecDeque::new(),
+            stats: RecoveryStats::default(),
+        }
+    }
+
+    fn ctx<'a>(
+        out: &'a mut VecDeque<RecoveryOutput>,
+        stats: &'a mut RecoveryStats,
+        serial: &'a mut u64,
+        backfill: bool,
+        max_held: usize,
+    ) -> Ctx<'a> {
+        Ctx { out, stats, backfill, max_held, serial }
+    }
+
+    /// An event the connection delivered on `stream` (call for each `Event::Market`, in order).
+    pub fn handle_event(&mut self, stream: &str, event: MarketEvent, now: Timestamp) {
+        match &event {
+            MarketEvent::AggTrade(t) => {
+                let ts = self.trades.entry(stream.to_owned()).or_insert_with(|| TradeStream::new(stream, &t.symbol));
+                let mut cx = Self::ctx(&mut self.out, &mut self.stats, &mut self.serial, self.backfill, self.max_held);
+                ts.on_event(event, now, &mut cx);
+            }
+            _ => self.out.push_back(RecoveryOutput::Deliver { stream: stream.to_owned(), event, backfilled: false }),
+        }
+    }
+
+    /// A gap the connection reported (call for each `Output::Gap`, in order). aggTrade id gaps are
+    /// backfilled; trade-id gaps inside continuous aggTrade ids cannot be, and are left to the log.
+    pub fn handle_gap(&mut self, gap: &Gap, now: Timestamp) {
+        if gap.kind != GapKind::AggTradeId {
+            return;
+        }
+        let ts = self
+            .trades
+            .entry(gap.stream.clone())
+            .or_insert_with(|| TradeStream::new(&gap.stream, &symbol_of(&gap.stream)));
+        let mut cx = Self::ctx(&mut self.out, &mut self.stats, &mut self.serial, self.backfill, self.max_held);
+        ts.on_gap(gap.first_missing, gap.last_missing, now, &mut cx);
+    }
+
+    /// The answer to request `id` (unknown ids are ignored).
+    pub fn handle_response(&mut self, id: RequestId, response: RestResponse, now: Timestamp) {
+        let Some(purpose) = self.in_flight.remove(&id) else { return };
+        self.stats.weight_used_last_minute = u64::from(self.budget.used(now));
+        let classified = response.classify();
+        match &classified {
+            Classified::RateLimited { status, retry_after } => {
+                self.stats.rest_rate_limited += 1;
+                self.gate.rate_limited(*status, *retry_after, now);
+            }
+            Classified::Failed(_) => self.stats.rest_failures += 1,
+            Classified::Ok(_) => self.gate.succeeded(),
+        }
+        match purpose {
+            Purpose::Backfill { stream, serial, from_id, symbol } => {
+                let Some(ts) = self.trades.get_mut(&stream) else { return };
+                let decoded;
+                let answer = match classified {
+                    Classified::Ok(body) => match decode_agg_trades(body, &symbol) {
+                        Ok(trades) => {
+                            decoded = trades;
+                            Answer::Trades(&decoded)
+                        }
+                        Err(e) => {
+                            self.stats.rest_failures += 1;
+                            Answer::Failed(e.to_string())
+                        }
+                    },
+                    Classified::RateLimited { .. } => Answer::RateLimited,
+                    Classified::Failed(why) => Answer::Failed(why),
+                };
+                let mut cx = Self::ctx(&mut self.out, &mut self.stats, &mut self.serial, self.backfill, self.max_held);
+                ts.on_answer(serial, from_id, answer, now, &mut cx);
+            }
+        }
+    }
+
+    /// Call when [`Self::poll_timeout`] is due. Requests that became possible are then returned by
+    /// [`Self::poll_request`]; a spurious call does nothing.
+    pub fn handle_timeout(&mut self, now: Timestamp) {
+        self.stats.weight_used_last_minute = u64::from(self.budget.used(now));
+    }
+
+    /// The next REST request to send at `now`, if one is due and fits the weight budget. Call until
+    /// `None` after every `handle_*`.
+    #[must_use]
+    pub fn poll_request(&mut self, now: Timestamp) -> Option<(RequestId, RestRequest)> {
+        if !self.gate.is_open(now) {
+            return None;
+        }
+        let (stream, serial, request) =
+            self.trades.iter().find_map(|(name, ts)| ts.want(now).map(|(serial, r)| (name.clone(), serial, r)))?;
+        if !self.budget.try_spend(request.weight(), now) {
+            return None;
+        }
+        self.stats.weight_used_last_minute = u64::from(self.budget.used(now));
+        let id = RequestId(self.next_request);
+        self.next_request += 1;
+        self.stats.backfill_requests += 1;
+        if let Some(ts) = self.trades.get_mut(&stream) {
+            ts.sent(serial);
+        }
+        let RestRequest::AggTrades { from_id, symbol, .. } = &request else { return None };
+        self.in_flight.insert(id, Purpose::Backfill { stream, serial, from_id: *from_id, symbol: symbol.clone() });
+        Some((id, request))
+    }
+
+    /// The next thing to do or know.
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<RecoveryOutput> {
+        self.out.pop_front()
+    }
+
+    /// When to call [`Self::handle_timeout`] next (a time in the past means now); `None` when
+    /// nothing waits on time (only on answers or events).
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        let mut at: Option<Timestamp> = None;
+        for ts in self.trades.values() {
+            if let Some(want) = ts.wants_at() {
+                let mut t = want.max(self.budget.next_fit(crate::rest::AGG_TRADES_WEIGHT));
+                if let Some(b) = self.gate.blocked_until() {
+                    t = t.max(b);
+                }
+                at = Some(at.map_or(t, |a| a.min(t)));
+            }
+        }
+        at
+    }
+
+    /// The book of `symbol` (upper case), while it is synced.
+    pub fn book(&self, symbol: &str) -> Option<&OrderBook> {
+        self.books.get(symbol)
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &RecoveryStats {
+        &self.stats
+    }
+
+    /// REST requests sent and not answered yet.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+}
+
+#[cfg(test)]
+mod tests;
