@@ -1,7 +1,9 @@
 //! tracing setup shared by every subcommand.
 
 use clap::{Args, ValueEnum};
+use std::io::Write;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
@@ -30,10 +32,44 @@ pub fn init(args: &LogArgs) -> anyhow::Result<()> {
         Some(f) => EnvFilter::try_new(f)?,
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(RedactingStderr);
     let result = match args.log_format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
     result.map_err(|e| anyhow::anyhow!("cannot install the log subscriber: {e}"))
+}
+
+/// Stderr behind [`keel_core::redact::redact_text`]: every log line, keel's own and its libraries'
+/// (tungstenite logs the handshake request line at trace level), loses the secrets a URL may carry.
+struct RedactingStderr;
+
+impl<'a> MakeWriter<'a> for RedactingStderr {
+    type Writer = RedactingLine;
+    fn make_writer(&'a self) -> RedactingLine {
+        RedactingLine(Vec::new())
+    }
+}
+
+/// One event's bytes, redacted and written out whole when the formatter drops it (so a URL split
+/// across two writes is still seen whole).
+struct RedactingLine(Vec<u8>);
+
+impl Write for RedactingLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for RedactingLine {
+    fn drop(&mut self) {
+        if !self.0.is_empty() {
+            let text = keel_core::redact::redact_text(&String::from_utf8_lossy(&self.0));
+            let _ = std::io::stderr().lock().write_all(text.as_bytes());
+        }
+    }
 }

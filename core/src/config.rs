@@ -443,7 +443,7 @@ impl Config {
         v.check(
             s.url.starts_with("wss://") && s.url.len() > "wss://".len(),
             "stream.url",
-            &s.url,
+            &crate::redact::redact_url(&s.url),
             "a wss:// URL (TLS is mandatory; plain ws:// is refused)",
         );
         v.check(!s.streams.is_empty(), "stream.streams", &format!("{:?}", s.streams), "at least one stream name");

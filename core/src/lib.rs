@@ -16,6 +16,7 @@ pub mod monitor;
 pub mod patterns;
 pub mod protocol;
 pub mod recovery;
+pub mod redact;
 pub mod rest;
 pub mod rng;
 pub mod scaler;

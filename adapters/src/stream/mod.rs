@@ -24,6 +24,7 @@ use keel_core::classify::{ErrorClass, TransportError, classify_error};
 use keel_core::config::Config;
 use keel_core::connection::{Connection, Event, GiveUp, Input, Output, TransportId, WsMessage};
 use keel_core::gaps::Gap;
+use keel_core::redact::redact_url;
 use keel_core::stats::connection::ConnectionStats;
 use keel_core::time::Timestamp;
 use keel_core::trace::{TraceRecord, TracedConnection};
@@ -242,7 +243,7 @@ pub async fn stream(cfg: Config, opts: StreamOptions) -> Result<StreamReport, St
                     let (cmd_tx, cmd_rx) = smol::channel::unbounded();
                     let (state, attempt) = (machine.conn().state_name(), machine.conn().attempt());
                     last_opened = Some(id);
-                    tracing::debug!(conn = %id, state, attempt, class = "none", t_ms = now().as_millis(), %url, "opening");
+                    tracing::debug!(conn = %id, state, attempt, class = "none", t_ms = now().as_millis(), url = redact_url(&url), "opening");
                     report.opened.push(url.clone());
                     let task = smol::spawn(transport::run(id, url, settings.clone(), events_tx.clone(), cmd_rx));
                     transports.insert(id, Transport { commands: cmd_tx, task, attempt });
@@ -608,7 +609,7 @@ pub fn run(args: StreamArgs) -> anyhow::Result<ExitCode> {
         trace: args.trace.clone(),
         metrics: metrics.as_ref().map(|(m, _)| m.clone()),
     };
-    tracing::info!(url = %cfg.stream.url, streams = ?cfg.stream.streams, out = %cfg.stream.out_dir, "keel stream starting");
+    tracing::info!(url = redact_url(&cfg.stream.url), streams = ?cfg.stream.streams, out = %cfg.stream.out_dir, "keel stream starting");
     let report = smol::block_on(stream(cfg, opts))?;
     if let Some(p) = &args.stats_json {
         std::fs::write(p, report.stats.to_json())

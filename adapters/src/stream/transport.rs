@@ -13,6 +13,7 @@ use futures_util::StreamExt;
 use keel_core::classify::TransportError;
 use keel_core::config::{Config, TlsVersion};
 use keel_core::connection::{TransportId, WsMessage};
+use keel_core::redact::{redact_error, redact_text};
 use smol::channel::{Receiver, Sender};
 use smol::future::FutureExt;
 use smol::net::TcpStream;
@@ -258,6 +259,15 @@ pub async fn run(
     commands: Receiver<Command>,
 ) {
     let report = |ev: TransportEvent| {
+        // Errors quote URLs (a listenKey in the path): they leave the transport redacted, so that
+        // logs, stats and traces never see the secret.
+        let ev = match ev {
+            TransportEvent::Failed(f) => {
+                TransportEvent::Failed(Failure { error: redact_error(&f.error), chain: redact_text(&f.chain) })
+            }
+            TransportEvent::Closed { code, reason } => TransportEvent::Closed { code, reason: redact_text(&reason) },
+            other => other,
+        };
         let events = events.clone();
         async move {
             let _ = events.send((id, ev)).await;
