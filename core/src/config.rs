@@ -550,7 +550,7 @@ impl Config {
         v.check(
             r.url.starts_with("https://") && r.url.len() > "https://".len(),
             "rest.url",
-            &r.url,
+            &crate::redact::redact_url(&r.url),
             "an https:// URL (TLS is mandatory; plain http:// is refused)",
         );
         v.check(
