@@ -5,10 +5,13 @@
 //! quantity 0 removes the level (Binance: "Receiving an event that removes a price level that is not
 //! in your local order book can happen and is normal").
 
+use super::{RecoveryOutput, RecoveryStats};
 use crate::protocol::rest::DepthSnapshot;
 use crate::protocol::{Decimal, DepthUpdate, Level};
+use crate::time::Timestamp;
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
 
 /// A price ordered by value, so that one level is one key whatever its trailing zeros.
 #[derive(Debug, Clone, Copy)]
@@ -106,6 +109,189 @@ impl OrderBook {
     /// Number of bid and ask levels.
     pub fn depth(&self) -> (usize, usize) {
         (self.bids.len(), self.asks.len())
+    }
+}
+
+/// Failed snapshot requests pause like failed backfill requests (1 s doubling to 30 s), but are
+/// never given up: a book is always wanted.
+const SNAPSHOT_RETRY: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(30));
+
+/// Where one symbol's book is in Binance's sync procedure.
+#[derive(Debug, Clone)]
+enum SyncState {
+    /// Diffs are buffered while a snapshot is fetched (or queued to be).
+    Waiting {
+        /// Diffs since the stream (re)started, oldest first, at most `max_buffered`.
+        buffer: VecDeque<DepthUpdate>,
+        /// Tells this wait's snapshot from an earlier one's.
+        serial: u64,
+        /// A snapshot request is out.
+        in_flight: bool,
+        /// Not before this (after a failure).
+        retry_at: Option<Timestamp>,
+        /// Failures in a row.
+        failures: u32,
+    },
+    /// The book is current to its `last_update_id`; each diff must continue it.
+    Synced(OrderBook),
+}
+
+/// One symbol's book and its sync state (Binance's "How to manage a local order book correctly").
+#[derive(Debug, Clone)]
+pub(super) struct BookSync {
+    symbol: String,
+    state: SyncState,
+}
+
+/// What the sync machine needs from [`super::Recovery`] for one operation.
+pub(super) struct BookCtx<'a> {
+    pub out: &'a mut VecDeque<RecoveryOutput>,
+    pub stats: &'a mut RecoveryStats,
+    pub serial: &'a mut u64,
+    pub max_buffered: usize,
+}
+
+fn next_serial(serial: &mut u64) -> u64 {
+    *serial += 1;
+    *serial
+}
+
+impl BookSync {
+    /// A symbol whose first diff just arrived: buffer it and ask for a snapshot.
+    pub(super) fn new(symbol: &str, serial: &mut u64) -> BookSync {
+        BookSync {
+            symbol: symbol.to_owned(),
+            state: SyncState::Waiting {
+                buffer: VecDeque::new(),
+                serial: next_serial(serial),
+                in_flight: false,
+                retry_at: None,
+                failures: 0,
+            },
+        }
+    }
+
+    /// The book, while synced.
+    pub(super) fn book(&self) -> Option<&OrderBook> {
+        match &self.state {
+            SyncState::Synced(book) => Some(book),
+            SyncState::Waiting { .. } => None,
+        }
+    }
+
+    /// When this symbol's snapshot request may go out (`None`: synced, or one is out).
+    pub(super) fn wants_at(&self) -> Option<Timestamp> {
+        match &self.state {
+            SyncState::Waiting { in_flight: false, retry_at, buffer, .. } if !buffer.is_empty() => {
+                Some(retry_at.unwrap_or(Timestamp::ZERO))
+            }
+            _ => None,
+        }
+    }
+
+    /// The serial of the snapshot request to send now, if one is wanted and due.
+    pub(super) fn want(&self, now: Timestamp) -> Option<u64> {
+        match &self.state {
+            SyncState::Waiting { in_flight: false, retry_at, serial, buffer, .. }
+                if !buffer.is_empty() && retry_at.is_none_or(|at| now >= at) =>
+            {
+                Some(*serial)
+            }
+            _ => None,
+        }
+    }
+
+    /// The snapshot request for `serial` went out.
+    pub(super) fn sent(&mut self, serial: u64) {
+        if let SyncState::Waiting { in_flight, serial: s, .. } = &mut self.state
+            && *s == serial
+        {
+            *in_flight = true;
+        }
+    }
+
+    /// A diff from the stream.
+    pub(super) fn on_diff(&mut self, diff: &DepthUpdate, cx: &mut BookCtx<'_>) {
+        match &mut self.state {
+            SyncState::Waiting { buffer, .. } => {
+                buffer.push_back(diff.clone());
+                while buffer.len() > cx.max_buffered {
+                    buffer.pop_front(); // a snapshot older than what is left is refetched anyway
+                }
+            }
+            SyncState::Synced(book) => {
+                let id = book.last_update_id();
+                if diff.final_update_id <= id {
+                    // Older than the book (Binance: ignore).
+                } else if diff.first_update_id > id + 1 {
+                    let reason = format!(
+                        "diff U={} u={} does not continue the book at {id}: updates {}..={} missing",
+                        diff.first_update_id,
+                        diff.final_update_id,
+                        id + 1,
+                        diff.first_update_id - 1
+                    );
+                    self.resync(reason, diff, cx);
+                } else {
+                    book.apply(diff);
+                }
+            }
+        }
+    }
+
+    /// Discards the book (this symbol only) and starts over from `diff`.
+    fn resync(&mut self, reason: String, diff: &DepthUpdate, cx: &mut BookCtx<'_>) {
+        cx.stats.book_resyncs += 1;
+        cx.out.push_back(RecoveryOutput::BookResync { symbol: self.symbol.clone(), reason });
+        self.state = SyncState::Waiting {
+            buffer: VecDeque::from([diff.clone()]),
+            serial: next_serial(cx.serial),
+            in_flight: false,
+            retry_at: None,
+            failures: 0,
+        };
+    }
+
+    /// The snapshot request `serial` failed (`None`) or answered (`Some`).
+    pub(super) fn on_snapshot(
+        &mut self,
+        serial: u64,
+        snapshot: Option<&DepthSnapshot>,
+        now: Timestamp,
+        cx: &mut BookCtx<'_>,
+    ) {
+        let SyncState::Waiting { buffer, serial: s, in_flight, retry_at, failures } = &mut self.state else {
+            return;
+        };
+        if *s != serial || !*in_flight {
+            return;
+        }
+        *in_flight = false;
+        let Some(snapshot) = snapshot else {
+            *failures += 1;
+            let pause = SNAPSHOT_RETRY.0.saturating_mul(1 << (*failures - 1).min(16)).min(SNAPSHOT_RETRY.1);
+            *retry_at = Some(now + pause);
+            return;
+        };
+        *failures = 0;
+        *retry_at = None;
+        let mut book = OrderBook::from_snapshot(snapshot);
+        // Drop diffs the snapshot already includes (u <= lastUpdateId); the first applied one must
+        // straddle lastUpdateId + 1, and each later one continue the previous. Otherwise fetch again:
+        // the snapshot is older than the first buffered diff (Binance's rule), or there is a hole
+        // among the buffered diffs that only a newer snapshot can cover.
+        for d in buffer.iter().filter(|d| d.final_update_id > snapshot.last_update_id) {
+            if d.first_update_id > book.last_update_id() + 1 {
+                *s = next_serial(cx.serial);
+                return;
+            }
+            book.apply(d);
+        }
+        cx.out.push_back(RecoveryOutput::BookSynced {
+            symbol: self.symbol.clone(),
+            last_update_id: snapshot.last_update_id,
+        });
+        self.state = SyncState::Synced(book);
     }
 }
 

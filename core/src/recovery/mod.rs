@@ -23,7 +23,16 @@
 //!   [`RecoveryOutput::Abandoned`] exactly once. A gap is abandoned when backfill is off, when the
 //!   hold-back buffer is full, when REST failed [`backfill::MAX_BACKFILL_FAILURES`] times in a row
 //!   (pauses 1 s doubling to 30 s), or when Binance answers from a later id (the ids are gone).
-//! - Every other event passes through at once, unchanged.
+//! - Every other event passes through at once, unchanged. Depth diffs (`<symbol>@depth[@100ms]`)
+//!   also keep that symbol's [`OrderBook`] (Binance's "How to manage a local order book
+//!   correctly"): diffs are buffered (at most `rest.max_held_events`) while `GET /api/v3/depth`
+//!   fetches a snapshot; diffs with `u <= lastUpdateId` are dropped; the first applied one must
+//!   straddle `lastUpdateId + 1` and every later one continue the previous (`U <= id + 1`), else the
+//!   snapshot is fetched again; once synced ([`RecoveryOutput::BookSynced`]) a diff with
+//!   `U > id + 1` discards that symbol's book only ([`RecoveryOutput::BookResync`]) and it syncs
+//!   again. Snapshots go one at a time within the weight budget (at the default 1200/min and
+//!   limit 1000, 24 a minute), so a mass reconnect cannot cause a 429 storm. Failed snapshots are
+//!   retried after 1 s doubling to 30 s, never given up.
 //! - REST spends at most `rest.weight_per_minute` of request weight in any 60 s
 //!   ([`WeightBudget`]); after a 429 nothing is sent for `Retry-After` (or 60 s), after a 418 for at
 //!   least 5 minutes, doubling ([`RateGate`]).
@@ -33,12 +42,15 @@ pub mod book;
 
 pub use backfill::{FIRST_RETRY_PAUSE, MAX_BACKFILL_FAILURES, MAX_RETRY_PAUSE};
 pub use book::OrderBook;
+use book::{BookCtx, BookSync};
 
 use crate::config::Config;
 use crate::gaps::{Gap, GapKind};
 use crate::protocol::MarketEvent;
-use crate::protocol::rest::decode_agg_trades;
-use crate::rest::{Classified, RateGate, RequestId, RestRequest, RestResponse, WeightBudget};
+use crate::protocol::rest::{decode_agg_trades, decode_depth};
+use crate::rest::{
+    AGG_TRADES_WEIGHT, Classified, RateGate, RequestId, RestRequest, RestResponse, WeightBudget, depth_weight,
+};
 use crate::time::Timestamp;
 use backfill::{Answer, Ctx, TradeStream};
 use serde::{Deserialize, Serialize};
@@ -125,6 +137,7 @@ pub struct RecoveryStats {
 #[derive(Debug, Clone)]
 enum Purpose {
     Backfill { stream: String, serial: u64, from_id: u64, symbol: String },
+    Snapshot { symbol: String, serial: u64 },
 }
 
 /// The recovery machine; see the module docs.
@@ -138,7 +151,9 @@ pub struct Recovery {
     serial: u64,
     in_flight: BTreeMap<RequestId, Purpose>,
     trades: BTreeMap<String, TradeStream>,
-    books: BTreeMap<String, OrderBook>,
+    books: BTreeMap<String, BookSync>,
+    depth_limit: u16,
+    snapshot_in_flight: bool,
     out: VecDeque<RecoveryOutput>,
     stats: RecoveryStats,
 }
@@ -169,6 +184,8 @@ impl Recovery {
             in_flight: BTreeMap::new(),
             trades,
             books: BTreeMap::new(),
+            depth_limit: rest.book_depth_limit,
+            snapshot_in_flight: false,
             out: VecDeque::new(),
             stats: RecoveryStats::default(),
         }
@@ -191,6 +208,19 @@ impl Recovery {
                 let ts = self.trades.entry(stream.to_owned()).or_insert_with(|| TradeStream::new(stream, &t.symbol));
                 let mut cx = Self::ctx(&mut self.out, &mut self.stats, &mut self.serial, self.backfill, self.max_held);
                 ts.on_event(event, now, &mut cx);
+            }
+            MarketEvent::Depth(diff) => {
+                let symbol = diff.symbol.clone();
+                let diff = diff.clone();
+                self.out.push_back(RecoveryOutput::Deliver { stream: stream.to_owned(), event, backfilled: false });
+                let sync = self.books.entry(symbol.clone()).or_insert_with(|| BookSync::new(&symbol, &mut self.serial));
+                let mut cx = BookCtx {
+                    out: &mut self.out,
+                    stats: &mut self.stats,
+                    serial: &mut self.serial,
+                    max_buffered: self.max_held,
+                };
+                sync.on_diff(&diff, &mut cx);
             }
             _ => self.out.push_back(RecoveryOutput::Deliver { stream: stream.to_owned(), event, backfilled: false }),
         }
@@ -244,6 +274,27 @@ impl Recovery {
                 let mut cx = Self::ctx(&mut self.out, &mut self.stats, &mut self.serial, self.backfill, self.max_held);
                 ts.on_answer(serial, from_id, answer, now, &mut cx);
             }
+            Purpose::Snapshot { symbol, serial } => {
+                self.snapshot_in_flight = false;
+                let Some(sync) = self.books.get_mut(&symbol) else { return };
+                let snapshot = match classified {
+                    Classified::Ok(body) => match decode_depth(body) {
+                        Ok(snapshot) => Some(snapshot),
+                        Err(_) => {
+                            self.stats.rest_failures += 1;
+                            None
+                        }
+                    },
+                    _ => None,
+                };
+                let mut cx = BookCtx {
+                    out: &mut self.out,
+                    stats: &mut self.stats,
+                    serial: &mut self.serial,
+                    max_buffered: self.max_held,
+                };
+                sync.on_snapshot(serial, snapshot.as_ref(), now, &mut cx);
+            }
         }
     }
 
@@ -254,27 +305,53 @@ impl Recovery {
     }
 
     /// The next REST request to send at `now`, if one is due and fits the weight budget. Call until
-    /// `None` after every `handle_*`.
+    /// `None` after every `handle_*`. Backfill goes first (live trades wait behind it); snapshots go
+    /// one at a time, so that many symbols resyncing at once are spread over the budget.
     #[must_use]
     pub fn poll_request(&mut self, now: Timestamp) -> Option<(RequestId, RestRequest)> {
         if !self.gate.is_open(now) {
             return None;
         }
-        let (stream, serial, request) =
-            self.trades.iter().find_map(|(name, ts)| ts.want(now).map(|(serial, r)| (name.clone(), serial, r)))?;
+        let id = RequestId(self.next_request);
+        if let Some((stream, serial, request)) =
+            self.trades.iter().find_map(|(name, ts)| ts.want(now).map(|(serial, r)| (name.clone(), serial, r)))
+            && let RestRequest::AggTrades { from_id, symbol, .. } = &request
+        {
+            if !self.budget.try_spend(request.weight(), now) {
+                return None;
+            }
+            self.in_flight.insert(
+                id,
+                Purpose::Backfill { stream: stream.clone(), serial, from_id: *from_id, symbol: symbol.clone() },
+            );
+            if let Some(ts) = self.trades.get_mut(&stream) {
+                ts.sent(serial);
+            }
+            self.stats.backfill_requests += 1;
+            return Some(self.sent(id, request, now));
+        }
+        if self.snapshot_in_flight {
+            return None;
+        }
+        let (symbol, serial) =
+            self.books.iter().find_map(|(symbol, b)| b.want(now).map(|serial| (symbol.clone(), serial)))?;
+        let request = RestRequest::Depth { symbol: symbol.clone(), limit: self.depth_limit };
         if !self.budget.try_spend(request.weight(), now) {
             return None;
         }
-        self.stats.weight_used_last_minute = u64::from(self.budget.used(now));
-        let id = RequestId(self.next_request);
-        self.next_request += 1;
-        self.stats.backfill_requests += 1;
-        if let Some(ts) = self.trades.get_mut(&stream) {
-            ts.sent(serial);
+        if let Some(b) = self.books.get_mut(&symbol) {
+            b.sent(serial);
         }
-        let RestRequest::AggTrades { from_id, symbol, .. } = &request else { return None };
-        self.in_flight.insert(id, Purpose::Backfill { stream, serial, from_id: *from_id, symbol: symbol.clone() });
-        Some((id, request))
+        self.snapshot_in_flight = true;
+        self.in_flight.insert(id, Purpose::Snapshot { symbol, serial });
+        self.stats.book_snapshots += 1;
+        Some(self.sent(id, request, now))
+    }
+
+    fn sent(&mut self, id: RequestId, request: RestRequest, now: Timestamp) -> (RequestId, RestRequest) {
+        self.next_request += 1;
+        self.stats.weight_used_last_minute = u64::from(self.budget.used(now));
+        (id, request)
     }
 
     /// The next thing to do or know.
@@ -287,22 +364,21 @@ impl Recovery {
     /// nothing waits on time (only on answers or events).
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Timestamp> {
-        let mut at: Option<Timestamp> = None;
-        for ts in self.trades.values() {
-            if let Some(want) = ts.wants_at() {
-                let mut t = want.max(self.budget.next_fit(crate::rest::AGG_TRADES_WEIGHT));
-                if let Some(b) = self.gate.blocked_until() {
-                    t = t.max(b);
-                }
-                at = Some(at.map_or(t, |a| a.min(t)));
-            }
+        let gate = self.gate.blocked_until().unwrap_or(Timestamp::ZERO);
+        let trades = self.trades.values().filter_map(TradeStream::wants_at).min();
+        let trades = trades.map(|at| at.max(self.budget.next_fit(AGG_TRADES_WEIGHT)).max(gate));
+        let books =
+            if self.snapshot_in_flight { None } else { self.books.values().filter_map(BookSync::wants_at).min() };
+        let books = books.map(|at| at.max(self.budget.next_fit(depth_weight(self.depth_limit))).max(gate));
+        match (trades, books) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
-        at
     }
 
     /// The book of `symbol` (upper case), while it is synced.
     pub fn book(&self, symbol: &str) -> Option<&OrderBook> {
-        self.books.get(symbol)
+        self.books.get(symbol).and_then(BookSync::book)
     }
 
     /// The counters.

@@ -1,6 +1,7 @@
 use super::*;
 use crate::protocol::{AggTrade, Decimal, Kline};
 use quickcheck::{Arbitrary, Gen, QuickCheck};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 const S: &str = "btcusdt@aggTrade";
@@ -449,4 +450,320 @@ fn delivered_and_abandoned_ids_cover_everything_once_in_order() {
         .tests(300)
         .rng(Gen::new(60))
         .quickcheck(prop as fn(Vec<Step>, u8, bool) -> quickcheck::TestResult);
+}
+
+// ---- order books ----
+
+const D: &str = "btcusdt@depth@100ms";
+
+fn price(p: u64) -> Decimal {
+    Decimal::new(u128::from(p), 2, false).unwrap()
+}
+
+fn qty(q: u64) -> Decimal {
+    Decimal::new(u128::from(q), 3, false).unwrap()
+}
+
+fn diff(symbol: &str, first: u64, last: u64, bids: &[(u64, u64)], asks: &[(u64, u64)]) -> MarketEvent {
+    MarketEvent::Depth(crate::protocol::DepthUpdate {
+        symbol: symbol.into(),
+        event_time: 0,
+        first_update_id: first,
+        final_update_id: last,
+        bids: bids.iter().map(|&(p, q)| (price(p), qty(q))).collect(),
+        asks: asks.iter().map(|&(p, q)| (price(p), qty(q))).collect(),
+    })
+}
+
+fn snapshot_body(last: u64, bids: &[(u64, u64)], asks: &[(u64, u64)]) -> RestResponse {
+    let side = |levels: &[(u64, u64)]| {
+        levels.iter().map(|&(p, q)| format!(r#"["{}","{}"]"#, price(p), qty(q))).collect::<Vec<_>>().join(",")
+    };
+    RestResponse::Http {
+        status: 200,
+        retry_after: None,
+        body: format!(r#"{{"lastUpdateId":{last},"bids":[{}],"asks":[{}]}}"#, side(bids), side(asks)),
+    }
+}
+
+fn depth_request(rec: &mut Recovery, now: Timestamp) -> Option<(RequestId, String)> {
+    rec.poll_request(now).map(|(id, r)| match r {
+        RestRequest::Depth { symbol, limit } => {
+            assert_eq!(limit, 1000);
+            (id, symbol)
+        }
+        other => panic!("unexpected {other:?}"),
+    })
+}
+
+/// Book outputs in short form: `S101` synced, `X` resync, `.` a delivered diff.
+fn book_outs(rec: &mut Recovery) -> Vec<String> {
+    let mut v = Vec::new();
+    while let Some(out) = rec.poll_output() {
+        v.push(match out {
+            RecoveryOutput::Deliver { event: MarketEvent::Depth(_), .. } => ".".into(),
+            RecoveryOutput::BookSynced { symbol, last_update_id } => format!("S{symbol}:{last_update_id}"),
+            RecoveryOutput::BookResync { symbol, .. } => format!("X{symbol}"),
+            other => format!("{other:?}"),
+        });
+    }
+    v
+}
+
+fn best(rec: &Recovery, symbol: &str) -> Option<(String, String, u64)> {
+    let b = rec.book(symbol)?;
+    Some((b.best_bid()?.0.to_string(), b.best_ask()?.0.to_string(), b.last_update_id()))
+}
+
+#[test]
+fn a_book_syncs_from_a_snapshot_and_resyncs_on_a_diff_gap() {
+    let mut rec = Recovery::new(&config(100, true, 1200), t(0));
+    assert_eq!(rec.poll_request(t(0)), None, "no snapshot before the first diff");
+    rec.handle_event(D, diff("BTCUSDT", 100, 102, &[(5, 1)], &[]), t(0));
+    let (id, symbol) = depth_request(&mut rec, t(0)).unwrap();
+    assert_eq!(symbol, "BTCUSDT");
+    assert_eq!(rec.poll_request(t(0)), None);
+    rec.handle_event(D, diff("BTCUSDT", 103, 105, &[(6, 2)], &[(12, 0)]), t(10));
+    assert_eq!(rec.book("BTCUSDT"), None);
+    rec.handle_response(id, snapshot_body(101, &[(4, 1), (5, 9)], &[(12, 3), (13, 1)]), t(50));
+    // 100-102 straddles 101+1 and is applied (its 5 -> qty 1), then 103-105.
+    assert_eq!(book_outs(&mut rec), [".", ".", "SBTCUSDT:101"]);
+    assert_eq!(best(&rec, "BTCUSDT"), Some(("0.06".into(), "0.13".into(), 105)));
+    let table: &[(MarketEvent, &[&str], Option<u64>)] = &[
+        (diff("BTCUSDT", 106, 107, &[(6, 0)], &[]), &["."], Some(107)),
+        (diff("BTCUSDT", 104, 107, &[], &[]), &["."], Some(107)), // older than the book: ignored
+        (diff("BTCUSDT", 110, 111, &[], &[]), &[".", "XBTCUSDT"], None), // 108..=109 missing
+        (diff("BTCUSDT", 112, 113, &[], &[]), &["."], None),      // buffered
+    ];
+    for (i, (event, outs, id)) in table.iter().enumerate() {
+        rec.handle_event(D, event.clone(), t(100));
+        assert_eq!(book_outs(&mut rec), *outs, "row {i}");
+        assert_eq!(rec.book("BTCUSDT").map(OrderBook::last_update_id), *id, "row {i}");
+    }
+    let (id, _) = depth_request(&mut rec, t(100)).unwrap();
+    rec.handle_response(id, snapshot_body(111, &[(1, 1)], &[(20, 1)]), t(150));
+    assert_eq!(book_outs(&mut rec), ["SBTCUSDT:111"]);
+    assert_eq!(best(&rec, "BTCUSDT"), Some(("0.01".into(), "0.20".into(), 113)));
+    let s = rec.stats();
+    assert_eq!((s.book_snapshots, s.book_resyncs, s.weight_used_last_minute), (2, 1, 100));
+}
+
+#[test]
+fn snapshots_that_cannot_be_continued_are_fetched_again() {
+    let mut rec = Recovery::new(&config(100, true, 6000), t(0));
+    rec.handle_event(D, diff("BTCUSDT", 200, 201, &[], &[]), t(0));
+    // Too old: 150 + 1 < U = 200.
+    let (id, _) = depth_request(&mut rec, t(0)).unwrap();
+    rec.handle_response(id, snapshot_body(150, &[(1, 1)], &[(20, 1)]), t(1));
+    assert_eq!(book_outs(&mut rec), ["."]);
+    // Newer than everything buffered: synced at 210; the next diff must straddle 211.
+    let (id, _) = depth_request(&mut rec, t(1)).unwrap();
+    rec.handle_response(id, snapshot_body(210, &[(1, 1)], &[(20, 1)]), t(2));
+    assert_eq!(book_outs(&mut rec), ["SBTCUSDT:210"]);
+    rec.handle_event(D, diff("BTCUSDT", 202, 205, &[], &[]), t(3)); // u <= 210: ignored
+    assert_eq!(best(&rec, "BTCUSDT").map(|b| b.2), Some(210));
+    rec.handle_event(D, diff("BTCUSDT", 212, 214, &[], &[]), t(3)); // no straddle of 211
+    assert_eq!(book_outs(&mut rec), [".", ".", "XBTCUSDT"]);
+    // A hole among the buffered diffs: the snapshot before it cannot be continued past it.
+    rec.handle_event(D, diff("BTCUSDT", 218, 219, &[], &[]), t(4));
+    let (id, _) = depth_request(&mut rec, t(4)).unwrap();
+    rec.handle_response(id, snapshot_body(213, &[(1, 1)], &[(20, 1)]), t(5));
+    assert_eq!((book_outs(&mut rec), rec.book("BTCUSDT")), (vec![".".to_string()], None));
+    let (id, _) = depth_request(&mut rec, t(5)).unwrap();
+    rec.handle_response(id, snapshot_body(218, &[(1, 1)], &[(20, 1)]), t(6));
+    assert_eq!(book_outs(&mut rec), ["SBTCUSDT:218"]);
+    assert_eq!(best(&rec, "BTCUSDT").map(|b| b.2), Some(219));
+    assert_eq!(rec.stats().book_snapshots, 4);
+}
+
+#[test]
+fn a_resync_touches_one_symbol_and_snapshots_are_spread_over_the_budget() {
+    let mut rec = Recovery::new(&config(100, true, 1200), t(0));
+    let symbols: Vec<String> = (0..30).map(|i| format!("S{i:02}USDT")).collect();
+    for s in &symbols {
+        rec.handle_event(&format!("{}@depth", s.to_lowercase()), diff(s, 10, 11, &[], &[]), t(0));
+    }
+    // One at a time, 50 weight each: 24 in the first minute, the other 6 once the window slides.
+    let mut sent = Vec::new();
+    let mut now = t(0);
+    for _ in 0..200 {
+        let Some(at) = rec.poll_timeout() else { break };
+        now = now.max(at);
+        rec.handle_timeout(now);
+        while let Some((id, symbol)) = depth_request(&mut rec, now) {
+            sent.push(now.as_millis());
+            now += Duration::from_millis(100);
+            rec.handle_response(id, snapshot_body(10, &[(1, 1)], &[(20, 1)]), now);
+            assert!(rec.book(&symbol).is_some());
+        }
+    }
+    assert_eq!(sent.len(), 30);
+    assert_eq!(sent[..3], [0, 100, 200]);
+    assert_eq!(sent[23], 2_300);
+    assert_eq!(sent[24..], [60_000, 60_100, 60_200, 60_300, 60_400, 60_500]);
+    let _ = book_outs(&mut rec);
+    rec.handle_event("s03usdt@depth", diff("S03USDT", 13, 14, &[], &[]), now);
+    assert_eq!(book_outs(&mut rec), [".", "XS03USDT"]);
+    assert_eq!(symbols.iter().filter(|s| rec.book(s).is_none()).collect::<Vec<_>>(), ["S03USDT"]);
+}
+
+#[test]
+fn failed_snapshots_are_retried_after_a_pause() {
+    let mut rec = Recovery::new(&config(100, true, 6000), t(0));
+    rec.handle_event(D, diff("BTCUSDT", 1, 1, &[], &[]), t(0));
+    let (id, _) = depth_request(&mut rec, t(0)).unwrap();
+    rec.handle_response(id, RestResponse::Http { status: 200, retry_after: None, body: "{}".into() }, t(0));
+    assert_eq!((rec.poll_request(t(999)), rec.poll_timeout()), (None, Some(t(1_000))));
+    let (id, _) = depth_request(&mut rec, t(1_000)).unwrap();
+    rec.handle_response(id, status(503, None), t(1_000));
+    assert_eq!(rec.poll_timeout(), Some(t(3_000)));
+    let (id, _) = depth_request(&mut rec, t(3_000)).unwrap();
+    rec.handle_response(id, status(429, Some(10)), t(3_000));
+    assert_eq!(rec.poll_timeout(), Some(t(13_000)));
+    assert_eq!(rec.stats().rest_failures, 2);
+}
+
+/// A model exchange's book: levels 1..=10 bid, 11..=20 ask, each diff a few changes.
+#[derive(Debug, Clone, Default)]
+struct ModelBook {
+    id: u64,
+    bids: BTreeMap<u64, u64>,
+    asks: BTreeMap<u64, u64>,
+    at: BTreeMap<u64, OrderBook>,
+    bodies: BTreeMap<u64, RestResponse>,
+}
+
+impl ModelBook {
+    fn snapshot(&self) -> RestResponse {
+        let bids: Vec<(u64, u64)> = self.bids.iter().rev().map(|(&p, &q)| (p, q)).collect();
+        let asks: Vec<(u64, u64)> = self.asks.iter().map(|(&p, &q)| (p, q)).collect();
+        snapshot_body(self.id, &bids, &asks)
+    }
+
+    fn step(&mut self, span: u8, changes: &[(u8, u8)]) -> MarketEvent {
+        let first = self.id + 1;
+        self.id += 1 + u64::from(span % 3);
+        let (mut bids, mut asks) = (Vec::new(), Vec::new());
+        for &(level, q) in changes.iter().take(4) {
+            let level = u64::from(level % 20) + 1;
+            let q = u64::from(q % 4); // 0 removes
+            let (side, list) = if level <= 10 { (&mut self.bids, &mut bids) } else { (&mut self.asks, &mut asks) };
+            if q == 0 {
+                side.remove(&level);
+            } else {
+                side.insert(level, q);
+            }
+            list.push((level, q));
+        }
+        let event = diff("BTCUSDT", first, self.id, &bids, &asks);
+        let response = self.snapshot();
+        let RestResponse::Http { body, .. } = &response else { unreachable!() };
+        let snap = crate::protocol::rest::decode_depth(body).unwrap();
+        self.at.insert(self.id, OrderBook::from_snapshot(&snap));
+        self.bodies.insert(self.id, response);
+        event
+    }
+
+    /// The snapshot as it was `age` updates ago (REST may serve a slightly older state than the stream).
+    fn stale_snapshot(&self, age: u8) -> RestResponse {
+        let id = self.id.saturating_sub(u64::from(age % 12));
+        self.bodies.range(..=id).next_back().map_or_else(|| self.snapshot(), |(_, r)| r.clone())
+    }
+}
+
+#[derive(Debug, Clone)]
+enum BookStep {
+    Diff { drop: bool, span: u8, changes: Vec<(u8, u8)> },
+    Answer { fail: bool, age: u8 },
+    Wait(u16),
+}
+
+impl Arbitrary for BookStep {
+    fn arbitrary(g: &mut Gen) -> Self {
+        match u8::arbitrary(g) % 8 {
+            0..=4 => {
+                BookStep::Diff { drop: u8::arbitrary(g) % 8 == 0, span: u8::arbitrary(g), changes: Vec::arbitrary(g) }
+            }
+            5 | 6 => BookStep::Answer {
+                fail: u8::arbitrary(g) % 4 == 0,
+                age: if bool::arbitrary(g) { 0 } else { u8::arbitrary(g) },
+            },
+            _ => BookStep::Wait(u16::arbitrary(g)),
+        }
+    }
+}
+
+fn book_equals_model(steps: Vec<BookStep>) -> Result<(), String> {
+    let mut rec = Recovery::new(&config(1000, true, 6000), t(0));
+    let mut model = ModelBook::default();
+    let mut now = t(0);
+    let mut open: VecDeque<RequestId> = VecDeque::new();
+    let mut synced = 0;
+    let check = |rec: &mut Recovery, model: &ModelBook, synced: &mut u32| -> Result<(), String> {
+        while let Some(out) = rec.poll_output() {
+            if let RecoveryOutput::BookSynced { .. } = out {
+                *synced += 1;
+            }
+        }
+        if let Some(book) = rec.book("BTCUSDT") {
+            match model.at.get(&book.last_update_id()) {
+                Some(want) if want == book => {}
+                want => return Err(format!("book at {} is {book:?}, model {want:?}", book.last_update_id())),
+            }
+        }
+        Ok(())
+    };
+    for step in steps {
+        match step {
+            BookStep::Diff { drop, span, changes } => {
+                let event = model.step(span, &changes);
+                if !drop {
+                    rec.handle_event(D, event, now);
+                }
+            }
+            BookStep::Answer { fail, age } => {
+                if let Some(id) = open.pop_front() {
+                    let answer = if fail { status(500, None) } else { model.stale_snapshot(age) };
+                    rec.handle_response(id, answer, now);
+                }
+            }
+            BookStep::Wait(ms) => {
+                now += Duration::from_millis(u64::from(ms));
+                rec.handle_timeout(now);
+            }
+        }
+        while let Some((id, _)) = rec.poll_request(now) {
+            open.push_back(id);
+        }
+        check(&mut rec, &model, &mut synced)?;
+    }
+    // Heal: no drops, every snapshot answered; the book must sync and follow the model.
+    for i in 0..200u8 {
+        let event = model.step(i, &[(i, i / 3)]);
+        rec.handle_event(D, event, now);
+        if let Some(id) = open.pop_front() {
+            rec.handle_response(id, model.snapshot(), now);
+        }
+        now += Duration::from_secs(1);
+        rec.handle_timeout(now);
+        while let Some((id, _)) = rec.poll_request(now) {
+            open.push_back(id);
+        }
+        check(&mut rec, &model, &mut synced)?;
+    }
+    match rec.book("BTCUSDT") {
+        Some(book) if book.last_update_id() == model.id && synced > 0 => Ok(()),
+        other => Err(format!("not synced after healing: {other:?}")),
+    }
+}
+
+#[test]
+fn the_book_always_equals_the_models_book_at_its_update_id() {
+    fn prop(steps: Vec<BookStep>) -> quickcheck::TestResult {
+        match book_equals_model(steps) {
+            Ok(()) => quickcheck::TestResult::passed(),
+            Err(e) => quickcheck::TestResult::error(e),
+        }
+    }
+    QuickCheck::new().tests(200).quickcheck(prop as fn(Vec<BookStep>) -> quickcheck::TestResult);
 }
