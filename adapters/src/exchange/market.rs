@@ -124,7 +124,8 @@ struct Book {
 
 impl Book {
     /// One tick of book changes around `mid` (ticks): levels crossing the price are removed, the
-    /// two bids below and the ask above get `near` quantities, one level `offset` ticks out on the
+    /// two bids below and the ask above (one [`level_spacing`] apart) get `near` quantities, one
+    /// level `offset` spacings out on the
     /// bid (`bid`) or ask side is set to `qty` (0 removes it), and each side is trimmed to
     /// [`MAX_LEVELS`]. Returns the changed levels of each side with their new quantity (0 = gone).
     fn step(
@@ -133,9 +134,11 @@ impl Book {
         near: [u64; 3],
         (bid, offset, qty): (bool, u64, u64),
     ) -> (BTreeMap<u64, u64>, BTreeMap<u64, u64>) {
+        let before = self.clone();
         let mut cb = BTreeMap::new();
         let mut ca = BTreeMap::new();
         let mid = mid.max(3);
+        let unit = level_spacing(mid);
         let crossing_bids: Vec<u64> = self.bids.range(mid..).map(|(p, _)| *p).collect();
         for p in crossing_bids {
             self.bids.remove(&p);
@@ -146,16 +149,16 @@ impl Book {
             self.asks.remove(&p);
             ca.insert(p, 0);
         }
-        for (p, q) in [(mid - 1, near[0]), (mid - 2, near[1])] {
+        for (p, q) in [(mid.saturating_sub(unit).max(1), near[0]), (mid.saturating_sub(2 * unit).max(1), near[1])] {
             self.bids.insert(p, q);
             cb.insert(p, q);
         }
-        self.asks.insert(mid + 1, near[2]);
-        ca.insert(mid + 1, near[2]);
+        self.asks.insert(mid + unit, near[2]);
+        ca.insert(mid + unit, near[2]);
         let (side, changes, p) = if bid {
-            (&mut self.bids, &mut cb, mid.saturating_sub(offset).max(1))
+            (&mut self.bids, &mut cb, mid.saturating_sub(offset * unit).max(1))
         } else {
-            (&mut self.asks, &mut ca, mid + offset)
+            (&mut self.asks, &mut ca, mid + offset * unit)
         };
         if qty == 0 {
             if side.remove(&p).is_some() {
@@ -175,8 +178,17 @@ impl Book {
                 ca.insert(p, 0);
             }
         }
+        // Only real changes: a level set and removed within the tick, or set to what it was, is no change.
+        cb.retain(|p, q| before.bids.get(p).copied().unwrap_or(0) != *q);
+        ca.retain(|p, q| before.asks.get(p).copied().unwrap_or(0) != *q);
         (cb, ca)
     }
+}
+
+/// Distance between the levels the market places: 5 basis points of the price (in ticks), so that
+/// the random walk (about that much per tick) moves through the book instead of jumping over it.
+fn level_spacing(mid: u64) -> u64 {
+    (mid / 2000).max(1)
 }
 
 fn levels_json(changes: &BTreeMap<u64, u64>, descending: bool) -> String {
@@ -388,10 +400,11 @@ impl Market {
                 klines: BTreeMap::new(),
             };
             let mid = (s.price * 100.0).round() as u64;
+            let unit = level_spacing(mid);
             let mut s = s;
             for i in 1..=20u64 {
-                s.book.bids.insert(mid.saturating_sub(i).max(1), 1 + self.rng.below(5 * QTY_UNIT));
-                s.book.asks.insert(mid + i, 1 + self.rng.below(5 * QTY_UNIT));
+                s.book.bids.insert(mid.saturating_sub(i * unit).max(1), 1 + self.rng.below(5 * QTY_UNIT));
+                s.book.asks.insert(mid + i * unit, 1 + self.rng.below(5 * QTY_UNIT));
             }
             self.symbols.insert(name.to_string(), s);
         }

@@ -76,6 +76,12 @@ impl TransportSettings {
         let ws_config = WebSocketConfig::default().max_message_size(Some(max)).max_frame_size(Some(max));
         Ok(TransportSettings { connector: std::sync::Arc::new(connector), ws_config })
     }
+
+    /// The TLS connector (verification always on), shared with the REST client so that REST uses
+    /// exactly the stream's trust roots and minimum version.
+    pub fn tls_connector(&self) -> std::sync::Arc<async_native_tls::TlsConnector> {
+        self.connector.clone()
+    }
 }
 
 /// A transport error with the text of its whole source chain, for the log.
