@@ -61,7 +61,8 @@ pub enum Fault {
         /// Its size.
         bytes: u64,
     },
-    /// Benchmark mode: `frames` pre-encoded aggTrade frames as fast as the socket takes them, then normal.
+    /// Benchmark mode: `frames` pre-encoded frames as fast as the socket takes them, then normal: depth
+    /// updates when the connection's first subscribed stream is a depth stream, aggTrades otherwise.
     Blast {
         /// Number of frames.
         frames: u64,

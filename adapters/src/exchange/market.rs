@@ -564,6 +564,38 @@ impl Market {
             })
             .collect()
     }
+
+    /// `n` depth diffs of `symbol` at once (benchmark blast): each changes the quantity of the two best
+    /// bids and the best ask of the real book (so REST snapshots stay consistent with the stream),
+    /// one `U..u` id per changed level, the size of an ordinary tick's diff.
+    pub fn blast_depth(&mut self, symbol: &str, n: u64, now_ms: u64) -> Vec<Produced> {
+        let s = self.symbol(symbol);
+        let sym = s.upper.clone();
+        let stream = format!("{symbol}@depth");
+        (0..n)
+            .map(|i| {
+                // New quantities stay within 1 unit .. 5 BTC: never 0 (that would remove the level).
+                let next = |q: u64| 1 + (q + 1 + i % 7 * QTY_UNIT / 10) % (5 * QTY_UNIT);
+                let bid_changes: BTreeMap<u64, u64> =
+                    s.book.bids.iter().rev().take(2).map(|(p, q)| (*p, next(*q))).collect();
+                let ask_changes: BTreeMap<u64, u64> = s.book.asks.iter().take(1).map(|(p, q)| (*p, next(*q))).collect();
+                s.book.bids.extend(&bid_changes);
+                s.book.asks.extend(&ask_changes);
+                let first_u = s.last_depth + 1;
+                let last_u = s.last_depth + (bid_changes.len() + ask_changes.len()).max(1) as u64;
+                s.last_depth = last_u;
+                Produced {
+                    stream: stream.clone(),
+                    json: format!(
+                        r#"{{"e":"depthUpdate","E":{now_ms},"s":"{sym}","U":{first_u},"u":{last_u},"b":[{}],"a":[{}]}}"#,
+                        levels_json(&bid_changes, true),
+                        levels_json(&ask_changes, false),
+                    ),
+                    seq: Some((first_u, last_u)),
+                }
+            })
+            .collect()
+    }
 }
 
 fn kline_event(name: &str, sym: &str, interval: &str, ms: u64, c: &Candle, now_ms: u64, closed: bool) -> Produced {
@@ -753,5 +785,31 @@ mod tests {
         assert!(m.agg_trades("BTCUSDT", Some(first + 80), 10).unwrap().is_empty());
         assert_eq!(ids(&m.agg_trades("BTCUSDT", None, 3).unwrap()), vec![first + 77, first + 78, first + 79]);
         assert!(m.agg_trades("ETHUSDT", None, 3).is_none());
+    }
+
+    #[test]
+    fn depth_blast_is_the_book_changing() {
+        let mut m = Market::new(3, &syms());
+        let _ = m.tick(1_000);
+        let snap = m.depth("BTCUSDT", 1000).unwrap();
+        let mut bids: BTreeMap<String, String> = snap.bids.iter().cloned().collect();
+        let mut asks: BTreeMap<String, String> = snap.asks.iter().cloned().collect();
+        let mut last = snap.last_update_id;
+        let blast = m.blast_depth("btcusdt", 50, 1_100);
+        assert_eq!(blast.len(), 50);
+        for p in &blast {
+            let v: serde_json::Value = serde_json::from_str(&p.json).unwrap();
+            assert_eq!(v["U"].as_u64(), Some(last + 1), "continuous U/u");
+            last = v["u"].as_u64().unwrap();
+            assert_eq!(p.seq, Some((last - 2, last)), "one id per changed level");
+            apply(&mut bids, &v["b"]);
+            apply(&mut asks, &v["a"]);
+        }
+        let now = m.depth("BTCUSDT", 1000).unwrap();
+        assert_eq!(now.last_update_id, last);
+        assert_eq!(now.bids.iter().cloned().collect::<BTreeMap<_, _>>(), bids);
+        assert_eq!(now.asks.iter().cloned().collect::<BTreeMap<_, _>>(), asks);
+        let next = m.tick(1_200).into_iter().find(|p| p.stream == "btcusdt@depth").and_then(|p| p.seq).unwrap();
+        assert_eq!(next.0, last + 1);
     }
 }

@@ -1,7 +1,7 @@
 //! The exchange's sockets: TLS accept, WebSocket upgrade, one task per connection, the market ticker.
 
 use super::fault::Fault;
-use super::market::{Market, Produced, parse_stream};
+use super::market::{Market, Produced, StreamKind, parse_stream};
 use super::{ConnectionInfo, ExchangeConfig};
 use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -415,6 +415,9 @@ async fn serve_inner(shared: &Arc<Shared>, tcp: TcpStream, k: u64, faults: Vec<F
     ending
 }
 
+/// Frames of a blast produced and encoded at a time.
+const BLAST_CHUNK: u64 = 1024;
+
 enum Wake {
     Read(Option<Result<Message, async_tungstenite::tungstenite::Error>>),
     Chan(Option<ConnMsg>),
@@ -432,15 +435,33 @@ where
     S: futures_util::AsyncRead + futures_util::AsyncWrite + Unpin,
 {
     if let Some(n) = armed.blast.take() {
-        let symbol = conn.subs.iter().next().and_then(|s| s.split('@').next()).unwrap_or("btcusdt").to_string();
+        // Blast the connection's first subscribed stream: depth updates for a depth stream, aggTrades
+        // otherwise. Frames are produced and encoded in chunks so that the first one goes out at once
+        // (a client timing the blast does not wait for a million frames to be formatted first).
+        let first = conn.subs.iter().next().and_then(|s| parse_stream(s).ok());
+        let (symbol, depth) = match first {
+            Some((symbol, kind)) => (symbol, kind == StreamKind::Depth),
+            None => ("btcusdt".to_string(), false),
+        };
         let now_ms = shared.clock.now_ms();
-        let frames = lock(&shared.market).blast_agg_trades(&symbol, n, now_ms);
-        let encoded: Vec<String> = frames.iter().map(|p| conn.encode(p)).collect();
-        for (p, text) in frames.iter().zip(encoded) {
-            if let Err(e) = ws.feed(Message::text(text)).await {
-                return Ending::ClientGone(format!("blast write failed: {e}"));
+        let mut left = n;
+        while left > 0 {
+            let chunk = left.min(BLAST_CHUNK);
+            left -= chunk;
+            let frames = {
+                let mut market = lock(&shared.market);
+                if depth {
+                    market.blast_depth(&symbol, chunk, now_ms)
+                } else {
+                    market.blast_agg_trades(&symbol, chunk, now_ms)
+                }
+            };
+            for p in &frames {
+                if let Err(e) = ws.feed(Message::text(conn.encode(p))).await {
+                    return Ending::ClientGone(format!("blast write failed: {e}"));
+                }
+                conn.note_sent(p);
             }
-            conn.note_sent(p);
         }
         if let Err(e) = ws.flush().await {
             return Ending::ClientGone(format!("blast flush failed: {e}"));
