@@ -95,14 +95,17 @@ fn stream_connection_lines_carry_conn_state_attempt_and_class() {
 #[test]
 fn train_scaler_lines_carry_epoch_step_scale_and_grad_norm() {
     let dir = tmp("train");
-    // Start at the maximum scale in f16 so that the first steps overflow and the scale is warned about.
+    // Start at the maximum scale in f16 so that the first steps overflow and the scale is warned
+    // about and reset; a tiny model keeps the run well under a second.
     let mut cfg = Config::default();
     cfg.scaler.init_scale = ScaleChoice::Fixed(cfg.scaler.max_scale);
+    (cfg.train.d_model, cfg.train.n_heads, cfg.train.d_ff, cfg.train.batch_size) = (16, 2, 32, 4);
+    (cfg.train.e_layers, cfg.train.d_layers) = (1, 1);
     std::fs::write(dir.join("keel.ron"), cfg.to_ron()).unwrap();
     let data = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/msft-daily.csv");
     let out = Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args(["train", "--log-format", "json", "--data", data, "--dtype", "f16", "--model-size", "small"])
-        .args(["--seq-len", "32", "--label-len", "16", "--pred-len", "8", "--epochs", "1", "--max-batches", "6"])
+        .args(["train", "--log-format", "json", "--data", data, "--dtype", "f16"])
+        .args(["--seq-len", "16", "--label-len", "8", "--pred-len", "4", "--epochs", "2", "--max-batches", "12"])
         .args(["--quiet", "--seed", "3", "--config"])
         .arg(dir.join("keel.ron"))
         .arg("--out")
@@ -114,6 +117,7 @@ fn train_scaler_lines_carry_epoch_step_scale_and_grad_norm() {
     let mut scaler_lines = 0;
     let mut overflow_lines = 0;
     let mut epoch_done = 0;
+    let (mut measured, mut unmeasured) = (0, 0);
     for line in json_lines(&stderr) {
         let msg = message(&line);
         if !(msg.starts_with("loss scale") || msg == "epoch done") {
@@ -128,8 +132,12 @@ fn train_scaler_lines_carry_epoch_step_scale_and_grad_norm() {
         assert!(f["scale"].as_f64().is_some_and(|s| s > 0.0), "{line}");
         // A number, or null where no norm was measured (an overflowing step).
         assert!(f.get("grad_norm").is_some_and(|g| g.is_null() || g.as_f64().is_some()), "{line}");
+        measured += u32::from(f["grad_norm"].as_f64().is_some_and(|g| g > 0.0));
+        unmeasured += u32::from(f["grad_norm"].is_null());
     }
-    assert_eq!(epoch_done, 1, "{stderr}");
+    assert_eq!(epoch_done, 2, "{stderr}");
+    assert!(measured >= 1 && unmeasured >= 1, "norms after applied steps, null after overflows: {stderr}");
+    assert!(stderr.contains("loss scale reset from"), "{stderr}");
     assert!(overflow_lines >= 1, "the f16 run at the maximum scale warned: {stderr}");
     assert!(scaler_lines >= 3, "{stderr}");
 }
