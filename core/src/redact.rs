@@ -16,8 +16,26 @@ use crate::classify::TransportError;
 /// What a redacted part is replaced with.
 pub const REDACTED: &str = "<redacted>";
 
-/// Path segments of Binance stream endpoints (and common API prefixes) that carry no secret.
-const KNOWN_SEGMENTS: [&str; 7] = ["ws", "stream", "ws-api", "api", "v1", "v3", "market"];
+/// Path segments that carry no secret: Binance stream endpoints, the REST market-data endpoints
+/// keel calls and their prefixes, and keel's own `/metrics`.
+const KNOWN_SEGMENTS: [&str; 16] = [
+    "ws",
+    "stream",
+    "ws-api",
+    "api",
+    "v1",
+    "v3",
+    "market",
+    "aggTrades",
+    "depth",
+    "trades",
+    "klines",
+    "exchangeInfo",
+    "ping",
+    "time",
+    "userDataStream",
+    "metrics",
+];
 
 /// Query keys (compared in lower case, as substrings) whose values are credentials.
 const SECRET_KEYS: [&str; 7] = ["key", "signature", "secret", "token", "password", "passwd", "auth"];
@@ -179,6 +197,12 @@ mod tests {
             ("wss://h/ws?abc123", "wss://h/ws?<redacted>"),
             ("wss://h/ws#frag", "wss://h/ws#<redacted>"),
             ("wss://h/", "wss://h/"),
+            ("http://127.0.0.1:9898/metrics", "http://127.0.0.1:9898/metrics"),
+            (
+                "https://api.binance.com/api/v3/aggTrades?symbol=BTCUSDT&fromId=5&limit=1000",
+                "https://api.binance.com/api/v3/aggTrades?symbol=BTCUSDT&fromId=5&limit=1000",
+            ),
+            ("https://h/api/v3/userDataStream?listenKey=abc", "https://h/api/v3/userDataStream?listenKey=<redacted>"),
         ];
         for (input, expected) in table {
             assert_eq!(redact_url(input), expected, "{input}");
