@@ -16,11 +16,13 @@
 use crate::exchange::agg_trade_fields;
 use crate::network::{FromClient, Network, Tid, ToClient};
 use crate::profile::FaultProfile;
+use crate::rest_sim::RestModel;
 use crate::scaler_sim::mix;
 use keel_core::classify::{ErrorClass, classify_error};
 use keel_core::connection::{Connection, Event, Input, Output, StopReason, TransportId, WsMessage};
 use keel_core::gaps::{GapKind, Sequence};
 use keel_core::protocol::MarketEvent;
+use keel_core::recovery::{Recovery, RecoveryOutput};
 use keel_core::time::Timestamp;
 use keel_core::trace::TraceRecord;
 use std::collections::{BTreeMap, VecDeque};
@@ -68,6 +70,21 @@ pub struct ConnSummary {
     pub faults: String,
     /// Hash of every output.
     pub hash: u64,
+    /// aggTrades the recovery machine fetched over REST and delivered.
+    pub backfilled: u64,
+    /// aggTrade ids it reported lost.
+    pub abandoned_ids: u64,
+    /// REST answers by kind, as `kind=count`.
+    pub rest: String,
+}
+
+/// What the checker remembers of the recovery machine (issue 9): per aggTrade stream, the last id
+/// it delivered or abandoned (each next one must continue it: in order, each id once, no hole),
+/// and the last id the connection delivered live.
+#[derive(Debug, Default)]
+struct RecCheck {
+    end: BTreeMap<String, u64>,
+    live: BTreeMap<String, u64>,
 }
 
 /// The client's-eye state of one transport.
@@ -162,6 +179,10 @@ pub struct ConnSim<'p> {
     trace: Option<Vec<TraceRecord>>,
     trace_closed: bool,
     summary: ConnSummary,
+    /// The recovery machine beside the connection, its REST model and what the checker knows.
+    rec: Recovery,
+    rest: RestModel,
+    rc: RecCheck,
 }
 
 fn tid(id: TransportId, base: u64) -> Tid {
@@ -177,6 +198,9 @@ impl<'p> ConnSim<'p> {
         let liveness = (total / 4).min(3_600_000);
         let conn = Connection::new(&profile.config, profile.machine_seed, Timestamp::from_millis(start));
         ConnSim {
+            rec: Recovery::new(&profile.config, Timestamp::from_millis(start)),
+            rest: RestModel::new(&profile.rest, profile.seed),
+            rc: RecCheck::default(),
             profile,
             now: start,
             end: start + total,
@@ -275,6 +299,8 @@ impl<'p> ConnSim<'p> {
             consider(self.deadline(dead_after, handshake));
             consider(self.live_by.map(|t| t + 1));
             consider(self.restart_at);
+            consider(self.rec.poll_timeout().map(Timestamp::as_millis));
+            consider(self.rest.next_time());
             if !self.healed {
                 consider(Some(self.heal_at));
             }
@@ -297,6 +323,7 @@ impl<'p> ConnSim<'p> {
             if !self.healed && self.now >= self.heal_at {
                 self.healed = true;
                 self.net.heal(self.now);
+                self.rest.heal();
                 self.note(|| "network healed: liveness phase".into());
                 let cfg = &self.profile.config;
                 if !self.m.gave_up {
@@ -314,6 +341,8 @@ impl<'p> ConnSim<'p> {
             while let Some((id, msg)) = self.net.pop_delivery(self.now) {
                 self.deliver(id, msg)?;
             }
+            // 3b. REST answers, and the recovery machine's own deadlines.
+            self.step_recovery(self.now)?;
             // 4. The machine's own deadlines.
             if self.conn.poll_timeout().is_some_and(|t| t.as_millis() <= self.now) {
                 self.note(|| "handle_timeout".into());
@@ -384,6 +413,10 @@ impl<'p> ConnSim<'p> {
         let n = self.incarnation;
         self.note(|| format!("machine {n} starts (restart after giving up)"));
         self.conn = Connection::new(&self.profile.config, seed, Timestamp::from_millis(self.now));
+        // The recovery machine lives in the same process: it restarts too, and what it held is gone.
+        self.rec = Recovery::new(&self.profile.config, Timestamp::from_millis(self.now));
+        self.rest.clear();
+        self.rc = RecCheck::default();
         self.m = Machine { base: self.incarnation << 32, started: self.now, ..Machine::default() };
         if self.healed {
             let handshake = self.profile.config.tls.handshake_timeout_ms;
@@ -431,7 +464,126 @@ impl<'p> ConnSim<'p> {
             digest(&mut self.summary.hash, self.now, &out);
             self.apply(out)?;
         }
+        self.drain_recovery(self.now)?;
         self.check_step()
+    }
+
+    /// Delivers REST answers due at `now` and runs the recovery machine's deadline, checking each step.
+    fn step_recovery(&mut self, now: u64) -> Result<(), ConnFailure> {
+        while let Some((id, response)) = self.rest.pop_due(now, &self.net) {
+            self.note(|| format!("rest {id} {response:?}"));
+            self.rec.handle_response(id, response, Timestamp::from_millis(now));
+            self.drain_recovery(now)?;
+        }
+        let t = Timestamp::from_millis(now);
+        if self.rec.poll_timeout().is_some_and(|due| due <= t) {
+            self.rec.handle_timeout(t);
+            self.drain_recovery(now)?;
+        } else if self.profile.spurious_timeouts {
+            let due = self.rec.poll_timeout();
+            self.rec.handle_timeout(t);
+            let out = self.rec.poll_output();
+            let request = self.rec.poll_request(t);
+            if out.is_some() || request.is_some() || self.rec.poll_timeout() != due {
+                return Err(self.fail(format!(
+                    "a spurious Recovery::handle_timeout (poll_timeout {due:?}) produced {out:?} / {request:?}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends what the recovery machine asks and checks what it outputs: aggTrade ids of each stream
+    /// come out delivered or abandoned in order, each exactly once, with the exchange's fields.
+    fn drain_recovery(&mut self, now: u64) -> Result<(), ConnFailure> {
+        let t = Timestamp::from_millis(now);
+        while let Some((id, request)) = self.rec.poll_request(t) {
+            self.note(|| format!("rest {id} <- {}", request.path()));
+            self.rest.send(id, request, now);
+        }
+        while let Some(out) = self.rec.poll_output() {
+            let (stream, first, last) = match out {
+                RecoveryOutput::Deliver { stream, event: MarketEvent::AggTrade(trade), backfilled } => {
+                    let id = trade.agg_id;
+                    let price = (trade.price.mantissa(), trade.price.scale());
+                    let qty = (trade.quantity.mantissa(), trade.quantity.scale());
+                    if price != ((30_000 + id % 997) * 100 + id % 100, 2)
+                        || qty != (1 + id % 999, 3)
+                        || (trade.first_trade_id, trade.last_trade_id) != (3 * id, 3 * id + 2)
+                        || trade.buyer_is_maker != id.is_multiple_of(2)
+                    {
+                        return Err(self.fail(format!("recovery delivered aggTrade {id} as {trade:?}")));
+                    }
+                    if backfilled {
+                        self.summary.backfilled += 1;
+                    }
+                    (stream, id, id)
+                }
+                RecoveryOutput::Abandoned { stream, first, last, reason } => {
+                    self.note(|| format!("abandoned {stream} {first}..={last}: {reason}"));
+                    self.summary.abandoned_ids += last - first + 1;
+                    (stream, first, last)
+                }
+                RecoveryOutput::Backfilled { first, last, count, stream } => {
+                    if count > last - first + 1 {
+                        return Err(self.fail(format!("Backfilled {first}..={last} on {stream}: {count} trades")));
+                    }
+                    continue;
+                }
+                _ => continue,
+            };
+            match self.rc.end.get_mut(&stream) {
+                Some(end) if first != *end + 1 || last < first => {
+                    let end = *end;
+                    return Err(self.fail(format!(
+                        "recovery output {first}..={last} on {stream} does not continue {end}: ids out of order, twice or skipped"
+                    )));
+                }
+                Some(end) => *end = last,
+                None => {
+                    self.rc.end.insert(stream, last);
+                }
+            }
+        }
+        if let Some(due) = self.rec.poll_timeout()
+            && due < t
+        {
+            return Err(self.fail(format!("Recovery::poll_timeout() {due} is past and nothing is due (a busy loop)")));
+        }
+        Ok(())
+    }
+
+    /// After the run: REST answers keep coming (the network is healed) until the recovery machine
+    /// has nothing left; then every id the connection delivered is delivered or abandoned.
+    fn settle_recovery(&mut self) -> Result<(), ConnFailure> {
+        let mut now = self.now;
+        for _ in 0..100_000 {
+            let next =
+                [self.rec.poll_timeout().map(Timestamp::as_millis), self.rest.next_time()].into_iter().flatten().min();
+            let Some(next) = next else { break };
+            now = now.max(next);
+            if now > self.end + 6 * 3_600_000 {
+                break;
+            }
+            self.step_recovery(now)?;
+        }
+        let held = self.rec.stats().held_events;
+        if held != 0 || self.rest.pending() != 0 {
+            return Err(self.fail(format!(
+                "recovery not settled at the end: {held} events held, {} REST requests open, stats {:?}",
+                self.rest.pending(),
+                self.rec.stats()
+            )));
+        }
+        for (stream, &live) in &self.rc.live {
+            if self.rc.end.get(stream) != Some(&live) {
+                return Err(self.fail(format!(
+                    "on {stream} the connection delivered up to {live} but the recovery machine accounted up to {:?}",
+                    self.rc.end.get(stream)
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn apply(&mut self, out: Output) -> Result<(), ConnFailure> {
@@ -496,8 +648,22 @@ impl<'p> ConnSim<'p> {
                 self.m.transports.remove(&id.0);
                 self.net.close(tid(id, self.m.base));
             }
-            Output::Event(event) => self.on_event(event)?,
+            Output::Event(event) => {
+                if let Event::Market { stream, event, .. } = &event {
+                    if let MarketEvent::AggTrade(trade) = event {
+                        match self.rc.live.get_mut(stream) {
+                            Some(live) => *live = trade.agg_id,
+                            None => {
+                                self.rc.live.insert(stream.clone(), trade.agg_id);
+                            }
+                        }
+                    }
+                    self.rec.handle_event(stream, event.clone(), Timestamp::from_millis(now));
+                }
+                self.on_event(event)?
+            }
             Output::Gap(gap) => {
+                self.rec.handle_gap(&gap, Timestamp::from_millis(now));
                 if self.m.rolling.is_some_and(|(faults, _)| faults == self.injected()) {
                     self.m.suspect_gap = Some(format!("{gap:?}"));
                 }
@@ -737,6 +903,7 @@ impl<'p> ConnSim<'p> {
 
     /// End of the run: a clean shutdown must close everything and stop.
     fn finish(&mut self) -> Result<ConnSummary, ConnFailure> {
+        self.settle_recovery()?;
         let now = self.now;
         if let Some(by) = self.live_by
             && by < now
@@ -785,6 +952,7 @@ impl<'p> ConnSim<'p> {
         let mut s = std::mem::take(&mut self.summary);
         s.simulated_ms = self.end - self.profile.clock_start_ms;
         s.faults = self.net.stats.injected.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
+        s.rest = self.rest.answers.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
         Ok(s)
     }
 }

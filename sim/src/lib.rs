@@ -5,6 +5,7 @@ pub mod exchange;
 pub mod network;
 pub mod profile;
 pub mod replay;
+pub mod rest_sim;
 pub mod run;
 pub mod scaler_cli;
 pub mod scaler_sim;

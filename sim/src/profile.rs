@@ -6,6 +6,7 @@
 //! [`Rng::chance`] or as integer mean intervals, so that no float rounding enters the test case and
 //! a seed reproduces the same run on every platform.
 
+use crate::rest_sim::RestProfile;
 use keel_core::config::Config;
 use keel_core::rng::Rng;
 use std::fmt;
@@ -218,6 +219,8 @@ pub struct FaultProfile {
     pub clock_start_ms: u64,
     /// The configuration the machine runs with.
     pub config: Config,
+    /// The REST side (issue 9), drawn from its own generator.
+    pub rest: RestProfile,
 }
 
 impl FaultProfile {
@@ -273,7 +276,12 @@ impl FaultProfile {
         config.stream.rollover_after_ms = cutoff_ms - if cutoff_ms > 3_600_000 { 1_800_000 } else { 300_000 };
 
         let spurious_timeouts = rng.chance(1, 2);
+        let rest = RestProfile::draw(seed);
+        config.rest.url = "https://sim.invalid".to_string();
+        config.rest.max_held_events = rest.max_held_events;
+        config.rest.weight_per_minute = rest.weight_per_minute;
         FaultProfile {
+            rest,
             seed,
             spurious_timeouts,
             faults,
@@ -324,6 +332,7 @@ impl fmt::Display for FaultProfile {
             self.config.tls.handshake_timeout_ms,
             self.config.stream.streams.join(",")
         )?;
+        write!(f, " {}", self.rest)?;
         write!(f, " faults:")?;
         if self.faults.is_empty() {
             write!(f, " none")?;

@@ -205,7 +205,10 @@ impl Recovery {
     pub fn handle_event(&mut self, stream: &str, event: MarketEvent, now: Timestamp) {
         match &event {
             MarketEvent::AggTrade(t) => {
-                let ts = self.trades.entry(stream.to_owned()).or_insert_with(|| TradeStream::new(stream, &t.symbol));
+                if !self.trades.contains_key(stream) {
+                    self.trades.insert(stream.to_owned(), TradeStream::new(stream, &t.symbol));
+                }
+                let Some(ts) = self.trades.get_mut(stream) else { return };
                 let mut cx = Self::ctx(&mut self.out, &mut self.stats, &mut self.serial, self.backfill, self.max_held);
                 ts.on_event(event, now, &mut cx);
             }
@@ -213,7 +216,10 @@ impl Recovery {
                 let symbol = diff.symbol.clone();
                 let diff = diff.clone();
                 self.out.push_back(RecoveryOutput::Deliver { stream: stream.to_owned(), event, backfilled: false });
-                let sync = self.books.entry(symbol.clone()).or_insert_with(|| BookSync::new(&symbol, &mut self.serial));
+                if !self.books.contains_key(&symbol) {
+                    self.books.insert(symbol.clone(), BookSync::new(&symbol, &mut self.serial));
+                }
+                let Some(sync) = self.books.get_mut(&symbol) else { return };
                 let mut cx = BookCtx {
                     out: &mut self.out,
                     stats: &mut self.stats,
