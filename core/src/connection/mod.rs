@@ -1001,7 +1001,11 @@ impl Connection {
             || live.subscribed.iter().all(|stream| match first.iter().find(|(s, _)| s == stream) {
                 None => false,
                 Some((_, None)) => true,
-                Some((_, Some(first))) => self.gaps.last_seen(stream).is_none_or(|last| last >= *first),
+                // The old transport must have delivered the new one's first id. Nothing seen yet on the
+                // stream is no proof: the old one may hold earlier ids in flight (found by the rollover
+                // property: ids 1..=6 queued on the old transport were lost when the new one delivered 7
+                // first). A quiet or dead old transport is bounded by the standby's cutoff.
+                Some((_, Some(first))) => self.gaps.last_seen(stream).is_some_and(|last| last >= *first),
             });
         if ready {
             self.hand_over(Some("rollover"), now);
