@@ -3,9 +3,11 @@
 //! 1. The embedded exchange starts in-process with a fault schedule: malformed frames then an
 //!    abrupt reset, a stall (socket open, no data, no pongs), a 1008 close, an HTTP 429 on
 //!    upgrade, and a short "24 h" cutoff announced by `serverShutdown`.
-//! 2. The real stream client (the same code as `keel stream`) records aggTrades and 1m klines
-//!    from it over TLS, trusting the exchange's freshly generated CA, for about a minute. The
-//!    exchange's clock runs fast so that a 1m kline closes every 0.1 s.
+//! 2. The real stream client (the same code as `keel stream`) records aggTrades, 1m klines and
+//!    depth diffs from it over TLS, trusting the exchange's freshly generated CA, for about a
+//!    minute. The exchange's clock runs fast so that a 1m kline closes every 0.1 s. The aggTrade ids
+//!    lost during each outage are fetched from the exchange's REST API and recorded in order (zero
+//!    gap), and the BTCUSDT order book is kept in sync from a REST snapshot plus the diffs.
 //! 3. The small Informer trains on the recorded klines in f16 with the loss scaler in the loop.
 //! 4. A report compares what was injected with what was survived, and says where the files are.
 //!
@@ -18,6 +20,7 @@ use crate::train::{self, DtypeArg, FeaturesArg, ModelSize, TrainArgs};
 use anyhow::Context;
 use clap::Args;
 use keel_core::config::Config;
+use keel_core::recovery::RecoveryOutput;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -57,10 +60,11 @@ const FAULTS: &[&str] =
 
 /// The client's configuration: Binance's rules, with timings shortened so that a minute shows
 /// every fault (a 30 s ping interval would need minutes to notice one stall).
-fn client_config(url: &str, ca: &Path, data: &Path) -> Config {
+fn client_config(url: &str, rest_url: &str, ca: &Path, data: &Path) -> Config {
     let mut cfg = Config::default();
     cfg.stream.url = url.to_string();
-    cfg.stream.streams = vec!["btcusdt@aggTrade".into(), "btcusdt@kline_1m".into()];
+    cfg.rest.url = rest_url.to_string();
+    cfg.stream.streams = vec!["btcusdt@aggTrade".into(), "btcusdt@kline_1m".into(), "btcusdt@depth".into()];
     cfg.stream.out_dir = data.display().to_string();
     cfg.stream.stall_after_ms = 4_000;
     cfg.heartbeat.ping_interval_ms = 1_000;
@@ -132,7 +136,7 @@ pub fn run_demo(args: &DemoArgs) -> anyhow::Result<DemoOutcome> {
     println!("   faults scheduled: {}", FAULTS.join(", "));
 
     // 2. The stream.
-    let cfg = client_config(&exchange.url(), &ca, &data);
+    let cfg = client_config(&exchange.url(), &exchange.rest_url(), &ca, &data);
     let trace = out.join("trace.ron");
     let opts = StreamOptions {
         seed: args.seed,
@@ -142,11 +146,15 @@ pub fn run_demo(args: &DemoArgs) -> anyhow::Result<DemoOutcome> {
         trace: Some(trace.clone()),
         ..StreamOptions::default()
     };
-    println!("== streaming btcusdt@aggTrade and btcusdt@kline_1m for {} s", args.stream_secs);
+    println!(
+        "== streaming btcusdt@aggTrade, btcusdt@kline_1m and btcusdt@depth for {} s (REST backfill from {})",
+        args.stream_secs,
+        exchange.rest_url()
+    );
     let report = smol::block_on(stream(cfg, opts)).context("the stream client failed")?;
     let skipped = exchange.skipped("btcusdt@aggTrade");
     exchange.shutdown();
-    std::fs::write(out.join("connection-stats.json"), report.stats.to_json())
+    std::fs::write(out.join("connection-stats.json"), report.stats_json())
         .with_context(|| format!("cannot write {}", out.join("connection-stats.json").display()))?;
     let mut failures = check_connection(&report, &skipped);
 
@@ -277,6 +285,36 @@ fn check_connection(report: &StreamReport, skipped: &[(u64, u64)]) -> Vec<String
     );
     if !unreported.is_empty() {
         failures.push(format!("gaps not reported by the client: {unreported:?}"));
+    }
+    // Zero gap: every id the client missed was fetched over REST and recorded (or, if REST could
+    // not deliver it, reported as abandoned); none is silently lost.
+    let r = &report.recovery;
+    let skipped_ids: u64 = skipped.iter().map(|(a, b)| b - a + 1).sum();
+    let backfilled = report.backfilled_events.get("btcusdt@aggTrade").copied().unwrap_or(0);
+    println!(
+        "   zero gap: {} of {} missed aggTrade ids backfilled over REST ({} requests, {} rate-limited), {} abandoned",
+        backfilled, skipped_ids, r.backfill_requests, r.rest_rate_limited, r.abandoned_ids
+    );
+    if skipped_ids > 0 && backfilled == 0 {
+        failures.push("no missed aggTrade id was backfilled over REST".into());
+    }
+    if backfilled + r.abandoned_ids < skipped_ids {
+        failures.push(format!(
+            "{} missed ids were neither backfilled nor reported abandoned",
+            skipped_ids - backfilled - r.abandoned_ids
+        ));
+    }
+    let syncs = report.recovery_log.iter().filter(|o| matches!(o, RecoveryOutput::BookSynced { .. })).count();
+    let top = report.books.get("BTCUSDT");
+    println!(
+        "   order book BTCUSDT: synced {} time(s), {} resync(s), at the end best bid {} / best ask {}",
+        syncs,
+        r.book_resyncs,
+        top.and_then(|t| t.best_bid.as_ref()).map_or("-", |b| b.0.as_str()),
+        top.and_then(|t| t.best_ask.as_ref()).map_or("-", |a| a.0.as_str()),
+    );
+    if syncs == 0 {
+        failures.push("the BTCUSDT order book was never synced".into());
     }
     failures
 }

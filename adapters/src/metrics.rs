@@ -14,6 +14,7 @@ use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Method, Request, Response, StatusCode};
 use keel_core::patterns::PatternKind;
+use keel_core::recovery::RecoveryStats;
 use keel_core::stats::connection::ConnectionStats;
 use keel_core::stats::training::TrainingStats;
 use keel_core::time::Timestamp;
@@ -55,6 +56,7 @@ struct ConnectionSnapshot {
 #[derive(Debug, Default)]
 struct Shared {
     connection: Mutex<Option<ConnectionSnapshot>>,
+    recovery: Mutex<Option<RecoveryStats>>,
     training: Mutex<Option<TrainingSnapshot>>,
 }
 
@@ -80,6 +82,11 @@ impl Metrics {
     /// Publishes the connection's stats as of the machine time `now` (use `conn.stats_at(now)`).
     pub fn set_connection(&self, stats: ConnectionStats, now: Timestamp) {
         *lock(&self.shared.connection) = Some(ConnectionSnapshot { stats, now, taken: Instant::now() });
+    }
+
+    /// Publishes the zero-gap recovery's counters (backfill, books, REST).
+    pub fn set_recovery(&self, stats: RecoveryStats) {
+        *lock(&self.shared.recovery) = Some(stats);
     }
 
     /// Publishes the trainer's state.
@@ -137,6 +144,48 @@ fn family<'a, M: EncodeMetric>(
 
 fn secs(ms: u64) -> f64 {
     ms as f64 / 1000.0
+}
+
+fn encode_recovery(enc: &mut DescriptorEncoder, r: &RecoveryStats) -> std::fmt::Result {
+    counter(
+        enc,
+        "keel_backfilled_trades",
+        "aggTrades fetched over REST to close gaps, and delivered.",
+        r.backfilled_trades,
+    )?;
+    counter(enc, "keel_backfill_requests", "GET /api/v3/aggTrades requests sent.", r.backfill_requests)?;
+    counter(
+        enc,
+        "keel_backfill_abandoned_ids",
+        "aggTrade ids reported lost (REST gave up, Binance no longer had them, hold-back full, backfill off).",
+        r.abandoned_ids,
+    )?;
+    gauge(
+        enc,
+        "keel_backfill_held_events",
+        "Live aggTrades held back behind a gap being fetched.",
+        r.held_events as f64,
+    )?;
+    counter(enc, "keel_book_snapshots", "Order-book snapshots requested (GET /api/v3/depth).", r.book_snapshots)?;
+    counter(
+        enc,
+        "keel_book_resyncs",
+        "Order books discarded on a diff gap and resynced (one symbol each).",
+        r.book_resyncs,
+    )?;
+    counter(
+        enc,
+        "keel_rest_rate_limited",
+        "REST answers 429 or 418 (requests then wait Retry-After).",
+        r.rest_rate_limited,
+    )?;
+    counter(enc, "keel_rest_failures", "REST requests failed (network, other status, bad body).", r.rest_failures)?;
+    gauge(
+        enc,
+        "keel_rest_weight_used_last_minute",
+        "REST request weight spent in the last 60 s (Binance allows 6000 per IP).",
+        r.weight_used_last_minute as f64,
+    )
 }
 
 /// The error classes of `keel_core::classify::ErrorClass::name`, always exported (0 when unseen)
@@ -306,6 +355,9 @@ impl Collector for Metrics {
     fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
         if let Some(snap) = lock(&self.shared.connection).as_ref() {
             encode_connection(&mut enc, snap)?;
+        }
+        if let Some(r) = lock(&self.shared.recovery).as_ref() {
+            encode_recovery(&mut enc, r)?;
         }
         if let Some(t) = lock(&self.shared.training).as_ref() {
             encode_training(&mut enc, t)?;

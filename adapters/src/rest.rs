@@ -13,6 +13,7 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
 use keel_core::config::Config;
+use keel_core::rest::{RequestId, RestRequest, RestResponse};
 use smol::future::FutureExt;
 use std::future::Future;
 use std::time::Duration;
@@ -113,7 +114,8 @@ struct Conn {
 
 /// Host and port of an `https://` URL (no path, query or user info).
 pub fn parse_base(url: &str) -> Result<(String, u16), RestClientError> {
-    let bad = |why: &str| RestClientError::InvalidUrl { url: url.to_string(), why: why.to_string() };
+    // The URL may carry credentials (userinfo): only its redacted form goes into errors and logs.
+    let bad = |why: &str| RestClientError::InvalidUrl { url: keel_core::redact::redact_url(url), why: why.to_string() };
     let uri: hyper::Uri = url.parse().map_err(|e: hyper::http::uri::InvalidUri| bad(&e.to_string()))?;
     if uri.scheme_str() != Some("https") {
         return Err(bad("only https:// is supported (TLS is mandatory)"));
@@ -149,7 +151,7 @@ impl RestClient {
     ) -> Result<RestClient, RestClientError> {
         let (host, port) = parse_base(base_url)?;
         Ok(RestClient {
-            base: base_url.trim_end_matches('/').to_string(),
+            base: keel_core::redact::redact_url(base_url.trim_end_matches('/')),
             host,
             port,
             settings,
@@ -167,7 +169,7 @@ impl RestClient {
         RestClient::new(base_url, settings, handshake, DEFAULT_REQUEST_TIMEOUT)
     }
 
-    /// The base URL.
+    /// The base URL (redacted: for logs).
     pub fn base_url(&self) -> &str {
         &self.base
     }
@@ -278,6 +280,47 @@ impl RestClient {
             }
         };
         Ok(Reply { status, retry_after, used_weight, body: String::from_utf8_lossy(&body).into_owned() })
+    }
+}
+
+impl RestClient {
+    /// Makes the core's request and returns what was seen, as the core wants it (never an error:
+    /// a failure is [`RestResponse::Failed`] with the reason as text).
+    pub async fn send(&mut self, request: &RestRequest) -> RestResponse {
+        match self.get(&request.path()).await {
+            Ok(r) => RestResponse::Http { status: r.status, retry_after: r.retry_after, body: r.body },
+            Err(e) => RestResponse::Failed { error: e.to_string() },
+        }
+    }
+}
+
+/// Runs `client` as a task: each `(id, request)` received is sent (one at a time, on the one kept
+/// connection) and `(id, response)` goes back, until either channel closes.
+pub async fn worker(
+    mut client: RestClient,
+    requests: smol::channel::Receiver<(RequestId, RestRequest)>,
+    responses: smol::channel::Sender<(RequestId, RestResponse)>,
+) {
+    while let Ok((id, request)) = requests.recv().await {
+        let started = std::time::Instant::now();
+        let response = client.send(&request).await;
+        match &response {
+            RestResponse::Http { status, retry_after, body } => tracing::debug!(
+                request = %id,
+                path = %request.path(),
+                status,
+                retry_after_s = retry_after.map(|d| d.as_secs()),
+                bytes = body.len(),
+                ms = started.elapsed().as_millis() as u64,
+                "rest: answered"
+            ),
+            RestResponse::Failed { error } => {
+                tracing::warn!(request = %id, path = %request.path(), "rest: request failed: {error}")
+            }
+        }
+        if responses.send((id, response)).await.is_err() {
+            return;
+        }
     }
 }
 

@@ -52,6 +52,8 @@ fn stream_connection_lines_carry_conn_state_attempt_and_class() {
     ex.write_ca(&dir.join("ca.pem")).unwrap();
     let mut cfg = Config::default();
     cfg.stream.url = ex.url();
+    // The reset's gap is backfilled from the exchange's REST API (never from the real Binance).
+    cfg.rest.url = ex.rest_url();
     cfg.stream.streams = vec!["btcusdt@aggTrade".into()];
     cfg.stream.out_dir = dir.join("data").display().to_string();
     cfg.tls.ca_file = Some(dir.join("ca.pem").display().to_string());

@@ -24,7 +24,9 @@ use keel_core::classify::{ErrorClass, TransportError, classify_error};
 use keel_core::config::Config;
 use keel_core::connection::{Connection, Event, GiveUp, Input, Output, TransportId, WsMessage};
 use keel_core::gaps::Gap;
+use keel_core::recovery::{Recovery, RecoveryOutput, RecoveryStats};
 use keel_core::redact::redact_url;
+use keel_core::rest::{RequestId, RestRequest, RestResponse};
 use keel_core::stats::connection::ConnectionStats;
 use keel_core::time::Timestamp;
 use keel_core::trace::{TraceRecord, TracedConnection};
@@ -108,6 +110,36 @@ pub struct StreamReport {
     pub cause: StopCause,
     /// Wall time of the run.
     pub elapsed: Duration,
+    /// The zero-gap recovery's counters at the end (backfill, books, REST).
+    pub recovery: RecoveryStats,
+    /// What the recovery reported, in order: every Backfilled, Abandoned, BookSynced and BookResync.
+    pub recovery_log: Vec<RecoveryOutput>,
+    /// Events passed on that were fetched over REST (recorded like live ones), per stream.
+    pub backfilled_events: BTreeMap<String, u64>,
+    /// Best bid and ask (price, quantity as text) of each synced book at the end, by symbol.
+    pub books: BTreeMap<String, BookTop>,
+}
+
+/// The top of one synced order book.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BookTop {
+    /// `lastUpdateId` of the last diff applied.
+    pub last_update_id: u64,
+    /// Best bid (price, quantity).
+    pub best_bid: Option<(String, String)>,
+    /// Best ask (price, quantity).
+    pub best_ask: Option<(String, String)>,
+}
+
+impl StreamReport {
+    /// `--stats-json`: the connection's counters (top level, as before) plus `"recovery"`.
+    pub fn stats_json(&self) -> String {
+        let mut v = serde_json::to_value(&self.stats).unwrap_or(serde_json::Value::Null);
+        if let (Some(o), Ok(r)) = (v.as_object_mut(), serde_json::to_value(&self.recovery)) {
+            o.insert("recovery".into(), r);
+        }
+        serde_json::to_string_pretty(&v).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    }
 }
 
 /// A run that could not start or could not write.
@@ -122,6 +154,9 @@ pub enum StreamError {
     /// Recording failed (disk full, permissions).
     #[error(transparent)]
     Recorder(#[from] RecorderError),
+    /// The REST client cannot be built (bad `rest.url`, unusable TLS settings).
+    #[error(transparent)]
+    Rest(#[from] crate::rest::RestClientError),
     /// The trace file could not be written.
     #[error("cannot write the trace file {path}: {source}")]
     Trace {
@@ -222,7 +257,31 @@ pub async fn stream(cfg: Config, opts: StreamOptions) -> Result<StreamReport, St
         gave_up: None,
         cause: StopCause::Signal,
         elapsed: Duration::ZERO,
+        recovery: RecoveryStats::default(),
+        recovery_log: Vec::new(),
+        backfilled_events: BTreeMap::new(),
+        books: BTreeMap::new(),
     };
+    // Zero gap: every market event and gap goes through the recovery machine; its REST requests go
+    // to one worker task holding one kept-alive HTTPS connection (opened on the first request).
+    let mut recovery = Recovery::new(&cfg, now());
+    let rest_client = crate::rest::RestClient::new(
+        &cfg.rest.url,
+        settings.clone(),
+        Duration::from_millis(cfg.tls.handshake_timeout_ms),
+        crate::rest::DEFAULT_REQUEST_TIMEOUT,
+    )?;
+    let (rest_tx, rest_requests) = smol::channel::unbounded::<(RequestId, RestRequest)>();
+    let (rest_responses, rest_rx) = smol::channel::unbounded::<(RequestId, RestResponse)>();
+    let _rest_task = smol::spawn(crate::rest::worker(rest_client, rest_requests, rest_responses));
+    let book_symbols: Vec<String> = cfg
+        .stream
+        .streams
+        .iter()
+        .filter(|s| s.contains("@depth"))
+        .filter_map(|s| s.split('@').next())
+        .map(str::to_ascii_uppercase)
+        .collect();
     let end_at = opts.duration.map(|d| start + d);
     let mut stopping: Option<Instant> = None;
     let mut next_flush = start + Duration::from_secs(1);
@@ -269,17 +328,10 @@ pub async fn stream(cfg: Config, opts: StreamOptions) -> Result<StreamReport, St
                         }));
                     }
                 }
-                Output::Event(ev) => {
-                    if let Event::Market { stream, event, .. } = &ev {
-                        total_market += 1;
-                        *report.market_events.entry(stream.clone()).or_default() += 1;
-                        if let Some(r) = recorder.as_mut() {
-                            r.record(stream, event, wall_ms())?;
-                        }
-                    } else {
-                        log_event(&ev, machine.conn(), &mut report);
-                    }
+                Output::Event(Event::Market { stream, event, .. }) => {
+                    recovery.handle_event(&stream, event, now());
                 }
+                Output::Event(ev) => log_event(&ev, machine.conn(), &mut report),
                 Output::Gap(g) => {
                     let c = machine.conn();
                     tracing::warn!(
@@ -294,6 +346,7 @@ pub async fn stream(cfg: Config, opts: StreamOptions) -> Result<StreamReport, St
                         kind = ?g.kind,
                         "gap: ids missing on the stream"
                     );
+                    recovery.handle_gap(&g, now());
                     report.gaps.push(g);
                 }
                 Output::GaveUp(g) => {
@@ -308,6 +361,29 @@ pub async fn stream(cfg: Config, opts: StreamOptions) -> Result<StreamReport, St
                         g.reason
                     );
                     report.gave_up = Some(g);
+                }
+            }
+        }
+        // 1b. What the recovery asks (REST requests) and passes on (events in order, reports).
+        while let Some(req) = recovery.poll_request(now()) {
+            tracing::debug!(request = %req.0, path = %req.1.path(), weight = req.1.weight(), "rest: requesting");
+            let _ = rest_tx.try_send(req);
+        }
+        while let Some(out) = recovery.poll_output() {
+            match out {
+                RecoveryOutput::Deliver { stream, event, backfilled } => {
+                    total_market += 1;
+                    *report.market_events.entry(stream.clone()).or_default() += 1;
+                    if backfilled {
+                        *report.backfilled_events.entry(stream.clone()).or_default() += 1;
+                    }
+                    if let Some(r) = recorder.as_mut() {
+                        r.record(&stream, &event, wall_ms())?;
+                    }
+                }
+                other => {
+                    log_recovery(&other);
+                    report.recovery_log.push(other);
                 }
             }
         }
@@ -328,36 +404,49 @@ pub async fn stream(cfg: Config, opts: StreamOptions) -> Result<StreamReport, St
 
         // 2. Sleep until something happens.
         let core_at = machine.conn().poll_timeout().map(|t| start + Duration::from_millis(t.as_millis()));
+        let recovery_at = recovery.poll_timeout().map(|t| start + Duration::from_millis(t.as_millis()));
         let mut wake_at = next_flush.min(next_status);
         if let Some(t) = core_at {
+            wake_at = wake_at.min(t);
+        }
+        if let Some(t) = recovery_at {
             wake_at = wake_at.min(t);
         }
         if let (Some(e), None) = (end_at, stopping) {
             wake_at = wake_at.min(e);
         }
         enum Wake {
+            Rest((RequestId, RestResponse)),
             Transport(Option<(TransportId, TransportEvent)>),
             Timer,
             Stop,
         }
-        let wake = async { Wake::Transport(events_rx.recv().await.ok()) }
-            .or(async {
-                smol::Timer::at(wake_at).await;
-                Wake::Timer
-            })
-            .or(async {
-                match (&stop_rx, stopping) {
-                    (Some(rx), None) => {
-                        let _ = rx.recv().await;
-                        Wake::Stop
-                    }
-                    _ => std::future::pending().await,
+        // REST answers first: they are rare, and a busy feed must not starve them.
+        let wake = async {
+            match rest_rx.recv().await {
+                Ok(r) => Wake::Rest(r),
+                Err(_) => std::future::pending().await,
+            }
+        }
+        .or(async { Wake::Transport(events_rx.recv().await.ok()) })
+        .or(async {
+            smol::Timer::at(wake_at).await;
+            Wake::Timer
+        })
+        .or(async {
+            match (&stop_rx, stopping) {
+                (Some(rx), None) => {
+                    let _ = rx.recv().await;
+                    Wake::Stop
                 }
-            })
-            .await;
+                _ => std::future::pending().await,
+            }
+        })
+        .await;
 
         // 3. Feed what happened.
         match wake {
+            Wake::Rest((id, response)) => recovery.handle_response(id, response, now()),
             Wake::Transport(Some((id, ev))) => {
                 let input = match ev {
                     TransportEvent::Opened => Input::Opened { id },
@@ -408,6 +497,9 @@ pub async fn stream(cfg: Config, opts: StreamOptions) -> Result<StreamReport, St
                 if core_at.is_some_and(|c| t >= c) {
                     machine.handle_timeout(now());
                 }
+                if recovery_at.is_some_and(|c| t >= c) {
+                    recovery.handle_timeout(now());
+                }
                 if t >= next_flush {
                     next_flush = t + Duration::from_secs(1);
                     if let Some(r) = recorder.as_mut() {
@@ -416,6 +508,7 @@ pub async fn stream(cfg: Config, opts: StreamOptions) -> Result<StreamReport, St
                     machine.flush_trace()?;
                     if let Some(m) = &opts.metrics {
                         m.set_connection(machine.conn().stats_at(now()), now());
+                        m.set_recovery(recovery.stats().clone());
                     }
                 }
                 if t >= next_status {
@@ -423,17 +516,26 @@ pub async fn stream(cfg: Config, opts: StreamOptions) -> Result<StreamReport, St
                     let stats = machine.conn().stats();
                     let rate = (stats.messages - last_status.1) as f64 / t.duration_since(last_status.0).as_secs_f64();
                     last_status = (t, stats.messages);
-                    let line = format!(
-                        "keel stream: {} | {:.0} msg/s | {} events | {} reconnects | {} gaps ({} ids) | {} malformed | last error: {}",
+                    let rs = recovery.stats();
+                    let mut line = format!(
+                        "keel stream: {} | {:.0} msg/s | {} events | {} reconnects | {} gaps ({} ids) | {} backfilled, {} abandoned, {} held | {} malformed | last error: {}",
                         if machine.conn().is_live() { "live" } else { "down" },
                         rate,
                         stats.market_events,
                         stats.reconnects,
                         stats.gaps,
                         stats.missing_ids,
+                        rs.backfilled_trades,
+                        rs.abandoned_ids,
+                        rs.held_events,
                         stats.malformed_frames,
                         stats.last_error.as_deref().unwrap_or("none")
                     );
+                    for (symbol, top) in book_tops(&recovery, &book_symbols) {
+                        let side =
+                            |s: &Option<(String, String)>| s.as_ref().map_or("-".to_string(), |(p, _)| p.clone());
+                        line.push_str(&format!(" | {symbol} {} / {}", side(&top.best_bid), side(&top.best_ask)));
+                    }
                     if terminal {
                         eprintln!("{line}");
                     } else {
@@ -465,6 +567,11 @@ pub async fn stream(cfg: Config, opts: StreamOptions) -> Result<StreamReport, St
     machine.write_trace()?;
     machine.flush_trace()?;
     report.stats = machine.conn().stats().clone();
+    report.recovery = recovery.stats().clone();
+    report.books = book_tops(&recovery, &book_symbols);
+    if let Some(m) = &opts.metrics {
+        m.set_recovery(report.recovery.clone());
+    }
     if let Some(m) = &opts.metrics {
         m.set_connection(report.stats.clone(), now());
     }
@@ -479,6 +586,50 @@ fn conn_name(id: Option<TransportId>) -> String {
 
 /// Logs a core event with the fields every connection line carries: `conn`, `state` and `attempt`
 /// (the machine's, after the event; `waiting`: the next attempt), `class` (`none` without an error).
+/// Best bid/ask of every synced book among `symbols`.
+fn book_tops(recovery: &Recovery, symbols: &[String]) -> BTreeMap<String, BookTop> {
+    let text = |l: Option<(keel_core::protocol::Decimal, keel_core::protocol::Decimal)>| {
+        l.map(|(p, q)| (p.to_string(), q.to_string()))
+    };
+    symbols
+        .iter()
+        .filter_map(|s| {
+            let b = recovery.book(s)?;
+            Some((
+                s.clone(),
+                BookTop {
+                    last_update_id: b.last_update_id(),
+                    best_bid: text(b.best_bid()),
+                    best_ask: text(b.best_ask()),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Logs what the recovery reports (Deliver is recorded, not logged).
+fn log_recovery(out: &RecoveryOutput) {
+    match out {
+        RecoveryOutput::Deliver { .. } => {}
+        RecoveryOutput::Backfilled { stream, first, last, count } => {
+            tracing::info!(%stream, first, last, count, "backfilled: gap closed over REST")
+        }
+        RecoveryOutput::Abandoned { stream, first, last, reason } => tracing::warn!(
+            %stream,
+            first,
+            last,
+            lost = last - first + 1,
+            "abandoned: aggTrade ids lost: {reason}"
+        ),
+        RecoveryOutput::BookSynced { symbol, last_update_id } => {
+            tracing::info!(%symbol, last_update_id, "book synced from a snapshot")
+        }
+        RecoveryOutput::BookResync { symbol, reason } => {
+            tracing::warn!(%symbol, "book discarded, resyncing this symbol: {reason}")
+        }
+    }
+}
+
 fn log_event(ev: &Event, c: &Connection, report: &mut StreamReport) {
     let (state, attempt, current) = (c.state_name(), c.attempt(), conn_name(c.current_transport()));
     match ev {
@@ -533,6 +684,10 @@ pub struct StreamArgs {
     /// Streams, comma-separated (e.g. `btcusdt@aggTrade,btcusdt@kline_1m`).
     #[arg(long, value_delimiter = ',')]
     pub streams: Option<Vec<String>>,
+    /// REST base URL (`https://host[:port]`) for backfill and book snapshots (rest.url), e.g. the
+    /// embedded exchange's.
+    #[arg(long)]
+    pub rest_url: Option<String>,
     /// An extra trusted root certificate (PEM), e.g. the embedded exchange's `ca.pem`.
     #[arg(long)]
     pub ca_file: Option<PathBuf>,
@@ -574,6 +729,9 @@ pub fn config_from_args(args: &StreamArgs) -> anyhow::Result<Config> {
     if let Some(s) = &args.streams {
         cfg.stream.streams = s.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
     }
+    if let Some(u) = &args.rest_url {
+        cfg.rest.url = u.trim_end_matches('/').to_string();
+    }
     if let Some(c) = &args.ca_file {
         cfg.tls.ca_file = Some(c.display().to_string());
     }
@@ -612,8 +770,7 @@ pub fn run(args: StreamArgs) -> anyhow::Result<ExitCode> {
     tracing::info!(url = redact_url(&cfg.stream.url), streams = ?cfg.stream.streams, out = %cfg.stream.out_dir, "keel stream starting");
     let report = smol::block_on(stream(cfg, opts))?;
     if let Some(p) = &args.stats_json {
-        std::fs::write(p, report.stats.to_json())
-            .with_context(|| format!("cannot write --stats-json {}", p.display()))?;
+        std::fs::write(p, report.stats_json()).with_context(|| format!("cannot write --stats-json {}", p.display()))?;
     }
     let s = &report.stats;
     eprintln!(
