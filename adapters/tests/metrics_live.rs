@@ -117,6 +117,8 @@ fn a_running_stream_is_scraped_with_real_values_and_counts_the_reset() {
     ex.write_ca(&dir.join("ca.pem")).unwrap();
     let mut cfg = Config::default();
     cfg.stream.url = ex.url();
+    // The reset's gap is backfilled from the exchange's REST API (never from the real Binance).
+    cfg.rest.url = ex.rest_url();
     cfg.stream.streams = vec![AGG.into()];
     cfg.tls.ca_file = Some(dir.join("ca.pem").display().to_string());
     cfg.reconnect.initial_delay_ms = 50;
@@ -143,6 +145,10 @@ fn a_running_stream_is_scraped_with_real_values_and_counts_the_reset() {
     assert!(value(&s, "keel_connection_failures_total", Some(("class", "transient"))).unwrap() >= 1.0);
     assert_eq!(value(&s, "keel_connection_failures_total", Some(("class", "fatal"))), Some(0.0));
     assert!(value(&s, "keel_connection_errors_total", Some(("error", "reset"))).unwrap() >= 1.0);
+    // The ids lost in the reset were fetched over REST (zero gap), and the metrics say so.
+    scrape_until(addr, Duration::from_secs(4), "the reset's gap backfilled", |s| {
+        value(s, "keel_backfilled_trades_total", None).is_some_and(|v| v >= 1.0)
+    });
     // Still running and live: the counters keep moving between scrapes.
     let before = value(&s, "keel_connection_market_events_total", None).unwrap();
     scrape_until(addr, Duration::from_secs(3), "market events advancing", |s| {
