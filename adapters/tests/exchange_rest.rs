@@ -243,7 +243,8 @@ fn drop_depth_fault_leaves_a_gap_of_exactly_that_diff() {
     let ex = start(ExchangeConfig::default());
     ex.fault_next(vec![Fault::DropDepth { after: 6 }]);
     smol::block_on(async {
-        let mut w = ws(&ex, "btcusdt@depth/ethusdt@depth").await;
+        // Binance's update-speed spelling gets the same diffs under its own name.
+        let mut w = ws(&ex, "btcusdt@depth@100ms/ethusdt@depth").await;
         let mut last: BTreeMap<String, u64> = BTreeMap::new();
         let mut gaps = Vec::new();
         for _ in 0..30 {
@@ -254,6 +255,7 @@ fn drop_depth_fault_leaves_a_gap_of_exactly_that_diff() {
             }
             last.insert(stream, hi);
         }
+        assert_eq!(last.keys().collect::<Vec<_>>(), ["btcusdt@depth@100ms", "ethusdt@depth"]);
         let dropped = ex.connections()[0].dropped_depth.clone();
         assert_eq!(dropped.len(), 1);
         assert_eq!(gaps, dropped);

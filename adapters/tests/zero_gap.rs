@@ -126,7 +126,7 @@ fn a_reset_mid_stream_is_backfilled() {
 fn a_dropped_depth_diff_resyncs_that_symbol_alone() {
     let ex = exchange(20, FaultPlan::default().on(0, Fault::DropDepth { after: 40 }));
     let dir = tmp("depth");
-    let report = run(config(&ex, &dir, &["btcusdt@depth", "ethusdt@depth"]), 2_500);
+    let report = run(config(&ex, &dir, &["btcusdt@depth@100ms", "ethusdt@depth"]), 2_500);
     let dropped = ex.connections()[0].dropped_depth.clone();
     assert_eq!(dropped.len(), 1, "{dropped:?}");
     let hit = dropped[0].0.split('@').next().unwrap().to_ascii_uppercase();

@@ -522,10 +522,28 @@ where
             }
             Wake::Chan(Some(ConnMsg::Batch(batch))) => {
                 for p in batch.iter() {
-                    if !conn.subs.contains(&p.stream) {
+                    // The market makes one diff stream per symbol; `@depth@100ms` and `@depth@1000ms`
+                    // subscribers get it under their own name (Binance's update speeds).
+                    let relabeled;
+                    let p = if conn.subs.contains(&p.stream) {
+                        p
+                    } else if let Some(name) = p
+                        .stream
+                        .ends_with("@depth")
+                        .then(|| {
+                            ["@100ms", "@1000ms"]
+                                .iter()
+                                .map(|v| format!("{}{v}", p.stream))
+                                .find(|n| conn.subs.contains(n))
+                        })
+                        .flatten()
+                    {
+                        relabeled = Produced { stream: name, ..p.clone() };
+                        &relabeled
+                    } else {
                         continue;
-                    }
-                    if p.stream.ends_with("@depth") && armed.drop_depth_at.is_some_and(|n| conn.sent >= n) {
+                    };
+                    if p.stream.contains("@depth") && armed.drop_depth_at.is_some_and(|n| conn.sent >= n) {
                         armed.drop_depth_at = None;
                         if let (Some((lo, hi)), Some(info)) = (p.seq, lock(&shared.log).connections.get_mut(&conn.k)) {
                             info.dropped_depth.push((p.stream.clone(), lo, hi));

@@ -773,14 +773,18 @@ pub fn run(args: StreamArgs) -> anyhow::Result<ExitCode> {
         std::fs::write(p, report.stats_json()).with_context(|| format!("cannot write --stats-json {}", p.display()))?;
     }
     let s = &report.stats;
+    let r = &report.recovery;
     eprintln!(
-        "keel stream: {} market events, {} rows in {} files, {} reconnects, {} gaps ({} ids missing), {} malformed, {:.1}s",
+        "keel stream: {} market events, {} rows in {} files, {} reconnects, {} gaps ({} ids missing: {} backfilled over REST, {} abandoned), {} book resyncs, {} malformed, {:.1}s",
         s.market_events,
         report.rows_written,
         report.files.len(),
         s.reconnects,
         s.gaps,
         s.missing_ids,
+        r.backfilled_trades,
+        r.abandoned_ids,
+        r.book_resyncs,
         s.malformed_frames,
         report.elapsed.as_secs_f64()
     );
