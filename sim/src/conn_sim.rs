@@ -21,8 +21,8 @@ use crate::scaler_sim::mix;
 use keel_core::classify::{ErrorClass, classify_error};
 use keel_core::connection::{Connection, Event, Input, Output, StopReason, TransportId, WsMessage};
 use keel_core::gaps::{GapKind, Sequence};
-use keel_core::protocol::MarketEvent;
-use keel_core::recovery::{Recovery, RecoveryOutput};
+use keel_core::protocol::{Decimal, MarketEvent};
+use keel_core::recovery::{OrderBook, Recovery, RecoveryOutput};
 use keel_core::time::Timestamp;
 use keel_core::trace::TraceRecord;
 use std::collections::{BTreeMap, VecDeque};
@@ -76,6 +76,10 @@ pub struct ConnSummary {
     pub abandoned_ids: u64,
     /// REST answers by kind, as `kind=count`.
     pub rest: String,
+    /// Order books synced (first syncs and resyncs).
+    pub book_syncs: u64,
+    /// Order books discarded for a diff gap.
+    pub book_resyncs: u64,
 }
 
 /// What the checker remembers of the recovery machine (issue 9): per aggTrade stream, the last id
@@ -85,6 +89,8 @@ pub struct ConnSummary {
 struct RecCheck {
     end: BTreeMap<String, u64>,
     live: BTreeMap<String, u64>,
+    /// Per depth symbol: the book's update id last compared with the model (`None`: not synced).
+    book: BTreeMap<String, Option<u64>>,
 }
 
 /// The client's-eye state of one transport.
@@ -524,6 +530,15 @@ impl<'p> ConnSim<'p> {
                     self.summary.abandoned_ids += last - first + 1;
                     (stream, first, last)
                 }
+                RecoveryOutput::BookSynced { .. } => {
+                    self.summary.book_syncs += 1;
+                    continue;
+                }
+                RecoveryOutput::BookResync { symbol, reason } => {
+                    self.note(|| format!("book resync {symbol}: {reason}"));
+                    self.summary.book_resyncs += 1;
+                    continue;
+                }
                 RecoveryOutput::Backfilled { first, last, count, stream } => {
                     if count > last - first + 1 {
                         return Err(self.fail(format!("Backfilled {first}..={last} on {stream}: {count} trades")));
@@ -545,10 +560,35 @@ impl<'p> ConnSim<'p> {
                 }
             }
         }
+        self.check_books()?;
         if let Some(due) = self.rec.poll_timeout()
             && due < t
         {
             return Err(self.fail(format!("Recovery::poll_timeout() {due} is past and nothing is due (a busy loop)")));
+        }
+        Ok(())
+    }
+
+    /// Whenever a book is synced, it equals the model's book at the book's update id.
+    fn check_books(&mut self) -> Result<(), ConnFailure> {
+        for (symbol, checked) in self.rc.book.iter_mut() {
+            let Some(book) = self.rec.book(symbol) else {
+                *checked = None;
+                continue;
+            };
+            let id = book.last_update_id();
+            if *checked == Some(id) {
+                continue;
+            }
+            let model = self.net.depth_model(symbol).and_then(|m| m.at(id));
+            if let Some(state) = model
+                && same_book(book, state)
+            {
+                *checked = Some(id);
+                continue;
+            }
+            let msg = format!("book of {symbol} at update id {id} is {book:?}, the model's is {model:?}");
+            return Err(self.fail(msg));
         }
         Ok(())
     }
@@ -574,6 +614,11 @@ impl<'p> ConnSim<'p> {
                 self.rest.pending(),
                 self.rec.stats()
             )));
+        }
+        for (symbol, synced) in &self.rc.book {
+            if synced.is_none() {
+                return Err(self.fail(format!("the book of {symbol} is not synced at the end")));
+            }
         }
         for (stream, &live) in &self.rc.live {
             if self.rc.end.get(stream) != Some(&live) {
@@ -650,6 +695,11 @@ impl<'p> ConnSim<'p> {
             }
             Output::Event(event) => {
                 if let Event::Market { stream, event, .. } = &event {
+                    if let MarketEvent::Depth(d) = event
+                        && !self.rc.book.contains_key(&d.symbol)
+                    {
+                        self.rc.book.insert(d.symbol.clone(), None);
+                    }
                     if let MarketEvent::AggTrade(trade) = event {
                         match self.rc.live.get_mut(stream) {
                             Some(live) => *live = trade.agg_id,
@@ -955,6 +1005,17 @@ impl<'p> ConnSim<'p> {
         s.rest = self.rest.answers.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
         Ok(s)
     }
+}
+
+/// Whether `book` has exactly the model's levels (prices and quantities as the exchange writes them).
+fn same_book(book: &OrderBook, model: &crate::exchange::BookState) -> bool {
+    let price = |ask: bool, level: u64| {
+        Decimal::new(u128::from(if ask { 30_000 + level } else { 30_000 - level }) * 100, 2, false)
+    };
+    let qty = |q: u64| Decimal::new(u128::from(q), 3, false);
+    let bids = model.bids.iter().map(|(&l, &q)| (price(false, l), qty(q)));
+    let asks = model.asks.iter().map(|(&l, &q)| (price(true, l), qty(q)));
+    book.bids().map(|(p, q)| (Some(p), Some(q))).eq(bids) && book.asks().map(|(p, q)| (Some(p), Some(q))).eq(asks)
 }
 
 /// Folds an output into the run's hash: its kind, transport, time and sequence number (cheap

@@ -4,6 +4,13 @@
 //! aggTrade ids advance with market time whether or not anyone is connected (that is what makes a
 //! reconnect show a gap), and every field of a trade is a pure function of its id, so the checker
 //! can verify a delivered event without storing what was sent.
+//!
+//! A depth stream (`<symbol>@depth@100ms`) keeps a model order book: each diff (continuous `U`/`u`)
+//! sets a few levels, its content a pure function of its update id; the book's recent states are
+//! kept by update id so that the checker can compare the client's book with the model's at the
+//! client's `last_update_id`, and REST snapshots are served from the current state.
+
+use std::collections::{BTreeMap, VecDeque};
 
 /// What a market stream produces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -12,6 +19,117 @@ pub enum StreamKind {
     AggTrade,
     /// `<symbol>@kline_1m`: unsequenced.
     Kline,
+    /// `<symbol>@depth` / `@depth@100ms`: diffs of the model book, sequenced by `U`/`u`.
+    Depth,
+}
+
+/// Model book states kept for the checker (the client's book is at most a few diffs behind).
+pub const BOOK_HISTORY: usize = 256;
+
+/// A model order book: level -> quantity in thousandths. Bid level `i` is price `30000 - i`, ask
+/// level `i` is `30000 + i` (1..=10 each side).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BookState {
+    /// Bid levels.
+    pub bids: BTreeMap<u64, u64>,
+    /// Ask levels.
+    pub asks: BTreeMap<u64, u64>,
+}
+
+/// Price text of bid (`ask == false`) or ask level `level`.
+pub fn level_price(ask: bool, level: u64) -> String {
+    format!("{}.00", if ask { 30_000 + level } else { 30_000 - level })
+}
+
+/// Quantity text of `q` thousandths (0 removes the level).
+pub fn level_qty(q: u64) -> String {
+    format!("{}.{:03}", q / 1000, q % 1000)
+}
+
+/// The model book of one depth stream and its recent history.
+#[derive(Debug, Clone)]
+pub struct DepthModel {
+    /// `u` of the last diff (the book's update id).
+    pub last_id: u64,
+    /// The current book.
+    pub state: BookState,
+    /// `(update id, book)` of the last [`BOOK_HISTORY`] states.
+    pub history: VecDeque<(u64, BookState)>,
+}
+
+fn mix64(mut x: u64) -> u64 {
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^ (x >> 33)
+}
+
+impl DepthModel {
+    fn new(first_id: u64) -> DepthModel {
+        let mut state = BookState::default();
+        for level in 1..=5 {
+            state.bids.insert(level, 100 * level);
+            state.asks.insert(level, 90 * level);
+        }
+        let mut history = VecDeque::new();
+        history.push_back((first_id, state.clone()));
+        DepthModel { last_id: first_id, state, history }
+    }
+
+    /// The next diff: `(U, u, bid changes, ask changes)`, applied to the model.
+    #[allow(clippy::type_complexity)]
+    fn step(&mut self) -> (u64, u64, Vec<(u64, u64)>, Vec<(u64, u64)>) {
+        let first = self.last_id + 1;
+        let h = mix64(first);
+        let last = first + h % 3; // one diff may cover several update ids
+        let (mut bids, mut asks) = (Vec::new(), Vec::new());
+        for k in 0..1 + (h >> 2) % 3 {
+            let r = mix64(h ^ (k + 1));
+            let ask = r & 1 == 1;
+            let level = 1 + (r >> 1) % 10;
+            let q = if (r >> 8).is_multiple_of(4) { 0 } else { 1 + (r >> 12) % 5_000 };
+            let (side, list) = if ask { (&mut self.state.asks, &mut asks) } else { (&mut self.state.bids, &mut bids) };
+            if q == 0 {
+                side.remove(&level);
+            } else {
+                side.insert(level, q);
+            }
+            list.retain(|&(l, _)| l != level);
+            list.push((level, q));
+        }
+        self.last_id = last;
+        if self.history.len() == BOOK_HISTORY {
+            self.history.pop_front();
+        }
+        self.history.push_back((last, self.state.clone()));
+        (first, last, bids, asks)
+    }
+
+    /// The book as it was at update id `id`, if still in the history.
+    pub fn at(&self, id: u64) -> Option<&BookState> {
+        let i = self.history.partition_point(|(u, _)| *u < id);
+        self.history.get(i).filter(|(u, _)| *u == id).map(|(_, b)| b)
+    }
+
+    /// The `/api/v3/depth` body of the current book (best levels first).
+    pub fn snapshot_body(&self) -> String {
+        self.state.body(self.last_id)
+    }
+}
+
+impl BookState {
+    /// The `/api/v3/depth` body of this book at update id `id` (best levels first).
+    pub fn body(&self, id: u64) -> String {
+        let side = |ask: bool, levels: &BTreeMap<u64, u64>| {
+            levels
+                .iter()
+                .map(|(&l, &q)| format!(r#"["{}","{}"]"#, level_price(ask, l), level_qty(q)))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        format!(r#"{{"lastUpdateId":{},"bids":[{}],"asks":[{}]}}"#, id, side(false, &self.bids), side(true, &self.asks))
+    }
 }
 
 /// One stream of the model market.
@@ -29,6 +147,8 @@ pub struct Market {
     pub next_at: u64,
     /// No events before this (a quiet market).
     pub quiet_until: u64,
+    /// The model book of a depth stream.
+    pub book: Option<DepthModel>,
 }
 
 impl Market {
@@ -39,6 +159,7 @@ impl Market {
         let kind = match kind {
             "aggTrade" => StreamKind::AggTrade,
             "kline_1m" => StreamKind::Kline,
+            "depth" | "depth@100ms" => StreamKind::Depth,
             _ => return None,
         };
         Some(Market {
@@ -48,6 +169,7 @@ impl Market {
             next_id: first_id,
             next_at: first_at,
             quiet_until: 0,
+            book: (kind == StreamKind::Depth).then(|| DepthModel::new(first_id)),
         })
     }
 
@@ -84,6 +206,25 @@ impl Market {
                 push_u64(&mut f, epoch_ms);
                 f.push_str(if a.is_multiple_of(2) { r#","m":true,"M":true}}"# } else { r#","m":false,"M":true}}"# });
                 (f, Some(a))
+            }
+            StreamKind::Depth => {
+                let Some(book) = self.book.as_mut() else { return (String::new(), None) };
+                let (first, last, bids, asks) = book.step();
+                let side = |ask: bool, levels: &[(u64, u64)]| {
+                    levels
+                        .iter()
+                        .map(|&(l, q)| format!(r#"["{}","{}"]"#, level_price(ask, l), level_qty(q)))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                };
+                let frame = format!(
+                    r#"{{"stream":"{}","data":{{"e":"depthUpdate","E":{epoch_ms},"s":"{}","U":{first},"u":{last},"b":[{}],"a":[{}]}}}}"#,
+                    self.stream,
+                    self.symbol,
+                    side(false, &bids),
+                    side(true, &asks)
+                );
+                (frame, Some(last))
             }
             StreamKind::Kline => {
                 let open = epoch_ms / 60_000 * 60_000;
@@ -184,7 +325,28 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&f).unwrap();
         assert_eq!(v["data"]["k"]["t"], 120_000);
         assert_eq!(v["data"]["s"], "ETHUSDT");
-        assert!(Market::new("btcusdt@depth", 0, 0).is_none());
+        assert!(Market::new("btcusdt@depth5", 0, 0).is_none());
+    }
+
+    #[test]
+    fn depth_diffs_continue_and_rebuild_the_model_book() {
+        use keel_core::protocol::{Frame, MarketEvent, decode};
+        use keel_core::recovery::OrderBook;
+        let mut m = Market::new("btcusdt@depth@100ms", 1_000, 0).unwrap();
+        let first = keel_core::protocol::rest::decode_depth(&m.book.as_ref().unwrap().snapshot_body()).unwrap();
+        let mut book = OrderBook::from_snapshot(&first);
+        let mut prev = 1_000;
+        for i in 0..300 {
+            let (frame, id) = m.next_frame(i);
+            let Ok(Frame::Market { event: MarketEvent::Depth(d), .. }) = decode(&frame) else { panic!("{frame}") };
+            assert_eq!((d.first_update_id, Some(d.final_update_id)), (prev + 1, id));
+            prev = d.final_update_id;
+            book.apply(&d);
+            let model = m.book.as_ref().unwrap();
+            let snap = keel_core::protocol::rest::decode_depth(&model.snapshot_body()).unwrap();
+            assert_eq!(book, OrderBook::from_snapshot(&snap), "after diff {i}");
+            assert!(model.at(prev).is_some());
+        }
     }
 
     #[test]

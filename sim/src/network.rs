@@ -395,6 +395,11 @@ impl Network {
         self.ban_until
     }
 
+    /// The model book of the depth stream of `symbol` (upper case), if there is one.
+    pub fn depth_model(&self, symbol: &str) -> Option<&crate::exchange::DepthModel> {
+        self.markets.iter().find(|m| m.symbol == symbol && m.kind == StreamKind::Depth)?.book.as_ref()
+    }
+
     /// The id the next aggTrade of `stream` will get.
     pub fn next_agg_id(&self, stream: &str) -> Option<u64> {
         self.markets.iter().find(|m| m.stream == stream).map(|m| m.next_id)
@@ -561,7 +566,7 @@ impl Network {
             return;
         }
         let (frame, _) = m.next_frame(self.epoch_offset + at);
-        let sequenced = m.kind == StreamKind::AggTrade;
+        let sequenced = m.kind != StreamKind::Kline;
         let stream = m.stream.clone();
         let ids: Vec<Tid> = self
             .transports

@@ -280,6 +280,9 @@ impl FaultProfile {
         config.rest.url = "https://sim.invalid".to_string();
         config.rest.max_held_events = rest.max_held_events;
         config.rest.weight_per_minute = rest.weight_per_minute;
+        if rest.depth {
+            config.stream.streams.push("btcusdt@depth@100ms".to_string());
+        }
         FaultProfile {
             rest,
             seed,

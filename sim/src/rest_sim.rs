@@ -34,6 +34,8 @@ pub struct RestProfile {
     pub max_held_events: u32,
     /// `rest.weight_per_minute` of the client.
     pub weight_per_minute: u32,
+    /// Subscribe `btcusdt@depth@100ms` too (the recovery machine keeps its book).
+    pub depth: bool,
 }
 
 impl RestProfile {
@@ -51,7 +53,18 @@ impl RestProfile {
         let jitter_ms = [0, 20, 500, 10_000][rng.below(4) as usize];
         let max_held_events = [1, 3, 100, 100_000][rng.below(4) as usize];
         let weight_per_minute = [8, 40, 1_200, 6_000][rng.below(4) as usize];
-        RestProfile { latency_ms, jitter_ms, rate_limited, banned, failed, partial, max_held_events, weight_per_minute }
+        let depth = rng.chance(1, 3);
+        RestProfile {
+            latency_ms,
+            jitter_ms,
+            rate_limited,
+            banned,
+            failed,
+            partial,
+            max_held_events,
+            weight_per_minute,
+            depth,
+        }
     }
 }
 
@@ -185,7 +198,13 @@ impl RestModel {
                 let end = from_id.saturating_add(n).min(next);
                 http(200, None, agg_trades_body(*from_id..end))
             }
-            RestRequest::Depth { .. } => http(400, None, r#"{"code":-1121,"msg":"Invalid symbol."}"#.into()),
+            RestRequest::Depth { symbol, .. } => match net.depth_model(symbol) {
+                Some(model) => {
+                    self.count("ok");
+                    http(200, None, model.snapshot_body())
+                }
+                None => http(400, None, r#"{"code":-1121,"msg":"Invalid symbol."}"#.into()),
+            },
         }
     }
 }
