@@ -444,7 +444,11 @@ pub async fn stream(cfg: Config, opts: StreamOptions) -> Result<StreamReport, St
         })
         .await;
 
-        // 3. Feed what happened.
+        // 3. Feed what happened. The recovery's deadline (a Retry-After, the weight budget, a retry
+        // pause) is checked on every wake, so a busy feed cannot starve it behind transport events.
+        if recovery_at.is_some_and(|c| Instant::now() >= c) {
+            recovery.handle_timeout(now());
+        }
         match wake {
             Wake::Rest((id, response)) => recovery.handle_response(id, response, now()),
             Wake::Transport(Some((id, ev))) => {
@@ -496,9 +500,6 @@ pub async fn stream(cfg: Config, opts: StreamOptions) -> Result<StreamReport, St
                 let t = Instant::now();
                 if core_at.is_some_and(|c| t >= c) {
                     machine.handle_timeout(now());
-                }
-                if recovery_at.is_some_and(|c| t >= c) {
-                    recovery.handle_timeout(now());
                 }
                 if t >= next_flush {
                     next_flush = t + Duration::from_secs(1);
