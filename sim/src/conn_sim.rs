@@ -508,6 +508,24 @@ impl<'p> ConnSim<'p> {
             self.rest.send(id, request, now);
         }
         while let Some(out) = self.rec.poll_output() {
+            // The recovery machine's outputs go into the run's hash too (--check-determinism).
+            let (kind, a, b) = match &out {
+                RecoveryOutput::Deliver { event, backfilled, .. } => {
+                    let id = match event.sequence() {
+                        Sequence::AggTrade { id, .. } => id,
+                        Sequence::Depth { last, .. } => last,
+                        _ => event.event_time(),
+                    };
+                    (9, id, u64::from(*backfilled))
+                }
+                RecoveryOutput::Backfilled { first, last, .. } => (10, *first, *last),
+                RecoveryOutput::Abandoned { first, last, .. } => (11, *first, *last),
+                RecoveryOutput::BookSynced { last_update_id, .. } => (12, *last_update_id, 0),
+                RecoveryOutput::BookResync { .. } => (13, 0, 0),
+            };
+            for x in [now, kind, a, b] {
+                mix(&mut self.summary.hash, x);
+            }
             let (stream, first, last) = match out {
                 RecoveryOutput::Deliver { stream, event: MarketEvent::AggTrade(trade), backfilled } => {
                     let id = trade.agg_id;
