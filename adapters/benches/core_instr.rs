@@ -68,13 +68,13 @@ fn main() -> anyhow::Result<()> {
         "scaler_update" => {
             let mut s = LossScaler::new(&Config::default().scaler, 10_000_000);
             for i in 1..=n {
-                black_box(s.update(black_box(i.is_multiple_of(1000))));
+                let _ = black_box(s.update(black_box(i.is_multiple_of(1000))));
             }
         }
         "driver_step" => {
             let mut d = ScalerDriver::new(&Config::default().scaler, 10_000_000);
             for i in 1..=n {
-                black_box(d.step(i, black_box(i.is_multiple_of(1000)), Some(1.0)));
+                let _ = black_box(d.step(i, black_box(i.is_multiple_of(1000)), Some(1.0)));
             }
         }
         w => anyhow::bail!("unknown operation {w:?}: clone, decode, handle_input, scaler_update or driver_step"),
