@@ -38,12 +38,13 @@ def proc_cpu(pid):
 async def run(url, ca, frames):
     ctx = ssl.create_default_context(cafile=ca)
     n = nbytes = last = 0
+    id_key = "u" if "@depth" in url else "a"
     async with websockets.connect(url, ssl=ctx, max_size=None, max_queue=MAX_QUEUE) as ws:
         async for msg in ws:
             nbytes += len(msg)
             data = json.loads(msg)["data"]
-            i = data.get("a", data.get("u", 0))
-            if last and i <= last:
+            i = data[id_key]  # aggTrade: a; depth: u (its "a" is the asks)
+            if i <= last:
                 raise SystemExit(f"ids went backwards: {last} then {i}")
             last = i
             n += 1

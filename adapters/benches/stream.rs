@@ -79,6 +79,7 @@ async fn bare(url: &str, ca_pem: &[u8], frames: u64, parse: bool) -> anyhow::Res
     let tls = connector.connect("localhost", tcp).await?;
     let (mut ws, _) = async_tungstenite::client_async(url, tls).await?;
     let (mut n, mut bytes, mut last_id) = (0u64, 0u64, 0u64);
+    let id_key = if url.contains("@depth") { "u" } else { "a" };
     while n < frames {
         match ws.next().await {
             Some(Ok(Message::Text(t))) => {
@@ -86,8 +87,10 @@ async fn bare(url: &str, ca_pem: &[u8], frames: u64, parse: bool) -> anyhow::Res
                 if parse {
                     let v: serde_json::Value = serde_json::from_str(t.as_str())?;
                     let data = &v["data"];
-                    let id = data.get("a").or_else(|| data.get("u")).and_then(serde_json::Value::as_u64).unwrap_or(0);
-                    anyhow::ensure!(id > last_id || last_id == 0, "ids went backwards: {last_id} then {id}");
+                    // aggTrade: `a`; depth: `u` (its `a` is the asks).
+                    let id = data.get(id_key).and_then(serde_json::Value::as_u64);
+                    let id = id.ok_or_else(|| anyhow::anyhow!("frame without a numeric {id_key:?}: {}", t.as_str()))?;
+                    anyhow::ensure!(id > last_id, "ids went backwards: {last_id} then {id}");
                     last_id = id;
                 }
                 n += 1;
