@@ -195,3 +195,39 @@ fn rest_429_is_obeyed() {
     assert_complete(&recorded_ids(&dir, AGG));
     assert!(report.recovery.backfilled_trades > 0);
 }
+
+#[test]
+fn a_run_that_stops_mid_backfill_records_what_it_held_and_reports_the_rest() {
+    // The reset's gap is requested, but the answer comes after the run ended: the gap must be
+    // reported abandoned and the live trades held behind it recorded, none dropped.
+    let ex = exchange(10, FaultPlan::default().on(0, Fault::Reset { after: 60 }));
+    ex.rest_fault_next(vec![RestFault::Slow { delay: Duration::from_millis(4_000) }]);
+    let dir = tmp("stop-mid-backfill");
+    let report = run(config(&ex, &dir, &[AGG]), 2_000);
+    let missed: u64 = ex.skipped(AGG).iter().map(|(a, b)| b - a + 1).sum();
+    assert!(missed > 0 && report.stats.reconnects >= 1, "the reset must have cost ids");
+
+    let ids = recorded_ids(&dir, AGG);
+    assert_eq!(ids.len() as u64, report.market_events[AGG], "every delivered trade is recorded");
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "recorded in id order");
+    let abandoned: Vec<(u64, u64)> = report
+        .recovery_log
+        .iter()
+        .filter_map(|o| match o {
+            RecoveryOutput::Abandoned { stream, first, last, reason } if stream == AGG => {
+                assert!(reason.contains("stopped"), "{reason}");
+                Some((*first, *last))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(abandoned, ex.skipped(AGG), "exactly the skipped ids are reported lost");
+    // Recorded ∪ abandoned is every id from the first to the last, once.
+    let mut all = ids.clone();
+    all.extend(abandoned.iter().flat_map(|&(a, b)| a..=b));
+    all.sort_unstable();
+    assert_eq!(all, (ids[0]..=*ids.last().unwrap()).collect::<Vec<_>>());
+    assert!(ids.last().unwrap() > &abandoned[0].1, "trades held behind the gap were recorded");
+    assert_eq!((report.recovery.abandoned_ids, report.recovery.held_events), (missed, 0));
+    assert_eq!(report.recovery.backfilled_trades, 0);
+}

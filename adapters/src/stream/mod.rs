@@ -370,22 +370,7 @@ pub async fn stream(cfg: Config, opts: StreamOptions) -> Result<StreamReport, St
             let _ = rest_tx.try_send(req);
         }
         while let Some(out) = recovery.poll_output() {
-            match out {
-                RecoveryOutput::Deliver { stream, event, backfilled } => {
-                    total_market += 1;
-                    *report.market_events.entry(stream.clone()).or_default() += 1;
-                    if backfilled {
-                        *report.backfilled_events.entry(stream.clone()).or_default() += 1;
-                    }
-                    if let Some(r) = recorder.as_mut() {
-                        r.record(&stream, &event, wall_ms())?;
-                    }
-                }
-                other => {
-                    log_recovery(&other);
-                    report.recovery_log.push(other);
-                }
-            }
+            pass_on(out, &mut report, recorder.as_mut(), &mut total_market)?;
         }
         machine.write_trace()?;
         if machine.conn().is_stopped() {
@@ -560,6 +545,12 @@ pub async fn stream(cfg: Config, opts: StreamOptions) -> Result<StreamReport, St
         t.await;
     }
     drop(transports);
+    // Live trades held behind a gap still being backfilled are received data: record them (the gap
+    // itself is reported abandoned) rather than drop them with the buffer.
+    recovery.handle_shutdown(now());
+    while let Some(out) = recovery.poll_output() {
+        pass_on(out, &mut report, recorder.as_mut(), &mut total_market)?;
+    }
     if let Some(r) = recorder.as_mut() {
         r.flush()?;
         report.rows_written = r.rows();
@@ -606,6 +597,32 @@ fn book_tops(recovery: &Recovery, symbols: &[String]) -> BTreeMap<String, BookTo
             ))
         })
         .collect()
+}
+
+/// One recovery output: a delivered event is counted and recorded, anything else logged and kept.
+fn pass_on(
+    out: RecoveryOutput,
+    report: &mut StreamReport,
+    recorder: Option<&mut Recorder>,
+    total_market: &mut u64,
+) -> Result<(), StreamError> {
+    match out {
+        RecoveryOutput::Deliver { stream, event, backfilled } => {
+            *total_market += 1;
+            *report.market_events.entry(stream.clone()).or_default() += 1;
+            if backfilled {
+                *report.backfilled_events.entry(stream.clone()).or_default() += 1;
+            }
+            if let Some(r) = recorder {
+                r.record(&stream, &event, wall_ms())?;
+            }
+        }
+        other => {
+            log_recovery(&other);
+            report.recovery_log.push(other);
+        }
+    }
+    Ok(())
 }
 
 /// Logs what the recovery reports (Deliver is recorded, not logged).

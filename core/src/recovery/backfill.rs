@@ -302,6 +302,14 @@ impl TradeStream {
         self.drain(cx);
     }
 
+    /// The run stops: every open gap is abandoned with `reason` and every held live trade is
+    /// delivered, so that nothing received is lost with the hold-back buffer.
+    pub(super) fn finish(&mut self, reason: &str, cx: &mut Ctx<'_>) {
+        while self.front_gap().is_some() {
+            self.abandon_front(reason, cx);
+        }
+    }
+
     /// Delivers held live trades up to the next gap.
     fn drain(&mut self, cx: &mut Ctx<'_>) {
         while let Some(Item::Live(_)) = self.queue.front() {

@@ -304,6 +304,19 @@ impl Recovery {
         }
     }
 
+    /// The run is stopping: call once, then drain [`Self::poll_output`] into the recorder. Gaps
+    /// still being backfilled are reported [`RecoveryOutput::Abandoned`] and the live trades held
+    /// behind them are delivered in order (received data is never dropped with the buffer);
+    /// answers still out are ignored when they come.
+    pub fn handle_shutdown(&mut self, _now: Timestamp) {
+        self.in_flight.clear();
+        self.snapshot_in_flight = false;
+        let mut cx = Self::ctx(&mut self.out, &mut self.stats, &mut self.serial, self.backfill, self.max_held);
+        for ts in self.trades.values_mut() {
+            ts.finish("the run stopped before the gap was backfilled", &mut cx);
+        }
+    }
+
     /// Call when [`Self::poll_timeout`] is due. Requests that became possible are then returned by
     /// [`Self::poll_request`]; a spurious call does nothing.
     pub fn handle_timeout(&mut self, now: Timestamp) {

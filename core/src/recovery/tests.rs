@@ -151,6 +151,26 @@ fn a_gap_is_fetched_in_pages_and_held_trades_follow_in_order() {
 }
 
 #[test]
+fn shutdown_abandons_open_gaps_and_delivers_what_was_held() {
+    let mut rec = Recovery::new(&config(100, true, 1200), t(0));
+    rec.handle_event(S, live(1), t(0));
+    rec.handle_event(S, live(10), t(5)); // 2..=9 missing
+    rec.handle_event(S, live(11), t(6));
+    let (id, from, limit) = agg_request(&mut rec, t(10)).unwrap();
+    assert_eq!((from, limit), (2, 8));
+    rec.handle_response(id, body(2..=4), t(20)); // a partial page: 5..=9 still missing
+    rec.handle_event(S, live(20), t(30)); // 12..=19 missing behind it
+    rec.handle_event(S, live(21), t(31));
+    assert_eq!(drain(&mut rec), ["D1", "R2", "R3", "R4"]);
+    let (late, _, _) = agg_request(&mut rec, t(40)).unwrap();
+    rec.handle_shutdown(t(50));
+    assert_eq!(drain(&mut rec), ["B2-4/3", "A5-9", "D10", "D11", "A12-19", "D20", "D21"]);
+    assert_eq!((rec.stats().held_events, rec.stats().abandoned_ids, rec.in_flight()), (0, 13, 0));
+    rec.handle_response(late, body(5..=9), t(60));
+    assert_eq!(drain(&mut rec), Vec::<String>::new(), "an answer after shutdown is ignored");
+}
+
+#[test]
 fn an_unreported_jump_is_a_gap_too_and_reported_gaps_are_not_doubled() {
     let mut rec = Recovery::new(&config(10, true, 1200), t(0));
     rec.handle_event(S, live(10), t(0));
