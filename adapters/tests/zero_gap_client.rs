@@ -27,6 +27,13 @@ fn config(ca: &std::path::Path) -> Config {
 #[test]
 fn one_kept_alive_connection_serves_every_request() {
     let ex = start();
+    // `limit=3` returns 3 trades only once the market has made 3 (a tick is 20 ms; under load the
+    // first request could come earlier: this test failed 2 times in 5 on a loaded machine).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ex.produced("btcusdt@aggTrade").is_none_or(|(lo, hi)| hi < lo + 2) {
+        assert!(Instant::now() < deadline, "the exchange produced no 3 aggTrades in 10 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let cfg = config(&ca_file("alive", ex.ca_pem()));
     let mut client = RestClient::from_config(&ex.rest_url(), &cfg).unwrap();
     smol::block_on(async {
