@@ -14,7 +14,7 @@
 //! Every stage is checked: the exit code is non-zero if the client gave up, a fault went
 //! unnoticed, a gap went unreported, nothing was recorded, or training produced a NaN loss.
 
-use crate::exchange::{Exchange, ExchangeConfig, Fault, FaultPlan};
+use crate::exchange::{Exchange, ExchangeConfig, ExchangeHandle, Fault, FaultPlan};
 use crate::stream::{StreamOptions, StreamReport, stream};
 use crate::train::{self, DtypeArg, FeaturesArg, ModelSize, TrainArgs};
 use anyhow::Context;
@@ -60,12 +60,8 @@ const FAULTS: &[&str] =
 
 /// The client's configuration: Binance's rules, with timings shortened so that a minute shows
 /// every fault (a 30 s ping interval would need minutes to notice one stall).
-fn client_config(url: &str, rest_url: &str, ca: &Path, data: &Path) -> Config {
-    let mut cfg = Config::default();
-    cfg.stream.url = url.to_string();
-    cfg.rest.url = rest_url.to_string();
-    cfg.stream.streams = vec!["btcusdt@aggTrade".into(), "btcusdt@kline_1m".into(), "btcusdt@depth".into()];
-    cfg.stream.out_dir = data.display().to_string();
+fn client_config(exchange: &ExchangeHandle, ca: &Path, data: &Path) -> anyhow::Result<Config> {
+    let mut cfg = exchange.client_config(ca, data, &["btcusdt@aggTrade", "btcusdt@kline_1m", "btcusdt@depth"])?;
     cfg.stream.stall_after_ms = 4_000;
     cfg.heartbeat.ping_interval_ms = 1_000;
     cfg.heartbeat.pong_timeout_ms = 800;
@@ -73,8 +69,7 @@ fn client_config(url: &str, rest_url: &str, ca: &Path, data: &Path) -> Config {
     cfg.reconnect.max_delay_ms = 2_000;
     cfg.reconnect.stable_after_ms = 2_000;
     cfg.reconnect.rate_limit_floor_ms = 1_500;
-    cfg.tls.ca_file = Some(ca.display().to_string());
-    cfg
+    Ok(cfg)
 }
 
 /// What a demo run did; `failures` is empty when every stage passed its checks.
@@ -131,12 +126,11 @@ pub fn run_demo(args: &DemoArgs) -> anyhow::Result<DemoOutcome> {
         ..ExchangeConfig::default()
     })?;
     let ca = out.join("exchange-ca.pem");
-    exchange.write_ca(&ca)?;
+    let cfg = client_config(&exchange, &ca, &data)?;
     println!("== keel demo: embedded exchange at {} (CA in {})", exchange.url(), ca.display());
     println!("   faults scheduled: {}", FAULTS.join(", "));
 
     // 2. The stream.
-    let cfg = client_config(&exchange.url(), &exchange.rest_url(), &ca, &data);
     let trace = out.join("trace.ron");
     let opts = StreamOptions {
         seed: args.seed,

@@ -49,14 +49,8 @@ fn stream_connection_lines_carry_conn_state_attempt_and_class() {
     let ex = Exchange::start(ExchangeConfig { tick: Duration::from_millis(10), faults, ..ExchangeConfig::default() })
         .unwrap();
     let dir = tmp("stream");
-    ex.write_ca(&dir.join("ca.pem")).unwrap();
-    let mut cfg = Config::default();
-    cfg.stream.url = ex.url();
     // The reset's gap is backfilled from the exchange's REST API (never from the real Binance).
-    cfg.rest.url = ex.rest_url();
-    cfg.stream.streams = vec!["btcusdt@aggTrade".into()];
-    cfg.stream.out_dir = dir.join("data").display().to_string();
-    cfg.tls.ca_file = Some(dir.join("ca.pem").display().to_string());
+    let mut cfg = ex.client_config(&dir.join("ca.pem"), &dir.join("data"), &["btcusdt@aggTrade"]).unwrap();
     cfg.reconnect.initial_delay_ms = 50;
     cfg.reconnect.max_delay_ms = 200;
     std::fs::write(dir.join("keel.ron"), cfg.to_ron()).unwrap();

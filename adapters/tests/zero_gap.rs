@@ -28,15 +28,8 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 fn config(ex: &ExchangeHandle, dir: &Path, streams: &[&str]) -> Config {
-    let ca = dir.join("ca.pem");
-    ex.write_ca(&ca).unwrap();
-    let mut cfg = Config::default();
-    cfg.stream.url = ex.url();
-    cfg.rest.url = ex.rest_url();
-    cfg.stream.streams = streams.iter().map(|s| s.to_string()).collect();
-    cfg.stream.out_dir = dir.join("data").display().to_string();
+    let mut cfg = ex.client_config(&dir.join("ca.pem"), &dir.join("data"), streams).unwrap();
     cfg.stream.stall_after_ms = 3_000;
-    cfg.tls.ca_file = Some(ca.display().to_string());
     cfg.tls.handshake_timeout_ms = 3_000;
     cfg.reconnect.initial_delay_ms = 300;
     cfg.reconnect.max_delay_ms = 600;

@@ -229,6 +229,25 @@ impl ExchangeHandle {
         std::fs::write(path, &self.certs.ca_pem).with_context(|| format!("cannot write the CA to {}", path.display()))
     }
 
+    /// A client config aimed at this exchange: its stream and REST URLs, its CA (written to `ca`),
+    /// `streams` recorded under `out_dir`; defaults elsewhere. Both URLs are set together so that a
+    /// client's backfill can never reach the real Binance by accident.
+    pub fn client_config(
+        &self,
+        ca: &Path,
+        out_dir: &Path,
+        streams: &[&str],
+    ) -> anyhow::Result<keel_core::config::Config> {
+        self.write_ca(ca)?;
+        let mut cfg = keel_core::config::Config::default();
+        cfg.stream.url = self.url();
+        cfg.rest.url = self.rest_url();
+        cfg.stream.streams = streams.iter().map(|s| s.to_string()).collect();
+        cfg.stream.out_dir = out_dir.display().to_string();
+        cfg.tls.ca_file = Some(ca.display().to_string());
+        Ok(cfg)
+    }
+
     /// Gives the next accepted connections these faults (one entry per connection), before the plan.
     pub fn fault_next(&self, faults: Vec<Fault>) {
         lock(&self.shared.next_faults).push_back(faults);
