@@ -11,5 +11,6 @@ pub mod logging;
 pub mod metrics;
 pub mod rest;
 pub mod stream;
+pub mod tls;
 pub mod train;
 pub mod tune;

@@ -1,10 +1,11 @@
 //! The REST client: `GET` over HTTPS for the core's backfill and book snapshots (issue 9).
 //!
-//! hyper 1's HTTP/1 client connection over async-native-tls, driven by smol through smol-hyper, with
-//! the SAME TLS settings as the stream (`tls.ca_file`, `tls.min_version`, `tls.handshake_timeout_ms`:
-//! the connector is built once by [`TransportSettings`]). One connection is kept alive and reused;
-//! a closed or broken one is replaced on the next request (a GET on a reused connection that breaks
-//! before any answer is retried once on a fresh one: the server may have closed it while idle).
+//! hyper 1's HTTP/1 client connection over native-tls ([`crate::tls`]), driven by smol through
+//! smol-hyper, with the SAME TLS settings as the stream (`tls.ca_file`, `tls.min_version`,
+//! `tls.handshake_timeout_ms`: the connector is built once by [`TransportSettings`] and shared).
+//! One connection is kept alive and reused; a closed or broken one is replaced on the next request
+//! (a GET on a reused connection that breaks before any answer is retried once on a fresh one: the
+//! server may have closed it while idle).
 //! Every request has a deadline. The client decides nothing: it returns what it saw (status,
 //! `Retry-After`, body, or the error as text) and the core classifies it. It never panics.
 

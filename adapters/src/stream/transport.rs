@@ -3,7 +3,7 @@
 //! Every failure is mapped onto the core's [`TransportError`] together with the full text of its
 //! source chain; the stream loop logs that chain once, with the transport id and attempt.
 
-use async_native_tls::TlsStream;
+use crate::tls::{TlsConnector, TlsStream};
 use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::client::IntoClientRequest;
 use async_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
@@ -26,7 +26,8 @@ pub type Ws = WebSocketStream<TlsStream<TcpStream>>;
 /// TLS and WebSocket settings shared by every transport of a run.
 #[derive(Clone)]
 pub struct TransportSettings {
-    connector: std::sync::Arc<async_native_tls::TlsConnector>,
+    /// Built once per run: building it loads the system trust store (41 ms on OpenSSL).
+    connector: std::sync::Arc<TlsConnector>,
     ws_config: WebSocketConfig,
 }
 
@@ -49,17 +50,25 @@ pub enum SettingsError {
         /// Why.
         why: String,
     },
+    /// The TLS library refused the settings (tls.min_version, tls.ca_file) or could not load the system trust store.
+    #[error("cannot build the TLS client from tls.min_version / tls.ca_file: {why}")]
+    TlsBuild {
+        /// The TLS library's reason.
+        why: String,
+    },
 }
 
 impl TransportSettings {
     /// Builds the TLS connector (minimum version, extra root from `tls.ca_file`; host names and
-    /// certificates always verified) and the WebSocket limits from `config`.
+    /// certificates always verified) and the WebSocket limits from `config`. The connector is built
+    /// here, once: every transport and the REST client of the run share it.
     pub fn from_config(config: &Config) -> Result<TransportSettings, SettingsError> {
         let min = match config.tls.min_version {
             TlsVersion::Tls12 => native_tls::Protocol::Tlsv12,
             TlsVersion::Tls13 => native_tls::Protocol::Tlsv13,
         };
-        let mut connector = async_native_tls::TlsConnector::new().min_protocol_version(Some(min));
+        let mut builder = native_tls::TlsConnector::builder();
+        builder.min_protocol_version(Some(min));
         if let Some(path) = &config.tls.ca_file {
             let pem = std::fs::read(path)
                 .map_err(|e| SettingsError::CaUnreadable { path: path.clone(), why: e.to_string() })?;
@@ -69,17 +78,18 @@ impl TransportSettings {
                 return Err(SettingsError::CaInvalid { path: path.clone(), why: "no certificate in the file".into() });
             }
             for c in certs {
-                connector = connector.add_root_certificate(c);
+                builder.add_root_certificate(c);
             }
         }
         let max = usize::try_from(config.stream.max_message_bytes).unwrap_or(usize::MAX);
         let ws_config = WebSocketConfig::default().max_message_size(Some(max)).max_frame_size(Some(max));
+        let connector = TlsConnector::build(&builder).map_err(|e| SettingsError::TlsBuild { why: chain(&e) })?;
         Ok(TransportSettings { connector: std::sync::Arc::new(connector), ws_config })
     }
 
     /// The TLS connector (verification always on), shared with the REST client so that REST uses
     /// exactly the stream's trust roots and minimum version.
-    pub fn tls_connector(&self) -> std::sync::Arc<async_native_tls::TlsConnector> {
+    pub fn tls_connector(&self) -> std::sync::Arc<TlsConnector> {
         self.connector.clone()
     }
 }
