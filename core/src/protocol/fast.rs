@@ -1,319 +1,444 @@
 //! The fast path of [`super::decode`] for the frames that make up nearly all traffic: a market
-//! event exactly as Binance formats it, `{"stream":"<name>","data":{...}}` or `{"e":"<type>",...}`.
+//! event laid out exactly as Binance sends it, raw (`{"e":"aggTrade",...}`, `{"u":...}` for
+//! bookTicker, `{"lastUpdateId":...}` for partial depth) or in the combined-stream envelope
+//! `{"stream":"<name>","data":{...}}`.
 //!
-//! The event type is read off the stream name (or the leading `"e"`) without parsing, then serde
-//! fills a plain typed struct for that one event type. Anything unusual (other key order, escapes
-//! in the stream name, a missing or mistyped field) returns `None` and the general path in `super`
-//! decodes the frame and names what is wrong. The contract, checked by a property test: whenever
-//! this returns `Some(frame)`, the general path returns `Ok(frame)` for the same text (up to frames
-//! that repeat a key which the event type does not use, which only the general path rejects).
+//! A single pass over the bytes reads the keys in Binance's order, parsing integers, booleans and
+//! decimal strings (into [`Decimal`], no intermediate text) as it goes; no serde, no allocation but
+//! the stream name, the symbol (and a kline's interval) and depth levels. The event type comes from
+//! the data (its `"e"`, or the first key of the two kinds without one), as on the general path; the
+//! stream name is only carried along.
+//!
+//! Anything else (whitespace, another key order, an escape in a string, an unknown key, a number
+//! written as `1.0` or `-0`, a field of the wrong type, more than 19 digits) returns `None` and the
+//! general path in `super` decodes the frame or names what is wrong. The contract, checked by
+//! properties in `tests.rs`: whenever this returns `Some(frame)`, the general path returns
+//! `Ok(frame)` for the same text. Because every key is read in a fixed order and each appears once,
+//! a frame the fast path takes has no duplicate key.
 
-use super::raw::Val;
 use super::{
     AggTrade, BookTicker, Decimal, DepthUpdate, Frame, Kline, Level, MarketEvent, PartialDepth, Trade, stream_name,
     symbol_of,
 };
-use serde::Deserialize;
-use std::borrow::Cow;
 
-#[derive(Clone, Copy)]
-enum Kind {
-    AggTrade,
-    Trade,
-    Kline,
-    Depth,
-    BookTicker,
-    PartialDepth,
-}
-
-/// The event type a stream carries, from its name (`btcusdt@depth5@100ms` -> partial depth).
-fn kind_of_stream(stream: &str) -> Option<Kind> {
-    let (_, rest) = stream.split_once('@')?;
-    let name = rest.split('@').next()?;
-    Some(match name {
-        "aggTrade" => Kind::AggTrade,
-        "trade" => Kind::Trade,
-        "bookTicker" => Kind::BookTicker,
-        "depth" => Kind::Depth,
-        "depth5" | "depth10" | "depth20" => Kind::PartialDepth,
-        _ if name.starts_with("kline_") => Kind::Kline,
-        _ => return None,
-    })
-}
-
-fn kind_of_event(e: &str) -> Option<Kind> {
-    Some(match e {
-        "aggTrade" => Kind::AggTrade,
-        "trade" => Kind::Trade,
-        "kline" => Kind::Kline,
-        "depthUpdate" => Kind::Depth,
-        _ => return None,
-    })
-}
-
-/// The text between the quotes opened at the start of `rest`, if it has no escapes.
-fn plain_string(rest: &str) -> Option<&str> {
-    let end = rest.find('"')?;
-    let s = &rest[..end];
-    (!s.contains('\\')).then_some(s)
-}
-
+/// Decodes `text` if it is a market frame in Binance's exact layout; `None` means "ask the general path".
 pub(super) fn try_decode(text: &str) -> Option<Frame> {
-    if let Some(rest) = text.strip_prefix("{\"stream\":\"") {
-        let stream = plain_string(rest)?;
-        let kind = kind_of_stream(stream)?;
-        let event = match kind {
-            Kind::AggTrade => serde_json::from_str::<Envelope<'_, Agg<'_>>>(text).ok()?.data.event()?,
-            Kind::Trade => serde_json::from_str::<Envelope<'_, Trd<'_>>>(text).ok()?.data.event()?,
-            Kind::Kline => serde_json::from_str::<Envelope<'_, Kln<'_>>>(text).ok()?.data.event()?,
-            Kind::Depth => serde_json::from_str::<Envelope<'_, Dpt<'_>>>(text).ok()?.data.event()?,
-            Kind::BookTicker => serde_json::from_str::<Envelope<'_, Book<'_>>>(text).ok()?.data.event()?,
-            Kind::PartialDepth => serde_json::from_str::<Envelope<'_, Partial<'_>>>(text).ok()?.data.event(stream)?,
-        };
+    try_decode_on(text, None)
+}
+
+/// As [`try_decode`]; a raw frame (no envelope) is attributed to `known` when given (a `/ws/<stream>`
+/// connection), and a raw partial depth frame takes its symbol from it. An envelope's own stream
+/// name always wins, as on the general path.
+pub(super) fn try_decode_on(text: &str, known: Option<&str>) -> Option<Frame> {
+    let mut s = Scan { text, b: text.as_bytes(), i: 0 };
+    if s.lit(b"{\"stream\":") {
+        let stream = s.string()?;
+        s.expect(b",\"data\":")?;
+        let event = s.event(Some(stream))?;
+        s.byte(b'}')?;
+        s.end()?;
         return Some(Frame::Market { stream: stream.to_owned(), event });
     }
-    if let Some(rest) = text.strip_prefix("{\"e\":\"") {
-        // The general path reads a frame with any of these keys as an envelope, reply or error reply
-        // first; leave such oddities (and escaped keys, which might spell them) to it.
-        const OTHER_KEYS: [&str; 5] = ["\"stream\"", "\"data\"", "\"result\"", "\"error\"", "\"code\""];
-        if text.contains('\\') || OTHER_KEYS.iter().any(|k| text.contains(k)) {
+    let event = s.event(known)?;
+    s.end()?;
+    let stream = match known {
+        Some(known) => known.to_owned(),
+        None => stream_name(&event),
+    };
+    Some(Frame::Market { stream, event })
+}
+
+/// A cursor over the frame's bytes. Every method either consumes exactly what it parsed and returns
+/// `Some`, or returns `None` (the whole fast path is abandoned then, so the position no longer matters).
+struct Scan<'a> {
+    text: &'a str,
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Scan<'a> {
+    /// Consumes `l` if the input continues with it.
+    #[inline]
+    fn lit(&mut self, l: &[u8]) -> bool {
+        let matched = self.b.get(self.i..self.i + l.len()) == Some(l);
+        if matched {
+            self.i += l.len();
+        }
+        matched
+    }
+
+    #[inline]
+    fn expect(&mut self, l: &[u8]) -> Option<()> {
+        self.lit(l).then_some(())
+    }
+
+    #[inline]
+    fn byte(&mut self, c: u8) -> Option<()> {
+        if self.b.get(self.i) == Some(&c) {
+            self.i += 1;
+            Some(())
+        } else {
+            None
+        }
+    }
+
+    #[inline]
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    fn end(&self) -> Option<()> {
+        (self.i == self.b.len()).then_some(())
+    }
+
+    /// Consumes a run of ASCII digits: their value (wrapped on overflow: callers check the count)
+    /// and how many there were.
+    #[inline]
+    fn digits(&mut self) -> (u64, usize) {
+        let start = self.i;
+        let mut v: u64 = 0;
+        while let Some(&c) = self.b.get(self.i) {
+            let d = c.wrapping_sub(b'0');
+            if d > 9 {
+                break;
+            }
+            v = v.wrapping_mul(10).wrapping_add(u64::from(d));
+            self.i += 1;
+        }
+        (v, self.i - start)
+    }
+
+    /// A JSON string without escapes or control characters, quotes included; its content.
+    #[inline]
+    fn string(&mut self) -> Option<&'a str> {
+        self.byte(b'"')?;
+        let start = self.i;
+        loop {
+            match *self.b.get(self.i)? {
+                b'"' => break,
+                b'\\' | 0..=0x1f => return None,
+                _ => self.i += 1,
+            }
+        }
+        let s = self.text.get(start..self.i)?;
+        self.i += 1;
+        Some(s)
+    }
+
+    /// A non-negative JSON integer that fits a u64 (serde_json reads larger ones as floats).
+    #[inline]
+    fn u64(&mut self) -> Option<u64> {
+        let start = self.i;
+        let (v, n) = self.digits();
+        match n {
+            0 => None,
+            // A leading zero is not JSON.
+            _ if n > 1 && self.b[start] == b'0' => None,
+            1..=19 => Some(v),
+            20 => self.text.get(start..self.i)?.parse().ok(),
+            _ => None,
+        }
+    }
+
+    /// A JSON integer within i64. `-0` is left to the general path (serde_json may read it as a float).
+    fn i64(&mut self) -> Option<i64> {
+        if self.byte(b'-').is_some() {
+            let m = self.u64()?;
+            if m == 0 || m > 1 << 63 {
+                return None;
+            }
+            Some(0i64.wrapping_sub(m as i64))
+        } else {
+            i64::try_from(self.u64()?).ok()
+        }
+    }
+
+    fn bool(&mut self) -> Option<bool> {
+        if self.lit(b"true") {
+            Some(true)
+        } else if self.lit(b"false") {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
+    /// A decimal string (`"0.00150000"`), parsed as [`Decimal::parse`] would parse its content.
+    #[inline]
+    fn decimal(&mut self) -> Option<Decimal> {
+        self.byte(b'"')?;
+        let start = self.i;
+        let negative = self.byte(b'-').is_some();
+        let int_start = self.i;
+        let (int, int_digits) = self.digits();
+        if int_digits == 0 || (int_digits > 1 && self.b[int_start] == b'0') {
             return None;
         }
-        let event = match kind_of_event(plain_string(rest)?)? {
-            Kind::AggTrade => serde_json::from_str::<Agg<'_>>(text).ok()?.event()?,
-            Kind::Trade => serde_json::from_str::<Trd<'_>>(text).ok()?.event()?,
-            Kind::Kline => serde_json::from_str::<Kln<'_>>(text).ok()?.event()?,
-            Kind::Depth => serde_json::from_str::<Dpt<'_>>(text).ok()?.event()?,
-            Kind::BookTicker | Kind::PartialDepth => return None,
-        };
-        return Some(Frame::Market { stream: stream_name(&event), event });
+        let (mut mantissa, mut scale) = (int, 0usize);
+        if self.byte(b'.').is_some() {
+            let (frac, frac_digits) = self.digits();
+            if frac_digits == 0 {
+                return None;
+            }
+            scale = frac_digits;
+            if int_digits + frac_digits <= 19 {
+                // Cannot overflow: 19 digits are below 10^19 < 2^64.
+                mantissa = int.wrapping_mul(POW10[frac_digits]).wrapping_add(frac);
+            }
+        }
+        let end = self.i;
+        self.byte(b'"')?;
+        if int_digits + scale <= 19 {
+            Decimal::new(u128::from(mantissa), u8::try_from(scale).ok()?, negative)
+        } else {
+            // Wide values (huge kline volumes) are rare: the careful parser.
+            Decimal::parse(self.text.get(start..end)?).ok()
+        }
     }
-    None
-}
 
-#[derive(Deserialize)]
-struct Envelope<'a, T> {
-    // Checked by the caller; present here so that a duplicate "stream" key fails as in the general path.
-    #[serde(borrow, rename = "stream")]
-    _stream: Cow<'a, str>,
-    data: T,
-}
+    /// `[["price","qty"],...]`, possibly empty.
+    fn levels(&mut self) -> Option<Vec<Level>> {
+        self.byte(b'[')?;
+        let mut levels = Vec::new();
+        if self.byte(b']').is_some() {
+            return Some(levels);
+        }
+        loop {
+            self.byte(b'[')?;
+            let price = self.decimal()?;
+            self.byte(b',')?;
+            let qty = self.decimal()?;
+            self.byte(b']')?;
+            levels.push((price, qty));
+            match self.peek()? {
+                b',' => self.i += 1,
+                b']' => {
+                    self.i += 1;
+                    return Some(levels);
+                }
+                _ => return None,
+            }
+        }
+    }
 
-#[derive(Deserialize)]
-#[allow(non_snake_case)]
-struct Agg<'a> {
-    #[serde(borrow)]
-    e: Cow<'a, str>,
-    E: u64,
-    #[serde(borrow)]
-    s: Cow<'a, str>,
-    a: u64,
-    p: Decimal,
-    q: Decimal,
-    f: u64,
-    l: u64,
-    T: u64,
-    m: bool,
-}
+    /// The event object; `stream` names a partial depth frame's symbol.
+    fn event(&mut self, stream: Option<&str>) -> Option<MarketEvent> {
+        if self.lit(b"{\"e\":\"") {
+            let start = self.i;
+            while self.peek()?.is_ascii_alphabetic() {
+                self.i += 1;
+            }
+            let kind = &self.b[start..self.i];
+            self.byte(b'"')?;
+            self.expect(b",\"E\":")?;
+            let event_time = self.u64()?;
+            self.expect(b",\"s\":")?;
+            let symbol = self.string()?;
+            let event = match kind {
+                b"aggTrade" => self.agg_trade(event_time, symbol)?,
+                b"trade" => self.trade(event_time, symbol)?,
+                b"depthUpdate" => self.depth(event_time, symbol)?,
+                b"kline" => self.kline(event_time, symbol)?,
+                _ => return None,
+            };
+            self.byte(b'}')?;
+            Some(event)
+        } else if self.lit(b"{\"u\":") {
+            self.book_ticker()
+        } else if self.lit(b"{\"lastUpdateId\":") {
+            self.partial_depth(stream)
+        } else {
+            None
+        }
+    }
 
-impl Agg<'_> {
-    fn event(self) -> Option<MarketEvent> {
-        (self.e == "aggTrade").then(|| {
-            MarketEvent::AggTrade(AggTrade {
-                symbol: self.s.into_owned(),
-                event_time: self.E,
-                agg_id: self.a,
-                price: self.p,
-                quantity: self.q,
-                first_trade_id: self.f,
-                last_trade_id: self.l,
-                trade_time: self.T,
-                buyer_is_maker: self.m,
-            })
-        })
+    /// Binance's trailing `"M":<bool>` ("ignore"), which keel does not keep.
+    fn optional_m(&mut self) -> Option<()> {
+        if self.lit(b",\"M\":") {
+            self.bool()?;
+        }
+        Some(())
+    }
+
+    fn agg_trade(&mut self, event_time: u64, symbol: &str) -> Option<MarketEvent> {
+        self.expect(b",\"a\":")?;
+        let agg_id = self.u64()?;
+        self.expect(b",\"p\":")?;
+        let price = self.decimal()?;
+        self.expect(b",\"q\":")?;
+        let quantity = self.decimal()?;
+        self.expect(b",\"f\":")?;
+        let first_trade_id = self.u64()?;
+        self.expect(b",\"l\":")?;
+        let last_trade_id = self.u64()?;
+        self.expect(b",\"T\":")?;
+        let trade_time = self.u64()?;
+        self.expect(b",\"m\":")?;
+        let buyer_is_maker = self.bool()?;
+        self.optional_m()?;
+        Some(MarketEvent::AggTrade(AggTrade {
+            symbol: symbol.to_owned(),
+            event_time,
+            agg_id,
+            price,
+            quantity,
+            first_trade_id,
+            last_trade_id,
+            trade_time,
+            buyer_is_maker,
+        }))
+    }
+
+    fn trade(&mut self, event_time: u64, symbol: &str) -> Option<MarketEvent> {
+        self.expect(b",\"t\":")?;
+        let trade_id = self.u64()?;
+        self.expect(b",\"p\":")?;
+        let price = self.decimal()?;
+        self.expect(b",\"q\":")?;
+        let quantity = self.decimal()?;
+        self.expect(b",\"T\":")?;
+        let trade_time = self.u64()?;
+        self.expect(b",\"m\":")?;
+        let buyer_is_maker = self.bool()?;
+        self.optional_m()?;
+        Some(MarketEvent::Trade(Trade {
+            symbol: symbol.to_owned(),
+            event_time,
+            trade_id,
+            price,
+            quantity,
+            trade_time,
+            buyer_is_maker,
+        }))
+    }
+
+    fn depth(&mut self, event_time: u64, symbol: &str) -> Option<MarketEvent> {
+        self.expect(b",\"U\":")?;
+        let first_update_id = self.u64()?;
+        self.expect(b",\"u\":")?;
+        let final_update_id = self.u64()?;
+        self.expect(b",\"b\":")?;
+        let bids = self.levels()?;
+        self.expect(b",\"a\":")?;
+        let asks = self.levels()?;
+        Some(MarketEvent::Depth(DepthUpdate {
+            symbol: symbol.to_owned(),
+            event_time,
+            first_update_id,
+            final_update_id,
+            bids,
+            asks,
+        }))
+    }
+
+    fn kline(&mut self, event_time: u64, symbol: &str) -> Option<MarketEvent> {
+        self.expect(b",\"k\":{\"t\":")?;
+        let open_time = self.u64()?;
+        self.expect(b",\"T\":")?;
+        let close_time = self.u64()?;
+        self.expect(b",\"s\":")?;
+        self.string()?;
+        self.expect(b",\"i\":")?;
+        let interval = self.string()?;
+        self.expect(b",\"f\":")?;
+        let first_trade_id = self.i64()?;
+        self.expect(b",\"L\":")?;
+        let last_trade_id = self.i64()?;
+        self.expect(b",\"o\":")?;
+        let open = self.decimal()?;
+        self.expect(b",\"c\":")?;
+        let close = self.decimal()?;
+        self.expect(b",\"h\":")?;
+        let high = self.decimal()?;
+        self.expect(b",\"l\":")?;
+        let low = self.decimal()?;
+        self.expect(b",\"v\":")?;
+        let volume = self.decimal()?;
+        self.expect(b",\"n\":")?;
+        let trades = self.u64()?;
+        self.expect(b",\"x\":")?;
+        let is_closed = self.bool()?;
+        self.expect(b",\"q\":")?;
+        let quote_volume = self.decimal()?;
+        self.expect(b",\"V\":")?;
+        let taker_buy_volume = self.decimal()?;
+        self.expect(b",\"Q\":")?;
+        let taker_buy_quote_volume = self.decimal()?;
+        // "B" ("ignore"), a string.
+        if self.lit(b",\"B\":") {
+            self.string()?;
+        }
+        self.byte(b'}')?;
+        Some(MarketEvent::Kline(Kline {
+            symbol: symbol.to_owned(),
+            event_time,
+            open_time,
+            close_time,
+            interval: interval.to_owned(),
+            first_trade_id,
+            last_trade_id,
+            open,
+            high,
+            low,
+            close,
+            volume,
+            quote_volume,
+            taker_buy_volume,
+            taker_buy_quote_volume,
+            trades,
+            is_closed,
+        }))
+    }
+
+    /// After `{"u":`. Spot frames have no `E`; keel's encoder writes it after `u` when present.
+    fn book_ticker(&mut self) -> Option<MarketEvent> {
+        let update_id = self.u64()?;
+        let event_time = if self.lit(b",\"E\":") { Some(self.u64()?) } else { None };
+        self.expect(b",\"s\":")?;
+        let symbol = self.string()?;
+        self.expect(b",\"b\":")?;
+        let best_bid_price = self.decimal()?;
+        self.expect(b",\"B\":")?;
+        let best_bid_qty = self.decimal()?;
+        self.expect(b",\"a\":")?;
+        let best_ask_price = self.decimal()?;
+        self.expect(b",\"A\":")?;
+        let best_ask_qty = self.decimal()?;
+        self.byte(b'}')?;
+        Some(MarketEvent::BookTicker(BookTicker {
+            symbol: symbol.to_owned(),
+            update_id,
+            best_bid_price,
+            best_bid_qty,
+            best_ask_price,
+            best_ask_qty,
+            event_time,
+        }))
+    }
+
+    /// After `{"lastUpdateId":`.
+    fn partial_depth(&mut self, stream: Option<&str>) -> Option<MarketEvent> {
+        let last_update_id = self.u64()?;
+        self.expect(b",\"bids\":")?;
+        let bids = self.levels()?;
+        self.expect(b",\"asks\":")?;
+        let asks = self.levels()?;
+        self.byte(b'}')?;
+        Some(MarketEvent::PartialDepth(PartialDepth {
+            symbol: stream.map(symbol_of).unwrap_or_default(),
+            last_update_id,
+            bids,
+            asks,
+        }))
     }
 }
 
-#[derive(Deserialize)]
-#[allow(non_snake_case)]
-struct Trd<'a> {
-    #[serde(borrow)]
-    e: Cow<'a, str>,
-    E: u64,
-    #[serde(borrow)]
-    s: Cow<'a, str>,
-    t: u64,
-    p: Decimal,
-    q: Decimal,
-    T: u64,
-    m: bool,
-}
-
-impl Trd<'_> {
-    fn event(self) -> Option<MarketEvent> {
-        (self.e == "trade").then(|| {
-            MarketEvent::Trade(Trade {
-                symbol: self.s.into_owned(),
-                event_time: self.E,
-                trade_id: self.t,
-                price: self.p,
-                quantity: self.q,
-                trade_time: self.T,
-                buyer_is_maker: self.m,
-            })
-        })
+const POW10: [u64; 20] = {
+    let mut t = [1u64; 20];
+    let mut i = 1;
+    while i < 20 {
+        t[i] = t[i - 1] * 10;
+        i += 1;
     }
-}
-
-#[derive(Deserialize)]
-#[allow(non_snake_case)]
-struct Kln<'a> {
-    #[serde(borrow)]
-    e: Cow<'a, str>,
-    E: u64,
-    #[serde(borrow)]
-    s: Cow<'a, str>,
-    #[serde(borrow)]
-    k: KlnBody<'a>,
-}
-
-#[derive(Deserialize)]
-#[allow(non_snake_case)]
-struct KlnBody<'a> {
-    t: u64,
-    T: u64,
-    #[serde(borrow)]
-    i: Cow<'a, str>,
-    f: i64,
-    L: i64,
-    o: Decimal,
-    c: Decimal,
-    h: Decimal,
-    l: Decimal,
-    v: Decimal,
-    n: u64,
-    x: bool,
-    q: Decimal,
-    V: Decimal,
-    Q: Decimal,
-}
-
-impl Kln<'_> {
-    fn event(self) -> Option<MarketEvent> {
-        let k = self.k;
-        (self.e == "kline").then(|| {
-            MarketEvent::Kline(Kline {
-                symbol: self.s.into_owned(),
-                event_time: self.E,
-                open_time: k.t,
-                close_time: k.T,
-                interval: k.i.into_owned(),
-                first_trade_id: k.f,
-                last_trade_id: k.L,
-                open: k.o,
-                high: k.h,
-                low: k.l,
-                close: k.c,
-                volume: k.v,
-                quote_volume: k.q,
-                taker_buy_volume: k.V,
-                taker_buy_quote_volume: k.Q,
-                trades: k.n,
-                is_closed: k.x,
-            })
-        })
-    }
-}
-
-#[derive(Deserialize)]
-#[allow(non_snake_case)]
-struct Dpt<'a> {
-    #[serde(borrow)]
-    e: Cow<'a, str>,
-    E: u64,
-    #[serde(borrow)]
-    s: Cow<'a, str>,
-    U: u64,
-    u: u64,
-    b: Vec<Level>,
-    a: Vec<Level>,
-}
-
-impl Dpt<'_> {
-    fn event(self) -> Option<MarketEvent> {
-        (self.e == "depthUpdate").then(|| {
-            MarketEvent::Depth(DepthUpdate {
-                symbol: self.s.into_owned(),
-                event_time: self.E,
-                first_update_id: self.U,
-                final_update_id: self.u,
-                bids: self.b,
-                asks: self.a,
-            })
-        })
-    }
-}
-
-#[derive(Deserialize)]
-#[allow(non_snake_case)]
-struct Book<'a> {
-    #[serde(default, borrow)]
-    e: Val<'a>,
-    /// Must be absent: with it, the general path reads a partial depth frame.
-    #[serde(default, borrow, rename = "lastUpdateId")]
-    last_update_id: Val<'a>,
-    #[serde(default)]
-    E: Option<u64>,
-    #[serde(borrow)]
-    s: Cow<'a, str>,
-    u: u64,
-    b: Decimal,
-    B: Decimal,
-    a: Decimal,
-    A: Decimal,
-}
-
-impl Book<'_> {
-    fn event(self) -> Option<MarketEvent> {
-        let plain = match &self.e {
-            Val::Absent => self.last_update_id.is_absent(),
-            Val::Str(e) => e == "bookTicker",
-            _ => false,
-        };
-        plain.then(|| {
-            MarketEvent::BookTicker(BookTicker {
-                symbol: self.s.into_owned(),
-                update_id: self.u,
-                best_bid_price: self.b,
-                best_bid_qty: self.B,
-                best_ask_price: self.a,
-                best_ask_qty: self.A,
-                event_time: self.E,
-            })
-        })
-    }
-}
-
-#[derive(Deserialize)]
-struct Partial<'a> {
-    /// Must be absent: with it, the general path reads the event type from it.
-    #[serde(default, borrow)]
-    e: Val<'a>,
-    #[serde(rename = "lastUpdateId")]
-    last_update_id: u64,
-    bids: Vec<Level>,
-    asks: Vec<Level>,
-}
-
-impl Partial<'_> {
-    fn event(self, stream: &str) -> Option<MarketEvent> {
-        self.e.is_absent().then(|| {
-            MarketEvent::PartialDepth(PartialDepth {
-                symbol: symbol_of(stream),
-                last_update_id: self.last_update_id,
-                bids: self.bids,
-                asks: self.asks,
-            })
-        })
-    }
-}
+    t
+};

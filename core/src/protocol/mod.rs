@@ -14,12 +14,13 @@
 //!
 //! Prices and quantities stay exact ([`Decimal`]); `to_f64()` is for whoever computes with them.
 //!
-//! Performance: decoding is one serde pass into a borrowed, flat struct (no `serde_json::Value`
-//! tree), then a typed conversion; an aggTrade frame in the combined envelope allocates only its
-//! stream name and symbol. Frames formatted exactly as Binance sends them take a typed fast path
-//! (`fast.rs`) that skips the per-field bookkeeping; anything else takes the general path, which
-//! names what is wrong. Its cost is measured by `cargo bench -p keel-core --bench core`
-//! (docs/BENCHMARKS.md), not by tests.
+//! Performance: frames laid out exactly as Binance sends them take a hand-written single-pass
+//! scanner (`fast.rs`: keys matched in Binance's order, numbers and decimals parsed straight from
+//! the bytes); an aggTrade frame in the combined envelope allocates only its stream name and
+//! symbol. Anything else takes the general path: one serde pass into a borrowed, flat struct (no
+//! `serde_json::Value` tree), then a typed conversion that names what is wrong. Properties in
+//! `tests.rs` hold the two paths to the same result. The cost is measured by `cargo bench -p
+//! keel-core --bench core` and `bench/run instr` (docs/BENCHMARKS.md), not by tests.
 
 mod decimal;
 mod encode;
@@ -329,8 +330,8 @@ fn decode_general(text: &str) -> Result<Frame, DecodeError> {
 /// event is attributed to `stream` (rather than to [`stream_name`]'s guess) and a partial depth frame
 /// gets its symbol from it.
 pub fn decode_on_stream(text: &str, stream: &str) -> Result<Frame, DecodeError> {
-    if let Some(Frame::Market { event, .. }) = fast::try_decode(text) {
-        return Ok(Frame::Market { stream: stream.to_owned(), event });
+    if let Some(frame) = fast::try_decode_on(text, Some(stream)) {
+        return Ok(frame);
     }
     let raw = parse(text)?;
     if is_market(&raw) && raw.stream.is_absent() && matches!(raw.data, Nested::Absent) {
