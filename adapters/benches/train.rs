@@ -27,9 +27,76 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// CPU time of the whole process (all threads), in ms.
+fn cpu_ms() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 * 1e3 + ts.tv_nsec as f64 / 1e6
+}
+
+/// Wall and CPU ms of each phase of a training step, summed over the timed steps.
+#[derive(Default)]
+struct Phases(Vec<(&'static str, Vec<(f64, f64)>)>);
+
+impl Phases {
+    fn add(&mut self, i: usize, name: &'static str, t: &mut (Instant, f64)) {
+        let (w, c) = (t.0.elapsed().as_secs_f64() * 1e3, cpu_ms() - t.1);
+        if self.0.len() <= i {
+            self.0.push((name, Vec::new()));
+        }
+        self.0[i].1.push((w, c));
+        *t = (Instant::now(), cpu_ms());
+    }
+}
+
+/// `phases <size> <dtype> <steps>`: the step of `Trainer::train_step` cut into phases, each timed
+/// (median wall ms and median process-CPU ms). A profiling aid, not a figure of BENCHMARKS.md.
+fn phases(tr: &mut trainer::Trainer, batches: &[trainer::Batch], dtype: candle_core::DType) -> anyhow::Result<()> {
+    use candle_core::DType;
+    let mut ph = Phases::default();
+    for (s, batch) in batches.iter().enumerate() {
+        let mut t = (Instant::now(), cpu_ms());
+        let ctx = Ctx::new(dtype, true, s as u64);
+        let out = tr.model.forward(&batch.x_enc, &batch.mark_enc, &batch.x_dec, &batch.mark_dec, &ctx)?;
+        let out32 = out.to_dtype(DType::F32)?;
+        let _ = out32.sum_all()?.to_scalar::<f32>()?;
+        ph.add(0, "forward", &mut t);
+        let loss = (&out32 - &batch.y)?.sqr()?.mean_all()?;
+        let _ = loss.to_scalar::<f32>()?;
+        ph.add(1, "loss", &mut t);
+        let scale = tr.driver.scale();
+        let grads = (&loss * scale)?.backward()?;
+        ph.add(2, "backward", &mut t);
+        let grads = amp::collect(&grads, &tr.params)?;
+        ph.add(3, "collect grads", &mut t);
+        let (found, norm) = amp::check_and_norm(&grads, scale)?;
+        ph.add(4, "inf check + norm", &mut t);
+        let mul = amp::clip_coef(norm, tr.cfg.clip_grad_norm) / scale;
+        tr.adam.step_scaled(&tr.params, &grads, mul)?;
+        ph.add(5, "unscale + clip + adam", &mut t);
+        let _ = tr.driver.step(s as u64, found, Some(norm));
+        ph.add(6, "scaler", &mut t);
+    }
+    let (mut tw, mut tc) = (0.0, 0.0);
+    println!("| phase | wall ms (median) | process CPU ms (median) |");
+    println!("| --- | --- | --- |");
+    for (name, v) in &ph.0 {
+        let (w, c) = (median(v.iter().map(|x| x.0).collect()), median(v.iter().map(|x| x.1).collect()));
+        (tw, tc) = (tw + w, tc + c);
+        println!("| {name} | {w:.1} | {c:.1} |");
+    }
+    println!("| sum | {tw:.1} | {tc:.1} |");
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     // cargo bench passes `--bench`; keep only our positional words.
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let phase_mode = args.first().is_some_and(|a| a == "phases");
+    if phase_mode {
+        args.remove(0);
+    }
     let size = args.first().map_or("small", String::as_str);
     let dtype = args.get(1).map_or("f32", String::as_str);
     let steps: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(if size == "base" { 3 } else { 10 });
@@ -67,6 +134,9 @@ fn main() -> anyhow::Result<()> {
 
     // Warm-up step (allocations, first-touch), then timed steps.
     tr.train_step(&batches[0], 0, 0)?;
+    if phase_mode {
+        return phases(&mut tr, &batches[1..], amp::dtype_of(t.dtype));
+    }
     let mut train_ms = Vec::new();
     for (i, batch) in batches[1..].iter().enumerate() {
         let start = Instant::now();

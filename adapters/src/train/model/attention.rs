@@ -118,15 +118,36 @@ pub fn prob_sparse(q: &Tensor, k: &Tensor, v: &Tensor, c: usize, masked: bool, c
     let n_sample = sample_count(c, lk);
     let u = sample_count(c, lq);
 
-    // Sparsity measure on detached f32 copies: it only chooses queries.
-    let idx: Vec<u32> = (0..lq * n_sample).map(|_| ctx.below(lk) as u32).collect();
-    let qd = q.detach().to_dtype(DType::F32)?;
-    let kd = k.detach().to_dtype(DType::F32)?;
-    let k_sample =
-        kd.index_select(&Tensor::from_vec(idx, lq * n_sample, dev)?, 2)?.reshape((b, h, lq, n_sample, dh))?;
-    let qk = qd.unsqueeze(3)?.broadcast_mul(&k_sample)?.sum(4)?; // (B, H, Lq, n_sample)
-    let m = (qk.max(3)? - (qk.sum(3)? / lk as f64)?)?;
-    let m = m.to_vec3::<f32>()?;
+    // Sparsity measure on host f32 copies: it only chooses queries (no gradient). Computed in
+    // plain Rust: as tensor ops it gathered a (B, H, Lq, n_sample, D) copy of the sampled keys
+    // (160 MB on the base preset) and its product with the queries, two of the largest buffers
+    // of the whole step.
+    let idx: Vec<usize> = (0..lq * n_sample).map(|_| ctx.below(lk)).collect();
+    let qd = q.detach().to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let kd = k.detach().to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let m: Vec<Vec<Vec<f32>>> = (0..b)
+        .map(|bi| {
+            (0..h)
+                .map(|hi| {
+                    let base = (bi * h + hi) * lq * dh;
+                    let kbase = (bi * h + hi) * lk * dh;
+                    (0..lq)
+                        .map(|i| {
+                            let qi = &qd[base + i * dh..base + (i + 1) * dh];
+                            let (mut max, mut sum) = (f32::NEG_INFINITY, 0f32);
+                            for &j in &idx[i * n_sample..(i + 1) * n_sample] {
+                                let kj = &kd[kbase + j * dh..kbase + (j + 1) * dh];
+                                let dot: f32 = qi.iter().zip(kj).map(|(a, b)| a * b).sum();
+                                max = max.max(dot);
+                                sum += dot;
+                            }
+                            max - sum / lk as f32
+                        })
+                        .collect()
+                })
+                .collect()
+        })
+        .collect();
 
     // Top-u queries per (batch, head), as a one-hot (Lq, u) selection matrix.
     let mut onehot = vec![0f32; b * h * lq * u];
