@@ -79,13 +79,13 @@ impl AttentionLayer {
     }
 }
 
-/// Softmax in f32 (as autocast does) from differentiable ops, with an optional additive mask.
+/// Softmax in f32 (as autocast does) with a backward pass, with an optional additive mask.
 fn softmax_f32(scores: &Tensor, mask: Option<&Tensor>, dtype: DType) -> Result<Tensor> {
     let mut s = scores.to_dtype(DType::F32)?;
     if let Some(m) = mask {
         s = s.broadcast_add(m)?;
     }
-    candle_nn::ops::softmax(&s, candle_core::D::Minus1)?.to_dtype(dtype)
+    super::fused::softmax_last_dim(&s)?.to_dtype(dtype)
 }
 
 /// Additive causal mask `(rows, cols)`: -1e30 where key index > the row's query position.

@@ -2,12 +2,14 @@
 //!
 //! Master weights are f32 [`Var`]s; every forward casts them to the compute dtype, so backward
 //! through the cast lands the gradients on the f32 masters (what `torch.autocast` + `GradScaler`
-//! do). Only differentiable candle ops are used: candle 0.11's `softmax_last_dim` and the fused
+//! do). Only differentiable ops are used: candle 0.11's `softmax_last_dim` and the fused
 //! `layer_norm` (taken by `LayerNorm::forward` on contiguous input) record no backward op and
-//! would silently drop gradients, and `max_pool2d`'s backward refuses kernel != stride; the
+//! would silently drop gradients, so [`fused`] has both as custom ops with a backward pass (CPU;
+//! composite ops elsewhere), and `max_pool2d`'s backward refuses kernel != stride; the
 //! replacements are here. Softmax and normalization statistics run in f32 like autocast does.
 
 pub mod attention;
+pub mod fused;
 pub mod informer;
 
 use candle_core::{DType, Device, Result, Tensor, Var};
@@ -130,8 +132,8 @@ impl Linear {
     }
 }
 
-/// Layer normalization over the last dimension, built from differentiable ops (the fused candle
-/// kernel has no backward), with statistics in f32.
+/// Layer normalization over the last dimension ([`fused::layer_norm`]: the fused candle kernel
+/// has no backward), with statistics in f32.
 pub struct LayerNorm {
     g: Var,
     b: Var,
@@ -149,11 +151,7 @@ impl LayerNorm {
     /// Normalizes `(.., d)`.
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let xf = x.to_dtype(DType::F32)?;
-        let mean = xf.mean_keepdim(candle_core::D::Minus1)?;
-        let xc = xf.broadcast_sub(&mean)?;
-        let var = xc.sqr()?.mean_keepdim(candle_core::D::Minus1)?;
-        let xn = xc.broadcast_div(&(var + 1e-5)?.sqrt()?)?;
-        xn.broadcast_mul(self.g.as_tensor())?.broadcast_add(self.b.as_tensor())?.to_dtype(ctx.dtype)
+        fused::layer_norm(&xf, self.g.as_tensor(), self.b.as_tensor(), 1e-5)?.to_dtype(ctx.dtype)
     }
 }
 

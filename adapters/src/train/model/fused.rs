@@ -1,0 +1,287 @@
+//! Layer normalization and softmax as single CPU ops with a backward pass.
+//!
+//! candle 0.11's fused `layer_norm` and `softmax_last_dim` record no backward op, so the model
+//! used to build both from a dozen elementwise ops. Each of those is a full pass over the tensor
+//! forward, and in the backward pass each costs its own gradient ops plus candle's accumulation
+//! (a zero tensor and an add per op), which made the two functions a large share of a step on the
+//! small preset. Here each is one forward pass and one backward pass over plain f32 slices, with
+//! the same math (statistics in f32, `x - mean` divided by `sqrt(var + eps)`), so the results
+//! equal the composite version up to float rounding (tested below). Other devices and dtypes keep
+//! the composite version.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor};
+
+/// The contiguous f32 slice of a CPU storage (the callers make their inputs contiguous).
+fn f32s<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else { candle_core::bail!("{what}: expected an f32 tensor") };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("{what}: expected a contiguous tensor"),
+    }
+}
+
+fn fused_ok(ts: &[&Tensor]) -> bool {
+    ts.iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+}
+
+/// `(x - mean) / sqrt(var + eps) * g + b` over the last dimension of an f32 `x`, with `g` and
+/// `b` of that dimension's size.
+pub fn layer_norm(x: &Tensor, g: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    if !fused_ok(&[x, g, b]) {
+        let mean = x.mean_keepdim(candle_core::D::Minus1)?;
+        let xc = x.broadcast_sub(&mean)?;
+        let var = xc.sqr()?.mean_keepdim(candle_core::D::Minus1)?;
+        let xn = xc.broadcast_div(&(var + eps)?.sqrt()?)?;
+        return xn.broadcast_mul(g)?.broadcast_add(b);
+    }
+    x.contiguous()?.apply_op3(g, b, LayerNorm { eps: eps as f32 })
+}
+
+/// Softmax over the last dimension of an f32 tensor.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if !fused_ok(&[x]) {
+        return candle_nn::ops::softmax(x, candle_core::D::Minus1);
+    }
+    x.contiguous()?.apply_op1(Softmax)
+}
+
+struct LayerNorm {
+    eps: f32,
+}
+
+/// Row statistics: mean and `sqrt(var + eps)`.
+fn stats(row: &[f32], eps: f32) -> (f32, f32) {
+    let d = row.len() as f32;
+    let mean = row.iter().sum::<f32>() / d;
+    let var = row.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / d;
+    (mean, (var + eps).sqrt())
+}
+
+impl CustomOp3 for LayerNorm {
+    fn name(&self) -> &'static str {
+        "keel-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32s(s1, l1, "layer norm input")?;
+        let (g, b) = (f32s(s2, l2, "layer norm gain")?, f32s(s3, l3, "layer norm bias")?);
+        let d = g.len();
+        if d == 0 || b.len() != d || l1.dims().last() != Some(&d) {
+            candle_core::bail!("layer norm: input {:?}, gain {d}, bias {}", l1.dims(), b.len());
+        }
+        let mut y = vec![0f32; x.len()];
+        for (xr, yr) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
+            let (mean, s) = stats(xr, self.eps);
+            for (((y, &x), &g), &b) in yr.iter_mut().zip(xr).zip(g).zip(b) {
+                *y = (x - mean) / s * g + b;
+            }
+        }
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        g: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let d = g.elem_count();
+        let n = x.elem_count();
+        // One op returns [dx | dg | db] flattened.
+        let all = x.apply_op3_no_bwd(g, &dy.contiguous()?, &LayerNormGrad { eps: self.eps })?;
+        let dx = all.narrow(0, 0, n)?.reshape(x.shape())?;
+        let dg = all.narrow(0, n, d)?.reshape(g.shape())?;
+        let db = all.narrow(0, n + d, d)?.reshape(g.shape())?;
+        Ok((Some(dx), Some(dg), Some(db)))
+    }
+}
+
+struct LayerNormGrad {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNormGrad {
+    fn name(&self) -> &'static str {
+        "keel-layer-norm-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32s(s1, l1, "layer norm input")?;
+        let g = f32s(s2, l2, "layer norm gain")?;
+        let dy = f32s(s3, l3, "layer norm output gradient")?;
+        let (d, n) = (g.len(), x.len());
+        if dy.len() != n || n % d != 0 {
+            candle_core::bail!("layer norm backward: input {n}, gradient {}, gain {d}", dy.len());
+        }
+        let mut out = vec![0f32; n + 2 * d];
+        let (dx, rest) = out.split_at_mut(n);
+        let (dg, db) = rest.split_at_mut(d);
+        let mut xhat = vec![0f32; d];
+        for ((xr, dyr), dxr) in x.chunks_exact(d).zip(dy.chunks_exact(d)).zip(dx.chunks_exact_mut(d)) {
+            let (mean, s) = stats(xr, self.eps);
+            let (mut a, mut c) = (0f32, 0f32);
+            for (((xh, &x), &dy), &g) in xhat.iter_mut().zip(xr).zip(dyr).zip(g) {
+                *xh = (x - mean) / s;
+                a += dy * g;
+                c += dy * g * *xh;
+            }
+            let (a, c) = (a / d as f32, c / d as f32);
+            for i in 0..d {
+                dxr[i] = (dyr[i] * g[i] - a - xhat[i] * c) / s;
+                dg[i] += dyr[i] * xhat[i];
+                db[i] += dyr[i];
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from(n + 2 * d)))
+    }
+}
+
+struct Softmax;
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "keel-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32s(s, l, "softmax input")?;
+        let d = *l.dims().last().unwrap_or(&1);
+        let mut y = vec![0f32; x.len()];
+        if d == 0 {
+            return Ok((CpuStorage::F32(y), l.shape().clone()));
+        }
+        for (xr, yr) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
+            let max = xr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for (y, &x) in yr.iter_mut().zip(xr) {
+                *y = (x - max).exp();
+                sum += *y;
+            }
+            for y in yr.iter_mut() {
+                *y /= sum;
+            }
+        }
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(y.apply_op2_no_bwd(&dy.contiguous()?, &SoftmaxGrad)?))
+    }
+}
+
+/// `dx = y * (dy - sum(dy * y))` per row.
+struct SoftmaxGrad;
+
+impl candle_core::CustomOp2 for SoftmaxGrad {
+    fn name(&self) -> &'static str {
+        "keel-softmax-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let y = f32s(s1, l1, "softmax output")?;
+        let dy = f32s(s2, l2, "softmax output gradient")?;
+        let d = *l1.dims().last().unwrap_or(&1);
+        if dy.len() != y.len() || d == 0 {
+            candle_core::bail!("softmax backward: output {}, gradient {}", y.len(), dy.len());
+        }
+        let mut dx = vec![0f32; y.len()];
+        for ((yr, dyr), dxr) in y.chunks_exact(d).zip(dy.chunks_exact(d)).zip(dx.chunks_exact_mut(d)) {
+            let dot: f32 = yr.iter().zip(dyr).map(|(a, b)| a * b).sum();
+            for ((dx, &y), &dy) in dxr.iter_mut().zip(yr).zip(dyr) {
+                *dx = y * (dy - dot);
+            }
+        }
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn random(shape: &[usize], seed: u64, spread: f64) -> Tensor {
+        let mut r = keel_core::rng::Rng::new(seed);
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| ((r.next_f64() - 0.5) * spread) as f32).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    /// Values and gradients of `f` (fused) and `slow` (the composite ops) on the same inputs,
+    /// with a loss weighted by a fixed random tensor so that every gradient path is exercised.
+    #[test]
+    fn layer_norm_matches_the_composite_ops_in_value_and_gradient() {
+        let x = Var::from_tensor(&random(&[3, 5, 16], 1, 6.0)).unwrap();
+        let g = Var::from_tensor(&(random(&[16], 2, 1.0) + 1.0).unwrap()).unwrap();
+        let b = Var::from_tensor(&random(&[16], 3, 1.0)).unwrap();
+        let w = random(&[3, 5, 16], 4, 2.0);
+        let run = |fused: bool| {
+            let y = if fused {
+                layer_norm(&x, &g, &b, 1e-5).unwrap()
+            } else {
+                let mean = x.mean_keepdim(candle_core::D::Minus1).unwrap();
+                let xc = x.broadcast_sub(&mean).unwrap();
+                let var = xc.sqr().unwrap().mean_keepdim(candle_core::D::Minus1).unwrap();
+                let xn = xc.broadcast_div(&(var + 1e-5).unwrap().sqrt().unwrap()).unwrap();
+                xn.broadcast_mul(&g).unwrap().broadcast_add(&b).unwrap()
+            };
+            let grads = (&y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let gx = grads.get(&x).unwrap().clone();
+            let gg = grads.get(&g).unwrap().clone();
+            let gb = grads.get(&b).unwrap().clone();
+            (y, gx, gg, gb)
+        };
+        let (a, b2) = (run(true), run(false));
+        assert!(max_diff(&a.0, &b2.0) < 1e-5, "value {}", max_diff(&a.0, &b2.0));
+        assert!(max_diff(&a.1, &b2.1) < 1e-4, "dx {}", max_diff(&a.1, &b2.1));
+        assert!(max_diff(&a.2, &b2.2) < 1e-4, "dg {}", max_diff(&a.2, &b2.2));
+        assert!(max_diff(&a.3, &b2.3) < 1e-4, "db {}", max_diff(&a.3, &b2.3));
+        // The gradient is not trivially zero.
+        assert!(a.1.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 1.0);
+    }
+
+    #[test]
+    fn softmax_matches_the_composite_ops_in_value_and_gradient() {
+        let x = Var::from_tensor(&random(&[2, 3, 4, 7], 5, 20.0)).unwrap();
+        let w = random(&[2, 3, 4, 7], 6, 2.0);
+        let run = |fused: bool| {
+            let y = if fused {
+                softmax_last_dim(&x).unwrap()
+            } else {
+                candle_nn::ops::softmax(&x, candle_core::D::Minus1).unwrap()
+            };
+            let grads = (&y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            (y, grads.get(&x).unwrap().clone())
+        };
+        let (a, b) = (run(true), run(false));
+        assert!(max_diff(&a.0, &b.0) < 1e-6, "value {}", max_diff(&a.0, &b.0));
+        assert!(max_diff(&a.1, &b.1) < 1e-6, "dx {}", max_diff(&a.1, &b.1));
+        assert!(a.1.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.1);
+        // Rows sum to one, also with a -1e30 mask entry.
+        let m = Tensor::new(&[[0f32, -1e30, 1.0]], &Device::Cpu).unwrap();
+        let y = softmax_last_dim(&m).unwrap().to_vec2::<f32>().unwrap();
+        assert!((y[0].iter().sum::<f32>() - 1.0).abs() < 1e-6 && y[0][1] == 0.0, "{y:?}");
+    }
+}
