@@ -358,15 +358,17 @@ enum Mode {
     Stopped,
 }
 
-/// Time accounting of the stats, shared by `advance` and `stats_at`.
-struct StatsClock {
+/// Time accounting of the stats, shared by `advance` and `stats_at`. It borrows the stats: `advance`
+/// runs on every input, and moving the stats out and back (as an owned field) cost a default
+/// `ConnectionStats` built and dropped per frame.
+struct StatsClock<'a> {
     mode: Mode,
     last_now: Timestamp,
     outage_since: Option<Timestamp>,
-    stats: ConnectionStats,
+    stats: &'a mut ConnectionStats,
 }
 
-impl StatsClock {
+impl StatsClock<'_> {
     fn advance(&mut self, now: Timestamp) -> Timestamp {
         let now = now.max(self.last_now);
         let elapsed = now.saturating_since(self.last_now).as_millis() as u64;
@@ -597,9 +599,15 @@ impl Connection {
     /// A snapshot of the statistics with the time since the last call accounted up to `now` (for
     /// live displays and metrics between inputs); the machine itself is not changed.
     pub fn stats_at(&self, now: Timestamp) -> ConnectionStats {
-        let mut snapshot = self.clone_for_stats();
-        snapshot.advance(now);
-        snapshot.stats
+        let mut stats = self.stats.clone();
+        let mut clock = StatsClock {
+            mode: self.mode(),
+            last_now: self.last_now,
+            outage_since: self.outage_since,
+            stats: &mut stats,
+        };
+        clock.advance(now);
+        stats
     }
 
     /// Whether a transport is open and subscribed.
@@ -682,35 +690,22 @@ impl Connection {
 
     // ---- internals ----
 
-    /// The parts `advance` touches, cheap to clone (no queues, trackers or transport state).
-    fn clone_for_stats(&self) -> StatsClock {
-        StatsClock {
-            mode: match self.state {
-                State::Live(_) => Mode::Up,
-                State::Stopped { .. } => Mode::Stopped,
-                State::Connecting { .. } | State::Waiting { .. } => Mode::Down,
-            },
-            last_now: self.last_now,
-            outage_since: self.outage_since,
-            stats: self.stats.clone(),
+    /// Whether time counts as up, down or not at all in the current state.
+    fn mode(&self) -> Mode {
+        match self.state {
+            State::Live(_) => Mode::Up,
+            State::Stopped { .. } => Mode::Stopped,
+            State::Connecting { .. } | State::Waiting { .. } => Mode::Down,
         }
     }
 
     /// Moves the clock to `now` (a clock stepping backwards is held at the last `now`) and
     /// accounts the elapsed time as up or down.
     fn advance(&mut self, now: Timestamp) -> Timestamp {
-        let mut clock = StatsClock {
-            mode: match self.state {
-                State::Live(_) => Mode::Up,
-                State::Stopped { .. } => Mode::Stopped,
-                State::Connecting { .. } | State::Waiting { .. } => Mode::Down,
-            },
-            last_now: self.last_now,
-            outage_since: self.outage_since,
-            stats: std::mem::take(&mut self.stats),
-        };
+        let mode = self.mode();
+        let mut clock =
+            StatsClock { mode, last_now: self.last_now, outage_since: self.outage_since, stats: &mut self.stats };
         let now = clock.advance(now);
-        self.stats = clock.stats;
         self.last_now = now;
         now
     }

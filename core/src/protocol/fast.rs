@@ -91,12 +91,30 @@ impl<'a> Scan<'a> {
         (self.i == self.b.len()).then_some(())
     }
 
+    /// The next 8 bytes as a little-endian word, when there are 8 left.
+    #[inline]
+    fn word(&self) -> Option<u64> {
+        let chunk: [u8; 8] = self.b.get(self.i..self.i + 8)?.try_into().ok()?;
+        Some(u64::from_le_bytes(chunk))
+    }
+
     /// Consumes a run of ASCII digits: their value (wrapped on overflow: callers check the count)
-    /// and how many there were.
+    /// and how many there were. Eight bytes at a time where the input has them.
     #[inline]
     fn digits(&mut self) -> (u64, usize) {
         let start = self.i;
         let mut v: u64 = 0;
+        while let Some(w) = self.word() {
+            let n = leading_digits(w);
+            if n == 0 {
+                return (v, self.i - start);
+            }
+            v = v.wrapping_mul(POW10[n]).wrapping_add(eight_digits(w, n));
+            self.i += n;
+            if n < 8 {
+                return (v, self.i - start);
+            }
+        }
         while let Some(&c) = self.b.get(self.i) {
             let d = c.wrapping_sub(b'0');
             if d > 9 {
@@ -113,6 +131,15 @@ impl<'a> Scan<'a> {
     fn string(&mut self) -> Option<&'a str> {
         self.byte(b'"')?;
         let start = self.i;
+        // Eight bytes at a time to the first quote, backslash or control character.
+        while let Some(w) = self.word() {
+            let special = special_bytes(w);
+            if special != 0 {
+                self.i += (special.trailing_zeros() / 8) as usize;
+                break;
+            }
+            self.i += 8;
+        }
         loop {
             match *self.b.get(self.i)? {
                 b'"' => break,
@@ -433,6 +460,43 @@ impl<'a> Scan<'a> {
     }
 }
 
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// How many of the 8 bytes of `w` (little-endian: the first byte is the lowest) are ASCII digits
+/// before the first non-digit.
+#[inline]
+fn leading_digits(w: u64) -> usize {
+    // A byte is a digit iff its high nibble is 3 and adding 6 keeps it 3. The input is UTF-8, which
+    // has no byte above 0xF4, so adding 6 never carries into the next byte.
+    const NIBBLES: u64 = 0xF0 * ONES;
+    let t = (w & NIBBLES) | ((w.wrapping_add(6 * ONES) & NIBBLES) >> 4);
+    let non_digits = t ^ (0x33 * ONES);
+    if non_digits == 0 { 8 } else { (non_digits.trailing_zeros() / 8) as usize }
+}
+
+/// The value of the first `n` (1..=8) bytes of `w`, all ASCII digits.
+#[inline]
+fn eight_digits(w: u64, n: usize) -> u64 {
+    // Move the n digits to the top and fill below with '0's: leading zeros do not change the value.
+    let w = if n == 8 { w } else { (w << (64 - 8 * n)) | ((0x30 * ONES) >> (8 * n)) };
+    // Pairs, then quads, then the eight (the first digit is the most significant); Lemire's
+    // multiply-and-shift digit combining.
+    let w = (w & (0x0F * ONES)).wrapping_mul(10 * 256 + 1) >> 8;
+    let w = (w & 0x00FF_00FF_00FF_00FF).wrapping_mul(100 * 65_536 + 1) >> 16;
+    (w & 0x0000_FFFF_0000_FFFF).wrapping_mul(10_000 * (1 << 32) + 1) >> 32
+}
+
+/// Bit 7 of each byte of `w` that is a quote, a backslash or a control character (the lowest set
+/// bit marks the first such byte exactly; bits above it may be false alarms).
+#[inline]
+fn special_bytes(w: u64) -> u64 {
+    let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    zero_byte(w ^ (u64::from(b'"') * ONES))
+        | zero_byte(w ^ (u64::from(b'\\') * ONES))
+        | (w.wrapping_sub(0x20 * ONES) & !w & HIGH)
+}
+
 const POW10: [u64; 20] = {
     let mut t = [1u64; 20];
     let mut i = 1;
@@ -442,3 +506,67 @@ const POW10: [u64; 20] = {
     }
     t
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quickcheck::{Arbitrary, Gen, quickcheck};
+
+    /// Text rich in digits, quotes, backslashes and control characters, with some multi-byte characters:
+    /// what the word-at-a-time scans must get right at every offset.
+    #[derive(Debug, Clone)]
+    struct Text(String);
+
+    impl Arbitrary for Text {
+        fn arbitrary(g: &mut Gen) -> Self {
+            let pool = ['0', '1', '5', '9', '/', ':', '.', '"', '\\', '\u{1f}', '\u{7f}', 'a', 'é', '€', '😀', ' '];
+            let len = usize::arbitrary(g) % 40;
+            Text((0..len).map(|_| *g.choose(&pool).unwrap_or(&'0')).collect())
+        }
+    }
+
+    fn naive_digits(b: &[u8]) -> (u64, usize) {
+        let n = b.iter().take_while(|c| c.is_ascii_digit()).count();
+        (b[..n].iter().fold(0u64, |v, c| v.wrapping_mul(10).wrapping_add(u64::from(c - b'0'))), n)
+    }
+
+    fn naive_string(b: &[u8]) -> Option<usize> {
+        let end = b.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
+        (b[end] == b'"').then_some(end)
+    }
+
+    #[test]
+    fn word_helpers_table() {
+        let w = |s: &[u8; 8]| u64::from_le_bytes(*s);
+        assert_eq!(leading_digits(w(b"12345678")), 8);
+        assert_eq!(leading_digits(w(b"123,5678")), 3);
+        assert_eq!(leading_digits(w(b"\"2345678")), 0);
+        assert_eq!(eight_digits(w(b"12345678"), 8), 12_345_678);
+        assert_eq!(eight_digits(w(b"00012,xx"), 5), 12);
+        assert_eq!(eight_digits(w(b"9xxxxxxx"), 1), 9);
+        assert_eq!(special_bytes(w(b"abcdefgh")), 0);
+        assert_eq!(special_bytes(w(b"abc\"efgh")).trailing_zeros() / 8, 3);
+        assert_eq!(special_bytes(w(b"a\\c\"efgh")).trailing_zeros() / 8, 1);
+        assert_eq!(special_bytes(w(b"abcdef\x01h")).trailing_zeros() / 8, 6);
+    }
+
+    quickcheck! {
+        fn digits_match_a_byte_loop(text: Text, skip: usize) -> bool {
+            let text = text.0;
+            let at = (0..=text.len()).filter(|&i| text.is_char_boundary(i)).nth(skip % (text.chars().count() + 1)).unwrap_or(0);
+            let mut s = Scan { text: &text, b: text.as_bytes(), i: at };
+            let got = s.digits();
+            got == naive_digits(&text.as_bytes()[at..]) && s.i == at + got.1
+        }
+
+        fn strings_match_a_byte_loop(text: Text) -> bool {
+            let quoted = format!("\"{}", text.0);
+            let mut s = Scan { text: &quoted, b: quoted.as_bytes(), i: 0 };
+            match (s.string(), naive_string(&quoted.as_bytes()[1..])) {
+                (Some(got), Some(end)) => got == &quoted[1..1 + end] && s.i == end + 2,
+                (None, None) => true,
+                _ => false,
+            }
+        }
+    }
+}
