@@ -218,6 +218,8 @@ impl Machine {
 
 struct Transport {
     commands: Sender<Command>,
+    /// Hands each batch's emptied `Vec` back; the transport reads on only then (see [`TransportEvent::Texts`]).
+    recycle: Sender<Vec<String>>,
     task: smol::Task<()>,
     /// The machine's attempt number when it opened this transport.
     attempt: u32,
@@ -227,8 +229,33 @@ fn wall_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+/// A batch of text frames from one transport, worked through one frame per loop turn.
+struct Inbox {
+    id: TransportId,
+    frames: Vec<String>,
+    next: usize,
+}
+
+/// Frames the loop takes from an inbox before it polls REST answers, the stop signal and the
+/// transports again (timers are checked before every frame).
+const FRAMES_PER_POLL: u32 = 64;
+
 /// Streams until the duration, the message count, a stop signal, or the core gives up.
+///
+/// Everything runs on the calling thread: the transports are tasks of a local executor driven by
+/// this future, so a frame goes from the socket to the core without crossing threads, and the
+/// transports read only while the loop is idle (CPU per message rather than parallelism; a second
+/// thread cost more in wake-ups and queueing than it saved, see docs/BENCHMARKS.md figure 4).
 pub async fn stream(cfg: Config, opts: StreamOptions) -> Result<StreamReport, StreamError> {
+    let ex = smol::LocalExecutor::new();
+    ex.run(stream_on(&ex, cfg, opts)).await
+}
+
+async fn stream_on(
+    ex: &smol::LocalExecutor<'_>,
+    cfg: Config,
+    opts: StreamOptions,
+) -> Result<StreamReport, StreamError> {
     cfg.validate().map_err(|e| StreamError::Config(e.to_string()))?;
     let settings = TransportSettings::from_config(&cfg)?;
     let mut recorder = opts.record.then(|| Recorder::new(Path::new(&cfg.stream.out_dir)));
@@ -293,6 +320,15 @@ pub async fn stream(cfg: Config, opts: StreamOptions) -> Result<StreamReport, St
     let stop_rx = opts.stop.clone();
     // The transport a give-up is about (the core's GiveUp carries no id).
     let mut last_opened: Option<TransportId> = None;
+    // The batch being worked through, and how many of its frames may still skip the full poll.
+    let mut inbox: Option<Inbox> = None;
+    let mut budget = FRAMES_PER_POLL;
+    // One timer, moved only when the next deadline moves (not re-created on every frame).
+    let mut timer = smol::Timer::never();
+    let mut armed: Option<Instant> = None;
+    let mut last_was_timer = false;
+    // The core's clock as of the last wake-up: one clock read per frame.
+    let mut clock = now();
 
     loop {
         // 1. Do what the machine asks.
@@ -300,12 +336,14 @@ pub async fn stream(cfg: Config, opts: StreamOptions) -> Result<StreamReport, St
             match out {
                 Output::Open { id, url } => {
                     let (cmd_tx, cmd_rx) = smol::channel::unbounded();
+                    let (recycle, recycle_rx) = smol::channel::bounded(1);
                     let (state, attempt) = (machine.conn().state_name(), machine.conn().attempt());
                     last_opened = Some(id);
                     tracing::debug!(conn = %id, state, attempt, class = "none", t_ms = now().as_millis(), url = redact_url(&url), "opening");
                     report.opened.push(url.clone());
-                    let task = smol::spawn(transport::run(id, url, settings.clone(), events_tx.clone(), cmd_rx));
-                    transports.insert(id, Transport { commands: cmd_tx, task, attempt });
+                    let run = transport::run(id, url, settings.clone(), events_tx.clone(), cmd_rx, recycle_rx);
+                    let task = ex.spawn(run);
+                    transports.insert(id, Transport { commands: cmd_tx, recycle, task, attempt });
                 }
                 Output::Send { id, message } => {
                     if matches!(message, WsMessage::Pong(_)) {
@@ -320,7 +358,7 @@ pub async fn stream(cfg: Config, opts: StreamOptions) -> Result<StreamReport, St
                         let _ = t.commands.try_send(Command::Close { code, reason });
                         // A transport still connecting never reads its commands: bound the close.
                         let task = t.task;
-                        closing.push(smol::spawn(async move {
+                        closing.push(ex.spawn(async move {
                             task.or(async {
                                 smol::Timer::after(Duration::from_secs(2)).await;
                             })
@@ -329,7 +367,7 @@ pub async fn stream(cfg: Config, opts: StreamOptions) -> Result<StreamReport, St
                     }
                 }
                 Output::Event(Event::Market { stream, event, .. }) => {
-                    recovery.handle_event(&stream, event, now());
+                    recovery.handle_event(&stream, event, clock);
                 }
                 Output::Event(ev) => log_event(&ev, machine.conn(), &mut report),
                 Output::Gap(g) => {
@@ -346,7 +384,7 @@ pub async fn stream(cfg: Config, opts: StreamOptions) -> Result<StreamReport, St
                         kind = ?g.kind,
                         "gap: ids missing on the stream"
                     );
-                    recovery.handle_gap(&g, now());
+                    recovery.handle_gap(&g, clock);
                     report.gaps.push(g);
                 }
                 Output::GaveUp(g) => {
@@ -365,7 +403,7 @@ pub async fn stream(cfg: Config, opts: StreamOptions) -> Result<StreamReport, St
             }
         }
         // 1b. What the recovery asks (REST requests) and passes on (events in order, reports).
-        while let Some(req) = recovery.poll_request(now()) {
+        while let Some(req) = recovery.poll_request(clock) {
             tracing::debug!(request = %req.0, path = %req.1.path(), weight = req.1.weight(), "rest: requesting");
             let _ = rest_tx.try_send(req);
         }
@@ -387,55 +425,98 @@ pub async fn stream(cfg: Config, opts: StreamOptions) -> Result<StreamReport, St
             continue;
         }
 
-        // 2. Sleep until something happens.
-        let core_at = machine.conn().poll_timeout().map(|t| start + Duration::from_millis(t.as_millis()));
-        let recovery_at = recovery.poll_timeout().map(|t| start + Duration::from_millis(t.as_millis()));
-        let mut wake_at = next_flush.min(next_status);
-        if let Some(t) = core_at {
-            wake_at = wake_at.min(t);
-        }
-        if let Some(t) = recovery_at {
-            wake_at = wake_at.min(t);
-        }
-        if let (Some(e), None) = (end_at, stopping) {
-            wake_at = wake_at.min(e);
-        }
+        // 2. Sleep until something happens, or take the next frame of the batch in hand.
         enum Wake {
             Rest((RequestId, RestResponse)),
             Transport(Option<(TransportId, TransportEvent)>),
+            Frame(TransportId, String),
             Timer,
             Stop,
         }
-        // REST answers first: they are rare, and a busy feed must not starve them.
-        let wake = async {
-            match rest_rx.recv().await {
-                Ok(r) => Wake::Rest(r),
-                Err(_) => std::future::pending().await,
-            }
+        // A finished batch goes back to its transport, which then reads on.
+        if let Some(b) = inbox.take_if(|b| b.next >= b.frames.len())
+            && let Some(t) = transports.get(&b.id)
+        {
+            let mut frames = b.frames;
+            frames.clear();
+            let _ = t.recycle.try_send(frames);
         }
-        .or(async { Wake::Transport(events_rx.recv().await.ok()) })
-        .or(async {
-            smol::Timer::at(wake_at).await;
-            Wake::Timer
-        })
-        .or(async {
-            match (&stop_rx, stopping) {
-                (Some(rx), None) => {
-                    let _ = rx.recv().await;
-                    Wake::Stop
-                }
-                _ => std::future::pending().await,
+        let (mut core_at, mut recovery_at) = (None, None);
+        let t = Instant::now();
+        let wake = match inbox.as_mut().filter(|_| budget > 0) {
+            // Up to FRAMES_PER_POLL frames of a batch go straight to the core; deadlines wait that long
+            // at most (tens of µs: they are in ms).
+            Some(b) => {
+                budget -= 1;
+                b.next += 1;
+                Wake::Frame(b.id, std::mem::take(&mut b.frames[b.next - 1]))
             }
-        })
-        .await;
+            None => {
+                budget = FRAMES_PER_POLL;
+                core_at = machine.conn().poll_timeout().map(|t| start + Duration::from_millis(t.as_millis()));
+                recovery_at = recovery.poll_timeout().map(|t| start + Duration::from_millis(t.as_millis()));
+                let mut wake_at = next_flush.min(next_status);
+                for d in [core_at, recovery_at, end_at.filter(|_| stopping.is_none())].into_iter().flatten() {
+                    wake_at = wake_at.min(d);
+                }
+                if t >= wake_at && !last_was_timer {
+                    // Due deadlines before the frames, but never twice in a row: frames always progress.
+                    Wake::Timer
+                } else {
+                    if armed != Some(wake_at) {
+                        timer.set_at(wake_at);
+                        armed = Some(wake_at);
+                    }
+                    // REST answers and the stop signal first: they are rare, and a busy feed must not
+                    // starve them.
+                    async {
+                        match rest_rx.recv().await {
+                            Ok(r) => Wake::Rest(r),
+                            Err(_) => std::future::pending().await,
+                        }
+                    }
+                    .or(async {
+                        match (&stop_rx, stopping) {
+                            (Some(rx), None) => {
+                                let _ = rx.recv().await;
+                                Wake::Stop
+                            }
+                            _ => std::future::pending().await,
+                        }
+                    })
+                    .or(async {
+                        match inbox.as_mut() {
+                            Some(b) => {
+                                b.next += 1;
+                                Wake::Frame(b.id, std::mem::take(&mut b.frames[b.next - 1]))
+                            }
+                            None => Wake::Transport(events_rx.recv().await.ok()),
+                        }
+                    })
+                    .or(async {
+                        (&mut timer).await;
+                        Wake::Timer
+                    })
+                    .await
+                }
+            }
+        };
+        last_was_timer = matches!(wake, Wake::Timer);
+        if last_was_timer {
+            // Fired or not, it is re-armed from the deadlines on the next full poll.
+            armed = None;
+        }
+        let t = if matches!(wake, Wake::Frame(..)) { t } else { Instant::now() };
+        clock = Timestamp::from_millis(t.duration_since(start).as_millis() as u64);
 
         // 3. Feed what happened. The recovery's deadline (a Retry-After, the weight budget, a retry
-        // pause) is checked on every wake, so a busy feed cannot starve it behind transport events.
-        if recovery_at.is_some_and(|c| Instant::now() >= c) {
-            recovery.handle_timeout(now());
+        // pause) is checked on every full poll, so a busy feed cannot starve it behind transport events.
+        if recovery_at.is_some_and(|c| t >= c) {
+            recovery.handle_timeout(clock);
         }
         match wake {
-            Wake::Rest((id, response)) => recovery.handle_response(id, response, now()),
+            Wake::Rest((id, response)) => recovery.handle_response(id, response, clock),
+            Wake::Frame(id, text) => machine.handle_input(Input::Text { id, text }, clock),
             Wake::Transport(Some((id, ev))) => {
                 let input = match ev {
                     TransportEvent::Opened => Input::Opened { id },
@@ -468,7 +549,10 @@ pub async fn stream(cfg: Config, opts: StreamOptions) -> Result<StreamReport, St
                         );
                         Input::Closed { id, code, reason }
                     }
-                    TransportEvent::Text(text) => Input::Text { id, text },
+                    TransportEvent::Texts(frames) => {
+                        inbox = Some(Inbox { id, frames, next: 0 });
+                        continue;
+                    }
                     TransportEvent::Ping(payload) => Input::Ping { id, payload },
                     TransportEvent::Pong(payload) => Input::Pong { id, payload },
                 };
@@ -609,9 +693,9 @@ fn pass_on(
     match out {
         RecoveryOutput::Deliver { stream, event, backfilled } => {
             *total_market += 1;
-            *report.market_events.entry(stream.clone()).or_default() += 1;
+            count(&mut report.market_events, &stream);
             if backfilled {
-                *report.backfilled_events.entry(stream.clone()).or_default() += 1;
+                count(&mut report.backfilled_events, &stream);
             }
             if let Some(r) = recorder {
                 r.record(&stream, &event, wall_ms())?;
@@ -623,6 +707,16 @@ fn pass_on(
         }
     }
     Ok(())
+}
+
+/// Adds one to `stream`'s counter (the name is copied only the first time).
+fn count(counts: &mut BTreeMap<String, u64>, stream: &str) {
+    match counts.get_mut(stream) {
+        Some(n) => *n += 1,
+        None => {
+            counts.insert(stream.to_string(), 1);
+        }
+    }
 }
 
 /// Logs what the recovery reports (Deliver is recorded, not logged).

@@ -244,8 +244,10 @@ pub enum TransportEvent {
         /// Its reason.
         reason: String,
     },
-    /// A text frame.
-    Text(String),
+    /// Text frames read back to back, in order (1 to [`MAX_BATCH`]). The stream loop hands the
+    /// emptied `Vec` back on the transport's `recycle` channel; until then the transport reads no
+    /// further (one batch in flight: the socket buffers the rest, and no queue grows without bound).
+    Texts(Vec<String>),
     /// A server ping (tungstenite has already queued the pong with the same payload).
     Ping(Vec<u8>),
     /// A pong.
@@ -266,13 +268,21 @@ pub enum Command {
     },
 }
 
+/// Most text frames in one [`TransportEvent::Texts`]: bounds how long the stream loop works through
+/// one batch before it looks at its timers, REST answers and the stop signal again.
+pub const MAX_BATCH: usize = 256;
+
 /// Runs transport `id`: connects to `url`, then moves frames until it fails, is closed, or is told to close.
+///
+/// Frames that are already buffered (decrypted by TLS, or still in the socket) when one arrives are
+/// read at once into the same batch: one wake-up and one channel message per batch, not per frame.
 pub async fn run(
     id: TransportId,
     url: String,
     settings: TransportSettings,
     events: Sender<(TransportId, TransportEvent)>,
     commands: Receiver<Command>,
+    recycle: Receiver<Vec<String>>,
 ) {
     let report = |ev: TransportEvent| {
         // Errors quote URLs (a listenKey in the path): they leave the transport redacted, so that
@@ -297,12 +307,45 @@ pub async fn run(
     enum Wake {
         Read(Option<Result<Message, tungstenite::Error>>),
         Cmd(Option<Command>),
+        /// The stream loop handed a batch's `Vec` back (`None`: it dropped this transport).
+        Back(Option<Vec<String>>),
     }
+    // A batch is out and its `Vec` not back yet: read nothing (commands are still served).
+    let mut in_flight = false;
+    // What ended the last batch (a non-text message, an error, the end), handled before reading on.
+    let mut carry: Option<Wake> = None;
+    let mut spare: Option<Vec<String>> = None;
     loop {
-        let wake = async { Wake::Read(ws.next().await) }.or(async { Wake::Cmd(commands.recv().await.ok()) }).await;
+        // Commands first: after a Close, frames still arriving are of no use.
+        let wake = if in_flight {
+            async { Wake::Cmd(commands.recv().await.ok()) }.or(async { Wake::Back(recycle.recv().await.ok()) }).await
+        } else if let Some(w) = carry.take() {
+            w
+        } else {
+            async { Wake::Cmd(commands.recv().await.ok()) }.or(async { Wake::Read(ws.next().await) }).await
+        };
         match wake {
+            Wake::Back(v) => {
+                in_flight = false;
+                spare = v;
+            }
             Wake::Read(Some(Ok(msg))) => match msg {
-                Message::Text(t) => report(TransportEvent::Text(t.as_str().to_string())).await,
+                Message::Text(t) => {
+                    let mut batch = spare.take().unwrap_or_else(|| Vec::with_capacity(MAX_BATCH));
+                    batch.push(String::from(t.as_str()));
+                    while batch.len() < MAX_BATCH {
+                        match futures_util::FutureExt::now_or_never(ws.next()) {
+                            Some(Some(Ok(Message::Text(t)))) => batch.push(String::from(t.as_str())),
+                            Some(other) => {
+                                carry = Some(Wake::Read(other));
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                    in_flight = true;
+                    report(TransportEvent::Texts(batch)).await
+                }
                 Message::Ping(p) => {
                     // tungstenite queued the pong with the same payload; make sure it goes out now.
                     let _ = futures_util::SinkExt::flush(&mut ws).await;
