@@ -254,11 +254,16 @@ enum Watch {
 }
 
 impl Watch {
-    fn deadline(self, stall_after: Duration) -> Timestamp {
+    /// When the stall clock of this stream started.
+    fn since(self) -> Timestamp {
         match self {
-            Watch::Flowing { last_event } => last_event + stall_after,
-            Watch::Resubscribed { at } => at + stall_after,
+            Watch::Flowing { last_event } => last_event,
+            Watch::Resubscribed { at } => at,
         }
+    }
+
+    fn deadline(self, stall_after: Duration) -> Timestamp {
+        self.since() + stall_after
     }
 }
 
@@ -296,7 +301,8 @@ impl StallDetector {
     /// The earliest stall deadline.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Timestamp> {
-        self.streams.values().map(|w| w.deadline(self.stall_after)).min()
+        // One addition for the earliest start rather than one per stream (adding is monotonic).
+        self.streams.values().map(|w| w.since()).min().map(|t| t + self.stall_after)
     }
 
     /// The streams that stalled by `now` and what to do about each, in stream-name order.

@@ -327,6 +327,15 @@ enum StandbyPhase {
 const STANDBY_BUFFER_MAX: usize = 100_000;
 
 /// The first id an event covers, for the overlap test of a hand-over (`None`: no sequence).
+/// The earlier of two optional deadlines (`None` is "no deadline", not "now").
+fn earliest(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, None) => a,
+        (None, b) => b,
+    }
+}
+
 fn first_id(event: &MarketEvent) -> Option<u64> {
     use crate::gaps::Sequence;
     match event.sequence() {
@@ -572,20 +581,18 @@ impl Connection {
             State::Waiting { until, .. } => Some(*until),
             State::Connecting { deadline, .. } => Some(*deadline),
             State::Live(live) => {
-                let standby = match live.standby.as_deref() {
-                    None => [None, None, None],
-                    Some(Standby { phase: StandbyPhase::Opening { deadline }, .. }) => [Some(*deadline), None, None],
+                // Written out rather than as an iterator chain: this runs after every frame.
+                let t = earliest(live.heartbeat.poll_timeout(), live.stalls.poll_timeout());
+                let t = earliest(t, live.control.poll_timeout());
+                match live.standby.as_deref() {
+                    // While a rollover runs, the old transport is not rolled over again.
+                    None => earliest(t, Some(live.rollover_at)),
+                    Some(Standby { phase: StandbyPhase::Opening { deadline }, .. }) => earliest(t, Some(*deadline)),
                     Some(Standby { cutoff, phase: StandbyPhase::Open { heartbeat, control, .. }, .. }) => {
-                        [Some(*cutoff), heartbeat.poll_timeout(), control.poll_timeout()]
+                        let t = earliest(t, Some(*cutoff));
+                        earliest(earliest(t, heartbeat.poll_timeout()), control.poll_timeout())
                     }
-                };
-                // While a rollover runs, the old transport is not rolled over again.
-                let rollover = if live.standby.is_some() { None } else { Some(live.rollover_at) };
-                [rollover, live.heartbeat.poll_timeout(), live.stalls.poll_timeout(), live.control.poll_timeout()]
-                    .into_iter()
-                    .chain(standby)
-                    .flatten()
-                    .min()
+                }
             }
         };
         t.map(|t| t.max(self.last_now))
