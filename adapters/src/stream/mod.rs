@@ -698,7 +698,9 @@ fn pass_on(
                 count(&mut report.backfilled_events, &stream);
             }
             if let Some(r) = recorder {
-                r.record(&stream, &event, wall_ms())?;
+                // The wall clock only for events without a time of their own (it picks their file's day).
+                let received_ms = if event.event_time() == 0 { wall_ms() } else { 0 };
+                r.record(&stream, &event, received_ms)?;
             }
         }
         other => {

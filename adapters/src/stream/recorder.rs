@@ -6,7 +6,7 @@
 //! second and at shutdown, so a crash loses at most the last second.
 
 use chrono::{DateTime, Utc};
-use keel_core::protocol::{Level, MarketEvent};
+use keel_core::protocol::{Decimal, Level, MarketEvent};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
@@ -52,76 +52,140 @@ pub fn header(event: &MarketEvent) -> &'static str {
     }
 }
 
+/// Appends `v` in decimal (the recorder writes millions of these; `write!` costs several times more).
+fn push_u64(out: &mut String, mut v: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or_default());
+}
+
+/// Appends `d` exactly as its `Display` writes it (the text Binance sent), without the u128
+/// divisions of the general path when the digits fit in a u64 (every price and quantity does).
+fn push_decimal(out: &mut String, d: Decimal) {
+    let Ok(mut m) = u64::try_from(d.mantissa_wide()) else {
+        let _ = write!(out, "{d}");
+        return;
+    };
+    let scale = usize::from(d.scale());
+    // At least scale + 1 digits: "0.0010" is mantissa 10 at scale 4.
+    let mut buf = [b'0'; 40];
+    let mut i = buf.len();
+    while m > 0 || buf.len() - i <= scale {
+        i -= 1;
+        buf[i] = b'0' + (m % 10) as u8;
+        m /= 10;
+    }
+    if d.is_negative() {
+        out.push('-');
+    }
+    let digits = std::str::from_utf8(&buf[i..]).unwrap_or_default();
+    let (int, frac) = digits.split_at(digits.len() - scale);
+    out.push_str(int);
+    if scale > 0 {
+        out.push('.');
+        out.push_str(frac);
+    }
+}
+
 fn levels(out: &mut String, levels: &[Level]) {
     for (i, (p, q)) in levels.iter().enumerate() {
         if i > 0 {
             out.push(';');
         }
-        let _ = write!(out, "{p}:{q}");
+        push_decimal(out, *p);
+        out.push(':');
+        push_decimal(out, *q);
     }
 }
 
 /// One CSV row (without the newline) for `event`, in the documented column order.
 pub fn row(event: &MarketEvent) -> String {
-    let b = |v: bool| if v { 1 } else { 0 };
     let mut s = String::with_capacity(96);
-    let _ = match event {
-        MarketEvent::AggTrade(e) => write!(
-            s,
-            "{},{},{},{},{},{},{},{}",
-            e.event_time,
-            e.agg_id,
-            e.price,
-            e.quantity,
-            e.first_trade_id,
-            e.last_trade_id,
-            e.trade_time,
-            b(e.buyer_is_maker)
-        ),
-        MarketEvent::Trade(e) => write!(
-            s,
-            "{},{},{},{},{},{}",
-            e.event_time,
-            e.trade_id,
-            e.price,
-            e.quantity,
-            e.trade_time,
-            b(e.buyer_is_maker)
-        ),
-        MarketEvent::Kline(k) => write!(
-            s,
-            "{},{},{},{},{},{},{},{},{},{},{}",
-            k.event_time,
-            k.open_time,
-            k.close_time,
-            k.interval,
-            k.open,
-            k.high,
-            k.low,
-            k.close,
-            k.volume,
-            k.trades,
-            b(k.is_closed)
-        ),
-        MarketEvent::Depth(d) => {
-            let _ = write!(s, "{},{},{},", d.event_time, d.first_update_id, d.final_update_id);
-            levels(&mut s, &d.bids);
-            s.push(',');
-            levels(&mut s, &d.asks);
-            Ok(())
-        }
-        MarketEvent::BookTicker(t) => {
-            write!(s, "{},{},{},{},{}", t.update_id, t.best_bid_price, t.best_bid_qty, t.best_ask_price, t.best_ask_qty)
-        }
-        MarketEvent::PartialDepth(d) => {
-            let _ = write!(s, "{},", d.last_update_id);
-            levels(&mut s, &d.bids);
-            s.push(',');
-            levels(&mut s, &d.asks);
-            Ok(())
+    write_row(&mut s, event);
+    s
+}
+
+/// Appends the row of `event` (without the newline) to `s`.
+fn write_row(s: &mut String, event: &MarketEvent) {
+    let b = |v: bool| if v { "1" } else { "0" };
+    // Fields in order, comma-separated.
+    enum F<'a> {
+        U(u64),
+        D(Decimal),
+        S(&'a str),
+    }
+    let mut fields = |fs: &[F<'_>]| {
+        for (i, f) in fs.iter().enumerate() {
+            if i > 0 {
+                s.push(',');
+            }
+            match f {
+                F::U(v) => push_u64(s, *v),
+                F::D(d) => push_decimal(s, *d),
+                F::S(t) => s.push_str(t),
+            }
         }
     };
-    s
+    match event {
+        MarketEvent::AggTrade(e) => fields(&[
+            F::U(e.event_time),
+            F::U(e.agg_id),
+            F::D(e.price),
+            F::D(e.quantity),
+            F::U(e.first_trade_id),
+            F::U(e.last_trade_id),
+            F::U(e.trade_time),
+            F::S(b(e.buyer_is_maker)),
+        ]),
+        MarketEvent::Trade(e) => fields(&[
+            F::U(e.event_time),
+            F::U(e.trade_id),
+            F::D(e.price),
+            F::D(e.quantity),
+            F::U(e.trade_time),
+            F::S(b(e.buyer_is_maker)),
+        ]),
+        MarketEvent::Kline(k) => fields(&[
+            F::U(k.event_time),
+            F::U(k.open_time),
+            F::U(k.close_time),
+            F::S(&k.interval),
+            F::D(k.open),
+            F::D(k.high),
+            F::D(k.low),
+            F::D(k.close),
+            F::D(k.volume),
+            F::U(k.trades),
+            F::S(b(k.is_closed)),
+        ]),
+        MarketEvent::Depth(d) => {
+            fields(&[F::U(d.event_time), F::U(d.first_update_id), F::U(d.final_update_id), F::S("")]);
+            levels(s, &d.bids);
+            s.push(',');
+            levels(s, &d.asks);
+        }
+        MarketEvent::BookTicker(t) => fields(&[
+            F::U(t.update_id),
+            F::D(t.best_bid_price),
+            F::D(t.best_bid_qty),
+            F::D(t.best_ask_price),
+            F::D(t.best_ask_qty),
+        ]),
+        MarketEvent::PartialDepth(d) => {
+            fields(&[F::U(d.last_update_id), F::S("")]);
+            levels(s, &d.bids);
+            s.push(',');
+            levels(s, &d.asks);
+        }
+    }
 }
 
 /// The UTC day (`YYYY-MM-DD`) of a time in ms since the Unix epoch.
@@ -130,8 +194,12 @@ pub fn utc_day(ms: u64) -> String {
     dt.format("%Y-%m-%d").to_string()
 }
 
+/// Milliseconds in a UTC day (Unix time has no leap seconds).
+const DAY_MS: u64 = 86_400_000;
+
 struct OpenFile {
-    day: String,
+    /// The first ms of the file's UTC day: rows with a time in [day_start, day_start + DAY_MS) go here.
+    day_start: u64,
     path: PathBuf,
     writer: BufWriter<File>,
 }
@@ -142,41 +210,48 @@ pub struct Recorder {
     files: BTreeMap<String, OpenFile>,
     rows: u64,
     paths: Vec<PathBuf>,
+    /// The row being written, reused (no allocation per row).
+    line: String,
 }
 
 impl Recorder {
     /// A recorder writing under `dir` (created on the first event).
     pub fn new(dir: &Path) -> Recorder {
-        Recorder { dir: dir.to_path_buf(), files: BTreeMap::new(), rows: 0, paths: Vec::new() }
+        Recorder { dir: dir.to_path_buf(), files: BTreeMap::new(), rows: 0, paths: Vec::new(), line: String::new() }
     }
 
     /// Appends `event` of `stream`. The file's day is the event's time, or `received_ms` for
     /// events without one (spot bookTicker, partial depth).
     pub fn record(&mut self, stream: &str, event: &MarketEvent, received_ms: u64) -> Result<(), RecorderError> {
-        if stream.is_empty() || stream.contains(['/', '\\']) || stream.contains("..") {
-            return Err(RecorderError::BadStreamName(stream.to_string()));
-        }
         let t = match event.event_time() {
             0 => received_ms,
             t => t,
         };
-        let day = utc_day(t);
-        if self.files.get(stream).is_none_or(|f| f.day != day) {
+        // The day (and the stream name) are checked only when a file is opened: a row of the same
+        // day as the last costs one map lookup and a range check.
+        if !self.files.get(stream).is_some_and(|f| (f.day_start..f.day_start + DAY_MS).contains(&t)) {
+            if stream.is_empty() || stream.contains(['/', '\\']) || stream.contains("..") {
+                return Err(RecorderError::BadStreamName(stream.to_string()));
+            }
             if let Some(mut old) = self.files.remove(stream) {
                 old.writer.flush().map_err(|source| RecorderError::Write { path: old.path.clone(), source })?;
             }
-            let f = self.open(stream, &day, event)?;
+            let f = self.open(stream, t, event)?;
             self.files.insert(stream.to_string(), f);
         }
         let Some(f) = self.files.get_mut(stream) else { unreachable!("inserted above") };
-        let mut line = row(event);
-        line.push('\n');
-        f.writer.write_all(line.as_bytes()).map_err(|source| RecorderError::Write { path: f.path.clone(), source })?;
+        self.line.clear();
+        write_row(&mut self.line, event);
+        self.line.push('\n');
+        f.writer
+            .write_all(self.line.as_bytes())
+            .map_err(|source| RecorderError::Write { path: f.path.clone(), source })?;
         self.rows += 1;
         Ok(())
     }
 
-    fn open(&mut self, stream: &str, day: &str, event: &MarketEvent) -> Result<OpenFile, RecorderError> {
+    fn open(&mut self, stream: &str, t: u64, event: &MarketEvent) -> Result<OpenFile, RecorderError> {
+        let day = utc_day(t);
         let dir = self.dir.join(stream);
         std::fs::create_dir_all(&dir).map_err(|source| RecorderError::Open { path: dir.clone(), source })?;
         let path = dir.join(format!("{day}.csv"));
@@ -194,7 +269,7 @@ impl Recorder {
         if !self.paths.contains(&path) {
             self.paths.push(path.clone());
         }
-        Ok(OpenFile { day: day.to_string(), path, writer })
+        Ok(OpenFile { day_start: t - t % DAY_MS, path, writer })
     }
 
     /// Writes every buffered row to its file.
@@ -255,6 +330,69 @@ mod tests {
             assert_eq!(row(&e), expected);
             assert_eq!(header(&e).split(',').count(), expected.split(',').count(), "{json}");
         }
+    }
+
+    #[test]
+    fn decimals_and_integers_are_written_as_display_writes_them() {
+        let table = [
+            "0",
+            "0.0",
+            "-0.0",
+            "0.00100000",
+            "100",
+            "25.35190000",
+            "-1.5",
+            "0.000000000000000001",
+            "18446744073709551615",
+            "184467440737.09551616",
+            "79228162514264337593543950335",
+        ];
+        for text in table {
+            let d = Decimal::parse(text).unwrap();
+            let mut s = String::new();
+            push_decimal(&mut s, d);
+            assert_eq!(s, text);
+            assert_eq!(s, d.to_string());
+        }
+        for v in [0, 7, 10, 1_672_515_782_136, u64::MAX] {
+            let mut s = String::new();
+            push_u64(&mut s, v);
+            assert_eq!(s, v.to_string());
+        }
+    }
+
+    quickcheck::quickcheck! {
+        fn push_decimal_matches_display(lo: u64, hi: u32, scale: u8, negative: bool) -> bool {
+            let mantissa = (u128::from(hi % 1024) << 64) | u128::from(lo);
+            match Decimal::new(mantissa, scale % 19, negative) {
+                Some(d) => {
+                    let mut s = String::new();
+                    push_decimal(&mut s, d);
+                    s == d.to_string()
+                }
+                None => true,
+            }
+        }
+    }
+
+    #[test]
+    fn a_new_utc_day_opens_a_new_file() {
+        let dir = std::env::temp_dir().join(format!("keel-recorder-day-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut r = Recorder::new(&dir);
+        let book = event(BOOK);
+        // bookTicker has no event time: the time of receipt picks the day.
+        let midnight = 1_700_006_400_000; // 2023-11-15T00:00:00Z
+        for t in [midnight - 1, midnight, midnight + DAY_MS - 1, midnight - 2] {
+            r.record("bnbusdt@bookTicker", &book, t).unwrap();
+        }
+        drop(r);
+        let rows = |day: &str| {
+            let text = std::fs::read_to_string(dir.join(format!("bnbusdt@bookTicker/{day}.csv"))).unwrap();
+            text.lines().count() - 1
+        };
+        assert_eq!((rows("2023-11-14"), rows("2023-11-15")), (2, 2));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
