@@ -36,10 +36,14 @@ def proc_cpu(pid):
 
 
 async def run(url, ca, frames):
+    """Returns (frames, bytes, CPU s and wall s at the last frame). The close handshake is left out
+    of the timing, as the Rust consumers' is (the bare one does not wait for it): websockets waits
+    for the server to close TCP, up to close_timeout, which the exchange does not hurry."""
     ctx = ssl.create_default_context(cafile=ca)
     n = nbytes = last = 0
+    at_last = None
     id_key = "u" if "@depth" in url else "a"
-    async with websockets.connect(url, ssl=ctx, max_size=None, max_queue=MAX_QUEUE) as ws:
+    async with websockets.connect(url, ssl=ctx, max_size=None, max_queue=MAX_QUEUE, close_timeout=1) as ws:
         async for msg in ws:
             nbytes += len(msg)
             data = json.loads(msg)["data"]
@@ -49,8 +53,11 @@ async def run(url, ca, frames):
             last = i
             n += 1
             if n >= frames:
+                at_last = (cpu(), time.perf_counter())
                 break
-    return n, nbytes
+    if at_last is None:
+        raise SystemExit(f"the exchange closed after {n} frames")
+    return n, nbytes, at_last
 
 
 def main():
@@ -59,8 +66,8 @@ def main():
     url = f"{base}/stream?streams=btcusdt@{kind}"
     ex0 = proc_cpu(pid) if pid else None
     c0, t0 = cpu(), time.perf_counter()
-    n, nbytes = asyncio.run(run(url, ca, frames))
-    wall, c = time.perf_counter() - t0, cpu() - c0
+    n, nbytes, (c1, t1) = asyncio.run(run(url, ca, frames))
+    wall, c = t1 - t0, c1 - c0
     ex1 = proc_cpu(pid) if pid else None
     ex = f"{(ex1 - ex0) * 1e6 / n:.2f}" if ex0 is not None and ex1 is not None else "-"
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
