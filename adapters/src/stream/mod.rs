@@ -442,7 +442,9 @@ async fn stream_on(
             let _ = t.recycle.try_send(frames);
         }
         let (mut core_at, mut recovery_at) = (None, None);
-        let t = Instant::now();
+        // Read at every full poll; the frames in between keep it (they were read from the socket
+        // together, tens of µs ago at most, and the core counts in ms).
+        let mut t = None;
         let wake = match inbox.as_mut().filter(|_| budget > 0) {
             // Up to FRAMES_PER_POLL frames of a batch go straight to the core; deadlines wait that long
             // at most (tens of µs: they are in ms).
@@ -453,13 +455,14 @@ async fn stream_on(
             }
             None => {
                 budget = FRAMES_PER_POLL;
+                let now_at = *t.insert(Instant::now());
                 core_at = machine.conn().poll_timeout().map(|t| start + Duration::from_millis(t.as_millis()));
                 recovery_at = recovery.poll_timeout().map(|t| start + Duration::from_millis(t.as_millis()));
                 let mut wake_at = next_flush.min(next_status);
                 for d in [core_at, recovery_at, end_at.filter(|_| stopping.is_none())].into_iter().flatten() {
                     wake_at = wake_at.min(d);
                 }
-                if t >= wake_at && !last_was_timer {
+                if now_at >= wake_at && !last_was_timer {
                     // Due deadlines before the frames, but never twice in a row: frames always progress.
                     Wake::Timer
                 } else {
@@ -506,13 +509,15 @@ async fn stream_on(
             // Fired or not, it is re-armed from the deadlines on the next full poll.
             armed = None;
         }
-        let t = if matches!(wake, Wake::Frame(..)) { t } else { Instant::now() };
-        clock = Timestamp::from_millis(t.duration_since(start).as_millis() as u64);
-
-        // 3. Feed what happened. The recovery's deadline (a Retry-After, the weight budget, a retry
-        // pause) is checked on every full poll, so a busy feed cannot starve it behind transport events.
-        if recovery_at.is_some_and(|c| t >= c) {
-            recovery.handle_timeout(clock);
+        if let Some(polled_at) = t {
+            // After a wait, the time it ended.
+            let t = if matches!(wake, Wake::Frame(..)) { polled_at } else { Instant::now() };
+            clock = Timestamp::from_millis(t.duration_since(start).as_millis() as u64);
+            // 3. Feed what happened. The recovery's deadline (a Retry-After, the weight budget, a retry
+            // pause) is checked on every full poll, so a busy feed cannot starve it behind transport events.
+            if recovery_at.is_some_and(|c| t >= c) {
+                recovery.handle_timeout(clock);
+            }
         }
         match wake {
             Wake::Rest((id, response)) => recovery.handle_response(id, response, clock),
