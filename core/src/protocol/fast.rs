@@ -57,18 +57,22 @@ struct Scan<'a> {
 }
 
 impl<'a> Scan<'a> {
-    /// Consumes `l` if the input continues with it.
-    #[inline]
-    fn lit(&mut self, l: &[u8]) -> bool {
-        let matched = self.b.get(self.i..self.i + l.len()) == Some(l);
+    /// Consumes `l` if the input continues with it. The length is a constant in each use, so the
+    /// comparison compiles to a few word compares instead of a `memcmp` call.
+    #[inline(always)]
+    fn lit<const N: usize>(&mut self, l: &[u8; N]) -> bool {
+        let matched = match self.b.get(self.i..self.i + N) {
+            Some(s) => s == l,
+            None => false,
+        };
         if matched {
-            self.i += l.len();
+            self.i += N;
         }
         matched
     }
 
-    #[inline]
-    fn expect(&mut self, l: &[u8]) -> Option<()> {
+    #[inline(always)]
+    fn expect<const N: usize>(&mut self, l: &[u8; N]) -> Option<()> {
         self.lit(l).then_some(())
     }
 
