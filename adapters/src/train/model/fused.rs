@@ -1,4 +1,4 @@
-//! Layer normalization and softmax as single CPU ops with a backward pass.
+//! Layer normalization, softmax and bias addition as single CPU ops with a backward pass.
 //!
 //! candle 0.11's fused `layer_norm` and `softmax_last_dim` record no backward op, so the model
 //! used to build both from a dozen elementwise ops. Each of those is a full pass over the tensor
@@ -43,6 +43,66 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
         return candle_nn::ops::softmax(x, candle_core::D::Minus1);
     }
     x.contiguous()?.apply_op1(Softmax)
+}
+
+/// `y + b` with `b` broadcast over the rows of `y` (a Linear's bias).
+///
+/// As `broadcast_add`, the backward pass sums the output gradient over the broadcast dimensions
+/// with candle's generic strided reduction, one of the slowest kernels of the step; here the bias
+/// gradient is a plain row-by-row column sum.
+pub fn add_bias(y: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if !fused_ok(&[y, b]) || b.rank() != 1 || y.dims().last() != Some(&b.elem_count()) {
+        return y.broadcast_add(b);
+    }
+    y.contiguous()?.apply_op2(&b.contiguous()?, AddBias)
+}
+
+struct AddBias;
+
+impl candle_core::CustomOp2 for AddBias {
+    fn name(&self) -> &'static str {
+        "keel-add-bias"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let y = f32s(s1, l1, "bias add input")?;
+        let b = f32s(s2, l2, "bias")?;
+        if b.is_empty() || y.len() % b.len() != 0 {
+            candle_core::bail!("bias add: input {:?}, bias {}", l1.dims(), b.len());
+        }
+        let mut out = y.to_vec();
+        for row in out.chunks_exact_mut(b.len()) {
+            for (o, &b) in row.iter_mut().zip(b) {
+                *o += b;
+            }
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(&self, _y: &Tensor, b: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let db = dy.contiguous()?.apply_op1_no_bwd(&ColumnSum(b.elem_count()))?;
+        Ok((Some(dy.clone()), Some(db)))
+    }
+}
+
+/// Sum of the rows of a contiguous tensor seen as `(n / width, width)`.
+struct ColumnSum(usize);
+
+impl CustomOp1 for ColumnSum {
+    fn name(&self) -> &'static str {
+        "keel-column-sum"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32s(s, l, "column sum input")?;
+        let mut out = vec![0f32; self.0];
+        for row in x.chunks_exact(self.0) {
+            for (o, &x) in out.iter_mut().zip(row) {
+                *o += x;
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from(self.0)))
+    }
 }
 
 struct LayerNorm {
@@ -260,6 +320,22 @@ mod tests {
         assert!(max_diff(&a.3, &b2.3) < 1e-4, "db {}", max_diff(&a.3, &b2.3));
         // The gradient is not trivially zero.
         assert!(a.1.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 1.0);
+    }
+
+    #[test]
+    fn add_bias_matches_broadcast_add_in_value_and_gradient() {
+        let y = Var::from_tensor(&random(&[6, 5], 7, 4.0)).unwrap();
+        let b = Var::from_tensor(&random(&[5], 8, 4.0)).unwrap();
+        let w = random(&[6, 5], 9, 2.0);
+        let run = |fused: bool| {
+            let out = if fused { add_bias(&y, &b).unwrap() } else { y.broadcast_add(&b).unwrap() };
+            let grads = (&out * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            (out, grads.get(&y).unwrap().clone(), grads.get(&b).unwrap().clone())
+        };
+        let (a, c) = (run(true), run(false));
+        assert!(max_diff(&a.0, &c.0) < 1e-6 && max_diff(&a.1, &c.1) < 1e-6 && max_diff(&a.2, &c.2) < 1e-5);
+        assert_eq!(a.2.dims(), &[5]);
+        assert!(a.2.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.1);
     }
 
     #[test]

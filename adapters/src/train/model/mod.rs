@@ -124,7 +124,7 @@ impl Linear {
         let dims = x.dims().to_vec();
         let last = dims[dims.len() - 1];
         let rows = x.elem_count() / last;
-        let y = x.reshape((rows, last))?.matmul(&w.t()?)?.broadcast_add(&b)?;
+        let y = fused::add_bias(&x.reshape((rows, last))?.matmul(&w.t()?)?, &b)?;
         let mut out = dims;
         let n = out.len();
         out[n - 1] = self.w.dims()[0];
