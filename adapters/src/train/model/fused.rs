@@ -1,4 +1,4 @@
-//! Layer normalization, softmax and bias addition as single CPU ops with a backward pass.
+//! Layer normalization, softmax, bias addition, GELU and ELU as single CPU ops with a backward pass.
 //!
 //! candle 0.11's fused `layer_norm` and `softmax_last_dim` record no backward op, so the model
 //! used to build both from a dozen elementwise ops. Each of those is a full pass over the tensor
@@ -102,6 +102,92 @@ impl CustomOp1 for ColumnSum {
             }
         }
         Ok((CpuStorage::F32(out), Shape::from(self.0)))
+    }
+}
+
+/// GELU with the exact erf, `x * (1 + erf(x / sqrt 2)) / 2` (candle's `gelu_erf`, same formula).
+///
+/// candle's backward for it is a dozen elementwise ops over the feed-forward's hidden activation,
+/// the largest tensor of the model; this op's backward is one pass.
+pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    if !fused_ok(&[x]) {
+        return x.gelu_erf();
+    }
+    x.contiguous()?.apply_op1(Unary::GeluErf)
+}
+
+/// ELU with alpha 1: `x` for `x > 0`, else `exp(x) - 1`.
+pub fn elu(x: &Tensor) -> Result<Tensor> {
+    if !fused_ok(&[x]) {
+        let neg = x.neg()?.relu()?.neg()?; // min(x, 0)
+        return x.relu()? + (neg.exp()? - 1.0)?;
+    }
+    x.contiguous()?.apply_op1(Unary::Elu)
+}
+
+/// Elementwise activations whose backward needs only the input.
+#[derive(Clone, Copy)]
+enum Unary {
+    GeluErf,
+    Elu,
+}
+
+impl Unary {
+    fn f(self, x: f32) -> f32 {
+        match self {
+            Unary::GeluErf => (candle_core::cpu::erf::erf_f32(x * std::f32::consts::FRAC_1_SQRT_2) + 1.) * 0.5 * x,
+            Unary::Elu if x > 0.0 => x,
+            Unary::Elu => x.exp() - 1.0,
+        }
+    }
+
+    /// The derivative, as candle's backward for `gelu_erf` writes it.
+    fn df(self, x: f32) -> f32 {
+        match self {
+            Unary::GeluErf => {
+                let e = 0.398942 * (-(x * x) / 2.0).exp() * x;
+                0.5 + e + 0.5 * candle_core::cpu::erf::erf_f32(x * std::f32::consts::FRAC_1_SQRT_2)
+            }
+            Unary::Elu if x > 0.0 => 1.0,
+            Unary::Elu => x.exp(),
+        }
+    }
+}
+
+impl CustomOp1 for Unary {
+    fn name(&self) -> &'static str {
+        match self {
+            Unary::GeluErf => "keel-gelu-erf",
+            Unary::Elu => "keel-elu",
+        }
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32s(s, l, self.name())?;
+        Ok((CpuStorage::F32(x.iter().map(|&x| self.f(x)).collect()), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(x.apply_op2_no_bwd(&dy.contiguous()?, &UnaryGrad(*self))?))
+    }
+}
+
+/// `dy * f'(x)`.
+struct UnaryGrad(Unary);
+
+impl candle_core::CustomOp2 for UnaryGrad {
+    fn name(&self) -> &'static str {
+        "keel-unary-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32s(s1, l1, "activation input")?;
+        let dy = f32s(s2, l2, "activation output gradient")?;
+        if x.len() != dy.len() {
+            candle_core::bail!("activation backward: input {}, gradient {}", x.len(), dy.len());
+        }
+        let dx = x.iter().zip(dy).map(|(&x, &dy)| dy * self.0.df(x)).collect();
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
 
@@ -336,6 +422,38 @@ mod tests {
         assert!(max_diff(&a.0, &c.0) < 1e-6 && max_diff(&a.1, &c.1) < 1e-6 && max_diff(&a.2, &c.2) < 1e-5);
         assert_eq!(a.2.dims(), &[5]);
         assert!(a.2.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.1);
+    }
+
+    #[test]
+    fn gelu_and_elu_match_candle_in_value_and_gradient() {
+        // Values away from 0, where the composite ELU's gradient is 2 (both relu branches count).
+        let x = Var::from_tensor(&(random(&[4, 33], 10, 8.0) + 0.01).unwrap()).unwrap();
+        let w = random(&[4, 33], 11, 2.0);
+        for (i, fused) in [&(|x: &Tensor| gelu_erf(x)) as &dyn Fn(&Tensor) -> Result<Tensor>, &|x: &Tensor| elu(x)]
+            .into_iter()
+            .enumerate()
+        {
+            let slow = |x: &Tensor| -> Result<Tensor> {
+                if i == 0 {
+                    x.gelu_erf()
+                } else {
+                    let neg = x.neg()?.relu()?.neg()?;
+                    x.relu()? + (neg.exp()? - 1.0)?
+                }
+            };
+            let run = |f: &dyn Fn(&Tensor) -> Result<Tensor>| {
+                let y = f(&x).unwrap();
+                let g = (&y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+                (y, g.get(&x).unwrap().clone())
+            };
+            let (a, b) = (run(fused), run(&slow));
+            assert!(max_diff(&a.0, &b.0) < 1e-6, "{i}: value {}", max_diff(&a.0, &b.0));
+            assert!(max_diff(&a.1, &b.1) < 1e-5, "{i}: gradient {}", max_diff(&a.1, &b.1));
+        }
+        // ELU's gradient at 0 is 1 (the composite gave 2 there).
+        let z = Var::from_tensor(&Tensor::new(&[0f32], &Device::Cpu).unwrap()).unwrap();
+        let g = elu(&z).unwrap().sum_all().unwrap().backward().unwrap();
+        assert_eq!(g.get(&z).unwrap().to_vec1::<f32>().unwrap(), vec![1.0]);
     }
 
     #[test]

@@ -220,10 +220,10 @@ impl BatchNorm {
     }
 }
 
-/// ELU (alpha 1) from relu and exp, whose backward is defined for every dtype.
+/// ELU (alpha 1): [`fused::elu`] on the CPU in f32, else from relu and exp, whose backward is
+/// defined for every dtype.
 pub fn elu(x: &Tensor) -> Result<Tensor> {
-    let neg = x.neg()?.relu()?.neg()?; // min(x, 0)
-    x.relu()? + (neg.exp()? - 1.0)?
+    fused::elu(x)
 }
 
 /// MaxPool1d(kernel 3, stride 2, padding 1) over time of `(B, L, C)`. Built from strided
