@@ -65,7 +65,7 @@ impl AttentionLayer {
         let (b, l, d) = queries.dims3()?;
         let s = keys.dim(1)?;
         let h = self.heads;
-        let split = |x: Tensor, len: usize| x.reshape((b, len, h, d / h))?.transpose(1, 2)?.contiguous();
+        let split = |x: Tensor, len: usize| super::fused::swap_middle(&x, b, len, h, d / h);
         let q = split(self.q.forward(queries, ctx)?, l)?;
         let k = split(self.k.forward(keys, ctx)?, s)?;
         let v = split(self.v.forward(values, ctx)?, s)?;
@@ -73,8 +73,11 @@ impl AttentionLayer {
             Kind::Full => full(&q, &k, &v, self.masked, self.dropout, ctx)?,
             Kind::Prob(c) => prob_sparse(&q, &k, &v, c, self.masked, ctx)?,
         }; // (B, H, L, D)
-        let out =
-            if self.mix { out.reshape((b, l, d))? } else { out.transpose(1, 2)?.contiguous()?.reshape((b, l, d))? };
+        let out = if self.mix {
+            out.reshape((b, l, d))?
+        } else {
+            super::fused::swap_middle(&out, b, h, l, d / h)?.reshape((b, l, d))?
+        };
         self.o.forward(&out, ctx)
     }
 }

@@ -1,4 +1,5 @@
-//! Layer normalization, softmax, bias addition, GELU and ELU as single CPU ops with a backward pass.
+//! Layer normalization, softmax, bias addition, GELU, ELU and the attention heads' split and merge
+//! as single CPU ops with a backward pass.
 //!
 //! candle 0.11's fused `layer_norm` and `softmax_last_dim` record no backward op, so the model
 //! used to build both from a dozen elementwise ops. Each of those is a full pass over the tensor
@@ -188,6 +189,63 @@ impl candle_core::CustomOp2 for UnaryGrad {
         }
         let dx = x.iter().zip(dy).map(|(&x, &dy)| dy * self.0.df(x)).collect();
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+/// `(B, N1, N2, D)` to `(B, N2, N1, D)`: the split of a projection into heads (`N1` = time,
+/// `N2` = heads) and, the other way round, their merge. `x` may have any shape holding
+/// `b * n1 * n2 * d` elements in that order.
+///
+/// One copy each way instead of candle's reshape, transpose and copy nodes, each of which costs
+/// its own gradient pass plus an accumulation in the backward pass.
+pub fn swap_middle(x: &Tensor, b: usize, n1: usize, n2: usize, d: usize) -> Result<Tensor> {
+    if !fused_ok(&[x]) {
+        return x.reshape((b, n1, n2, d))?.transpose(1, 2)?.contiguous();
+    }
+    x.contiguous()?.apply_op1(SwapMiddle { b, n1, n2, d })
+}
+
+struct SwapMiddle {
+    b: usize,
+    n1: usize,
+    n2: usize,
+    d: usize,
+}
+
+impl SwapMiddle {
+    fn run(&self, x: &[f32]) -> Vec<f32> {
+        let (n1, n2, d) = (self.n1, self.n2, self.d);
+        let mut y = vec![0f32; x.len()];
+        for bi in 0..self.b {
+            let base = bi * n1 * n2 * d;
+            for i in 0..n1 {
+                for j in 0..n2 {
+                    let src = base + (i * n2 + j) * d;
+                    let dst = base + (j * n1 + i) * d;
+                    y[dst..dst + d].copy_from_slice(&x[src..src + d]);
+                }
+            }
+        }
+        y
+    }
+}
+
+impl CustomOp1 for SwapMiddle {
+    fn name(&self) -> &'static str {
+        "keel-swap-middle"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32s(s, l, "head split input")?;
+        if x.len() != self.b * self.n1 * self.n2 * self.d {
+            candle_core::bail!("head split: {:?} is not ({}, {}, {}, {})", l.dims(), self.b, self.n1, self.n2, self.d);
+        }
+        Ok((CpuStorage::F32(self.run(x)), Shape::from((self.b, self.n2, self.n1, self.d))))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        let back = SwapMiddle { b: self.b, n1: self.n2, n2: self.n1, d: self.d };
+        Ok(Some(dy.contiguous()?.apply_op1_no_bwd(&back)?.reshape(x.shape())?))
     }
 }
 
@@ -454,6 +512,26 @@ mod tests {
         let z = Var::from_tensor(&Tensor::new(&[0f32], &Device::Cpu).unwrap()).unwrap();
         let g = elu(&z).unwrap().sum_all().unwrap().backward().unwrap();
         assert_eq!(g.get(&z).unwrap().to_vec1::<f32>().unwrap(), vec![1.0]);
+    }
+
+    #[test]
+    fn swap_middle_matches_reshape_transpose_in_value_and_gradient() {
+        let x = Var::from_tensor(&random(&[2, 3, 20], 12, 4.0)).unwrap(); // (B, L, H * D), H 4, D 5
+        let w = random(&[2, 4, 3, 5], 13, 2.0);
+        let run = |fused: bool| {
+            let y = if fused {
+                swap_middle(&x, 2, 3, 4, 5).unwrap()
+            } else {
+                x.reshape((2, 3, 4, 5)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap()
+            };
+            let g = (&y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            (y, g.get(&x).unwrap().clone())
+        };
+        let (a, b) = (run(true), run(false));
+        assert_eq!(a.0.dims(), &[2, 4, 3, 5]);
+        assert_eq!(a.1.dims(), &[2, 3, 20]);
+        assert_eq!(max_diff(&a.0, &b.0), 0.0);
+        assert_eq!(max_diff(&a.1, &b.1), 0.0);
     }
 
     #[test]
