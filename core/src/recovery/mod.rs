@@ -213,20 +213,23 @@ impl Recovery {
                 ts.on_event(event, now, &mut cx);
             }
             MarketEvent::Depth(diff) => {
-                let symbol = diff.symbol.clone();
-                let diff = diff.clone();
-                self.out.push_back(RecoveryOutput::Deliver { stream: stream.to_owned(), event, backfilled: false });
-                if !self.books.contains_key(&symbol) {
-                    self.books.insert(symbol.clone(), BookSync::new(&symbol, &mut self.serial));
+                // The diff is delivered before what the book makes of it, but moved into the queue
+                // only after the book has read it: no copy of its levels per event.
+                let at = self.out.len();
+                if !self.books.contains_key(&diff.symbol) {
+                    self.books.insert(diff.symbol.clone(), BookSync::new(&diff.symbol, &mut self.serial));
                 }
-                let Some(sync) = self.books.get_mut(&symbol) else { return };
-                let mut cx = BookCtx {
-                    out: &mut self.out,
-                    stats: &mut self.stats,
-                    serial: &mut self.serial,
-                    max_buffered: self.max_held,
-                };
-                sync.on_diff(&diff, &mut cx);
+                if let Some(sync) = self.books.get_mut(&diff.symbol) {
+                    let mut cx = BookCtx {
+                        out: &mut self.out,
+                        stats: &mut self.stats,
+                        serial: &mut self.serial,
+                        max_buffered: self.max_held,
+                    };
+                    sync.on_diff(diff, &mut cx);
+                }
+                let deliver = RecoveryOutput::Deliver { stream: stream.to_owned(), event, backfilled: false };
+                self.out.insert(at, deliver);
             }
             _ => self.out.push_back(RecoveryOutput::Deliver { stream: stream.to_owned(), event, backfilled: false }),
         }
