@@ -4,7 +4,8 @@ models/model.py, encoder.py, decoder.py, attn.py, embed.py) with the same shapes
 like adapters/benches/train.rs: one warm-up step, then the median of N training steps (forward, MSE,
 backward, clip_grad_norm 1.0, Adam lr 1e-4) and of N forward-only steps (eval, no_grad), batch 32, f32, CPU.
 
-Usage: bench/informer_torch.py <small|base> <timed steps> [threads]
+Usage: bench/informer_torch.py [--phases] <small|base> <timed steps> [threads]
+(--phases: median ms of forward, loss, backward, clip and Adam separately, like keel's `phases` mode)
 Prints one Markdown table row: preset | torch | threads | params | batch | steps | train ms | fwd ms | peak RSS MiB.
 
 Shapes match keel's `trainer::model_config` on tests/data/msft-daily.csv with the default features (MS):
@@ -194,6 +195,9 @@ class Informer(nn.Module):
 
 
 def main():
+    phases = "--phases" in sys.argv
+    if phases:
+        sys.argv.remove("--phases")
     size = sys.argv[1] if len(sys.argv) > 1 else "small"
     steps = int(sys.argv[2]) if len(sys.argv) > 2 else 10
     threads = int(sys.argv[3]) if len(sys.argv) > 3 else torch.get_num_threads()
@@ -224,6 +228,34 @@ def main():
 
     model.train()
     train_step(batches[0])
+    if phases:
+        # The step cut like keel's `phases` mode: median ms of each part over the timed steps.
+        names = ["forward", "loss", "backward", "clip_grad_norm_", "adam"]
+        times = {n: [] for n in names}
+        for xb in batches[1:]:
+            x_enc, m_enc, x_dec, m_dec, y = xb
+            t = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            out = model(x_enc, m_enc, x_dec, m_dec)
+            t1 = time.perf_counter()
+            loss = F.mse_loss(out, y)
+            loss.item()
+            t2 = time.perf_counter()
+            loss.backward()
+            t3 = time.perf_counter()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            t4 = time.perf_counter()
+            opt.step()
+            t5 = time.perf_counter()
+            for n, a, b_ in zip(names, [t, t1, t2, t3, t4], [t1, t2, t3, t4, t5]):
+                times[n].append((b_ - a) * 1e3)
+        total = 0.0
+        for n in names:
+            m = statistics.median(times[n])
+            total += m
+            print(f"| {n} | {m:.1f} |")
+        print(f"| sum | {total:.1f} |")
+        return
     train_ms = []
     for xb in batches[1:]:
         t = time.perf_counter()
