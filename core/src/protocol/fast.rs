@@ -272,6 +272,7 @@ impl<'a> Scan<'a> {
                 b"kline" => self.kline(event_time, symbol)?,
                 _ => return None,
             };
+            self.extra_fields(&FRAME_KEYS)?;
             self.byte(b'}')?;
             Some(event)
         } else if self.lit(b"{\"u\":") {
@@ -287,6 +288,44 @@ impl<'a> Scan<'a> {
     fn optional_m(&mut self) -> Option<()> {
         if self.lit(b",\"M\":") {
             self.bool()?;
+        }
+        Some(())
+    }
+
+    /// Skips trailing `,"key":value` pairs that the general path ignores too (a field Binance may add
+    /// one day), up to the closing `}` (not consumed). A key the general path reads (`known`) could
+    /// change how it reads the frame, and a nested or fractional value is not worth checking here:
+    /// both send the frame to the general path.
+    #[inline(always)]
+    fn extra_fields(&mut self, known: &[&str]) -> Option<()> {
+        if self.peek() == Some(b',') { self.skip_extra_fields(known) } else { Some(()) }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn skip_extra_fields(&mut self, known: &[&str]) -> Option<()> {
+        while self.byte(b',').is_some() {
+            let key = self.string()?;
+            if known.contains(&key) {
+                return None;
+            }
+            self.byte(b':')?;
+            match self.peek()? {
+                b'"' => {
+                    self.string()?;
+                }
+                b't' => self.expect(b"true")?,
+                b'f' => self.expect(b"false")?,
+                b'n' => self.expect(b"null")?,
+                b'-' => {
+                    self.i += 1;
+                    self.u64()?;
+                }
+                b'0'..=b'9' => {
+                    self.u64()?;
+                }
+                _ => return None,
+            }
         }
         Some(())
     }
@@ -327,6 +366,12 @@ impl<'a> Scan<'a> {
         let price = self.decimal()?;
         self.expect(b",\"q\":")?;
         let quantity = self.decimal()?;
+        // Buyer and seller order ids, which older trade frames carry and keel does not keep.
+        if self.lit(b",\"b\":") {
+            self.u64()?;
+            self.expect(b",\"a\":")?;
+            self.u64()?;
+        }
         self.expect(b",\"T\":")?;
         let trade_time = self.u64()?;
         self.expect(b",\"m\":")?;
@@ -395,10 +440,8 @@ impl<'a> Scan<'a> {
         let taker_buy_volume = self.decimal()?;
         self.expect(b",\"Q\":")?;
         let taker_buy_quote_volume = self.decimal()?;
-        // "B" ("ignore"), a string.
-        if self.lit(b",\"B\":") {
-            self.string()?;
-        }
+        // Binance's "B" ("ignore") and anything else the general path skips as well.
+        self.extra_fields(&KLINE_KEYS)?;
         self.byte(b'}')?;
         Some(MarketEvent::Kline(Kline {
             symbol: symbol.to_owned(),
@@ -435,6 +478,7 @@ impl<'a> Scan<'a> {
         let best_ask_price = self.decimal()?;
         self.expect(b",\"A\":")?;
         let best_ask_qty = self.decimal()?;
+        self.extra_fields(&FRAME_KEYS)?;
         self.byte(b'}')?;
         Some(MarketEvent::BookTicker(BookTicker {
             symbol: symbol.to_owned(),
@@ -454,6 +498,7 @@ impl<'a> Scan<'a> {
         let bids = self.levels()?;
         self.expect(b",\"asks\":")?;
         let asks = self.levels()?;
+        self.extra_fields(&FRAME_KEYS)?;
         self.byte(b'}')?;
         Some(MarketEvent::PartialDepth(PartialDepth {
             symbol: stream.map(symbol_of).unwrap_or_default(),
@@ -463,6 +508,40 @@ impl<'a> Scan<'a> {
         }))
     }
 }
+
+/// The keys `raw::RawFrame` reads (top level of a frame and of an event).
+const FRAME_KEYS: [&str; 27] = [
+    "e",
+    "E",
+    "s",
+    "a",
+    "p",
+    "q",
+    "f",
+    "l",
+    "T",
+    "m",
+    "t",
+    "U",
+    "u",
+    "b",
+    "B",
+    "A",
+    "lastUpdateId",
+    "bids",
+    "asks",
+    "stream",
+    "result",
+    "id",
+    "code",
+    "msg",
+    "k",
+    "data",
+    "error",
+];
+
+/// The keys `raw::RawKline` reads (a kline's `"k"` object).
+const KLINE_KEYS: [&str; 16] = ["t", "T", "s", "i", "f", "L", "o", "c", "h", "l", "v", "n", "x", "q", "V", "Q"];
 
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGH: u64 = 0x8080_8080_8080_8080;

@@ -628,6 +628,31 @@ quickcheck! {
         ok && general.is_ok()
     }
 
+    fn fields_binance_may_add_keep_the_fast_path(frame: AnyFrame, extras: Vec<(u8, u8)>, envelope: bool) -> bool {
+        // Trailing fields the general path ignores (unknown keys with plain values) are skipped by the
+        // fast path too; a key the general path reads, or a nested or fractional value, sends the frame
+        // to the general path. Either way both agree.
+        let Frame::Market { stream, event } = &frame.0 else { return true };
+        const KEYS: [&str; 8] = ["M", "x", "new", "L", "O", "t", "id", "stream"];
+        const VALUES: [&str; 10] = ["true", "false", "null", "\"s\"", "0", "-12", "123456789012", "1.5", "[1]", "{\"a\":1}"];
+        let mut tail = String::new();
+        let mut simple = true;
+        for (k, v) in extras.iter().take(4) {
+            let (key, value) = (KEYS[usize::from(*k) % KEYS.len()], VALUES[usize::from(*v) % VALUES.len()]);
+            simple &= !["t", "id", "stream"].contains(&key) && !["1.5", "[1]", "{\"a\":1}"].contains(&value);
+            tail.push_str(&format!(",\"{key}\":{value}"));
+        }
+        let raw = encode_event(event);
+        let raw = format!("{}{tail}}}", &raw[..raw.len() - 1]);
+        let text = if envelope { format!("{{\"stream\":\"{stream}\",\"data\":{raw}}}") } else { raw };
+        let general = decode_general(&text);
+        match fast::try_decode(&text) {
+            Some(fast) => paths_agree(&fast, &general),
+            // Unknown keys with plain values must not cost the fast path.
+            None => !simple && decode(&text) == general,
+        }
+    }
+
     fn mutated_generated_frames_never_panic_and_paths_agree(frame: AnyFrame, envelope: bool, at: usize, c: char, op: u8) -> bool {
         // One character replaced, deleted or inserted, or the frame cut short, anywhere in an encoded frame
         // of any kind: decoding never panics, and the fast path never accepts what the general path rejects
@@ -975,4 +1000,27 @@ fn decode_on_stream_attributes_raw_frames_to_the_known_stream() {
         Ok(Frame::Response { id: 1, result: ResponseResult::Null })
     );
     assert_eq!(decode_on_stream("", "x@trade"), Err(DecodeError::Empty));
+}
+
+#[test]
+fn fast_path_takes_older_and_extended_layouts() {
+    // Older trade frames carry buyer and seller order ids; a field Binance may add is skipped.
+    let old_trade = TRADE.replace(r#""q":"100","#, r#""q":"100","b":88,"a":50,"#);
+    let extended = AGG.replace(r#""M":true}"#, r#""M":true,"x":"new","n":-3,"o":null}"#);
+    let kline_extra = KLINE.replace(r#""B":"123456"}"#, r#""B":"123456","Z":1}"#);
+    for text in [old_trade, extended, kline_extra] {
+        let fast = fast::try_decode(&text);
+        assert!(fast.is_some(), "{text}");
+        assert_eq!(fast.as_ref().ok_or(()), decode_general(&text).as_ref().map_err(|_| ()), "{text}");
+    }
+    // Keys the general path reads, or values the fast path does not check, go to the general path.
+    for text in [
+        AGG.replace(r#""M":true}"#, r#""M":true,"t":5}"#),
+        AGG.replace(r#""M":true}"#, r#""M":true,"x":1.5}"#),
+        AGG.replace(r#""M":true}"#, r#""M":true,"x":[1]}"#),
+        AGG.replace(r#""M":true}"#, r#""M":true,"\u0074":5}"#),
+    ] {
+        assert_eq!(fast::try_decode(&text), None, "{text}");
+        assert!(decode(&text).is_ok(), "{text}");
+    }
 }
