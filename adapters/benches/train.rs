@@ -66,6 +66,12 @@ fn phases(tr: &mut trainer::Trainer, batches: &[trainer::Batch], dtype: candle_c
         let _ = loss.to_scalar::<f32>()?;
         ph.add(1, "loss", &mut t);
         let scale = tr.driver.scale();
+        if s == 0 {
+            // The graph backward walks: nodes that need a gradient, and their total size.
+            let nodes = loss.sorted_nodes();
+            let elems: usize = nodes.iter().map(|t| t.elem_count()).sum();
+            println!("graph: {} nodes needing a gradient, {:.1} M elements in all", nodes.len(), elems as f64 / 1e6);
+        }
         let grads = (&loss * scale)?.backward()?;
         ph.add(2, "backward", &mut t);
         let grads = amp::collect(&grads, &tr.params)?;
