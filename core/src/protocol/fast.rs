@@ -443,7 +443,7 @@ impl<'a> Scan<'a> {
         // Binance's "B" ("ignore") and anything else the general path skips as well.
         self.extra_fields(&KLINE_KEYS)?;
         self.byte(b'}')?;
-        Some(MarketEvent::Kline(Kline {
+        Some(MarketEvent::Kline(Box::new(Kline {
             symbol: symbol.to_owned(),
             event_time,
             open_time,
@@ -461,7 +461,7 @@ impl<'a> Scan<'a> {
             taker_buy_quote_volume,
             trades,
             is_closed,
-        }))
+        })))
     }
 
     /// After `{"u":`. Spot frames have no `E`; keel's encoder writes it after `u` when present.

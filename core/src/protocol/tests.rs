@@ -71,7 +71,7 @@ fn kline_frame() {
     assert_eq!(event.sequence(), Sequence::Unsequenced);
     let MarketEvent::Kline(k) = event else { panic!() };
     assert_eq!(
-        k,
+        *k,
         Kline {
             symbol: "BNBBTC".into(),
             event_time: 1672515782136,
@@ -500,7 +500,7 @@ impl Arbitrary for AnyFrame {
                 trade_time: id(g),
                 buyer_is_maker: bool::arbitrary(g),
             }),
-            2 => MarketEvent::Kline(Kline {
+            2 => MarketEvent::Kline(Box::new(Kline {
                 symbol: sym,
                 event_time: id(g),
                 open_time: id(g),
@@ -518,7 +518,7 @@ impl Arbitrary for AnyFrame {
                 taker_buy_quote_volume: dec(g),
                 trades: id(g),
                 is_closed: bool::arbitrary(g),
-            }),
+            })),
             3 => MarketEvent::Depth(DepthUpdate {
                 symbol: sym,
                 event_time: id(g),
@@ -1023,4 +1023,13 @@ fn fast_path_takes_older_and_extended_layouts() {
         assert_eq!(fast::try_decode(&text), None, "{text}");
         assert!(decode(&text).is_ok(), "{text}");
     }
+}
+
+#[test]
+fn market_events_stay_small_enough_to_move_cheaply() {
+    // Every event is moved through several queues (decoder, connection, recovery, adapter); a
+    // large variant makes every aggTrade pay for copying it. Kline is boxed for that reason.
+    let size = std::mem::size_of::<MarketEvent>();
+    assert!(size <= 120, "MarketEvent is {size} bytes: box the variant that grew");
+    assert!(std::mem::size_of::<Kline>() > 200, "Kline is small now: it need not be boxed any more");
 }

@@ -93,7 +93,7 @@ fn agg_request(rec: &mut Recovery, now: Timestamp) -> Option<(RequestId, u64, u1
 fn without_gaps_everything_passes_at_once() {
     let mut rec = Recovery::new(&config(10, true, 1200), t(0));
     rec.handle_event(S, live(1), t(0));
-    let kline = MarketEvent::Kline(Kline {
+    let kline = MarketEvent::Kline(Box::new(Kline {
         symbol: "BTCUSDT".into(),
         event_time: 0,
         open_time: 0,
@@ -111,7 +111,7 @@ fn without_gaps_everything_passes_at_once() {
         taker_buy_quote_volume: Decimal::default(),
         trades: 0,
         is_closed: false,
-    });
+    }));
     rec.handle_event("btcusdt@kline_1m", kline.clone(), t(1));
     rec.handle_event(S, live(2), t(2));
     assert_eq!(drain(&mut rec), ["D1", "K", "D2"]);
