@@ -6,8 +6,9 @@
 //! persistence baseline. `keel predict` loads a checkpoint and forecasts after the last row.
 //!
 //! Speed on a busy CPU: candle's CPU thread pool spin-waits at every matmul barrier; when the
-//! cores are shared with other work, `CANDLE_NUM_THREADS=1` made the small preset 3-5x faster
-//! here (the base preset still gains from 2 threads). On CPU, f16 is slower than f32 (candle
+//! cores are shared with other work, `RAYON_NUM_THREADS=1` (matmuls and that pool; candle's own
+//! `CANDLE_NUM_THREADS` sets only the pool) made the small preset several times faster here (the
+//! base preset still gains from 2 threads on an idle machine). On CPU, f16 is slower than f32 (candle
 //! converts element by element); it is for checking the mixed-precision path, GPUs are for speed.
 
 pub mod amp;
