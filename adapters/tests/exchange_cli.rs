@@ -3,17 +3,12 @@
 //! naming the spelling and the accepted forms. The client is a plain HTTP/1.1-over-TLS GET written
 //! here, trusting only the CA the exchange wrote (no keel client code).
 
-use futures_util::{AsyncReadExt, AsyncWriteExt};
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
 
-fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("keel-exchange-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use common::{https_get, tmp};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 
 /// Kills the exchange when the test ends, passed or not.
 struct Running(Child);
@@ -27,26 +22,8 @@ impl Drop for Running {
 
 /// `(status, retry-after header)` of one `GET path` on a fresh TLS connection to `port`.
 fn get(port: u16, ca: &Path, path: &str) -> (u16, Option<String>) {
-    smol::block_on(async {
-        let ca = native_tls::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap();
-        let tcp = smol::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        let mut tls =
-            async_native_tls::TlsConnector::new().add_root_certificate(ca).connect("localhost", tcp).await.unwrap();
-        let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-        tls.write_all(req.as_bytes()).await.unwrap();
-        tls.flush().await.unwrap();
-        let mut raw = Vec::new();
-        tls.read_to_end(&mut raw).await.unwrap();
-        let text = String::from_utf8(raw).unwrap();
-        let head = text.split("\r\n\r\n").next().unwrap();
-        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-        let retry = head
-            .lines()
-            .filter_map(|l| l.split_once(':'))
-            .find(|(k, _)| k.trim().eq_ignore_ascii_case("retry-after"))
-            .map(|(_, v)| v.trim().to_string());
-        (status, retry)
-    })
+    let reply = smol::block_on(https_get(([127, 0, 0, 1], port).into(), &std::fs::read(ca).unwrap(), path));
+    (reply.status, reply.headers.get("retry-after").cloned())
 }
 
 #[test]

@@ -2,7 +2,10 @@
 //! keel client code): same state as the streams, Binance shapes, errors, weight, faults.
 
 use async_tungstenite::tungstenite::Message;
-use futures_util::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use futures_util::StreamExt;
+mod common;
+
+use common::{Reply, https_get};
 use keel::exchange::{Exchange, ExchangeConfig, ExchangeHandle, Fault, RestFault};
 use smol::future::FutureExt;
 use std::collections::BTreeMap;
@@ -17,43 +20,9 @@ fn connector(ex: &ExchangeHandle) -> async_native_tls::TlsConnector {
         .add_root_certificate(native_tls::Certificate::from_pem(ex.ca_pem().as_bytes()).unwrap())
 }
 
-struct Reply {
-    status: u16,
-    headers: BTreeMap<String, String>,
-    body: String,
-}
-
-impl Reply {
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
-    }
-}
-
-/// One `GET path` on a fresh connection (`Connection: close`), parsed by hand.
+/// One `GET path` on a fresh connection, trusting only the exchange's CA.
 async fn get(ex: &ExchangeHandle, path: &str) -> Reply {
-    let work = async {
-        let tcp = smol::net::TcpStream::connect(ex.rest_addr()).await.unwrap();
-        let mut tls = connector(ex).connect("localhost", tcp).await.unwrap();
-        let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-        tls.write_all(req.as_bytes()).await.unwrap();
-        tls.flush().await.unwrap();
-        let mut raw = Vec::new();
-        tls.read_to_end(&mut raw).await.unwrap();
-        let text = String::from_utf8(raw).unwrap();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap();
-        let mut lines = head.lines();
-        let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
-        let headers = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-            .collect();
-        Reply { status, headers, body: body.to_string() }
-    };
-    work.or(async {
-        smol::Timer::after(Duration::from_secs(5)).await;
-        panic!("no REST answer within 5 s for {path}")
-    })
-    .await
+    https_get(ex.rest_addr(), ex.ca_pem().as_bytes(), path).await
 }
 
 type Ws = async_tungstenite::WebSocketStream<async_native_tls::TlsStream<smol::net::TcpStream>>;

@@ -2,19 +2,15 @@
 //! `conn`, `state`, `attempt` and `class`; every scaler line of `keel train` carries `epoch`,
 //! `step`, `scale` and `grad_norm`. Both run the real binary with `--log-format json`.
 
+mod common;
+
+use common::tmp;
+
 use keel::exchange::{Exchange, ExchangeConfig, Fault, FaultPlan};
 use keel_core::config::{Config, ScaleChoice};
 use serde_json::Value;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("keel-logs-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// Every stderr line that is a JSON object (the final summary is plain text by design).
 fn json_lines(stderr: &str) -> Vec<Value> {

@@ -2,22 +2,18 @@
 //! 127.0.0.1:0`; the bound address is read from its log, `/metrics` is scraped over TCP while it
 //! runs and parsed with `prometheus-parse`.
 
+mod common;
+
+use common::tmp;
+
 use keel::exchange::{Exchange, ExchangeConfig, Fault, FaultPlan};
 use keel_core::config::Config;
 use prometheus_parse::{Scrape, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("keel-metrics-live-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// The child, with its stderr lines arriving on a channel.
 struct Running {

@@ -1,20 +1,16 @@
 //! No secret is logged: a listenKey-style path segment and credential-like query values given to
 //! `keel stream` appear in no log line, no stats JSON and no error message (README "Secrets").
 
+mod common;
+
+use common::tmp;
+
 use keel::exchange::{Exchange, ExchangeConfig};
-use std::path::PathBuf;
 use std::process::{Command, Output};
 
 /// 64 characters, like a Binance listenKey.
 const LISTEN_KEY: &str = "Zq8VnW3xT5yR1uI0oP9aS7dF6gH4jK2lZ1xC3vB5nM7qW9eR2tY4uI6oP8aS0dFg";
 const SIGNATURE: &str = "c0ffee5a1d7e6b9f8e7d6c5b4a3928170f1e2d3c4b5a69788796a5b4c3d2e1f0";
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("keel-secrets-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 fn assert_clean(what: &str, text: &str) {
     for secret in [LISTEN_KEY, SIGNATURE] {

@@ -1,12 +1,16 @@
 //! `keel stream`'s library entry point against the embedded exchange: real TLS on loopback with
 //! the exchange's own CA, short intervals, every run bounded by a duration or a message count.
 
+mod common;
+
+use common::tmp;
+
 use keel::exchange::{ConnectionInfo, Exchange, ExchangeConfig, ExchangeHandle, Fault, FaultPlan};
 use keel::stream::{StopCause, StreamOptions, StreamReport, stream};
 use keel_core::classify::{ErrorClass, TransportError};
 use keel_core::config::Config;
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 const AGG: &str = "btcusdt@aggTrade";
@@ -19,13 +23,6 @@ fn exchange(faults: FaultPlan) -> ExchangeHandle {
         ..ExchangeConfig::default()
     })
     .unwrap()
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("keel-stream-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 fn config(ex: &ExchangeHandle, dir: &Path, streams: &[&str]) -> Config {

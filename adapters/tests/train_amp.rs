@@ -1,6 +1,10 @@
 //! End-to-end tests of `keel train` / `keel predict` on the small preset with short windows, so
 //! the whole file stays within seconds-to-a-minute on a shared CPU.
 
+mod common;
+
+use common::tmp;
+
 use clap::Parser;
 use keel::train::checkpoint::{self, Meta};
 use keel::train::data::{self, Table, Windows};
@@ -8,16 +12,10 @@ use keel::train::model::Params;
 use keel::train::trainer::{RunOptions, Trainer, model_config};
 use keel::train::{TrainArgs, forecast};
 use keel_core::config::{ComputeDtype, Features, ScaleChoice, ScalerConfig, TrainConfig};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 const MSFT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/msft-daily.csv");
 const V1_FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/checkpoint-v1");
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("keel-train-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// The small preset with short windows.
 fn small(dtype: ComputeDtype) -> TrainConfig {

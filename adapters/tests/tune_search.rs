@@ -2,10 +2,13 @@
 //! finish, a resumed search continues the numbering, a NaN trial is failed and never best, and
 //! best.ron is a loadable keel config.
 
+mod common;
+
+use common::tmp;
+
 use clap::Parser;
 use keel::tune::{TrialStatus, TuneArgs, read_trials, run};
 use keel_core::config::Config;
-use std::path::PathBuf;
 
 #[derive(Parser)]
 struct Cli {
@@ -13,15 +16,8 @@ struct Cli {
     args: TuneArgs,
 }
 
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("keel-tune-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 /// 300 daily rows of two noisy sines.
-fn csv(dir: &std::path::Path) -> PathBuf {
+fn csv(dir: &std::path::Path) -> std::path::PathBuf {
     let mut s = String::from("date,a,Close\n");
     let day0 = chrono::NaiveDate::from_ymd_opt(2020, 1, 1).unwrap();
     for i in 0..300 {

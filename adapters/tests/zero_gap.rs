@@ -1,11 +1,15 @@
 //! Zero gap on loopback (issue 9): the real stream loop + Recovery + REST client against the
 //! embedded exchange's streams and REST API, real TLS, real files.
 
+mod common;
+
+use common::tmp;
+
 use keel::exchange::{Exchange, ExchangeConfig, ExchangeHandle, Fault, FaultPlan, RestFault};
 use keel::stream::{StreamOptions, StreamReport, stream};
 use keel_core::config::Config;
 use keel_core::recovery::RecoveryOutput;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 const AGG: &str = "btcusdt@aggTrade";
@@ -18,13 +22,6 @@ fn exchange(tick_ms: u64, faults: FaultPlan) -> ExchangeHandle {
         ..ExchangeConfig::default()
     })
     .unwrap()
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("keel-zero-gap-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 fn config(ex: &ExchangeHandle, dir: &Path, streams: &[&str]) -> Config {

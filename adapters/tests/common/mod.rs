@@ -1,0 +1,69 @@
+//! Helpers shared by the integration tests: a fresh scratch directory per test, and a plain
+//! HTTP/1.1-over-TLS GET that trusts only the CA it is given (no keel client code, so a REST test
+//! checks the exchange's server against an independent client).
+//!
+//! Each test binary compiles this module on its own and uses part of it.
+#![allow(dead_code)]
+
+use futures_util::{AsyncReadExt, AsyncWriteExt};
+use smol::future::FutureExt;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// An empty directory for one test: named after the test binary, `name` and this process, so that
+/// test binaries running side by side and a leftover from an earlier run never share one.
+pub fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("keel-{}-{name}-{}", env!("CARGO_CRATE_NAME"), std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// One HTTP answer, parsed by hand.
+pub struct Reply {
+    /// Status code.
+    pub status: u16,
+    /// Header names in lower case.
+    pub headers: BTreeMap<String, String>,
+    /// Body text.
+    pub body: String,
+}
+
+impl Reply {
+    /// The body as JSON (panics with the body if it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+}
+
+/// `GET path` on a fresh TLS connection to `addr` (`Connection: close`) for host name `localhost`,
+/// trusting only `ca_pem`; panics if no answer comes within 5 s.
+pub async fn https_get(addr: SocketAddr, ca_pem: &[u8], path: &str) -> Reply {
+    let work = async {
+        let ca = native_tls::Certificate::from_pem(ca_pem).unwrap();
+        let tcp = smol::net::TcpStream::connect(addr).await.unwrap();
+        let mut tls =
+            async_native_tls::TlsConnector::new().add_root_certificate(ca).connect("localhost", tcp).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        tls.write_all(req.as_bytes()).await.unwrap();
+        tls.flush().await.unwrap();
+        let mut raw = Vec::new();
+        tls.read_to_end(&mut raw).await.unwrap();
+        let text = String::from_utf8(raw).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let mut lines = head.lines();
+        let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        Reply { status, headers, body: body.to_string() }
+    };
+    work.or(async {
+        smol::Timer::after(Duration::from_secs(5)).await;
+        panic!("no REST answer within 5 s for {path}")
+    })
+    .await
+}
