@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::tmp;
+use common::{recorded_ids, tmp};
 
 use keel::exchange::{ConnectionInfo, Exchange, ExchangeConfig, ExchangeHandle, Fault, FaultPlan};
 use keel::stream::{StopCause, StreamOptions, StreamReport, stream};
@@ -51,21 +51,6 @@ fn run(cfg: Config, duration_ms: u64, max_messages: Option<u64>) -> StreamReport
         ..StreamOptions::default()
     };
     smol::block_on(stream(cfg, opts)).unwrap()
-}
-
-/// The aggTrade ids in the recorded file(s) of `stream`, in file order.
-fn recorded_ids(dir: &Path, stream: &str) -> Vec<u64> {
-    let mut ids = Vec::new();
-    let sdir = dir.join("data").join(stream);
-    let mut files: Vec<_> = std::fs::read_dir(&sdir).unwrap().map(|e| e.unwrap().path()).collect();
-    files.sort();
-    for f in files {
-        let text = std::fs::read_to_string(f).unwrap();
-        let mut lines = text.lines();
-        assert_eq!(lines.next().unwrap().split(',').nth(1), Some("agg_id"));
-        ids.extend(lines.map(|l| l.split(',').nth(1).unwrap().parse::<u64>().unwrap()));
-    }
-    ids
 }
 
 /// Files hold every event the client reported, none twice, in order, and the ids missing between

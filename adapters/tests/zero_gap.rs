@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::tmp;
+use common::{recorded_ids, tmp};
 
 use keel::exchange::{Exchange, ExchangeConfig, ExchangeHandle, Fault, FaultPlan, RestFault};
 use keel::stream::{StreamOptions, StreamReport, stream};
@@ -49,21 +49,6 @@ fn run_with(cfg: Config, duration_ms: u64, metrics: Option<keel::metrics::Metric
         ..StreamOptions::default()
     };
     smol::block_on(stream(cfg, opts)).unwrap()
-}
-
-/// The aggTrade ids in the recorded file(s) of `stream`, in file order.
-fn recorded_ids(dir: &Path, stream: &str) -> Vec<u64> {
-    let mut ids = Vec::new();
-    let sdir = dir.join("data").join(stream);
-    let mut files: Vec<_> = std::fs::read_dir(&sdir).unwrap().map(|e| e.unwrap().path()).collect();
-    files.sort();
-    for f in files {
-        let text = std::fs::read_to_string(f).unwrap();
-        let mut lines = text.lines();
-        assert_eq!(lines.next().unwrap().split(',').nth(1), Some("agg_id"));
-        ids.extend(lines.map(|l| l.split(',').nth(1).unwrap().parse::<u64>().unwrap()));
-    }
-    ids
 }
 
 /// Every id between the first and the last recorded, once, in order.

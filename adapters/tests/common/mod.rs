@@ -67,3 +67,19 @@ pub async fn https_get(addr: SocketAddr, ca_pem: &[u8], path: &str) -> Reply {
     })
     .await
 }
+
+/// The aggTrade ids recorded under `dir/data/<stream>/`, day files in order, rows in file order
+/// (checks the header names the id column, so a column shift cannot pass unnoticed).
+pub fn recorded_ids(dir: &std::path::Path, stream: &str) -> Vec<u64> {
+    let mut ids = Vec::new();
+    let sdir = dir.join("data").join(stream);
+    let mut files: Vec<_> = std::fs::read_dir(&sdir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    for f in files {
+        let text = std::fs::read_to_string(f).unwrap();
+        let mut lines = text.lines();
+        assert_eq!(lines.next().unwrap().split(',').nth(1), Some("agg_id"));
+        ids.extend(lines.map(|l| l.split(',').nth(1).unwrap().parse::<u64>().unwrap()));
+    }
+    ids
+}
