@@ -488,9 +488,14 @@ mod tests {
     use crate::train::data::{self, Windows};
     use keel_core::config::{ComputeDtype, Features};
 
-    /// The step as it was before the fused optimizer: tensor-op inf check, unscale and clip, and
-    /// tensor-op Adam (the reference the fused step must reproduce).
+    /// The step as it was before the fused ops and optimizer: the model's composite candle ops
+    /// (no fused layer norm, softmax, Linear, dropout, ...), tensor-op inf check, unscale and clip,
+    /// and tensor-op Adam (the reference the fused step must reproduce).
     fn reference_step(tr: &mut Trainer, adam: &mut Adam, batch: &Batch) -> f64 {
+        crate::train::model::fused::with_composite(|| reference_step_inner(tr, adam, batch))
+    }
+
+    fn reference_step_inner(tr: &mut Trainer, adam: &mut Adam, batch: &Batch) -> f64 {
         let step = tr.step;
         tr.step += 1;
         let ctx = Ctx::new(tr.dtype, true, tr.cfg.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));

@@ -8,7 +8,7 @@
 //! one-hot matrix product so that both stay differentiable and run in f16.
 
 use super::{Ctx, Linear, Params};
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 
 /// Which attention a layer uses.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -82,29 +82,19 @@ impl AttentionLayer {
     }
 }
 
-/// Softmax in f32 (as autocast does) with a backward pass, with an optional additive mask.
-fn softmax_f32(scores: &Tensor, mask: Option<&Tensor>, dtype: DType) -> Result<Tensor> {
-    let mut s = scores.to_dtype(DType::F32)?;
-    if let Some(m) = mask {
-        s = s.broadcast_add(m)?;
-    }
-    super::fused::softmax_last_dim(&s)?.to_dtype(dtype)
-}
-
-/// Additive causal mask `(rows, cols)`: -1e30 where key index > the row's query position.
-fn causal_mask(query_pos: &[usize], cols: usize, dev: &Device) -> Result<Tensor> {
-    let m: Vec<f32> =
-        query_pos.iter().flat_map(|&qp| (0..cols).map(move |j| if j > qp { -1e30 } else { 0.0 })).collect();
-    Tensor::from_vec(m, (query_pos.len(), cols), dev)
+/// Attention weights in f32 (as autocast does), `softmax(scale * scores)` with an optional
+/// causal mask: row `r` of the scores sees keys `0..=limits[r % limits.len()]`
+/// ([`super::fused::attention_softmax`]).
+fn softmax_f32(scores: &Tensor, scale: f64, limits: Option<Vec<usize>>, dtype: DType) -> Result<Tensor> {
+    super::fused::attention_softmax(&scores.to_dtype(DType::F32)?, scale, limits)?.to_dtype(dtype)
 }
 
 /// Scaled dot-product attention over `(B, H, L, D)`.
 pub fn full(q: &Tensor, k: &Tensor, v: &Tensor, masked: bool, dropout: f64, ctx: &Ctx) -> Result<Tensor> {
     let (_, _, l, dh) = q.dims4()?;
-    let s = k.dim(2)?;
-    let scores = (q.matmul(&k.t()?)? * (1.0 / (dh as f64).sqrt()))?;
-    let mask = if masked { Some(causal_mask(&(0..l).collect::<Vec<_>>(), s, q.device())?) } else { None };
-    let a = ctx.dropout(&softmax_f32(&scores, mask.as_ref(), q.dtype())?, dropout)?;
+    let scores = q.matmul(&k.t()?)?;
+    let limits = masked.then(|| (0..l).collect::<Vec<_>>());
+    let a = ctx.dropout(&softmax_f32(&scores, 1.0 / (dh as f64).sqrt(), limits, q.dtype())?, dropout)?;
     a.matmul(v)
 }
 
@@ -169,14 +159,10 @@ pub fn prob_sparse(q: &Tensor, k: &Tensor, v: &Tensor, c: usize, masked: bool, c
     let sel = Tensor::from_vec(onehot, (b, h, lq, u), dev)?.to_dtype(q.dtype())?;
 
     let q_top = sel.t()?.matmul(q)?; // (B, H, u, D)
-    let scores = (q_top.matmul(&k.t()?)? * (1.0 / (dh as f64).sqrt()))?; // (B, H, u, Lk)
-    let mask = if masked {
-        let m = causal_mask(&top_pos, lk, dev)?;
-        Some(m.reshape((b, h, u, lk))?)
-    } else {
-        None
-    };
-    let attn = softmax_f32(&scores, mask.as_ref(), q.dtype())?;
+    let scores = q_top.matmul(&k.t()?)?; // (B, H, u, Lk)
+    // Row (b, h, j) of the scores is query top_pos[(b * H + h) * u + j].
+    let limits = masked.then_some(top_pos);
+    let attn = softmax_f32(&scores, 1.0 / (dh as f64).sqrt(), limits, q.dtype())?;
     let top_out = attn.matmul(v)?; // (B, H, u, D)
 
     let lazy = if masked { v.cumsum(2)? } else { v.mean_keepdim(2)?.broadcast_as((b, h, lq, dh))?.contiguous()? };
@@ -188,6 +174,7 @@ pub fn prob_sparse(q: &Tensor, k: &Tensor, v: &Tensor, c: usize, masked: bool, c
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Device;
 
     #[test]
     fn sample_counts_follow_the_paper() {

@@ -10,7 +10,9 @@
 //! equal the composite version up to float rounding (tested below). Other devices and dtypes keep
 //! the composite version.
 
+use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use std::sync::Arc;
 
 /// The contiguous f32 slice of a CPU storage (the callers make their inputs contiguous).
 fn f32s<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
@@ -21,8 +23,165 @@ fn f32s<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     }
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Tests set this to run the composite ops on this thread (the reference the fused ops replace).
+    pub(crate) static COMPOSITE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with the composite ops instead of the fused ones on this thread (tests only).
+#[cfg(test)]
+pub(crate) fn with_composite<R>(f: impl FnOnce() -> R) -> R {
+    COMPOSITE.with(|c| c.set(true));
+    let r = f();
+    COMPOSITE.with(|c| c.set(false));
+    r
+}
+
 fn fused_ok(ts: &[&Tensor]) -> bool {
+    #[cfg(test)]
+    if COMPOSITE.with(|c| c.get()) {
+        return false;
+    }
     ts.iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+}
+
+/// `x W^T + b` over the last dimension of `x` (a Linear layer), `W` of shape `(n, k)`.
+///
+/// As tensor ops this is five graph nodes (reshape, transpose of `W`, matmul, bias add, reshape),
+/// and candle's backward gives each its own gradient tensor plus a zero-fill and an add to
+/// accumulate it, transposes `W`'s gradient back with a copy, and sums the bias gradient with
+/// its strided reduction. Here it is one node: the forward is one gemm (with `W` read transposed
+/// through its strides) plus the bias, the backward two gemms (`dx = dy W`, `dW = dy^T x`, the
+/// transposes again only strides) and a column sum.
+pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (n, k) = w.dims2()?;
+    if !fused_ok(&[x, w, b]) || b.dims() != [n] || x.dims().last() != Some(&k) || x.rank() < 2 {
+        let dims = x.dims().to_vec();
+        let rows = x.elem_count() / k.max(1);
+        let y = add_bias(&x.reshape((rows, k))?.matmul(&w.t()?)?, b)?;
+        let mut out = dims;
+        let last = out.len() - 1;
+        out[last] = n;
+        return y.reshape(out);
+    }
+    x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, LinearOp)
+}
+
+struct LinearOp;
+
+impl CustomOp3 for LinearOp {
+    fn name(&self) -> &'static str {
+        "keel-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let b = f32s(s3, l3, "linear bias")?;
+        let (n, k) = l2.shape().dims2()?;
+        let m = l1.shape().elem_count() / k.max(1);
+        if l1.dims().last() != Some(&k) || b.len() != n || !l1.is_contiguous() || !l2.is_contiguous() {
+            candle_core::bail!("linear: input {:?}, weight {:?}, bias {}", l1.dims(), l2.dims(), b.len());
+        }
+        let xl = Layout::contiguous_with_offset((m, k), l1.start_offset());
+        let wl = Layout::contiguous_with_offset((n, k), l2.start_offset()).transpose(0, 1)?;
+        let CpuStorage::F32(mut y) = s1.matmul(s2, (1, m, n, k), &xl, &wl)? else {
+            candle_core::bail!("linear: expected an f32 product")
+        };
+        for row in y.chunks_exact_mut(n) {
+            for (o, &b) in row.iter_mut().zip(b) {
+                *o += b;
+            }
+        }
+        let mut dims = l1.dims().to_vec();
+        let last = dims.len() - 1;
+        dims[last] = n;
+        Ok((CpuStorage::F32(y), Shape::from(dims)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (n, k) = w.dims2()?;
+        let m = x.elem_count() / k.max(1);
+        // Detached so that these products record no graph of their own.
+        let (x2, w) = (x.detach().reshape((m, k))?, w.detach());
+        let dy = dy.contiguous()?.reshape((m, n))?;
+        let dx = dy.matmul(&w)?.reshape(x.shape())?;
+        let dw = dy.t()?.matmul(&x2)?;
+        let db = dy.apply_op1_no_bwd(&ColumnSum(n))?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// `x * mask` for a dropout mask (`0` or `1 / keep` per element), as one node whose backward
+/// is `dy * mask`. As a tensor `mul`, candle's backward also computes and accumulates a
+/// gradient for the mask (two more full passes and a zero-fill), which nothing reads.
+pub fn dropout(x: &Tensor, mask: Vec<f32>) -> Result<Tensor> {
+    if !fused_ok(&[x]) || mask.len() != x.elem_count() {
+        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+        return x.mul(&mask);
+    }
+    x.contiguous()?.apply_op1(MaskMul(Arc::from(mask)))
+}
+
+struct MaskMul(Arc<[f32]>);
+
+impl CustomOp1 for MaskMul {
+    fn name(&self) -> &'static str {
+        "keel-dropout"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32s(s, l, "dropout input")?;
+        if x.len() != self.0.len() {
+            candle_core::bail!("dropout: input {:?}, mask {}", l.dims(), self.0.len());
+        }
+        Ok((CpuStorage::F32(x.iter().zip(self.0.iter()).map(|(x, m)| x * m).collect()), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(dy.contiguous()?.apply_op1_no_bwd(&MaskMul(self.0.clone()))?))
+    }
+}
+
+/// Attention weights: softmax over the last dimension of `scale * x`, where row `r` (counting
+/// rows over all leading dimensions) only sees keys `0..=limits[r % limits.len()]` when
+/// `limits` is given (a causal mask; the other weights are exactly 0).
+///
+/// The composite version is a scale (affine) node, an additive `-1e30` mask tensor broadcast
+/// and added (whose backward also builds a full-size gradient for the mask) and the softmax:
+/// three graph nodes with their own gradient passes and accumulations, over the largest
+/// tensors of the attention. Here it is one pass each way.
+pub fn attention_softmax(x: &Tensor, scale: f64, limits: Option<Vec<usize>>) -> Result<Tensor> {
+    let d = *x.dims().last().unwrap_or(&0);
+    if !fused_ok(&[x]) || limits.as_ref().is_some_and(|l| l.is_empty()) {
+        let mut s = (x * scale)?;
+        if let Some(lim) = limits {
+            let rows = x.elem_count() / d.max(1);
+            let m: Vec<f32> = (0..rows)
+                .flat_map(|r| {
+                    let lim = lim[r % lim.len()];
+                    (0..d).map(move |j| if j > lim { -1e30 } else { 0.0 })
+                })
+                .collect();
+            s = (s + Tensor::from_vec(m, x.shape(), x.device())?)?;
+        }
+        return softmax_last_dim(&s);
+    }
+    x.contiguous()?.apply_op1(Softmax { scale: scale as f32, limits: limits.map(Arc::from) })
 }
 
 /// `(x - mean) / sqrt(var + eps) * g + b` over the last dimension of an f32 `x`, with `g` and
@@ -43,7 +202,7 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     if !fused_ok(&[x]) {
         return candle_nn::ops::softmax(x, candle_core::D::Minus1);
     }
-    x.contiguous()?.apply_op1(Softmax)
+    x.contiguous()?.apply_op1(Softmax { scale: 1.0, limits: None })
 }
 
 /// `y + b` with `b` broadcast over the rows of `y` (a Linear's bias).
@@ -358,7 +517,12 @@ impl CustomOp3 for LayerNormGrad {
     }
 }
 
-struct Softmax;
+/// Softmax of `scale * x` over the last dimension, row `r` limited to the keys
+/// `0..=limits[r % limits.len()]` if given.
+struct Softmax {
+    scale: f32,
+    limits: Option<Arc<[usize]>>,
+}
 
 impl CustomOp1 for Softmax {
     fn name(&self) -> &'static str {
@@ -372,11 +536,16 @@ impl CustomOp1 for Softmax {
         if d == 0 {
             return Ok((CpuStorage::F32(y), l.shape().clone()));
         }
-        for (xr, yr) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
-            let max = xr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        for (r, (xr, yr)) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)).enumerate() {
+            let seen = match &self.limits {
+                Some(lim) => (lim[r % lim.len()] + 1).min(d),
+                None => d,
+            };
+            let (xr, yr) = (&xr[..seen], &mut yr[..seen]);
+            let max = xr.iter().map(|&x| x * self.scale).fold(f32::NEG_INFINITY, f32::max);
             let mut sum = 0f32;
             for (y, &x) in yr.iter_mut().zip(xr) {
-                *y = (x - max).exp();
+                *y = (x * self.scale - max).exp();
                 sum += *y;
             }
             for y in yr.iter_mut() {
@@ -387,12 +556,12 @@ impl CustomOp1 for Softmax {
     }
 
     fn bwd(&self, _x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(y.apply_op2_no_bwd(&dy.contiguous()?, &SoftmaxGrad)?))
+        Ok(Some(y.apply_op2_no_bwd(&dy.contiguous()?, &SoftmaxGrad(self.scale))?))
     }
 }
 
-/// `dx = y * (dy - sum(dy * y))` per row.
-struct SoftmaxGrad;
+/// `dx = scale * y * (dy - sum(dy * y))` per row (masked weights are 0, so their gradient is too).
+struct SoftmaxGrad(f32);
 
 impl candle_core::CustomOp2 for SoftmaxGrad {
     fn name(&self) -> &'static str {
@@ -410,7 +579,7 @@ impl candle_core::CustomOp2 for SoftmaxGrad {
         for ((yr, dyr), dxr) in y.chunks_exact(d).zip(dy.chunks_exact(d)).zip(dx.chunks_exact_mut(d)) {
             let dot: f32 = yr.iter().zip(dyr).map(|(a, b)| a * b).sum();
             for ((dx, &y), &dy) in dxr.iter_mut().zip(yr).zip(dyr) {
-                *dx = y * (dy - dot);
+                *dx = self.0 * y * (dy - dot);
             }
         }
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
@@ -555,5 +724,83 @@ mod tests {
         let m = Tensor::new(&[[0f32, -1e30, 1.0]], &Device::Cpu).unwrap();
         let y = softmax_last_dim(&m).unwrap().to_vec2::<f32>().unwrap();
         assert!((y[0].iter().sum::<f32>() - 1.0).abs() < 1e-6 && y[0][1] == 0.0, "{y:?}");
+    }
+
+    #[test]
+    fn linear_matches_the_composite_ops_in_value_and_gradient() {
+        let x = Var::from_tensor(&random(&[3, 5, 7], 20, 4.0)).unwrap();
+        let w = Var::from_tensor(&random(&[6, 7], 21, 2.0)).unwrap();
+        let b = Var::from_tensor(&random(&[6], 22, 2.0)).unwrap();
+        let wt = random(&[3, 5, 6], 23, 2.0);
+        let run = |fused: bool| {
+            let y = if fused { linear(&x, &w, &b).unwrap() } else { with_composite(|| linear(&x, &w, &b).unwrap()) };
+            let g = (&y * &wt).unwrap().sum_all().unwrap().backward().unwrap();
+            (y, [&x, &w, &b].map(|v| g.get(v).unwrap().clone()))
+        };
+        let (a, c) = (run(true), run(false));
+        assert_eq!(a.0.dims(), &[3, 5, 6]);
+        assert!(max_diff(&a.0, &c.0) < 1e-5, "value {}", max_diff(&a.0, &c.0));
+        // By hand: y[0, 0, 0] = x[0, 0, :] . w[0, :] + b[0].
+        let x0 = x.as_tensor().get(0).unwrap().get(0).unwrap();
+        let by_hand = (x0 * w.as_tensor().get(0).unwrap()).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap()
+            + b.as_tensor().to_vec1::<f32>().unwrap()[0];
+        let y0 = a.0.flatten_all().unwrap().to_vec1::<f32>().unwrap()[0];
+        assert!((y0 - by_hand).abs() < 1e-5, "{y0} vs {by_hand}");
+        for (i, (ga, gc)) in a.1.iter().zip(&c.1).enumerate() {
+            assert_eq!(ga.dims(), gc.dims(), "gradient {i}");
+            assert!(max_diff(ga, gc) < 1e-4, "gradient {i}: {}", max_diff(ga, gc));
+            assert!(ga.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.1, "gradient {i}");
+        }
+    }
+
+    #[test]
+    fn dropout_matches_mul_by_the_mask_in_value_and_gradient() {
+        let x = Var::from_tensor(&random(&[4, 9], 24, 4.0)).unwrap();
+        let mask: Vec<f32> = (0..36).map(|i| if i % 3 == 0 { 0.0 } else { 1.5 }).collect();
+        let wt = random(&[4, 9], 25, 2.0);
+        let run = |fused: bool| {
+            let y = if fused {
+                dropout(&x, mask.clone()).unwrap()
+            } else {
+                with_composite(|| dropout(&x, mask.clone()).unwrap())
+            };
+            let g = (&y * &wt).unwrap().sum_all().unwrap().backward().unwrap();
+            (y, g.get(&x).unwrap().clone())
+        };
+        let (a, c) = (run(true), run(false));
+        assert_eq!(max_diff(&a.0, &c.0), 0.0);
+        assert_eq!(max_diff(&a.1, &c.1), 0.0);
+        let gx = a.1.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let w = wt.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(gx[0], 0.0);
+        assert_eq!(gx[1], 1.5 * w[1]);
+    }
+
+    #[test]
+    fn attention_softmax_matches_the_composite_ops_with_and_without_a_causal_mask() {
+        let x = Var::from_tensor(&random(&[2, 3, 4, 6], 26, 20.0)).unwrap();
+        let wt = random(&[2, 3, 4, 6], 27, 2.0);
+        // Full causal (row r sees keys 0..=r % 4), then per-row limits as ProbSparse gives them.
+        let per_row: Vec<usize> = (0..24).map(|r| (r * 7) % 6).collect();
+        for limits in [None, Some(vec![0, 1, 2, 3]), Some(per_row)] {
+            let run = |fused: bool| {
+                let f = || attention_softmax(&x, 0.35, limits.clone()).unwrap();
+                let y = if fused { f() } else { with_composite(f) };
+                let g = (&y * &wt).unwrap().sum_all().unwrap().backward().unwrap();
+                (y, g.get(&x).unwrap().clone())
+            };
+            let (a, c) = (run(true), run(false));
+            assert!(max_diff(&a.0, &c.0) < 1e-6, "{limits:?}: value {}", max_diff(&a.0, &c.0));
+            assert!(max_diff(&a.1, &c.1) < 1e-6, "{limits:?}: dx {}", max_diff(&a.1, &c.1));
+            assert!(a.1.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.1);
+            // Masked weights are exactly zero, and every row sums to one.
+            let rows = a.0.flatten_to(2).unwrap().to_vec2::<f32>().unwrap();
+            for (r, row) in rows.iter().enumerate() {
+                assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5, "row {r}: {row:?}");
+                if let Some(l) = &limits {
+                    assert!(row[l[r % l.len()] + 1..].iter().all(|&w| w == 0.0), "row {r}: {row:?}");
+                }
+            }
+        }
     }
 }

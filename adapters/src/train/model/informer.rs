@@ -384,4 +384,29 @@ mod tests {
         let e = check_dtype(DType::BF16, &Device::Cpu).unwrap_err().to_string();
         assert_eq!(e, "bf16 needs a GPU (--device cuda); use --dtype f16 or f32 on CPU");
     }
+
+    /// The whole model with the fused CPU ops against the composite candle ops they replace: same
+    /// seed (dropout masks and ProbSparse samples), same loss and the same gradient for every weight.
+    #[test]
+    fn fused_ops_reproduce_the_composite_model_in_value_and_gradient() {
+        let cfg = tiny();
+        let mut p = Params::new(1, &Device::Cpu);
+        let m = Informer::new(&cfg, &mut p).unwrap();
+        let [xe, me, xd, md] = inputs(&cfg, 4);
+        let run = || {
+            let ctx = Ctx::new(DType::F32, true, 9);
+            let y = m.forward(&xe, &me, &xd, &md, &ctx).unwrap();
+            let loss = y.sqr().unwrap().mean_all().unwrap();
+            let grads = loss.backward().unwrap();
+            let g: Vec<Tensor> = p.named().iter().map(|(_, v)| grads.get(v).unwrap().clone()).collect();
+            (loss.to_scalar::<f32>().unwrap(), g)
+        };
+        let (fused, composite) = (run(), super::super::fused::with_composite(run));
+        assert!((fused.0 - composite.0).abs() < 1e-5 * composite.0.abs().max(1.0), "{} vs {}", fused.0, composite.0);
+        for ((name, _), (a, b)) in p.named().iter().zip(fused.1.iter().zip(&composite.1)) {
+            let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1e-3);
+            let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(d <= 1e-3 * scale, "{name}: gradients differ by {d} (largest {scale})");
+        }
+    }
 }

@@ -48,8 +48,7 @@ impl Ctx {
         let scale = (1.0 / keep) as f32;
         let mut rng = self.rng.borrow_mut();
         let mask: Vec<f32> = (0..x.elem_count()).map(|_| if rng.next_f64() < keep { scale } else { 0.0 }).collect();
-        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
-        x.mul(&mask)
+        fused::dropout(x, mask)
     }
 }
 
@@ -117,18 +116,9 @@ impl Linear {
         })
     }
 
-    /// Applies the map to `(.., fan_in)`.
+    /// Applies the map to `(.., fan_in)` ([`fused::linear`]: one graph node).
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
-        let w = cast(&self.w, ctx)?;
-        let b = cast(&self.b, ctx)?;
-        let dims = x.dims().to_vec();
-        let last = dims[dims.len() - 1];
-        let rows = x.elem_count() / last;
-        let y = fused::add_bias(&x.reshape((rows, last))?.matmul(&w.t()?)?, &b)?;
-        let mut out = dims;
-        let n = out.len();
-        out[n - 1] = self.w.dims()[0];
-        y.reshape(out)
+        fused::linear(x, &cast(&self.w, ctx)?, &cast(&self.b, ctx)?)
     }
 }
 
