@@ -213,10 +213,34 @@ fn tune_allocator() {
     }
 }
 
+/// Runs candle's elementwise ops on the calling thread unless `CANDLE_NUM_THREADS` is set.
+///
+/// candle 0.11 splits every elementwise op above 64 Ki elements (in training, mostly the
+/// backward pass's gradient accumulations) over a pool whose caller spin-waits for its partner
+/// threads. When the machine has fewer free cores than threads, a partner is often descheduled
+/// and the caller spins for the rest of its time slice: measured on the 2-core build machine at
+/// load 4 to 5, the small preset's step took 920 to 940 ms with the pool at 2 threads against
+/// 130 to 183 ms without it (matmuls still at 2 threads through `RAYON_NUM_THREADS`), and
+/// 172 ms at one thread. These ops are memory-bound, so the pool gains little even on an idle
+/// machine. Process-wide, read by candle when it first builds the pool; setting
+/// `CANDLE_NUM_THREADS` (e.g. to the core count) restores the pool.
+fn elementwise_on_caller() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+            // SAFETY: Rust's own environment accesses are serialized by std's lock; the variable
+            // is set once, before the training step's first elementwise op builds candle's pool,
+            // and nothing in keel reads the environment from C concurrently.
+            unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
+        }
+    });
+}
+
 impl Trainer {
     /// A fresh model for `mcfg`, seeded by `cfg.seed`.
     pub fn new(mcfg: &ModelConfig, cfg: &TrainConfig, scaler: &ScalerConfig, opts: RunOptions) -> anyhow::Result<Self> {
         tune_allocator();
+        elementwise_on_caller();
         let dtype = amp::dtype_of(cfg.dtype);
         super::model::informer::check_dtype(dtype, &opts.device)?;
         if opts.disable_scaler && dtype != DType::F32 {
