@@ -1,8 +1,11 @@
 //! Stream throughput and reconnect recovery (issue 8, figures 4 and 5). A plain binary, one measurement
 //! per process so that CPU time (getrusage) and peak RSS (VmHWM) belong to that consumer alone.
 //!
-//! Throughput: `cargo bench -p keel --bench stream -- <consumer> <aggTrade|depth> <frames> <url> <ca.pem> [exchange pid]`
-//! against a separately running `keel exchange --fault '*=blast:N'` (bench/run starts it). Consumers:
+//! Throughput: `cargo bench -p keel --bench stream -- <consumer> <aggTrade|depth> <frames> <url> <ca.pem> [exchange pid]
+//! [rest url]` against a separately running `keel exchange --fault '*=blast:N'` (bench/run starts it and passes its
+//! REST URL, so that keel's depth consumer syncs its order book from the exchange's snapshot and applies every
+//! diff to it, as it would against Binance; without one the snapshot request cannot be answered and the book
+//! never syncs, which the depth row then says). Consumers:
 //! - `keel-rec`: `keel::stream::stream` with recording on (CSV files under a temp dir);
 //! - `keel`: the same with recording off;
 //! - `bare`: async-tungstenite + async-native-tls + `serde_json::Value` per frame, no keel code at all;
@@ -108,6 +111,7 @@ fn throughput(args: &[String]) -> anyhow::Result<()> {
     let [consumer, kind, frames, url, ca] = &args[..5] else { anyhow::bail!("missing arguments") };
     let frames: u64 = frames.parse()?;
     let exchange_pid: Option<u32> = args.get(5).and_then(|p| p.parse().ok());
+    let rest_url: Option<&String> = args.get(6);
     let stream_name = match kind.as_str() {
         "aggTrade" => "btcusdt@aggTrade",
         "depth" => "btcusdt@depth",
@@ -126,6 +130,9 @@ fn throughput(args: &[String]) -> anyhow::Result<()> {
             cfg.stream.streams = vec![stream_name.to_string()];
             cfg.stream.out_dir = dir.join("data").display().to_string();
             cfg.tls.ca_file = Some(ca.clone());
+            if let Some(rest) = rest_url {
+                cfg.rest.url = rest.clone();
+            }
             let opts = StreamOptions {
                 seed: 1,
                 duration: Some(Duration::from_secs(300)),
@@ -135,6 +142,18 @@ fn throughput(args: &[String]) -> anyhow::Result<()> {
             };
             let report = smol::block_on(stream(cfg, opts))?;
             anyhow::ensure!(report.stats.gaps == 0, "keel saw {} gaps", report.stats.gaps);
+            if kind == "depth" {
+                // The figure is meant for a synced book (every diff applied); say so when it was not.
+                let synced = report.books.get("BTCUSDT").map(|b| b.last_update_id);
+                eprintln!(
+                    "keel depth: book {} ({} snapshots, {} resyncs)",
+                    synced.map_or("never synced (diffs buffered, not applied)".to_string(), |u| format!(
+                        "synced, at u={u}"
+                    )),
+                    report.recovery.book_snapshots,
+                    report.recovery.book_resyncs
+                );
+            }
             let n = report.stats.market_events;
             (n, (n as f64 * mean_frame_bytes(kind)) as u64)
         }

@@ -10,6 +10,7 @@ use crate::protocol::rest::DepthSnapshot;
 use crate::protocol::{Decimal, DepthUpdate, Level};
 use crate::time::Timestamp;
 use std::cmp::Ordering;
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
@@ -35,24 +36,44 @@ impl Ord for Price {
 }
 
 /// One symbol's book; see the module docs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Each side maps a price (by value) to the level as last sent (its price text and quantity): a diff
+/// that changes a level's quantity, nearly all of them, updates it in place (one search), and the
+/// price keeps the spelling of the latest diff.
+#[derive(Debug, Clone)]
 pub struct OrderBook {
     last_update_id: u64,
-    bids: BTreeMap<Price, Decimal>,
-    asks: BTreeMap<Price, Decimal>,
+    bids: BTreeMap<Price, Level>,
+    asks: BTreeMap<Price, Level>,
 }
+
+/// Books are equal when they hold the same levels by price value, with equal quantities (the
+/// spelling of a price does not count, as it does not in the book's order).
+impl PartialEq for OrderBook {
+    fn eq(&self, other: &Self) -> bool {
+        let same = |a: &BTreeMap<Price, Level>, b: &BTreeMap<Price, Level>| {
+            a.len() == b.len() && a.iter().zip(b).all(|((pa, la), (pb, lb))| pa == pb && la.1 == lb.1)
+        };
+        self.last_update_id == other.last_update_id && same(&self.bids, &other.bids) && same(&self.asks, &other.asks)
+    }
+}
+impl Eq for OrderBook {}
 
 fn is_zero(d: Decimal) -> bool {
     d.mantissa_wide() == 0
 }
 
-fn set(side: &mut BTreeMap<Price, Decimal>, (price, qty): Level) {
+fn set(side: &mut BTreeMap<Price, Level>, (price, qty): Level) {
     if is_zero(qty) {
         side.remove(&Price(price));
     } else {
         // Keep the price text as last sent, and the new quantity.
-        side.remove(&Price(price));
-        side.insert(Price(price), qty);
+        match side.entry(Price(price)) {
+            Entry::Occupied(mut level) => *level.get_mut() = (price, qty),
+            Entry::Vacant(level) => {
+                level.insert((price, qty));
+            }
+        }
     }
 }
 
@@ -88,22 +109,22 @@ impl OrderBook {
 
     /// Highest bid `(price, qty)`.
     pub fn best_bid(&self) -> Option<(Decimal, Decimal)> {
-        self.bids.iter().next_back().map(|(p, q)| (p.0, *q))
+        self.bids.values().next_back().copied()
     }
 
     /// Lowest ask `(price, qty)`.
     pub fn best_ask(&self) -> Option<(Decimal, Decimal)> {
-        self.asks.iter().next().map(|(p, q)| (p.0, *q))
+        self.asks.values().next().copied()
     }
 
     /// Bids, best (highest) first.
     pub fn bids(&self) -> impl Iterator<Item = (Decimal, Decimal)> + '_ {
-        self.bids.iter().rev().map(|(p, q)| (p.0, *q))
+        self.bids.values().rev().copied()
     }
 
     /// Asks, best (lowest) first.
     pub fn asks(&self) -> impl Iterator<Item = (Decimal, Decimal)> + '_ {
-        self.asks.iter().map(|(p, q)| (p.0, *q))
+        self.asks.values().copied()
     }
 
     /// Number of bid and ask levels.
@@ -305,6 +326,58 @@ mod tests {
 
     fn lv(p: &str, q: &str) -> Level {
         (d(p), d(q))
+    }
+
+    /// A level change for the property: price in ticks (spelled with 2 or 3 decimals), quantity (0 removes).
+    #[derive(Debug, Clone)]
+    struct Change {
+        bid: bool,
+        ticks: u8,
+        long: bool,
+        qty: u8,
+    }
+
+    impl quickcheck::Arbitrary for Change {
+        fn arbitrary(g: &mut quickcheck::Gen) -> Self {
+            let small = |g: &mut quickcheck::Gen| u8::arbitrary(g) % 24;
+            Change { bid: bool::arbitrary(g), ticks: small(g), long: bool::arbitrary(g), qty: small(g) % 4 }
+        }
+    }
+
+    quickcheck::quickcheck! {
+        /// The book equals a plain model (a list of levels per side, looked up by value): same levels
+        /// in the same order, with the quantity and the price spelling of the last change.
+        fn apply_matches_a_list_model(changes: Vec<Change>) -> bool {
+            let text = |c: &Change| {
+                let (p, q) = (f64::from(c.ticks) / 100.0 + 1.0, c.qty.to_string());
+                (if c.long { format!("{p:.3}") } else { format!("{p:.2}") }, q)
+            };
+            let mut book = OrderBook::from_snapshot(&DepthSnapshot { last_update_id: 0, bids: vec![], asks: vec![] });
+            let (mut bids, mut asks): (Vec<Level>, Vec<Level>) = (vec![], vec![]);
+            for (i, c) in changes.iter().enumerate() {
+                let (p, q) = text(c);
+                let level = lv(&p, &q);
+                let side = if c.bid { &mut bids } else { &mut asks };
+                let at = side.iter().position(|l| l.0.cmp_value(level.0) == Ordering::Equal);
+                match (at, c.qty) {
+                    (Some(at), 0) => { side.remove(at); }
+                    (Some(at), _) => side[at] = level,
+                    (None, 0) => {}
+                    (None, _) => side.push(level),
+                }
+                let (b, a) = if c.bid { (vec![level], vec![]) } else { (vec![], vec![level]) };
+                let u = i as u64 + 1;
+                book.apply(&DepthUpdate { symbol: "X".into(), event_time: 0, first_update_id: u, final_update_id: u, bids: b, asks: a });
+            }
+            bids.sort_by(|x, y| y.0.cmp_value(x.0));
+            asks.sort_by(|x, y| x.0.cmp_value(y.0));
+            book.bids().collect::<Vec<_>>() == bids
+                && book.asks().collect::<Vec<_>>() == asks
+                && book.best_bid() == bids.first().copied()
+                && book.best_ask() == asks.first().copied()
+                && book.depth() == (bids.len(), asks.len())
+                && book.last_update_id() == changes.len() as u64
+        }
     }
 
     #[test]

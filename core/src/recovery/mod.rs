@@ -216,20 +216,26 @@ impl Recovery {
                 // The diff is delivered before what the book makes of it, but moved into the queue
                 // only after the book has read it: no copy of its levels per event.
                 let at = self.out.len();
-                if !self.books.contains_key(&diff.symbol) {
-                    self.books.insert(diff.symbol.clone(), BookSync::new(&diff.symbol, &mut self.serial));
-                }
-                if let Some(sync) = self.books.get_mut(&diff.symbol) {
-                    let mut cx = BookCtx {
-                        out: &mut self.out,
-                        stats: &mut self.stats,
-                        serial: &mut self.serial,
-                        max_buffered: self.max_held,
-                    };
-                    sync.on_diff(diff, &mut cx);
-                }
+                let sync = match self.books.get_mut(&diff.symbol) {
+                    Some(sync) => sync,
+                    None => self
+                        .books
+                        .entry(diff.symbol.clone())
+                        .or_insert_with(|| BookSync::new(&diff.symbol, &mut self.serial)),
+                };
+                let mut cx = BookCtx {
+                    out: &mut self.out,
+                    stats: &mut self.stats,
+                    serial: &mut self.serial,
+                    max_buffered: self.max_held,
+                };
+                sync.on_diff(diff, &mut cx);
                 let deliver = RecoveryOutput::Deliver { stream: stream.to_owned(), event, backfilled: false };
-                self.out.insert(at, deliver);
+                if self.out.len() == at {
+                    self.out.push_back(deliver);
+                } else {
+                    self.out.insert(at, deliver);
+                }
             }
             _ => self.out.push_back(RecoveryOutput::Deliver { stream: stream.to_owned(), event, backfilled: false }),
         }
