@@ -252,6 +252,12 @@ fn encode_connection(enc: &mut DescriptorEncoder, snap: &ConnectionSnapshot) -> 
     counter(enc, "keel_connection_gaps", "Sequence gaps detected.", s.gaps)?;
     counter(enc, "keel_connection_missing_ids", "Ids missing in all gaps together.", s.missing_ids)?;
     counter(enc, "keel_connection_duplicates", "Market events dropped as duplicates.", s.duplicates)?;
+    counter(
+        enc,
+        "keel_sequence_restarts",
+        "Streams whose server restarted its id numbering (detected, tracking started over).",
+        s.sequence_restarts,
+    )?;
     counter(enc, "keel_connection_frames", "Text frames received.", s.messages)?;
     counter(enc, "keel_connection_malformed_frames", "Frames that did not decode.", s.malformed_frames)?;
     counter(enc, "keel_connection_server_errors", "Error replies from the server.", s.server_errors)?;

@@ -53,6 +53,12 @@ pub struct StreamConfig {
     pub max_control_per_second: u32,
     /// Streams per connection; Binance allows 1024.
     pub max_streams_per_connection: u32,
+    /// An id more than this far below the last one seen on its stream is a candidate numbering
+    /// restart (the server restarted its ids), not a duplicate; see `gaps`.
+    pub restart_distance: u64,
+    /// Consecutive candidates on one connection that confirm a numbering restart (the first event of
+    /// a new connection confirms at once). Candidates are held, not dropped, until confirmed or refuted.
+    pub restart_confirm: u32,
 }
 
 impl Default for StreamConfig {
@@ -66,6 +72,8 @@ impl Default for StreamConfig {
             rollover_after_ms: 23 * 3_600_000 + 30 * 60_000,
             max_control_per_second: 5,
             max_streams_per_connection: 1024,
+            restart_distance: 1000,
+            restart_confirm: 3,
         }
     }
 }
@@ -498,6 +506,18 @@ impl Config {
             &s.max_streams_per_connection,
             "between 1 and 1024 (Binance's limit)",
         );
+        v.check(
+            s.restart_distance > 0,
+            "stream.restart_distance",
+            &s.restart_distance,
+            "> 0 (ids this close below the last one are replays or late frames, dropped as duplicates)",
+        );
+        v.check(
+            (1..=1000).contains(&s.restart_confirm),
+            "stream.restart_confirm",
+            &s.restart_confirm,
+            "between 1 and 1000 (candidate events are held in memory until confirmed)",
+        );
 
         let r = &self.reconnect;
         v.check(r.initial_delay_ms > 0, "reconnect.initial_delay_ms", &r.initial_delay_ms, "> 0");
@@ -813,6 +833,9 @@ mod tests {
         ("stream: (stall_after_ms: 1000)", "stream.stall_after_ms"),
         ("stream: (rollover_after_ms: 86400000)", "stream.rollover_after_ms"),
         ("stream: (max_control_per_second: 6)", "stream.max_control_per_second"),
+        ("stream: (restart_distance: 0)", "stream.restart_distance"),
+        ("stream: (restart_confirm: 0)", "stream.restart_confirm"),
+        ("stream: (restart_confirm: 1001)", "stream.restart_confirm"),
         ("stream: (max_streams_per_connection: 1025)", "stream.max_streams_per_connection"),
         ("reconnect: (initial_delay_ms: 0)", "reconnect.initial_delay_ms"),
         ("reconnect: (multiplier: 0.5)", "reconnect.multiplier"),

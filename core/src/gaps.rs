@@ -17,9 +17,24 @@
 //!
 //! An id at or below the last one seen is a duplicate, even when it fills a gap reported earlier: a late,
 //! reordered frame is dropped, so the events handed on are strictly increasing and the gap report stays
-//! the single record of what is missing. If a server legitimately restarts its numbering, call
-//! [`GapTracker::forget`] for that stream; otherwise everything would be dropped as duplicate until the
-//! ids exceed the old ones.
+//! the single record of what is missing.
+//!
+//! Numbering restarts. A server may legitimately restart its ids (an exchange process restarted, a
+//! venue resetting ids after maintenance). Taken as duplicates, every event would be dropped until the
+//! ids exceed the old ones: a silent feed. So an id more than [`RestartPolicy::distance`] below the
+//! last one is a *candidate* ([`Verdict::Suspect`]): the caller holds it. The restart is confirmed
+//! ([`Verdict::Restarted`]; the stream is forgotten and the caller observes the held events and the
+//! current one again, in order) by
+//! - the first event of the stream on a new connection ([`GapTracker::new_connection`]) being a
+//!   candidate: a fresh Binance connection starts at the live ids, it never replays old ones; or
+//! - [`RestartPolicy::confirm`] candidates in a row on one connection.
+//!
+//! Any other verdict refutes the candidates (the caller drops what it held as duplicates). What is
+//! never taken for a restart: a late reordered frame (one candidate, and usually within the distance),
+//! ids resent just below the last one after a reconnect (within the distance), and the replay of a
+//! make-before-break hand-over, which goes through [`GapTracker::observe_replay`] (no detection: its
+//! overlap can be minutes of ids on a busy stream). A restart during a hand-over is found on the new
+//! transport's next live events instead.
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -102,12 +117,55 @@ pub enum Verdict {
     Duplicate,
     /// New, but ids between the previous event and this one never arrived: pass it on and report the gap.
     FreshAfterGap(Gap),
+    /// Far below the last id: maybe the server restarted its numbering. The caller holds the event,
+    /// in order, until a later verdict on the stream decides: [`Verdict::Restarted`] (observe the held
+    /// events again), anything else (drop them as duplicates).
+    Suspect,
+    /// The server restarted its numbering: the stream was forgotten. The caller reports it, then
+    /// observes the held events and this one again, in order (the first of them is fresh).
+    Restarted(Restart),
 }
 
 impl Verdict {
-    /// Whether the event should be passed on (anything but a duplicate).
+    /// Whether the event should be passed on now (fresh, with or without a gap).
     pub fn is_fresh(&self) -> bool {
-        !matches!(self, Verdict::Duplicate)
+        matches!(self, Verdict::Fresh | Verdict::FreshAfterGap(_))
+    }
+}
+
+/// A stream whose ids started over: the old numbering reached `last`, the new one starts at `first`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Restart {
+    pub stream: String,
+    /// The last id of the old numbering (aggTrade `a`, trade `t`, depth `u`, bookTicker `u`).
+    pub last: u64,
+    /// The first id seen of the new numbering (depth: its `U`).
+    pub first: u64,
+}
+
+/// When an id far below the last one is a numbering restart rather than a duplicate (module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartPolicy {
+    /// An id more than this below the last one is a candidate (`stream.restart_distance`).
+    pub distance: u64,
+    /// Candidates in a row on one connection that confirm (`stream.restart_confirm`, at least 1).
+    pub confirm: u32,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy { distance: 1000, confirm: 3 }
+    }
+}
+
+impl RestartPolicy {
+    /// The policy of `stream.restart_distance` and `stream.restart_confirm`.
+    pub fn from_config(stream: &crate::config::StreamConfig) -> Self {
+        RestartPolicy { distance: stream.restart_distance, confirm: stream.restart_confirm.max(1) }
+    }
+
+    fn far_below(&self, last: u64, id: u64) -> bool {
+        id < last && last - id > self.distance
     }
 }
 
@@ -139,27 +197,90 @@ impl Last {
     }
 }
 
+/// The first id an event covers (depth: `U`), for [`Restart::first`].
+fn start_id(seq: Sequence) -> u64 {
+    match seq {
+        Sequence::AggTrade { id, .. } | Sequence::Trade { id } => id,
+        Sequence::Depth { first, .. } => first,
+        Sequence::BookTicker { id } | Sequence::Snapshot { id } => id,
+        Sequence::Unsequenced => 0,
+    }
+}
+
+/// One stream's position and restart candidates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Track {
+    last: Last,
+    /// Candidates in a row (held by the caller), and the first one's id.
+    candidates: u32,
+    first_candidate: u64,
+    /// No event seen on this stream since [`GapTracker::new_connection`].
+    new_connection: bool,
+}
+
 /// Sequence state per stream name; see the module docs for the rules.
 #[derive(Debug, Clone, Default)]
 pub struct GapTracker {
-    streams: HashMap<String, Last, BuildHasherDefault<FxHasher>>,
+    streams: HashMap<String, Track, BuildHasherDefault<FxHasher>>,
+    policy: RestartPolicy,
 }
 
 impl GapTracker {
-    /// A tracker that has seen nothing yet.
+    /// A tracker that has seen nothing yet, with the default [`RestartPolicy`].
     pub fn new() -> Self {
         GapTracker::default()
     }
 
+    /// A tracker that has seen nothing yet, detecting numbering restarts by `policy`.
+    pub fn with_policy(policy: RestartPolicy) -> Self {
+        GapTracker { streams: HashMap::default(), policy }
+    }
+
+    /// A new connection is live: the next event of each stream is its first on that connection, and
+    /// one far below the last id is a numbering restart at once (module docs).
+    pub fn new_connection(&mut self) {
+        for track in self.streams.values_mut() {
+            track.new_connection = true;
+        }
+    }
+
     /// Classifies the next event on `stream` and remembers it if it is fresh.
     pub fn observe(&mut self, stream: &str, seq: Sequence) -> Verdict {
+        self.classify(stream, seq, true)
+    }
+
+    /// [`Self::observe`] for events replayed by the new transport of a make-before-break hand-over:
+    /// ids below the last one are duplicates however far below (the overlap is known, no restart).
+    pub fn observe_replay(&mut self, stream: &str, seq: Sequence) -> Verdict {
+        self.classify(stream, seq, false)
+    }
+
+    fn classify(&mut self, stream: &str, seq: Sequence, detect: bool) -> Verdict {
         let Some(next) = Last::of(seq) else {
             return Verdict::Fresh;
         };
-        let Some(last) = self.streams.get_mut(stream) else {
-            self.streams.insert(stream.to_owned(), next);
+        let Some(track) = self.streams.get_mut(stream) else {
+            let track = Track { last: next, candidates: 0, first_candidate: 0, new_connection: false };
+            self.streams.insert(stream.to_owned(), track);
             return Verdict::Fresh;
         };
+        let first_on_connection = std::mem::take(&mut track.new_connection);
+        let same_kind = std::mem::discriminant(&track.last) == std::mem::discriminant(&next);
+        if detect && same_kind && self.policy.far_below(track.last.id(), next.id()) {
+            if track.candidates == 0 {
+                track.first_candidate = start_id(seq);
+            }
+            track.candidates += 1;
+            if first_on_connection || track.candidates >= self.policy.confirm {
+                let restart =
+                    Restart { stream: stream.to_owned(), last: track.last.id(), first: track.first_candidate };
+                self.streams.remove(stream);
+                return Verdict::Restarted(restart);
+            }
+            return Verdict::Suspect;
+        }
+        track.candidates = 0;
+        let last = &mut track.last;
         let gap = |first_missing: u64, last_missing: u64, kind: GapKind| {
             Verdict::FreshAfterGap(Gap { stream: stream.to_owned(), first_missing, last_missing, kind })
         };
@@ -208,7 +329,7 @@ impl GapTracker {
 
     /// The last id seen on `stream` (`a`, `t`, depth `u`, bookTicker `u`), if any.
     pub fn last_seen(&self, stream: &str) -> Option<u64> {
-        self.streams.get(stream).map(|last| last.id())
+        self.streams.get(stream).map(|track| track.last.id())
     }
 
     /// Forgets `stream`: its next event is fresh whatever its id (an unsubscribed stream, or a server
@@ -351,6 +472,8 @@ mod tests {
                         return false; // a new id must never be dropped
                     }
                 }
+                // Ids below 64 are never more than the default distance (1000) apart.
+                Verdict::Suspect | Verdict::Restarted(_) => return false,
             }
         }
         if !accepted.windows(2).all(|w| w[0] < w[1]) {
@@ -362,7 +485,168 @@ mod tests {
         expected == missing && t.last_seen("s") == accepted.last().copied()
     }
 
+    /// What a caller of the tracker does (the connection's rules): holds suspects, re-observes them on a
+    /// confirmed restart, drops them when refuted. Returns the ids passed on and the restarts seen.
+    struct Caller {
+        t: GapTracker,
+        held: Vec<u64>,
+        passed: Vec<u64>,
+        restarts: Vec<Restart>,
+    }
+
+    impl Caller {
+        fn new(policy: RestartPolicy) -> Self {
+            Caller { t: GapTracker::with_policy(policy), held: Vec::new(), passed: Vec::new(), restarts: Vec::new() }
+        }
+
+        fn feed(&mut self, id: u64) -> Verdict {
+            let v = self.t.observe("s", Sequence::Trade { id });
+            match &v {
+                Verdict::Suspect => self.held.push(id),
+                Verdict::Restarted(r) => {
+                    self.restarts.push(r.clone());
+                    for h in std::mem::take(&mut self.held) {
+                        self.feed(h);
+                    }
+                    self.feed(id);
+                }
+                Verdict::Fresh | Verdict::FreshAfterGap(_) => {
+                    self.held.clear();
+                    self.passed.push(id);
+                }
+                Verdict::Duplicate => self.held.clear(),
+            }
+            v
+        }
+    }
+
+    fn restarted(last: u64, first: u64) -> Verdict {
+        Verdict::Restarted(Restart { stream: "s".into(), last, first })
+    }
+
+    #[test]
+    fn restart_table_within_one_connection() {
+        // distance 100, three candidates in a row confirm.
+        let mut t = GapTracker::with_policy(RestartPolicy { distance: 100, confirm: 3 });
+        let rows = [
+            (5000, Verdict::Fresh),
+            (5001, Verdict::Fresh),
+            (4950, Verdict::Duplicate), // late frame within the distance
+            (3, Verdict::Suspect),      // a stray far-below frame ...
+            (5002, Verdict::Fresh),     // ... refuted by the next one
+            (1, Verdict::Suspect),
+            (2, Verdict::Suspect),
+            (3, restarted(5002, 1)), // the third in a row: the stream was forgotten
+            (1, Verdict::Fresh),     // the caller re-observes what it held ...
+            (2, Verdict::Fresh),
+            (3, Verdict::Fresh), // ... and the confirming event
+            (4, Verdict::Fresh),
+            (2, Verdict::Duplicate),
+        ];
+        for (i, (id, want)) in rows.into_iter().enumerate() {
+            assert_eq!(t.observe("s", Sequence::Trade { id }), want, "row {i}: id {id}");
+        }
+        assert_eq!(t.last_seen("s"), Some(4));
+    }
+
+    #[test]
+    fn restart_table_on_a_new_connection_and_by_kind() {
+        let mut t = GapTracker::with_policy(RestartPolicy { distance: 1000, confirm: 3 });
+        let rows: Vec<(&str, Sequence, Verdict)> = vec![
+            ("a", agg(900_000, 1, 1), Verdict::Fresh),
+            ("d", Sequence::Depth { first: 9_000_000, last: 9_000_004 }, Verdict::Fresh),
+            ("b", Sequence::BookTicker { id: 50_000 }, Verdict::Fresh),
+            ("k", Sequence::Unsequenced, Verdict::Fresh),
+        ];
+        for (i, (stream, seq, want)) in rows.into_iter().enumerate() {
+            assert_eq!(t.observe(stream, seq), want, "row {i}");
+        }
+        t.new_connection();
+        let r = |stream: &str, last, first| Verdict::Restarted(Restart { stream: stream.into(), last, first });
+        let rows: Vec<(&str, Sequence, Verdict)> = vec![
+            // Resent just below the last id on the new connection: a duplicate, and the flag is spent.
+            ("a", agg(899_999, 1, 1), Verdict::Duplicate),
+            ("a", agg(1, 1, 1), Verdict::Suspect), // no longer the first on the connection
+            ("a", agg(900_001, 2, 2), Verdict::Fresh),
+            // First depth diff on the new connection far below: a restart at once, reported from `U`.
+            ("d", Sequence::Depth { first: 1, last: 3 }, r("d", 9_000_004, 1)),
+            ("d", Sequence::Depth { first: 1, last: 3 }, Verdict::Fresh),
+            ("b", Sequence::BookTicker { id: 7 }, r("b", 50_000, 7)),
+            ("k", Sequence::Unsequenced, Verdict::Fresh),
+        ];
+        for (i, (stream, seq, want)) in rows.into_iter().enumerate() {
+            assert_eq!(t.observe(stream, seq), want, "row {i}");
+        }
+        // A hand-over replay is never a candidate, however far below.
+        t.new_connection();
+        assert_eq!(t.observe_replay("a", agg(5, 1, 1)), Verdict::Duplicate);
+        assert_eq!(t.observe_replay("a", agg(900_002, 3, 3)), Verdict::Fresh);
+    }
+
+    #[test]
+    fn confirm_one_restarts_on_the_first_far_below_id() {
+        let mut c = Caller::new(RestartPolicy { distance: 10, confirm: 1 });
+        for id in [100, 101, 95, 50, 51] {
+            c.feed(id);
+        }
+        assert_eq!(c.passed, vec![100, 101, 50, 51]);
+        assert_eq!(c.restarts, vec![Restart { stream: "s".into(), last: 101, first: 50 }]);
+    }
+
     quickcheck! {
+        fn replays_of_the_recent_window_are_never_restarts(
+            n: u16, replay: Vec<(u16, bool)>, distance: u16, confirm: u8
+        ) -> bool {
+            // Any history, then ids from the last `distance` (late frames, resends after reconnects,
+            // in any order, with reconnects between): only duplicates, never a candidate.
+            let distance = u64::from(distance) + 1;
+            let confirm = u32::from(confirm % 8) + 1;
+            let mut t = GapTracker::with_policy(RestartPolicy { distance, confirm });
+            let last = 1_000_000 + u64::from(n);
+            for id in 1_000_000..=last {
+                if !t.observe("s", Sequence::Trade { id }).is_fresh() {
+                    return false;
+                }
+            }
+            replay.into_iter().all(|(back, reconnect)| {
+                if reconnect {
+                    t.new_connection();
+                }
+                let id = last - u64::from(back) % (distance + 1);
+                t.observe("s", Sequence::Trade { id }) == Verdict::Duplicate
+            }) && t.last_seen("s") == Some(last)
+        }
+
+        fn a_restart_after_any_history_is_detected_and_nothing_after_it_is_dropped(
+            history: Vec<u16>, m: u8, confirm: u8, reconnect: bool
+        ) -> bool {
+            // History: any ids (gaps, duplicates, late frames) within 1000 of 1e6; then the server starts
+            // over at 1 and counts up: every new id is passed on, once, in order, after exactly one restart.
+            let confirm = u32::from(confirm % 8) + 1;
+            let mut c = Caller::new(RestartPolicy { distance: 1000, confirm });
+            for id in &history {
+                c.feed(1_000_000 + u64::from(*id % 1000));
+            }
+            let before = c.passed.len();
+            let old_last = c.t.last_seen("s");
+            if reconnect {
+                c.t.new_connection();
+            }
+            let m = u64::from(m) + u64::from(confirm);
+            for id in 1..=m {
+                c.feed(id);
+            }
+            let after: Vec<u64> = c.passed[before..].to_vec();
+            match old_last {
+                None => after == (1..=m).collect::<Vec<_>>() && c.restarts.is_empty(),
+                Some(last) => {
+                    after == (1..=m).collect::<Vec<_>>()
+                        && c.restarts == vec![Restart { stream: "s".into(), last, first: 1 }]
+                        && c.held.is_empty()
+                }
+            }
+        }
+
         fn trade_ids_report_exactly_the_missing_ranges(ids: Vec<u16>) -> bool {
             let ids: Vec<u64> = ids.into_iter().map(|i| u64::from(i % 64)).collect();
             check_ids(&ids, |id| Sequence::Trade { id }, GapKind::TradeId)
@@ -400,7 +684,8 @@ mod tests {
         }
 
         fn book_ticker_never_reports_gaps(ids: Vec<u32>) -> bool {
-            let mut t = GapTracker::new();
+            // Restart detection off: this is about gaps and duplicates.
+            let mut t = GapTracker::with_policy(RestartPolicy { distance: u64::MAX, confirm: 1 });
             let mut max: Option<u64> = None;
             ids.into_iter().all(|id| {
                 let id = u64::from(id);

@@ -852,6 +852,7 @@ impl<'p> ConnSim<'p> {
                 }
                 self.m.next_open = Some((now + retry, now + retry + 1));
             }
+            Event::SequenceRestarted { .. } => {}
             Event::HeartbeatTimeout { .. } => {
                 self.summary.heartbeat_timeouts += 1;
                 self.m.heartbeat_timeouts += 1;
@@ -1066,6 +1067,7 @@ fn digest(hash: &mut u64, now: u64, out: &Output) {
                 Event::Rollover { id, .. } => id.0 | 1 << 40,
                 Event::StreamStalled { stream, .. } => stream.len() as u64 | 1 << 41,
                 Event::ServerError { code, .. } => *code as u64 | 1 << 42,
+                Event::SequenceRestarted { last, first, .. } => (last ^ first.rotate_left(21)) | 1 << 43,
                 Event::Market { .. } | Event::Disconnected { .. } => 0,
             },
             0,

@@ -30,7 +30,7 @@ use clap::Args;
 use keel_core::classify::{ErrorClass, TransportError, classify_error};
 use keel_core::config::Config;
 use keel_core::connection::{Connection, Event, GiveUp, Input, Output, TransportId, WsMessage};
-use keel_core::gaps::Gap;
+use keel_core::gaps::{Gap, Restart};
 use keel_core::recovery::{Recovery, RecoveryOutput, RecoveryStats};
 use keel_core::redact::redact_url;
 use keel_core::rest::{RequestId, RestRequest, RestResponse};
@@ -125,6 +125,8 @@ pub struct StreamReport {
     pub backfilled_events: BTreeMap<String, u64>,
     /// Best bid and ask (price, quantity as text) of each synced book at the end, by symbol.
     pub books: BTreeMap<String, BookTop>,
+    /// Every numbering restart the core detected, in order.
+    pub restarts: Vec<Restart>,
 }
 
 /// The top of one synced order book.
@@ -295,6 +297,7 @@ async fn stream_on(
         recovery_log: Vec::new(),
         backfilled_events: BTreeMap::new(),
         books: BTreeMap::new(),
+        restarts: Vec::new(),
     };
     // Zero gap: every market event and gap goes through the recovery machine; its REST requests go
     // to one worker task holding one kept-alive HTTPS connection (opened on the first request).
@@ -376,7 +379,12 @@ async fn stream_on(
                 Output::Event(Event::Market { stream, event, .. }) => {
                     recovery.handle_event(&stream, event, clock);
                 }
-                Output::Event(ev) => log_event(&ev, machine.conn(), &mut report),
+                Output::Event(ev) => {
+                    if let Event::SequenceRestarted { stream, last, first } = &ev {
+                        recovery.handle_restart(stream, *last, *first, clock);
+                    }
+                    log_event(&ev, machine.conn(), &mut report)
+                }
                 Output::Gap(g) => {
                     let c = machine.conn();
                     tracing::warn!(
@@ -791,6 +799,19 @@ fn log_event(ev: &Event, c: &Connection, report: &mut StreamReport) {
         }
         Event::Rollover { id, reason } => {
             tracing::info!(conn = %id, state, attempt, class = "none", ?reason, "rollover")
+        }
+        Event::SequenceRestarted { stream, last, first } => {
+            tracing::warn!(
+                conn = current,
+                state,
+                attempt,
+                class = "none",
+                %stream,
+                last,
+                first,
+                "sequence restarted: the server started its ids over; tracking and recovery of the stream start over"
+            );
+            report.restarts.push(Restart { stream: stream.clone(), last: *last, first: *first });
         }
     }
 }

@@ -75,6 +75,16 @@ pub const KEYS: &[KeyDoc] = &[
         "Outgoing control messages (pings, pongs, SUBSCRIBE...) per second per connection; Binance disconnects above 5."
     ),
     key!(stream.max_streams_per_connection, "1..=1024", "Streams per connection; Binance allows 1024."),
+    key!(
+        stream.restart_distance,
+        "> 0",
+        "An id more than this far below the last one seen on its stream may mean the server restarted its numbering (an exchange restarted, a venue reset ids after maintenance). Closer ids are late frames or replays and are dropped as duplicates. Make-before-break hand-overs never count."
+    ),
+    key!(
+        stream.restart_confirm,
+        "1..=1000",
+        "Consecutive far-below ids on one connection that confirm a numbering restart; the first event of a new connection confirms at once. Confirmed: the stream's tracking and recovery start over (logged at warn, counted in keel_sequence_restarts_total) and the held events are delivered."
+    ),
     key!(reconnect.initial_delay_ms, "> 0", "Delay before the first retry of an outage."),
     key!(reconnect.multiplier, ">= 1.0", "Each further failure multiplies the delay by this (exponential backoff)."),
     key!(reconnect.max_delay_ms, ">= reconnect.initial_delay_ms", "Cap on the delay before jitter."),

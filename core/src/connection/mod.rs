@@ -61,14 +61,14 @@
 use crate::backoff::{AttemptBudget, AttemptOutcome, Backoff, BackoffDecision};
 use crate::classify::{ErrorClass, TransportError, classify_error_with_floor};
 use crate::config::{Config, HeartbeatConfig};
-use crate::gaps::{Gap, GapTracker, Verdict};
+use crate::gaps::{Gap, GapTracker, RestartPolicy, Verdict};
 use crate::heartbeat::{ControlLimiter, Heartbeat, HeartbeatAction, PongMatch, StallAction, StallDetector};
 use crate::patterns::{self, DISCONNECT_LOG_LEN, Disconnect};
 use crate::protocol::{self, Frame, MarketEvent, Request};
 use crate::stats::connection::ConnectionStats;
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::time::Duration;
 
@@ -218,6 +218,16 @@ pub enum Event {
         id: TransportId,
         /// Why.
         reason: RolloverReason,
+    },
+    /// The server restarted the ids of `stream` (see `gaps`): the old numbering reached `last`, the
+    /// new one starts at `first`. Tracking starts over; the events of the new numbering follow.
+    SequenceRestarted {
+        /// The stream.
+        stream: String,
+        /// The last id of the old numbering.
+        last: u64,
+        /// The first id of the new numbering.
+        first: u64,
     },
 }
 
@@ -410,6 +420,8 @@ pub struct Connection {
     backoff: Backoff,
     budget: AttemptBudget,
     gaps: GapTracker,
+    /// Per stream, events that may belong to a restarted numbering ([`Verdict::Suspect`]), in order.
+    held: BTreeMap<String, Vec<(TransportId, MarketEvent)>>,
     state: State,
     outputs: VecDeque<Output>,
     next_transport: u64,
@@ -442,7 +454,8 @@ impl Connection {
             max_control_per_second: config.stream.max_control_per_second,
             backoff: Backoff::new(&config.reconnect, seed),
             budget: AttemptBudget::from_config(&config.reconnect),
-            gaps: GapTracker::new(),
+            gaps: GapTracker::with_policy(RestartPolicy::from_config(&config.stream)),
+            held: BTreeMap::new(),
             state: State::Waiting { until: now, delay: Duration::ZERO, attempt: 1 },
             outputs: VecDeque::new(),
             next_transport: 1,
@@ -772,6 +785,7 @@ impl Connection {
         self.stats.history.finish(AttemptOutcome::Connected);
         self.outage_since = None;
         self.stats.current_outage_ms = 0;
+        self.gaps.new_connection();
         let subscribed = self.desired.clone();
         let live = Live {
             id,
@@ -1046,7 +1060,7 @@ impl Connection {
                 self.stats.duplicates += 1;
                 continue;
             }
-            self.deliver(id, stream, event, now);
+            self.deliver(id, stream, event, true, now);
         }
     }
 
@@ -1111,18 +1125,31 @@ impl Connection {
             return;
         }
         let rolling = self.standby_id().is_some();
-        self.deliver(id, stream, event, now);
+        self.deliver(id, stream, event, false, now);
         if rolling {
             self.maybe_hand_over(now);
         }
     }
 
-    /// Passes one market event of the active transport through the gap tracker.
-    fn deliver(&mut self, id: TransportId, stream: String, event: MarketEvent, now: Timestamp) {
+    /// Passes one market event of the active transport through the gap tracker (`replay`: the
+    /// buffer of a make-before-break hand-over, where ids below the last one are the known overlap).
+    fn deliver(&mut self, id: TransportId, stream: String, event: MarketEvent, replay: bool, now: Timestamp) {
         if let Some(live) = self.live_mut(id) {
             live.stalls.on_event(&stream, now);
         }
-        match self.gaps.observe(&stream, event.sequence()) {
+        let verdict = if replay {
+            self.gaps.observe_replay(&stream, event.sequence())
+        } else {
+            self.gaps.observe(&stream, event.sequence())
+        };
+        if !matches!(verdict, Verdict::Suspect | Verdict::Restarted(_))
+            && !self.held.is_empty()
+            && let Some(held) = self.held.remove(&stream)
+        {
+            // Refuted: what was held were late or replayed old ids after all.
+            self.stats.duplicates += held.len() as u64;
+        }
+        match verdict {
             Verdict::Duplicate => {
                 self.stats.duplicates += 1;
                 return;
@@ -1133,6 +1160,20 @@ impl Connection {
                 self.emit(Output::Gap(gap));
             }
             Verdict::Fresh => {}
+            Verdict::Suspect => {
+                self.held.entry(stream).or_default().push((id, event));
+                return;
+            }
+            Verdict::Restarted(r) => {
+                self.stats.sequence_restarts += 1;
+                self.emit(Output::Event(Event::SequenceRestarted { stream: r.stream, last: r.last, first: r.first }));
+                // The tracker forgot the stream: the held events and this one start the new numbering.
+                for (held_id, held_event) in self.held.remove(&stream).unwrap_or_default() {
+                    self.deliver(held_id, stream.clone(), held_event, false, now);
+                }
+                self.deliver(id, stream, event, false, now);
+                return;
+            }
         }
         self.stats.market_events += 1;
         match self.stats.messages_by_stream.get_mut(&stream) {

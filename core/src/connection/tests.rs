@@ -963,6 +963,7 @@ fn random_scripts_reach_every_path() {
                 Output::Event(Event::ServerError { .. }) => "server_error",
                 Output::Event(Event::Rollover { reason: RolloverReason::Scheduled, .. }) => "rollover",
                 Output::Event(Event::Rollover { reason: RolloverReason::ServerShutdown, .. }) => "server_shutdown",
+                Output::Event(Event::SequenceRestarted { .. }) => "sequence_restarted",
             });
         }
     }
@@ -1130,4 +1131,50 @@ fn rollover_waits_for_ids_the_old_transport_still_holds() {
         248, 189, 212, 201, 109, 51, 135, 81, 73, 161, 33, 159, 255, 189, 133, 27, 31, 1, 17, 65, 253, 29,
     ];
     assert_eq!(rollover_script(61, steps), Ok(5));
+}
+
+fn restarted(last: u64, first: u64) -> Output {
+    Output::Event(Event::SequenceRestarted { stream: AGG.into(), last, first })
+}
+
+#[test]
+fn a_numbering_restart_is_reported_and_nothing_after_it_is_dropped() {
+    let mut c = cfg();
+    c.stream.restart_distance = 100;
+    c.stream.restart_confirm = 3;
+    let (mut h, _) = H::new(&c);
+    h.input_at(0, Input::Opened { id: id(1) });
+    for a in 5_000..=5_002 {
+        h.input(Input::Text { id: id(1), text: agg(a) });
+    }
+    // Within one connection: a late frame within the distance is a duplicate; one far below is held
+    // and dropped when the next event continues the old numbering.
+    assert_eq!(h.input(Input::Text { id: id(1), text: agg(4_950) }), []);
+    assert_eq!(h.input(Input::Text { id: id(1), text: agg(7) }), []);
+    assert_eq!(delivered(&h.input(Input::Text { id: id(1), text: agg(5_003) })), [(1, 5_003)]);
+    // Three far-below ids in a row: the restart is reported, then all three are delivered in order.
+    assert_eq!(h.input(Input::Text { id: id(1), text: agg(1) }), []);
+    assert_eq!(h.input(Input::Text { id: id(1), text: agg(2) }), []);
+    let out = h.input(Input::Text { id: id(1), text: agg(3) });
+    assert_eq!(out[0], restarted(5_003, 1));
+    assert_eq!(delivered(&out), [(1, 1), (1, 2), (1, 3)]);
+    assert_eq!(delivered(&h.input(Input::Text { id: id(1), text: agg(4) })), [(1, 4)]);
+    let s = h.c.stats();
+    assert_eq!((s.sequence_restarts, s.duplicates, s.market_events, s.gaps), (1, 2, 8, 0));
+
+    // On a new connection, the first event far below restarts at once (the exchange restarted).
+    h.input_at(1_000, Input::Failed { id: id(1), error: TransportError::Reset("peer".into()) });
+    let (_, out) = h.tick();
+    assert_eq!(out, [open(2)]);
+    h.input(Input::Opened { id: id(2) });
+    let out = h.input(Input::Text { id: id(2), text: agg(10_000) });
+    assert!(matches!(&out[..], [Output::Gap(_), Output::Event(Event::Market { .. })]), "{out:?}");
+    h.input_at(3_000, Input::Failed { id: id(2), error: TransportError::Reset("peer".into()) });
+    let (_, out) = h.tick();
+    assert_eq!(out, [open(3)]);
+    h.input(Input::Opened { id: id(3) });
+    let out = h.input(Input::Text { id: id(3), text: agg(1) });
+    assert_eq!(out[0], restarted(10_000, 1));
+    assert_eq!(delivered(&out), [(3, 1)]);
+    assert_eq!(h.c.stats().sequence_restarts, 2);
 }

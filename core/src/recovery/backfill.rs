@@ -310,6 +310,13 @@ impl TradeStream {
         }
     }
 
+    /// The server restarted its numbering: open gaps are abandoned with `reason`, held trades are
+    /// delivered, and the next id starts the stream over.
+    pub(super) fn restart(&mut self, reason: &str, cx: &mut Ctx<'_>) {
+        self.finish(reason, cx);
+        self.tail = None;
+    }
+
     /// Delivers held live trades up to the next gap.
     fn drain(&mut self, cx: &mut Ctx<'_>) {
         while let Some(Item::Live(_)) = self.queue.front() {

@@ -255,6 +255,33 @@ impl Recovery {
         ts.on_gap(gap.first_missing, gap.last_missing, now, &mut cx);
     }
 
+    /// The server restarted the numbering of `stream` (call for each `Event::SequenceRestarted`, in
+    /// order, before the events of the new numbering). An aggTrade stream's gaps in the old numbering
+    /// can no longer be fetched (`fromId` now means the new ids): they are reported
+    /// [`RecoveryOutput::Abandoned`], the live trades held behind them are delivered, and the stream
+    /// starts over at its next id. A depth stream's book is discarded ([`RecoveryOutput::BookResync`])
+    /// and synced again from a fresh snapshot.
+    pub fn handle_restart(&mut self, stream: &str, last: u64, first: u64, _now: Timestamp) {
+        if let Some(ts) = self.trades.get_mut(stream) {
+            let reason = format!(
+                "the server restarted its aggTrade ids (old numbering ended at {last}, new one starts at {first}): \
+                 the old ids can no longer be fetched"
+            );
+            let mut cx = Self::ctx(&mut self.out, &mut self.stats, &mut self.serial, self.backfill, self.max_held);
+            ts.restart(&reason, &mut cx);
+            return;
+        }
+        let symbol = symbol_of(stream);
+        if stream.contains("@depth") && self.books.remove(&symbol).is_some() {
+            // An answer still out for the old book is ignored: the next diff makes a new one with a new serial.
+            self.stats.book_resyncs += 1;
+            let reason = format!(
+                "the server restarted its update ids (old numbering ended at {last}, new one starts at {first})"
+            );
+            self.out.push_back(RecoveryOutput::BookResync { symbol, reason });
+        }
+    }
+
     /// The answer to request `id` (unknown ids are ignored).
     pub fn handle_response(&mut self, id: RequestId, response: RestResponse, now: Timestamp) {
         let Some(purpose) = self.in_flight.remove(&id) else { return };

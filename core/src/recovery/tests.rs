@@ -787,3 +787,44 @@ fn the_book_always_equals_the_models_book_at_its_update_id() {
     }
     QuickCheck::new().tests(200).quickcheck(prop as fn(Vec<BookStep>) -> quickcheck::TestResult);
 }
+
+#[test]
+fn a_numbering_restart_abandons_the_old_gaps_and_starts_the_stream_over() {
+    let mut rec = Recovery::new(&config(100, true, 1200), t(0));
+    rec.handle_event(S, live(5_000), t(0));
+    rec.handle_event(S, live(5_010), t(0)); // 5_001..=5_009 missing, 5_010 held
+    let (late, from, _) = agg_request(&mut rec, t(0)).unwrap();
+    assert_eq!(from, 5_001);
+    rec.handle_restart(S, 5_010, 1, t(10));
+    // The old gap cannot be fetched any more (fromId now means the new ids); what was held is delivered.
+    assert_eq!(drain(&mut rec), ["D5000", "A5001-5009", "D5010"]);
+    rec.handle_event(S, live(1), t(20));
+    rec.handle_event(S, live(2), t(20));
+    assert_eq!(drain(&mut rec), ["D1", "D2"]);
+    rec.handle_response(late, body(5_001..=5_009), t(30));
+    assert_eq!(drain(&mut rec), Vec::<String>::new(), "an answer for the old numbering is ignored");
+    rec.handle_event(S, live(5), t(40)); // gaps of the new numbering are backfilled as usual
+    let (_, from, limit) = agg_request(&mut rec, t(40)).unwrap();
+    assert_eq!((from, limit), (3, 2));
+    assert_eq!((rec.stats().abandoned_ids, rec.stats().held_events), (9, 1));
+}
+
+#[test]
+fn a_numbering_restart_on_a_depth_stream_resyncs_the_book_from_a_fresh_snapshot() {
+    let mut rec = Recovery::new(&config(100, true, 1200), t(0));
+    rec.handle_event(D, diff("BTCUSDT", 100, 102, &[(5, 1)], &[]), t(0));
+    let (id, _) = depth_request(&mut rec, t(0)).unwrap();
+    rec.handle_response(id, snapshot_body(101, &[(5, 9)], &[(12, 3)]), t(1));
+    assert_eq!(book_outs(&mut rec), [".", "SBTCUSDT:101"]);
+    rec.handle_restart(D, 102, 1, t(2));
+    assert_eq!(book_outs(&mut rec), ["XBTCUSDT"]);
+    assert_eq!(rec.book("BTCUSDT"), None);
+    rec.handle_event(D, diff("BTCUSDT", 1, 2, &[(7, 1)], &[]), t(3));
+    let (id, _) = depth_request(&mut rec, t(3)).unwrap();
+    rec.handle_response(id, snapshot_body(1, &[(7, 4)], &[(12, 3)]), t(4));
+    assert_eq!(book_outs(&mut rec), [".", "SBTCUSDT:1"]);
+    assert_eq!(best(&rec, "BTCUSDT"), Some(("0.07".into(), "0.12".into(), 2)));
+    // A restart of another stream of the symbol leaves the book alone.
+    rec.handle_restart("btcusdt@trade", 9_000, 1, t(5));
+    assert_eq!((book_outs(&mut rec), rec.stats().book_resyncs), (vec![], 1));
+}

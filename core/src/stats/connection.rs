@@ -35,6 +35,8 @@ pub struct ConnectionStats {
     pub missing_ids: u64,
     /// Market events dropped as duplicates.
     pub duplicates: u64,
+    /// Streams whose server restarted its id numbering (each detected restart once).
+    pub sequence_restarts: u64,
     /// Market events passed on (fresh, in order).
     pub market_events: u64,
     /// Fresh market events per stream name.
