@@ -73,12 +73,19 @@ pub enum Fault {
         /// Frames before the dropped diff.
         after: u64,
     },
+    /// After `after` frames the exchange restarts its numbering, as a restarted process or a venue
+    /// after maintenance would: aggTrade, trade, depth and bookTicker ids start again from 1 for every
+    /// symbol (the market is shared, so every connection sees it), and REST forgets the old trades.
+    Restart {
+        /// Frames before the restart.
+        after: u64,
+    },
 }
 
 /// A fault spelling that could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error(
-    "invalid fault {spec:?}: {why}; expected one of reset:N, eof:N, stall:N, close:CODE:N, malformed:EVERY, reject:STATUS[:RETRY_AFTER_SECS], cutoff:MS, slow:MS, blast:FRAMES, oversize:N:BYTES, dropdepth:N"
+    "invalid fault {spec:?}: {why}; expected one of reset:N, eof:N, stall:N, close:CODE:N, malformed:EVERY, reject:STATUS[:RETRY_AFTER_SECS], cutoff:MS, slow:MS, blast:FRAMES, oversize:N:BYTES, dropdepth:N, restart:N"
 )]
 pub struct FaultParseError {
     /// The text given.
@@ -120,6 +127,7 @@ impl FromStr for Fault {
             "blast" if parts.len() == 2 => Fault::Blast { frames: num(1)? },
             "oversize" if parts.len() == 3 => Fault::Oversize { after: num(1)?, bytes: num(2)? },
             "dropdepth" if parts.len() == 2 => Fault::DropDepth { after: num(1)? },
+            "restart" if parts.len() == 2 => Fault::Restart { after: num(1)? },
             _ => return Err(err("unknown kind or wrong number of fields")),
         };
         Ok(fault)
@@ -141,6 +149,7 @@ impl fmt::Display for Fault {
             Fault::Blast { frames } => write!(f, "blast:{frames}"),
             Fault::Oversize { after, bytes } => write!(f, "oversize:{after}:{bytes}"),
             Fault::DropDepth { after } => write!(f, "dropdepth:{after}"),
+            Fault::Restart { after } => write!(f, "restart:{after}"),
         }
     }
 }
@@ -265,6 +274,7 @@ mod tests {
             ("blast:1000", Fault::Blast { frames: 1000 }),
             ("oversize:5:2000000", Fault::Oversize { after: 5, bytes: 2_000_000 }),
             ("dropdepth:7", Fault::DropDepth { after: 7 }),
+            ("restart:40", Fault::Restart { after: 40 }),
         ];
         for (text, fault) in table {
             assert_eq!(text.parse::<Fault>().unwrap(), fault, "{text}");
@@ -281,6 +291,8 @@ mod tests {
             ("reject:200", "HTTP error status"),
             ("malformed:0", "> 0"),
             ("explode:1", "unknown kind"),
+            ("restart", "unknown kind"),
+            ("restart:-1", "not a non-negative integer"),
         ] {
             let e = text.parse::<Fault>().unwrap_err();
             assert!(e.to_string().contains(why), "{text}: {e}");

@@ -422,6 +422,19 @@ impl Market {
         Ok(())
     }
 
+    /// Every symbol's ids start again from 1 (aggTrade, trade, depth update, bookTicker), as after a
+    /// restart of the exchange; the book itself is kept (a snapshot now carries the new ids) and the
+    /// REST history of the old numbering is forgotten.
+    pub fn restart_numbering(&mut self) {
+        for s in self.symbols.values_mut() {
+            s.next_agg = 1;
+            s.next_trade = 1;
+            s.last_depth = 0;
+            s.next_book = 1;
+            s.history.clear();
+        }
+    }
+
     /// The next aggTrade id of `symbol` (what the next produced event will carry).
     pub fn next_agg_id(&self, symbol: &str) -> Option<u64> {
         self.symbols.get(symbol).map(|s| s.next_agg)
@@ -756,6 +769,35 @@ mod tests {
         assert!(top.bids[0].0.parse::<f64>().unwrap() > top.bids[4].0.parse::<f64>().unwrap());
         assert!(top.asks[0].0.parse::<f64>().unwrap() < top.asks[4].0.parse::<f64>().unwrap());
         assert!(m.depth("btcusdt", 5).is_none() && m.depth("XRPUSDT", 5).is_none());
+    }
+
+    #[test]
+    fn a_numbering_restart_starts_every_sequence_at_1_and_keeps_the_book() {
+        let mut m = Market::with_history(3, &syms(), 50);
+        for i in 0..10 {
+            m.tick(1_000 + i * 100);
+        }
+        let before = m.depth("BTCUSDT", 1000).unwrap();
+        assert!(before.last_update_id > 9_000_000);
+        m.restart_numbering();
+        let after = m.depth("BTCUSDT", 1000).unwrap();
+        assert_eq!((after.last_update_id, &after.bids, &after.asks), (0, &before.bids, &before.asks));
+        assert!(m.agg_trades("BTCUSDT", None, 10).unwrap().is_empty(), "the old trades are forgotten");
+        let seqs: BTreeMap<String, (u64, u64)> = m
+            .tick(2_000)
+            .into_iter()
+            .filter_map(|p| p.seq.map(|s| (p.stream, s)))
+            .filter(|(s, _)| s.starts_with("btc"))
+            .collect();
+        assert_eq!(seqs["btcusdt@aggTrade"], (1, 1));
+        assert_eq!(seqs["btcusdt@depth"].0, 1);
+        assert_eq!(seqs["btcusdt@bookTicker"], (1, 1));
+        assert!(seqs["btcusdt@trade"].1 <= 3, "the last of this tick's 1..=3 trades");
+        assert_eq!(ids_of(&m.agg_trades("BTCUSDT", Some(1), 10).unwrap()), vec![1]);
+    }
+
+    fn ids_of(r: &[AggRecord]) -> Vec<u64> {
+        r.iter().map(|r| r.id).collect()
     }
 
     #[test]

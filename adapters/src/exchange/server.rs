@@ -183,6 +183,7 @@ struct Armed {
     blast: Option<u64>,
     oversize: Option<(u64, u64)>,
     drop_depth_at: Option<u64>,
+    restart_at: Option<u64>,
 }
 
 impl Armed {
@@ -202,6 +203,7 @@ impl Armed {
             Fault::Blast { frames } => self.blast = Some(*frames),
             Fault::Oversize { after, bytes } => self.oversize = Some((sent + after, *bytes)),
             Fault::DropDepth { after } => self.drop_depth_at = Some(sent + after),
+            Fault::Restart { after } => self.restart_at = Some(sent + after),
             Fault::RejectUpgrade { .. } => {}
         }
     }
@@ -556,6 +558,12 @@ where
                         return Ending::ClientGone(format!("write failed: {e}"));
                     }
                     conn.note_sent(p);
+                    if armed.restart_at.is_some_and(|n| conn.sent >= n) {
+                        armed.restart_at = None;
+                        lock(&shared.market).restart_numbering();
+                        lock(&shared.log).produced.clear();
+                        tracing::info!(conn = conn.k, "exchange: ids start again from 1 (restart fault)");
+                    }
                     if armed.malformed_every.is_some_and(|e| conn.sent.is_multiple_of(e)) {
                         let bad = MALFORMED[(conn.malformed % MALFORMED.len() as u64) as usize];
                         if let Err(e) = ws.feed(Message::text(bad)).await {
