@@ -46,8 +46,19 @@ impl Ctx {
         }
         let keep = 1.0 - p;
         let scale = (1.0 / keep) as f32;
+        // Two decisions per 64-bit draw, each kept with probability ceil(keep * 2^32) / 2^32
+        // (within 2^-32 of `keep`): the mask is drawn for millions of elements per step.
+        let threshold = (keep * 4_294_967_296.0).ceil() as u64;
         let mut rng = self.rng.borrow_mut();
-        let mask: Vec<f32> = (0..x.elem_count()).map(|_| if rng.next_f64() < keep { scale } else { 0.0 }).collect();
+        let mut mask = vec![0f32; x.elem_count()];
+        for pair in mask.chunks_mut(2) {
+            let r = rng.next_u64();
+            for (m, half) in pair.iter_mut().zip([r & 0xFFFF_FFFF, r >> 32]) {
+                if half < threshold {
+                    *m = scale;
+                }
+            }
+        }
         fused::dropout(x, mask)
     }
 }
