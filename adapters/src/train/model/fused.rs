@@ -323,8 +323,10 @@ impl Unary {
 /// vectorize, unlike a libm call.
 fn exp(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
-    // Round to nearest without a libm call: adding 1.5 * 2^23 leaves no fraction bits.
-    let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
+    // Round to nearest without a libm call: adding 1.5 * 2^23 leaves no fraction bits, and the
+    // low bits of the sum are n itself (two's complement), which gives 2^n by integer ops only.
+    let t = x * std::f32::consts::LOG2_E + 12_582_912.0;
+    let n = t - 12_582_912.0;
     let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
     let mut p = 1.987_569_1e-4_f32;
     p = p * r + 1.398_199_9e-3;
@@ -332,7 +334,8 @@ fn exp(x: f32) -> f32 {
     p = p * r + 4.166_579_6e-2;
     p = p * r + 0.166_666_65;
     p = p * r + 0.5;
-    (p * r * r + r + 1.0) * f32::from_bits(((n as i32 + 127) << 23) as u32)
+    let two_n = f32::from_bits(t.to_bits().wrapping_sub(0x4B40_0000).wrapping_add(127) << 23);
+    (p * r * r + r + 1.0) * two_n
 }
 
 impl CustomOp1 for Unary {
@@ -376,7 +379,21 @@ impl CustomOp3 for UnaryGrad {
         if x.len() != dy.len() || y.len() != x.len() {
             candle_core::bail!("activation backward: input {}, output {}, gradient {}", x.len(), y.len(), dy.len());
         }
-        let dx = x.iter().zip(y).zip(dy).map(|((&x, &y), &dy)| dy * self.0.df(x, y)).collect();
+        let mut dx = vec![0f32; x.len()];
+        match self.0 {
+            // Branch-free so that it vectorizes (the feed-forward's hidden activation).
+            Unary::GeluErf => {
+                for (((dx, &x), &y), &dy) in dx.iter_mut().zip(x).zip(y).zip(dy) {
+                    let half = if x == 0.0 { 0.5 } else { y / x };
+                    *dx = dy * (half + 0.398942 * exp(-(x * x) / 2.0) * x);
+                }
+            }
+            Unary::Elu => {
+                for (((dx, &x), &y), &dy) in dx.iter_mut().zip(x).zip(y).zip(dy) {
+                    *dx = dy * self.0.df(x, y);
+                }
+            }
+        }
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
