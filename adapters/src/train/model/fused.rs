@@ -321,6 +321,7 @@ impl Unary {
 /// `e^x` in f32 (Cephes' `expf`: range reduction by ln 2, degree-6 polynomial), within 1e-7
 /// relative of the exact value (about an ulp); straight-line code that the compiler can
 /// vectorize, unlike a libm call.
+#[allow(clippy::manual_clamp)] // `clamp` kept the callers' loops scalar (see below)
 fn exp(x: f32) -> f32 {
     // Comparisons rather than `clamp`, whose NaN handling kept the loops below scalar.
     let x = if x < -87.0 {
