@@ -26,6 +26,7 @@ pub mod recorder;
 pub mod transport;
 
 use anyhow::Context;
+use async_tungstenite::tungstenite::Utf8Bytes;
 use clap::Args;
 use keel_core::classify::{ErrorClass, TransportError, classify_error};
 use keel_core::config::Config;
@@ -195,6 +196,13 @@ impl Machine {
             Machine::Traced(t, _, _) => t.handle_input(input, now),
         }
     }
+    /// A text frame, read in place (traced: copied into the trace's `Input::Text`).
+    fn handle_text(&mut self, id: TransportId, text: &str, now: Timestamp) {
+        match self {
+            Machine::Plain(c) => c.handle_text(id, text, now),
+            Machine::Traced(t, _, _) => t.handle_input(Input::Text { id, text: text.to_owned() }, now),
+        }
+    }
     fn handle_timeout(&mut self, now: Timestamp) {
         match self {
             Machine::Plain(c) => c.handle_timeout(now),
@@ -228,7 +236,7 @@ impl Machine {
 struct Transport {
     commands: Sender<Command>,
     /// Hands each batch's emptied `Vec` back; the transport reads on only then (see [`TransportEvent::Texts`]).
-    recycle: Sender<Vec<String>>,
+    recycle: Sender<Vec<Utf8Bytes>>,
     task: smol::Task<()>,
     /// The machine's attempt number when it opened this transport.
     attempt: u32,
@@ -241,7 +249,7 @@ fn wall_ms() -> u64 {
 /// A batch of text frames from one transport, worked through one frame per loop turn.
 struct Inbox {
     id: TransportId,
-    frames: Vec<String>,
+    frames: Vec<Utf8Bytes>,
     next: usize,
 }
 
@@ -444,7 +452,7 @@ async fn stream_on(
         enum Wake {
             Rest((RequestId, RestResponse)),
             Transport(Option<(TransportId, TransportEvent)>),
-            Frame(TransportId, String),
+            Frame(TransportId, Utf8Bytes),
             Timer,
             Stop,
         }
@@ -536,7 +544,7 @@ async fn stream_on(
         }
         match wake {
             Wake::Rest((id, response)) => recovery.handle_response(id, response, clock),
-            Wake::Frame(id, text) => machine.handle_input(Input::Text { id, text }, clock),
+            Wake::Frame(id, text) => machine.handle_text(id, &text, clock),
             Wake::Transport(Some((id, ev))) => {
                 let input = match ev {
                     TransportEvent::Opened => Input::Opened { id },

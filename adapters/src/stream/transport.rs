@@ -8,7 +8,7 @@ use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::client::IntoClientRequest;
 use async_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
 use async_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use async_tungstenite::tungstenite::{self, Message};
+use async_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use futures_util::StreamExt;
 use keel_core::classify::TransportError;
 use keel_core::config::{Config, TlsVersion};
@@ -247,7 +247,9 @@ pub enum TransportEvent {
     /// Text frames read back to back, in order (1 to [`MAX_BATCH`]). The stream loop hands the
     /// emptied `Vec` back on the transport's `recycle` channel; until then the transport reads no
     /// further (one batch in flight: the socket buffers the rest, and no queue grows without bound).
-    Texts(Vec<String>),
+    /// Each frame is tungstenite's own payload (a slice of its read buffer, already checked UTF-8),
+    /// not a copy: the core reads it in place (`Connection::handle_text`).
+    Texts(Vec<Utf8Bytes>),
     /// A server ping (tungstenite has already queued the pong with the same payload).
     Ping(Vec<u8>),
     /// A pong.
@@ -282,7 +284,7 @@ pub async fn run(
     settings: TransportSettings,
     events: Sender<(TransportId, TransportEvent)>,
     commands: Receiver<Command>,
-    recycle: Receiver<Vec<String>>,
+    recycle: Receiver<Vec<Utf8Bytes>>,
 ) {
     let report = |ev: TransportEvent| {
         // Errors quote URLs (a listenKey in the path): they leave the transport redacted, so that
@@ -308,13 +310,13 @@ pub async fn run(
         Read(Option<Result<Message, tungstenite::Error>>),
         Cmd(Option<Command>),
         /// The stream loop handed a batch's `Vec` back (`None`: it dropped this transport).
-        Back(Option<Vec<String>>),
+        Back(Option<Vec<Utf8Bytes>>),
     }
     // A batch is out and its `Vec` not back yet: read nothing (commands are still served).
     let mut in_flight = false;
     // What ended the last batch (a non-text message, an error, the end), handled before reading on.
     let mut carry: Option<Wake> = None;
-    let mut spare: Option<Vec<String>> = None;
+    let mut spare: Option<Vec<Utf8Bytes>> = None;
     loop {
         // Commands first: after a Close, frames still arriving are of no use.
         let wake = if in_flight {
@@ -332,10 +334,10 @@ pub async fn run(
             Wake::Read(Some(Ok(msg))) => match msg {
                 Message::Text(t) => {
                     let mut batch = spare.take().unwrap_or_else(|| Vec::with_capacity(MAX_BATCH));
-                    batch.push(String::from(t.as_str()));
+                    batch.push(t);
                     while batch.len() < MAX_BATCH {
                         match futures_util::FutureExt::now_or_never(ws.next()) {
-                            Some(Some(Ok(Message::Text(t)))) => batch.push(String::from(t.as_str())),
+                            Some(Some(Ok(Message::Text(t)))) => batch.push(t),
                             Some(other) => {
                                 carry = Some(Wake::Read(other));
                                 break;

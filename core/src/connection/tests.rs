@@ -1178,3 +1178,40 @@ fn a_numbering_restart_is_reported_and_nothing_after_it_is_dropped() {
     assert_eq!(delivered(&out), [(3, 1)]);
     assert_eq!(h.c.stats().sequence_restarts, 2);
 }
+
+/// `handle_text` is `handle_input(Input::Text)` without the owned `String`: the same outputs after
+/// every step and the same counters, for frames on the live transport, on an unknown one, before it
+/// opened, malformed ones, a gap, a duplicate and a server shutdown notice.
+#[test]
+fn handle_text_is_handle_input_text() {
+    let (mut a, _) = H::new(&cfg());
+    let (mut b, _) = H::new(&cfg());
+    let shutdown = r#"{"e":"serverShutdown","E":1672515782136}"#.to_string();
+    let script: Vec<(u64, Option<(u64, String)>)> = vec![
+        (0, Some((1, agg(1)))), // before Opened: ignored
+        (0, None),              // Opened
+        (5, Some((1, agg(1)))),
+        (6, Some((1, agg(2)))),
+        (7, Some((1, agg(2)))),  // duplicate
+        (8, Some((1, agg(9)))),  // gap
+        (9, Some((7, agg(10)))), // unknown transport
+        (10, Some((1, "not json".into()))),
+        (11, Some((1, trade(3)))),
+        (12, Some((1, shutdown))),
+        (13, Some((1, agg(10)))), // the notice closed transport 1: ignored
+    ];
+    for (ms, step) in script {
+        let (oa, ob) = match step {
+            None => (a.input_at(ms, Input::Opened { id: id(1) }), b.input_at(ms, Input::Opened { id: id(1) })),
+            Some((n, text)) => {
+                b.now = ms;
+                b.c.handle_text(id(n), &text, t(ms));
+                (a.input_at(ms, Input::Text { id: id(n), text }), b.drain())
+            }
+        };
+        assert_eq!(oa, ob, "at {ms} ms");
+    }
+    assert_eq!(a.c.stats(), b.c.stats());
+    assert_eq!(a.c.stats().market_events, 4); // aggTrade 1, 2, 9 and the trade
+    assert_eq!(a.c.stats().gaps, 1);
+}
