@@ -159,13 +159,19 @@ impl Decimal {
     }
 
     /// Compares values (not representations): `"0.10"` equals `"0.1"` here.
+    #[inline]
     pub fn cmp_value(self, other: Decimal) -> std::cmp::Ordering {
-        use std::cmp::Ordering;
         // Prices of one symbol share a scale (its tick size): the digits compare as they are. An order
         // book compares prices ~10 times per level it updates.
         if self.scale == other.scale && !self.negative && !other.negative {
             return (self.hi, self.lo).cmp(&(other.hi, other.lo));
         }
+        self.cmp_value_slow(other)
+    }
+
+    /// [`Self::cmp_value`] across scales or signs.
+    fn cmp_value_slow(self, other: Decimal) -> std::cmp::Ordering {
+        use std::cmp::Ordering;
         let (na, nb) = (self.negative && self.wide() != 0, other.negative && other.wide() != 0);
         if na != nb {
             return if na { Ordering::Less } else { Ordering::Greater };

@@ -230,10 +230,11 @@ impl<'a> Scan<'a> {
     /// `[["price","qty"],...]`, possibly empty.
     fn levels(&mut self) -> Option<Vec<Level>> {
         self.byte(b'[')?;
-        let mut levels = Vec::new();
         if self.byte(b']').is_some() {
-            return Some(levels);
+            return Some(Vec::new());
         }
+        // Room for 4 levels at once (what a first push would reserve, without the growth path).
+        let mut levels = Vec::with_capacity(4);
         loop {
             self.byte(b'[')?;
             let price = self.decimal()?;
