@@ -216,12 +216,17 @@ struct Track {
     first_candidate: u64,
     /// No event seen on this stream since [`GapTracker::new_connection`].
     new_connection: bool,
+    /// After a restart: the old numbering's last id, while the new one is far below it. An id within
+    /// the restart distance of it is a late frame of the old numbering (a duplicate), not a jump.
+    stale: Option<u64>,
 }
 
 /// Sequence state per stream name; see the module docs for the rules.
 #[derive(Debug, Clone, Default)]
 pub struct GapTracker {
     streams: HashMap<String, Track, BuildHasherDefault<FxHasher>>,
+    /// Streams that restarted and were forgotten: the old numbering's last id, for their next track.
+    restarted: HashMap<String, u64, BuildHasherDefault<FxHasher>>,
     policy: RestartPolicy,
 }
 
@@ -233,7 +238,7 @@ impl GapTracker {
 
     /// A tracker that has seen nothing yet, detecting numbering restarts by `policy`.
     pub fn with_policy(policy: RestartPolicy) -> Self {
-        GapTracker { streams: HashMap::default(), policy }
+        GapTracker { streams: HashMap::default(), restarted: HashMap::default(), policy }
     }
 
     /// A new connection is live: the next event of each stream is its first on that connection, and
@@ -260,10 +265,20 @@ impl GapTracker {
             return Verdict::Fresh;
         };
         let Some(track) = self.streams.get_mut(stream) else {
-            let track = Track { last: next, candidates: 0, first_candidate: 0, new_connection: false };
+            let stale = if self.restarted.is_empty() { None } else { self.restarted.remove(stream) };
+            let track = Track { last: next, candidates: 0, first_candidate: 0, new_connection: false, stale };
             self.streams.insert(stream.to_owned(), track);
             return Verdict::Fresh;
         };
+        if let Some(old) = track.stale {
+            let (distance, last, id) = (self.policy.distance, track.last.id(), next.id());
+            if last.saturating_add(distance) >= old.saturating_sub(distance) {
+                track.stale = None; // the new numbering caught up with the old one: no telling them apart
+            } else if id.abs_diff(old) <= distance {
+                // A late frame of the old numbering (a reordered one may even be its next id).
+                return Verdict::Duplicate;
+            }
+        }
         let first_on_connection = std::mem::take(&mut track.new_connection);
         let same_kind = std::mem::discriminant(&track.last) == std::mem::discriminant(&next);
         if detect && same_kind && self.policy.far_below(track.last.id(), next.id()) {
@@ -275,6 +290,7 @@ impl GapTracker {
                 let restart =
                     Restart { stream: stream.to_owned(), last: track.last.id(), first: track.first_candidate };
                 self.streams.remove(stream);
+                self.restarted.insert(stream.to_owned(), restart.last);
                 return Verdict::Restarted(restart);
             }
             return Verdict::Suspect;
@@ -336,6 +352,7 @@ impl GapTracker {
     /// that restarted its numbering).
     pub fn forget(&mut self, stream: &str) {
         self.streams.remove(stream);
+        self.restarted.remove(stream);
     }
 
     /// Number of streams with a remembered position.
@@ -542,11 +559,15 @@ mod tests {
             (3, Verdict::Fresh), // ... and the confirming event
             (4, Verdict::Fresh),
             (2, Verdict::Duplicate),
+            (5004, Verdict::Duplicate), // a late frame of the old numbering (reordered), not a jump
+            (4990, Verdict::Duplicate),
+            (5, Verdict::Fresh),
+            (4000, gap("s", 6, 3999, GapKind::TradeId)), // a real jump, below the old numbering's window
         ];
         for (i, (id, want)) in rows.into_iter().enumerate() {
             assert_eq!(t.observe("s", Sequence::Trade { id }), want, "row {i}: id {id}");
         }
-        assert_eq!(t.last_seen("s"), Some(4));
+        assert_eq!(t.last_seen("s"), Some(4000));
     }
 
     #[test]

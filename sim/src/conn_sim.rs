@@ -80,6 +80,8 @@ pub struct ConnSummary {
     pub book_syncs: u64,
     /// Order books discarded for a diff gap.
     pub book_resyncs: u64,
+    /// Numbering restarts the machine reported (`Event::SequenceRestarted`).
+    pub id_restarts: u64,
 }
 
 /// What the checker remembers of the recovery machine (issue 9): per aggTrade stream, the last id
@@ -160,6 +162,8 @@ struct Machine {
     rolling: Option<(u64, Option<u64>)>,
     /// A gap reported during a fault-free rollover, until the event that revealed it shows its transport.
     suspect_gap: Option<String>,
+    /// Numbering restarts reported per stream.
+    id_restarts: BTreeMap<String, usize>,
 }
 
 /// One seed's connection run.
@@ -172,6 +176,8 @@ pub struct ConnSim<'p> {
     /// Must be live by then (set at the heal, or at a restart in the liveness phase).
     live_by: Option<u64>,
     live_since_heal: bool,
+    /// When `live_since_heal` became true.
+    live_after_heal: Option<u64>,
     conn: Connection,
     net: Network,
     m: Machine,
@@ -214,6 +220,7 @@ impl<'p> ConnSim<'p> {
             healed: false,
             live_by: None,
             live_since_heal: false,
+            live_after_heal: None,
             conn,
             net: Network::new(profile, start),
             m: Machine { started: start, ..Machine::default() },
@@ -712,6 +719,13 @@ impl<'p> ConnSim<'p> {
                 self.net.close(tid(id, self.m.base));
             }
             Output::Event(event) => {
+                if let Event::SequenceRestarted { stream, last, first } = &event {
+                    // What the recovery releases of the old numbering continues it; then it starts over.
+                    self.rec.handle_restart(stream, *last, *first, Timestamp::from_millis(now));
+                    self.drain_recovery(now)?;
+                    self.rc.end.remove(stream);
+                    self.rc.live.remove(stream);
+                }
                 if let Event::Market { stream, event, .. } = &event {
                     if let MarketEvent::Depth(d) = event
                         && !self.rc.book.contains_key(&d.symbol)
@@ -783,11 +797,9 @@ impl<'p> ConnSim<'p> {
                 self.m.markets += 1;
                 self.summary.market_events += 1;
                 if let (Sequence::AggTrade { id, .. }, MarketEvent::AggTrade(trade)) = (event.sequence(), &event) {
-                    let produced = self.net.next_agg_id(&stream).unwrap_or(0);
-                    if id >= produced {
-                        return Err(
-                            self.fail(format!("aggTrade {id} on {stream} was never produced (next is {produced})"))
-                        );
+                    if !self.net.was_produced(&stream, id) {
+                        let next = self.net.next_agg_id(&stream).unwrap_or(0);
+                        return Err(self.fail(format!("aggTrade {id} on {stream} was never produced (next is {next})")));
                     }
                     // Exact decimals: mantissa and scale of the strings `agg_trade_fields` wrote.
                     let price = (trade.price.mantissa(), trade.price.scale());
@@ -824,6 +836,7 @@ impl<'p> ConnSim<'p> {
                 }
                 if self.healed && now > self.heal_at + 2 * (self.profile.latency_ms + self.profile.latency_jitter_ms) {
                     self.live_since_heal = true;
+                    self.live_after_heal.get_or_insert(now);
                 }
             }
             Event::Disconnected { class, retry_in, .. } => {
@@ -852,7 +865,21 @@ impl<'p> ConnSim<'p> {
                 }
                 self.m.next_open = Some((now + retry, now + retry + 1));
             }
-            Event::SequenceRestarted { .. } => {}
+            Event::SequenceRestarted { stream, last, first } => {
+                // Never a false alarm: a replay, a duplicate or a reordered frame is not a restart.
+                let seen = self.m.id_restarts.entry(stream.clone()).or_default();
+                *seen += 1;
+                let seen = *seen;
+                let happened = self.net.id_restarts(&stream);
+                if seen > happened || first >= last {
+                    return Err(self.fail(format!(
+                        "numbering restart {seen} reported on {stream} ({last} -> {first}) but the exchange restarted it {happened} times"
+                    )));
+                }
+                self.summary.id_restarts += 1;
+                // Coverage is per numbering: the new one starts at the first id delivered after it.
+                self.m.coverage.remove(&stream);
+            }
             Event::HeartbeatTimeout { .. } => {
                 self.summary.heartbeat_timeouts += 1;
                 self.m.heartbeat_timeouts += 1;
@@ -932,6 +959,7 @@ impl<'p> ConnSim<'p> {
             && now > self.heal_at + 2 * (self.profile.latency_ms + self.profile.latency_jitter_ms)
         {
             self.live_since_heal = true;
+            self.live_after_heal.get_or_insert(now);
         }
         Ok(())
     }
@@ -970,9 +998,42 @@ impl<'p> ConnSim<'p> {
         Ok(())
     }
 
+    /// Liveness after a numbering restart: once the machine is live in the fault-free phase, the
+    /// feed must not go silent on a stream whose ids restarted. When several aggTrades of the current
+    /// numbering went out after it was live, the last one delivered must be of that numbering.
+    fn check_restarted_streams_deliver(&self) -> Result<(), ConnFailure> {
+        let Some(since) = self.live_after_heal else { return Ok(()) };
+        if !self.conn.is_live() {
+            return Ok(());
+        }
+        let after = since + self.profile.latency_ms + self.profile.latency_jitter_ms;
+        for stream in self.conn.desired_streams() {
+            let Some(m) = self.net.market(stream) else { continue };
+            if self.net.id_restarts(stream) == 0 {
+                continue;
+            }
+            let numbering = m.first_id..m.next_id;
+            let sent = m.recent.iter().filter(|(at, id)| *at > after && numbering.contains(id)).count();
+            let confirm = self.profile.config.stream.restart_confirm as usize;
+            if sent < confirm + 2 {
+                continue;
+            }
+            let last = self.rc.live.get(stream).copied();
+            if !last.is_some_and(|id| numbering.contains(&id)) {
+                return Err(self.fail(format!(
+                    "{stream} restarted its ids at {} and {sent} of them were sent since the machine was live, \
+                     but the last one delivered is {last:?}: the feed went silent",
+                    m.first_id
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// End of the run: a clean shutdown must close everything and stop.
     fn finish(&mut self) -> Result<ConnSummary, ConnFailure> {
         self.settle_recovery()?;
+        self.check_restarted_streams_deliver()?;
         let now = self.now;
         if let Some(by) = self.live_by
             && by < now
@@ -1122,6 +1183,41 @@ mod tests {
         let c = run(&FaultProfile::draw(5), 2.0).unwrap();
         assert_eq!(a, b);
         assert_ne!(a.hash, c.hash);
+    }
+
+    /// Seeds with only id restarts (every ~30 min) and the frame faults that look like them.
+    fn restart_profile(seed: u64) -> FaultProfile {
+        use crate::profile::{Fault, Ratio};
+        let mut p = FaultProfile::draw(seed);
+        p.faults = vec![
+            (Fault::IdRestart, Ratio { num: 1, den: 1_800 }),
+            (Fault::Reorder, Ratio { num: 1, den: 20 }),
+            (Fault::Duplicate, Ratio { num: 1, den: 20 }),
+            (Fault::Reset, Ratio { num: 1, den: 1_200 }),
+        ];
+        p
+    }
+
+    #[test]
+    fn id_restarts_are_detected_and_the_feed_carries_on() {
+        let mut seen = 0;
+        for seed in 0..8 {
+            let s = run(&restart_profile(seed), 6.0).unwrap_or_else(|f| panic!("seed {seed}: {}", f.invariant));
+            assert!(s.faults.contains("id_restart="), "seed {seed}: {}", s.faults);
+            seen += s.id_restarts;
+        }
+        assert!(seen >= 8, "{seen} restarts detected over 8 seeds");
+    }
+
+    #[test]
+    fn a_machine_blind_to_restarts_fails_the_liveness_check() {
+        // Guards the invariant: with detection off, a restarted stream goes silent and is caught.
+        let failed = (0..8).any(|seed| {
+            let mut p = restart_profile(seed);
+            p.config.stream.restart_distance = u64::MAX;
+            run(&p, 6.0).is_err_and(|f| f.invariant.contains("the feed went silent"))
+        });
+        assert!(failed);
     }
 
     #[test]

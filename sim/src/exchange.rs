@@ -23,6 +23,9 @@ pub enum StreamKind {
     Depth,
 }
 
+/// aggTrades whose time and id a market remembers.
+pub const RECENT_IDS: usize = 1024;
+
 /// Model book states kept for the checker (the client's book is at most a few diffs behind).
 pub const BOOK_HISTORY: usize = 256;
 
@@ -143,6 +146,10 @@ pub struct Market {
     pub kind: StreamKind,
     /// The id the next aggTrade gets.
     pub next_id: u64,
+    /// The first id of the current numbering (the ids restart far below it on an `IdRestart`).
+    pub first_id: u64,
+    /// `(time, id)` of the last [`RECENT_IDS`] aggTrades, oldest first (for the restart liveness check).
+    pub recent: VecDeque<(u64, u64)>,
     /// When the next event happens.
     pub next_at: u64,
     /// No events before this (a quiet market).
@@ -167,10 +174,19 @@ impl Market {
             symbol: symbol.to_ascii_uppercase(),
             kind,
             next_id: first_id,
+            first_id,
+            recent: VecDeque::new(),
             next_at: first_at,
             quiet_until: 0,
             book: (kind == StreamKind::Depth).then(|| DepthModel::new(first_id)),
         })
+    }
+
+    /// The ids start again at `first` (an aggTrade stream; the caller picks it far below the current
+    /// numbering's first id, so that every numbering's ids are disjoint).
+    pub fn restart_numbering(&mut self, first: u64) {
+        self.first_id = first;
+        self.next_id = first;
     }
 
     /// The combined-stream frame of the event happening now (epoch time `epoch_ms`), and its id

@@ -140,6 +140,8 @@ pub struct Network {
     queue: BTreeMap<(u64, u64), (Tid, ToClient)>,
     seq: u64,
     markets: Vec<Market>,
+    /// Per aggTrade stream, the id ranges `[first, end)` of numberings ended by an `IdRestart`.
+    old_numberings: BTreeMap<String, Vec<(u64, u64)>>,
     outage_until: Option<u64>,
     healed: bool,
     /// No connection attempt may reach the server before this (a Retry-After we sent).
@@ -195,6 +197,7 @@ impl Network {
             queue: BTreeMap::new(),
             seq: 0,
             markets,
+            old_numberings: BTreeMap::new(),
             outage_until: None,
             healed: false,
             ban_until: 0,
@@ -405,6 +408,22 @@ impl Network {
         self.markets.iter().find(|m| m.stream == stream).map(|m| m.next_id)
     }
 
+    /// Whether the exchange produced aggTrade `id` on `stream` (in the current numbering or an earlier one).
+    pub fn was_produced(&self, stream: &str, id: u64) -> bool {
+        let current = self.markets.iter().any(|m| m.stream == stream && (m.first_id..m.next_id).contains(&id));
+        current || self.old_numberings.get(stream).is_some_and(|v| v.iter().any(|&(a, b)| (a..b).contains(&id)))
+    }
+
+    /// How many times the ids of `stream` were restarted.
+    pub fn id_restarts(&self, stream: &str) -> usize {
+        self.old_numberings.get(stream).map_or(0, Vec::len)
+    }
+
+    /// The market of `stream`.
+    pub fn market(&self, stream: &str) -> Option<&Market> {
+        self.markets.iter().find(|m| m.stream == stream)
+    }
+
     /// Ends every fault: no more faults are drawn, an outage ends, and transports that are silently
     /// dead or hanging are reset (what a healed NAT does), so that the liveness phase measures the
     /// machine's recovery rather than the model's leftovers.
@@ -565,7 +584,13 @@ impl Network {
             m.next_at = m.next_at.max(m.quiet_until);
             return;
         }
-        let (frame, _) = m.next_frame(self.epoch_offset + at);
+        let (frame, id) = m.next_frame(self.epoch_offset + at);
+        if let (StreamKind::AggTrade, Some(id)) = (m.kind, id) {
+            if m.recent.len() == crate::exchange::RECENT_IDS {
+                m.recent.pop_front();
+            }
+            m.recent.push_back((at, id));
+        }
         let sequenced = m.kind != StreamKind::Kline;
         let stream = m.stream.clone();
         let ids: Vec<Tid> = self
@@ -651,6 +676,23 @@ impl Network {
                     t.state = State::HalfOpen;
                 }
             }
+            return;
+        }
+        if kind == Fault::IdRestart {
+            // Far below the current numbering's first id (more than any restart_distance a seed
+            // uses), and below every earlier numbering, so that numberings never share an id.
+            let candidates: Vec<usize> = (0..self.markets.len())
+                .filter(|&i| self.markets[i].kind == StreamKind::AggTrade && self.markets[i].first_id / 2 > 1_000_000)
+                .collect();
+            if candidates.is_empty() {
+                return;
+            }
+            let i = candidates[self.rng.below(candidates.len() as u64) as usize];
+            let first = 1 + self.rng.below(self.markets[i].first_id / 2);
+            let m = &mut self.markets[i];
+            self.old_numberings.entry(m.stream.clone()).or_default().push((m.first_id, m.next_id));
+            m.restart_numbering(first);
+            self.inject(kind);
             return;
         }
         if kind == Fault::QuietMarket {

@@ -98,11 +98,14 @@ pub enum Fault {
     Reorder,
     /// Frame: never sent to this client (a gap the client must report).
     Lost,
+    /// Market: the exchange restarts the ids of an aggTrade stream, far below the current ones (a
+    /// restarted server, a venue resetting ids after maintenance).
+    IdRestart,
 }
 
 impl Fault {
     /// All kinds, in the order the profile prints them.
-    pub const ALL: [Fault; 22] = [
+    pub const ALL: [Fault; 23] = [
         Fault::Refused,
         Fault::Dns,
         Fault::TlsHandshake,
@@ -125,6 +128,7 @@ impl Fault {
         Fault::Duplicate,
         Fault::Reorder,
         Fault::Lost,
+        Fault::IdRestart,
     ];
 
     /// Short name used in the printed profile.
@@ -152,6 +156,7 @@ impl Fault {
             Fault::Duplicate => "dup",
             Fault::Reorder => "reorder",
             Fault::Lost => "lost",
+            Fault::IdRestart => "id_restart",
         }
     }
 
@@ -163,7 +168,7 @@ impl Fault {
                 Scope::PerConnect
             }
             Reset | UnexpectedEof | BadRecordMac | HalfOpen | Close1001 | Close1008 | ServerShutdown | TooLarge
-            | Outage | QuietMarket => Scope::PerSecond,
+            | Outage | QuietMarket | IdRestart => Scope::PerSecond,
             Malformed | Duplicate | Reorder | Lost => Scope::PerFrame,
         }
     }
@@ -186,6 +191,7 @@ impl Fault {
             // Open-transport faults: from every 30 s to every 12 h.
             Fault::Outage => (1_800, 43_200),
             Fault::QuietMarket => (1_800, 43_200),
+            Fault::IdRestart => (1_800, 43_200),
             f if f.scope() == Scope::PerSecond => (30, 43_200),
             _ => (20, 2_000),
         }
@@ -228,7 +234,9 @@ impl FaultProfile {
     pub fn draw(seed: u64) -> FaultProfile {
         let mut rng = Rng::new(seed ^ 0x005E_ED0F_FA17);
         let mut faults = Vec::new();
-        for kind in Fault::ALL {
+        // IdRestart came later: it is drawn last (below), so that every other choice of a seed is
+        // what it was before it existed.
+        for kind in Fault::ALL.into_iter().filter(|k| *k != Fault::IdRestart) {
             let (n, d) = kind.on_chance();
             if rng.chance(n, d) {
                 let (lo, hi) = kind.denominator_range();
@@ -276,6 +284,13 @@ impl FaultProfile {
         config.stream.rollover_after_ms = cutoff_ms - if cutoff_ms > 3_600_000 { 1_800_000 } else { 300_000 };
 
         let spurious_timeouts = rng.chance(1, 2);
+        // Drawn last, so that adding them changed no earlier choice of any seed.
+        config.stream.restart_confirm = [1, 3, 8][rng.below(3) as usize];
+        config.stream.restart_distance = [1_000, 100_000][rng.below(2) as usize];
+        if rng.chance(1, 2) {
+            let (lo, hi) = Fault::IdRestart.denominator_range();
+            faults.push((Fault::IdRestart, Ratio { num: 1, den: lo + rng.below(hi - lo + 1) }));
+        }
         let rest = RestProfile::draw(seed);
         config.rest.url = "https://sim.invalid".to_string();
         config.rest.max_held_events = rest.max_held_events;
@@ -324,7 +339,7 @@ impl fmt::Display for FaultProfile {
         let h = &self.config.heartbeat;
         write!(
             f,
-            " backoff={}..{}ms x{} jitter={} max_fail={} ping={}ms/{}ms handshake={}ms streams={}",
+            " backoff={}..{}ms x{} jitter={} max_fail={} ping={}ms/{}ms handshake={}ms restart={}/{} streams={}",
             r.initial_delay_ms,
             r.max_delay_ms,
             r.multiplier,
@@ -333,6 +348,8 @@ impl fmt::Display for FaultProfile {
             h.ping_interval_ms,
             h.pong_timeout_ms,
             self.config.tls.handshake_timeout_ms,
+            self.config.stream.restart_distance,
+            self.config.stream.restart_confirm,
             self.config.stream.streams.join(",")
         )?;
         write!(f, " {}", self.rest)?;

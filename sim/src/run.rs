@@ -156,7 +156,7 @@ pub fn simulate(seed: u64, opts: &SimOptions) -> SeedReport {
     };
     report.result = Ok(format!(
         "connection {:.1} h, {} steps, {} attempts, {} connects, {} market events, {} gaps, {} heartbeat timeouts, \
-         {} stalls, {} rollovers, {} gave up; faults: {}; recovery {} backfilled, {} ids abandoned, {} book syncs, {} resyncs, rest: {}; \
+         {} stalls, {} rollovers, {} gave up, {} id restarts seen; faults: {}; recovery {} backfilled, {} ids abandoned, {} book syncs, {} resyncs, rest: {}; \
          scaler {} steps, {} overflows, {} resets, {} warnings{stop}",
         conn.simulated_ms as f64 / 3_600_000.0,
         conn.steps,
@@ -168,6 +168,7 @@ pub fn simulate(seed: u64, opts: &SimOptions) -> SeedReport {
         conn.stalls,
         conn.rollovers,
         conn.gave_up,
+        conn.id_restarts,
         if conn.faults.is_empty() { "none" } else { &conn.faults },
         conn.backfilled,
         conn.abandoned_ids,

@@ -416,6 +416,8 @@ pub struct Connection {
     rate_limit_floor: Duration,
     stall_after: Duration,
     rollover_after: Duration,
+    /// `stream.restart_distance`, for dropping a standby's events of a restarted stream's old numbering.
+    restart_distance: u64,
     max_control_per_second: u32,
     backoff: Backoff,
     budget: AttemptBudget,
@@ -451,6 +453,7 @@ impl Connection {
             rate_limit_floor: Duration::from_millis(config.reconnect.rate_limit_floor_ms),
             stall_after: Duration::from_millis(config.stream.stall_after_ms),
             rollover_after: Duration::from_millis(config.stream.rollover_after_ms),
+            restart_distance: config.stream.restart_distance,
             max_control_per_second: config.stream.max_control_per_second,
             backoff: Backoff::new(&config.reconnect, seed),
             budget: AttemptBudget::from_config(&config.reconnect),
@@ -1177,6 +1180,7 @@ impl Connection {
             }
             Verdict::Restarted(r) => {
                 self.stats.sequence_restarts += 1;
+                self.purge_standby(&r);
                 self.emit(Output::Event(Event::SequenceRestarted { stream: r.stream, last: r.last, first: r.first }));
                 // The tracker forgot the stream: the held events and this one start the new numbering.
                 for (held_id, held_event) in self.held.remove(&stream).unwrap_or_default() {
@@ -1194,6 +1198,25 @@ impl Connection {
             }
         }
         self.emit(Output::Event(Event::Market { id, stream, event }));
+    }
+
+    /// A restart was confirmed on the active transport while a rollover's new transport buffers: its
+    /// buffered events of the old numbering (at or above `restart_distance` below the old last id) are
+    /// dropped, or the hand-over would replay them after the restart as a huge gap in the new one.
+    fn purge_standby(&mut self, r: &crate::gaps::Restart) {
+        let distance = self.restart_distance;
+        let State::Live(live) = &mut self.state else { return };
+        let Some(Standby { phase: StandbyPhase::Open { buffer, first, .. }, .. }) = live.standby.as_deref_mut() else {
+            return;
+        };
+        let old = |event: &MarketEvent| first_id(event).is_some_and(|id| id.saturating_add(distance) >= r.last);
+        let before = buffer.len();
+        buffer.retain(|(stream, event)| *stream != r.stream || !old(event));
+        self.stats.duplicates += (before - buffer.len()) as u64;
+        first.retain(|(stream, _)| *stream != r.stream);
+        if let Some((stream, event)) = buffer.iter().find(|(stream, _)| *stream == r.stream) {
+            first.push((stream.clone(), first_id(event)));
+        }
     }
 
     fn live_timeouts(&mut self, now: Timestamp) {
