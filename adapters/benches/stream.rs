@@ -154,8 +154,8 @@ fn throughput(args: &[String]) -> anyhow::Result<()> {
                     report.recovery.book_resyncs
                 );
             }
-            let n = report.stats.market_events;
-            (n, (n as f64 * mean_frame_bytes(kind)) as u64)
+            // Bytes are filled in after the clocks are read (building sample frames is not keel's work).
+            (report.stats.market_events, 0)
         }
         "bare" => smol::block_on(bare(&full_url, &ca_pem, frames, true))?,
         "discard" => smol::block_on(bare(&full_url, &ca_pem, frames, false))?,
@@ -163,6 +163,7 @@ fn throughput(args: &[String]) -> anyhow::Result<()> {
     };
     let wall = t0.elapsed().as_secs_f64();
     let cpu = cpu_secs() - cpu0;
+    let bytes = if consumer.starts_with("keel") { (n as f64 * mean_frame_bytes(kind)) as u64 } else { bytes };
     let ex_cpu = match (ex_cpu0, exchange_pid.and_then(proc_cpu_secs)) {
         (Some(a), Some(b)) => format!("{:.2}", (b - a) * 1e6 / n as f64),
         _ => "-".to_string(),
