@@ -1215,3 +1215,35 @@ fn handle_text_is_handle_input_text() {
     assert_eq!(a.c.stats().market_events, 4); // aggTrade 1, 2, 9 and the trade
     assert_eq!(a.c.stats().gaps, 1);
 }
+
+#[test]
+fn a_restart_during_a_rollover_drops_the_new_transports_old_numbering_and_replays_no_huge_gap() {
+    let mut c = cfg();
+    c.stream.rollover_after_ms = 50_000;
+    c.stream.restart_distance = 100;
+    c.stream.restart_confirm = 1;
+    let (mut h, _) = H::new(&c);
+    h.input(Input::Opened { id: id(1) });
+    h.input(Input::Text { id: id(1), text: agg(5_000) });
+    h.run_until(50_000);
+    assert_eq!(h.c.standby_transport(), Some(id(2)));
+    h.input(Input::Opened { id: id(2) });
+    let mut out = Vec::new();
+    // The new transport buffers 5_001 and 5_002 (old numbering) and then 1 (the server restarted);
+    // the old one delivers 1 first: the restart is confirmed on the active transport.
+    for (transport, a) in [(2, 5_001), (2, 5_002), (2, 1), (1, 1), (2, 2), (1, 2)] {
+        out.extend(h.input(Input::Text { id: id(transport), text: agg(a) }));
+    }
+    assert_eq!(out.iter().filter(|o| matches!(o, Output::Event(Event::SequenceRestarted { .. }))).count(), 1);
+    assert!(out.contains(&restarted(5_000, 1)), "{out:?}");
+    // The new transport's buffer now starts at 1, which the old one delivered: hand-over at once.
+    // 5_001 and 5_002 are not replayed after the restart, so no gap of the whole old range; 2 comes
+    // from the new transport and the old one's copy is ignored.
+    assert_eq!(delivered(&out), [(1, 1), (2, 2)]);
+    assert!(!out.iter().any(|o| matches!(o, Output::Gap(_))), "{out:?}");
+    assert_eq!((h.c.current_transport(), h.c.standby_transport()), (Some(id(2)), None));
+    assert_eq!(delivered(&h.input(Input::Text { id: id(2), text: agg(3) })), [(2, 3)]);
+    // A late frame of the old numbering is a duplicate, not a jump back up.
+    assert_eq!(h.input(Input::Text { id: id(2), text: agg(5_003) }), []);
+    assert_eq!(h.c.stats().sequence_restarts, 1);
+}
