@@ -388,6 +388,11 @@ impl Network {
         }
     }
 
+    /// Whether transport `id` is half-open (the client still thinks it is up; nothing gets through).
+    pub fn is_half_open(&self, id: Tid) -> bool {
+        self.transports.get(&id).is_some_and(|t| matches!(t.state, State::HalfOpen))
+    }
+
     /// Whether an outage is going on.
     pub fn in_outage(&self) -> bool {
         self.outage_until.is_some()
