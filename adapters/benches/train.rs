@@ -97,6 +97,8 @@ fn phases(tr: &mut trainer::Trainer, batches: &[trainer::Batch], dtype: candle_c
 }
 
 fn main() -> anyhow::Result<()> {
+    // SAFETY: first thing in main, before any thread is spawned (as in the keel binary).
+    unsafe { keel::train::trainer::elementwise_on_caller() };
     // cargo bench passes `--bench`; keep only our positional words.
     let mut args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let phase_mode = args.first().is_some_and(|a| a == "phases");

@@ -31,6 +31,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: first thing in main, before any thread is spawned.
+    unsafe { keel::train::trainer::elementwise_on_caller() };
     let cli = Cli::parse();
     if let Err(e) = keel::logging::init(&cli.log) {
         eprintln!("keel: {e}");

@@ -5,10 +5,11 @@
 //! RON metadata), a PNG of the loss and scale curves, and reports test MSE/MAE next to a
 //! persistence baseline. `keel predict` loads a checkpoint and forecasts after the last row.
 //!
-//! Speed on a busy CPU: candle's CPU thread pool spin-waits at every matmul barrier; when the
-//! cores are shared with other work, `RAYON_NUM_THREADS=1` (matmuls and that pool; candle's own
-//! `CANDLE_NUM_THREADS` sets only the pool) made the small preset several times faster here (the
-//! base preset still gains from 2 threads on an idle machine). On CPU, f16 is slower than f32 (candle
+//! Speed on a busy CPU: candle's CPU thread pools spin-wait at every barrier. The `keel` binary
+//! therefore runs candle's elementwise ops on the calling thread unless `CANDLE_NUM_THREADS` is set
+//! ([`trainer::elementwise_on_caller`], first line of `main`); its matmuls use `RAYON_NUM_THREADS`
+//! (default: all cores), and `RAYON_NUM_THREADS=1` is faster when the cores are shared with other
+//! work (the base preset still gains from 2 threads on an idle machine). On CPU, f16 is slower than f32 (candle
 //! converts element by element); it is for checking the mixed-precision path, GPUs are for speed.
 
 pub mod amp;

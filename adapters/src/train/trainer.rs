@@ -222,25 +222,27 @@ fn tune_allocator() {
 /// load 4 to 5, the small preset's step took 920 to 940 ms with the pool at 2 threads against
 /// 130 to 183 ms without it (matmuls still at 2 threads through `RAYON_NUM_THREADS`), and
 /// 172 ms at one thread. These ops are memory-bound, so the pool gains little even on an idle
-/// machine. Process-wide, read by candle when it first builds the pool; setting
+/// machine. candle reads the variable when it first builds the pool; setting
 /// `CANDLE_NUM_THREADS` (e.g. to the core count) restores the pool.
-fn elementwise_on_caller() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-            // SAFETY: Rust's own environment accesses are serialized by std's lock; the variable
-            // is set once, before the training step's first elementwise op builds candle's pool,
-            // and nothing in keel reads the environment from C concurrently.
-            unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
-        }
-    });
+///
+/// candle has no API for this, only the environment, and changing the environment is only sound
+/// while no other thread can read it (glibc's `getenv` is not synchronized with `setenv`): hence
+/// a function for the first line of `main`, not a side effect of building a trainer (a process
+/// that trains may already run the exchange, the metrics server or smol's reactor).
+///
+/// # Safety
+/// No other thread may exist yet (call it first thing in `main`).
+pub unsafe fn elementwise_on_caller() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // SAFETY: the caller guarantees the process is still single-threaded.
+        unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
+    }
 }
 
 impl Trainer {
     /// A fresh model for `mcfg`, seeded by `cfg.seed`.
     pub fn new(mcfg: &ModelConfig, cfg: &TrainConfig, scaler: &ScalerConfig, opts: RunOptions) -> anyhow::Result<Self> {
         tune_allocator();
-        elementwise_on_caller();
         let dtype = amp::dtype_of(cfg.dtype);
         super::model::informer::check_dtype(dtype, &opts.device)?;
         if opts.disable_scaler && dtype != DType::F32 {
