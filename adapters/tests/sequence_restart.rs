@@ -5,9 +5,9 @@
 
 mod common;
 
-use common::{recorded_ids, tmp};
+use common::{exchange, recorded_ids, tmp};
 
-use keel::exchange::{Exchange, ExchangeConfig, ExchangeHandle, Fault, FaultPlan};
+use keel::exchange::{ExchangeHandle, Fault, FaultPlan};
 use keel::stream::{StreamOptions, StreamReport, stream};
 use keel_core::config::Config;
 use keel_core::recovery::RecoveryOutput;
@@ -16,16 +16,6 @@ use std::time::Duration;
 
 const AGG: &str = "btcusdt@aggTrade";
 const DEPTH: &str = "btcusdt@depth@100ms";
-
-fn exchange(faults: FaultPlan) -> ExchangeHandle {
-    Exchange::start(ExchangeConfig {
-        tick: Duration::from_millis(10),
-        ping_interval: Duration::from_millis(400),
-        faults,
-        ..ExchangeConfig::default()
-    })
-    .unwrap()
-}
 
 fn config(ex: &ExchangeHandle, dir: &Path) -> Config {
     let mut cfg = ex.client_config(&dir.join("ca.pem"), &dir.join("data"), &[AGG, DEPTH]).unwrap();
@@ -71,7 +61,7 @@ fn assert_book_resynced(report: &StreamReport) {
 
 #[test]
 fn a_restart_mid_connection_is_reported_and_every_event_after_it_is_recorded() {
-    let ex = exchange(FaultPlan::default().on(0, Fault::Restart { after: 60 }));
+    let ex = exchange(10, FaultPlan::default().on(0, Fault::Restart { after: 60 }));
     let dir = tmp("midway");
     let metrics = keel::metrics::Metrics::new();
     let report = run(config(&ex, &dir), &metrics);
@@ -100,7 +90,7 @@ fn an_exchange_restarted_while_keel_reconnects_is_detected_on_the_first_event() 
     // The exchange restarts its numbering and drops the connection at the same frame, as a restarted
     // process would: the first event of the next connection is already in the new numbering.
     let plan = FaultPlan::default().on(0, Fault::Restart { after: 60 }).on(0, Fault::Reset { after: 60 });
-    let ex = exchange(plan);
+    let ex = exchange(10, plan);
     let dir = tmp("reconnect");
     let metrics = keel::metrics::Metrics::new();
     let report = run(config(&ex, &dir), &metrics);

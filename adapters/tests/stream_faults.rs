@@ -3,9 +3,9 @@
 
 mod common;
 
-use common::{recorded_ids, tmp};
+use common::{exchange, recorded_ids, tmp};
 
-use keel::exchange::{ConnectionInfo, Exchange, ExchangeConfig, ExchangeHandle, Fault, FaultPlan};
+use keel::exchange::{ConnectionInfo, ExchangeHandle, Fault, FaultPlan};
 use keel::stream::{StopCause, StreamOptions, StreamReport, stream};
 use keel_core::classify::{ErrorClass, TransportError};
 use keel_core::config::Config;
@@ -14,16 +14,6 @@ use std::path::Path;
 use std::time::Duration;
 
 const AGG: &str = "btcusdt@aggTrade";
-
-fn exchange(faults: FaultPlan) -> ExchangeHandle {
-    Exchange::start(ExchangeConfig {
-        tick: Duration::from_millis(20),
-        ping_interval: Duration::from_millis(400),
-        faults,
-        ..ExchangeConfig::default()
-    })
-    .unwrap()
-}
 
 fn config(ex: &ExchangeHandle, dir: &Path, streams: &[&str]) -> Config {
     let mut cfg = ex.client_config(&dir.join("ca.pem"), &dir.join("data"), streams).unwrap();
@@ -77,7 +67,7 @@ fn infos_settled(ex: &ExchangeHandle) -> Vec<ConnectionInfo> {
 
 #[test]
 fn normal_run_records_everything_and_closes_cleanly() {
-    let ex = exchange(FaultPlan::default());
+    let ex = exchange(20, FaultPlan::default());
     let dir = tmp("normal");
     let report = run(config(&ex, &dir, &[AGG, "btcusdt@kline_1m"]), 10_000, Some(60));
     assert_eq!(report.cause, StopCause::MaxMessages);
@@ -96,7 +86,7 @@ fn normal_run_records_everything_and_closes_cleanly() {
 
 #[test]
 fn reset_reconnects_with_the_same_subscriptions_and_reports_the_gap() {
-    let ex = exchange(FaultPlan::default().on(0, Fault::Reset { after: 15 }));
+    let ex = exchange(20, FaultPlan::default().on(0, Fault::Reset { after: 15 }));
     let dir = tmp("reset");
     let report = run(config(&ex, &dir, &[AGG, "ethusdt@trade"]), 1_500, None);
     assert!(report.gave_up.is_none());
@@ -120,7 +110,7 @@ fn reset_reconnects_with_the_same_subscriptions_and_reports_the_gap() {
 
 #[test]
 fn stall_is_detected_by_the_heartbeat_and_the_client_reconnects() {
-    let ex = exchange(FaultPlan::default().on(0, Fault::Stall { after: 10 }));
+    let ex = exchange(20, FaultPlan::default().on(0, Fault::Stall { after: 10 }));
     let dir = tmp("stall");
     let report = run(config(&ex, &dir, &[AGG]), 2_000, None);
     assert!(report.stats.heartbeat_timeouts >= 1, "{:?}", report.stats);
@@ -136,7 +126,7 @@ fn stall_is_detected_by_the_heartbeat_and_the_client_reconnects() {
 
 #[test]
 fn malformed_frames_are_counted_and_the_stream_continues() {
-    let ex = exchange(FaultPlan { every_connection: vec![Fault::Malformed { every: 5 }], ..FaultPlan::default() });
+    let ex = exchange(20, FaultPlan { every_connection: vec![Fault::Malformed { every: 5 }], ..FaultPlan::default() });
     let dir = tmp("malformed");
     let report = run(config(&ex, &dir, &[AGG]), 10_000, Some(50));
     assert_eq!(report.cause, StopCause::MaxMessages);
@@ -147,7 +137,7 @@ fn malformed_frames_are_counted_and_the_stream_continues() {
 
 #[test]
 fn close_1008_waits_the_rate_limit_before_reconnecting() {
-    let ex = exchange(FaultPlan::default().on(0, Fault::Close { after: 10, code: 1008 }));
+    let ex = exchange(20, FaultPlan::default().on(0, Fault::Close { after: 10, code: 1008 }));
     let dir = tmp("1008");
     let report = run(config(&ex, &dir, &[AGG]), 1_500, None);
     let d = report.disconnects.first().expect("a disconnection");
@@ -163,7 +153,7 @@ fn close_1008_waits_the_rate_limit_before_reconnecting() {
 
 #[test]
 fn http_429_on_upgrade_waits_retry_after_then_connects() {
-    let ex = exchange(FaultPlan::default().on(0, Fault::RejectUpgrade { status: 429, retry_after_secs: Some(1) }));
+    let ex = exchange(20, FaultPlan::default().on(0, Fault::RejectUpgrade { status: 429, retry_after_secs: Some(1) }));
     let dir = tmp("429");
     let report = run(config(&ex, &dir, &[AGG]), 10_000, Some(20));
     assert_eq!(report.cause, StopCause::MaxMessages);
@@ -179,7 +169,7 @@ fn http_429_on_upgrade_waits_retry_after_then_connects() {
 
 #[test]
 fn server_shutdown_notice_rolls_over_to_a_new_connection() {
-    let ex = exchange(FaultPlan::default().on(0, Fault::Cutoff { after: Duration::from_millis(600) }));
+    let ex = exchange(20, FaultPlan::default().on(0, Fault::Cutoff { after: Duration::from_millis(600) }));
     let dir = tmp("cutoff");
     let mut cfg = config(&ex, &dir, &[AGG]);
     // The rollover happens without backoff only on a stable connection.
@@ -194,7 +184,7 @@ fn server_shutdown_notice_rolls_over_to_a_new_connection() {
 
 #[test]
 fn a_message_over_the_size_limit_drops_the_transport_and_the_client_reconnects() {
-    let ex = exchange(FaultPlan::default().on(0, Fault::Oversize { after: 5, bytes: 100_000 }));
+    let ex = exchange(20, FaultPlan::default().on(0, Fault::Oversize { after: 5, bytes: 100_000 }));
     let dir = tmp("oversize");
     let mut cfg = config(&ex, &dir, &[AGG]);
     cfg.stream.max_message_bytes = 64 * 1024;

@@ -3,9 +3,9 @@
 
 mod common;
 
-use common::{recorded_ids, tmp};
+use common::{exchange, recorded_ids, tmp};
 
-use keel::exchange::{Exchange, ExchangeConfig, ExchangeHandle, Fault, FaultPlan, RestFault};
+use keel::exchange::{ExchangeHandle, Fault, FaultPlan, RestFault};
 use keel::stream::{StreamOptions, StreamReport, stream};
 use keel_core::config::Config;
 use keel_core::recovery::RecoveryOutput;
@@ -13,16 +13,6 @@ use std::path::Path;
 use std::time::Duration;
 
 const AGG: &str = "btcusdt@aggTrade";
-
-fn exchange(tick_ms: u64, faults: FaultPlan) -> ExchangeHandle {
-    Exchange::start(ExchangeConfig {
-        tick: Duration::from_millis(tick_ms),
-        ping_interval: Duration::from_millis(400),
-        faults,
-        ..ExchangeConfig::default()
-    })
-    .unwrap()
-}
 
 fn config(ex: &ExchangeHandle, dir: &Path, streams: &[&str]) -> Config {
     let mut cfg = ex.client_config(&dir.join("ca.pem"), &dir.join("data"), streams).unwrap();

@@ -241,6 +241,11 @@ impl GapTracker {
         GapTracker { streams: HashMap::default(), restarted: HashMap::default(), policy }
     }
 
+    /// How this tracker tells a numbering restart from a duplicate.
+    pub fn policy(&self) -> RestartPolicy {
+        self.policy
+    }
+
     /// A new connection is live: the next event of each stream is its first on that connection, and
     /// one far below the last id is a numbering restart at once (module docs).
     pub fn new_connection(&mut self) {

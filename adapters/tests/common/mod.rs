@@ -83,3 +83,15 @@ pub fn recorded_ids(dir: &std::path::Path, stream: &str) -> Vec<u64> {
     }
     ids
 }
+
+/// The embedded exchange on loopback with a market tick of `tick_ms` and server pings every 400 ms,
+/// so that a test sees many events and heartbeats within a second or two.
+pub fn exchange(tick_ms: u64, faults: keel::exchange::FaultPlan) -> keel::exchange::ExchangeHandle {
+    keel::exchange::Exchange::start(keel::exchange::ExchangeConfig {
+        tick: Duration::from_millis(tick_ms),
+        ping_interval: Duration::from_millis(400),
+        faults,
+        ..keel::exchange::ExchangeConfig::default()
+    })
+    .unwrap()
+}

@@ -416,8 +416,6 @@ pub struct Connection {
     rate_limit_floor: Duration,
     stall_after: Duration,
     rollover_after: Duration,
-    /// `stream.restart_distance`, for dropping a standby's events of a restarted stream's old numbering.
-    restart_distance: u64,
     max_control_per_second: u32,
     backoff: Backoff,
     budget: AttemptBudget,
@@ -453,7 +451,6 @@ impl Connection {
             rate_limit_floor: Duration::from_millis(config.reconnect.rate_limit_floor_ms),
             stall_after: Duration::from_millis(config.stream.stall_after_ms),
             rollover_after: Duration::from_millis(config.stream.rollover_after_ms),
-            restart_distance: config.stream.restart_distance,
             max_control_per_second: config.stream.max_control_per_second,
             backoff: Backoff::new(&config.reconnect, seed),
             budget: AttemptBudget::from_config(&config.reconnect),
@@ -1201,10 +1198,10 @@ impl Connection {
     }
 
     /// A restart was confirmed on the active transport while a rollover's new transport buffers: its
-    /// buffered events of the old numbering (at or above `restart_distance` below the old last id) are
+    /// buffered events of the old numbering (at or above the restart distance below the old last id) are
     /// dropped, or the hand-over would replay them after the restart as a huge gap in the new one.
     fn purge_standby(&mut self, r: &crate::gaps::Restart) {
-        let distance = self.restart_distance;
+        let distance = self.gaps.policy().distance;
         let State::Live(live) = &mut self.state else { return };
         let Some(Standby { phase: StandbyPhase::Open { buffer, first, .. }, .. }) = live.standby.as_deref_mut() else {
             return;
