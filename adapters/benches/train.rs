@@ -143,7 +143,7 @@ fn main() -> anyhow::Result<()> {
     // Warm-up step (allocations, first-touch), then timed steps.
     tr.train_step(&batches[0], 0, 0)?;
     if phase_mode {
-        return phases(&mut tr, &batches[1..], amp::dtype_of(t.dtype));
+        return tr.in_pool(|tr| phases(tr, &batches[1..], amp::dtype_of(t.dtype)));
     }
     let mut train_ms = Vec::new();
     for (i, batch) in batches[1..].iter().enumerate() {
@@ -153,11 +153,16 @@ fn main() -> anyhow::Result<()> {
     }
     let mut fwd_ms = Vec::new();
     for (i, batch) in batches[1..].iter().enumerate() {
-        let ctx = Ctx::new(amp::dtype_of(t.dtype), false, i as u64);
+        let dtype = amp::dtype_of(t.dtype);
         let start = Instant::now();
-        let out = tr.model.forward(&batch.x_enc, &batch.mark_enc, &batch.x_dec, &batch.mark_dec, &ctx)?;
-        // Force the result onto the host so nothing is left lazy.
-        let _ = out.to_dtype(candle_core::DType::F32)?.sum_all()?.to_scalar::<f32>()?;
+        // On the trainer's pool, as `Trainer::evaluate` runs it.
+        tr.in_pool(|tr| -> candle_core::Result<()> {
+            let ctx = Ctx::new(dtype, false, i as u64);
+            let out = tr.model.forward(&batch.x_enc, &batch.mark_enc, &batch.x_dec, &batch.mark_dec, &ctx)?;
+            // Force the result onto the host so nothing is left lazy.
+            let _ = out.to_dtype(candle_core::DType::F32)?.sum_all()?.to_scalar::<f32>()?;
+            Ok(())
+        })?;
         fwd_ms.push(start.elapsed().as_secs_f64() * 1e3);
     }
     let (tm, fm) = (median(train_ms), median(fwd_ms));
