@@ -12,7 +12,44 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
 use std::sync::Arc;
+
+/// Elements per part when a kernel splits its rows over threads (about 10 to 30 µs of work each,
+/// against about a microsecond for a rayon task).
+const PART: usize = 16 * 1024;
+
+/// Calls `f(first_row, part)` on consecutive parts of `out`, each a whole number of rows of
+/// `width` elements (about [`PART`] elements, at least one row), and returns the results in
+/// order.
+///
+/// The parts run as rayon tasks when called on a worker of a pool with more than one thread (the
+/// trainer's pool, `trainer::Trainer::in_pool`) and there are at least two, else one after the
+/// other on the caller. The parts are the same either way, so reductions that add up per-part
+/// results in order give the same bits at any thread count. Outside a pool nothing is spawned
+/// (and rayon's global pool is never started).
+fn row_parts<T: Send, R: Send>(out: &mut [T], width: usize, f: impl Fn(usize, &mut [T]) -> R + Sync + Send) -> Vec<R> {
+    let width = width.max(1);
+    let part_rows = (PART / width).max(1);
+    let chunk = part_rows * width;
+    let threads = if rayon::current_thread_index().is_some() { rayon::current_num_threads() } else { 1 };
+    if threads > 1 && out.len() > chunk {
+        out.par_chunks_mut(chunk).enumerate().map(|(i, c)| f(i * part_rows, c)).collect()
+    } else {
+        out.chunks_mut(chunk).enumerate().map(|(i, c)| f(i * part_rows, c)).collect()
+    }
+}
+
+/// Adds `b` to every row of `y` (rows of `b.len()`).
+fn add_rows(y: &mut [f32], b: &[f32]) {
+    row_parts(y, b.len(), |_, part| {
+        for row in part.chunks_exact_mut(b.len()) {
+            for (o, &b) in row.iter_mut().zip(b) {
+                *o += b;
+            }
+        }
+    });
+}
 
 /// The contiguous f32 slice of a CPU storage (the callers make their inputs contiguous).
 fn f32s<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
@@ -95,11 +132,7 @@ impl CustomOp3 for LinearOp {
         let CpuStorage::F32(mut y) = s1.matmul(s2, (1, m, n, k), &xl, &wl)? else {
             candle_core::bail!("linear: expected an f32 product")
         };
-        for row in y.chunks_exact_mut(n) {
-            for (o, &b) in row.iter_mut().zip(b) {
-                *o += b;
-            }
-        }
+        add_rows(&mut y, b);
         let mut dims = l1.dims().to_vec();
         let last = dims.len() - 1;
         dims[last] = n;
@@ -149,7 +182,13 @@ impl CustomOp1 for MaskMul {
         if x.len() != self.0.len() {
             candle_core::bail!("dropout: input {:?}, mask {}", l.dims(), self.0.len());
         }
-        Ok((CpuStorage::F32(x.iter().zip(self.0.iter()).map(|(x, m)| x * m).collect()), l.shape().clone()))
+        let mut y = vec![0f32; x.len()];
+        row_parts(&mut y, 1, |i, part| {
+            for ((y, &x), &m) in part.iter_mut().zip(&x[i..]).zip(&self.0[i..]) {
+                *y = x * m;
+            }
+        });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
     fn bwd(&self, _x: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
@@ -230,12 +269,15 @@ impl candle_core::CustomOp2 for AddBias {
         if b.is_empty() || y.len() % b.len() != 0 {
             candle_core::bail!("bias add: input {:?}, bias {}", l1.dims(), b.len());
         }
-        let mut out = y.to_vec();
-        for row in out.chunks_exact_mut(b.len()) {
-            for (o, &b) in row.iter_mut().zip(b) {
-                *o += b;
+        let mut out = vec![0f32; y.len()];
+        row_parts(&mut out, b.len(), |r, part| {
+            let y = &y[r * b.len()..];
+            for (row, yr) in part.chunks_exact_mut(b.len()).zip(y.chunks_exact(b.len())) {
+                for ((o, &y), &b) in row.iter_mut().zip(yr).zip(b) {
+                    *o = y + b;
+                }
             }
-        }
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -255,10 +297,22 @@ impl CustomOp1 for ColumnSum {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32s(s, l, "column sum input")?;
+        let w = self.0.max(1);
+        // Per-part sums, added in order (the same bits at any thread count).
+        let mut rows = vec![(); x.len() / w];
+        let parts = row_parts(&mut rows, 1, |r, part| {
+            let mut sum = vec![0f32; w];
+            for row in x[r * w..(r + part.len()) * w].chunks_exact(w) {
+                for (o, &x) in sum.iter_mut().zip(row) {
+                    *o += x;
+                }
+            }
+            sum
+        });
         let mut out = vec![0f32; self.0];
-        for row in x.chunks_exact(self.0) {
-            for (o, &x) in out.iter_mut().zip(row) {
-                *o += x;
+        for part in parts {
+            for (o, p) in out.iter_mut().zip(part) {
+                *o += p;
             }
         }
         Ok((CpuStorage::F32(out), Shape::from(self.0)))
@@ -356,7 +410,13 @@ impl CustomOp1 for Unary {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32s(s, l, self.name())?;
-        Ok((CpuStorage::F32(x.iter().map(|&x| self.f(x)).collect()), l.shape().clone()))
+        let mut y = vec![0f32; x.len()];
+        row_parts(&mut y, 1, |i, part| {
+            for (y, &x) in part.iter_mut().zip(&x[i..]) {
+                *y = self.f(x);
+            }
+        });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
     fn bwd(&self, x: &Tensor, res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
@@ -388,23 +448,26 @@ impl CustomOp3 for UnaryGrad {
             candle_core::bail!("activation backward: input {}, output {}, gradient {}", x.len(), y.len(), dy.len());
         }
         let mut dx = vec![0f32; x.len()];
-        match self.0 {
-            // Branch-free so that it vectorizes (the feed-forward's hidden activation).
-            Unary::GeluErf => {
-                // The division is done unconditionally and then replaced at 0 (a select, where a
-                // division inside the branch kept this loop scalar: 3x slower).
-                for (((dx, &x), &y), &dy) in dx.iter_mut().zip(x).zip(y).zip(dy) {
-                    let q = y / x;
-                    let half = if x == 0.0 { 0.5 } else { q };
-                    *dx = dy * (half + 0.398942 * exp(-(x * x) * 0.5) * x);
+        row_parts(&mut dx, 1, |i, dx| {
+            let (x, y, dy) = (&x[i..i + dx.len()], &y[i..i + dx.len()], &dy[i..i + dx.len()]);
+            match self.0 {
+                // Branch-free so that it vectorizes (the feed-forward's hidden activation).
+                Unary::GeluErf => {
+                    // The division is done unconditionally and then replaced at 0 (a select, where
+                    // a division inside the branch kept this loop scalar: 3x slower).
+                    for (((dx, &x), &y), &dy) in dx.iter_mut().zip(x).zip(y).zip(dy) {
+                        let q = y / x;
+                        let half = if x == 0.0 { 0.5 } else { q };
+                        *dx = dy * (half + 0.398942 * exp(-(x * x) * 0.5) * x);
+                    }
+                }
+                Unary::Elu => {
+                    for (((dx, &x), &y), &dy) in dx.iter_mut().zip(x).zip(y).zip(dy) {
+                        *dx = dy * self.0.df(x, y);
+                    }
                 }
             }
-            Unary::Elu => {
-                for (((dx, &x), &y), &dy) in dx.iter_mut().zip(x).zip(y).zip(dy) {
-                    *dx = dy * self.0.df(x, y);
-                }
-            }
-        }
+        });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
@@ -433,16 +496,18 @@ impl SwapMiddle {
     fn run(&self, x: &[f32]) -> Vec<f32> {
         let (n1, n2, d) = (self.n1, self.n2, self.d);
         let mut y = vec![0f32; x.len()];
-        for bi in 0..self.b {
-            let base = bi * n1 * n2 * d;
-            for i in 0..n1 {
-                for j in 0..n2 {
-                    let src = base + (i * n2 + j) * d;
-                    let dst = base + (j * n1 + i) * d;
-                    y[dst..dst + d].copy_from_slice(&x[src..src + d]);
+        // A "row" is one batch entry's (N1, N2, D) block.
+        row_parts(&mut y, n1 * n2 * d, |b0, part| {
+            for (k, yb) in part.chunks_exact_mut(n1 * n2 * d).enumerate() {
+                let xb = &x[(b0 + k) * n1 * n2 * d..];
+                for i in 0..n1 {
+                    for j in 0..n2 {
+                        let (src, dst) = ((i * n2 + j) * d, (j * n1 + i) * d);
+                        yb[dst..dst + d].copy_from_slice(&xb[src..src + d]);
+                    }
                 }
             }
-        }
+        });
         y
     }
 }
@@ -499,12 +564,14 @@ impl CustomOp3 for LayerNorm {
             candle_core::bail!("layer norm: input {:?}, gain {d}, bias {}", l1.dims(), b.len());
         }
         let mut y = vec![0f32; x.len()];
-        for (xr, yr) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
-            let (mean, s) = stats(xr, self.eps);
-            for (((y, &x), &g), &b) in yr.iter_mut().zip(xr).zip(g).zip(b) {
-                *y = (x - mean) / s * g + b;
+        row_parts(&mut y, d, |r, part| {
+            for (xr, yr) in x[r * d..].chunks_exact(d).zip(part.chunks_exact_mut(d)) {
+                let (mean, s) = stats(xr, self.eps);
+                for (((y, &x), &g), &b) in yr.iter_mut().zip(xr).zip(g).zip(b) {
+                    *y = (x - mean) / s * g + b;
+                }
             }
-        }
+        });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -554,21 +621,33 @@ impl CustomOp3 for LayerNormGrad {
         }
         let mut out = vec![0f32; n + 2 * d];
         let (dx, rest) = out.split_at_mut(n);
-        let (dg, db) = rest.split_at_mut(d);
-        let mut xhat = vec![0f32; d];
-        for ((xr, dyr), dxr) in x.chunks_exact(d).zip(dy.chunks_exact(d)).zip(dx.chunks_exact_mut(d)) {
-            let (mean, s) = stats(xr, self.eps);
-            let (mut a, mut c) = (0f32, 0f32);
-            for (((xh, &x), &dy), &g) in xhat.iter_mut().zip(xr).zip(dyr).zip(g) {
-                *xh = (x - mean) / s;
-                a += dy * g;
-                c += dy * g * *xh;
+        // dx row by row; dg and db as per-part sums, added in order (the same bits at any thread
+        // count).
+        let parts = row_parts(dx, d, |r, dx| {
+            let (x, dy) = (&x[r * d..r * d + dx.len()], &dy[r * d..r * d + dx.len()]);
+            let (mut dg, mut db, mut xhat) = (vec![0f32; d], vec![0f32; d], vec![0f32; d]);
+            for ((xr, dyr), dxr) in x.chunks_exact(d).zip(dy.chunks_exact(d)).zip(dx.chunks_exact_mut(d)) {
+                let (mean, s) = stats(xr, self.eps);
+                let (mut a, mut c) = (0f32, 0f32);
+                for (((xh, &x), &dy), &g) in xhat.iter_mut().zip(xr).zip(dyr).zip(g) {
+                    *xh = (x - mean) / s;
+                    a += dy * g;
+                    c += dy * g * *xh;
+                }
+                let (a, c) = (a / d as f32, c / d as f32);
+                for i in 0..d {
+                    dxr[i] = (dyr[i] * g[i] - a - xhat[i] * c) / s;
+                    dg[i] += dyr[i] * xhat[i];
+                    db[i] += dyr[i];
+                }
             }
-            let (a, c) = (a / d as f32, c / d as f32);
+            (dg, db)
+        });
+        let (dg, db) = rest.split_at_mut(d);
+        for (pg, pb) in parts {
             for i in 0..d {
-                dxr[i] = (dyr[i] * g[i] - a - xhat[i] * c) / s;
-                dg[i] += dyr[i] * xhat[i];
-                db[i] += dyr[i];
+                dg[i] += pg[i];
+                db[i] += pb[i];
             }
         }
         Ok((CpuStorage::F32(out), Shape::from(n + 2 * d)))
@@ -594,22 +673,25 @@ impl CustomOp1 for Softmax {
         if d == 0 {
             return Ok((CpuStorage::F32(y), l.shape().clone()));
         }
-        for (r, (xr, yr)) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)).enumerate() {
-            let seen = match &self.limits {
-                Some(lim) => (lim[r % lim.len()] + 1).min(d),
-                None => d,
-            };
-            let (xr, yr) = (&xr[..seen], &mut yr[..seen]);
-            let max = xr.iter().map(|&x| x * self.scale).fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for (y, &x) in yr.iter_mut().zip(xr) {
-                *y = (x * self.scale - max).exp();
-                sum += *y;
+        row_parts(&mut y, d, |r0, part| {
+            for (k, (xr, yr)) in x[r0 * d..].chunks_exact(d).zip(part.chunks_exact_mut(d)).enumerate() {
+                let r = r0 + k;
+                let seen = match &self.limits {
+                    Some(lim) => (lim[r % lim.len()] + 1).min(d),
+                    None => d,
+                };
+                let (xr, yr) = (&xr[..seen], &mut yr[..seen]);
+                let max = xr.iter().map(|&x| x * self.scale).fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f32;
+                for (y, &x) in yr.iter_mut().zip(xr) {
+                    *y = (x * self.scale - max).exp();
+                    sum += *y;
+                }
+                for y in yr.iter_mut() {
+                    *y /= sum;
+                }
             }
-            for y in yr.iter_mut() {
-                *y /= sum;
-            }
-        }
+        });
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -634,12 +716,15 @@ impl candle_core::CustomOp2 for SoftmaxGrad {
             candle_core::bail!("softmax backward: output {}, gradient {}", y.len(), dy.len());
         }
         let mut dx = vec![0f32; y.len()];
-        for ((yr, dyr), dxr) in y.chunks_exact(d).zip(dy.chunks_exact(d)).zip(dx.chunks_exact_mut(d)) {
-            let dot: f32 = yr.iter().zip(dyr).map(|(a, b)| a * b).sum();
-            for ((dx, &y), &dy) in dxr.iter_mut().zip(yr).zip(dyr) {
-                *dx = self.0 * y * (dy - dot);
+        row_parts(&mut dx, d, |r, dx| {
+            let (y, dy) = (&y[r * d..], &dy[r * d..]);
+            for ((yr, dyr), dxr) in y.chunks_exact(d).zip(dy.chunks_exact(d)).zip(dx.chunks_exact_mut(d)) {
+                let dot: f32 = yr.iter().zip(dyr).map(|(a, b)| a * b).sum();
+                for ((dx, &y), &dy) in dxr.iter_mut().zip(yr).zip(dyr) {
+                    *dx = self.0 * y * (dy - dot);
+                }
             }
-        }
+        });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
@@ -859,6 +944,57 @@ mod tests {
                     assert!(row[l[r % l.len()] + 1..].iter().all(|&w| w == 0.0), "row {r}: {row:?}");
                 }
             }
+        }
+    }
+
+    /// Every kernel that splits its rows over threads, in value and gradient, on inputs of a few
+    /// parts each: the bits must not depend on whether the parts ran on one thread or on a pool
+    /// of two (the tests above check the one-thread results against the composite ops).
+    #[test]
+    fn row_split_kernels_give_the_same_bits_on_a_pool_of_two_as_on_the_caller() {
+        let (rows, width) = (48, 700); // 33 600 elements: three parts of up to 16 384
+        let x = Var::from_tensor(&random(&[2, rows / 2, width], 30, 6.0)).unwrap();
+        let g = Var::from_tensor(&(random(&[width], 31, 1.0) + 1.0).unwrap()).unwrap();
+        let b = Var::from_tensor(&random(&[width], 32, 1.0)).unwrap();
+        let w = Var::from_tensor(&random(&[40, width], 33, 0.2)).unwrap();
+        let mask: Vec<f32> = (0..rows * width).map(|i| if i % 7 == 0 { 0.0 } else { 1.25 }).collect();
+        let limits: Vec<usize> = (0..rows).map(|r| (r * 37) % width).collect();
+        let run = || {
+            let mut out = Vec::new();
+            let mut check = |y: Tensor, vars: &[&Var]| {
+                let wt = random(y.dims(), 35, 2.0);
+                let grads = (&y * &wt).unwrap().sum_all().unwrap().backward().unwrap();
+                out.push(y.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+                for v in vars {
+                    out.push(grads.get(v).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap());
+                }
+            };
+            check(layer_norm(&x, &g, &b, 1e-5).unwrap(), &[&x, &g, &b]);
+            check(attention_softmax(&x, 0.3, Some(limits.clone())).unwrap(), &[&x]);
+            check(softmax_last_dim(&x).unwrap(), &[&x]);
+            check(gelu_erf(&x).unwrap(), &[&x]);
+            check(elu(&x).unwrap(), &[&x]);
+            check(dropout(&x, mask.clone()).unwrap(), &[&x]);
+            check(add_bias(&x, &b).unwrap(), &[&x, &b]);
+            check(swap_middle(&x, 2, rows / 2, 7, 100).unwrap(), &[&x]);
+            check(linear(&x, &w, &Var::from_tensor(&random(&[40], 36, 1.0)).unwrap()).unwrap(), &[&x]);
+            // The linear's bias gradient (a column sum over the 48 rows of 40).
+            let lb = Var::from_tensor(&random(&[40], 37, 1.0)).unwrap();
+            check(linear(&x, &w, &lb).unwrap(), &[&w, &lb]);
+            out
+        };
+        let here = run();
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        let split = pool.install(|| {
+            assert_eq!(rayon::current_num_threads(), 2);
+            run()
+        });
+        assert_eq!(here.len(), split.len());
+        for (i, (a, c)) in here.iter().zip(&split).enumerate() {
+            assert_eq!(a.len(), c.len(), "output {i}");
+            let same = a.iter().zip(c).all(|(a, c)| a.to_bits() == c.to_bits());
+            assert!(same, "output {i} differs between one thread and a pool of two");
+            assert!(a.iter().any(|&v| v != 0.0), "output {i} is all zero");
         }
     }
 
