@@ -33,8 +33,12 @@
 //! never taken for a restart: a late reordered frame (one candidate, and usually within the distance),
 //! ids resent just below the last one after a reconnect (within the distance), and the replay of a
 //! make-before-break hand-over, which goes through [`GapTracker::observe_replay`] (no detection: its
-//! overlap can be minutes of ids on a busy stream). A restart during a hand-over is found on the new
-//! transport's next live events instead.
+//! overlap can be minutes of ids on a busy stream). The connection compares each event the new transport
+//! buffers with the last id when it *arrived*, and passes the ones far below it through
+//! [`GapTracker::observe`] at the hand-over (a restart inside the overlap), after [`GapTracker::new_connection`].
+//!
+//! The restart's first id is the lowest of its run of candidates, not the first to arrive (a frame
+//! reordered across the restart belongs to it); one far below the run is a second restart, not its start.
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -164,7 +168,8 @@ impl RestartPolicy {
         RestartPolicy { distance: stream.restart_distance, confirm: stream.restart_confirm.max(1) }
     }
 
-    fn far_below(&self, last: u64, id: u64) -> bool {
+    /// Whether `id` is a restart candidate after `last`.
+    pub fn far_below(&self, last: u64, id: u64) -> bool {
         id < last && last - id > self.distance
     }
 }
@@ -287,8 +292,13 @@ impl GapTracker {
         let first_on_connection = std::mem::take(&mut track.new_connection);
         let same_kind = std::mem::discriminant(&track.last) == std::mem::discriminant(&next);
         if detect && same_kind && self.policy.far_below(track.last.id(), next.id()) {
-            if track.candidates == 0 {
-                track.first_candidate = start_id(seq);
+            // The lowest id of the run, not the first to arrive: a frame reordered across the restart is
+            // part of it. One far below the run is a second restart within the run, not its start.
+            let start = start_id(seq);
+            if track.candidates == 0
+                || (start < track.first_candidate && !self.policy.far_below(track.first_candidate, start))
+            {
+                track.first_candidate = start;
             }
             track.candidates += 1;
             if first_on_connection || track.candidates >= self.policy.confirm {

@@ -21,7 +21,7 @@ use crate::scaler_sim::mix;
 use keel_core::classify::{ErrorClass, classify_error};
 use keel_core::connection::{Connection, Event, Input, Output, StopReason, TransportId, WsMessage};
 use keel_core::gaps::{GapKind, Sequence};
-use keel_core::protocol::{Decimal, MarketEvent};
+use keel_core::protocol::{self, Decimal, Frame, MarketEvent};
 use keel_core::recovery::{OrderBook, Recovery, RecoveryOutput};
 use keel_core::time::Timestamp;
 use keel_core::trace::TraceRecord;
@@ -30,7 +30,7 @@ use std::collections::{BTreeMap, VecDeque};
 /// Transports one machine may hold at once (a make-before-break rollover needs two).
 pub const MAX_TRANSPORTS: usize = 2;
 /// Events kept for a failure report.
-const TAIL: usize = 40;
+const TAIL: usize = 120;
 
 /// A broken invariant.
 #[derive(Debug, Clone, PartialEq)]
@@ -165,6 +165,10 @@ struct Machine {
     suspect_gap: Option<String>,
     /// Numbering restarts reported per stream.
     id_restarts: BTreeMap<String, usize>,
+    /// Per (stream, first id of a numbering that followed a restart): the lowest aggTrade id of that
+    /// numbering handed to this machine. The restart it reports must start there: an event the machine
+    /// was handed and never passed on, without a gap, is lost.
+    handed_min: BTreeMap<(String, u64), u64>,
 }
 
 /// One seed's connection run.
@@ -456,6 +460,11 @@ impl<'p> ConnSim<'p> {
         if matches!(msg, ToClient::Failed(_) | ToClient::Closed { .. }) {
             self.m.transports.remove(&local);
         }
+        if let ToClient::Text(text) = &msg
+            && self.net.any_id_restarts()
+        {
+            self.note_handed(text);
+        }
         let input = match msg {
             ToClient::Opened => Input::Opened { id: tid },
             ToClient::Failed(error) => Input::Failed { id: tid, error },
@@ -468,6 +477,20 @@ impl<'p> ConnSim<'p> {
         self.record(|| TraceRecord::Input { now: Timestamp::from_millis(now), input: input.clone() });
         self.conn.handle_input(input, Timestamp::from_millis(now));
         self.drain()
+    }
+
+    /// Remembers the lowest id of each restarted numbering handed to the machine (only once a
+    /// restart happened: this decodes the frame a second time).
+    fn note_handed(&mut self, text: &str) {
+        let Ok(Frame::Market { stream, event: MarketEvent::AggTrade(trade) }) = protocol::decode(text) else {
+            return;
+        };
+        if self.net.id_restarts(&stream) == 0 {
+            return;
+        }
+        let Some(numbering) = self.net.numbering_of(&stream, trade.agg_id) else { return };
+        let min = self.m.handed_min.entry((stream, numbering)).or_insert(trade.agg_id);
+        *min = (*min).min(trade.agg_id);
     }
 
     /// Applies every output of the machine and checks the invariants after the step.
@@ -875,6 +898,16 @@ impl<'p> ConnSim<'p> {
                 if seen > happened || first >= last {
                     return Err(self.fail(format!(
                         "numbering restart {seen} reported on {stream} ({last} -> {first}) but the exchange restarted it {happened} times"
+                    )));
+                }
+                // The events of the new numbering the machine was handed before `first` went nowhere.
+                if let Some(numbering) = self.net.numbering_of(&stream, first)
+                    && let Some(&min) = self.m.handed_min.get(&(stream.clone(), numbering))
+                    && min < first
+                {
+                    return Err(self.fail(format!(
+                        "numbering restart on {stream} reported from {first}, but aggTrades {min}..{first} of that \
+                         numbering were handed to the machine before it and never delivered or reported"
                     )));
                 }
                 self.summary.id_restarts += 1;

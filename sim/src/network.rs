@@ -419,6 +419,20 @@ impl Network {
         current || self.old_numberings.get(stream).is_some_and(|v| v.iter().any(|&(a, b)| (a..b).contains(&id)))
     }
 
+    /// The first id of the numbering of `stream` that aggTrade `id` belongs to (current or earlier).
+    pub fn numbering_of(&self, stream: &str, id: u64) -> Option<u64> {
+        let current = self.markets.iter().find(|m| m.stream == stream && (m.first_id..m.next_id).contains(&id));
+        match current {
+            Some(m) => Some(m.first_id),
+            None => self.old_numberings.get(stream)?.iter().find(|&&(a, b)| (a..b).contains(&id)).map(|&(a, _)| a),
+        }
+    }
+
+    /// Whether any stream restarted its ids so far.
+    pub fn any_id_restarts(&self) -> bool {
+        !self.old_numberings.is_empty()
+    }
+
     /// How many times the ids of `stream` were restarted.
     pub fn id_restarts(&self, stream: &str) -> usize {
         self.old_numberings.get(stream).map_or(0, Vec::len)

@@ -327,16 +327,26 @@ enum StandbyPhase {
         heartbeat: Heartbeat,
         control: ControlLimiter<WsMessage>,
         /// Market events received on the new transport, in arrival order.
-        buffer: Vec<(String, MarketEvent)>,
+        buffer: Vec<Buffered>,
         /// Per stream, the first sequence id the new transport delivered (`None`: unsequenced).
         first: Vec<(String, Option<u64>)>,
     },
 }
 
+/// A market event a rollover's new transport delivered before the hand-over.
+#[derive(Debug, Clone)]
+struct Buffered {
+    stream: String,
+    event: MarketEvent,
+    /// Its id was a restart candidate when it arrived: far below what the old transport had delivered
+    /// by then. Only an arrival-time comparison tells a restart from the overlap: by the hand-over the
+    /// old transport may be minutes of ids ahead of a legitimately replayed event.
+    restart_candidate: bool,
+}
+
 /// Events a standby may buffer before the hand-over is forced (bounds memory on a lagging old transport).
 const STANDBY_BUFFER_MAX: usize = 100_000;
 
-/// The first id an event covers, for the overlap test of a hand-over (`None`: no sequence).
 /// The earlier of two optional deadlines (`None` is "no deadline", not "now").
 fn earliest(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
     match (a, b) {
@@ -353,6 +363,48 @@ fn first_id(event: &MarketEvent) -> Option<u64> {
         Sequence::Depth { first, .. } => Some(first),
         Sequence::BookTicker { id } | Sequence::Snapshot { id } => Some(id),
         Sequence::Unsequenced => None,
+    }
+}
+
+/// Puts held restart candidates in id order within each numbering, keeping the numberings in arrival
+/// order. A frame reordered across a restart would otherwise be passed on after its successor and
+/// dropped as its duplicate, unreported (sim seed 411); a second restart inside the confirmation run
+/// (ids far below the run so far) must stay after the first one's events (sim seed 459).
+fn sort_numbering_runs(held: &mut [(TransportId, MarketEvent)], policy: RestartPolicy) {
+    let mut start = 0;
+    let mut top: Option<u64> = None;
+    for i in 0..=held.len() {
+        let id = held.get(i).and_then(|(_, event)| first_id(event));
+        let boundary = i == held.len() || matches!((top, id), (Some(top), Some(id)) if policy.far_below(top, id));
+        if boundary {
+            held[start..i].sort_by_key(|(_, event)| first_id(event));
+            start = i;
+            top = None;
+        }
+        top = top.max(id);
+    }
+}
+
+/// The refuted candidates that continue into a confirmed restart's first id `first` (each one's last
+/// id is the next one's first minus one), in id order; the rest stay duplicates. Continuity is the
+/// proof: a stray late frame of the old numbering does not run into the new numbering's first id.
+fn revive(mut refuted: Vec<(TransportId, MarketEvent)>, first: u64) -> Vec<(TransportId, MarketEvent)> {
+    refuted.sort_by_key(|(_, event)| first_id(event));
+    let mut next = first;
+    let mut keep = refuted.len();
+    while keep > 0 && end_id(&refuted[keep - 1].1).is_some_and(|end| end.checked_add(1) == Some(next)) {
+        keep -= 1;
+        next = first_id(&refuted[keep].1).unwrap_or(next);
+    }
+    refuted.split_off(keep)
+}
+
+/// The last id an event covers (depth: `u`), `None` without a sequence.
+fn end_id(event: &MarketEvent) -> Option<u64> {
+    use crate::gaps::Sequence;
+    match event.sequence() {
+        Sequence::Depth { last, .. } => Some(last),
+        _ => first_id(event),
     }
 }
 
@@ -422,6 +474,10 @@ pub struct Connection {
     gaps: GapTracker,
     /// Per stream, events that may belong to a restarted numbering ([`Verdict::Suspect`]), in order.
     held: BTreeMap<String, Vec<(TransportId, MarketEvent)>>,
+    /// Per stream, the last candidates refuted by an event of the old numbering (counted as duplicates).
+    /// A restart confirmed next whose ids continue them takes them back: the old numbering's last frame,
+    /// reordered behind the new numbering's first, refutes it (sim seed 1223).
+    refuted: BTreeMap<String, Vec<(TransportId, MarketEvent)>>,
     state: State,
     outputs: VecDeque<Output>,
     next_transport: u64,
@@ -456,6 +512,7 @@ impl Connection {
             budget: AttemptBudget::from_config(&config.reconnect),
             gaps: GapTracker::with_policy(RestartPolicy::from_config(&config.stream)),
             held: BTreeMap::new(),
+            refuted: BTreeMap::new(),
             state: State::Waiting { until: now, delay: Duration::ZERO, attempt: 1 },
             outputs: VecDeque::new(),
             next_transport: 1,
@@ -1066,12 +1123,15 @@ impl Connection {
             subscribed,
             standby: None,
         }));
-        for (stream, event) in buffer {
+        // The new transport's first event of a stream far below the last id is a numbering restart at
+        // once, as on a reconnect (gaps module docs).
+        self.gaps.new_connection();
+        for Buffered { stream, event, restart_candidate } in buffer {
             if first_id(&event).is_none() {
                 self.stats.duplicates += 1;
                 continue;
             }
-            self.deliver(id, stream, event, true, now);
+            self.deliver(id, stream, event, !restart_candidate, now);
         }
     }
 
@@ -1131,7 +1191,10 @@ impl Connection {
             if !first.iter().any(|(s, _)| *s == stream) {
                 first.push((stream.clone(), first_id(&event)));
             }
-            buffer.push((stream, event));
+            let policy = self.gaps.policy();
+            let restart_candidate =
+                first_id(&event).zip(self.gaps.last_seen(&stream)).is_some_and(|(id, last)| policy.far_below(last, id));
+            buffer.push(Buffered { stream, event, restart_candidate });
             self.maybe_hand_over(now);
             return;
         }
@@ -1153,12 +1216,15 @@ impl Connection {
         } else {
             self.gaps.observe(&stream, event.sequence())
         };
-        if !matches!(verdict, Verdict::Suspect | Verdict::Restarted(_))
+        // The overlap of a hand-over says nothing about held candidates: only live events refute them.
+        if !replay
+            && !matches!(verdict, Verdict::Suspect | Verdict::Restarted(_))
             && !self.held.is_empty()
             && let Some(held) = self.held.remove(&stream)
         {
-            // Refuted: what was held were late or replayed old ids after all.
+            // Refuted: what was held were late or replayed old ids after all (or see `refuted`).
             self.stats.duplicates += held.len() as u64;
+            self.refuted.insert(stream.clone(), held);
         }
         match verdict {
             Verdict::Duplicate => {
@@ -1178,12 +1244,19 @@ impl Connection {
             Verdict::Restarted(r) => {
                 self.stats.sequence_restarts += 1;
                 self.purge_standby(&r);
-                self.emit(Output::Event(Event::SequenceRestarted { stream: r.stream, last: r.last, first: r.first }));
                 // The tracker forgot the stream: the held events and this one start the new numbering.
-                for (held_id, held_event) in self.held.remove(&stream).unwrap_or_default() {
+                let mut held = self.held.remove(&stream).unwrap_or_default();
+                held.push((id, event));
+                let revived = revive(self.refuted.remove(&stream).unwrap_or_default(), r.first);
+                self.stats.duplicates = self.stats.duplicates.saturating_sub(revived.len() as u64);
+                held.splice(0..0, revived);
+                sort_numbering_runs(&mut held, self.gaps.policy());
+                // Candidates held across a hand-over's replay are not in the tracker's run.
+                let first = held.first().and_then(|(_, event)| first_id(event)).map_or(r.first, |id| id.min(r.first));
+                self.emit(Output::Event(Event::SequenceRestarted { stream: r.stream, last: r.last, first }));
+                for (held_id, held_event) in held {
                     self.deliver(held_id, stream.clone(), held_event, false, now);
                 }
-                self.deliver(id, stream, event, false, now);
                 return;
             }
         }
@@ -1208,11 +1281,11 @@ impl Connection {
         };
         let old = |event: &MarketEvent| first_id(event).is_some_and(|id| id.saturating_add(distance) >= r.last);
         let before = buffer.len();
-        buffer.retain(|(stream, event)| *stream != r.stream || !old(event));
+        buffer.retain(|b| b.stream != r.stream || !old(&b.event));
         self.stats.duplicates += (before - buffer.len()) as u64;
         first.retain(|(stream, _)| *stream != r.stream);
-        if let Some((stream, event)) = buffer.iter().find(|(stream, _)| *stream == r.stream) {
-            first.push((stream.clone(), first_id(event)));
+        if let Some(b) = buffer.iter().find(|b| b.stream == r.stream) {
+            first.push((b.stream.clone(), first_id(&b.event)));
         }
     }
 

@@ -1247,3 +1247,106 @@ fn a_restart_during_a_rollover_drops_the_new_transports_old_numbering_and_replay
     assert_eq!(h.input(Input::Text { id: id(2), text: agg(5_003) }), []);
     assert_eq!(h.c.stats().sequence_restarts, 1);
 }
+
+/// Restart settings for the tests below: distance 100, three candidates in a row confirm.
+fn restart_cfg() -> Config {
+    let mut c = cfg();
+    c.stream.rollover_after_ms = 50_000;
+    c.stream.restart_distance = 100;
+    c.stream.restart_confirm = 3;
+    c
+}
+
+#[test]
+fn a_frame_reordered_across_a_restart_is_passed_on_in_id_order() {
+    let (mut h, _) = H::new(&restart_cfg());
+    h.input(Input::Opened { id: id(1) });
+    h.input(Input::Text { id: id(1), text: agg(5_000) });
+    assert_eq!(h.input(Input::Text { id: id(1), text: agg(2) }), []);
+    assert_eq!(h.input(Input::Text { id: id(1), text: agg(1) }), []);
+    let out = h.input(Input::Text { id: id(1), text: agg(3) });
+    assert_eq!(out[0], restarted(5_000, 1));
+    // 1 came after 2: passed on after it, it would have been dropped as 2's duplicate, unreported.
+    assert_eq!(delivered(&out), [(1, 1), (1, 2), (1, 3)]);
+    assert_eq!(h.c.stats().duplicates, 0);
+}
+
+#[test]
+fn a_candidate_refuted_by_the_old_numberings_reordered_last_frame_is_taken_back() {
+    let (mut h, _) = H::new(&restart_cfg());
+    h.input(Input::Opened { id: id(1) });
+    h.input(Input::Text { id: id(1), text: agg(5_000) });
+    assert_eq!(h.input(Input::Text { id: id(1), text: agg(1) }), []);
+    // The old numbering's last frame, reordered behind the new one's first: it refutes 1.
+    assert_eq!(delivered(&h.input(Input::Text { id: id(1), text: agg(5_001) })), [(1, 5_001)]);
+    assert_eq!(h.c.stats().duplicates, 1);
+    assert_eq!(h.input(Input::Text { id: id(1), text: agg(2) }), []);
+    assert_eq!(h.input(Input::Text { id: id(1), text: agg(3) }), []);
+    let out = h.input(Input::Text { id: id(1), text: agg(4) });
+    // 2, 3, 4 confirm a restart whose ids continue 1: it is no duplicate after all.
+    assert_eq!(out[0], restarted(5_001, 1));
+    assert_eq!(delivered(&out), [(1, 1), (1, 2), (1, 3), (1, 4)]);
+    assert_eq!(h.c.stats().duplicates, 0);
+}
+
+#[test]
+fn a_restart_the_old_transport_never_saw_is_found_in_the_hand_over_buffer() {
+    let (mut h, _) = H::new(&restart_cfg());
+    h.input(Input::Opened { id: id(1) });
+    h.input(Input::Text { id: id(1), text: agg(5_000) });
+    h.run_until(50_000);
+    assert_eq!(h.c.standby_transport(), Some(id(2)));
+    h.input(Input::Opened { id: id(2) });
+    // The new transport's first ids are far below what the old one had delivered when they arrived:
+    // 1 <= 5_000 hands over at once, and its replay must not take 1 for the overlap.
+    let out = h.input(Input::Text { id: id(2), text: agg(1) });
+    assert_eq!(out.iter().filter(|o| matches!(o, Output::Event(Event::SequenceRestarted { .. }))).count(), 1);
+    assert!(out.contains(&restarted(5_000, 1)), "{out:?}");
+    assert_eq!(delivered(&out), [(2, 1)]);
+    assert_eq!((h.c.current_transport(), h.c.standby_transport()), (Some(id(2)), None));
+    assert_eq!(delivered(&h.input(Input::Text { id: id(2), text: agg(2) })), [(2, 2)]);
+    assert_eq!(h.c.stats().duplicates, 0);
+}
+
+#[test]
+fn candidates_held_from_the_old_transport_survive_the_hand_over() {
+    let (mut h, _) = H::new(&restart_cfg());
+    h.input(Input::Opened { id: id(1) });
+    h.input(Input::Text { id: id(1), text: agg(5_000) });
+    h.run_until(50_000);
+    h.input(Input::Opened { id: id(2) });
+    // The new transport has 5_001, which the old one lost; the old one then gets the restarted ids
+    // 1 and 2 (held), and dies before its successor delivered what it had.
+    assert_eq!(h.input(Input::Text { id: id(2), text: agg(5_001) }), []);
+    assert_eq!(h.input(Input::Text { id: id(1), text: agg(1) }), []);
+    assert_eq!(h.input(Input::Text { id: id(1), text: agg(2) }), []);
+    assert_eq!(h.input(Input::Text { id: id(2), text: agg(1) }), []);
+    let out = h.input(Input::Failed { id: id(1), error: TransportError::Reset("peer".into()) });
+    // The hand-over replays 5_001 (fresh) and holds 1 (a candidate at arrival): the replay of the
+    // overlap does not refute the old transport's candidates.
+    assert_eq!(delivered(&out), [(2, 5_001)]);
+    assert_eq!(h.input(Input::Text { id: id(2), text: agg(2) }), []);
+    let out = h.input(Input::Text { id: id(2), text: agg(3) });
+    assert_eq!(out[0], restarted(5_001, 1));
+    assert_eq!(delivered(&out), [(1, 1), (1, 2), (2, 3)]);
+    assert_eq!(h.c.stats().duplicates, 2); // the new transport's copies of 1 and 2
+}
+
+#[test]
+fn two_restarts_inside_one_confirmation_run_keep_their_order() {
+    let (mut h, _) = H::new(&restart_cfg());
+    h.input(Input::Opened { id: id(1) });
+    h.input(Input::Text { id: id(1), text: agg(5_000) });
+    // 2_000 starts a second numbering, 1 a third, before three candidates confirmed the first.
+    assert_eq!(h.input(Input::Text { id: id(1), text: agg(2_000) }), []);
+    assert_eq!(h.input(Input::Text { id: id(1), text: agg(1) }), []);
+    let out = h.input(Input::Text { id: id(1), text: agg(2) });
+    assert_eq!(out[0], restarted(5_000, 2_000));
+    // Sorted as one run, 1 and 2 would have gone before 2_000 and 2_000 would have been a gap.
+    assert_eq!(delivered(&out), [(1, 2_000)]);
+    assert!(!out.iter().any(|o| matches!(o, Output::Gap(_))), "{out:?}");
+    let out = h.input(Input::Text { id: id(1), text: agg(3) });
+    assert_eq!(out[0], restarted(2_000, 1));
+    assert_eq!(delivered(&out), [(1, 1), (1, 2), (1, 3)]);
+    assert_eq!(h.c.stats().sequence_restarts, 2);
+}
