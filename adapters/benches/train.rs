@@ -35,6 +35,22 @@ fn cpu_ms() -> f64 {
     ts.tv_sec as f64 * 1e3 + ts.tv_nsec as f64 / 1e6
 }
 
+/// CPU ns of each of the process's threads by name (`/proc/self/task/*/schedstat`: time on a core,
+/// whatever the load), sorted by name.
+fn thread_cpu_ns() -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default().trim().to_string();
+        let ns = std::fs::read_to_string(e.path().join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0);
+        out.push((comm, ns));
+    }
+    out.sort();
+    out
+}
+
 /// Wall and CPU ms of each phase of a training step, summed over the timed steps.
 #[derive(Default)]
 struct Phases(Vec<(&'static str, Vec<(f64, f64)>)>);
@@ -55,6 +71,7 @@ impl Phases {
 fn phases(tr: &mut trainer::Trainer, batches: &[trainer::Batch], dtype: candle_core::DType) -> anyhow::Result<()> {
     use candle_core::DType;
     let mut ph = Phases::default();
+    let threads_before = thread_cpu_ns();
     for (s, batch) in batches.iter().enumerate() {
         let mut t = (Instant::now(), cpu_ms());
         let ctx = Ctx::new(dtype, true, s as u64);
@@ -93,6 +110,16 @@ fn phases(tr: &mut trainer::Trainer, batches: &[trainer::Batch], dtype: candle_c
         println!("| {name} | {w:.1} | {c:.1} |");
     }
     println!("| sum | {tw:.1} | {tc:.1} |");
+    // The busiest thread's CPU per step bounds the step's wall time on an idle machine from below
+    // (each thread's own work, without the time it waits for the others or for a core).
+    let per_thread: Vec<String> = thread_cpu_ns()
+        .iter()
+        .map(|(name, ns)| {
+            let before = threads_before.iter().find(|(n, _)| n == name).map_or(0, |b| b.1);
+            format!("{name} {:.1}", (ns - before) as f64 / 1e6 / batches.len() as f64)
+        })
+        .collect();
+    println!("CPU ms per step by thread: {}", per_thread.join(", "));
     Ok(())
 }
 

@@ -118,42 +118,34 @@ pub fn prob_sparse(q: &Tensor, k: &Tensor, v: &Tensor, c: usize, masked: bool, c
     let idx: Vec<usize> = (0..lq * n_sample).map(|_| ctx.below(lk)).collect();
     let qd = q.detach().to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
     let kd = k.detach().to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-    let m: Vec<Vec<Vec<f32>>> = (0..b)
-        .map(|bi| {
-            (0..h)
-                .map(|hi| {
-                    let base = (bi * h + hi) * lq * dh;
-                    let kbase = (bi * h + hi) * lk * dh;
-                    (0..lq)
-                        .map(|i| {
-                            let qi = &qd[base + i * dh..base + (i + 1) * dh];
-                            let (mut max, mut sum) = (f32::NEG_INFINITY, 0f32);
-                            for &j in &idx[i * n_sample..(i + 1) * n_sample] {
-                                let kj = &kd[kbase + j * dh..kbase + (j + 1) * dh];
-                                let dot: f32 = qi.iter().zip(kj).map(|(a, b)| a * b).sum();
-                                max = max.max(dot);
-                                sum += dot;
-                            }
-                            max - sum / lk as f32
-                        })
-                        .collect()
-                })
-                .collect()
-        })
-        .collect();
+    // One (batch, head) pair per task on the trainer's pool (super::fused::par_map).
+    let m: Vec<Vec<f32>> = super::fused::par_map(b * h, |bh| {
+        let (base, kbase) = (bh * lq * dh, bh * lk * dh);
+        (0..lq)
+            .map(|i| {
+                let qi = &qd[base + i * dh..base + (i + 1) * dh];
+                let (mut max, mut sum) = (f32::NEG_INFINITY, 0f32);
+                for &j in &idx[i * n_sample..(i + 1) * n_sample] {
+                    let kj = &kd[kbase + j * dh..kbase + (j + 1) * dh];
+                    let dot: f32 = qi.iter().zip(kj).map(|(a, b)| a * b).sum();
+                    max = max.max(dot);
+                    sum += dot;
+                }
+                max - sum / lk as f32
+            })
+            .collect()
+    });
 
     // Top-u queries per (batch, head), as a one-hot (Lq, u) selection matrix.
     let mut onehot = vec![0f32; b * h * lq * u];
     let mut top_pos = Vec::with_capacity(b * h * u);
-    for (bi, mb) in m.iter().enumerate() {
-        for (hi, mh) in mb.iter().enumerate() {
-            let mut order: Vec<usize> = (0..lq).collect();
-            // Stable, NaN-tolerant descending order (a NaN sorts last, never panics).
-            order.sort_by(|&x, &y| mh[y].partial_cmp(&mh[x]).unwrap_or(std::cmp::Ordering::Equal));
-            for (j, &qi) in order.iter().take(u).enumerate() {
-                onehot[((bi * h + hi) * lq + qi) * u + j] = 1.0;
-                top_pos.push(qi);
-            }
+    for (bh, mh) in m.iter().enumerate() {
+        let mut order: Vec<usize> = (0..lq).collect();
+        // Stable, NaN-tolerant descending order (a NaN sorts last, never panics).
+        order.sort_by(|&x, &y| mh[y].partial_cmp(&mh[x]).unwrap_or(std::cmp::Ordering::Equal));
+        for (j, &qi) in order.iter().take(u).enumerate() {
+            onehot[(bh * lq + qi) * u + j] = 1.0;
+            top_pos.push(qi);
         }
     }
     let sel = Tensor::from_vec(onehot, (b, h, lq, u), dev)?.to_dtype(q.dtype())?;

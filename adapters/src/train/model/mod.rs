@@ -44,22 +44,8 @@ impl Ctx {
         if !self.train || p <= 0.0 {
             return Ok(x.clone());
         }
-        let keep = 1.0 - p;
-        let scale = (1.0 / keep) as f32;
-        // Two decisions per 64-bit draw, each kept with probability ceil(keep * 2^32) / 2^32
-        // (within 2^-32 of `keep`): the mask is drawn for millions of elements per step.
-        let threshold = (keep * 4_294_967_296.0).ceil() as u64;
-        let mut rng = self.rng.borrow_mut();
-        let mut mask = vec![0f32; x.elem_count()];
-        for pair in mask.chunks_mut(2) {
-            let r = rng.next_u64();
-            for (m, half) in pair.iter_mut().zip([r & 0xFFFF_FFFF, r >> 32]) {
-                if half < threshold {
-                    *m = scale;
-                }
-            }
-        }
-        fused::dropout(x, mask)
+        let seed = self.rng.borrow_mut().next_u64();
+        fused::dropout(x, fused::dropout_mask(x.elem_count(), 1.0 - p, seed))
     }
 }
 
