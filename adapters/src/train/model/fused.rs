@@ -334,22 +334,7 @@ impl CustomOp1 for ColumnSum {
         let x = f32s(s, l, "column sum input")?;
         let w = self.0.max(1);
         // Per-part sums, added in order (the same bits at any thread count).
-        let mut rows = vec![(); x.len() / w];
-        let parts = row_parts(&mut rows, 1, |r, part| {
-            let mut sum = vec![0f32; w];
-            for row in x[r * w..(r + part.len()) * w].chunks_exact(w) {
-                for (o, &x) in sum.iter_mut().zip(row) {
-                    *o += x;
-                }
-            }
-            sum
-        });
-        let mut out = vec![0f32; self.0];
-        for part in parts {
-            for (o, p) in out.iter_mut().zip(part) {
-                *o += p;
-            }
-        }
+        let out = column_sums(x.len() / w, w, |r, out| out.copy_from_slice(&x[r * w..(r + 1) * w]));
         Ok((CpuStorage::F32(out), Shape::from(self.0)))
     }
 }
@@ -689,6 +674,193 @@ impl CustomOp3 for LayerNormGrad {
     }
 }
 
+/// BatchNorm in training mode over the rows of `x` `(n, c)`: each column normalized by its batch
+/// mean and biased variance, times `g` plus `b`. Returns `y` and the (detached) batch mean and
+/// biased variance of each column, for the running statistics.
+///
+/// As tensor ops this was about ten graph nodes (two means, a subtraction, a square, a square
+/// root, a division, the gain and the bias, each broadcast), whose backward passes include
+/// candle's strided sums over the broadcast rows; here it is one node each way, whose column sums
+/// add per-part results in order (the same bits at any thread count).
+pub fn batch_norm_train(x: &Tensor, g: &Tensor, b: &Tensor, eps: f64) -> Result<(Tensor, Tensor, Tensor)> {
+    let c = x.dim(1)?;
+    if !fused_ok(&[x, g, b]) || x.rank() != 2 || g.dims() != [c] || b.dims() != [c] {
+        let mean = x.mean_keepdim(0)?;
+        let var = x.broadcast_sub(&mean)?.sqr()?.mean_keepdim(0)?;
+        let xn = x.broadcast_sub(&mean)?.broadcast_div(&(&var + eps)?.sqrt()?)?;
+        let y = xn.broadcast_mul(g)?.broadcast_add(b)?;
+        return Ok((y, mean.detach().squeeze(0)?, var.detach().squeeze(0)?));
+    }
+    let stats = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let op = BatchNormOp { eps: eps as f32, stats: stats.clone() };
+    let y = x.contiguous()?.apply_op3(&g.contiguous()?, &b.contiguous()?, op)?;
+    let st = stats.lock().map_err(|_| candle_core::Error::Msg("batch norm: statistics lock poisoned".into()))?.clone();
+    if st.len() != 2 * c {
+        candle_core::bail!("batch norm: expected {} statistics, got {}", 2 * c, st.len());
+    }
+    let mean = Tensor::from_slice(&st[..c], c, x.device())?;
+    let var = Tensor::from_slice(&st[c..], c, x.device())?;
+    Ok((y, mean, var))
+}
+
+/// Column sums of `(rows, c)` data computed per part of [`row_parts`] and added in order.
+/// `f(row)` gives the row's contribution (written into the second argument).
+fn column_sums(rows: usize, c: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) -> Vec<f32> {
+    // The parts of the (rows, c) data, as row_parts cuts it (a zero-sized stand-in: no memory).
+    let mut shape = vec![(); rows * c];
+    let parts = row_parts(&mut shape, c, |first, part| {
+        let (mut sum, mut row) = (vec![0f32; c], vec![0f32; c]);
+        for r in first..first + part.len() / c.max(1) {
+            f(r, &mut row);
+            for (s, v) in sum.iter_mut().zip(&row) {
+                *s += v;
+            }
+        }
+        sum
+    });
+    let mut out = vec![0f32; c];
+    for p in parts {
+        for (o, v) in out.iter_mut().zip(p) {
+            *o += v;
+        }
+    }
+    out
+}
+
+/// `[mean | biased variance]` of the columns of `x` `(n, c)`.
+fn column_stats(x: &[f32], c: usize) -> Vec<f32> {
+    let n = x.len() / c.max(1);
+    let mut mean = column_sums(n, c, |r, out| out.copy_from_slice(&x[r * c..(r + 1) * c]));
+    mean.iter_mut().for_each(|m| *m /= n as f32);
+    let mut var = column_sums(n, c, |r, out| {
+        for ((o, &x), &m) in out.iter_mut().zip(&x[r * c..(r + 1) * c]).zip(&mean) {
+            *o = (x - m) * (x - m);
+        }
+    });
+    var.iter_mut().for_each(|v| *v /= n as f32);
+    mean.extend(var);
+    mean
+}
+
+struct BatchNormOp {
+    eps: f32,
+    /// `[mean | biased variance]` of the last forward, for the running statistics and the backward.
+    stats: Arc<std::sync::Mutex<Vec<f32>>>,
+}
+
+impl CustomOp3 for BatchNormOp {
+    fn name(&self) -> &'static str {
+        "keel-batch-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32s(s1, l1, "batch norm input")?;
+        let (g, b) = (f32s(s2, l2, "batch norm gain")?, f32s(s3, l3, "batch norm bias")?);
+        let c = g.len();
+        if c == 0 || b.len() != c || l1.dims() != [x.len() / c, c] {
+            candle_core::bail!("batch norm: input {:?}, gain {c}, bias {}", l1.dims(), b.len());
+        }
+        let st = column_stats(x, c);
+        let (mean, var) = st.split_at(c);
+        let s: Vec<f32> = var.iter().map(|v| (v + self.eps).sqrt()).collect();
+        let mut y = vec![0f32; x.len()];
+        row_parts(&mut y, c, |r, part| {
+            for (yr, xr) in part.chunks_exact_mut(c).zip(x[r * c..].chunks_exact(c)) {
+                for j in 0..c {
+                    yr[j] = (xr[j] - mean[j]) / s[j] * g[j] + b[j];
+                }
+            }
+        });
+        *self.stats.lock().map_err(|_| candle_core::Error::Msg("batch norm: statistics lock poisoned".into()))? = st;
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        g: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (c, n) = (g.elem_count(), x.elem_count());
+        let stats = self.stats.lock().map_err(|_| candle_core::Error::Msg("batch norm: lock poisoned".into()))?.clone();
+        let all = x.apply_op3_no_bwd(g, &dy.contiguous()?, &BatchNormGrad { eps: self.eps, stats })?;
+        let dx = all.narrow(0, 0, n)?.reshape(x.shape())?;
+        let dg = all.narrow(0, n, c)?.reshape(g.shape())?;
+        let db = all.narrow(0, n + c, c)?.reshape(g.shape())?;
+        Ok((Some(dx), Some(dg), Some(db)))
+    }
+}
+
+/// `[dx | dg | db]` of [`BatchNormOp`], from the statistics of its forward.
+struct BatchNormGrad {
+    eps: f32,
+    stats: Vec<f32>,
+}
+
+impl CustomOp3 for BatchNormGrad {
+    fn name(&self) -> &'static str {
+        "keel-batch-norm-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32s(s1, l1, "batch norm input")?;
+        let g = f32s(s2, l2, "batch norm gain")?;
+        let dy = f32s(s3, l3, "batch norm output gradient")?;
+        let (c, len) = (g.len(), x.len());
+        if c == 0 || dy.len() != len || len % c != 0 || self.stats.len() != 2 * c {
+            candle_core::bail!("batch norm backward: input {len}, gradient {}, gain {c}", dy.len());
+        }
+        let n = len / c;
+        let (mean, var) = self.stats.split_at(c);
+        let s: Vec<f32> = var.iter().map(|v| (v + self.eps).sqrt()).collect();
+        // db = sum dy, dg = sum dy * xhat (per column), in one pass.
+        let sums = column_sums(n, 2 * c, |r, out| {
+            let (odb, odg) = out.split_at_mut(c);
+            for j in 0..c {
+                let d = dy[r * c + j];
+                odb[j] = d;
+                odg[j] = d * (x[r * c + j] - mean[j]) / s[j];
+            }
+        });
+        let (db, dg) = sums.split_at(c);
+        let mut out = vec![0f32; len + 2 * c];
+        let (dx, rest) = out.split_at_mut(len);
+        // dx = (dxhat - mean(dxhat) - xhat mean(dxhat xhat)) / s, with dxhat = dy g.
+        row_parts(dx, c, |r, part| {
+            for (k, dxr) in part.chunks_exact_mut(c).enumerate() {
+                let row = r + k;
+                for j in 0..c {
+                    let xhat = (x[row * c + j] - mean[j]) / s[j];
+                    let a = g[j] * db[j] / n as f32;
+                    let cc = g[j] * dg[j] / n as f32;
+                    dxr[j] = (dy[row * c + j] * g[j] - a - xhat * cc) / s[j];
+                }
+            }
+        });
+        rest[..c].copy_from_slice(dg);
+        rest[c..].copy_from_slice(db);
+        Ok((CpuStorage::F32(out), Shape::from(len + 2 * c)))
+    }
+}
+
 /// Softmax of `scale * x` over the last dimension, row `r` limited to the keys
 /// `0..=limits[r % limits.len()]` if given.
 struct Softmax {
@@ -1012,6 +1184,11 @@ mod tests {
             check(dropout(&x, mask.clone()).unwrap(), &[&x]);
             check(add_bias(&x, &b).unwrap(), &[&x, &b]);
             check(swap_middle(&x, 2, rows / 2, 7, 100).unwrap(), &[&x]);
+            let x2 = x.reshape((rows, width)).unwrap();
+            let (bn, mean, var) = batch_norm_train(&x2, &g, &b, 1e-5).unwrap();
+            check(bn, &[&x, &g, &b]);
+            check(mean, &[]);
+            check(var, &[]);
             check(linear(&x, &w, &Var::from_tensor(&random(&[40], 36, 1.0)).unwrap()).unwrap(), &[&x]);
             // The linear's bias gradient (a column sum over the 48 rows of 40).
             let lb = Var::from_tensor(&random(&[40], 37, 1.0)).unwrap();
@@ -1032,6 +1209,36 @@ mod tests {
             let same = a.iter().zip(c).all(|(a, c)| a.to_bits() == c.to_bits());
             assert!(same, "output {i} differs between one thread and a pool of two");
             assert!(a.iter().any(|&v| v != 0.0), "output {i} is all zero");
+        }
+    }
+
+    #[test]
+    fn batch_norm_matches_the_composite_ops_in_value_gradient_and_statistics() {
+        // 600 rows of 40 channels: two parts of the column sums.
+        let x = Var::from_tensor(&(random(&[600, 40], 40, 6.0) + 1.5).unwrap()).unwrap();
+        let g = Var::from_tensor(&(random(&[40], 41, 1.0) + 1.0).unwrap()).unwrap();
+        let b = Var::from_tensor(&random(&[40], 42, 1.0)).unwrap();
+        let wt = random(&[600, 40], 43, 2.0);
+        let run = |fused: bool| {
+            let f = || batch_norm_train(&x, &g, &b, 1e-5).unwrap();
+            let (y, mean, var) = if fused { f() } else { with_composite(f) };
+            let grads = (&y * &wt).unwrap().sum_all().unwrap().backward().unwrap();
+            (y, mean, var, [&x, &g, &b].map(|v| grads.get(v).unwrap().clone()))
+        };
+        let (a, c) = (run(true), run(false));
+        assert!(max_diff(&a.0, &c.0) < 1e-5, "value {}", max_diff(&a.0, &c.0));
+        assert!(max_diff(&a.1, &c.1) < 1e-5 && max_diff(&a.2, &c.2) < 1e-4, "statistics");
+        assert_eq!(a.1.dims(), &[40]);
+        // The statistics by hand for channel 0.
+        let col: Vec<f32> = x.as_tensor().narrow(1, 0, 1).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let m = col.iter().sum::<f32>() / 600.0;
+        let v = col.iter().map(|x| (x - m) * (x - m)).sum::<f32>() / 600.0;
+        assert!((a.1.to_vec1::<f32>().unwrap()[0] - m).abs() < 1e-5);
+        assert!((a.2.to_vec1::<f32>().unwrap()[0] - v).abs() < 1e-4);
+        for (i, (ga, gc)) in a.3.iter().zip(&c.3).enumerate() {
+            assert_eq!(ga.dims(), gc.dims(), "gradient {i}");
+            assert!(max_diff(ga, gc) < 1e-4, "gradient {i}: {}", max_diff(ga, gc));
+            assert!(ga.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.1, "gradient {i}");
         }
     }
 

@@ -183,26 +183,26 @@ impl BatchNorm {
         })
     }
 
-    /// Normalizes each channel.
+    /// Normalizes each channel: by the batch statistics in training mode ([`fused::batch_norm_train`],
+    /// which also updates the running statistics), else by the running ones.
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let (bsz, l, c) = x.dims3()?;
         let xf = x.to_dtype(DType::F32)?.reshape((bsz * l, c))?;
-        let (mean, var) = if ctx.train {
-            let mean = xf.mean_keepdim(0)?;
-            let var = xf.broadcast_sub(&mean)?.sqr()?.mean_keepdim(0)?;
+        let y = if ctx.train {
+            let (y, mean, var) = fused::batch_norm_train(&xf, self.g.as_tensor(), self.b.as_tensor(), 1e-5)?;
             let n = (bsz * l) as f64;
-            let unbiased = if n > 1.0 { (var.detach() * (n / (n - 1.0)))? } else { var.detach() };
+            let unbiased = if n > 1.0 { (var * (n / (n - 1.0)))? } else { var };
             let mut r = self.running.borrow_mut();
-            let rm = ((&r.0 * 0.9)? + (mean.detach().squeeze(0)? * 0.1)?)?;
-            let rv = ((&r.1 * 0.9)? + (unbiased.squeeze(0)? * 0.1)?)?;
+            let rm = ((&r.0 * 0.9)? + (mean * 0.1)?)?;
+            let rv = ((&r.1 * 0.9)? + (unbiased * 0.1)?)?;
             *r = (rm, rv);
-            (mean, var)
+            y
         } else {
             let r = self.running.borrow();
-            (r.0.unsqueeze(0)?, r.1.unsqueeze(0)?)
+            let (mean, var) = (r.0.unsqueeze(0)?, r.1.unsqueeze(0)?);
+            let xn = xf.broadcast_sub(&mean)?.broadcast_div(&(var + 1e-5)?.sqrt()?)?;
+            xn.broadcast_mul(self.g.as_tensor())?.broadcast_add(self.b.as_tensor())?
         };
-        let xn = xf.broadcast_sub(&mean)?.broadcast_div(&(var + 1e-5)?.sqrt()?)?;
-        let y = xn.broadcast_mul(self.g.as_tensor())?.broadcast_add(self.b.as_tensor())?;
         y.reshape((bsz, l, c))?.to_dtype(ctx.dtype)
     }
 }
