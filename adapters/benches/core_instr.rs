@@ -84,7 +84,7 @@ fn synced_recovery(c: &Config) -> anyhow::Result<Recovery> {
     let Ok(keel_core::protocol::Frame::Market { stream, event }) = decode(&depth(0)) else {
         anyhow::bail!("the bench's depth frame does not decode")
     };
-    rec.handle_event(&stream, event, Timestamp::from_millis(0));
+    rec.handle_event(stream, event, Timestamp::from_millis(0));
     let Some((id, RestRequest::Depth { .. })) = rec.poll_request(Timestamp::from_millis(0)) else {
         anyhow::bail!("no snapshot request")
     };
@@ -104,7 +104,7 @@ fn pipeline(main: &str, texts: &[String], sink: &mut u64) -> anyhow::Result<Reco
         conn.handle_input(Input::Text { id: TransportId(1), text: t.clone() }, now);
         while let Some(o) = conn.poll_output() {
             if let Output::Event(Event::Market { stream, event, .. }) = o {
-                rec.handle_event(&stream, event, now);
+                rec.handle_event(stream, event, now);
             }
         }
         while let Some(o) = rec.poll_output() {

@@ -489,7 +489,7 @@ impl<'p> ConnSim<'p> {
             return;
         }
         let Some(numbering) = self.net.numbering_of(&stream, trade.agg_id) else { return };
-        let min = self.m.handed_min.entry((stream, numbering)).or_insert(trade.agg_id);
+        let min = self.m.handed_min.entry((stream.to_string(), numbering)).or_insert(trade.agg_id);
         *min = (*min).min(trade.agg_id);
     }
 
@@ -572,7 +572,7 @@ impl<'p> ConnSim<'p> {
                     if backfilled {
                         self.summary.backfilled += 1;
                     }
-                    (stream, id, id)
+                    (stream.to_string(), id, id)
                 }
                 RecoveryOutput::Abandoned { stream, first, last, reason } => {
                     self.note(|| format!("abandoned {stream} {first}..={last}: {reason}"));
@@ -752,15 +752,15 @@ impl<'p> ConnSim<'p> {
                 }
                 if let Event::Market { stream, event, .. } = &event {
                     if let MarketEvent::Depth(d) = event
-                        && !self.rc.book.contains_key(&d.symbol)
+                        && !self.rc.book.contains_key(d.symbol.as_str())
                     {
-                        self.rc.book.insert(d.symbol.clone(), None);
+                        self.rc.book.insert(d.symbol.to_string(), None);
                     }
                     if let MarketEvent::AggTrade(trade) = event {
-                        match self.rc.live.get_mut(stream) {
+                        match self.rc.live.get_mut(stream.as_str()) {
                             Some(live) => *live = trade.agg_id,
                             None => {
-                                self.rc.live.insert(stream.clone(), trade.agg_id);
+                                self.rc.live.insert(stream.to_string(), trade.agg_id);
                             }
                         }
                     }
@@ -832,7 +832,7 @@ impl<'p> ConnSim<'p> {
                         let sent = agg_trade_fields(id);
                         return Err(self.fail(format!("aggTrade {id} decoded as {trade:?}, sent {sent:?}")));
                     }
-                    let cov = self.m.coverage.entry(stream.clone()).or_default();
+                    let cov = self.m.coverage.entry(stream.to_string()).or_default();
                     if let Err((l, h)) = cov.add(id, id) {
                         return Err(self.fail(format!(
                             "aggTrade {id} on {stream} delivered twice (or after its gap {l}..={h} was reported)"

@@ -385,7 +385,7 @@ async fn stream_on(
                     }
                 }
                 Output::Event(Event::Market { stream, event, .. }) => {
-                    recovery.handle_event(&stream, event, clock);
+                    recovery.handle_event(stream, event, clock);
                 }
                 Output::Event(ev) => {
                     if let Event::SequenceRestarted { stream, last, first } = &ev {

@@ -64,7 +64,7 @@ use crate::config::{Config, HeartbeatConfig};
 use crate::gaps::{Gap, GapTracker, RestartPolicy, Verdict};
 use crate::heartbeat::{ControlLimiter, Heartbeat, HeartbeatAction, PongMatch, StallAction, StallDetector};
 use crate::patterns::{self, DISCONNECT_LOG_LEN, Disconnect};
-use crate::protocol::{self, Frame, MarketEvent, Request};
+use crate::protocol::{self, Frame, MarketEvent, Name, Names, Request};
 use crate::stats::connection::ConnectionStats;
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -161,8 +161,8 @@ pub enum Event {
     Market {
         /// The transport it came from.
         id: TransportId,
-        /// The stream name, e.g. `btcusdt@aggTrade`.
-        stream: String,
+        /// The stream name, e.g. `btcusdt@aggTrade` (shared by the stream's events: cloning it is cheap).
+        stream: Name,
         /// The event.
         event: MarketEvent,
     },
@@ -329,14 +329,14 @@ enum StandbyPhase {
         /// Market events received on the new transport, in arrival order.
         buffer: Vec<Buffered>,
         /// Per stream, the first sequence id the new transport delivered (`None`: unsequenced).
-        first: Vec<(String, Option<u64>)>,
+        first: Vec<(Name, Option<u64>)>,
     },
 }
 
 /// A market event a rollover's new transport delivered before the hand-over.
 #[derive(Debug, Clone)]
 struct Buffered {
-    stream: String,
+    stream: Name,
     event: MarketEvent,
     /// Its id was a restart candidate when it arrived: far below what the old transport had delivered
     /// by then. Only an arrival-time comparison tells a restart from the overlap: by the hand-over the
@@ -473,11 +473,11 @@ pub struct Connection {
     budget: AttemptBudget,
     gaps: GapTracker,
     /// Per stream, events that may belong to a restarted numbering ([`Verdict::Suspect`]), in order.
-    held: BTreeMap<String, Vec<(TransportId, MarketEvent)>>,
+    held: BTreeMap<Name, Vec<(TransportId, MarketEvent)>>,
     /// Per stream, the last candidates refuted by an event of the old numbering (counted as duplicates).
     /// A restart confirmed next whose ids continue them takes them back: the old numbering's last frame,
     /// reordered behind the new numbering's first, refutes it (sim seed 1223).
-    refuted: BTreeMap<String, Vec<(TransportId, MarketEvent)>>,
+    refuted: BTreeMap<Name, Vec<(TransportId, MarketEvent)>>,
     state: State,
     outputs: VecDeque<Output>,
     next_transport: u64,
@@ -487,6 +487,8 @@ pub struct Connection {
     disconnects: VecDeque<Disconnect>,
     wall_clock_offset_ms: Option<u64>,
     stats: ConnectionStats,
+    /// The decoder's stream names and symbols: one allocation each per run, not two per event.
+    names: Names,
 }
 
 impl Connection {
@@ -522,6 +524,7 @@ impl Connection {
             disconnects: VecDeque::new(),
             wall_clock_offset_ms: None,
             stats: ConnectionStats::default(),
+            names: Names::new(),
         };
         let max_streams = config.stream.max_streams_per_connection as usize;
         if conn.desired.len() > max_streams {
@@ -1162,7 +1165,7 @@ impl Connection {
     }
 
     fn on_text(&mut self, id: TransportId, text: &str, now: Timestamp) {
-        match protocol::decode(text) {
+        match protocol::decode_with(text, &mut self.names) {
             Ok(Frame::Market { stream, event }) => self.on_market(id, stream, event, now),
             Ok(Frame::Response { .. }) => {}
             Ok(Frame::Error { code, msg, .. }) => {
@@ -1182,7 +1185,7 @@ impl Connection {
         }
     }
 
-    fn on_market(&mut self, id: TransportId, stream: String, event: MarketEvent, now: Timestamp) {
+    fn on_market(&mut self, id: TransportId, stream: Name, event: MarketEvent, now: Timestamp) {
         if let State::Live(live) = &mut self.state
             && let Some(Standby { id: sid, phase: StandbyPhase::Open { buffer, first, .. }, .. }) =
                 live.standby.as_deref_mut()
@@ -1207,7 +1210,7 @@ impl Connection {
 
     /// Passes one market event of the active transport through the gap tracker (`replay`: the
     /// buffer of a make-before-break hand-over, where ids below the last one are the known overlap).
-    fn deliver(&mut self, id: TransportId, stream: String, event: MarketEvent, replay: bool, now: Timestamp) {
+    fn deliver(&mut self, id: TransportId, stream: Name, event: MarketEvent, replay: bool, now: Timestamp) {
         if let Some(live) = self.live_mut(id) {
             live.stalls.on_event(&stream, now);
         }
@@ -1261,10 +1264,10 @@ impl Connection {
             }
         }
         self.stats.market_events += 1;
-        match self.stats.messages_by_stream.get_mut(&stream) {
+        match self.stats.messages_by_stream.get_mut(stream.as_str()) {
             Some(n) => *n += 1,
             None => {
-                self.stats.messages_by_stream.insert(stream.clone(), 1);
+                self.stats.messages_by_stream.insert(stream.to_string(), 1);
             }
         }
         self.emit(Output::Event(Event::Market { id, stream, event }));

@@ -17,33 +17,35 @@
 //! a frame the fast path takes has no duplicate key.
 
 use super::{
-    AggTrade, BookTicker, Decimal, DepthUpdate, Frame, Kline, Level, MarketEvent, PartialDepth, Trade, stream_name,
-    symbol_of,
+    AggTrade, BookTicker, Decimal, DepthUpdate, Frame, Kline, Level, MarketEvent, Name, Names, PartialDepth, Trade,
+    stream_name, symbol_of,
 };
 
-/// Decodes `text` if it is a market frame in Binance's exact layout; `None` means "ask the general path".
+/// [`try_decode_on`] with a table of names of its own, for tests.
+#[cfg(test)]
 pub(super) fn try_decode(text: &str) -> Option<Frame> {
-    try_decode_on(text, None)
+    try_decode_on(text, None, &mut Names::new())
 }
 
-/// As [`try_decode`]; a raw frame (no envelope) is attributed to `known` when given (a `/ws/<stream>`
-/// connection), and a raw partial depth frame takes its symbol from it. An envelope's own stream
-/// name always wins, as on the general path.
-pub(super) fn try_decode_on(text: &str, known: Option<&str>) -> Option<Frame> {
+/// Decodes `text` if it is a market frame in Binance's exact layout; `None` means "ask the general path".
+/// A raw frame (no envelope) is attributed to `known` when given (a `/ws/<stream>` connection), and a
+/// raw partial depth frame takes its symbol from it. An envelope's own stream name always wins, as on
+/// the general path. Stream names and symbols come from `names` (no allocation once they are in it).
+pub(super) fn try_decode_on(text: &str, known: Option<&str>, names: &mut Names) -> Option<Frame> {
     let mut s = Scan { text, b: text.as_bytes(), i: 0 };
     if s.lit(b"{\"stream\":") {
         let stream = s.string()?;
         s.expect(b",\"data\":")?;
-        let event = s.event(Some(stream))?;
+        let event = s.event(Some(stream), names)?;
         s.byte(b'}')?;
         s.end()?;
-        return Some(Frame::Market { stream: stream.to_owned(), event });
+        return Some(Frame::Market { stream: names.get(stream), event });
     }
-    let event = s.event(known)?;
+    let event = s.event(known, names)?;
     s.end()?;
     let stream = match known {
-        Some(known) => known.to_owned(),
-        None => stream_name(&event),
+        Some(known) => names.get(known),
+        None => stream_name(&event).into(),
     };
     Some(Frame::Market { stream, event })
 }
@@ -197,6 +199,45 @@ impl<'a> Scan<'a> {
     /// A decimal string (`"0.00150000"`), parsed as [`Decimal::parse`] would parse its content.
     #[inline]
     fn decimal(&mut self) -> Option<Decimal> {
+        // Nearly every price and quantity is `"<1 to 7 digits>.<1 to 8 digits>"`: two words, read once each.
+        if let Some(d) = self.plain_decimal() {
+            return Some(d);
+        }
+        self.any_decimal()
+    }
+
+    /// `"<1 to 7 digits>.<1 to 8 digits>"` with no leading zero (Binance's shape): the integer digits
+    /// and the dot from the first word after the quote, the fraction and the closing quote from the
+    /// next one. `None` (nothing consumed) for any other shape, which [`Self::any_decimal`] reads.
+    #[inline(always)]
+    fn plain_decimal(&mut self) -> Option<Decimal> {
+        let at = self.i;
+        let chunk: &[u8; 9] = self.b.get(at..at + 9)?.try_into().ok()?;
+        let (first, rest) = chunk.split_first()?;
+        if *first != b'"' {
+            return None;
+        }
+        let w1 = u64::from_le_bytes(rest[..8].try_into().ok()?);
+        let n1 = leading_digits(w1);
+        // 1 to 7 digits, then the dot; a leading zero only alone ("0.5").
+        if n1 == 0 || n1 == 8 || rest[n1] != b'.' || (n1 > 1 && rest[0] == b'0') {
+            return None;
+        }
+        let frac_at = at + 1 + n1 + 1;
+        let w2 = u64::from_le_bytes(self.b.get(frac_at..frac_at + 8)?.try_into().ok()?);
+        let n2 = leading_digits(w2);
+        if n2 == 0 || *self.b.get(frac_at + n2)? != b'"' {
+            return None;
+        }
+        // At most 7 + 8 digits: no overflow.
+        let mantissa = eight_digits(w1, n1) * POW10[n2] + eight_digits(w2, n2);
+        self.i = frac_at + n2 + 1;
+        Decimal::new(u128::from(mantissa), n2 as u8, false)
+    }
+
+    /// Any decimal string [`Decimal::parse`] accepts (sign, long integer part, up to its limits).
+    #[inline(never)]
+    fn any_decimal(&mut self) -> Option<Decimal> {
         self.byte(b'"')?;
         let start = self.i;
         let negative = self.byte(b'-').is_some();
@@ -254,30 +295,34 @@ impl<'a> Scan<'a> {
     }
 
     /// The event object; `stream` names a partial depth frame's symbol.
-    fn event(&mut self, stream: Option<&str>) -> Option<MarketEvent> {
+    fn event(&mut self, stream: Option<&str>, names: &mut Names) -> Option<MarketEvent> {
         if self.lit(b"{\"e\":\"") {
-            let start = self.i;
-            while self.peek()?.is_ascii_alphabetic() {
-                self.i += 1;
-            }
-            let kind = &self.b[start..self.i];
-            self.byte(b'"')?;
-            self.expect(b",\"E\":")?;
+            // The event type and the key after it as one constant-length compare each (no loop, no memcmp).
+            let kind = if self.lit(b"aggTrade\",\"E\":") {
+                Kind::AggTrade
+            } else if self.lit(b"depthUpdate\",\"E\":") {
+                Kind::Depth
+            } else if self.lit(b"trade\",\"E\":") {
+                Kind::Trade
+            } else if self.lit(b"kline\",\"E\":") {
+                Kind::Kline
+            } else {
+                return None;
+            };
             let event_time = self.u64()?;
             self.expect(b",\"s\":")?;
-            let symbol = self.string()?;
+            let symbol = names.get(self.string()?);
             let event = match kind {
-                b"aggTrade" => self.agg_trade(event_time, symbol)?,
-                b"trade" => self.trade(event_time, symbol)?,
-                b"depthUpdate" => self.depth(event_time, symbol)?,
-                b"kline" => self.kline(event_time, symbol)?,
-                _ => return None,
+                Kind::AggTrade => self.agg_trade(event_time, symbol)?,
+                Kind::Trade => self.trade(event_time, symbol)?,
+                Kind::Depth => self.depth(event_time, symbol)?,
+                Kind::Kline => self.kline(event_time, symbol)?,
             };
             self.extra_fields(&FRAME_KEYS)?;
             self.byte(b'}')?;
             Some(event)
         } else if self.lit(b"{\"u\":") {
-            self.book_ticker()
+            self.book_ticker(names)
         } else if self.lit(b"{\"lastUpdateId\":") {
             self.partial_depth(stream)
         } else {
@@ -331,7 +376,7 @@ impl<'a> Scan<'a> {
         Some(())
     }
 
-    fn agg_trade(&mut self, event_time: u64, symbol: &str) -> Option<MarketEvent> {
+    fn agg_trade(&mut self, event_time: u64, symbol: Name) -> Option<MarketEvent> {
         self.expect(b",\"a\":")?;
         let agg_id = self.u64()?;
         self.expect(b",\"p\":")?;
@@ -348,7 +393,7 @@ impl<'a> Scan<'a> {
         let buyer_is_maker = self.bool()?;
         self.optional_m()?;
         Some(MarketEvent::AggTrade(AggTrade {
-            symbol: symbol.to_owned(),
+            symbol,
             event_time,
             agg_id,
             price,
@@ -360,7 +405,7 @@ impl<'a> Scan<'a> {
         }))
     }
 
-    fn trade(&mut self, event_time: u64, symbol: &str) -> Option<MarketEvent> {
+    fn trade(&mut self, event_time: u64, symbol: Name) -> Option<MarketEvent> {
         self.expect(b",\"t\":")?;
         let trade_id = self.u64()?;
         self.expect(b",\"p\":")?;
@@ -378,18 +423,10 @@ impl<'a> Scan<'a> {
         self.expect(b",\"m\":")?;
         let buyer_is_maker = self.bool()?;
         self.optional_m()?;
-        Some(MarketEvent::Trade(Trade {
-            symbol: symbol.to_owned(),
-            event_time,
-            trade_id,
-            price,
-            quantity,
-            trade_time,
-            buyer_is_maker,
-        }))
+        Some(MarketEvent::Trade(Trade { symbol, event_time, trade_id, price, quantity, trade_time, buyer_is_maker }))
     }
 
-    fn depth(&mut self, event_time: u64, symbol: &str) -> Option<MarketEvent> {
+    fn depth(&mut self, event_time: u64, symbol: Name) -> Option<MarketEvent> {
         self.expect(b",\"U\":")?;
         let first_update_id = self.u64()?;
         self.expect(b",\"u\":")?;
@@ -398,17 +435,10 @@ impl<'a> Scan<'a> {
         let bids = self.levels()?;
         self.expect(b",\"a\":")?;
         let asks = self.levels()?;
-        Some(MarketEvent::Depth(DepthUpdate {
-            symbol: symbol.to_owned(),
-            event_time,
-            first_update_id,
-            final_update_id,
-            bids,
-            asks,
-        }))
+        Some(MarketEvent::Depth(DepthUpdate { symbol, event_time, first_update_id, final_update_id, bids, asks }))
     }
 
-    fn kline(&mut self, event_time: u64, symbol: &str) -> Option<MarketEvent> {
+    fn kline(&mut self, event_time: u64, symbol: Name) -> Option<MarketEvent> {
         self.expect(b",\"k\":{\"t\":")?;
         let open_time = self.u64()?;
         self.expect(b",\"T\":")?;
@@ -445,7 +475,7 @@ impl<'a> Scan<'a> {
         self.extra_fields(&KLINE_KEYS)?;
         self.byte(b'}')?;
         Some(MarketEvent::Kline(Box::new(Kline {
-            symbol: symbol.to_owned(),
+            symbol,
             event_time,
             open_time,
             close_time,
@@ -466,11 +496,11 @@ impl<'a> Scan<'a> {
     }
 
     /// After `{"u":`. Spot frames have no `E`; keel's encoder writes it after `u` when present.
-    fn book_ticker(&mut self) -> Option<MarketEvent> {
+    fn book_ticker(&mut self, names: &mut Names) -> Option<MarketEvent> {
         let update_id = self.u64()?;
         let event_time = if self.lit(b",\"E\":") { Some(self.u64()?) } else { None };
         self.expect(b",\"s\":")?;
-        let symbol = self.string()?;
+        let symbol = names.get(self.string()?);
         self.expect(b",\"b\":")?;
         let best_bid_price = self.decimal()?;
         self.expect(b",\"B\":")?;
@@ -482,7 +512,7 @@ impl<'a> Scan<'a> {
         self.extra_fields(&FRAME_KEYS)?;
         self.byte(b'}')?;
         Some(MarketEvent::BookTicker(BookTicker {
-            symbol: symbol.to_owned(),
+            symbol,
             update_id,
             best_bid_price,
             best_bid_qty,
@@ -508,6 +538,15 @@ impl<'a> Scan<'a> {
             asks,
         }))
     }
+}
+
+/// The event types the fast path reads (`"e"`).
+#[derive(Clone, Copy)]
+enum Kind {
+    AggTrade,
+    Trade,
+    Depth,
+    Kline,
 }
 
 /// The keys `raw::RawFrame` reads (top level of a frame and of an event).
@@ -609,6 +648,34 @@ mod tests {
         }
     }
 
+    /// A decimal-looking string: an optional sign, 0 to 9 integer digits (leading zeros included), an
+    /// optional dot and 0 to 10 fraction digits, a closing quote or not, and some text after it.
+    #[derive(Debug, Clone)]
+    struct DecimalText(String);
+
+    impl Arbitrary for DecimalText {
+        fn arbitrary(g: &mut Gen) -> Self {
+            let digits = |g: &mut Gen, max: usize| -> String {
+                let n = usize::arbitrary(g) % (max + 1);
+                (0..n).map(|_| char::from(b'0' + u8::arbitrary(g) % 10)).collect()
+            };
+            let mut s = String::from("\"");
+            if u8::arbitrary(g) % 8 == 0 {
+                s.push('-');
+            }
+            s.push_str(&digits(g, 9));
+            if u8::arbitrary(g) % 8 != 0 {
+                s.push('.');
+                s.push_str(&digits(g, 10));
+            }
+            if u8::arbitrary(g) % 8 != 0 {
+                s.push('"');
+            }
+            s.push_str(&Text::arbitrary(g).0);
+            DecimalText(s)
+        }
+    }
+
     fn naive_digits(b: &[u8]) -> (u64, usize) {
         let n = b.iter().take_while(|c| c.is_ascii_digit()).count();
         (b[..n].iter().fold(0u64, |v, c| v.wrapping_mul(10).wrapping_add(u64::from(c - b'0'))), n)
@@ -634,6 +701,26 @@ mod tests {
         assert_eq!(special_bytes(w(b"abcdef\x01h")).trailing_zeros() / 8, 6);
     }
 
+    #[test]
+    fn plain_decimal_table() {
+        let plain = |t: &str| {
+            let mut s = Scan { text: t, b: t.as_bytes(), i: 0 };
+            s.plain_decimal().map(|d| (d.to_string(), s.i))
+        };
+        let some = |d: &str, i: usize| Some((d.to_string(), i));
+        assert_eq!(plain(r#""43210.12000000"],"#), some("43210.12000000", 16));
+        assert_eq!(plain(r#""0.00150000","1""#), some("0.00150000", 12));
+        assert_eq!(plain(r#""1234567.5"}         "#), some("1234567.5", 11));
+        // Other shapes go to the general reader: 8 integer digits, 9 fraction digits, a sign, no
+        // fraction, a leading zero, too little text left to read a word.
+        assert_eq!(plain(r#""12345678.5"}   "#), None);
+        assert_eq!(plain(r#""1.123456789"}  "#), None);
+        assert_eq!(plain(r#""-1.5"}         "#), None);
+        assert_eq!(plain(r#""15"}           "#), None);
+        assert_eq!(plain(r#""01.5"}         "#), None);
+        assert_eq!(plain(r#""1.5""#), None);
+    }
+
     quickcheck! {
         fn digits_match_a_byte_loop(text: Text, skip: usize) -> bool {
             let text = text.0;
@@ -641,6 +728,17 @@ mod tests {
             let mut s = Scan { text: &text, b: text.as_bytes(), i: at };
             let got = s.digits();
             got == naive_digits(&text.as_bytes()[at..]) && s.i == at + got.1
+        }
+
+        fn plain_decimals_match_the_general_reader(text: DecimalText) -> bool {
+            let text = text.0;
+            let mut plain = Scan { text: &text, b: text.as_bytes(), i: 0 };
+            let mut any = Scan { text: &text, b: text.as_bytes(), i: 0 };
+            match plain.plain_decimal() {
+                // Declined: nothing consumed (the general reader starts from the same place).
+                None => plain.i == 0,
+                Some(d) => any.any_decimal() == Some(d) && plain.i == any.i,
+            }
         }
 
         fn strings_match_a_byte_loop(text: Text) -> bool {

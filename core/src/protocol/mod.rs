@@ -25,12 +25,14 @@
 mod decimal;
 mod encode;
 mod fast;
+mod name;
 mod raw;
 mod request;
 pub mod rest;
 
 pub use decimal::{Decimal, DecimalError, MAX_MANTISSA, MAX_SCALE};
 pub use encode::{encode_event, encode_frame};
+pub use name::{MAX_NAMES, Name, Names};
 pub use request::{Request, RequestError, decode_request, encode_request};
 
 use crate::gaps::Sequence;
@@ -44,7 +46,7 @@ pub type Level = (Decimal, Decimal);
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AggTrade {
     /// `s`, upper case as Binance sends it (`BTCUSDT`).
-    pub symbol: String,
+    pub symbol: Name,
     /// `E`, ms since the Unix epoch.
     pub event_time: u64,
     /// `a`: continuous per symbol.
@@ -66,7 +68,7 @@ pub struct AggTrade {
 /// A single trade (`<symbol>@trade`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Trade {
-    pub symbol: String,
+    pub symbol: Name,
     pub event_time: u64,
     /// `t`: continuous per symbol.
     pub trade_id: u64,
@@ -79,7 +81,7 @@ pub struct Trade {
 /// A candlestick update (`<symbol>@kline_<interval>`); sent repeatedly while the interval is open.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Kline {
-    pub symbol: String,
+    pub symbol: Name,
     pub event_time: u64,
     /// `k.t`
     pub open_time: u64,
@@ -112,7 +114,7 @@ pub struct Kline {
 /// A diff of the order book (`<symbol>@depth`, `@depth@100ms`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DepthUpdate {
-    pub symbol: String,
+    pub symbol: Name,
     pub event_time: u64,
     /// `U`
     pub first_update_id: u64,
@@ -127,7 +129,7 @@ pub struct DepthUpdate {
 /// Best bid and ask (`<symbol>@bookTicker`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BookTicker {
-    pub symbol: String,
+    pub symbol: Name,
     /// `u`: increases, but skips ids by design.
     pub update_id: u64,
     /// `b`
@@ -147,7 +149,7 @@ pub struct BookTicker {
 pub struct PartialDepth {
     /// Not in the frame: taken from the stream name (`bnbbtc@depth5` -> `BNBBTC`); empty for a raw
     /// frame decoded without a stream name.
-    pub symbol: String,
+    pub symbol: Name,
     /// `lastUpdateId`
     pub last_update_id: u64,
     pub bids: Vec<Level>,
@@ -239,7 +241,7 @@ pub enum ResponseResult {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Frame {
     /// A market event; `stream` is the envelope's stream name, or [`stream_name`] of a raw event.
-    Market { stream: String, event: MarketEvent },
+    Market { stream: Name, event: MarketEvent },
     /// A successful reply to the request with this id.
     Response { id: u64, result: ResponseResult },
     /// An error reply; `id` is absent when the server could not read the request's id.
@@ -318,7 +320,14 @@ impl DecodeError {
 
 /// Decodes one text frame from a Binance stream connection (raw or combined).
 pub fn decode(text: &str) -> Result<Frame, DecodeError> {
-    match fast::try_decode(text) {
+    decode_with(text, &mut Names::unshared())
+}
+
+/// As [`decode`], taking stream names and symbols from `names` (and adding new ones to it): a
+/// connection keeps one [`Names`] so that its events share one allocation per stream name and symbol
+/// instead of allocating two strings per event. The frame decoded is the same.
+pub fn decode_with(text: &str, names: &mut Names) -> Result<Frame, DecodeError> {
+    match fast::try_decode_on(text, None, names) {
         Some(frame) => Ok(frame),
         None => decode_general(text),
     }
@@ -333,13 +342,13 @@ fn decode_general(text: &str) -> Result<Frame, DecodeError> {
 /// event is attributed to `stream` (rather than to [`stream_name`]'s guess) and a partial depth frame
 /// gets its symbol from it.
 pub fn decode_on_stream(text: &str, stream: &str) -> Result<Frame, DecodeError> {
-    if let Some(frame) = fast::try_decode_on(text, Some(stream)) {
+    if let Some(frame) = fast::try_decode_on(text, Some(stream), &mut Names::unshared()) {
         return Ok(frame);
     }
     let raw = parse(text)?;
     if is_market(&raw) && raw.stream.is_absent() && matches!(raw.data, Nested::Absent) {
         let event = market(raw, Some(stream))?;
-        return Ok(Frame::Market { stream: stream.to_owned(), event });
+        return Ok(Frame::Market { stream: stream.into(), event });
     }
     frame(raw)
 }
@@ -389,7 +398,7 @@ fn frame(mut raw: RawFrame<'_>) -> Result<Frame, DecodeError> {
             }
         };
         let event = market(*data, Some(&stream))?;
-        return Ok(Frame::Market { stream, event });
+        return Ok(Frame::Market { stream: stream.into(), event });
     }
     // Error reply, nested (`{"error":{...},"id":1}`) or flat (`{"code":2,"msg":"..","id":1}`).
     if !matches!(raw.error, Nested::Absent) || (!raw.code.is_absent() && !raw.msg.is_absent()) {
@@ -431,14 +440,14 @@ fn frame(mut raw: RawFrame<'_>) -> Result<Frame, DecodeError> {
     }
     if is_market(&raw) {
         let event = market(raw, None)?;
-        return Ok(Frame::Market { stream: stream_name(&event), event });
+        return Ok(Frame::Market { stream: stream_name(&event).into(), event });
     }
     Err(DecodeError::Unrecognized)
 }
 
 /// The symbol part of a stream name, upper case (`bnbbtc@depth5` -> `BNBBTC`).
-fn symbol_of(stream: &str) -> String {
-    stream.split('@').next().unwrap_or("").to_ascii_uppercase()
+fn symbol_of(stream: &str) -> Name {
+    stream.split('@').next().unwrap_or("").to_ascii_uppercase().into()
 }
 
 /// The market event in `raw` (the `data` of an envelope, or a raw frame).
@@ -470,7 +479,7 @@ fn market(raw: RawFrame<'_>, stream: Option<&str>) -> Result<MarketEvent, Decode
 fn agg_trade(r: RawFrame<'_>) -> Result<MarketEvent, DecodeError> {
     const K: &str = "aggTrade";
     Ok(MarketEvent::AggTrade(AggTrade {
-        symbol: string(K, "s", r.s)?,
+        symbol: string(K, "s", r.s)?.into(),
         event_time: u64_field(K, "E", r.E)?,
         agg_id: u64_field(K, "a", r.a)?,
         price: decimal(K, "p", &r.p)?,
@@ -485,7 +494,7 @@ fn agg_trade(r: RawFrame<'_>) -> Result<MarketEvent, DecodeError> {
 fn trade(r: RawFrame<'_>) -> Result<MarketEvent, DecodeError> {
     const K: &str = "trade";
     Ok(MarketEvent::Trade(Trade {
-        symbol: string(K, "s", r.s)?,
+        symbol: string(K, "s", r.s)?.into(),
         event_time: u64_field(K, "E", r.E)?,
         trade_id: u64_field(K, "t", r.t)?,
         price: decimal(K, "p", &r.p)?,
@@ -497,7 +506,7 @@ fn trade(r: RawFrame<'_>) -> Result<MarketEvent, DecodeError> {
 
 fn kline(r: RawFrame<'_>) -> Result<MarketEvent, DecodeError> {
     const K: &str = "kline";
-    let symbol = string(K, "s", r.s)?;
+    let symbol = string(K, "s", r.s)?.into();
     let event_time = u64_field(K, "E", r.E)?;
     let k: RawKline<'_> = match r.k {
         Nested::Value(k) => k,
@@ -530,7 +539,7 @@ fn kline(r: RawFrame<'_>) -> Result<MarketEvent, DecodeError> {
 fn depth(r: RawFrame<'_>) -> Result<MarketEvent, DecodeError> {
     const K: &str = "depthUpdate";
     Ok(MarketEvent::Depth(DepthUpdate {
-        symbol: string(K, "s", r.s)?,
+        symbol: string(K, "s", r.s)?.into(),
         event_time: u64_field(K, "E", r.E)?,
         first_update_id: u64_field(K, "U", r.U)?,
         final_update_id: u64_field(K, "u", r.u)?,
@@ -542,7 +551,7 @@ fn depth(r: RawFrame<'_>) -> Result<MarketEvent, DecodeError> {
 fn book_ticker(r: RawFrame<'_>) -> Result<MarketEvent, DecodeError> {
     const K: &str = "bookTicker";
     Ok(MarketEvent::BookTicker(BookTicker {
-        symbol: string(K, "s", r.s)?,
+        symbol: string(K, "s", r.s)?.into(),
         update_id: u64_field(K, "u", r.u)?,
         best_bid_price: decimal(K, "b", &r.b)?,
         best_bid_qty: decimal(K, "B", &r.B)?,

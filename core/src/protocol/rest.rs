@@ -9,7 +9,7 @@
 //! Every error names the item and the field that is wrong, since a REST body that does not decode is
 //! retried, and the log line is all an operator has to go on.
 
-use super::{AggTrade, Decimal, DecimalError, Level};
+use super::{AggTrade, Decimal, DecimalError, Level, Name};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -88,6 +88,7 @@ pub fn decode_agg_trades(body: &str, symbol: &str) -> Result<Vec<AggTrade>, Rest
     let Value::Array(items) = value else {
         return Err(shape("aggTrades body", &value, "an array of trades"));
     };
+    let symbol = Name::from(symbol);
     items
         .iter()
         .enumerate()
@@ -96,7 +97,7 @@ pub fn decode_agg_trades(body: &str, symbol: &str) -> Result<Vec<AggTrade>, Rest
             let Value::Object(o) = item else { return Err(shape(&what, item, "an object")) };
             let trade_time = uint(o, &what, "T")?;
             Ok(AggTrade {
-                symbol: symbol.to_owned(),
+                symbol: symbol.clone(),
                 event_time: trade_time,
                 agg_id: uint(o, &what, "a")?,
                 price: decimal(o, &what, "p")?,

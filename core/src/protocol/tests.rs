@@ -481,7 +481,7 @@ impl Arbitrary for AnyFrame {
         let sym = symbol(g);
         let event = match u8::arbitrary(g) % 6 {
             0 => MarketEvent::AggTrade(AggTrade {
-                symbol: sym,
+                symbol: sym.into(),
                 event_time: id(g),
                 agg_id: id(g),
                 price: dec(g),
@@ -492,7 +492,7 @@ impl Arbitrary for AnyFrame {
                 buyer_is_maker: bool::arbitrary(g),
             }),
             1 => MarketEvent::Trade(Trade {
-                symbol: sym,
+                symbol: sym.into(),
                 event_time: id(g),
                 trade_id: id(g),
                 price: dec(g),
@@ -501,7 +501,7 @@ impl Arbitrary for AnyFrame {
                 buyer_is_maker: bool::arbitrary(g),
             }),
             2 => MarketEvent::Kline(Box::new(Kline {
-                symbol: sym,
+                symbol: sym.into(),
                 event_time: id(g),
                 open_time: id(g),
                 close_time: id(g),
@@ -520,7 +520,7 @@ impl Arbitrary for AnyFrame {
                 is_closed: bool::arbitrary(g),
             })),
             3 => MarketEvent::Depth(DepthUpdate {
-                symbol: sym,
+                symbol: sym.into(),
                 event_time: id(g),
                 first_update_id: id(g),
                 final_update_id: id(g),
@@ -528,7 +528,7 @@ impl Arbitrary for AnyFrame {
                 asks: levels(g),
             }),
             4 => MarketEvent::BookTicker(BookTicker {
-                symbol: sym,
+                symbol: sym.into(),
                 update_id: id(g),
                 best_bid_price: dec(g),
                 best_bid_qty: dec(g),
@@ -537,7 +537,7 @@ impl Arbitrary for AnyFrame {
                 event_time: Option::arbitrary(g),
             }),
             _ => MarketEvent::PartialDepth(PartialDepth {
-                symbol: sym,
+                symbol: sym.into(),
                 last_update_id: id(g),
                 bids: levels(g),
                 asks: levels(g),
@@ -554,7 +554,7 @@ impl Arbitrary for AnyFrame {
             },
             1 => Frame::Error { id: Option::arbitrary(g), code: id(g) as i64, msg: String::arbitrary(g) },
             2 => Frame::ServerShutdown { event_time: id(g) },
-            _ => Frame::Market { stream: stream_name(&event), event },
+            _ => Frame::Market { stream: stream_name(&event).into(), event },
         };
         AnyFrame(frame)
     }
@@ -599,7 +599,7 @@ quickcheck! {
         let combined_text = encode_frame(&frame.0);
         let raw_text = encode_event(event);
         let raw = fast::try_decode(&raw_text);
-        let on_stream = fast::try_decode_on(&raw_text, Some("x@y"));
+        let on_stream = fast::try_decode_on(&raw_text, Some("x@y"), &mut Names::new());
         raw.is_some()
             && raw.as_ref().ok_or(()) == decode_general(&raw_text).as_ref().map_err(|_| ())
             && on_stream.as_ref().ok_or(()) == decode_on_stream(&raw_text, "x@y").as_ref().map_err(|_| ())
@@ -607,19 +607,28 @@ quickcheck! {
             && decode_general(&combined_text).as_ref() == Ok(&frame.0)
     }
 
+    fn a_shared_table_of_names_decodes_the_same_frames(frames: Vec<AnyFrame>) -> bool {
+        // A connection's table, used across frames of many streams and symbols: same frames as decode().
+        let mut names = Names::new();
+        frames.iter().all(|f| {
+            let text = encode_frame(&f.0);
+            decode_with(&text, &mut names) == decode(&text)
+        }) && names.len() <= 2 * frames.len()
+    }
+
     fn fast_path_agrees_on_any_symbol_and_stream(frame: AnyFrame, symbol: String, stream: String) -> bool {
         // Quotes, backslashes, control characters and non-ASCII text in the strings: the fast path
         // declines what it cannot read plainly, and what it reads agrees with the general path.
         let Frame::Market { mut event, .. } = frame.0 else { return true };
         match &mut event {
-            MarketEvent::AggTrade(e) => e.symbol = symbol,
-            MarketEvent::Trade(e) => e.symbol = symbol,
-            MarketEvent::Kline(e) => e.symbol = symbol,
-            MarketEvent::Depth(e) => e.symbol = symbol,
-            MarketEvent::BookTicker(e) => e.symbol = symbol,
+            MarketEvent::AggTrade(e) => e.symbol = symbol.into(),
+            MarketEvent::Trade(e) => e.symbol = symbol.into(),
+            MarketEvent::Kline(e) => e.symbol = symbol.into(),
+            MarketEvent::Depth(e) => e.symbol = symbol.into(),
+            MarketEvent::BookTicker(e) => e.symbol = symbol.into(),
             MarketEvent::PartialDepth(_) => {}
         }
-        let text = encode_frame(&Frame::Market { stream, event });
+        let text = encode_frame(&Frame::Market { stream: stream.into(), event });
         let general = decode_general(&text);
         let ok = match fast::try_decode(&text) {
             Some(fast) => paths_agree(&fast, &general),
@@ -686,7 +695,7 @@ quickcheck! {
         match frame.0 {
             // A raw partial depth frame carries no symbol; everything else decodes to itself.
             Frame::Market { event, .. } if !matches!(event, MarketEvent::PartialDepth(_)) => {
-                decode(&encode_event(&event)) == Ok(Frame::Market { stream: stream_name(&event), event })
+                decode(&encode_event(&event)) == Ok(Frame::Market { stream: stream_name(&event).into(), event })
             }
             _ => true,
         }

@@ -7,7 +7,7 @@
 //! delivered, queued or held) only grows, and anything at or below it is a duplicate.
 
 use super::{RecoveryOutput, RecoveryStats};
-use crate::protocol::{AggTrade, MarketEvent};
+use crate::protocol::{AggTrade, MarketEvent, Name};
 use crate::rest::{AGG_TRADES_LIMIT, RestRequest};
 use crate::time::Timestamp;
 use std::collections::VecDeque;
@@ -50,7 +50,7 @@ enum Item {
 /// One aggTrade stream; see the module docs.
 #[derive(Debug, Clone)]
 pub(super) struct TradeStream {
-    stream: String,
+    stream: Name,
     symbol: String,
     tail: Option<u64>,
     queue: VecDeque<Item>,
@@ -85,13 +85,7 @@ fn agg_id(event: &MarketEvent) -> Option<u64> {
 
 impl TradeStream {
     pub(super) fn new(stream: &str, symbol: &str) -> Self {
-        TradeStream {
-            stream: stream.to_owned(),
-            symbol: symbol.to_owned(),
-            tail: None,
-            queue: VecDeque::new(),
-            held: 0,
-        }
+        TradeStream { stream: stream.into(), symbol: symbol.to_owned(), tail: None, queue: VecDeque::new(), held: 0 }
     }
 
     /// A live aggTrade: deliver, or hold behind a gap; an id beyond `tail + 1` opens a gap first
@@ -101,7 +95,7 @@ impl TradeStream {
         if let MarketEvent::AggTrade(t) = &event
             && self.symbol.is_empty()
         {
-            self.symbol = t.symbol.clone();
+            self.symbol = t.symbol.to_string();
         }
         if let Some(tail) = self.tail {
             if id <= tail {
@@ -138,7 +132,7 @@ impl TradeStream {
         if !cx.backfill {
             cx.stats.abandoned_ids += last - first + 1;
             cx.out.push_back(RecoveryOutput::Abandoned {
-                stream: self.stream.clone(),
+                stream: self.stream.to_string(),
                 first,
                 last,
                 reason: "backfill is off (rest.backfill: false)".into(),
@@ -230,7 +224,7 @@ impl TradeStream {
                 g.next = t.agg_id;
                 cx.stats.abandoned_ids += last - first + 1;
                 cx.out.push_back(RecoveryOutput::Abandoned {
-                    stream: stream.clone(),
+                    stream: stream.to_string(),
                     first,
                     last,
                     reason: format!(
@@ -255,7 +249,7 @@ impl TradeStream {
         if g.next > g.last {
             let (first, last, count) = (g.first, g.last, g.fetched);
             self.queue.pop_front();
-            cx.out.push_back(RecoveryOutput::Backfilled { stream: stream.clone(), first, last, count });
+            cx.out.push_back(RecoveryOutput::Backfilled { stream: stream.to_string(), first, last, count });
             self.drain(cx);
         } else if !delivered_any {
             if trades.iter().any(|t| t.agg_id > g.last) {
@@ -286,7 +280,7 @@ impl TradeStream {
         let Some(Item::Gap(g)) = self.queue.pop_front() else { return };
         if g.fetched > 0 {
             cx.out.push_back(RecoveryOutput::Backfilled {
-                stream: self.stream.clone(),
+                stream: self.stream.to_string(),
                 first: g.first,
                 last: g.next - 1,
                 count: g.fetched,
@@ -294,7 +288,7 @@ impl TradeStream {
         }
         cx.stats.abandoned_ids += g.last - g.next + 1;
         cx.out.push_back(RecoveryOutput::Abandoned {
-            stream: self.stream.clone(),
+            stream: self.stream.to_string(),
             first: g.next,
             last: g.last,
             reason: reason.to_owned(),

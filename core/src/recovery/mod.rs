@@ -46,8 +46,8 @@ use book::{BookCtx, BookSync};
 
 use crate::config::Config;
 use crate::gaps::{Gap, GapKind};
-use crate::protocol::MarketEvent;
 use crate::protocol::rest::{decode_agg_trades, decode_depth};
+use crate::protocol::{MarketEvent, Name};
 use crate::rest::{
     AGG_TRADES_WEIGHT, Classified, RateGate, RequestId, RestRequest, RestResponse, WeightBudget, depth_weight,
 };
@@ -63,8 +63,8 @@ pub enum RecoveryOutput {
     /// Pass this event on (record it). aggTrade events come out in id order, backfilled ones before
     /// newer live ones held behind the gap; every other stream passes through at once, unchanged.
     Deliver {
-        /// The stream it belongs to.
-        stream: String,
+        /// The stream it belongs to (shared by the stream's events: cloning it is cheap).
+        stream: Name,
         /// The event.
         event: MarketEvent,
         /// Fetched over REST rather than received live.
@@ -151,7 +151,7 @@ pub struct Recovery {
     serial: u64,
     in_flight: BTreeMap<RequestId, Purpose>,
     trades: BTreeMap<String, TradeStream>,
-    books: BTreeMap<String, BookSync>,
+    books: BTreeMap<Name, BookSync>,
     depth_limit: u16,
     snapshot_in_flight: bool,
     out: VecDeque<RecoveryOutput>,
@@ -201,14 +201,16 @@ impl Recovery {
         Ctx { out, stats, backfill, max_held, serial }
     }
 
-    /// An event the connection delivered on `stream` (call for each `Event::Market`, in order).
-    pub fn handle_event(&mut self, stream: &str, event: MarketEvent, now: Timestamp) {
+    /// An event the connection delivered on `stream` (call for each `Event::Market`, in order; pass
+    /// the event's [`Name`] on, which costs no copy of the text).
+    pub fn handle_event(&mut self, stream: impl Into<Name>, event: MarketEvent, now: Timestamp) {
+        let stream: Name = stream.into();
         match &event {
             MarketEvent::AggTrade(t) => {
-                if !self.trades.contains_key(stream) {
-                    self.trades.insert(stream.to_owned(), TradeStream::new(stream, &t.symbol));
+                if !self.trades.contains_key(stream.as_str()) {
+                    self.trades.insert(stream.to_string(), TradeStream::new(&stream, &t.symbol));
                 }
-                let Some(ts) = self.trades.get_mut(stream) else { return };
+                let Some(ts) = self.trades.get_mut(stream.as_str()) else { return };
                 let mut cx = Self::ctx(&mut self.out, &mut self.stats, &mut self.serial, self.backfill, self.max_held);
                 ts.on_event(event, now, &mut cx);
             }
@@ -216,7 +218,7 @@ impl Recovery {
                 // The diff is delivered before what the book makes of it, but moved into the queue
                 // only after the book has read it: no copy of its levels per event.
                 let at = self.out.len();
-                let sync = match self.books.get_mut(&diff.symbol) {
+                let sync = match self.books.get_mut(diff.symbol.as_str()) {
                     Some(sync) => sync,
                     None => self
                         .books
@@ -230,14 +232,14 @@ impl Recovery {
                     max_buffered: self.max_held,
                 };
                 sync.on_diff(diff, &mut cx);
-                let deliver = RecoveryOutput::Deliver { stream: stream.to_owned(), event, backfilled: false };
+                let deliver = RecoveryOutput::Deliver { stream, event, backfilled: false };
                 if self.out.len() == at {
                     self.out.push_back(deliver);
                 } else {
                     self.out.insert(at, deliver);
                 }
             }
-            _ => self.out.push_back(RecoveryOutput::Deliver { stream: stream.to_owned(), event, backfilled: false }),
+            _ => self.out.push_back(RecoveryOutput::Deliver { stream, event, backfilled: false }),
         }
     }
 
@@ -272,7 +274,7 @@ impl Recovery {
             return;
         }
         let symbol = symbol_of(stream);
-        if stream.contains("@depth") && self.books.remove(&symbol).is_some() {
+        if stream.contains("@depth") && self.books.remove(symbol.as_str()).is_some() {
             // An answer still out for the old book is ignored: the next diff makes a new one with a new serial.
             self.stats.book_resyncs += 1;
             let reason = format!(
@@ -318,7 +320,7 @@ impl Recovery {
             }
             Purpose::Snapshot { symbol, serial } => {
                 self.snapshot_in_flight = false;
-                let Some(sync) = self.books.get_mut(&symbol) else { return };
+                let Some(sync) = self.books.get_mut(symbol.as_str()) else { return };
                 let snapshot = match classified {
                     Classified::Ok(body) => match decode_depth(body) {
                         Ok(snapshot) => Some(snapshot),
@@ -389,12 +391,12 @@ impl Recovery {
             return None;
         }
         let (symbol, serial) =
-            self.books.iter().find_map(|(symbol, b)| b.want(now).map(|serial| (symbol.clone(), serial)))?;
+            self.books.iter().find_map(|(symbol, b)| b.want(now).map(|serial| (symbol.to_string(), serial)))?;
         let request = RestRequest::Depth { symbol: symbol.clone(), limit: self.depth_limit };
         if !self.budget.try_spend(request.weight(), now) {
             return None;
         }
-        if let Some(b) = self.books.get_mut(&symbol) {
+        if let Some(b) = self.books.get_mut(symbol.as_str()) {
             b.sent(serial);
         }
         self.snapshot_in_flight = true;

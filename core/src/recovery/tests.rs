@@ -601,7 +601,7 @@ fn a_resync_touches_one_symbol_and_snapshots_are_spread_over_the_budget() {
     let mut rec = Recovery::new(&config(100, true, 1200), t(0));
     let symbols: Vec<String> = (0..30).map(|i| format!("S{i:02}USDT")).collect();
     for s in &symbols {
-        rec.handle_event(&format!("{}@depth", s.to_lowercase()), diff(s, 10, 11, &[], &[]), t(0));
+        rec.handle_event(format!("{}@depth", s.to_lowercase()), diff(s, 10, 11, &[], &[]), t(0));
     }
     // One at a time, 50 weight each: 24 in the first minute, the other 6 once the window slides.
     let mut sent = Vec::new();
