@@ -78,7 +78,7 @@ pub const KEYS: &[KeyDoc] = &[
     key!(
         stream.restart_distance,
         "> 0",
-        "An id more than this far below the last one seen on its stream may mean the server restarted its numbering (an exchange restarted, a venue reset ids after maintenance). Closer ids are late frames or replays and are dropped as duplicates. Make-before-break hand-overs never count."
+        "An id more than this far below the last one seen on its stream may mean the server restarted its numbering (an exchange restarted, a venue reset ids after maintenance). Closer ids are late frames or replays and are dropped as duplicates. The overlap a make-before-break hand-over replays never counts: the new transport's events are compared with what the old one had delivered when they arrived, so keep this above the ids the busiest stream advances while one connection lags the other (seconds)."
     ),
     key!(
         stream.restart_confirm,

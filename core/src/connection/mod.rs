@@ -1195,8 +1195,9 @@ impl Connection {
                 first.push((stream.clone(), first_id(&event)));
             }
             let policy = self.gaps.policy();
+            // The tracker's own comparison: the event's last id (depth `u`) against the last one seen.
             let restart_candidate =
-                first_id(&event).zip(self.gaps.last_seen(&stream)).is_some_and(|(id, last)| policy.far_below(last, id));
+                end_id(&event).zip(self.gaps.last_seen(&stream)).is_some_and(|(id, last)| policy.far_below(last, id));
             buffer.push(Buffered { stream, event, restart_candidate });
             self.maybe_hand_over(now);
             return;
