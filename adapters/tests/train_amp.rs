@@ -270,7 +270,11 @@ fn version_1_checkpoint_fixture_loads_and_unknown_versions_are_refused() {
     let meta = std::fs::read_to_string(Path::new(V1_FIXTURE).join("meta.ron")).unwrap();
     std::fs::write(dir.join("meta.ron"), meta.replace("format_version: 1", "format_version: 99")).unwrap();
     let e = format!("{:#}", checkpoint::load(&dir, &dev).err().unwrap());
-    assert!(e.contains("format_version 99 is not supported") && e.contains("versions 1 to 2"), "{e}");
+    assert!(
+        e.contains("format_version 99 is not supported")
+            && e.contains(&format!("versions 1 to {}", checkpoint::FORMAT_VERSION)),
+        "{e}"
+    );
 }
 
 /// Regenerates the version-1 fixture (run with `--ignored` after a deliberate model change).
@@ -297,6 +301,7 @@ fn write_version_1_fixture() {
         normalization: ds.norm.clone(),
         train: cfg,
         scaler: tr.driver.clone(),
+        resume: None,
     };
     checkpoint::save(dir, &tr.model, &tr.params, &meta).unwrap();
     // Version 1 stored the scale as a bare number and no training config or monitor.

@@ -350,6 +350,8 @@ pub struct TrainConfig {
     pub features: Features,
     /// Seed of weight init, dropout and shuffling.
     pub seed: u64,
+    /// Write a resumable checkpoint after every this many epochs (the last epoch always writes one).
+    pub checkpoint_every: u32,
 }
 
 impl Default for TrainConfig {
@@ -374,6 +376,7 @@ impl Default for TrainConfig {
             target: "Close".to_string(),
             features: Features::MS,
             seed: 2021,
+            checkpoint_every: 1,
         }
     }
 }
@@ -688,6 +691,12 @@ impl Config {
             ">= 0.0 (0 disables clipping)",
         );
         v.check(!m.target.is_empty(), "train.target", &m.target, "a column name of the data file");
+        v.check(
+            m.checkpoint_every > 0,
+            "train.checkpoint_every",
+            &m.checkpoint_every,
+            "> 0 (1 = after every epoch; the last epoch always writes one)",
+        );
         v.finish()
     }
 }
@@ -888,6 +897,7 @@ mod tests {
         ("train: (patience: 0)", "train.patience"),
         ("train: (clip_grad_norm: -1.0)", "train.clip_grad_norm"),
         (r#"train: (target: "")"#, "train.target"),
+        ("train: (checkpoint_every: 0)", "train.checkpoint_every"),
     ];
 
     #[test]

@@ -1,27 +1,47 @@
-//! Checkpoints: `model.safetensors` (f32 master weights and BatchNorm running statistics) plus
-//! `meta.ron` (format version, model shape, normalization, scaler and monitor state).
+//! Checkpoints: a directory with `model.safetensors` (the f32 weights and BatchNorm running
+//! statistics `keel predict` uses: the best epoch's so far), `meta.ron` (format version, model
+//! shape, normalization, training config, scaler and monitor state, and the loop state of a
+//! resumable run) and, for `keel train --resume`, `train_state.safetensors`.
 //!
-//! Versions: 1 stored only the loss scale as a number and no training config; 2 (current) stores
-//! the whole `ScalerDriver` (scaler counters + monitor history) and the `TrainConfig`. A version-1
-//! checkpoint loads (it predicts the same; resuming starts a fresh monitor at its scale); a newer
-//! or unknown version is refused with a message saying which versions this keel reads.
+//! Versions: 1 stored only the loss scale as a number and no training config; 2 stores the whole
+//! `ScalerDriver` and the `TrainConfig`; 3 (current) adds the resume state: the epoch loop's
+//! [`LoopState`] (epoch, global step, early stopping, shuffling generator, learning rate) in
+//! `meta.ron`, and the weights as they are at the end of the epoch (which differ from the best
+//! ones once validation stops improving), Adam's two moments and the step curve in
+//! `train_state.safetensors`. A second file rather than prefixed tensors in `model.safetensors`:
+//! `keel predict` reads only what it needs (the state is three times the weights' size), and the
+//! weights file keeps exactly the version-2 layout, whose loader refuses unknown tensors. Versions
+//! 1 and 2 still load for prediction; they hold no optimizer or loop state (they were written
+//! once, at the end of a run), so `--resume` refuses them. A newer or unknown version is refused
+//! with a message saying which versions this keel reads.
+//!
+//! Writes are atomic: every file goes into a temporary directory beside the checkpoint
+//! (`.NAME.keel-tmp`), is fsynced, and the directory then replaces the checkpoint in one
+//! `renameat2(RENAME_EXCHANGE)` (Linux; elsewhere two renames, see [`replace_dir`]); a process
+//! killed mid-write leaves the previous checkpoint as it was, and the next save discards the
+//! partial directory. Other files in the checkpoint directory (the loss plot, a user's notes) are
+//! carried over by hard link; a weights-only save drops an older resume state.
 
 use super::data::Normalization;
 use super::model::{Informer, ModelConfig, Params};
+use super::trainer::{LoopState, StepPoint, Trainer};
 use anyhow::Context;
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use keel_core::config::{ScaleChoice, ScalerConfig, TrainConfig};
 use keel_core::monitor::ScalerDriver;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::path::Path;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
 /// The format this keel writes.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// Weights file inside a checkpoint directory.
 pub const WEIGHTS: &str = "model.safetensors";
 /// Metadata file inside a checkpoint directory.
 pub const META: &str = "meta.ron";
+/// Resume state (current weights, Adam moments, step curve) inside a checkpoint directory.
+pub const STATE: &str = "train_state.safetensors";
 
 /// Metadata of the current format.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -36,6 +56,38 @@ pub struct Meta {
     pub train: TrainConfig,
     /// Loss scaler and monitor state.
     pub scaler: ScalerDriver,
+    /// What `keel train --resume` needs besides `train_state.safetensors` (`None`: not resumable,
+    /// as versions 1 and 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<ResumeMeta>,
+}
+
+/// The resume part of [`Meta`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResumeMeta {
+    /// Where the epoch loop stands.
+    pub state: LoopState,
+    /// Adam's step count (applied steps; skipped ones do not count).
+    pub adam_steps: u64,
+    /// `--no-scaler` of the run.
+    pub disable_scaler: bool,
+    /// `--max-batches` of the run.
+    pub max_batches: Option<usize>,
+    /// Size of the data the run trained on (a resume must use the same data).
+    pub data: DataShape,
+}
+
+/// Rows and windows of a run's data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataShape {
+    /// Rows of the data file(s).
+    pub rows: usize,
+    /// Training windows.
+    pub train: usize,
+    /// Validation windows.
+    pub val: usize,
+    /// Test windows.
+    pub test: usize,
 }
 
 /// Version 1 (kept so that old checkpoints still load).
@@ -55,24 +107,228 @@ struct VersionOnly {
     format_version: u32,
 }
 
-/// Writes `dir/model.safetensors` and `dir/meta.ron`.
+/// Writes a weights-only checkpoint (`model.safetensors` and `meta.ron`, without resume state),
+/// atomically.
 pub fn save(dir: &Path, model: &Informer, params: &Params, meta: &Meta) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create checkpoint directory {}", dir.display()))?;
-    let mut tensors: HashMap<String, Tensor> =
-        params.named().iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
-    for (n, t) in model.buffers() {
-        tensors.insert(format!("buffer.{n}"), t);
+    let meta = Meta { resume: None, ..meta.clone() };
+    write_atomically(dir, |tmp| {
+        write_tensors(&tmp.join(WEIGHTS), &weights_of(params, model, None)?)?;
+        write_meta(&tmp.join(META), &meta)
+    })
+}
+
+/// Writes a resumable checkpoint of `tr` atomically: `model.safetensors` holds `best` (the best
+/// epoch's weights so far, in [`Trainer::snapshot`] order) or else the current weights;
+/// `meta.resume` must be set.
+pub fn save_resumable(dir: &Path, tr: &Trainer, meta: &Meta, best: Option<&[Tensor]>) -> anyhow::Result<()> {
+    anyhow::ensure!(meta.resume.is_some(), "save_resumable needs the resume metadata");
+    let mut state = weights_of(&tr.params, &tr.model, None)?
+        .into_iter()
+        .map(|(n, t)| if n.starts_with("buffer.") { (n, t) } else { (format!("param.{n}"), t) })
+        .collect::<HashMap<_, _>>();
+    let (_, m, v) = tr.adam.export_state()?;
+    let dev = Device::Cpu;
+    for (((name, _), m), v) in tr.params.named().iter().zip(m).zip(v) {
+        let n = m.len();
+        state.insert(format!("adam.m.{name}"), Tensor::from_vec(m, n, &dev)?);
+        state.insert(format!("adam.v.{name}"), Tensor::from_vec(v, n, &dev)?);
     }
-    candle_core::safetensors::save(&tensors, dir.join(WEIGHTS))
-        .with_context(|| format!("cannot write {}", dir.join(WEIGHTS).display()))?;
+    let n = tr.curve.len();
+    let col = |f: fn(&StepPoint) -> f64| Tensor::from_vec(tr.curve.iter().map(f).collect::<Vec<f64>>(), n, &dev);
+    state.insert("curve.loss".into(), col(|p| p.loss)?);
+    state.insert("curve.scale".into(), col(|p| p.scale)?);
+    let steps: Vec<i64> = tr.curve.iter().map(|p| p.step as i64).collect();
+    state.insert("curve.step".into(), Tensor::from_vec(steps, n, &dev)?);
+    let skipped: Vec<u8> = tr.curve.iter().map(|p| u8::from(p.skipped)).collect();
+    state.insert("curve.skipped".into(), Tensor::from_vec(skipped, n, &dev)?);
+    let weights = weights_of(&tr.params, &tr.model, best)?;
+    write_atomically(dir, |tmp| {
+        write_tensors(&tmp.join(STATE), &state)?;
+        write_tensors(&tmp.join(WEIGHTS), &weights)?;
+        write_meta(&tmp.join(META), meta)
+    })
+}
+
+/// The weights-file tensors: `best` (params then buffers) when given, else the current ones.
+fn weights_of(params: &Params, model: &Informer, best: Option<&[Tensor]>) -> anyhow::Result<HashMap<String, Tensor>> {
+    let names: Vec<String> = params
+        .named()
+        .iter()
+        .map(|(n, _)| n.clone())
+        .chain(model.buffers().into_iter().map(|(n, _)| format!("buffer.{n}")))
+        .collect();
+    let tensors: Vec<Tensor> = match best {
+        Some(b) => b.to_vec(),
+        None => params
+            .named()
+            .iter()
+            .map(|(_, v)| v.as_tensor().clone())
+            .chain(model.buffers().into_iter().map(|(_, t)| t))
+            .collect(),
+    };
+    anyhow::ensure!(
+        names.len() == tensors.len(),
+        "best weights have {} tensors, the model {}",
+        tensors.len(),
+        names.len()
+    );
+    Ok(names.into_iter().zip(tensors).collect())
+}
+
+fn write_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> anyhow::Result<()> {
+    candle_core::safetensors::save(tensors, path).with_context(|| format!("cannot write {}", path.display()))?;
+    sync_file(path)
+}
+
+fn write_meta(path: &Path, meta: &Meta) -> anyhow::Result<()> {
     let text = ron::ser::to_string_pretty(meta, ron::ser::PrettyConfig::new())?;
-    std::fs::write(dir.join(META), text).with_context(|| format!("cannot write {}", dir.join(META).display()))?;
+    let mut f = std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
+    f.sync_all().with_context(|| format!("cannot sync {}", path.display()))
+}
+
+fn sync_file(path: &Path) -> anyhow::Result<()> {
+    std::fs::File::open(path).and_then(|f| f.sync_all()).with_context(|| format!("cannot sync {}", path.display()))
+}
+
+/// Makes a directory's entries durable (a no-op where directories cannot be opened).
+fn sync_dir(path: &Path) {
+    #[cfg(unix)]
+    if let Ok(f) = std::fs::File::open(path) {
+        let _ = f.sync_all();
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+}
+
+/// The temporary directory a save of `dir` writes into, and where the fallback of [`replace_dir`]
+/// parks the previous checkpoint.
+fn sibling(dir: &Path, suffix: &str) -> anyhow::Result<PathBuf> {
+    let name = dir.file_name().with_context(|| {
+        format!("checkpoint path {} does not name a directory (use e.g. ./checkpoints)", dir.display())
+    })?;
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    Ok(parent.join(format!(".{}.{suffix}", name.to_string_lossy())))
+}
+
+/// Checks that `dir` can be written as a checkpoint before any training: it is absent, or a
+/// directory without subdirectories (a save replaces the directory as a whole; its files are
+/// carried over, subdirectories could not be).
+pub fn check_target(dir: &Path) -> anyhow::Result<()> {
+    sibling(dir, "keel-tmp")?;
+    if !dir.exists() {
+        return Ok(());
+    }
+    anyhow::ensure!(dir.is_dir(), "--out {} exists and is not a directory; choose a directory", dir.display());
+    for e in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            anyhow::bail!(
+                "--out {} holds the subdirectory {}: a checkpoint save replaces the directory as a whole; \
+                 choose a directory of its own",
+                dir.display(),
+                e.file_name().to_string_lossy()
+            );
+        }
+    }
     Ok(())
+}
+
+/// Fills a fresh temporary directory beside `dir` with `fill`, carries `dir`'s other files over,
+/// and puts it in `dir`'s place.
+fn write_atomically(dir: &Path, fill: impl FnOnce(&Path) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    check_target(dir)?;
+    let tmp = sibling(dir, "keel-tmp")?;
+    let parent = tmp.parent().unwrap_or(Path::new(".")).to_path_buf();
+    std::fs::create_dir_all(&parent).with_context(|| format!("cannot create directory {}", parent.display()))?;
+    if tmp.exists() {
+        // A save that died part-way; the checkpoint itself was never touched.
+        std::fs::remove_dir_all(&tmp)
+            .with_context(|| format!("cannot remove the partial checkpoint {}", tmp.display()))?;
+    }
+    std::fs::create_dir(&tmp).with_context(|| format!("cannot create checkpoint directory {}", tmp.display()))?;
+    fill(&tmp)?;
+    if dir.is_dir() {
+        for e in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+            let e = e?;
+            let to = tmp.join(e.file_name());
+            let ours = [META, WEIGHTS, STATE].iter().any(|n| e.file_name() == *n);
+            if e.file_type()?.is_file() && !ours && !to.exists() {
+                std::fs::hard_link(e.path(), &to)
+                    .or_else(|_| std::fs::copy(e.path(), &to).map(|_| ()))
+                    .with_context(|| format!("cannot carry {} over to the new checkpoint", e.path().display()))?;
+            }
+        }
+    }
+    sync_dir(&tmp);
+    replace_dir(&tmp, dir)?;
+    sync_dir(&parent);
+    Ok(())
+}
+
+/// Puts the directory `new` in `dir`'s place. Linux: one atomic exchange, then the old
+/// checkpoint (now at `new`) is removed. Elsewhere, or where the file system has no exchange:
+/// `dir` is renamed aside to `.NAME.keel-old`, `new` renamed in, the old one removed; a crash
+/// between the two renames leaves no `dir`, and [`load_meta`] then names where the previous
+/// checkpoint is.
+fn replace_dir(new: &Path, dir: &Path) -> anyhow::Result<()> {
+    let what = || format!("cannot move the new checkpoint {} to {}", new.display(), dir.display());
+    if !dir.exists() {
+        return std::fs::rename(new, dir).with_context(what);
+    }
+    if exchange(new, dir).is_ok() {
+        return std::fs::remove_dir_all(new)
+            .with_context(|| format!("cannot remove the previous checkpoint (now at {})", new.display()));
+    }
+    let old = sibling(dir, "keel-old")?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old).with_context(|| format!("cannot remove {}", old.display()))?;
+    }
+    std::fs::rename(dir, &old).with_context(what)?;
+    std::fs::rename(new, dir).with_context(what)?;
+    std::fs::remove_dir_all(&old).with_context(|| format!("cannot remove the previous checkpoint {}", old.display()))
+}
+
+/// Swaps two paths atomically (`renameat2` with `RENAME_EXCHANGE`).
+#[cfg(target_os = "linux")]
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let a = std::ffi::CString::new(a.as_os_str().as_bytes())?;
+    let b = std::ffi::CString::new(b.as_os_str().as_bytes())?;
+    // SAFETY: both paths are valid NUL-terminated strings that outlive the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn exchange(_: &Path, _: &Path) -> std::io::Result<()> {
+    Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
 }
 
 /// Reads `dir/meta.ron`, upgrading older versions.
 pub fn load_meta(dir: &Path) -> anyhow::Result<Meta> {
     let path = dir.join(META);
+    if !dir.exists()
+        && let Ok(old) = sibling(dir, "keel-old")
+        && old.join(META).exists()
+    {
+        anyhow::bail!(
+            "checkpoint {} is missing, but a save interrupted between its two renames left the previous one at {}: \
+             rename that back to {}",
+            dir.display(),
+            old.display(),
+            dir.display()
+        );
+    }
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read checkpoint metadata {}", path.display()))?;
     let v: VersionOnly =
@@ -95,11 +351,12 @@ pub fn load_meta(dir: &Path) -> anyhow::Result<Meta> {
                 model: m.model,
                 normalization: m.normalization,
                 scaler: ScalerDriver::new(&cfg, 0),
+                resume: None,
             })
         }
-        FORMAT_VERSION => {
-            ron::from_str(&text).with_context(|| format!("{}: bad version-{FORMAT_VERSION} metadata", path.display()))
-        }
+        // Version 2 is version 3 without `resume`.
+        2 | FORMAT_VERSION => ron::from_str(&text)
+            .with_context(|| format!("{}: bad version-{} metadata", path.display(), v.format_version)),
         0 => anyhow::bail!("{}: no format_version field; not a keel checkpoint", path.display()),
         other => anyhow::bail!(
             "{}: checkpoint format_version {other} is not supported; this keel reads versions 1 to {FORMAT_VERSION} \
@@ -109,27 +366,33 @@ pub fn load_meta(dir: &Path) -> anyhow::Result<Meta> {
     }
 }
 
+fn read_tensors(path: &Path, device: &Device, what: &str) -> anyhow::Result<HashMap<String, Tensor>> {
+    candle_core::safetensors::load(path, device).with_context(|| {
+        format!("cannot read {what} {} (truncated or corrupt? restore it or train afresh)", path.display())
+    })
+}
+
+/// Takes tensor `name` from `tensors` with `dims`, or says which file disagrees with the model.
+fn take(tensors: &mut HashMap<String, Tensor>, name: &str, dims: &[usize], path: &Path) -> anyhow::Result<Tensor> {
+    let t = tensors.remove(name).with_context(|| {
+        format!("{}: tensor {name} is missing (checkpoint and model shape disagree)", path.display())
+    })?;
+    if t.dims() != dims {
+        anyhow::bail!("{}: tensor {name} has shape {:?}, the model needs {:?}", path.display(), t.dims(), dims);
+    }
+    Ok(t)
+}
+
 /// Loads a checkpoint: the metadata and a model with the saved weights.
 pub fn load(dir: &Path, device: &Device) -> anyhow::Result<(Meta, Informer, Params)> {
     let meta = load_meta(dir)?;
     let mut params = Params::new(0, device);
     let model = Informer::new(&meta.model, &mut params)?;
     let path = dir.join(WEIGHTS);
-    let mut tensors = candle_core::safetensors::load(&path, device)
-        .with_context(|| format!("cannot read weights {}", path.display()))?;
+    let mut tensors = read_tensors(&path, device, "weights")?;
     for (name, var) in params.named() {
-        let t = tensors.remove(name).with_context(|| {
-            format!("{}: weight {name} is missing (checkpoint and model shape disagree)", path.display())
-        })?;
-        if t.dims() != var.dims() {
-            anyhow::bail!(
-                "{}: weight {name} has shape {:?}, the model needs {:?}",
-                path.display(),
-                t.dims(),
-                var.dims()
-            );
-        }
-        var.set(&t.to_dtype(candle_core::DType::F32)?)?;
+        let t = take(&mut tensors, name, var.dims(), &path)?;
+        var.set(&t.to_dtype(DType::F32)?)?;
     }
     for (name, t) in tensors {
         let known = name.strip_prefix("buffer.").is_some_and(|b| model.set_buffer(b, t));
@@ -138,4 +401,61 @@ pub fn load(dir: &Path, device: &Device) -> anyhow::Result<(Meta, Informer, Para
         }
     }
     Ok((meta, model, params))
+}
+
+/// Restores a resumable checkpoint into `tr` (built for `meta.model` and `meta.train`): the
+/// weights and buffers as they were at the end of the saved epoch, Adam's moments and step count,
+/// the scaler driver and the step curve. Returns the loop state and the best weights so far (in
+/// [`Trainer::snapshot`] order) for [`Trainer::fit_from`].
+pub fn load_resumable(dir: &Path, meta: &Meta, tr: &mut Trainer) -> anyhow::Result<(LoopState, Option<Vec<Tensor>>)> {
+    let resume = meta.resume.as_ref().with_context(|| format!("{}: no resume state", dir.display()))?;
+    let dev = tr.params.named().first().map(|(_, v)| v.device().clone()).unwrap_or(Device::Cpu);
+    let path = dir.join(STATE);
+    let mut st = read_tensors(&path, &dev, "training state")?;
+    for (name, var) in tr.params.named() {
+        let t = take(&mut st, &format!("param.{name}"), var.dims(), &path)?;
+        var.set(&t)?;
+    }
+    for (name, cur) in tr.model.buffers() {
+        let t = take(&mut st, &format!("buffer.{name}"), cur.dims(), &path)?;
+        tr.model.set_buffer(&name, t);
+    }
+    let mut moments = (Vec::new(), Vec::new());
+    for (name, var) in tr.params.named() {
+        let n = [var.elem_count()];
+        moments.0.push(take(&mut st, &format!("adam.m.{name}"), &n, &path)?.to_vec1::<f32>()?);
+        moments.1.push(take(&mut st, &format!("adam.v.{name}"), &n, &path)?.to_vec1::<f32>()?);
+    }
+    tr.adam
+        .import_state(resume.adam_steps, moments.0, moments.1)
+        .with_context(|| format!("{}: Adam state", path.display()))?;
+    let steps = resume.state.step as usize;
+    let curve = |st: &mut HashMap<String, Tensor>, name: &str| take(st, name, &[steps], &path);
+    let loss = curve(&mut st, "curve.loss")?.to_vec1::<f64>()?;
+    let scale = curve(&mut st, "curve.scale")?.to_vec1::<f64>()?;
+    let step = curve(&mut st, "curve.step")?.to_vec1::<i64>()?;
+    let skipped = curve(&mut st, "curve.skipped")?.to_vec1::<u8>()?;
+    tr.curve = (0..steps)
+        .map(|i| StepPoint { step: step[i] as u64, loss: loss[i], scale: scale[i], skipped: skipped[i] != 0 })
+        .collect();
+    if let Some(name) = st.keys().next() {
+        anyhow::bail!("{}: unexpected tensor {name} (checkpoint and model shape disagree)", path.display());
+    }
+    tr.driver = meta.scaler.clone();
+    let best = match resume.state.best_val_loss {
+        None => None,
+        Some(_) => {
+            let path = dir.join(WEIGHTS);
+            let mut w = read_tensors(&path, &dev, "weights")?;
+            let mut best = Vec::new();
+            for (name, var) in tr.params.named() {
+                best.push(take(&mut w, name, var.dims(), &path)?.to_dtype(DType::F32)?);
+            }
+            for (name, cur) in tr.model.buffers() {
+                best.push(take(&mut w, &format!("buffer.{name}"), cur.dims(), &path)?);
+            }
+            Some(best)
+        }
+    };
+    Ok((resume.state.clone(), best))
 }

@@ -118,9 +118,15 @@ pub struct TrainArgs {
     /// keel.ron whose `scaler` and `train` sections apply (flags override them).
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Checkpoint directory (weights, metadata, loss plot).
-    #[arg(long, default_value = "checkpoints")]
-    pub out: PathBuf,
+    /// Checkpoint directory (weights, metadata, resume state, loss plot), replaced atomically after
+    /// every `train.checkpoint_every` epochs [default: checkpoints, or the --resume DIR].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue the run whose checkpoint is DIR exactly where it stopped (weights, Adam, scaler,
+    /// shuffling and early-stopping state). Its settings are the checkpoint's: flags may only
+    /// change --epochs and --patience, and --data must be the run's data.
+    #[arg(long, value_name = "DIR")]
+    pub resume: Option<PathBuf>,
     /// Write TrainingStats plus test/baseline errors as JSON here.
     #[arg(long)]
     pub stats_json: Option<PathBuf>,
@@ -176,13 +182,18 @@ pub fn device(d: DeviceArg) -> anyhow::Result<Device> {
 
 /// The config file's sections with the flags applied.
 pub fn resolve_config(args: &TrainArgs) -> anyhow::Result<Config> {
-    let mut cfg = match &args.config {
+    let cfg = match &args.config {
         Some(p) => {
             let text = std::fs::read_to_string(p).with_context(|| format!("cannot read config {}", p.display()))?;
             Config::from_ron(&text).with_context(|| format!("config {}", p.display()))?
         }
         None => Config::default(),
     };
+    apply_flags(cfg, args)
+}
+
+/// `cfg` with the flags applied, validated.
+fn apply_flags(mut cfg: Config, args: &TrainArgs) -> anyhow::Result<Config> {
     let t = &mut cfg.train;
     if let Some(size) = args.model_size {
         (t.d_model, t.n_heads, t.d_ff) = match size {
@@ -216,9 +227,131 @@ pub fn resolve_config(args: &TrainArgs) -> anyhow::Result<Config> {
     Ok(cfg)
 }
 
+/// The saved metadata and the settings of a `--resume` run, or why it cannot resume.
+fn resume_point(dir: &Path, args: &TrainArgs) -> anyhow::Result<(checkpoint::Meta, Config)> {
+    if args.config.is_some() {
+        anyhow::bail!(
+            "--config cannot be combined with --resume: the checkpoint {} holds the run's train and scaler settings \
+             (flags may change --epochs and --patience)",
+            dir.display()
+        );
+    }
+    let meta = checkpoint::load_meta(dir)?;
+    let Some(r) = &meta.resume else {
+        anyhow::bail!(
+            "{} is a version-{} checkpoint without optimizer and loop state (written once, at the end of a run, or by \
+             an older keel), so it cannot be resumed exactly; train afresh (keel predict still reads it)",
+            dir.display(),
+            meta.format_version
+        );
+    };
+    let cfg = apply_flags(Config { train: meta.train.clone(), ..Config::default() }, args)?;
+    let mutable = |t: &keel_core::config::TrainConfig| keel_core::config::TrainConfig {
+        epochs: 0,
+        patience: 0,
+        checkpoint_every: 0,
+        ..t.clone()
+    };
+    if mutable(&cfg.train) != mutable(&meta.train) {
+        let (now, then) = (serde_json::to_value(mutable(&cfg.train))?, serde_json::to_value(mutable(&meta.train))?);
+        let key = now
+            .as_object()
+            .and_then(|o| o.iter().find(|(k, v)| then.get(k.as_str()) != Some(v)))
+            .map_or("?".to_string(), |(k, _)| k.clone());
+        anyhow::bail!(
+            "--resume: train.{key} is {} here but {} in the checkpoint {}; a resumed run keeps the run's settings \
+             (only --epochs and --patience may change): drop the flag, or train afresh without --resume",
+            now[&key],
+            then[&key],
+            dir.display()
+        );
+    }
+    for (flag, now, then) in [
+        ("--no-scaler", format!("{}", args.no_scaler), format!("{}", r.disable_scaler)),
+        ("--max-batches", format!("{:?}", args.max_batches), format!("{:?}", r.max_batches)),
+    ] {
+        if now != then {
+            anyhow::bail!(
+                "--resume: {flag} is {now} here but was {then} in the run of {}; pass it as the run did",
+                dir.display()
+            );
+        }
+    }
+    let s = &r.state;
+    if s.stopped_early {
+        anyhow::bail!(
+            "the run in {} stopped early after epoch {} (validation loss did not improve for {} epochs): there is \
+             nothing to resume; keel predict uses it as it is",
+            dir.display(),
+            s.next_epoch,
+            s.since_best
+        );
+    }
+    if s.next_epoch >= cfg.train.epochs {
+        anyhow::bail!(
+            "the run in {} has finished all {} of its epochs; pass --epochs N with N > {} to train it further",
+            dir.display(),
+            s.next_epoch,
+            s.next_epoch
+        );
+    }
+    Ok((meta, cfg))
+}
+
+/// Rows and windows of a prepared dataset.
+fn data_shape(rows: usize, ds: &data::Dataset) -> checkpoint::DataShape {
+    checkpoint::DataShape { rows, train: ds.train.len(), val: ds.val.len(), test: ds.test.len() }
+}
+
+/// Checks that `--data` of a resumed run is the data the run trained on.
+fn check_resume_data(
+    path: &Path,
+    meta: &checkpoint::Meta,
+    shape: checkpoint::DataShape,
+    ds: &data::Dataset,
+) -> anyhow::Result<()> {
+    let fix = "resume with the data the run trained on, or train afresh without --resume";
+    let saved = meta.resume.as_ref().map(|r| r.data);
+    if saved != Some(shape) {
+        let s = saved.unwrap_or(shape);
+        anyhow::bail!(
+            "--data {}: {} rows ({} training windows) but the run trained on {} rows ({} training windows); {fix}",
+            path.display(),
+            shape.rows,
+            shape.train,
+            s.rows,
+            s.train
+        );
+    }
+    let (n, d) = (&meta.normalization, &ds.norm);
+    if n.columns != d.columns {
+        anyhow::bail!("--data {}: columns {:?}, the run's were {:?}; {fix}", path.display(), d.columns, n.columns);
+    }
+    for (k, c) in n.columns.iter().enumerate() {
+        if n.mean[k] != d.mean[k] || n.std[k] != d.std[k] {
+            anyhow::bail!(
+                "--data {}: column \"{c}\" of the training part has mean {} and std {}, the run's had {} and {}: the \
+                 data changed; {fix}",
+                path.display(),
+                d.mean[k],
+                d.std[k],
+                n.mean[k],
+                n.std[k]
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Runs `keel train`.
 pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
-    let cfg = resolve_config(&args)?;
+    let resume = args.resume.as_deref().map(|d| resume_point(d, &args)).transpose()?;
+    let cfg = match &resume {
+        Some((_, cfg)) => cfg.clone(),
+        None => resolve_config(&args)?,
+    };
+    let out = args.out.clone().or_else(|| args.resume.clone()).unwrap_or_else(|| PathBuf::from("checkpoints"));
+    checkpoint::check_target(&out)?;
     let dev = device(args.device)?;
     let t = &cfg.train;
     model::informer::check_dtype(amp::dtype_of(t.dtype), &dev)?;
@@ -226,6 +359,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let w =
         data::Windows { seq_len: t.seq_len as usize, label_len: t.label_len as usize, pred_len: t.pred_len as usize };
     let ds = data::prepare(&table, &t.target, t.features, w)?;
+    let shape = data_shape(table.rows.len(), &ds);
+    if let Some((meta, _)) = &resume {
+        check_resume_data(&args.data, meta, shape, &ds)?;
+    }
     let mcfg = trainer::model_config(t, &ds.norm);
     let opts = trainer::RunOptions {
         device: dev,
@@ -247,17 +384,44 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         dtype = ?t.dtype,
         "training"
     );
+    let start = match &resume {
+        Some((meta, _)) => {
+            let dir = args.resume.as_deref().unwrap_or(&out);
+            let (state, best) = checkpoint::load_resumable(dir, meta, &mut tr)?;
+            tracing::info!(dir = %dir.display(), epoch = state.next_epoch, step = state.step, "resuming");
+            Some((state, best))
+        }
+        None => None,
+    };
     tracing::info!(epoch = 0, step = 0, scale = tr.driver.scale(), grad_norm = f64::NAN, "{}", tr.driver.scaler());
-    let report = tr.fit(&ds)?;
-    let meta = checkpoint::Meta {
+    let template = checkpoint::Meta {
         format_version: checkpoint::FORMAT_VERSION,
         model: mcfg,
         normalization: ds.norm.clone(),
         train: t.clone(),
         scaler: tr.driver.clone(),
+        resume: None,
     };
-    checkpoint::save(&args.out, &tr.model, &tr.params, &meta)?;
-    let plot_path = args.out.join("loss.png");
+    let (every, epochs) = (t.checkpoint_every.max(1), t.epochs);
+    let report = tr.fit_from(&ds, start, |tr, state, best| {
+        if state.next_epoch.is_multiple_of(every) || state.next_epoch >= epochs || state.stopped_early {
+            let meta = checkpoint::Meta {
+                scaler: tr.driver.clone(),
+                resume: Some(checkpoint::ResumeMeta {
+                    state: state.clone(),
+                    adam_steps: tr.adam.steps(),
+                    disable_scaler: args.no_scaler,
+                    max_batches: args.max_batches,
+                    data: shape,
+                }),
+                ..template.clone()
+            };
+            checkpoint::save_resumable(&out, tr, &meta, best)?;
+            tracing::info!(epoch = state.next_epoch - 1, step = state.step, dir = %out.display(), "checkpoint saved");
+        }
+        Ok(())
+    })?;
+    let plot_path = out.join("loss.png");
     plot::write(&plot_path, &tr.curve, &tr.val_curve)
         .with_context(|| format!("cannot write {}", plot_path.display()))?;
     if let Some(p) = &args.stats_json {
@@ -278,7 +442,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     );
     println!("loss scaler     {s}; {} NaN losses", report.nan_losses);
     println!("step time       {:.1} ms", report.step_ms);
-    println!("checkpoint      {}", args.out.display());
+    println!("checkpoint      {}", out.display());
     println!("plot            {}", plot_path.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -52,6 +52,45 @@ impl Adam {
         self.t
     }
 
+    /// The step count and both moments of every parameter (in `params` order, flattened f32), for
+    /// a resumable checkpoint.
+    pub fn export_state(&self) -> Result<(u64, Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+        match &self.moments {
+            Moments::Host { m, v } => Ok((self.t, m.clone(), v.clone())),
+            Moments::Tensors { m, v } => {
+                let host =
+                    |x: &Vec<Tensor>| x.iter().map(|t| t.flatten_all()?.to_vec1::<f32>()).collect::<Result<Vec<_>>>();
+                Ok((self.t, host(m)?, host(v)?))
+            }
+        }
+    }
+
+    /// Restores what [`Adam::export_state`] returned; each moment must have its parameter's size.
+    pub fn import_state(&mut self, t: u64, m_in: Vec<Vec<f32>>, v_in: Vec<Vec<f32>>) -> Result<()> {
+        let sizes: Vec<usize> = match &self.moments {
+            Moments::Host { m, .. } => m.iter().map(Vec::len).collect(),
+            Moments::Tensors { m, .. } => m.iter().map(Tensor::elem_count).collect(),
+        };
+        let fits = |x: &[Vec<f32>]| x.len() == sizes.len() && x.iter().zip(&sizes).all(|(a, &n)| a.len() == n);
+        if !fits(&m_in) || !fits(&v_in) {
+            candle_core::bail!("Adam state: the saved moments do not match the model's parameters");
+        }
+        match &mut self.moments {
+            Moments::Host { m, v } => (*m, *v) = (m_in, v_in),
+            Moments::Tensors { m, v } => {
+                let back = |old: &[Tensor], new: Vec<Vec<f32>>| {
+                    old.iter()
+                        .zip(new)
+                        .map(|(o, x)| Tensor::from_vec(x, o.shape(), o.device()))
+                        .collect::<Result<Vec<_>>>()
+                };
+                (*m, *v) = (back(m, m_in)?, back(v, v_in)?);
+            }
+        }
+        self.t = t;
+        Ok(())
+    }
+
     /// One update with `grads` (unscaled, clipped, in `params` order).
     pub fn step(&mut self, params: &Params, grads: &[Tensor]) -> Result<()> {
         self.step_scaled(params, grads, 1.0)

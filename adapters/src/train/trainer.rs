@@ -412,6 +412,20 @@ impl Trainer {
 
     /// Trains with early stopping on validation loss; keeps the best epoch's weights.
     pub fn fit(&mut self, data: &Dataset) -> anyhow::Result<Report> {
+        self.fit_from(data, None, |_, _, _| Ok(()))
+    }
+
+    /// [`Trainer::fit`] from a saved point: `resume` is the loop state and best weights (params,
+    /// then buffers, as [`Trainer::snapshot`]) a checkpoint kept, with the weights, Adam and the
+    /// scaler already restored into `self`; `None` starts at epoch 0. `on_epoch` runs after every
+    /// epoch with the state the next epoch starts from and the best weights so far (a resumable
+    /// checkpoint), before an early stop ends the loop.
+    pub fn fit_from(
+        &mut self,
+        data: &Dataset,
+        resume: Option<(LoopState, Option<Vec<Tensor>>)>,
+        mut on_epoch: impl FnMut(&mut Self, &LoopState, Option<&[Tensor]>) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Report> {
         let bs = self.cfg.batch_size.max(1) as usize;
         let n_train = data.train.len();
         if n_train < bs {
@@ -419,12 +433,29 @@ impl Trainer {
                 "the training part has {n_train} windows, fewer than one batch of {bs}; use a smaller --batch-size or more data"
             );
         }
-        let mut rng = Rng::new(self.cfg.seed);
-        let (mut best, mut best_epoch, mut best_weights) = (f64::INFINITY, 0u32, None);
-        let mut since_best = 0u32;
-        let mut epochs_run = 0u32;
-        let mut step_time = std::time::Duration::ZERO;
-        for epoch in 0..self.cfg.epochs {
+        let start = match resume {
+            Some((s, weights)) => {
+                self.step = s.step;
+                self.nan_losses = s.nan_losses;
+                self.last_grad_norm = s.last_grad_norm;
+                self.val_curve = s.val_curve.clone();
+                self.adam.lr = s.lr;
+                let secs = std::time::Duration::try_from_secs_f64(s.step_secs).unwrap_or_default();
+                (
+                    s.next_epoch,
+                    s.shuffle,
+                    s.best_val_loss.unwrap_or(f64::INFINITY),
+                    s.best_epoch,
+                    weights,
+                    s.since_best,
+                    secs,
+                )
+            }
+            None => (0, Rng::new(self.cfg.seed), f64::INFINITY, 0, None, 0, std::time::Duration::ZERO),
+        };
+        let (first_epoch, mut rng, mut best, mut best_epoch, mut best_weights, mut since_best, mut step_time) = start;
+        let mut epochs_run = first_epoch;
+        for epoch in first_epoch..self.cfg.epochs {
             epochs_run = epoch + 1;
             // Shuffled windows, whole batches only (Informer's drop_last for training).
             let mut order: Vec<usize> = (0..n_train).collect();
@@ -477,6 +508,7 @@ impl Trainer {
                 lr = self.adam.lr,
                 "epoch done"
             );
+            let mut stop = false;
             if val < best {
                 best = val;
                 best_epoch = epoch;
@@ -484,17 +516,37 @@ impl Trainer {
                 best_weights = Some(self.snapshot()?);
             } else {
                 since_best += 1;
-                if since_best >= self.cfg.patience.max(1) {
+                stop = since_best >= self.cfg.patience.max(1);
+                if stop {
                     tracing::info!(
                         epoch,
                         patience = self.cfg.patience,
                         "early stopping: validation loss stopped improving"
                     );
-                    break;
                 }
             }
-            // Informer's `adjust_learning_rate` type1: halve after every epoch.
-            self.adam.lr *= 0.5;
+            if !stop {
+                // Informer's `adjust_learning_rate` type1: halve after every epoch.
+                self.adam.lr *= 0.5;
+            }
+            let state = LoopState {
+                next_epoch: epoch + 1,
+                step: self.step,
+                stopped_early: stop,
+                best_val_loss: (best != f64::INFINITY).then_some(best),
+                best_epoch,
+                since_best,
+                shuffle: rng.clone(),
+                lr: self.adam.lr,
+                nan_losses: self.nan_losses,
+                last_grad_norm: self.last_grad_norm,
+                val_curve: self.val_curve.clone(),
+                step_secs: step_time.as_secs_f64(),
+            };
+            on_epoch(self, &state, best_weights.as_deref())?;
+            if stop {
+                break;
+            }
         }
         if let Some(w) = best_weights {
             self.restore(&w)?;
@@ -515,8 +567,9 @@ impl Trainer {
         })
     }
 
-    /// Copies of the weights and buffers (for keeping the best epoch).
-    fn snapshot(&self) -> candle_core::Result<Vec<Tensor>> {
+    /// Copies of the weights and buffers (for keeping the best epoch): params in
+    /// [`Params::named`] order, then [`Informer::buffers`].
+    pub fn snapshot(&self) -> candle_core::Result<Vec<Tensor>> {
         let mut v: Vec<Tensor> =
             self.params.named().iter().map(|(_, var)| var.as_tensor().copy()).collect::<candle_core::Result<_>>()?;
         v.extend(self.model.buffers().into_iter().map(|(_, t)| t));
@@ -533,6 +586,37 @@ impl Trainer {
         }
         Ok(())
     }
+}
+
+/// Where the epoch loop stands after an epoch: what an exact resume needs besides the weights,
+/// Adam and the scaler (a checkpoint keeps it in its metadata). Dropout needs no state of its own:
+/// each step's mask is seeded by `seed ^ f(step)`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoopState {
+    /// The epoch the run continues with (0-based; the number of epochs finished).
+    pub next_epoch: u32,
+    /// Global steps taken, applied or skipped.
+    pub step: u64,
+    /// Early stopping ended the run after this epoch.
+    pub stopped_early: bool,
+    /// Best validation loss so far (`None` before a finite one).
+    pub best_val_loss: Option<f64>,
+    /// Its epoch (0-based).
+    pub best_epoch: u32,
+    /// Epochs since it, for the patience rule.
+    pub since_best: u32,
+    /// The shuffling generator, ready to draw the next epoch's order.
+    pub shuffle: Rng,
+    /// Learning rate of the next epoch (halved after each).
+    pub lr: f64,
+    /// Training batches with a non-finite loss so far.
+    pub nan_losses: u64,
+    /// Grad norm of the last applied step (log lines).
+    pub last_grad_norm: Option<f64>,
+    /// Validation loss per finished epoch, with its step.
+    pub val_curve: Vec<(u64, f64)>,
+    /// Wall time of the training steps so far, in seconds (the report's mean step time).
+    pub step_secs: f64,
 }
 
 /// Error sums turned into means.

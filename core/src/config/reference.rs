@@ -227,6 +227,11 @@ pub const KEYS: &[KeyDoc] = &[
     key!(train.target, "a column name", "Column to forecast."),
     key!(train.features, "M, S or MS", "Informer's feature mode: many-to-many, target only, many-to-target."),
     key!(train.seed, "any u64", "Seed of weight init, dropout and shuffling."),
+    key!(
+        train.checkpoint_every,
+        "> 0",
+        "`keel train` replaces its checkpoint (atomically) after every this many epochs, and after the last one; `keel train --resume DIR` continues from the latest."
+    ),
 ];
 
 const SECTIONS: &[(&str, &str)] = &[
