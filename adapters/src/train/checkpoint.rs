@@ -126,9 +126,9 @@ pub fn save_resumable(dir: &Path, tr: &Trainer, meta: &Meta, best: Option<&[Tens
         .into_iter()
         .map(|(n, t)| if n.starts_with("buffer.") { (n, t) } else { (format!("param.{n}"), t) })
         .collect::<HashMap<_, _>>();
-    let (_, m, v) = tr.adam.export_state()?;
+    let adam = tr.adam.export_state()?;
     let dev = Device::Cpu;
-    for (((name, _), m), v) in tr.params.named().iter().zip(m).zip(v) {
+    for (((name, _), m), v) in tr.params.named().iter().zip(adam.m).zip(adam.v) {
         let n = m.len();
         state.insert(format!("adam.m.{name}"), Tensor::from_vec(m, n, &dev)?);
         state.insert(format!("adam.v.{name}"), Tensor::from_vec(v, n, &dev)?);
@@ -427,7 +427,7 @@ pub fn load_resumable(dir: &Path, meta: &Meta, tr: &mut Trainer) -> anyhow::Resu
         moments.1.push(take(&mut st, &format!("adam.v.{name}"), &n, &path)?.to_vec1::<f32>()?);
     }
     tr.adam
-        .import_state(resume.adam_steps, moments.0, moments.1)
+        .import_state(super::optim::AdamState { steps: resume.adam_steps, m: moments.0, v: moments.1 })
         .with_context(|| format!("{}: Adam state", path.display()))?;
     let steps = resume.state.step as usize;
     let curve = |st: &mut HashMap<String, Tensor>, name: &str| take(st, name, &[steps], &path);
