@@ -92,10 +92,10 @@ fn softmax_f32(scores: &Tensor, scale: f64, limits: Option<Vec<usize>>, dtype: D
 /// Scaled dot-product attention over `(B, H, L, D)`.
 pub fn full(q: &Tensor, k: &Tensor, v: &Tensor, masked: bool, dropout: f64, ctx: &Ctx) -> Result<Tensor> {
     let (_, _, l, dh) = q.dims4()?;
-    let scores = q.matmul(&k.t()?)?;
+    let scores = super::fused::batch_matmul(q, &k.t()?)?;
     let limits = masked.then(|| (0..l).collect::<Vec<_>>());
     let a = ctx.dropout(&softmax_f32(&scores, 1.0 / (dh as f64).sqrt(), limits, q.dtype())?, dropout)?;
-    a.matmul(v)
+    super::fused::batch_matmul(&a, v)
 }
 
 /// `n = c * ceil(ln len)`, capped at `len` (the reference's `U_part` and `u`).
@@ -150,17 +150,18 @@ pub fn prob_sparse(q: &Tensor, k: &Tensor, v: &Tensor, c: usize, masked: bool, c
     }
     let sel = Tensor::from_vec(onehot, (b, h, lq, u), dev)?.to_dtype(q.dtype())?;
 
-    let q_top = sel.t()?.matmul(q)?; // (B, H, u, D)
-    let scores = q_top.matmul(&k.t()?)?; // (B, H, u, Lk)
+    let mm = super::fused::batch_matmul;
+    let q_top = mm(&sel.t()?, q)?; // (B, H, u, D)
+    let scores = mm(&q_top, &k.t()?)?; // (B, H, u, Lk)
     // Row (b, h, j) of the scores is query top_pos[(b * H + h) * u + j].
     let limits = masked.then_some(top_pos);
     let attn = softmax_f32(&scores, 1.0 / (dh as f64).sqrt(), limits, q.dtype())?;
-    let top_out = attn.matmul(v)?; // (B, H, u, D)
+    let top_out = mm(&attn, v)?; // (B, H, u, D)
 
     let lazy = if masked { v.cumsum(2)? } else { v.mean_keepdim(2)?.broadcast_as((b, h, lq, dh))?.contiguous()? };
     let chosen = sel.sum_keepdim(3)?; // (B, H, Lq, 1): 1 on selected queries
     let keep = (chosen.ones_like()? - &chosen)?;
-    lazy.broadcast_mul(&keep)? + sel.matmul(&top_out)?
+    lazy.broadcast_mul(&keep)? + mm(&sel, &top_out)?
 }
 
 #[cfg(test)]

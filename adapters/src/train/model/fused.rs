@@ -193,6 +193,99 @@ impl CustomOp3 for LinearOp {
     }
 }
 
+/// `a @ b` over the last two dimensions, for `a` `(.., m, k)` and `b` `(.., k, n)` with the same
+/// leading (batch) dimensions: the attention's per-head products.
+///
+/// candle runs such a batch as one gemm call per matrix, one after the other: each product of
+/// the small preset's heads (96 x 16 by 16 x 96) is far below gemm's threshold for splitting, so
+/// all of them ran on one thread whatever the pool. Here the batch is cut into parts of about
+/// [`PART`] output elements that run on the trainer's pool, each through candle's own CPU matmul
+/// (the same gemm calls per matrix as before). The backward is two such products on transposed
+/// views (`da = dc b^T`, `db = a^T dc`). Other devices and dtypes use `Tensor::matmul`.
+pub fn batch_matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let r = a.rank();
+    if !fused_ok(&[a, b])
+        || r < 3
+        || b.rank() != r
+        || a.dims()[..r - 2] != b.dims()[..r - 2]
+        || a.dims()[r - 1] != b.dims()[r - 2]
+    {
+        return a.matmul(b);
+    }
+    let regular = |t: &Tensor| -> Result<Tensor> {
+        if batch_stride(t.layout()).is_some() { Ok(t.clone()) } else { t.contiguous() }
+    };
+    regular(a)?.apply_op2(&regular(b)?, BatchMatmul)
+}
+
+/// The distance between consecutive matrices of a tensor `(.., rows, cols)` whose leading
+/// dimensions read as one evenly strided batch dimension (a contiguous tensor or a transposed
+/// view of one), or `None`.
+fn batch_stride(l: &Layout) -> Option<usize> {
+    let (dims, stride) = (l.dims(), l.stride());
+    let nb = dims.len().checked_sub(2)?;
+    let (mut s, mut inner) = (None, 1usize);
+    for j in (0..nb).rev() {
+        if dims[j] > 1 {
+            match s {
+                None => s = Some(stride[j]),
+                Some(s) if stride[j] == s * inner => {}
+                Some(_) => return None,
+            }
+            inner *= dims[j];
+        }
+    }
+    Some(s.unwrap_or(0))
+}
+
+struct BatchMatmul;
+
+impl candle_core::CustomOp2 for BatchMatmul {
+    fn name(&self) -> &'static str {
+        "keel-batch-matmul"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (da, db) = (l1.dims(), l2.dims());
+        let r = da.len();
+        if r < 3 || db.len() != r || da[..r - 2] != db[..r - 2] || da[r - 1] != db[r - 2] {
+            candle_core::bail!("batch matmul: {da:?} by {db:?}");
+        }
+        let (m, k, n) = (da[r - 2], da[r - 1], db[r - 1]);
+        let (Some(sa), Some(sb)) = (batch_stride(l1), batch_stride(l2)) else {
+            candle_core::bail!("batch matmul: unevenly strided batch {:?} / {:?}", l1.stride(), l2.stride())
+        };
+        let (ra, ca) = (l1.stride()[r - 2], l1.stride()[r - 1]);
+        let (rb, cb) = (l2.stride()[r - 2], l2.stride()[r - 1]);
+        let nb: usize = da[..r - 2].iter().product();
+        let mut out = vec![0f32; nb * m * n];
+        let done = row_parts(&mut out, m * n, |b0, part| -> Result<()> {
+            let cnt = if m * n == 0 { 0 } else { part.len() / (m * n) };
+            if cnt == 0 {
+                return Ok(());
+            }
+            let la = Layout::new(Shape::from((cnt, m, k)), vec![sa, ra, ca], l1.start_offset() + b0 * sa);
+            let lb = Layout::new(Shape::from((cnt, k, n)), vec![sb, rb, cb], l2.start_offset() + b0 * sb);
+            let CpuStorage::F32(y) = s1.matmul(s2, (cnt, m, n, k), &la, &lb)? else {
+                candle_core::bail!("batch matmul: expected an f32 product")
+            };
+            part.copy_from_slice(&y);
+            Ok(())
+        });
+        done.into_iter().collect::<Result<()>>()?;
+        let mut dims = da[..r - 2].to_vec();
+        dims.extend([m, n]);
+        Ok((CpuStorage::F32(out), Shape::from(dims)))
+    }
+
+    fn bwd(&self, a: &Tensor, b: &Tensor, _res: &Tensor, dc: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dc = dc.contiguous()?;
+        let da = dc.apply_op2_no_bwd(&b.t()?, &BatchMatmul)?;
+        let db = a.t()?.apply_op2_no_bwd(&dc, &BatchMatmul)?;
+        Ok((Some(da), Some(db)))
+    }
+}
+
 /// `x * mask` for a dropout mask (`0` or `1 / keep` per element), as one node whose backward
 /// is `dy * mask`. As a tensor `mul`, candle's backward also computes and accumulates a
 /// gradient for the mask (two more full passes and a zero-fill), which nothing reads.
@@ -1240,6 +1333,43 @@ mod tests {
             assert!(max_diff(ga, gc) < 1e-4, "gradient {i}: {}", max_diff(ga, gc));
             assert!(ga.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.1, "gradient {i}");
         }
+    }
+
+    #[test]
+    fn batch_matmul_matches_candle_in_value_and_gradient_also_on_a_pool_and_transposed() {
+        // (B, H, L, D) by its transposed view, as the attention scores: 2 * 3 * 40 * 40 outputs, a
+        // few parts.
+        let q = Var::from_tensor(&random(&[2, 3, 40, 8], 50, 2.0)).unwrap();
+        let k = Var::from_tensor(&random(&[2, 3, 40, 8], 51, 2.0)).unwrap();
+        let v = Var::from_tensor(&random(&[2, 3, 40, 8], 52, 2.0)).unwrap();
+        let wt = random(&[2, 3, 40, 8], 53, 2.0);
+        let run = |fused: bool| {
+            let mm = |a: &Tensor, b: &Tensor| if fused { batch_matmul(a, b).unwrap() } else { a.matmul(b).unwrap() };
+            let s = mm(&q, &k.t().unwrap());
+            let y = mm(&s, &v);
+            let g = (&y * &wt).unwrap().sum_all().unwrap().backward().unwrap();
+            let mut out = vec![y.flatten_all().unwrap().to_vec1::<f32>().unwrap()];
+            for t in [&q, &k, &v] {
+                out.push(g.get(t).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            }
+            out
+        };
+        let (a, c) = (run(true), run(false));
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        let p = pool.install(|| run(true));
+        for i in 0..4 {
+            let diff = a[i].iter().zip(&c[i]).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            assert!(diff < 1e-4, "output {i}: {diff}");
+            assert!(a[i].iter().any(|&x| x != 0.0), "output {i} is all zero");
+            assert_eq!(a[i], p[i], "output {i}: pool of two");
+        }
+        // A batch that is not evenly strided (a narrowed middle dimension, which candle's matmul
+        // refuses) is made contiguous first.
+        let n = q.as_tensor().narrow(1, 1, 2).unwrap();
+        let m = k.as_tensor().narrow(1, 0, 2).unwrap().t().unwrap();
+        assert!(n.matmul(&m).is_err());
+        let want = n.contiguous().unwrap().matmul(&m.contiguous().unwrap()).unwrap();
+        assert!(max_diff(&batch_matmul(&n, &m).unwrap(), &want) < 1e-5);
     }
 
     #[test]
