@@ -260,7 +260,7 @@ impl candle_core::CustomOp2 for BatchMatmul {
         let nb: usize = da[..r - 2].iter().product();
         let mut out = vec![0f32; nb * m * n];
         let done = row_parts(&mut out, m * n, |b0, part| -> Result<()> {
-            let cnt = if m * n == 0 { 0 } else { part.len() / (m * n) };
+            let cnt = part.len().checked_div(m * n).unwrap_or(0);
             if cnt == 0 {
                 return Ok(());
             }
