@@ -24,6 +24,11 @@ struct Cli {
 /// The small preset, short windows, three batches of 8 per epoch, f16 under the loss scaler (so
 /// the scaler's state must carry over too); a flag in `extra` replaces the default one.
 fn train(data: &Path, extra: &[&str]) -> anyhow::Result<()> {
+    train_until(data, extra, |_| false).map(|_| ())
+}
+
+/// [`train`] with a Ctrl-C after the step given by `stop`.
+fn train_until(data: &Path, extra: &[&str], stop: impl Fn(u64) -> bool) -> anyhow::Result<std::process::ExitCode> {
     let defaults = [
         ("--model-size", "small"),
         ("--seq-len", "32"),
@@ -41,7 +46,7 @@ fn train(data: &Path, extra: &[&str]) -> anyhow::Result<()> {
         }
     }
     argv.extend_from_slice(extra);
-    keel::train::run(Cli::try_parse_from(argv).unwrap().args).map(|_| ())
+    keel::train::run_until(Cli::try_parse_from(argv).unwrap().args, stop)
 }
 
 /// The header and the last `n` rows of the MSFT CSV, with `edit` applied to each data line.
@@ -131,6 +136,29 @@ fn a_run_stopped_after_one_epoch_and_resumed_ends_bit_for_bit_like_the_uninterru
     assert_eq!(ra.state.val_curve.len(), 3);
     assert_eq!(ma.scaler, mb.scaler);
     assert_eq!(std::fs::read(parts.join("loss.png")).unwrap()[1..4], *b"PNG");
+}
+
+#[test]
+fn a_run_stopped_by_ctrl_c_mid_epoch_and_resumed_ends_bit_for_bit_like_the_uninterrupted_run() {
+    let dir = tmp("ctrlc");
+    let csv = msft_tail(&dir, "msft.csv", 400, |_, l| l.to_string());
+    let (whole, whole_json) = (dir.join("whole"), dir.join("whole.json"));
+    train(&csv, &["--epochs", "2", "--patience", "5", "--out", s(&whole), "--stats-json", s(&whole_json)]).unwrap();
+    // Ctrl-C in the middle of the second epoch (after the first of its three batches), then resumed.
+    let (cut, cut_json) = (dir.join("cut"), dir.join("cut.json"));
+    let code = train_until(&csv, &["--epochs", "2", "--patience", "5", "--out", s(&cut)], |step| step == 4).unwrap();
+    assert_eq!(code, std::process::ExitCode::from(130));
+    let r = checkpoint::load_meta(&cut).unwrap().resume.unwrap();
+    assert_eq!((r.state.next_epoch, r.state.batch, r.state.step), (1, 1, 4));
+    train(&csv, &["--resume", s(&cut), "--stats-json", s(&cut_json)]).unwrap();
+    for file in [checkpoint::WEIGHTS, checkpoint::STATE] {
+        assert!(tensors(&whole.join(file)) == tensors(&cut.join(file)), "{file} differs after a mid-epoch resume");
+    }
+    assert_eq!(stats_without_timing(&whole_json), stats_without_timing(&cut_json));
+    let (mut ra, mut rc) = (checkpoint::load_meta(&whole).unwrap(), checkpoint::load_meta(&cut).unwrap());
+    let (a, c) = (ra.resume.as_mut().unwrap(), rc.resume.as_mut().unwrap());
+    (a.state.step_secs, c.state.step_secs) = (0.0, 0.0);
+    assert_eq!((a, ra.scaler), (c, rc.scaler));
 }
 
 #[test]

@@ -4,6 +4,8 @@
 //! scaler deciding every step, stops early on validation loss, writes a checkpoint (safetensors +
 //! RON metadata), a PNG of the loss and scale curves, and reports test MSE/MAE next to a
 //! persistence baseline. `keel predict` loads a checkpoint and forecasts after the last row.
+//! `keel train --resume DIR` continues an interrupted run exactly (see [`checkpoint`]): the loop
+//! saves after every `train.checkpoint_every` epochs and, on Ctrl-C, after the current step.
 //!
 //! Speed on a busy CPU: candle's CPU thread pools spin-wait at every barrier. The `keel` binary
 //! therefore runs candle's elementwise ops on the calling thread unless `CANDLE_NUM_THREADS` is set
@@ -343,8 +345,32 @@ fn check_resume_data(
     Ok(())
 }
 
-/// Runs `keel train`.
+/// Set by Ctrl-C / SIGTERM while `keel train` runs.
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Runs `keel train`. Ctrl-C (or SIGTERM) stops after the current step, saves a resumable
+/// checkpoint of the middle of the epoch and exits with code 130; a second Ctrl-C exits at once.
 pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
+    static HANDLER: std::sync::Once = std::sync::Once::new();
+    HANDLER.call_once(|| {
+        let set = ctrlc::set_handler(|| {
+            if STOP.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            eprintln!("keel train: stopping after this step to save a checkpoint (Ctrl-C again to quit at once)");
+        });
+        // Another command of this process (keel demo's stream) may own the handler already.
+        if let Err(e) = set {
+            tracing::debug!("no Ctrl-C handler for training: {e}");
+        }
+    });
+    STOP.store(false, std::sync::atomic::Ordering::SeqCst);
+    run_until(args, |_| STOP.load(std::sync::atomic::Ordering::SeqCst))
+}
+
+/// [`run`] with the stop request given by `stop` (asked after every step with the global step
+/// count), for tests.
+pub fn run_until(args: TrainArgs, stop: impl Fn(u64) -> bool) -> anyhow::Result<ExitCode> {
     let resume = args.resume.as_deref().map(|d| resume_point(d, &args)).transpose()?;
     let cfg = match &resume {
         Some((_, cfg)) => cfg.clone(),
@@ -403,8 +429,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         resume: None,
     };
     let (every, epochs) = (t.checkpoint_every.max(1), t.epochs);
-    let report = tr.fit_from(&ds, start, |tr, state, best| {
-        if state.next_epoch.is_multiple_of(every) || state.next_epoch >= epochs || state.stopped_early {
+    let fitted = tr.fit_from(
+        &ds,
+        start,
+        |tr, state, best| {
+        if state.batch > 0 || state.next_epoch.is_multiple_of(every) || state.next_epoch >= epochs || state.stopped_early {
             let meta = checkpoint::Meta {
                 scaler: tr.driver.clone(),
                 resume: Some(checkpoint::ResumeMeta {
@@ -417,10 +446,27 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
                 ..template.clone()
             };
             checkpoint::save_resumable(&out, tr, &meta, best)?;
-            tracing::info!(epoch = state.next_epoch - 1, step = state.step, dir = %out.display(), "checkpoint saved");
+            tracing::info!(epoch = state.next_epoch, batch = state.batch, step = state.step, dir = %out.display(), "checkpoint saved");
         }
         Ok(())
-    })?;
+    },
+        stop,
+    );
+    let report = match fitted {
+        Err(e) => match e.downcast_ref::<trainer::Interrupted>() {
+            Some(i) => {
+                println!(
+                    "{i}; checkpoint {} saved: continue with keel train --data {} --resume {}",
+                    out.display(),
+                    args.data.display(),
+                    out.display()
+                );
+                return Ok(ExitCode::from(130));
+            }
+            None => return Err(e),
+        },
+        Ok(r) => r,
+    };
     let plot_path = out.join("loss.png");
     plot::write(&plot_path, &tr.curve, &tr.val_curve)
         .with_context(|| format!("cannot write {}", plot_path.display()))?;

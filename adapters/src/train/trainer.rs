@@ -412,19 +412,22 @@ impl Trainer {
 
     /// Trains with early stopping on validation loss; keeps the best epoch's weights.
     pub fn fit(&mut self, data: &Dataset) -> anyhow::Result<Report> {
-        self.fit_from(data, None, |_, _, _| Ok(()))
+        self.fit_from(data, None, |_, _, _| Ok(()), |_| false)
     }
 
     /// [`Trainer::fit`] from a saved point: `resume` is the loop state and best weights (params,
     /// then buffers, as [`Trainer::snapshot`]) a checkpoint kept, with the weights, Adam and the
     /// scaler already restored into `self`; `None` starts at epoch 0. `on_epoch` runs after every
     /// epoch with the state the next epoch starts from and the best weights so far (a resumable
-    /// checkpoint), before an early stop ends the loop.
+    /// checkpoint), before an early stop ends the loop. `stop` is asked after every step with the
+    /// global step count: `true` (Ctrl-C) hands `on_epoch` the state in the middle of the epoch
+    /// (`batch > 0`) and ends with [`Interrupted`].
     pub fn fit_from(
         &mut self,
         data: &Dataset,
         resume: Option<(LoopState, Option<Vec<Tensor>>)>,
         mut on_epoch: impl FnMut(&mut Self, &LoopState, Option<&[Tensor]>) -> anyhow::Result<()>,
+        stop: impl Fn(u64) -> bool,
     ) -> anyhow::Result<Report> {
         let bs = self.cfg.batch_size.max(1) as usize;
         let n_train = data.train.len();
@@ -433,6 +436,8 @@ impl Trainer {
                 "the training part has {n_train} windows, fewer than one batch of {bs}; use a smaller --batch-size or more data"
             );
         }
+        let (mut first_batch, mut first_loss_sum) =
+            resume.as_ref().map_or((0, 0.0), |(s, _)| (s.batch, s.epoch_loss_sum));
         let start = match resume {
             Some((s, weights)) => {
                 self.step = s.step;
@@ -457,6 +462,7 @@ impl Trainer {
         let mut epochs_run = first_epoch;
         for epoch in first_epoch..self.cfg.epochs {
             epochs_run = epoch + 1;
+            let rng_at_start = rng.clone();
             // Shuffled windows, whole batches only (Informer's drop_last for training).
             let mut order: Vec<usize> = (0..n_train).collect();
             for i in (1..order.len()).rev() {
@@ -472,8 +478,11 @@ impl Trainer {
                     .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
             bar.set_prefix(format!("{}/{}", epoch + 1, self.cfg.epochs));
-            let mut loss_sum = 0.0;
-            for bi in 0..n_batches {
+            // A resume in the middle of this epoch: the same order, the batches not yet run.
+            let (start_batch, mut loss_sum) = (first_batch.min(n_batches), first_loss_sum);
+            (first_batch, first_loss_sum) = (0, 0.0);
+            bar.set_position(start_batch as u64);
+            for bi in start_batch..n_batches {
                 let batch = make_batch(&data.train, &order[bi * bs..(bi + 1) * bs], &data.norm, &self.opts.device)?;
                 let t0 = std::time::Instant::now();
                 let loss = self.train_step(&batch, epoch, bi)?;
@@ -485,6 +494,27 @@ impl Trainer {
                 }
                 bar.set_message(format!("loss {loss:.4} scale {:.0} skipped {}", self.driver.scale(), st.skipped));
                 bar.inc(1);
+                if stop(self.step) {
+                    bar.finish_and_clear();
+                    let state = LoopState {
+                        next_epoch: epoch,
+                        batch: bi + 1,
+                        epoch_loss_sum: loss_sum,
+                        step: self.step,
+                        stopped_early: false,
+                        best_val_loss: (best != f64::INFINITY).then_some(best),
+                        best_epoch,
+                        since_best,
+                        shuffle: rng_at_start,
+                        lr: self.adam.lr,
+                        nan_losses: self.nan_losses,
+                        last_grad_norm: self.last_grad_norm,
+                        val_curve: self.val_curve.clone(),
+                        step_secs: step_time.as_secs_f64(),
+                    };
+                    on_epoch(self, &state, best_weights.as_deref())?;
+                    return Err(Interrupted { epoch, batch: bi + 1 }.into());
+                }
             }
             bar.finish_and_clear();
             let outcome = self.driver.end_epoch(epoch);
@@ -531,6 +561,8 @@ impl Trainer {
             }
             let state = LoopState {
                 next_epoch: epoch + 1,
+                batch: 0,
+                epoch_loss_sum: 0.0,
                 step: self.step,
                 stopped_early: stop,
                 best_val_loss: (best != f64::INFINITY).then_some(best),
@@ -595,6 +627,12 @@ impl Trainer {
 pub struct LoopState {
     /// The epoch the run continues with (0-based; the number of epochs finished).
     pub next_epoch: u32,
+    /// Batches of `next_epoch` already run (0: it has not started; more after a Ctrl-C).
+    #[serde(default)]
+    pub batch: usize,
+    /// Sum of their losses (the epoch's mean training loss in the log).
+    #[serde(default)]
+    pub epoch_loss_sum: f64,
     /// Global steps taken, applied or skipped.
     pub step: u64,
     /// Early stopping ended the run after this epoch.
@@ -605,7 +643,8 @@ pub struct LoopState {
     pub best_epoch: u32,
     /// Epochs since it, for the patience rule.
     pub since_best: u32,
-    /// The shuffling generator, ready to draw the next epoch's order.
+    /// The shuffling generator, ready to draw `next_epoch`'s order (also when `batch > 0`: the
+    /// order is drawn again).
     pub shuffle: Rng,
     /// Learning rate of the next epoch (halved after each).
     pub lr: f64,
@@ -617,6 +656,16 @@ pub struct LoopState {
     pub val_curve: Vec<(u64, f64)>,
     /// Wall time of the training steps so far, in seconds (the report's mean step time).
     pub step_secs: f64,
+}
+
+/// Training stopped on request (Ctrl-C) after a step, its state handed to `on_epoch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("training interrupted in epoch {} after batch {batch}", epoch + 1)]
+pub struct Interrupted {
+    /// Epoch (0-based).
+    pub epoch: u32,
+    /// Batches of it that ran.
+    pub batch: usize,
 }
 
 /// Error sums turned into means.
