@@ -5,7 +5,7 @@
 //!
 //! A single pass over the bytes reads the keys in Binance's order, parsing integers, booleans and
 //! decimal strings (into [`Decimal`], no intermediate text) as it goes; no serde, no allocation but
-//! the stream name, the symbol (and a kline's interval) and depth levels. The event type comes from
+//! depth levels and a kline's interval (stream names and symbols come from the caller's [`Names`]). The event type comes from
 //! the data (its `"e"`, or the first key of the two kinds without one), as on the general path; the
 //! stream name is only carried along.
 //!

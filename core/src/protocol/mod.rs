@@ -16,8 +16,9 @@
 //!
 //! Performance: frames laid out exactly as Binance sends them take a hand-written single-pass
 //! scanner (`fast.rs`: keys matched in Binance's order, numbers and decimals parsed straight from
-//! the bytes); an aggTrade frame in the combined envelope allocates only its stream name and
-//! symbol. Anything else takes the general path: one serde pass into a borrowed, flat struct (no
+//! the bytes); with a connection's table of names ([`decode_with`], [`Names`]) an aggTrade frame in
+//! the combined envelope allocates nothing (its stream name and symbol are shared [`Name`]s), a depth
+//! diff only its two level lists. Anything else takes the general path: one serde pass into a borrowed, flat struct (no
 //! `serde_json::Value` tree), then a typed conversion that names what is wrong. Properties in
 //! `tests.rs` hold the two paths to the same result. The cost is measured by `cargo bench -p
 //! keel-core --bench core` and `bench/run instr` (docs/BENCHMARKS.md), not by tests.
