@@ -400,6 +400,21 @@ pub fn run_until(args: TrainArgs, stop: impl Fn(u64) -> bool) -> anyhow::Result<
     let metrics = args.metrics_addr.map(crate::metrics::serve_new).transpose()?;
     let mut tr = trainer::Trainer::new(&mcfg, t, &cfg.scaler, opts)?;
     tr.metrics = metrics.as_ref().map(|(m, _)| m.clone());
+    let start = match &resume {
+        Some((meta, _)) => {
+            let dir = args.resume.as_deref().unwrap_or(&out);
+            let (state, best) = checkpoint::load_resumable(dir, meta, &mut tr)?;
+            tracing::info!(
+                dir = %dir.display(),
+                next_epoch = state.next_epoch,
+                batch = state.batch,
+                step = state.step,
+                "resuming"
+            );
+            Some((state, best))
+        }
+        None => None,
+    };
     tracing::info!(
         rows = table.rows.len(),
         train_windows = ds.train.len(),
@@ -410,16 +425,8 @@ pub fn run_until(args: TrainArgs, stop: impl Fn(u64) -> bool) -> anyhow::Result<
         dtype = ?t.dtype,
         "training"
     );
-    let start = match &resume {
-        Some((meta, _)) => {
-            let dir = args.resume.as_deref().unwrap_or(&out);
-            let (state, best) = checkpoint::load_resumable(dir, meta, &mut tr)?;
-            tracing::info!(dir = %dir.display(), epoch = state.next_epoch, step = state.step, "resuming");
-            Some((state, best))
-        }
-        None => None,
-    };
-    tracing::info!(epoch = 0, step = 0, scale = tr.driver.scale(), grad_norm = f64::NAN, "{}", tr.driver.scaler());
+    let (epoch, step) = start.as_ref().map_or((0, 0), |(s, _)| (s.next_epoch, s.step));
+    tracing::info!(epoch, step, scale = tr.driver.scale(), grad_norm = f64::NAN, "{}", tr.driver.scaler());
     let template = checkpoint::Meta {
         format_version: checkpoint::FORMAT_VERSION,
         model: mcfg,
@@ -446,7 +453,7 @@ pub fn run_until(args: TrainArgs, stop: impl Fn(u64) -> bool) -> anyhow::Result<
                 ..template.clone()
             };
             checkpoint::save_resumable(&out, tr, &meta, best)?;
-            tracing::info!(epoch = state.next_epoch, batch = state.batch, step = state.step, dir = %out.display(), "checkpoint saved");
+            tracing::info!(next_epoch = state.next_epoch, batch = state.batch, step = state.step, dir = %out.display(), "checkpoint saved");
         }
         Ok(())
     },
