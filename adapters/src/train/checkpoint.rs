@@ -459,3 +459,40 @@ pub fn load_resumable(dir: &Path, meta: &Meta, tr: &mut Trainer) -> anyhow::Resu
     };
     Ok((resume.state.clone(), best))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_core::rng::Rng;
+
+    #[test]
+    fn loop_state_survives_ron_with_nan_and_infinite_losses() {
+        // A NaN storm puts NaN and infinite validation losses into the curve; the checkpoint of
+        // that epoch must still read back (the run is resumed to see what happens next).
+        let mut shuffle = Rng::new(7);
+        shuffle.next_u64();
+        let s = LoopState {
+            next_epoch: 2,
+            batch: 5,
+            epoch_loss_sum: 0.1 + 0.2,
+            step: 65,
+            stopped_early: false,
+            best_val_loss: None,
+            best_epoch: 0,
+            since_best: 2,
+            shuffle,
+            lr: 1e-4 * 0.25,
+            nan_losses: 3,
+            last_grad_norm: Some(1.0 / 3.0),
+            val_curve: vec![(30, f64::NAN), (60, f64::INFINITY)],
+            step_secs: 1.25,
+        };
+        let text = ron::ser::to_string_pretty(&s, ron::ser::PrettyConfig::new()).unwrap();
+        let back: LoopState = ron::from_str(&text).unwrap();
+        assert!(back.val_curve[0].1.is_nan() && back.val_curve[1].1 == f64::INFINITY, "{text}");
+        let same = |x: &LoopState| LoopState { val_curve: vec![], ..x.clone() };
+        assert_eq!(same(&back), same(&s), "{text}");
+        // f64 values come back bit for bit (0.1 + 0.2 and 1/3 are not short decimals).
+        assert_eq!(back.epoch_loss_sum.to_bits(), s.epoch_loss_sum.to_bits());
+    }
+}
