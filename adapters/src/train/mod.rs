@@ -7,12 +7,15 @@
 //! `keel train --resume DIR` continues an interrupted run exactly (see [`checkpoint`]): the loop
 //! saves after every `train.checkpoint_every` epochs and, on Ctrl-C, after the current step.
 //!
-//! Speed on a busy CPU: candle's CPU thread pools spin-wait at every barrier. The `keel` binary
-//! therefore runs candle's elementwise ops on the calling thread unless `CANDLE_NUM_THREADS` is set
-//! ([`trainer::elementwise_on_caller`], first line of `main`); its matmuls use `RAYON_NUM_THREADS`
-//! (default: all cores), and `RAYON_NUM_THREADS=1` is faster when the cores are shared with other
-//! work (the base preset still gains from 2 threads on an idle machine). On CPU, f16 is slower than f32 (candle
-//! converts element by element); it is for checking the mixed-precision path, GPUs are for speed.
+//! Threads: the step's numeric work runs on the trainer's own rayon pool of `RAYON_NUM_THREADS`
+//! threads (default: the physical cores; [`trainer::Trainer::in_pool`]), where gemm's splits, keel's
+//! fused kernels ([`model::fused`]: rows in fixed parts, the same bits at any thread count) and
+//! the attention's per-head products share the cores; rayon's idle workers yield and then sleep,
+//! so a busy CPU costs no spinning. candle's own elementwise ops (mostly the backward pass's
+//! gradient accumulation) run on the calling thread unless `CANDLE_NUM_THREADS` is set
+//! ([`trainer::elementwise_on_caller`], first line of `main`): candle's pool spin-waits at every
+//! barrier. On CPU, f16 is slower than f32 (candle converts element by element); it is for checking
+//! the mixed-precision path, GPUs are for speed.
 
 pub mod amp;
 pub mod checkpoint;
