@@ -265,3 +265,33 @@ fn resume_refuses_other_settings_and_other_data_naming_the_difference() {
     // Nothing was written over the checkpoint by the refused resumes.
     assert_eq!(checkpoint::load_meta(&ck).unwrap().resume.unwrap().state.next_epoch, 1);
 }
+
+#[test]
+fn checkpoint_every_two_epochs_saves_after_the_second_and_the_last() {
+    let dir = tmp("every");
+    let csv = msft_tail(&dir, "msft.csv", 400, |_, l| l.to_string());
+    let config = dir.join("keel.ron");
+    std::fs::write(&config, "(train: (checkpoint_every: 2))").unwrap();
+    let ck = dir.join("ck");
+    let saved = |ck: &Path| checkpoint::load_meta(ck).ok().and_then(|m| m.resume).map(|r| r.state.next_epoch);
+    // Three batches per epoch: the stop callback runs after every step and looks at the directory.
+    let seen = std::cell::RefCell::new(Vec::new());
+    let args = ["--epochs", "3", "--patience", "5", "--config", s(&config), "--out", s(&ck)];
+    train_until(&csv, &args, |step| {
+        seen.borrow_mut().push((step, saved(&ck)));
+        false
+    })
+    .unwrap();
+    let seen = seen.into_inner();
+    // After epoch 1 (steps 4 to 6) nothing was saved; after epoch 2 (steps 7 to 9) its checkpoint.
+    assert_eq!(
+        seen.iter().map(|(_, s)| *s).collect::<Vec<_>>(),
+        [vec![None; 6], vec![Some(2u32); 3]].concat(),
+        "{seen:?}"
+    );
+    assert_eq!(saved(&ck), Some(3), "the last epoch always saves");
+    let bad = dir.join("bad.ron");
+    std::fs::write(&bad, "(train: (checkpoint_every: 0))").unwrap();
+    let e = err(train(&csv, &["--config", s(&bad), "--out", s(&dir.join("never"))]));
+    assert!(e.contains("train.checkpoint_every = 0 is invalid"), "{e}");
+}
