@@ -42,15 +42,19 @@ impl Reply {
 /// trusting only `ca_pem`; panics if no answer comes within 5 s.
 pub async fn https_get(addr: SocketAddr, ca_pem: &[u8], path: &str) -> Reply {
     let work = async {
-        let ca = native_tls::Certificate::from_pem(ca_pem).unwrap();
-        let tcp = smol::net::TcpStream::connect(addr).await.unwrap();
-        let mut tls =
-            async_native_tls::TlsConnector::new().add_root_certificate(ca).connect("localhost", tcp).await.unwrap();
+        // Each step names itself when it fails: a flake under load (seen once, a connect) must say where.
+        let ca = native_tls::Certificate::from_pem(ca_pem).unwrap_or_else(|e| panic!("CA PEM for {addr}: {e}"));
+        let tcp = smol::net::TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("TCP connect to {addr}: {e}"));
+        let mut tls = async_native_tls::TlsConnector::new()
+            .add_root_certificate(ca)
+            .connect("localhost", tcp)
+            .await
+            .unwrap_or_else(|e| panic!("TLS handshake with {addr}: {e}"));
         let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-        tls.write_all(req.as_bytes()).await.unwrap();
-        tls.flush().await.unwrap();
+        tls.write_all(req.as_bytes()).await.unwrap_or_else(|e| panic!("sending GET {path} to {addr}: {e}"));
+        tls.flush().await.unwrap_or_else(|e| panic!("sending GET {path} to {addr}: {e}"));
         let mut raw = Vec::new();
-        tls.read_to_end(&mut raw).await.unwrap();
+        tls.read_to_end(&mut raw).await.unwrap_or_else(|e| panic!("reading the answer to {path} from {addr}: {e}"));
         let text = String::from_utf8(raw).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         let mut lines = head.lines();
