@@ -478,7 +478,7 @@ pub fn run_until(args: TrainArgs, stop: impl Fn(u64) -> bool) -> anyhow::Result<
         Ok(r) => r,
     };
     let plot_path = out.join("loss.png");
-    plot::write(&plot_path, &tr.curve, &tr.val_curve)
+    plot::write(&plot_path, &tr.curve, &tr.state.val_curve)
         .with_context(|| format!("cannot write {}", plot_path.display()))?;
     if let Some(p) = &args.stats_json {
         std::fs::write(p, serde_json::to_string_pretty(&report)?)

@@ -134,15 +134,13 @@ pub struct Trainer {
     pub cfg: TrainConfig,
     /// Step curves so far.
     pub curve: Vec<StepPoint>,
-    /// Validation loss per finished epoch, with the step it was measured at.
-    pub val_curve: Vec<(u64, f64)>,
-    /// Training batches with a non-finite loss.
-    pub nan_losses: u64,
+    /// Where the run stands, the only owner of the validation curve, the NaN-loss count and the
+    /// last grad norm: `train_step` and the epoch loop keep it current, a resumable checkpoint
+    /// saves a copy and a resume restores it.
+    pub state: LoopState,
     /// Where to publish the scaler stats after every step (`--metrics-addr`).
     pub metrics: Option<crate::metrics::Metrics>,
     step: u64,
-    /// The grad norm of the last applied step (`None` until one), for the scaler log lines.
-    last_grad_norm: Option<f64>,
     opts: RunOptions,
     /// The threads the step's numeric work runs on (see [`Trainer::in_pool`]).
     pool: std::sync::Arc<rayon::ThreadPool>,
@@ -278,11 +276,9 @@ impl Trainer {
             dtype,
             cfg: cfg.clone(),
             curve: Vec::new(),
-            val_curve: Vec::new(),
-            nan_losses: 0,
+            state: LoopState::start(cfg.seed, cfg.learning_rate),
             metrics: None,
             step: 0,
-            last_grad_norm: None,
             opts,
             pool,
         })
@@ -323,11 +319,11 @@ impl Trainer {
             Ok((out32, loss_value, grads, found_inf, norm))
         })?;
         if !loss_value.is_finite() {
-            self.nan_losses += 1;
+            self.state.nan_losses += 1;
         }
         let grad_norm = (!found_inf).then_some(norm);
         if grad_norm.is_some() {
-            self.last_grad_norm = grad_norm;
+            self.state.last_grad_norm = grad_norm;
         }
         let outcome = self.driver.step(step, found_inf, grad_norm);
         let skipped = match (outcome.decision, grad_norm) {
@@ -436,33 +432,31 @@ impl Trainer {
                 "the training part has {n_train} windows, fewer than one batch of {bs}; use a smaller --batch-size or more data"
             );
         }
-        let (mut first_batch, mut first_loss_sum) =
-            resume.as_ref().map_or((0, 0.0), |(s, _)| (s.batch, s.epoch_loss_sum));
-        let start = match resume {
+        let (mut first_batch, mut first_loss_sum, mut best_weights, mut step_time) = match resume {
             Some((s, weights)) => {
                 self.step = s.step;
-                self.nan_losses = s.nan_losses;
-                self.last_grad_norm = s.last_grad_norm;
-                self.val_curve = s.val_curve.clone();
                 self.adam.lr = s.lr;
                 let secs = std::time::Duration::try_from_secs_f64(s.step_secs).unwrap_or_default();
-                (
-                    s.next_epoch,
-                    s.shuffle,
-                    s.best_val_loss.unwrap_or(f64::INFINITY),
-                    s.best_epoch,
-                    weights,
-                    s.since_best,
-                    secs,
-                )
+                // (An early stop is decided again at the end of each epoch.)
+                self.state = LoopState { stopped_early: false, ..s };
+                (self.state.batch, self.state.epoch_loss_sum, weights, secs)
             }
-            None => (0, Rng::new(self.cfg.seed), f64::INFINITY, 0, None, 0, std::time::Duration::ZERO),
+            None => {
+                // A fresh loop; the trainer's counters (NaN losses, grad norm, curve) carry on.
+                self.state = LoopState {
+                    nan_losses: self.state.nan_losses,
+                    last_grad_norm: self.state.last_grad_norm,
+                    val_curve: std::mem::take(&mut self.state.val_curve),
+                    ..LoopState::start(self.cfg.seed, self.adam.lr)
+                };
+                (0, 0.0, None, std::time::Duration::ZERO)
+            }
         };
-        let (first_epoch, mut rng, mut best, mut best_epoch, mut best_weights, mut since_best, mut step_time) = start;
+        let first_epoch = self.state.next_epoch;
+        let mut rng = self.state.shuffle.clone();
         let mut epochs_run = first_epoch;
         for epoch in first_epoch..self.cfg.epochs {
             epochs_run = epoch + 1;
-            let rng_at_start = rng.clone();
             // Shuffled windows, whole batches only (Informer's drop_last for training).
             let mut order: Vec<usize> = (0..n_train).collect();
             for i in (1..order.len()).rev() {
@@ -496,29 +490,15 @@ impl Trainer {
                 bar.inc(1);
                 if stop(self.step) {
                     bar.finish_and_clear();
-                    let state = LoopState {
-                        next_epoch: epoch,
-                        batch: bi + 1,
-                        epoch_loss_sum: loss_sum,
-                        step: self.step,
-                        stopped_early: false,
-                        best_val_loss: (best != f64::INFINITY).then_some(best),
-                        best_epoch,
-                        since_best,
-                        shuffle: rng_at_start,
-                        lr: self.adam.lr,
-                        nan_losses: self.nan_losses,
-                        last_grad_norm: self.last_grad_norm,
-                        val_curve: self.val_curve.clone(),
-                        step_secs: step_time.as_secs_f64(),
-                    };
+                    // `state.shuffle` is still the generator this epoch's order was drawn from.
+                    let state = self.loop_state(epoch, bi + 1, loss_sum, step_time);
                     on_epoch(self, &state, best_weights.as_deref())?;
                     return Err(Interrupted { epoch, batch: bi + 1 }.into());
                 }
             }
             bar.finish_and_clear();
             let outcome = self.driver.end_epoch(epoch);
-            let (step, scale, grad_norm) = (self.step, self.driver.scale(), norm_field(self.last_grad_norm));
+            let (step, scale, grad_norm) = (self.step, self.driver.scale(), norm_field(self.state.last_grad_norm));
             for e in &outcome.report.events {
                 tracing::warn!(epoch, step, scale, grad_norm, "loss scaler: {e}");
             }
@@ -526,7 +506,7 @@ impl Trainer {
                 tracing::warn!(epoch, step, scale, grad_norm, "loss scale reset from {} to {}", r.before, r.after);
             }
             let val = self.evaluate(&data.val, &data.norm)?.mse;
-            self.val_curve.push((self.step, val));
+            self.state.val_curve.push((self.step, val));
             tracing::info!(
                 epoch,
                 train_loss = loss_sum / n_batches.max(1) as f64,
@@ -539,14 +519,14 @@ impl Trainer {
                 "epoch done"
             );
             let mut stop = false;
-            if val < best {
-                best = val;
-                best_epoch = epoch;
-                since_best = 0;
+            if val < self.state.best_val_loss.unwrap_or(f64::INFINITY) {
+                self.state.best_val_loss = Some(val);
+                self.state.best_epoch = epoch;
+                self.state.since_best = 0;
                 best_weights = Some(self.snapshot()?);
             } else {
-                since_best += 1;
-                stop = since_best >= self.cfg.patience.max(1);
+                self.state.since_best += 1;
+                stop = self.state.since_best >= self.cfg.patience.max(1);
                 if stop {
                     tracing::info!(
                         epoch,
@@ -559,22 +539,9 @@ impl Trainer {
                 // Informer's `adjust_learning_rate` type1: halve after every epoch.
                 self.adam.lr *= 0.5;
             }
-            let state = LoopState {
-                next_epoch: epoch + 1,
-                batch: 0,
-                epoch_loss_sum: 0.0,
-                step: self.step,
-                stopped_early: stop,
-                best_val_loss: (best != f64::INFINITY).then_some(best),
-                best_epoch,
-                since_best,
-                shuffle: rng.clone(),
-                lr: self.adam.lr,
-                nan_losses: self.nan_losses,
-                last_grad_norm: self.last_grad_norm,
-                val_curve: self.val_curve.clone(),
-                step_secs: step_time.as_secs_f64(),
-            };
+            self.state.stopped_early = stop;
+            self.state.shuffle = rng.clone();
+            let state = self.loop_state(epoch + 1, 0, 0.0, step_time);
             on_epoch(self, &state, best_weights.as_deref())?;
             if stop {
                 break;
@@ -591,12 +558,27 @@ impl Trainer {
             test_mae: test.mae,
             baseline_mse: test.baseline_mse,
             baseline_mae: test.baseline_mae,
-            nan_losses: self.nan_losses,
+            nan_losses: self.state.nan_losses,
             epochs_run,
-            best_val_loss: best,
-            best_epoch,
+            best_val_loss: self.state.best_val_loss.unwrap_or(f64::INFINITY),
+            best_epoch: self.state.best_epoch,
             step_ms,
         })
+    }
+
+    /// The loop state `on_epoch` gets: `self.state` with the loop's position, the step count, the
+    /// learning rate and the step time filled in.
+    fn loop_state(
+        &mut self,
+        next_epoch: u32,
+        batch: usize,
+        epoch_loss_sum: f64,
+        step_time: std::time::Duration,
+    ) -> LoopState {
+        let s = &mut self.state;
+        (s.next_epoch, s.batch, s.epoch_loss_sum) = (next_epoch, batch, epoch_loss_sum);
+        (s.step, s.lr, s.step_secs) = (self.step, self.adam.lr, step_time.as_secs_f64());
+        s.clone()
     }
 
     /// Copies of the weights and buffers (for keeping the best epoch): params in
@@ -656,6 +638,28 @@ pub struct LoopState {
     pub val_curve: Vec<(u64, f64)>,
     /// Wall time of the training steps so far, in seconds (the report's mean step time).
     pub step_secs: f64,
+}
+
+impl LoopState {
+    /// The state before the first epoch: shuffling seeded by `seed`, learning rate `lr`.
+    pub fn start(seed: u64, lr: f64) -> Self {
+        LoopState {
+            next_epoch: 0,
+            batch: 0,
+            epoch_loss_sum: 0.0,
+            step: 0,
+            stopped_early: false,
+            best_val_loss: None,
+            best_epoch: 0,
+            since_best: 0,
+            shuffle: Rng::new(seed),
+            lr,
+            nan_losses: 0,
+            last_grad_norm: None,
+            val_curve: Vec::new(),
+            step_secs: 0.0,
+        }
+    }
 }
 
 /// Training stopped on request (Ctrl-C) after a step, its state handed to `on_epoch`.

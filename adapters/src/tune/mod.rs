@@ -379,7 +379,7 @@ fn train_trial(table: &Table, setup: &TrialSetup, p: &TrialParams, rec: &mut Tri
     tr.metrics = setup.metrics.clone();
     let fitted = tr.fit(&ds);
     rec.stats = serde_json::to_value(tr.driver.stats())?;
-    rec.nan_losses = tr.nan_losses;
+    rec.nan_losses = tr.state.nan_losses;
     let report = fitted?;
     rec.val_loss = finite(report.best_val_loss);
     rec.test_mse = finite(report.test_mse);
