@@ -5,7 +5,7 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use keel_core::config::Config;
-use keel_core::connection::{Connection, Event, Input, Output, TransportId};
+use keel_core::connection::{Connection, Event, Input, Output, TransportId, WsMessage};
 use keel_core::monitor::ScalerDriver;
 use keel_core::protocol::decode;
 use keel_core::scaler::LossScaler;
@@ -104,5 +104,127 @@ fn steps(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, frames, steps);
+/// One simulated hour of a healthy connection, driven through the real machine with no simulator around it:
+/// Binance's server ping every 20 s (answered), the machine's own pings (answered 5 ms later), its timers,
+/// and `frames_per_hour` aggTrade frames on one stream. This is the floor of what a simulated hour costs
+/// when every step runs the real core (issue 8's simulator target): a simulator can only add to it.
+struct QuietHour {
+    conn: Connection,
+    now: u64,
+    next_server_ping: u64,
+    next_frame: u64,
+    frame_every: u64,
+    pong_due: Option<(u64, Vec<u8>)>,
+    agg_id: u64,
+    texts: Vec<String>,
+    /// Machine calls made (inputs + timeouts) and market events seen, for the per-step figure.
+    calls: u64,
+    events: u64,
+}
+
+impl QuietHour {
+    fn new(frames_per_hour: u64, texts: Vec<String>) -> QuietHour {
+        let mut c = Config::default();
+        c.reconnect.jitter = 0.0;
+        c.stream.streams = vec![AGG.into()];
+        let mut conn = Connection::new(&c, 1, Timestamp::from_millis(0));
+        while conn.poll_output().is_some() {}
+        conn.handle_input(Input::Opened { id: TransportId(1) }, Timestamp::from_millis(0));
+        while conn.poll_output().is_some() {}
+        QuietHour {
+            conn,
+            now: 0,
+            next_server_ping: 20_000,
+            next_frame: 3_600_000 / frames_per_hour,
+            frame_every: 3_600_000 / frames_per_hour,
+            pong_due: None,
+            agg_id: 0,
+            texts,
+            calls: 0,
+            events: 0,
+        }
+    }
+
+    fn drain(&mut self) {
+        while let Some(o) = self.conn.poll_output() {
+            match o {
+                Output::Send { message: WsMessage::Ping(payload), .. } => self.pong_due = Some((self.now + 5, payload)),
+                Output::Send { .. } => {}
+                Output::Event(Event::Market { .. }) => self.events += 1,
+                Output::Event(_) => {}
+                other => panic!("a healthy connection did something else: {other:?}"),
+            }
+        }
+    }
+
+    /// Runs until `now + 1 h`, one machine call per thing that happens.
+    fn hour(&mut self) {
+        let end = self.now + 3_600_000;
+        let id = TransportId(1);
+        loop {
+            let timer = self.conn.poll_timeout().map_or(u64::MAX, Timestamp::as_millis);
+            let pong = self.pong_due.as_ref().map_or(u64::MAX, |p| p.0);
+            let next = timer.min(pong).min(self.next_server_ping).min(self.next_frame);
+            if next > end {
+                self.now = end;
+                return;
+            }
+            self.now = next;
+            let now = Timestamp::from_millis(next);
+            self.calls += 1;
+            if next == pong {
+                let (_, payload) = self.pong_due.take().expect("pong is due");
+                self.conn.handle_input(Input::Pong { id, payload }, now);
+            } else if next == self.next_server_ping {
+                self.next_server_ping += 20_000;
+                self.conn.handle_input(Input::Ping { id, payload: next.to_be_bytes().to_vec() }, now);
+            } else if next == self.next_frame {
+                self.next_frame += self.frame_every;
+                let text = self.texts[self.agg_id as usize % self.texts.len()].clone();
+                self.agg_id += 1;
+                self.conn.handle_input(Input::Text { id, text }, now);
+            } else {
+                self.conn.handle_timeout(now);
+            }
+            self.drain();
+        }
+    }
+}
+
+fn quiet_hours(c: &mut Criterion) {
+    let mut g = c.benchmark_group("simulated hour");
+    // 60 frames an hour is about the fewest a stream may carry (the stall watch acts after 120 s without an
+    // event); 428 is the simulator's mean market density per hour (figure 2). A connection serves 20 hours
+    // (the rollover is at 23.5 h), then a fresh one is built outside the timing.
+    for frames_per_hour in [60u64, 428] {
+        // Ids start at 1 and advance by one per frame: 20 h of frames, no gaps and no wrap.
+        let texts: Vec<String> = (1..=frames_per_hour * 20).map(agg).collect();
+        let mut h = QuietHour::new(frames_per_hour, texts.clone());
+        let mut hours = 0u32;
+        g.bench_function(format!("healthy, 1 aggTrade stream, {frames_per_hour} frames/h"), |b| {
+            b.iter_custom(|iters| {
+                let mut total = std::time::Duration::ZERO;
+                for _ in 0..iters {
+                    if hours == 20 {
+                        h = QuietHour::new(frames_per_hour, texts.clone());
+                        hours = 0;
+                    }
+                    let t = std::time::Instant::now();
+                    h.hour();
+                    total += t.elapsed();
+                    hours += 1;
+                }
+                total
+            })
+        });
+        eprintln!(
+            "simulated hour, {frames_per_hour} frames/h: {:.0} machine calls and {:.0} market events per hour",
+            h.calls as f64 / f64::from(hours.max(1)),
+            h.events as f64 / f64::from(hours.max(1))
+        );
+    }
+    g.finish();
+}
+
+criterion_group!(benches, frames, steps, quiet_hours);
 criterion_main!(benches);
