@@ -21,7 +21,7 @@ use crate::scaler_sim::mix;
 use keel_core::classify::{ErrorClass, classify_error};
 use keel_core::connection::{Connection, Event, Input, Output, StopReason, TransportId, WsMessage};
 use keel_core::gaps::{GapKind, Sequence};
-use keel_core::protocol::{self, Decimal, Frame, MarketEvent};
+use keel_core::protocol::{self, Decimal, Frame, MarketEvent, Name};
 use keel_core::recovery::{OrderBook, Recovery, RecoveryOutput};
 use keel_core::time::Timestamp;
 use keel_core::trace::TraceRecord;
@@ -89,8 +89,8 @@ pub struct ConnSummary {
 /// and the last id the connection delivered live.
 #[derive(Debug, Default)]
 struct RecCheck {
-    end: BTreeMap<String, u64>,
-    live: BTreeMap<String, u64>,
+    end: BTreeMap<Name, u64>,
+    live: BTreeMap<Name, u64>,
     /// Per depth symbol: the book's update id last compared with the model (`None`: not synced).
     book: BTreeMap<String, Option<u64>>,
 }
@@ -146,7 +146,7 @@ struct Machine {
     used: std::collections::BTreeSet<u64>,
     /// Earliest time the next `Open` may come, and the latest, after a `Disconnected`.
     next_open: Option<(u64, u64)>,
-    coverage: BTreeMap<String, Coverage>,
+    coverage: BTreeMap<Name, Coverage>,
     opens: u64,
     connects: u64,
     gaps: u64,
@@ -572,12 +572,12 @@ impl<'p> ConnSim<'p> {
                     if backfilled {
                         self.summary.backfilled += 1;
                     }
-                    (stream.to_string(), id, id)
+                    (stream, id, id)
                 }
                 RecoveryOutput::Abandoned { stream, first, last, reason } => {
                     self.note(|| format!("abandoned {stream} {first}..={last}: {reason}"));
                     self.summary.abandoned_ids += last - first + 1;
-                    (stream, first, last)
+                    (Name::from(stream), first, last)
                 }
                 RecoveryOutput::BookSynced { .. } => {
                     self.summary.book_syncs += 1;
@@ -596,7 +596,7 @@ impl<'p> ConnSim<'p> {
                 }
                 _ => continue,
             };
-            match self.rc.end.get_mut(&stream) {
+            match self.rc.end.get_mut(stream.as_str()) {
                 Some(end) if first != *end + 1 || last < first => {
                     let end = *end;
                     return Err(self.fail(format!(
@@ -747,8 +747,8 @@ impl<'p> ConnSim<'p> {
                     // What the recovery releases of the old numbering continues it; then it starts over.
                     self.rec.handle_restart(stream, *last, *first, Timestamp::from_millis(now));
                     self.drain_recovery(now)?;
-                    self.rc.end.remove(stream);
-                    self.rc.live.remove(stream);
+                    self.rc.end.remove(stream.as_str());
+                    self.rc.live.remove(stream.as_str());
                 }
                 if let Event::Market { stream, event, .. } = &event {
                     if let MarketEvent::Depth(d) = event
@@ -760,13 +760,16 @@ impl<'p> ConnSim<'p> {
                         match self.rc.live.get_mut(stream.as_str()) {
                             Some(live) => *live = trade.agg_id,
                             None => {
-                                self.rc.live.insert(stream.to_string(), trade.agg_id);
+                                self.rc.live.insert(stream.clone(), trade.agg_id);
                             }
                         }
                     }
-                    self.rec.handle_event(stream, event.clone(), Timestamp::from_millis(now));
                 }
-                self.on_event(event)?
+                self.on_event(&event)?;
+                // After the checks, so that the event moves into the recovery machine without a copy.
+                if let Event::Market { stream, event, .. } = event {
+                    self.rec.handle_event(&stream, event, Timestamp::from_millis(now));
+                }
             }
             Output::Gap(gap) => {
                 self.rec.handle_gap(&gap, Timestamp::from_millis(now));
@@ -776,7 +779,7 @@ impl<'p> ConnSim<'p> {
                 self.m.gaps += 1;
                 self.summary.gaps += 1;
                 if gap.kind == GapKind::AggTradeId {
-                    let cov = self.m.coverage.entry(gap.stream.clone()).or_default();
+                    let cov = self.m.coverage.entry(Name::from(&gap.stream)).or_default();
                     if let Err((l, h)) = cov.add(gap.first_missing, gap.last_missing) {
                         return Err(
                             self.fail(format!("gap {gap:?} overlaps ids {l}..={h} already delivered or reported"))
@@ -806,7 +809,7 @@ impl<'p> ConnSim<'p> {
         Ok(())
     }
 
-    fn on_event(&mut self, event: Event) -> Result<(), ConnFailure> {
+    fn on_event(&mut self, event: &Event) -> Result<(), ConnFailure> {
         let now = self.now;
         let cfg = &self.profile.config;
         match event {
@@ -821,8 +824,8 @@ impl<'p> ConnSim<'p> {
                 self.m.markets += 1;
                 self.summary.market_events += 1;
                 if let (Sequence::AggTrade { id, .. }, MarketEvent::AggTrade(trade)) = (event.sequence(), &event) {
-                    if !self.net.was_produced(&stream, id) {
-                        let next = self.net.next_agg_id(&stream).unwrap_or(0);
+                    if !self.net.was_produced(stream, id) {
+                        let next = self.net.next_agg_id(stream).unwrap_or(0);
                         return Err(self.fail(format!("aggTrade {id} on {stream} was never produced (next is {next})")));
                     }
                     // Exact decimals: mantissa and scale of the strings `agg_trade_fields` wrote.
@@ -832,7 +835,7 @@ impl<'p> ConnSim<'p> {
                         let sent = agg_trade_fields(id);
                         return Err(self.fail(format!("aggTrade {id} decoded as {trade:?}, sent {sent:?}")));
                     }
-                    let cov = self.m.coverage.entry(stream.to_string()).or_default();
+                    let cov = self.m.coverage.entry(stream.clone()).or_default();
                     if let Err((l, h)) = cov.add(id, id) {
                         return Err(self.fail(format!(
                             "aggTrade {id} on {stream} delivered twice (or after its gap {l}..={h} was reported)"
@@ -840,7 +843,7 @@ impl<'p> ConnSim<'p> {
                     }
                 }
             }
-            Event::Connected { id, .. } => {
+            &Event::Connected { id, .. } => {
                 self.m.connects += 1;
                 self.summary.connects += 1;
                 if !matches!(self.m.transports.get(&id.0), Some(Side::Open { .. })) {
@@ -863,7 +866,7 @@ impl<'p> ConnSim<'p> {
                     self.live_after_heal.get_or_insert(now);
                 }
             }
-            Event::Disconnected { class, retry_in, .. } => {
+            &Event::Disconnected { class, retry_in, .. } => {
                 let retry = retry_in.as_millis() as u64;
                 let r = &cfg.reconnect;
                 let floor = ((r.initial_delay_ms as f64) * (1.0 - r.jitter)).floor() as u64;
@@ -890,18 +893,19 @@ impl<'p> ConnSim<'p> {
                 self.m.next_open = Some((now + retry, now + retry + 1));
             }
             Event::SequenceRestarted { stream, last, first } => {
+                let (last, first) = (*last, *first);
                 // Never a false alarm: a replay, a duplicate or a reordered frame is not a restart.
                 let seen = self.m.id_restarts.entry(stream.clone()).or_default();
                 *seen += 1;
                 let seen = *seen;
-                let happened = self.net.id_restarts(&stream);
+                let happened = self.net.id_restarts(stream);
                 if seen > happened || first >= last {
                     return Err(self.fail(format!(
                         "numbering restart {seen} reported on {stream} ({last} -> {first}) but the exchange restarted it {happened} times"
                     )));
                 }
                 // The events of the new numbering the machine was handed before `first` went nowhere.
-                if let Some(numbering) = self.net.numbering_of(&stream, first)
+                if let Some(numbering) = self.net.numbering_of(stream, first)
                     && let Some(&min) = self.m.handed_min.get(&(stream.clone(), numbering))
                     && min < first
                 {
@@ -912,7 +916,7 @@ impl<'p> ConnSim<'p> {
                 }
                 self.summary.id_restarts += 1;
                 // Coverage is per numbering: the new one starts at the first id delivered after it.
-                self.m.coverage.remove(&stream);
+                self.m.coverage.remove(stream.as_str());
             }
             Event::HeartbeatTimeout { .. } => {
                 self.summary.heartbeat_timeouts += 1;
@@ -1055,7 +1059,7 @@ impl<'p> ConnSim<'p> {
             if sent < confirm + 2 {
                 continue;
             }
-            let last = self.rc.live.get(stream).copied();
+            let last = self.rc.live.get(stream.as_str()).copied();
             if !last.is_some_and(|id| numbering.contains(&id)) {
                 return Err(self.fail(format!(
                     "{stream} restarted its ids at {} and {sent} of them were sent since the machine was live, \
@@ -1130,8 +1134,8 @@ fn same_book(book: &OrderBook, model: &crate::exchange::BookState) -> bool {
         Decimal::new(u128::from(if ask { 30_000 + level } else { 30_000 - level }) * 100, 2, false)
     };
     let qty = |q: u64| Decimal::new(u128::from(q), 3, false);
-    let bids = model.bids.iter().map(|(&l, &q)| (price(false, l), qty(q)));
-    let asks = model.asks.iter().map(|(&l, &q)| (price(true, l), qty(q)));
+    let bids = model.bids().map(|(l, q)| (price(false, l), qty(q)));
+    let asks = model.asks().map(|(l, q)| (price(true, l), qty(q)));
     book.bids().map(|(p, q)| (Some(p), Some(q))).eq(bids) && book.asks().map(|(p, q)| (Some(p), Some(q))).eq(asks)
 }
 

@@ -10,7 +10,7 @@
 //! kept by update id so that the checker can compare the client's book with the model's at the
 //! client's `last_update_id`, and REST snapshots are served from the current state.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 /// What a market stream produces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,24 +29,42 @@ pub const RECENT_IDS: usize = 1024;
 /// Model book states kept for the checker (the client's book is at most a few diffs behind).
 pub const BOOK_HISTORY: usize = 256;
 
+/// Levels per side of the model book.
+pub const LEVELS: usize = 10;
+
 /// A model order book: level -> quantity in thousandths. Bid level `i` is price `30000 - i`, ask
-/// level `i` is `30000 + i` (1..=10 each side).
+/// level `i` is `30000 + i` (1..=10 each side). Fixed arrays rather than maps: the model keeps a
+/// copy per diff for the checker ([`BOOK_HISTORY`]), and copying two arrays is a `memcpy`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BookState {
-    /// Bid levels.
-    pub bids: BTreeMap<u64, u64>,
-    /// Ask levels.
-    pub asks: BTreeMap<u64, u64>,
+    /// Quantity of bid level `i + 1` (0: no such level).
+    bids: [u64; LEVELS],
+    /// Quantity of ask level `i + 1` (0: no such level).
+    asks: [u64; LEVELS],
 }
 
-/// Price text of bid (`ask == false`) or ask level `level`.
-pub fn level_price(ask: bool, level: u64) -> String {
-    format!("{}.00", if ask { 30_000 + level } else { 30_000 - level })
+impl BookState {
+    /// `(level, quantity)` of the bids, best (level 1) first.
+    pub fn bids(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        levels(&self.bids)
+    }
+
+    /// `(level, quantity)` of the asks, best (level 1) first.
+    pub fn asks(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        levels(&self.asks)
+    }
+
+    /// Sets `level` (1..=[`LEVELS`]) of one side to `q` (0 removes it).
+    fn set(&mut self, ask: bool, level: u64, q: u64) {
+        let side = if ask { &mut self.asks } else { &mut self.bids };
+        if let Some(slot) = (level as usize).checked_sub(1).and_then(|i| side.get_mut(i)) {
+            *slot = q;
+        }
+    }
 }
 
-/// Quantity text of `q` thousandths (0 removes the level).
-pub fn level_qty(q: u64) -> String {
-    format!("{}.{:03}", q / 1000, q % 1000)
+fn levels(side: &[u64; LEVELS]) -> impl Iterator<Item = (u64, u64)> + '_ {
+    side.iter().enumerate().filter(|(_, q)| **q != 0).map(|(i, &q)| (i as u64 + 1, q))
 }
 
 /// The model book of one depth stream and its recent history.
@@ -72,8 +90,8 @@ impl DepthModel {
     fn new(first_id: u64) -> DepthModel {
         let mut state = BookState::default();
         for level in 1..=5 {
-            state.bids.insert(level, 100 * level);
-            state.asks.insert(level, 90 * level);
+            state.set(false, level, 100 * level);
+            state.set(true, level, 90 * level);
         }
         let mut history = VecDeque::new();
         history.push_back((first_id, state.clone()));
@@ -90,14 +108,10 @@ impl DepthModel {
         for k in 0..1 + (h >> 2) % 3 {
             let r = mix64(h ^ (k + 1));
             let ask = r & 1 == 1;
-            let level = 1 + (r >> 1) % 10;
+            let level = 1 + (r >> 1) % LEVELS as u64;
             let q = if (r >> 8).is_multiple_of(4) { 0 } else { 1 + (r >> 12) % 5_000 };
-            let (side, list) = if ask { (&mut self.state.asks, &mut asks) } else { (&mut self.state.bids, &mut bids) };
-            if q == 0 {
-                side.remove(&level);
-            } else {
-                side.insert(level, q);
-            }
+            self.state.set(ask, level, q);
+            let list = if ask { &mut asks } else { &mut bids };
             list.retain(|&(l, _)| l != level);
             list.push((level, q));
         }
@@ -124,14 +138,31 @@ impl DepthModel {
 impl BookState {
     /// The `/api/v3/depth` body of this book at update id `id` (best levels first).
     pub fn body(&self, id: u64) -> String {
-        let side = |ask: bool, levels: &BTreeMap<u64, u64>| {
-            levels
-                .iter()
-                .map(|(&l, &q)| format!(r#"["{}","{}"]"#, level_price(ask, l), level_qty(q)))
-                .collect::<Vec<_>>()
-                .join(",")
-        };
-        format!(r#"{{"lastUpdateId":{},"bids":[{}],"asks":[{}]}}"#, id, side(false, &self.bids), side(true, &self.asks))
+        let mut out = String::with_capacity(64 + 24 * 2 * LEVELS);
+        out.push_str(r#"{"lastUpdateId":"#);
+        push_u64(&mut out, id);
+        out.push_str(r#","bids":["#);
+        push_levels(&mut out, false, self.bids());
+        out.push_str(r#"],"asks":["#);
+        push_levels(&mut out, true, self.asks());
+        out.push_str("]}");
+        out
+    }
+}
+
+/// Appends `["price","qty"]` pairs, comma-separated.
+fn push_levels(out: &mut String, ask: bool, levels: impl Iterator<Item = (u64, u64)>) {
+    for (i, (level, q)) in levels.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str("[\"");
+        push_u64(out, if ask { 30_000 + level } else { 30_000 - level });
+        out.push_str(".00\",\"");
+        push_u64(out, q / 1000);
+        out.push('.');
+        push_padded(out, q % 1000, 3);
+        out.push_str("\"]");
     }
 }
 
@@ -189,6 +220,20 @@ impl Market {
         self.next_id = first;
     }
 
+    /// The event happening now, with no listener: advances the ids (and the model book) exactly as
+    /// [`Self::next_frame`] does, without writing the frame. Returns the same id.
+    pub fn skip_event(&mut self) -> Option<u64> {
+        match self.kind {
+            StreamKind::AggTrade => {
+                let a = self.next_id;
+                self.next_id += 1;
+                Some(a)
+            }
+            StreamKind::Depth => self.book.as_mut().map(|book| book.step().1),
+            StreamKind::Kline => None,
+        }
+    }
+
     /// The combined-stream frame of the event happening now (epoch time `epoch_ms`), and its id
     /// for sequenced streams. Advances the id.
     pub fn next_frame(&mut self, epoch_ms: u64) -> (String, Option<u64>) {
@@ -226,20 +271,22 @@ impl Market {
             StreamKind::Depth => {
                 let Some(book) = self.book.as_mut() else { return (String::new(), None) };
                 let (first, last, bids, asks) = book.step();
-                let side = |ask: bool, levels: &[(u64, u64)]| {
-                    levels
-                        .iter()
-                        .map(|&(l, q)| format!(r#"["{}","{}"]"#, level_price(ask, l), level_qty(q)))
-                        .collect::<Vec<_>>()
-                        .join(",")
-                };
-                let frame = format!(
-                    r#"{{"stream":"{}","data":{{"e":"depthUpdate","E":{epoch_ms},"s":"{}","U":{first},"u":{last},"b":[{}],"a":[{}]}}}}"#,
-                    self.stream,
-                    self.symbol,
-                    side(false, &bids),
-                    side(true, &asks)
-                );
+                let mut frame = String::with_capacity(128 + 2 * self.stream.len() + 24 * (bids.len() + asks.len()));
+                frame.push_str(r#"{"stream":""#);
+                frame.push_str(&self.stream);
+                frame.push_str(r#"","data":{"e":"depthUpdate","E":"#);
+                push_u64(&mut frame, epoch_ms);
+                frame.push_str(r#","s":""#);
+                frame.push_str(&self.symbol);
+                frame.push_str(r#"","U":"#);
+                push_u64(&mut frame, first);
+                frame.push_str(r#","u":"#);
+                push_u64(&mut frame, last);
+                frame.push_str(r#","b":["#);
+                push_levels(&mut frame, false, bids.into_iter());
+                frame.push_str(r#"],"a":["#);
+                push_levels(&mut frame, true, asks.into_iter());
+                frame.push_str("]}}");
                 (frame, Some(last))
             }
             StreamKind::Kline => {
@@ -257,28 +304,18 @@ impl Market {
 }
 
 /// Appends the decimal digits of `n`.
-fn push_u64(out: &mut String, mut n: u64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend(buf[i..].iter().map(|&b| b as char));
+fn push_u64(out: &mut String, n: u64) {
+    out.push_str(itoa::Buffer::new().format(n));
 }
 
 /// Appends `n` left-padded with zeros to `width` digits.
 fn push_padded(out: &mut String, n: u64, width: usize) {
-    let mut digits = String::new();
-    push_u64(&mut digits, n);
+    let mut buf = itoa::Buffer::new();
+    let digits = buf.format(n);
     for _ in digits.len()..width {
         out.push('0');
     }
-    out.push_str(&digits);
+    out.push_str(digits);
 }
 
 /// Price and quantity of aggTrade `a`, as the decimal strings Binance sends.
@@ -330,6 +367,20 @@ mod tests {
                 a % 2 == 0
             );
             assert_eq!(frame, expected);
+        }
+    }
+
+    #[test]
+    fn skipped_events_advance_like_written_ones() {
+        for stream in ["btcusdt@aggTrade", "btcusdt@depth@100ms", "btcusdt@kline_1m"] {
+            let (mut written, mut skipped) =
+                (Market::new(stream, 500, 0).unwrap(), Market::new(stream, 500, 0).unwrap());
+            for i in 0..50 {
+                let (_, id) = written.next_frame(i);
+                assert_eq!(skipped.skip_event(), id, "{stream} event {i}");
+            }
+            assert_eq!(written.next_frame(99), skipped.next_frame(99), "{stream}");
+            assert_eq!(written.book.map(|b| b.state), skipped.book.map(|b| b.state));
         }
     }
 

@@ -603,14 +603,6 @@ impl Network {
             m.next_at = m.next_at.max(m.quiet_until);
             return;
         }
-        let (frame, id) = m.next_frame(self.epoch_offset + at);
-        if let (StreamKind::AggTrade, Some(id)) = (m.kind, id) {
-            if m.recent.len() == crate::exchange::RECENT_IDS {
-                m.recent.pop_front();
-            }
-            m.recent.push_back((at, id));
-        }
-        let sequenced = m.kind != StreamKind::Kline;
         let stream = m.stream.clone();
         let ids: Vec<Tid> = self
             .transports
@@ -618,6 +610,17 @@ impl Network {
             .filter(|(_, t)| matches!(&t.state, State::Open(o) if o.streams.contains(&stream)))
             .map(|(id, _)| *id)
             .collect();
+        let m = &mut self.markets[i];
+        // The market moves on while no one listens; its text is only written for a listener.
+        let (frame, id) =
+            if ids.is_empty() { (String::new(), m.skip_event()) } else { m.next_frame(self.epoch_offset + at) };
+        if let (StreamKind::AggTrade, Some(id)) = (m.kind, id) {
+            if m.recent.len() == crate::exchange::RECENT_IDS {
+                m.recent.pop_front();
+            }
+            m.recent.push_back((at, id));
+        }
+        let sequenced = m.kind != StreamKind::Kline;
         for id in ids {
             self.stats.frames += 1;
             let mut lost = false;
