@@ -142,6 +142,8 @@ pub struct Network {
     markets: Vec<Market>,
     /// Per aggTrade stream, the id ranges `[first, end)` of numberings ended by an `IdRestart`.
     old_numberings: BTreeMap<String, Vec<(u64, u64)>>,
+    /// Per aggTrade stream, the ids a `Lost` fault kept from some transport.
+    lost_agg: BTreeMap<String, std::collections::BTreeSet<u64>>,
     outage_until: Option<u64>,
     healed: bool,
     /// No connection attempt may reach the server before this (a Retry-After we sent).
@@ -198,6 +200,7 @@ impl Network {
             seq: 0,
             markets,
             old_numberings: BTreeMap::new(),
+            lost_agg: BTreeMap::new(),
             outage_until: None,
             healed: false,
             ban_until: 0,
@@ -419,6 +422,11 @@ impl Network {
         current || self.old_numberings.get(stream).is_some_and(|v| v.iter().any(|&(a, b)| (a..b).contains(&id)))
     }
 
+    /// Whether a `Lost` fault kept every aggTrade of `first..=last` on `stream` from some transport.
+    pub fn all_lost(&self, stream: &str, first: u64, last: u64) -> bool {
+        self.lost_agg.get(stream).is_some_and(|ids| (first..=last).all(|id| ids.contains(&id)))
+    }
+
     /// The first id of the numbering of `stream` that aggTrade `id` belongs to (current or earlier).
     pub fn numbering_of(&self, stream: &str, id: u64) -> Option<u64> {
         let current = self.markets.iter().find(|m| m.stream == stream && (m.first_id..m.next_id).contains(&id));
@@ -612,9 +620,9 @@ impl Network {
             .collect();
         let m = &mut self.markets[i];
         // The market moves on while no one listens; its text is only written for a listener.
-        let (frame, id) =
+        let (frame, seq_id) =
             if ids.is_empty() { (String::new(), m.skip_event()) } else { m.next_frame(self.epoch_offset + at) };
-        if let (StreamKind::AggTrade, Some(id)) = (m.kind, id) {
+        if let (StreamKind::AggTrade, Some(id)) = (m.kind, seq_id) {
             if m.recent.len() == crate::exchange::RECENT_IDS {
                 m.recent.pop_front();
             }
@@ -648,6 +656,9 @@ impl Network {
             }
             if lost {
                 self.inject(Fault::Lost);
+                if let (StreamKind::AggTrade, Some(agg)) = (self.markets[i].kind, seq_id) {
+                    self.lost_agg.entry(stream.clone()).or_default().insert(agg);
+                }
                 continue;
             }
             let Some(Transport { state: State::Open(o), .. }) = self.transports.get_mut(&id) else { continue };

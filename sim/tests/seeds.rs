@@ -11,6 +11,7 @@ const REGRESSIONS: &[(u64, &str)] = &[
     (198, "serverShutdown right after the server accepted: Connected arrives for a transport the server dropped"),
     (424, "close 1001 between the server's accept and the client's Opened"),
     (59, "a 1008 close just before the heal: its 60 s rate-limit wait delays liveness legitimately"),
+    (19220, "an aggTrade lost before a serverShutdown rollover is revealed by the new transport: the fault's gap"),
 ];
 
 /// Runs `seeds` on every CPU; returns the failing seeds and the simulated hours.
