@@ -220,6 +220,20 @@ impl Market {
         self.next_id = first;
     }
 
+    /// `{"stream":"<stream>","data":{"e":"<event>","E":<epoch_ms>,"s":"<SYMBOL>`, with room for `rest` more bytes.
+    fn frame_head(&self, event: &str, epoch_ms: u64, rest: usize) -> String {
+        let mut f = String::with_capacity(48 + self.stream.len() + self.symbol.len() + rest);
+        f.push_str(r#"{"stream":""#);
+        f.push_str(&self.stream);
+        f.push_str(r#"","data":{"e":""#);
+        f.push_str(event);
+        f.push_str(r#"","E":"#);
+        push_u64(&mut f, epoch_ms);
+        f.push_str(r#","s":""#);
+        f.push_str(&self.symbol);
+        f
+    }
+
     /// The event happening now, with no listener: advances the ids (and the model book) exactly as
     /// [`Self::next_frame`] does, without writing the frame. Returns the same id.
     pub fn skip_event(&mut self) -> Option<u64> {
@@ -244,13 +258,7 @@ impl Market {
                 // Written by hand rather than with format!: this is the simulator's hottest line.
                 // The unit test pins the exact text. f/l continue across aggTrades: f = 3a,
                 // l = 3a + 2, so f == previous l + 1.
-                let mut f = String::with_capacity(96 + 2 * self.stream.len());
-                f.push_str(r#"{"stream":""#);
-                f.push_str(&self.stream);
-                f.push_str(r#"","data":{"e":"aggTrade","E":"#);
-                push_u64(&mut f, epoch_ms);
-                f.push_str(r#","s":""#);
-                f.push_str(&self.symbol);
+                let mut f = self.frame_head("aggTrade", epoch_ms, 96);
                 f.push_str(r#"","a":"#);
                 push_u64(&mut f, a);
                 f.push_str(r#","p":""#);
@@ -271,13 +279,7 @@ impl Market {
             StreamKind::Depth => {
                 let Some(book) = self.book.as_mut() else { return (String::new(), None) };
                 let (first, last, bids, asks) = book.step();
-                let mut frame = String::with_capacity(128 + 2 * self.stream.len() + 24 * (bids.len() + asks.len()));
-                frame.push_str(r#"{"stream":""#);
-                frame.push_str(&self.stream);
-                frame.push_str(r#"","data":{"e":"depthUpdate","E":"#);
-                push_u64(&mut frame, epoch_ms);
-                frame.push_str(r#","s":""#);
-                frame.push_str(&self.symbol);
+                let mut frame = self.frame_head("depthUpdate", epoch_ms, 80 + 24 * (bids.len() + asks.len()));
                 frame.push_str(r#"","U":"#);
                 push_u64(&mut frame, first);
                 frame.push_str(r#","u":"#);
