@@ -97,7 +97,7 @@ impl FeedForward {
     }
 
     fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
-        let y = ctx.dropout(&super::fused::gelu_erf(&self.conv1.forward(x, ctx)?)?, self.dropout)?;
+        let y = ctx.gelu_dropout(&self.conv1.forward(x, ctx)?, self.dropout)?;
         ctx.dropout(&self.conv2.forward(&y, ctx)?, self.dropout)
     }
 }

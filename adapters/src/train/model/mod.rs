@@ -39,6 +39,16 @@ impl Ctx {
         self.rng.borrow_mut().below(n as u64) as usize
     }
 
+    /// GELU (erf form) followed by inverted dropout with probability `p`, one node in training
+    /// ([`fused::gelu_erf_dropout`]); the generator is drawn as by `dropout` after the GELU.
+    pub fn gelu_dropout(&self, x: &Tensor, p: f64) -> Result<Tensor> {
+        if !self.train || p <= 0.0 {
+            return fused::gelu_erf(x);
+        }
+        let seed = self.rng.borrow_mut().next_u64();
+        fused::gelu_erf_dropout(x, fused::dropout_mask(x.elem_count(), 1.0 - p, seed))
+    }
+
     /// Inverted dropout with probability `p` (identity in eval mode).
     pub fn dropout(&self, x: &Tensor, p: f64) -> Result<Tensor> {
         if !self.train || p <= 0.0 {
