@@ -168,9 +168,9 @@ fn write_row(s: &mut String, event: &MarketEvent) {
         ]),
         MarketEvent::Depth(d) => {
             fields(&[F::U(d.event_time), F::U(d.first_update_id), F::U(d.final_update_id), F::S("")]);
-            levels(s, &d.bids);
+            levels(s, d.bids());
             s.push(',');
-            levels(s, &d.asks);
+            levels(s, d.asks());
         }
         MarketEvent::BookTicker(t) => fields(&[
             F::U(t.update_id),

@@ -121,8 +121,8 @@ pub fn encode_event(event: &MarketEvent) -> String {
             str_field(&mut out, false, "s", &d.symbol);
             num_field(&mut out, "U", d.first_update_id);
             num_field(&mut out, "u", d.final_update_id);
-            levels_field(&mut out, false, "b", &d.bids);
-            levels_field(&mut out, false, "a", &d.asks);
+            levels_field(&mut out, false, "b", d.bids());
+            levels_field(&mut out, false, "a", d.asks());
         }
         MarketEvent::BookTicker(b) => {
             key(&mut out, true, "u");

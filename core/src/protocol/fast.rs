@@ -270,12 +270,22 @@ impl<'a> Scan<'a> {
 
     /// `[["price","qty"],...]`, possibly empty.
     fn levels(&mut self) -> Option<Vec<Level>> {
+        let mut levels = Vec::new();
+        self.levels_into(&mut levels)?;
+        Some(levels)
+    }
+
+    /// [`Self::levels`], appended to `levels`. The first level reserves room for what the rest of
+    /// the frame can hold (a level as Binance writes it takes 24 bytes or more), so a diff's bids and
+    /// asks usually fill one allocation without growing it.
+    fn levels_into(&mut self, levels: &mut Vec<Level>) -> Option<()> {
         self.byte(b'[')?;
         if self.byte(b']').is_some() {
-            return Some(Vec::new());
+            return Some(());
         }
-        // Room for 4 levels at once (what a first push would reserve, without the growth path).
-        let mut levels = Vec::with_capacity(4);
+        if levels.capacity() == 0 {
+            levels.reserve(((self.b.len() - self.i) / 24).max(4));
+        }
         loop {
             self.byte(b'[')?;
             let price = self.decimal()?;
@@ -287,7 +297,7 @@ impl<'a> Scan<'a> {
                 b',' => self.i += 1,
                 b']' => {
                     self.i += 1;
-                    return Some(levels);
+                    return Some(());
                 }
                 _ => return None,
             }
@@ -431,11 +441,21 @@ impl<'a> Scan<'a> {
         let first_update_id = self.u64()?;
         self.expect(b",\"u\":")?;
         let final_update_id = self.u64()?;
+        // The bids and then the asks in one list: one allocation per diff.
+        let mut levels = Vec::new();
         self.expect(b",\"b\":")?;
-        let bids = self.levels()?;
+        self.levels_into(&mut levels)?;
+        let bids = levels.len();
         self.expect(b",\"a\":")?;
-        let asks = self.levels()?;
-        Some(MarketEvent::Depth(DepthUpdate { symbol, event_time, first_update_id, final_update_id, bids, asks }))
+        self.levels_into(&mut levels)?;
+        Some(MarketEvent::Depth(DepthUpdate::from_levels(
+            symbol,
+            event_time,
+            first_update_id,
+            final_update_id,
+            levels,
+            bids,
+        )))
     }
 
     fn kline(&mut self, event_time: u64, symbol: Name) -> Option<MarketEvent> {

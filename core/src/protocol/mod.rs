@@ -18,7 +18,7 @@
 //! scanner (`fast.rs`: keys matched in Binance's order, numbers and decimals parsed straight from
 //! the bytes); with a connection's table of names ([`decode_with`], [`Names`]) an aggTrade frame in
 //! the combined envelope allocates nothing (its stream name and symbol are shared [`Name`]s), a depth
-//! diff only its two level lists. Anything else takes the general path: one serde pass into a borrowed, flat struct (no
+//! diff only its list of levels (bids and asks share one allocation). Anything else takes the general path: one serde pass into a borrowed, flat struct (no
 //! `serde_json::Value` tree), then a typed conversion that names what is wrong. Properties in
 //! `tests.rs` hold the two paths to the same result. The cost is measured by `cargo bench -p
 //! keel-core --bench core` and `bench/run instr` (docs/BENCHMARKS.md), not by tests.
@@ -112,8 +112,14 @@ pub struct Kline {
     pub is_closed: bool,
 }
 
-/// A diff of the order book (`<symbol>@depth`, `@depth@100ms`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A diff of the order book (`<symbol>@depth`, `@depth@100ms`). Its levels are read with
+/// [`Self::bids`] and [`Self::asks`].
+///
+/// Both lists live in one allocation (the bids, then the asks): a diff is decoded, passed on and
+/// dropped per message, and a second `Vec` cost one more `malloc` and `free` each time
+/// (docs/BENCHMARKS.md figure 4). It (de)serializes and prints as the two lists.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "DepthUpdateRepr", from = "DepthUpdateRepr")]
 pub struct DepthUpdate {
     pub symbol: Name,
     pub event_time: u64,
@@ -121,10 +127,97 @@ pub struct DepthUpdate {
     pub first_update_id: u64,
     /// `u`
     pub final_update_id: u64,
-    /// `b`: quantity 0 removes the level.
-    pub bids: Vec<Level>,
-    /// `a`
-    pub asks: Vec<Level>,
+    /// `b` then `a`; quantity 0 removes the level.
+    levels: Vec<Level>,
+    /// How many of `levels` are bids (at most `levels.len()`).
+    bids: usize,
+}
+
+impl DepthUpdate {
+    /// A diff with these bids (`b`) and asks (`a`).
+    pub fn new(
+        symbol: impl Into<Name>,
+        event_time: u64,
+        first_update_id: u64,
+        final_update_id: u64,
+        bids: Vec<Level>,
+        asks: Vec<Level>,
+    ) -> DepthUpdate {
+        let split = bids.len();
+        let mut levels = bids;
+        levels.extend(asks);
+        DepthUpdate { symbol: symbol.into(), event_time, first_update_id, final_update_id, levels, bids: split }
+    }
+
+    /// `levels` holds the bids, then the asks; the first `bids` of them are bids (the decoder fills
+    /// one list in frame order).
+    pub(crate) fn from_levels(
+        symbol: Name,
+        event_time: u64,
+        first_update_id: u64,
+        final_update_id: u64,
+        levels: Vec<Level>,
+        bids: usize,
+    ) -> DepthUpdate {
+        let bids = bids.min(levels.len());
+        DepthUpdate { symbol, event_time, first_update_id, final_update_id, levels, bids }
+    }
+
+    /// `b`: the bid levels as sent (quantity 0 removes the level).
+    pub fn bids(&self) -> &[Level] {
+        &self.levels[..self.bids]
+    }
+
+    /// `a`: the ask levels as sent.
+    pub fn asks(&self) -> &[Level] {
+        &self.levels[self.bids..]
+    }
+}
+
+impl std::fmt::Debug for DepthUpdate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DepthUpdate")
+            .field("symbol", &self.symbol)
+            .field("event_time", &self.event_time)
+            .field("first_update_id", &self.first_update_id)
+            .field("final_update_id", &self.final_update_id)
+            .field("bids", &self.bids())
+            .field("asks", &self.asks())
+            .finish()
+    }
+}
+
+/// [`DepthUpdate`]'s serialized shape: the two lists as before they shared an allocation.
+#[derive(Serialize, Deserialize)]
+#[serde(rename = "DepthUpdate")]
+struct DepthUpdateRepr {
+    symbol: Name,
+    event_time: u64,
+    first_update_id: u64,
+    final_update_id: u64,
+    bids: Vec<Level>,
+    asks: Vec<Level>,
+}
+
+impl From<DepthUpdate> for DepthUpdateRepr {
+    fn from(d: DepthUpdate) -> DepthUpdateRepr {
+        let mut bids = d.levels;
+        let asks = bids.split_off(d.bids);
+        DepthUpdateRepr {
+            symbol: d.symbol,
+            event_time: d.event_time,
+            first_update_id: d.first_update_id,
+            final_update_id: d.final_update_id,
+            bids,
+            asks,
+        }
+    }
+}
+
+impl From<DepthUpdateRepr> for DepthUpdate {
+    fn from(r: DepthUpdateRepr) -> DepthUpdate {
+        DepthUpdate::new(r.symbol, r.event_time, r.first_update_id, r.final_update_id, r.bids, r.asks)
+    }
 }
 
 /// Best bid and ask (`<symbol>@bookTicker`).
@@ -539,14 +632,14 @@ fn kline(r: RawFrame<'_>) -> Result<MarketEvent, DecodeError> {
 
 fn depth(r: RawFrame<'_>) -> Result<MarketEvent, DecodeError> {
     const K: &str = "depthUpdate";
-    Ok(MarketEvent::Depth(DepthUpdate {
-        symbol: string(K, "s", r.s)?.into(),
-        event_time: u64_field(K, "E", r.E)?,
-        first_update_id: u64_field(K, "U", r.U)?,
-        final_update_id: u64_field(K, "u", r.u)?,
-        bids: levels(K, "b", r.b)?,
-        asks: levels(K, "a", r.a)?,
-    }))
+    Ok(MarketEvent::Depth(DepthUpdate::new(
+        string(K, "s", r.s)?,
+        u64_field(K, "E", r.E)?,
+        u64_field(K, "U", r.U)?,
+        u64_field(K, "u", r.u)?,
+        levels(K, "b", r.b)?,
+        levels(K, "a", r.a)?,
+    )))
 }
 
 fn book_ticker(r: RawFrame<'_>) -> Result<MarketEvent, DecodeError> {

@@ -106,18 +106,35 @@ fn depth_frame() {
     assert_eq!(event.sequence(), Sequence::Depth { first: 157, last: 160 });
     assert_eq!(
         event,
-        MarketEvent::Depth(DepthUpdate {
-            symbol: "BNBBTC".into(),
-            event_time: 1672515782136,
-            first_update_id: 157,
-            final_update_id: 160,
-            bids: vec![(d("0.0024"), d("10"))],
-            asks: vec![(d("0.0026"), d("100"))],
-        })
+        MarketEvent::Depth(DepthUpdate::new(
+            "BNBBTC",
+            1672515782136,
+            157,
+            160,
+            vec![(d("0.0024"), d("10"))],
+            vec![(d("0.0026"), d("100"))],
+        ))
     );
     let empty_sides = DEPTH.replace(r#"[["0.0024","10"]]"#, "[]");
     let Ok(Frame::Market { event: MarketEvent::Depth(u), .. }) = decode(&empty_sides) else { panic!() };
-    assert!(u.bids.is_empty());
+    assert_eq!((u.bids(), u.asks()), (&[][..], &[(d("0.0026"), d("100"))][..]));
+}
+
+#[test]
+fn depth_update_reads_and_serializes_as_two_lists() {
+    let (bids, asks) = (vec![(d("0.0024"), d("10")), (d("0.0023"), d("0"))], vec![(d("0.0026"), d("100"))]);
+    let u = DepthUpdate::new("BNBBTC", 1, 157, 160, bids.clone(), asks.clone());
+    assert_eq!((u.bids(), u.asks()), (&bids[..], &asks[..]));
+    // The shape of the two-list struct it replaced: traces and recordings written before still read.
+    let value = serde_json::to_value(&u).unwrap();
+    let keys: Vec<&str> = value.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(keys, ["asks", "bids", "event_time", "final_update_id", "first_update_id", "symbol"]);
+    assert_eq!(value["bids"], serde_json::to_value(&bids).unwrap());
+    assert_eq!(value["asks"], serde_json::to_value(&asks).unwrap());
+    assert_eq!(serde_json::from_value::<DepthUpdate>(value).unwrap(), u);
+    assert_eq!(ron::from_str::<DepthUpdate>(&ron::to_string(&u).unwrap()).unwrap(), u);
+    let shown = format!("{u:?}");
+    assert!(shown.contains("bids: [(") && shown.contains("asks: [(") && !shown.contains("levels"), "{shown}");
 }
 
 #[test]
@@ -519,14 +536,7 @@ impl Arbitrary for AnyFrame {
                 trades: id(g),
                 is_closed: bool::arbitrary(g),
             })),
-            3 => MarketEvent::Depth(DepthUpdate {
-                symbol: sym.into(),
-                event_time: id(g),
-                first_update_id: id(g),
-                final_update_id: id(g),
-                bids: levels(g),
-                asks: levels(g),
-            }),
+            3 => MarketEvent::Depth(DepthUpdate::new(sym, id(g), id(g), id(g), levels(g), levels(g))),
             4 => MarketEvent::BookTicker(BookTicker {
                 symbol: sym.into(),
                 update_id: id(g),

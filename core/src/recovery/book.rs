@@ -93,10 +93,10 @@ impl OrderBook {
 
     /// Applies a diff (the caller has checked its ids) and moves `last_update_id` to its `u`.
     pub fn apply(&mut self, diff: &DepthUpdate) {
-        for &level in &diff.bids {
+        for &level in diff.bids() {
             set(&mut self.bids, level);
         }
-        for &level in &diff.asks {
+        for &level in diff.asks() {
             set(&mut self.asks, level);
         }
         self.last_update_id = diff.final_update_id;
@@ -367,7 +367,7 @@ mod tests {
                 }
                 let (b, a) = if c.bid { (vec![level], vec![]) } else { (vec![], vec![level]) };
                 let u = i as u64 + 1;
-                book.apply(&DepthUpdate { symbol: "X".into(), event_time: 0, first_update_id: u, final_update_id: u, bids: b, asks: a });
+                book.apply(&DepthUpdate::new("X", 0, u, u, b, a));
             }
             bids.sort_by(|x, y| y.0.cmp_value(x.0));
             asks.sort_by(|x, y| x.0.cmp_value(y.0));
@@ -390,14 +390,9 @@ mod tests {
         let mut book = OrderBook::from_snapshot(&snap);
         assert_eq!(book.best_bid(), Some(lv("4.00", "431")));
         assert_eq!(book.best_ask(), Some(lv("4.01", "12")));
-        book.apply(&DepthUpdate {
-            symbol: "X".into(),
-            event_time: 0,
-            first_update_id: 101,
-            final_update_id: 103,
-            bids: vec![lv("4.0", "0"), lv("3.995", "2"), lv("3.50", "0")], // remove (another spelling), add, remove absent
-            asks: vec![lv("4.01", "5")],
-        });
+        // Bids: remove (another spelling), add, remove absent.
+        let bids = vec![lv("4.0", "0"), lv("3.995", "2"), lv("3.50", "0")];
+        book.apply(&DepthUpdate::new("X", 0, 101, 103, bids, vec![lv("4.01", "5")]));
         assert_eq!(book.last_update_id(), 103);
         assert_eq!(book.bids().collect::<Vec<_>>(), vec![lv("3.995", "2"), lv("3.99", "10")]);
         assert_eq!(book.asks().collect::<Vec<_>>(), vec![lv("4.01", "5"), lv("4.02", "1")]);

@@ -485,14 +485,14 @@ fn qty(q: u64) -> Decimal {
 }
 
 fn diff(symbol: &str, first: u64, last: u64, bids: &[(u64, u64)], asks: &[(u64, u64)]) -> MarketEvent {
-    MarketEvent::Depth(crate::protocol::DepthUpdate {
-        symbol: symbol.into(),
-        event_time: 0,
-        first_update_id: first,
-        final_update_id: last,
-        bids: bids.iter().map(|&(p, q)| (price(p), qty(q))).collect(),
-        asks: asks.iter().map(|&(p, q)| (price(p), qty(q))).collect(),
-    })
+    MarketEvent::Depth(crate::protocol::DepthUpdate::new(
+        symbol,
+        0,
+        first,
+        last,
+        bids.iter().map(|&(p, q)| (price(p), qty(q))).collect(),
+        asks.iter().map(|&(p, q)| (price(p), qty(q))).collect(),
+    ))
 }
 
 fn snapshot_body(last: u64, bids: &[(u64, u64)], asks: &[(u64, u64)]) -> RestResponse {
