@@ -11,7 +11,9 @@
 //!   (two bids and one ask near the top of the book, `U` continuing the previous `u`);
 //! - `agg_pipeline`, `depth_pipeline`: what `keel stream` does per frame in the core: `handle_input` + drain, each
 //!   market event through `Recovery::handle_event` (depth: a synced 60-level book, every diff applied), drain its
-//!   outputs, both `poll_timeout`s. The adapter's share (transport, TLS, loop) is figure 4's.
+//!   outputs, both `poll_timeout`s. The adapter's share (transport, TLS, loop) is figure 4's;
+//! - `book_deep`: `OrderBook::apply` of real-like diffs (see [`deep_diffs`]) to a 1 000-level-a-side book, per
+//!   diff of 20 levels: how the order book does away from the blast's top-of-book changes.
 
 use keel_core::config::Config;
 use keel_core::connection::{Connection, Event, Input, Output, TransportId};
@@ -116,6 +118,47 @@ fn pipeline(main: &str, texts: &[String], sink: &mut u64) -> anyhow::Result<Reco
     Ok(rec)
 }
 
+/// Levels per side of `book_deep`'s snapshot (Binance's default `limit` for keel, rest.book_depth_limit).
+const DEEP_LEVELS: u64 = 1000;
+
+/// `count` diffs of 20 levels (10 a side) in the shape of a liquid symbol's `@depth` stream: half the
+/// changes within 10 ticks of the top, 30 % within 100, 20 % within 2 000 (the snapshot's levels are 2 ticks
+/// apart, so about half of the changes hit a level and half are new prices), a quarter of them removals
+/// (quantity 0). A fixed xorshift sequence: the same diffs in every run.
+fn deep_diffs(count: usize) -> Vec<keel_core::protocol::DepthUpdate> {
+    use keel_core::protocol::{Decimal, DepthUpdate};
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let dec = |m: u64, scale: u8| Decimal::new(u128::from(m), scale, false).unwrap_or_default();
+    (0..count)
+        .map(|k| {
+            let mut side = |bid: bool| -> Vec<(Decimal, Decimal)> {
+                (0..10)
+                    .map(|_| {
+                        let r = next();
+                        let depth = match r % 10 {
+                            0..5 => (r >> 8) % 10,
+                            5..8 => (r >> 8) % 100,
+                            _ => (r >> 8) % 2000,
+                        };
+                        let ticks = if bid { 2_700_000 - depth } else { 2_700_001 + depth };
+                        let units = if (r >> 40) % 4 == 0 { 0 } else { 1 + (r >> 20) % 500_000_000 };
+                        (dec(ticks, 2), dec(units, 8))
+                    })
+                    .collect()
+            };
+            let (bids, asks) = (side(true), side(false));
+            let u = 1000 + 20 * k as u64;
+            DepthUpdate::new("BTCUSDT", 1672515782136, u + 1, u + 20, bids, asks)
+        })
+        .collect()
+}
+
 fn live_connection(c: &Config) -> Connection {
     let mut conn = Connection::new(c, 1, Timestamp::from_millis(0));
     while conn.poll_output().is_some() {}
@@ -165,6 +208,24 @@ fn main() -> anyhow::Result<()> {
                 anyhow::ensure!(book.last_update_id() == 1000 + 3 * n, "the book is at {}", book.last_update_id());
             }
         }
+        "book_deep" => {
+            use keel_core::protocol::{Decimal, rest::DepthSnapshot};
+            let dec = |m: u64, scale: u8| Decimal::new(u128::from(m), scale, false).unwrap_or_default();
+            let level = |t: u64| (dec(t, 2), dec(100_000_000 + t % 1000, 8));
+            let snapshot = DepthSnapshot {
+                last_update_id: 1000,
+                bids: (0..DEEP_LEVELS).map(|i| level(2_700_000 - 2 * i)).collect(),
+                asks: (0..DEEP_LEVELS).map(|i| level(2_700_001 + 2 * i)).collect(),
+            };
+            let mut book = keel_core::recovery::OrderBook::from_snapshot(&snapshot);
+            let diffs = deep_diffs(40_000);
+            anyhow::ensure!(n as usize <= diffs.len(), "n must be <= {}", diffs.len());
+            for d in &diffs[..n as usize] {
+                book.apply(black_box(d));
+            }
+            let (b, a) = book.depth();
+            sink += (b + a) as u64;
+        }
         "scaler_update" => {
             let mut s = LossScaler::new(&Config::default().scaler, 10_000_000);
             for i in 1..=n {
@@ -179,7 +240,7 @@ fn main() -> anyhow::Result<()> {
         }
         w => anyhow::bail!(
             "unknown operation {w:?}: clone, decode, handle_input, depth_decode, depth_handle_input, agg_pipeline, \
-             depth_pipeline, scaler_update or driver_step"
+             depth_pipeline, book_deep, scaler_update or driver_step"
         ),
     }
     black_box(sink);

@@ -10,66 +10,124 @@ use crate::protocol::rest::DepthSnapshot;
 use crate::protocol::{Decimal, DepthUpdate, Level};
 use crate::time::Timestamp;
 use std::cmp::Ordering;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-/// One side of a book: its levels sorted so that the best is last (bids by rising price, asks by
-/// falling price), one level per price value.
+/// A price ordered by value, so that one level is one key whatever its trailing zeros.
+#[derive(Debug, Clone, Copy)]
+struct Price(Decimal);
+
+impl PartialEq for Price {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.cmp_value(other.0) == Ordering::Equal
+    }
+}
+impl Eq for Price {}
+impl PartialOrd for Price {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Price {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.cmp_value(other.0)
+    }
+}
+
+/// One side of a book, one level per price value: the best levels in a short sorted `Vec` (`top`,
+/// best last), every other level in a `BTreeMap` (`rest`, all worse than the worst of `top`).
 ///
-/// Why a sorted `Vec` and not a `BTreeMap`: nearly every change of a diff is at or near the top of the
-/// book (Binance's depth stream, keel's benchmark blast), and with the best level last such a change
-/// is found by comparing with the last few levels ([`TOP_SCAN`]) and inserted or removed with a short
-/// move of the levels above it. The `BTreeMap` searched from its root every time (~220 instructions
-/// per level on a 60-level book, docs/BENCHMARKS.md figure 4). Deeper changes take a binary search,
-/// and an insert or removal there moves the levels above it (a few KiB on a 1 000-level book).
+/// Why two parts: nearly every change of a diff is at or near the top of the book (Binance's depth
+/// stream, keel's benchmark blast). In `top` such a change is found by comparing with the last few
+/// levels ([`TOP_SCAN`]) and inserted or removed with a short move of the levels above it; the
+/// `BTreeMap` alone searched from its root every time (~220 instructions per level on a 60-level book,
+/// docs/BENCHMARKS.md figure 4). A sorted `Vec` alone lost on changes deep in a 1 000-level book, where
+/// an insert or removal moves every level above it (3 times the instructions of the `BTreeMap` in
+/// `core_instr book_deep`); those go to `rest`. `top` holds at most [`TOP_MAX`] levels: past it, its worst
+/// half moves to `rest`; emptied, it takes the best [`TOP_REFILL`] of `rest`.
 #[derive(Debug, Clone, Default)]
 struct Side {
     /// Best last.
-    levels: Vec<Level>,
+    top: Vec<Level>,
+    rest: BTreeMap<Price, Level>,
 }
 
 /// How many levels from the top a change is looked for one by one before a binary search.
 const TOP_SCAN: usize = 8;
+/// Most levels `top` holds (small in tests, so that the properties cross the two parts).
+const TOP_MAX: usize = if cfg!(test) { 6 } else { 64 };
+/// Levels moved between `top` and `rest` at a time.
+const TOP_REFILL: usize = TOP_MAX / 2;
 
 impl Side {
-    /// `a` against `b` in this side's storage order (best last).
+    /// `a` against `b` in this side's storage order (best last: bids by rising price, asks by falling).
     #[inline(always)]
     fn order(bids: bool, a: Decimal, b: Decimal) -> Ordering {
         if bids { a.cmp_value(b) } else { b.cmp_value(a) }
     }
 
-    /// Where `price` is (`Ok`) or would go (`Err`), like `binary_search`.
+    /// Where `price` is in `top` (`Ok`) or would go (`Err`), like `binary_search`.
     #[inline]
-    fn find(&self, bids: bool, price: Decimal) -> Result<usize, usize> {
-        let levels = &self.levels;
-        let floor = levels.len().saturating_sub(TOP_SCAN);
-        let mut i = levels.len();
+    fn find(top: &[Level], bids: bool, price: Decimal) -> Result<usize, usize> {
+        let floor = top.len().saturating_sub(TOP_SCAN);
+        let mut i = top.len();
         while i > floor {
-            match Self::order(bids, levels[i - 1].0, price) {
+            match Self::order(bids, top[i - 1].0, price) {
                 Ordering::Equal => return Ok(i - 1),
                 Ordering::Less => return Err(i),
                 Ordering::Greater => i -= 1,
             }
         }
-        levels[..floor].binary_search_by(|l| Self::order(bids, l.0, price))
+        top[..floor].binary_search_by(|l| Self::order(bids, l.0, price))
     }
 
     /// Applies one level as sent: quantity 0 removes it, anything else sets it (keeping the price text
     /// as last sent and the new quantity).
-    #[inline]
     fn set(&mut self, bids: bool, (price, qty): Level) {
-        match (self.find(bids, price), is_zero(qty)) {
-            (Ok(at), false) => self.levels[at] = (price, qty),
-            (Ok(at), true) => {
-                self.levels.remove(at);
+        let zero = is_zero(qty);
+        // Below the worst level of `top`: `rest`'s (`top` is empty only when `rest` is).
+        if let Some(worst) = self.top.first()
+            && Self::order(bids, price, worst.0) == Ordering::Less
+        {
+            if zero {
+                self.rest.remove(&Price(price));
+            } else {
+                self.rest.insert(Price(price), (price, qty));
             }
-            (Err(at), false) => self.levels.insert(at, (price, qty)),
+            return;
+        }
+        match (Self::find(&self.top, bids, price), zero) {
+            (Ok(at), false) => self.top[at] = (price, qty),
+            (Ok(at), true) => {
+                self.top.remove(at);
+                if self.top.is_empty() {
+                    self.refill(bids);
+                }
+            }
+            (Err(at), false) => {
+                self.top.insert(at, (price, qty));
+                if self.top.len() > TOP_MAX {
+                    self.rest.extend(self.top.drain(..TOP_REFILL).map(|l| (Price(l.0), l)));
+                }
+            }
             (Err(_), true) => {}
         }
     }
 
+    /// Moves the best [`TOP_REFILL`] levels of `rest` into the empty `top`.
+    fn refill(&mut self, bids: bool) {
+        for _ in 0..TOP_REFILL {
+            let best = if bids { self.rest.pop_last() } else { self.rest.pop_first() };
+            match best {
+                Some((_, level)) => self.top.push(level),
+                None => break,
+            }
+        }
+        self.top.reverse();
+    }
+
     /// The side of a snapshot's levels, as if each were [`Self::set`] in turn (the last level sent for
-    /// a price wins), without moving the levels once per insert.
+    /// a price wins).
     fn from_levels(bids: bool, sent: &[Level]) -> Side {
         let mut levels = sent.to_vec();
         // Stable: levels of one price value keep the order they were sent in.
@@ -82,13 +140,28 @@ impl Side {
             }
         }
         kept.retain(|l| !is_zero(l.1));
-        Side { levels: kept }
+        let top = kept.split_off(kept.len().saturating_sub(TOP_REFILL));
+        Side { top, rest: kept.into_iter().map(|l| (Price(l.0), l)).collect() }
+    }
+
+    /// The levels, best first.
+    fn levels(&self, bids: bool) -> impl Iterator<Item = Level> + '_ {
+        let rest: Box<dyn Iterator<Item = &Level>> =
+            if bids { Box::new(self.rest.values().rev()) } else { Box::new(self.rest.values()) };
+        self.top.iter().rev().chain(rest).copied()
+    }
+
+    fn len(&self) -> usize {
+        self.top.len() + self.rest.len()
     }
 
     /// Same levels by price value, with equal quantities (the spelling of a price does not count).
-    fn same(&self, other: &Side) -> bool {
-        self.levels.len() == other.levels.len()
-            && self.levels.iter().zip(&other.levels).all(|(a, b)| a.0.cmp_value(b.0) == Ordering::Equal && a.1 == b.1)
+    fn same(&self, other: &Side, bids: bool) -> bool {
+        self.len() == other.len()
+            && self
+                .levels(bids)
+                .zip(other.levels(bids))
+                .all(|(a, b)| a.0.cmp_value(b.0) == Ordering::Equal && a.1 == b.1)
     }
 }
 
@@ -108,7 +181,9 @@ pub struct OrderBook {
 /// spelling of a price does not count, as it does not in the book's order).
 impl PartialEq for OrderBook {
     fn eq(&self, other: &Self) -> bool {
-        self.last_update_id == other.last_update_id && self.bids.same(&other.bids) && self.asks.same(&other.asks)
+        self.last_update_id == other.last_update_id
+            && self.bids.same(&other.bids, true)
+            && self.asks.same(&other.asks, false)
     }
 }
 impl Eq for OrderBook {}
@@ -145,27 +220,27 @@ impl OrderBook {
 
     /// Highest bid `(price, qty)`.
     pub fn best_bid(&self) -> Option<(Decimal, Decimal)> {
-        self.bids.levels.last().copied()
+        self.bids.top.last().copied()
     }
 
     /// Lowest ask `(price, qty)`.
     pub fn best_ask(&self) -> Option<(Decimal, Decimal)> {
-        self.asks.levels.last().copied()
+        self.asks.top.last().copied()
     }
 
     /// Bids, best (highest) first.
     pub fn bids(&self) -> impl Iterator<Item = (Decimal, Decimal)> + '_ {
-        self.bids.levels.iter().rev().copied()
+        self.bids.levels(true)
     }
 
     /// Asks, best (lowest) first.
     pub fn asks(&self) -> impl Iterator<Item = (Decimal, Decimal)> + '_ {
-        self.asks.levels.iter().rev().copied()
+        self.asks.levels(false)
     }
 
     /// Number of bid and ask levels.
     pub fn depth(&self) -> (usize, usize) {
-        (self.bids.levels.len(), self.asks.levels.len())
+        (self.bids.len(), self.asks.len())
     }
 }
 
