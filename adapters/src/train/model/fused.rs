@@ -50,15 +50,15 @@ fn row_parts<T: Send, R: Send>(out: &mut [T], width: usize, f: impl Fn(usize, &m
 /// element at any vector width, and LLVM neither reorders float sums nor fuses a multiply and an
 /// add unless the code asks (`mul_add`).
 macro_rules! wide_fn {
-    ($(#[$m:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+    ($(#[$m:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$m])*
-        fn $name($($arg: $ty),*) {
+        fn $name($($arg: $ty),*) $(-> $ret)? {
             #[inline(always)]
-            fn body($($arg: $ty),*) $body
+            fn body($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx2,fma")]
-                fn avx2($($arg: $ty),*) {
+                fn avx2($($arg: $ty),*) $(-> $ret)? {
                     body($($arg),*)
                 }
                 if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
@@ -641,12 +641,13 @@ fn erf(x: f32) -> f32 {
 }
 
 /// `e^x` in f32 (Cephes' `expf`: range reduction by ln 2, degree-6 polynomial), within 1e-7
-/// relative of the exact value (about an ulp); straight-line code that the compiler can
+/// relative of the exact value (about an ulp), 0 below e^-87; straight-line code that the compiler can
 /// vectorize, unlike a libm call.
 #[allow(clippy::manual_clamp)] // `clamp` kept the callers' loops scalar (see below)
 #[inline(always)]
 fn exp(x: f32) -> f32 {
     // Comparisons rather than `clamp`, whose NaN handling kept the loops below scalar.
+    let under = x < -87.0;
     let x = if x < -87.0 {
         -87.0
     } else if x > 88.0 {
@@ -666,7 +667,9 @@ fn exp(x: f32) -> f32 {
     p = p * r + 0.166_666_65;
     p = p * r + 0.5;
     let two_n = f32::from_bits(t.to_bits().wrapping_sub(0x4B40_0000).wrapping_add(127) << 23);
-    (p * r * r + r + 1.0) * two_n
+    let y = (p * r * r + r + 1.0) * two_n;
+    // 0 below e^-87 (1.6e-38), as a select: a softmax's weights far below its maximum are 0.
+    if under { 0.0 } else { y }
 }
 
 impl CustomOp1 for Unary {
@@ -805,6 +808,7 @@ struct LayerNorm {
 }
 
 /// Row statistics: mean and `sqrt(var + eps)`.
+#[inline(always)]
 fn stats(row: &[f32], eps: f32) -> (f32, f32) {
     let d = row.len() as f32;
     let mean = row.iter().sum::<f32>() / d;
@@ -833,14 +837,19 @@ impl CustomOp3 for LayerNorm {
             candle_core::bail!("layer norm: input {:?}, gain {d}, bias {}", l1.dims(), b.len());
         }
         let mut y = vec![0f32; x.len()];
-        row_parts(&mut y, d, |r, part| {
-            for (xr, yr) in x[r * d..].chunks_exact(d).zip(part.chunks_exact_mut(d)) {
-                let (mean, s) = stats(xr, self.eps);
-                for (((y, &x), &g), &b) in yr.iter_mut().zip(xr).zip(g).zip(b) {
-                    *y = (x - mean) / s * g + b;
+        wide_fn! {
+            /// The rows of `part` from those of `x`.
+            fn layer_norm_rows(part: &mut [f32], x: &[f32], g: &[f32], b: &[f32], eps: f32) {
+                let d = g.len();
+                for (xr, yr) in x.chunks_exact(d).zip(part.chunks_exact_mut(d)) {
+                    let (mean, s) = stats(xr, eps);
+                    for (((y, &x), &g), &b) in yr.iter_mut().zip(xr).zip(g).zip(b) {
+                        *y = (x - mean) / s * g + b;
+                    }
                 }
             }
-        });
+        }
+        row_parts(&mut y, d, |r, part| layer_norm_rows(part, &x[r * d..], g, b, self.eps));
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -892,26 +901,31 @@ impl CustomOp3 for LayerNormGrad {
         let (dx, rest) = out.split_at_mut(n);
         // dx row by row; dg and db as per-part sums, added in order (the same bits at any thread
         // count).
-        let parts = row_parts(dx, d, |r, dx| {
-            let (x, dy) = (&x[r * d..r * d + dx.len()], &dy[r * d..r * d + dx.len()]);
-            let (mut dg, mut db, mut xhat) = (vec![0f32; d], vec![0f32; d], vec![0f32; d]);
-            for ((xr, dyr), dxr) in x.chunks_exact(d).zip(dy.chunks_exact(d)).zip(dx.chunks_exact_mut(d)) {
-                let (mean, s) = stats(xr, self.eps);
-                let (mut a, mut c) = (0f32, 0f32);
-                for (((xh, &x), &dy), &g) in xhat.iter_mut().zip(xr).zip(dyr).zip(g) {
-                    *xh = (x - mean) / s;
-                    a += dy * g;
-                    c += dy * g * *xh;
+        wide_fn! {
+            /// The rows of `dx` and this part's sums for `dg` and `db`.
+            fn layer_norm_grad_rows(dx: &mut [f32], x: &[f32], dy: &[f32], g: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
+                let d = g.len();
+                let (x, dy) = (&x[..dx.len()], &dy[..dx.len()]);
+                let (mut dg, mut db, mut xhat) = (vec![0f32; d], vec![0f32; d], vec![0f32; d]);
+                for ((xr, dyr), dxr) in x.chunks_exact(d).zip(dy.chunks_exact(d)).zip(dx.chunks_exact_mut(d)) {
+                    let (mean, s) = stats(xr, eps);
+                    let (mut a, mut c) = (0f32, 0f32);
+                    for (((xh, &x), &dy), &g) in xhat.iter_mut().zip(xr).zip(dyr).zip(g) {
+                        *xh = (x - mean) / s;
+                        a += dy * g;
+                        c += dy * g * *xh;
+                    }
+                    let (a, c) = (a / d as f32, c / d as f32);
+                    for i in 0..d {
+                        dxr[i] = (dyr[i] * g[i] - a - xhat[i] * c) / s;
+                        dg[i] += dyr[i] * xhat[i];
+                        db[i] += dyr[i];
+                    }
                 }
-                let (a, c) = (a / d as f32, c / d as f32);
-                for i in 0..d {
-                    dxr[i] = (dyr[i] * g[i] - a - xhat[i] * c) / s;
-                    dg[i] += dyr[i] * xhat[i];
-                    db[i] += dyr[i];
-                }
+                (dg, db)
             }
-            (dg, db)
-        });
+        }
+        let parts = row_parts(dx, d, |r, dx| layer_norm_grad_rows(dx, &x[r * d..], &dy[r * d..], g, self.eps));
         let (dg, db) = rest.split_at_mut(d);
         for (pg, pb) in parts {
             for i in 0..d {
@@ -1129,25 +1143,29 @@ impl CustomOp1 for Softmax {
         if d == 0 {
             return Ok((CpuStorage::F32(y), l.shape().clone()));
         }
-        row_parts(&mut y, d, |r0, part| {
-            for (k, (xr, yr)) in x[r0 * d..].chunks_exact(d).zip(part.chunks_exact_mut(d)).enumerate() {
-                let r = r0 + k;
-                let seen = match &self.limits {
-                    Some(lim) => (lim[r % lim.len()] + 1).min(d),
-                    None => d,
-                };
-                let (xr, yr) = (&xr[..seen], &mut yr[..seen]);
-                let max = xr.iter().map(|&x| x * self.scale).fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for (y, &x) in yr.iter_mut().zip(xr) {
-                    *y = (x * self.scale - max).exp();
-                    sum += *y;
-                }
-                for y in yr.iter_mut() {
-                    *y /= sum;
+        wide_fn! {
+            /// The rows of `part`, the first being row `r0`.
+            fn softmax_rows(part: &mut [f32], x: &[f32], r0: usize, d: usize, scale: f32, limits: Option<&[usize]>) {
+                for (k, (xr, yr)) in x[r0 * d..].chunks_exact(d).zip(part.chunks_exact_mut(d)).enumerate() {
+                    let r = r0 + k;
+                    let seen = match limits {
+                        Some(lim) => (lim[r % lim.len()] + 1).min(d),
+                        None => d,
+                    };
+                    let (xr, yr) = (&xr[..seen], &mut yr[..seen]);
+                    let max = xr.iter().map(|&x| x * scale).fold(f32::NEG_INFINITY, f32::max);
+                    for (y, &x) in yr.iter_mut().zip(xr) {
+                        *y = exp(x * scale - max);
+                    }
+                    // In order, apart from the loop above so that it vectorizes.
+                    let sum: f32 = yr.iter().sum();
+                    for y in yr.iter_mut() {
+                        *y /= sum;
+                    }
                 }
             }
-        });
+        }
+        row_parts(&mut y, d, |r0, part| softmax_rows(part, x, r0, d, self.scale, self.limits.as_deref()));
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -1172,15 +1190,18 @@ impl candle_core::CustomOp2 for SoftmaxGrad {
             candle_core::bail!("softmax backward: output {}, gradient {}", y.len(), dy.len());
         }
         let mut dx = vec![0f32; y.len()];
-        row_parts(&mut dx, d, |r, dx| {
-            let (y, dy) = (&y[r * d..], &dy[r * d..]);
-            for ((yr, dyr), dxr) in y.chunks_exact(d).zip(dy.chunks_exact(d)).zip(dx.chunks_exact_mut(d)) {
-                let dot: f32 = yr.iter().zip(dyr).map(|(a, b)| a * b).sum();
-                for ((dx, &y), &dy) in dxr.iter_mut().zip(yr).zip(dyr) {
-                    *dx = self.0 * y * (dy - dot);
+        wide_fn! {
+            /// The rows of `dx`, from those of `y` and `dy`.
+            fn softmax_grad_rows(dx: &mut [f32], y: &[f32], dy: &[f32], d: usize, scale: f32) {
+                for ((yr, dyr), dxr) in y.chunks_exact(d).zip(dy.chunks_exact(d)).zip(dx.chunks_exact_mut(d)) {
+                    let dot: f32 = yr.iter().zip(dyr).map(|(a, b)| a * b).sum();
+                    for ((dx, &y), &dy) in dxr.iter_mut().zip(yr).zip(dyr) {
+                        *dx = scale * y * (dy - dot);
+                    }
                 }
             }
-        });
+        }
+        row_parts(&mut dx, d, |r, dx| softmax_grad_rows(dx, &y[r * d..], &dy[r * d..], d, self.0));
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
@@ -1580,6 +1601,7 @@ mod tests {
         for x in [-80f32, -10.0, 0.0, 1.0, 10.0, 80.0] {
             assert!(((exp(x) - x.exp()) / x.exp()).abs() < 2.5e-7, "exp({x})");
         }
+        assert_eq!((exp(-88.0), exp(-1e4), exp(0.0)), (0.0, 0.0, 1.0));
     }
 
     #[test]
