@@ -91,17 +91,40 @@ pub fn dropout_mask(n: usize, keep: f64, seed: u64) -> Vec<f32> {
     let threshold = (keep * 4_294_967_296.0).ceil() as u64;
     let mut mask = vec![0f32; n];
     row_parts(&mut mask, 1, |first, part| {
-        let mut rng = Rng::new(Rng::new(seed ^ (first as u64).wrapping_mul(0xD1B5_4A32_D192_ED03)).next_u64());
-        for pair in part.chunks_mut(2) {
-            let r = rng.next_u64();
-            for (m, half) in pair.iter_mut().zip([r & 0xFFFF_FFFF, r >> 32]) {
-                if half < threshold {
-                    *m = scale;
-                }
-            }
-        }
+        let start = Rng::new(seed ^ (first as u64).wrapping_mul(0xD1B5_4A32_D192_ED03)).next_u64();
+        mask_part(part, start, threshold, scale);
     });
     mask
+}
+
+/// SplitMix64's increment (`keel_core::rng::Rng`).
+const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// SplitMix64's output function: draw `k` (from 0) of `Rng::new(s)` is `splitmix(s + (k + 1) GAMMA)`.
+#[inline(always)]
+fn splitmix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+wide_fn! {
+    /// One part of a dropout mask: the draws of `Rng::new(start)`, two elements each (low half
+    /// first), computed from their index rather than in sequence so that the loop vectorizes.
+    fn mask_part(part: &mut [f32], start: u64, threshold: u64, scale: f32) {
+        let keep = |half: u64| if half < threshold { scale } else { 0.0 };
+        let mut pairs = part.chunks_exact_mut(2);
+        let mut k = 0u64;
+        for pair in &mut pairs {
+            k += 1;
+            let r = splitmix(start.wrapping_add(k.wrapping_mul(GAMMA)));
+            pair[0] = keep(r & 0xFFFF_FFFF);
+            pair[1] = keep(r >> 32);
+        }
+        if let [last] = pairs.into_remainder() {
+            *last = keep(splitmix(start.wrapping_add((k + 1).wrapping_mul(GAMMA))) & 0xFFFF_FFFF);
+        }
+    }
 }
 
 /// Adds `b` to every row of `y` (rows of `b.len()`).
@@ -1588,6 +1611,18 @@ mod tests {
         assert_ne!(parts[0], parts[1]);
         assert_eq!(mask, dropout_mask(n, 0.8, 7));
         assert_ne!(mask, dropout_mask(n, 0.8, 8));
+        // Each part is its stream of `Rng` draws, two decisions each (low half first).
+        let threshold = (0.8f64 * 4_294_967_296.0).ceil() as u64;
+        for (p, part) in mask.chunks(PART).enumerate() {
+            let mut rng = Rng::new(Rng::new(7 ^ ((p * PART) as u64).wrapping_mul(0xD1B5_4A32_D192_ED03)).next_u64());
+            let mut want = Vec::new();
+            while want.len() < part.len() {
+                let r = rng.next_u64();
+                want.extend([r & 0xFFFF_FFFF, r >> 32].map(|h| if h < threshold { 1.25f32 } else { 0.0 }));
+            }
+            want.truncate(part.len());
+            assert_eq!(part, want, "part {p}");
+        }
     }
 
     #[test]
