@@ -390,6 +390,47 @@ pub fn gelu_erf_dropout(x: &Tensor, mask: Vec<f32>) -> Result<Tensor> {
     x.contiguous()?.apply_op1(GeluMask(Arc::new(mask)))
 }
 
+/// `x + dropout(a, mask)`, a residual connection around a dropped-out sublayer output, as one
+/// node: forward `x + a * mask`, backward `dy` for `x` and `dy * mask` for `a`.
+///
+/// As two nodes, candle's backward zero-fills and accumulates a gradient for the dropout's
+/// output, and its add runs on one thread; here the forward is one parallel pass.
+pub fn add_dropout(x: &Tensor, a: &Tensor, mask: Vec<f32>) -> Result<Tensor> {
+    if !fused_ok(&[x, a]) || x.shape() != a.shape() || mask.len() != x.elem_count() {
+        return x + dropout(a, mask)?;
+    }
+    x.contiguous()?.apply_op2(&a.contiguous()?, AddMask(Arc::new(mask)))
+}
+
+/// Residual add of a dropped-out input (the mask shared with the backward op).
+struct AddMask(Arc<Vec<f32>>);
+
+impl candle_core::CustomOp2 for AddMask {
+    fn name(&self) -> &'static str {
+        "keel-add-dropout"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32s(s1, l1, "residual input")?;
+        let a = f32s(s2, l2, "residual branch")?;
+        if x.len() != a.len() || x.len() != self.0.len() {
+            candle_core::bail!("add + dropout: input {:?}, branch {:?}, mask {}", l1.dims(), l2.dims(), self.0.len());
+        }
+        let mut y = vec![0f32; x.len()];
+        row_parts(&mut y, 1, |i, part| {
+            for (((y, &x), &a), &m) in part.iter_mut().zip(&x[i..]).zip(&a[i..]).zip(&self.0[i..]) {
+                *y = x + a * m;
+            }
+        });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, _a: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let da = dy.contiguous()?.apply_op1_no_bwd(&MaskMul(self.0.clone()))?;
+        Ok((Some(dy.clone()), Some(da)))
+    }
+}
+
 /// GELU times a dropout mask (shared with the backward op).
 struct GeluMask(Arc<Vec<f32>>);
 
@@ -1349,6 +1390,27 @@ mod tests {
         assert!(gx.iter().step_by(3).all(|&g| g == 0.0) && gx.iter().any(|&g| g != 0.0));
         let slow = with_composite(|| gelu_erf_dropout(&x, mask.clone()).unwrap());
         assert!(max_diff(&a.0, &slow) < 2e-6);
+    }
+
+    #[test]
+    fn add_dropout_matches_add_and_mul_by_the_mask_in_value_and_gradient() {
+        let x = Var::from_tensor(&random(&[3, 11], 28, 4.0)).unwrap();
+        let a = Var::from_tensor(&random(&[3, 11], 29, 4.0)).unwrap();
+        let mask: Vec<f32> = (0..33).map(|i| if i % 4 == 1 { 0.0 } else { 1.5 }).collect();
+        let wt = random(&[3, 11], 30, 2.0);
+        let run = |fused: bool| {
+            let f = || add_dropout(&x, &a, mask.clone()).unwrap();
+            let y = if fused { f() } else { with_composite(f) };
+            let g = (&y * &wt).unwrap().sum_all().unwrap().backward().unwrap();
+            (y, g.get(&x).unwrap().clone(), g.get(&a).unwrap().clone())
+        };
+        let (f, c) = (run(true), run(false));
+        assert_eq!(max_diff(&f.0, &c.0), 0.0);
+        assert_eq!(max_diff(&f.1, &c.1), 0.0);
+        assert_eq!(max_diff(&f.2, &c.2), 0.0);
+        assert_eq!(max_diff(&f.1, &wt), 0.0, "the residual passes the gradient through");
+        let ga = f.2.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(ga.iter().skip(1).step_by(4).all(|&g| g == 0.0) && ga[0] != 0.0);
     }
 
     #[test]

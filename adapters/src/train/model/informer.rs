@@ -96,9 +96,11 @@ impl FeedForward {
         })
     }
 
+    /// The output before its dropout, which the layer folds into its residual add
+    /// ([`Ctx::add_dropout`]).
     fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let y = ctx.gelu_dropout(&self.conv1.forward(x, ctx)?, self.dropout)?;
-        ctx.dropout(&self.conv2.forward(&y, ctx)?, self.dropout)
+        self.conv2.forward(&y, ctx)
     }
 }
 
@@ -113,9 +115,9 @@ struct EncoderLayer {
 impl EncoderLayer {
     fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let a = self.attn.forward(x, x, x, ctx)?;
-        let x = self.norm1.forward(&(x + ctx.dropout(&a, self.dropout)?)?, ctx)?;
+        let x = self.norm1.forward(&ctx.add_dropout(x, &a, self.dropout)?, ctx)?;
         let y = self.ff.forward(&x, ctx)?;
-        self.norm2.forward(&(x + y)?, ctx)
+        self.norm2.forward(&ctx.add_dropout(&x, &y, self.ff.dropout)?, ctx)
     }
 }
 
@@ -145,11 +147,11 @@ struct DecoderLayer {
 impl DecoderLayer {
     fn forward(&self, x: &Tensor, cross: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let a = self.self_attn.forward(x, x, x, ctx)?;
-        let x = self.norm1.forward(&(x + ctx.dropout(&a, self.dropout)?)?, ctx)?;
+        let x = self.norm1.forward(&ctx.add_dropout(x, &a, self.dropout)?, ctx)?;
         let a = self.cross_attn.forward(&x, cross, cross, ctx)?;
-        let x = self.norm2.forward(&(&x + ctx.dropout(&a, self.dropout)?)?, ctx)?;
+        let x = self.norm2.forward(&ctx.add_dropout(&x, &a, self.dropout)?, ctx)?;
         let y = self.ff.forward(&x, ctx)?;
-        self.norm3.forward(&(x + y)?, ctx)
+        self.norm3.forward(&ctx.add_dropout(&x, &y, self.ff.dropout)?, ctx)
     }
 }
 

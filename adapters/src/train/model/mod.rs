@@ -39,6 +39,15 @@ impl Ctx {
         self.rng.borrow_mut().below(n as u64) as usize
     }
 
+    /// `x + dropout(a)`, a residual connection, one node in training ([`fused::add_dropout`]).
+    pub fn add_dropout(&self, x: &Tensor, a: &Tensor, p: f64) -> Result<Tensor> {
+        if !self.train || p <= 0.0 {
+            return x + a;
+        }
+        let seed = self.rng.borrow_mut().next_u64();
+        fused::add_dropout(x, a, fused::dropout_mask(a.elem_count(), 1.0 - p, seed))
+    }
+
     /// GELU (erf form) followed by inverted dropout with probability `p`, one node in training
     /// ([`fused::gelu_erf_dropout`]); the generator is drawn as by `dropout` after the GELU.
     pub fn gelu_dropout(&self, x: &Tensor, p: f64) -> Result<Tensor> {
