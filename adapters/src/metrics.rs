@@ -485,7 +485,7 @@ mod tests {
             uptime_ms: 1500,
             current_backoff_ms: 0,
             failures_by_class: BTreeMap::from([("transient".to_string(), 2)]),
-            messages_by_stream: BTreeMap::from([("btcusdt@trade".to_string(), 7)]),
+            messages_by_stream: BTreeMap::from([("btcusdt@trade".into(), 7)]),
             last_message_at_ms: Some(1000),
             ..ConnectionStats::default()
         };

@@ -40,7 +40,9 @@
 //! The restart's first id is the lowest of its run of candidates, not the first to arrive (a frame
 //! reordered across the restart belongs to it); one far below the run is a second restart, not its start.
 
+use crate::protocol::{Name, NameKey};
 use serde::{Deserialize, Serialize};
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -229,9 +231,11 @@ struct Track {
 /// Sequence state per stream name; see the module docs for the rules.
 #[derive(Debug, Clone, Default)]
 pub struct GapTracker {
-    streams: HashMap<String, Track, BuildHasherDefault<FxHasher>>,
+    // Keyed by `Name`: the connection looks its events' stream names up, which are the very keys
+    // (one allocation per name), so a lookup compares pointers instead of texts.
+    streams: HashMap<Name, Track, BuildHasherDefault<FxHasher>>,
     /// Streams that restarted and were forgotten: the old numbering's last id, for their next track.
-    restarted: HashMap<String, u64, BuildHasherDefault<FxHasher>>,
+    restarted: HashMap<Name, u64, BuildHasherDefault<FxHasher>>,
     policy: RestartPolicy,
 }
 
@@ -259,25 +263,35 @@ impl GapTracker {
         }
     }
 
-    /// Classifies the next event on `stream` and remembers it if it is fresh.
-    pub fn observe(&mut self, stream: &str, seq: Sequence) -> Verdict {
+    /// Classifies the next event on `stream` (a `&str`, or the event's [`Name`], which is found
+    /// without comparing texts) and remembers it if it is fresh.
+    pub fn observe<S: NameKey + ?Sized>(&mut self, stream: &S, seq: Sequence) -> Verdict
+    where
+        Name: Borrow<S>,
+    {
         self.classify(stream, seq, true)
     }
 
     /// [`Self::observe`] for events replayed by the new transport of a make-before-break hand-over:
     /// ids below the last one are duplicates however far below (the overlap is known, no restart).
-    pub fn observe_replay(&mut self, stream: &str, seq: Sequence) -> Verdict {
+    pub fn observe_replay<S: NameKey + ?Sized>(&mut self, stream: &S, seq: Sequence) -> Verdict
+    where
+        Name: Borrow<S>,
+    {
         self.classify(stream, seq, false)
     }
 
-    fn classify(&mut self, stream: &str, seq: Sequence, detect: bool) -> Verdict {
+    fn classify<S: NameKey + ?Sized>(&mut self, stream: &S, seq: Sequence, detect: bool) -> Verdict
+    where
+        Name: Borrow<S>,
+    {
         let Some(next) = Last::of(seq) else {
             return Verdict::Fresh;
         };
         let Some(track) = self.streams.get_mut(stream) else {
             let stale = if self.restarted.is_empty() { None } else { self.restarted.remove(stream) };
             let track = Track { last: next, candidates: 0, first_candidate: 0, new_connection: false, stale };
-            self.streams.insert(stream.to_owned(), track);
+            self.streams.insert(stream.to_name(), track);
             return Verdict::Fresh;
         };
         if let Some(old) = track.stale {
@@ -303,9 +317,9 @@ impl GapTracker {
             track.candidates += 1;
             if first_on_connection || track.candidates >= self.policy.confirm {
                 let restart =
-                    Restart { stream: stream.to_owned(), last: track.last.id(), first: track.first_candidate };
+                    Restart { stream: stream.text().to_owned(), last: track.last.id(), first: track.first_candidate };
                 self.streams.remove(stream);
-                self.restarted.insert(stream.to_owned(), restart.last);
+                self.restarted.insert(stream.to_name(), restart.last);
                 return Verdict::Restarted(restart);
             }
             return Verdict::Suspect;
@@ -313,7 +327,7 @@ impl GapTracker {
         track.candidates = 0;
         let last = &mut track.last;
         let gap = |first_missing: u64, last_missing: u64, kind: GapKind| {
-            Verdict::FreshAfterGap(Gap { stream: stream.to_owned(), first_missing, last_missing, kind })
+            Verdict::FreshAfterGap(Gap { stream: stream.text().to_owned(), first_missing, last_missing, kind })
         };
         let verdict = match (*last, seq) {
             (Last::AggTrade { id: prev, last_trade: prev_last }, Sequence::AggTrade { id, first_trade, .. }) => {

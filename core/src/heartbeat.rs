@@ -19,8 +19,10 @@
 
 use crate::backoff::AttemptBudget;
 use crate::config::HeartbeatConfig;
+use crate::protocol::{Name, NameKey};
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
@@ -271,18 +273,23 @@ impl Watch {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StallDetector {
     stall_after: Duration,
-    streams: BTreeMap<String, Watch>,
+    // Keyed by `Name`: given the connection's shared names, an event's stream is found by pointer.
+    streams: BTreeMap<Name, Watch>,
 }
 
 impl StallDetector {
     /// Watches `streams`, all considered flowing as of `now` (the transport just opened).
-    pub fn new(stall_after: Duration, streams: &[String], now: Timestamp) -> Self {
-        let streams = streams.iter().map(|s| (s.clone(), Watch::Flowing { last_event: now })).collect();
+    /// Pass the connection's [`Name`]s (`Names::get`) so that events find their stream by pointer.
+    pub fn new<S: Clone + Into<Name>>(stall_after: Duration, streams: &[S], now: Timestamp) -> Self {
+        let streams = streams.iter().map(|s| (s.clone().into(), Watch::Flowing { last_event: now })).collect();
         StallDetector { stall_after: stall_after.max(Duration::from_millis(1)), streams }
     }
 
     /// An event arrived on `stream` (ignored for streams not watched).
-    pub fn on_event(&mut self, stream: &str, now: Timestamp) {
+    pub fn on_event<S: NameKey + ?Sized>(&mut self, stream: &S, now: Timestamp)
+    where
+        Name: Borrow<S>,
+    {
         if let Some(w) = self.streams.get_mut(stream) {
             *w = Watch::Flowing { last_event: now };
         }
@@ -290,7 +297,7 @@ impl StallDetector {
 
     /// Starts watching `stream` as of `now`.
     pub fn watch(&mut self, stream: &str, now: Timestamp) {
-        self.streams.insert(stream.to_string(), Watch::Flowing { last_event: now });
+        self.streams.insert(Name::from(stream), Watch::Flowing { last_event: now });
     }
 
     /// Stops watching `stream`.
@@ -315,12 +322,12 @@ impl StallDetector {
             match *w {
                 Watch::Flowing { .. } => {
                     *w = Watch::Resubscribed { at: now };
-                    actions.push((stream.clone(), StallAction::Resubscribe));
+                    actions.push((stream.to_string(), StallAction::Resubscribe));
                 }
                 Watch::Resubscribed { .. } => {
                     // The caller reconnects; if it does not, the cycle starts over.
                     *w = Watch::Flowing { last_event: now };
-                    actions.push((stream.clone(), StallAction::Reconnect));
+                    actions.push((stream.to_string(), StallAction::Reconnect));
                 }
             }
         }

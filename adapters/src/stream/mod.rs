@@ -32,6 +32,7 @@ use keel_core::classify::{ErrorClass, TransportError, classify_error};
 use keel_core::config::Config;
 use keel_core::connection::{Connection, Event, GiveUp, Input, Output, TransportId, WsMessage};
 use keel_core::gaps::{Gap, Restart};
+use keel_core::protocol::Name;
 use keel_core::recovery::{Recovery, RecoveryOutput, RecoveryStats};
 use keel_core::redact::redact_url;
 use keel_core::rest::{RequestId, RestRequest, RestResponse};
@@ -107,7 +108,7 @@ pub struct StreamReport {
     /// URLs of every transport opened, in order.
     pub opened: Vec<String>,
     /// Market events passed on by the core, per stream.
-    pub market_events: BTreeMap<String, u64>,
+    pub market_events: BTreeMap<Name, u64>,
     /// Rows written by the recorder.
     pub rows_written: u64,
     /// Files written to.
@@ -123,7 +124,7 @@ pub struct StreamReport {
     /// What the recovery reported, in order: every Backfilled, Abandoned, BookSynced and BookResync.
     pub recovery_log: Vec<RecoveryOutput>,
     /// Events passed on that were fetched over REST (recorded like live ones), per stream.
-    pub backfilled_events: BTreeMap<String, u64>,
+    pub backfilled_events: BTreeMap<Name, u64>,
     /// Best bid and ask (price, quantity as text) of each synced book at the end, by symbol.
     pub books: BTreeMap<String, BookTop>,
     /// Every numbering restart the core detected, in order.
@@ -739,12 +740,13 @@ fn pass_on(
     Ok(())
 }
 
-/// Adds one to `stream`'s counter (the name is copied only the first time).
-fn count(counts: &mut BTreeMap<String, u64>, stream: &str) {
+/// Adds one to `stream`'s counter. Keyed by the connection's shared names: found by pointer, and
+/// the text is never copied.
+fn count(counts: &mut BTreeMap<Name, u64>, stream: &Name) {
     match counts.get_mut(stream) {
         Some(n) => *n += 1,
         None => {
-            counts.insert(stream.to_string(), 1);
+            counts.insert(stream.clone(), 1);
         }
     }
 }

@@ -858,13 +858,14 @@ impl Connection {
         self.stats.current_outage_ms = 0;
         self.gaps.new_connection();
         let subscribed = self.desired.clone();
+        let names: Vec<Name> = subscribed.iter().map(|s| self.names.get(s)).collect();
         let live = Live {
             id,
             attempt,
             since: now,
             rollover_at: now + self.rollover_after,
             heartbeat: Heartbeat::new(&self.heartbeat_config, id.0, now),
-            stalls: StallDetector::new(self.stall_after, &subscribed, now),
+            stalls: StallDetector::new(self.stall_after, &names, now),
             control: ControlLimiter::new(self.max_control_per_second),
             subscribed,
             standby: None,
@@ -1114,6 +1115,7 @@ impl Connection {
             self.emit(Output::Close { id: old, code: CLOSE_NORMAL, reason: reason.to_string() });
         }
         let subscribed = self.desired.clone();
+        let names: Vec<Name> = subscribed.iter().map(|s| self.names.get(s)).collect();
         let id = standby.id;
         self.state = State::Live(Box::new(Live {
             id,
@@ -1121,7 +1123,7 @@ impl Connection {
             since,
             rollover_at: since + self.rollover_after,
             heartbeat,
-            stalls: StallDetector::new(self.stall_after, &subscribed, now),
+            stalls: StallDetector::new(self.stall_after, &names, now),
             control,
             subscribed,
             standby: None,
@@ -1265,10 +1267,10 @@ impl Connection {
             }
         }
         self.stats.market_events += 1;
-        match self.stats.messages_by_stream.get_mut(stream.as_str()) {
+        match self.stats.messages_by_stream.get_mut(&stream) {
             Some(n) => *n += 1,
             None => {
-                self.stats.messages_by_stream.insert(stream.to_string(), 1);
+                self.stats.messages_by_stream.insert(stream.clone(), 1);
             }
         }
         self.emit(Output::Event(Event::Market { id, stream, event }));

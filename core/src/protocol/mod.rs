@@ -33,7 +33,7 @@ pub mod rest;
 
 pub use decimal::{Decimal, DecimalError, MAX_MANTISSA, MAX_SCALE};
 pub use encode::{encode_event, encode_frame};
-pub use name::{MAX_NAMES, Name, Names};
+pub use name::{MAX_NAMES, Name, NameKey, Names};
 pub use request::{Request, RequestError, decode_request, encode_request};
 
 use crate::gaps::Sequence;

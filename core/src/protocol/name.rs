@@ -18,8 +18,36 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 /// An immutable, cheaply cloned string: a stream name or an upper-case symbol.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+///
+/// Two `Name`s from one [`Names`] table with the same text share one allocation, so comparing them
+/// (`==`, `cmp`) checks the pointer first and reads the text only when the pointers differ: a map
+/// keyed by `Name` and looked up with an event's `Name` (the connection's gap tracker, stall watch and
+/// counters, the recovery's books) finds its entry without a `memcmp`. Order and equality are the
+/// text's, so this agrees with looking up by `&str` (`Borrow<str>`); the hash is the text's too.
+#[derive(Clone, Hash)]
 pub struct Name(Arc<str>);
+
+impl PartialEq for Name {
+    #[inline]
+    fn eq(&self, other: &Name) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || *self.0 == *other.0
+    }
+}
+impl Eq for Name {}
+
+impl PartialOrd for Name {
+    #[inline]
+    fn partial_cmp(&self, other: &Name) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Name {
+    #[inline]
+    fn cmp(&self, other: &Name) -> std::cmp::Ordering {
+        if Arc::ptr_eq(&self.0, &other.0) { std::cmp::Ordering::Equal } else { self.0.cmp(&other.0) }
+    }
+}
 
 impl Name {
     /// The text.
@@ -143,6 +171,36 @@ impl<'de> Deserialize<'de> for Name {
     }
 }
 
+/// What a map keyed by [`Name`] can be looked up with: a `Name` (which finds an entry holding the same
+/// allocation by pointer) or a `&str`; [`NameKey::to_name`] makes the key of a new entry.
+pub trait NameKey: std::hash::Hash + Ord
+where
+    Name: Borrow<Self>,
+{
+    /// The `Name` to store (a clone of a `Name`, a new allocation for a `str`).
+    fn to_name(&self) -> Name;
+    /// The text.
+    fn text(&self) -> &str;
+}
+
+impl NameKey for str {
+    fn to_name(&self) -> Name {
+        Name::from(self)
+    }
+    fn text(&self) -> &str {
+        self
+    }
+}
+
+impl NameKey for Name {
+    fn to_name(&self) -> Name {
+        self.clone()
+    }
+    fn text(&self) -> &str {
+        self.as_str()
+    }
+}
+
 /// At most this many texts are kept: Binance allows 1 024 streams per connection, each with a
 /// symbol. Past it (a server sending ever new names) each new text is allocated per event, as a
 /// `String` was, instead of growing the table without bound.
@@ -217,6 +275,7 @@ impl Names {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cmp::Ordering;
 
     #[test]
     fn reads_like_a_string() {
@@ -230,6 +289,24 @@ mod tests {
         assert_eq!(serde_json::from_str::<Name>("\"BTCUSDT\"").ok(), Some(Name::from("BTCUSDT")));
         assert_eq!(ron::to_string(&n).ok().as_deref(), Some("\"btcusdt@depth\""));
         assert_eq!(Name::default(), "");
+    }
+
+    #[test]
+    fn order_and_equality_are_the_texts_whether_shared_or_not() {
+        let (a, a2, b) = (Name::from("a@depth"), Name::from("a@depth"), Name::from("b@depth"));
+        assert!(!Arc::ptr_eq(&a.0, &a2.0));
+        assert_eq!(
+            (a == a2, a.cmp(&a2), a == a.clone(), a.cmp(&a.clone())),
+            (true, Ordering::Equal, true, Ordering::Equal)
+        );
+        assert_eq!((a.cmp(&b), b.cmp(&a), a == b), (Ordering::Less, Ordering::Greater, false));
+        // A map keyed by Name answers a Name of another allocation and a &str alike.
+        let map = std::collections::BTreeMap::from([(a.clone(), 1), (b.clone(), 2)]);
+        assert_eq!((map.get(&a2), map.get("b@depth"), map.get(&Name::from("c"))), (Some(&1), Some(&2), None));
+        assert_eq!(
+            (a.to_name(), NameKey::text(&a), "x".to_name(), NameKey::text("x")),
+            (a2, "a@depth", Name::from("x"), "x")
+        );
     }
 
     #[test]

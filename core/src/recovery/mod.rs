@@ -218,7 +218,8 @@ impl Recovery {
                 // The diff is delivered before what the book makes of it, but moved into the queue
                 // only after the book has read it: no copy of its levels per event.
                 let at = self.out.len();
-                let sync = match self.books.get_mut(diff.symbol.as_str()) {
+                // By `Name`: the book's key is the decoder's shared symbol, found by pointer.
+                let sync = match self.books.get_mut(&diff.symbol) {
                     Some(sync) => sync,
                     None => self
                         .books

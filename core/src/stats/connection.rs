@@ -8,6 +8,7 @@
 
 use crate::backoff::ReconnectHistory;
 use crate::patterns::Pattern;
+use crate::protocol::Name;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -40,7 +41,9 @@ pub struct ConnectionStats {
     /// Market events passed on (fresh, in order).
     pub market_events: u64,
     /// Fresh market events per stream name.
-    pub messages_by_stream: BTreeMap<String, u64>,
+    /// Keyed by the connection's shared [`Name`]s (read like `String`s), so that counting an event
+    /// compares pointers, not texts.
+    pub messages_by_stream: BTreeMap<Name, u64>,
     /// Stall actions taken (resubscribes and stall reconnects).
     pub stalls: u64,
     /// Planned reconnects (the rollover before Binance's 24 h cutoff, or its serverShutdown notice).
