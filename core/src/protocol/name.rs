@@ -24,8 +24,15 @@ use std::sync::Arc;
 /// keyed by `Name` and looked up with an event's `Name` (the connection's gap tracker, stall watch and
 /// counters, the recovery's books) finds its entry without a `memcmp`. Order and equality are the
 /// text's, so this agrees with looking up by `&str` (`Borrow<str>`); the hash is the text's too.
-#[derive(Clone, Hash)]
+#[derive(Clone)]
 pub struct Name(Arc<str>);
+
+/// The text's hash, as `str` hashes it (what `Borrow<str>` lookups need).
+impl std::hash::Hash for Name {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (*self.0).hash(state)
+    }
+}
 
 impl PartialEq for Name {
     #[inline]
@@ -303,6 +310,8 @@ mod tests {
         // A map keyed by Name answers a Name of another allocation and a &str alike.
         let map = std::collections::BTreeMap::from([(a.clone(), 1), (b.clone(), 2)]);
         assert_eq!((map.get(&a2), map.get("b@depth"), map.get(&Name::from("c"))), (Some(&1), Some(&2), None));
+        let hashed = std::collections::HashMap::from([(a.clone(), 1), (b.clone(), 2)]);
+        assert_eq!((hashed.get(&a2), hashed.get("b@depth"), hashed.get("c")), (Some(&1), Some(&2), None));
         assert_eq!(
             (a.to_name(), NameKey::text(&a), "x".to_name(), NameKey::text("x")),
             (a2, "a@depth", Name::from("x"), "x")
