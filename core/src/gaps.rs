@@ -231,9 +231,13 @@ struct Track {
 /// Sequence state per stream name; see the module docs for the rules.
 #[derive(Debug, Clone, Default)]
 pub struct GapTracker {
-    // Keyed by `Name`: the connection looks its events' stream names up, which are the very keys
-    // (one allocation per name), so a lookup compares pointers instead of texts.
-    streams: HashMap<Name, Track, BuildHasherDefault<FxHasher>>,
+    // Each stream's track, found through `index` or, for the stream of the previous event (`last`, nearly
+    // every event of a connection with one busy stream), without hashing. Keyed by `Name`: the connection
+    // looks its events' stream names up, which are the very keys (one allocation per name), so the
+    // check compares pointers instead of texts.
+    tracks: Vec<(Name, Track)>,
+    index: HashMap<Name, usize, BuildHasherDefault<FxHasher>>,
+    last: usize,
     /// Streams that restarted and were forgotten: the old numbering's last id, for their next track.
     restarted: HashMap<Name, u64, BuildHasherDefault<FxHasher>>,
     policy: RestartPolicy,
@@ -247,7 +251,7 @@ impl GapTracker {
 
     /// A tracker that has seen nothing yet, detecting numbering restarts by `policy`.
     pub fn with_policy(policy: RestartPolicy) -> Self {
-        GapTracker { streams: HashMap::default(), restarted: HashMap::default(), policy }
+        GapTracker { tracks: Vec::new(), index: HashMap::default(), last: 0, restarted: HashMap::default(), policy }
     }
 
     /// How this tracker tells a numbering restart from a duplicate.
@@ -258,7 +262,7 @@ impl GapTracker {
     /// A new connection is live: the next event of each stream is its first on that connection, and
     /// one far below the last id is a numbering restart at once (module docs).
     pub fn new_connection(&mut self) {
-        for track in self.streams.values_mut() {
+        for (_, track) in &mut self.tracks {
             track.new_connection = true;
         }
     }
@@ -288,12 +292,15 @@ impl GapTracker {
         let Some(next) = Last::of(seq) else {
             return Verdict::Fresh;
         };
-        let Some(track) = self.streams.get_mut(stream) else {
+        let Some(at) = self.slot(stream) else {
             let stale = if self.restarted.is_empty() { None } else { self.restarted.remove(stream) };
             let track = Track { last: next, candidates: 0, first_candidate: 0, new_connection: false, stale };
-            self.streams.insert(stream.to_name(), track);
+            let name = stream.to_name();
+            self.index.insert(name.clone(), self.tracks.len());
+            self.tracks.push((name, track));
             return Verdict::Fresh;
         };
+        let track = &mut self.tracks[at].1;
         if let Some(old) = track.stale {
             let (distance, last, id) = (self.policy.distance, track.last.id(), next.id());
             if last.saturating_add(distance) >= old.saturating_sub(distance) {
@@ -318,7 +325,7 @@ impl GapTracker {
             if first_on_connection || track.candidates >= self.policy.confirm {
                 let restart =
                     Restart { stream: stream.text().to_owned(), last: track.last.id(), first: track.first_candidate };
-                self.streams.remove(stream);
+                self.remove(stream);
                 self.restarted.insert(stream.to_name(), restart.last);
                 return Verdict::Restarted(restart);
             }
@@ -372,26 +379,55 @@ impl GapTracker {
         verdict
     }
 
+    /// Where `stream`'s track is in `tracks`: the previous event's stream is checked first (no hash).
+    #[inline]
+    fn slot<S: NameKey + ?Sized>(&mut self, stream: &S) -> Option<usize>
+    where
+        Name: Borrow<S>,
+    {
+        if let Some((name, _)) = self.tracks.get(self.last)
+            && name.borrow() == stream
+        {
+            return Some(self.last);
+        }
+        let at = *self.index.get(stream)?;
+        self.last = at;
+        Some(at)
+    }
+
+    /// Drops `stream`'s track (the last one moves into its place).
+    fn remove<S: NameKey + ?Sized>(&mut self, stream: &S)
+    where
+        Name: Borrow<S>,
+    {
+        let Some(at) = self.index.remove(stream) else { return };
+        self.tracks.swap_remove(at);
+        if let Some((moved, _)) = self.tracks.get(at) {
+            self.index.insert(moved.clone(), at);
+        }
+    }
+
     /// The last id seen on `stream` (`a`, `t`, depth `u`, bookTicker `u`), if any.
     pub fn last_seen(&self, stream: &str) -> Option<u64> {
-        self.streams.get(stream).map(|track| track.last.id())
+        let at = *self.index.get(stream)?;
+        Some(self.tracks[at].1.last.id())
     }
 
     /// Forgets `stream`: its next event is fresh whatever its id (an unsubscribed stream, or a server
     /// that restarted its numbering).
     pub fn forget(&mut self, stream: &str) {
-        self.streams.remove(stream);
+        self.remove(stream);
         self.restarted.remove(stream);
     }
 
     /// Number of streams with a remembered position.
     pub fn len(&self) -> usize {
-        self.streams.len()
+        self.tracks.len()
     }
 
     /// Whether no stream has a remembered position.
     pub fn is_empty(&self) -> bool {
-        self.streams.is_empty()
+        self.tracks.is_empty()
     }
 }
 
@@ -470,6 +506,26 @@ mod tests {
         assert_eq!(t.last_seen("a@trade"), None);
         assert_eq!(t.observe("a@trade", Sequence::Trade { id: 1 }), Verdict::Fresh);
         assert_eq!(t.observe("b@trade", Sequence::Trade { id: 2 }), Verdict::Fresh);
+    }
+
+    #[test]
+    fn forgetting_one_stream_keeps_the_others_tracked() {
+        let mut t = GapTracker::new();
+        let names = [Name::from("a@trade"), Name::from("b@trade"), Name::from("c@trade")];
+        for (i, n) in names.iter().enumerate() {
+            assert_eq!(t.observe(n, Sequence::Trade { id: 10 * (i as u64 + 1) }), Verdict::Fresh);
+        }
+        // `c` takes `a`'s place; the previous lookup (`c`, at its old place) must not find a stale slot.
+        t.forget("a@trade");
+        assert_eq!((t.len(), t.last_seen("a@trade"), t.last_seen("c@trade")), (2, None, Some(30)));
+        assert_eq!(t.observe(&names[2], Sequence::Trade { id: 30 }), Verdict::Duplicate);
+        assert_eq!(t.observe("b@trade", Sequence::Trade { id: 20 }), Verdict::Duplicate);
+        assert_eq!(t.observe(&names[2], Sequence::Trade { id: 31 }), Verdict::Fresh);
+        assert_eq!(t.observe(&names[0], Sequence::Trade { id: 1 }), Verdict::Fresh);
+        t.forget("c@trade");
+        assert_eq!(t.observe("b@trade", Sequence::Trade { id: 21 }), Verdict::Fresh);
+        assert_eq!(t.observe("a@trade", Sequence::Trade { id: 1 }), Verdict::Duplicate);
+        assert_eq!((t.len(), t.last_seen("c@trade"), t.last_seen("b@trade")), (2, None, Some(21)));
     }
 
     #[test]
