@@ -935,7 +935,7 @@ impl<'p> ConnSim<'p> {
                 self.m.rollovers += 1;
                 // A half-open fault injected before the rollover still loses the old transport's frames
                 // during it (seed 894: a frame sent to the silent old transport before the new one opened).
-                let faults = (!self.net.is_half_open(id.0)).then(|| self.injected());
+                let faults = (!self.net.is_half_open(tid(*id, self.m.base))).then(|| self.injected());
                 self.m.rolling = Some((faults, None));
             }
             Event::Malformed { .. } => self.m.malformed += 1,

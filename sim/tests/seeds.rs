@@ -12,6 +12,11 @@ const REGRESSIONS: &[(u64, &str)] = &[
     (424, "close 1001 between the server's accept and the client's Opened"),
     (59, "a 1008 close just before the heal: its 60 s rate-limit wait delays liveness legitimately"),
     (19220, "an aggTrade lost before a serverShutdown rollover is revealed by the new transport: the fault's gap"),
+    (
+        32087,
+        "a refuted restart candidate, then the id after it lost in an outage: the candidate is the new numbering's",
+    ),
+    (41999, "a rollover on a half-open transport of a restarted machine: the half-open check needs the model's id"),
 ];
 
 /// Runs `seeds` on every CPU; returns the failing seeds and the simulated hours.

@@ -1290,6 +1290,31 @@ fn a_candidate_refuted_by_the_old_numberings_reordered_last_frame_is_taken_back(
 }
 
 #[test]
+fn a_refuted_candidate_below_a_lost_id_is_taken_back_and_the_lost_id_reported() {
+    // Simulator seed 32087: 1 arrives ahead of the old numbering's last frame (refuted), 2 is lost, and
+    // 3, 4, 5 confirm the restart. 1 belongs to that numbering: it is passed on, and 2 is a gap.
+    let (mut h, _) = H::new(&restart_cfg());
+    h.input(Input::Opened { id: id(1) });
+    h.input(Input::Text { id: id(1), text: agg(5_000) });
+    assert_eq!(h.input(Input::Text { id: id(1), text: agg(1) }), []);
+    assert_eq!(delivered(&h.input(Input::Text { id: id(1), text: agg(5_001) })), [(1, 5_001)]);
+    assert_eq!(h.input(Input::Text { id: id(1), text: agg(3) }), []);
+    assert_eq!(h.input(Input::Text { id: id(1), text: agg(4) }), []);
+    let out = h.input(Input::Text { id: id(1), text: agg(5) });
+    assert_eq!(out[0], restarted(5_001, 1));
+    assert_eq!(delivered(&out), [(1, 1), (1, 3), (1, 4), (1, 5)]);
+    let gaps: Vec<(u64, u64)> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Gap(g) => Some((g.first_missing, g.last_missing)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(gaps, [(2, 2)]);
+    assert_eq!(h.c.stats().duplicates, 0);
+}
+
+#[test]
 fn a_restart_the_old_transport_never_saw_is_found_in_the_hand_over_buffer() {
     let (mut h, _) = H::new(&restart_cfg());
     h.input(Input::Opened { id: id(1) });
