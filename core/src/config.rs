@@ -32,6 +32,11 @@ pub struct Config {
     pub train: TrainConfig,
 }
 
+/// Upper bound of `stream.max_connections`: Binance allows 300 connection attempts per 5 minutes per
+/// IP, and a connection that keeps failing at the default backoff cap (`reconnect.max_delay_ms`,
+/// 60 s) makes 5 attempts per 5 minutes, so 60 of them use the whole allowance.
+pub const MAX_CONNECTIONS: u32 = 60;
+
 /// `stream`: the feed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -51,8 +56,12 @@ pub struct StreamConfig {
     /// Outgoing control messages (pings, pongs, SUBSCRIBE...) per second per connection.
     /// Binance disconnects a client above 5.
     pub max_control_per_second: u32,
-    /// Streams per connection; Binance allows 1024.
+    /// Streams per connection; Binance allows 1024. More streams are split over several
+    /// connections of at most this many each (see `shard`).
     pub max_streams_per_connection: u32,
+    /// At most this many connections at once (each its own shard of `streams`). Bounds what one
+    /// process asks of Binance's per-IP limits (300 connection attempts per 5 minutes).
+    pub max_connections: u32,
     /// An id more than this far below the last one seen on its stream is a candidate numbering
     /// restart (the server restarted its ids), not a duplicate; see `gaps`.
     pub restart_distance: u64,
@@ -72,6 +81,7 @@ impl Default for StreamConfig {
             rollover_after_ms: 23 * 3_600_000 + 30 * 60_000,
             max_control_per_second: 5,
             max_streams_per_connection: 1024,
+            max_connections: 8,
             restart_distance: 1000,
             restart_confirm: 3,
         }
@@ -474,13 +484,16 @@ impl Config {
             &format!("{:?}", s.streams),
             "no stream listed twice",
         );
+        let capacity = u64::from(s.max_streams_per_connection) * u64::from(s.max_connections);
         v.check(
-            s.streams.len() <= s.max_streams_per_connection as usize,
+            s.streams.len() as u64 <= capacity,
             "stream.streams",
             &format!("{} streams", s.streams.len()),
             &format!(
-                "at most stream.max_streams_per_connection ({}) streams: keel does not split streams across connections yet",
-                s.max_streams_per_connection
+                "at most stream.max_streams_per_connection ({}) x stream.max_connections ({}) = {capacity} streams: \
+                 raise stream.max_connections (up to {MAX_CONNECTIONS}) or run several keel processes (from \
+                 different IPs) with fewer streams each",
+                s.max_streams_per_connection, s.max_connections
             ),
         );
         v.check(!s.out_dir.is_empty(), "stream.out_dir", &s.out_dir, "a non-empty directory path");
@@ -508,6 +521,15 @@ impl Config {
             "stream.max_streams_per_connection",
             &s.max_streams_per_connection,
             "between 1 and 1024 (Binance's limit)",
+        );
+        v.check(
+            (1..=MAX_CONNECTIONS).contains(&s.max_connections),
+            "stream.max_connections",
+            &s.max_connections,
+            &format!(
+                "between 1 and {MAX_CONNECTIONS} (Binance allows 300 connection attempts per 5 minutes per IP; \
+                 {MAX_CONNECTIONS} connections all failing at the default 60 s backoff cap already make 300)"
+            ),
         );
         v.check(
             s.restart_distance > 0,
@@ -828,6 +850,39 @@ mod tests {
         assert_eq!(cfg.scaler.reset_scale, ScaleChoice::Fixed(1024.0));
     }
 
+    /// More streams than one connection carries are fine up to `max_streams_per_connection x
+    /// max_connections`; one more is refused with an error naming both keys and the fix.
+    #[test]
+    fn streams_beyond_one_connection_are_split_up_to_max_connections() {
+        let names = ["a@trade", "b@trade", "c@trade", "d@trade", "e@trade", "f@trade", "g@trade"];
+        let ron = |n: usize| {
+            let list: Vec<String> = names[..n].iter().map(|s| format!("{s:?}")).collect();
+            format!("(stream: (streams: [{}], max_streams_per_connection: 2, max_connections: 3))", list.join(", "))
+        };
+        let five = Config::from_ron(&ron(5)).unwrap();
+        assert_eq!(five.validate(), Ok(()));
+        assert_eq!(Config::from_ron(&ron(6)).unwrap().validate(), Ok(()));
+        let seven = Config::from_ron(&ron(7)).unwrap_err().to_string();
+        for needle in [
+            "stream.streams",
+            "7 streams",
+            "stream.max_streams_per_connection (2)",
+            "stream.max_connections (3)",
+            "= 6 streams",
+            "raise stream.max_connections (up to 60)",
+        ] {
+            assert!(seven.contains(needle), "{needle:?} missing from: {seven}");
+        }
+        assert_eq!(Config::default().stream.max_connections, 8);
+        // 1024 x 60: the largest split keel makes.
+        let mut big = Config::default();
+        big.stream.max_connections = MAX_CONNECTIONS;
+        big.stream.streams = (0..1024 * 60).map(|i| format!("s{i}@trade")).collect();
+        assert_eq!(big.validate(), Ok(()));
+        big.stream.streams.push("one@trade".into());
+        assert!(big.validate().is_err());
+    }
+
     /// Each bad value, written as a RON fragment, and the field its error must name.
     const BAD_VALUES: &[(&str, &str)] = &[
         (r#"stream: (url: "http://x")"#, "stream.url"),
@@ -836,7 +891,12 @@ mod tests {
         (r#"stream: (streams: ["btcusdt@ticker"])"#, "stream.streams"),
         (r#"stream: (streams: ["btcusdt@kline_7m"])"#, "stream.streams"),
         (r#"stream: (streams: ["btcusdt@trade", "btcusdt@trade"])"#, "stream.streams"),
-        (r#"stream: (streams: ["btcusdt@trade", "ethusdt@trade"], max_streams_per_connection: 1)"#, "stream.streams"),
+        (
+            r#"stream: (streams: ["btcusdt@trade", "ethusdt@trade"], max_streams_per_connection: 1, max_connections: 1)"#,
+            "stream.streams",
+        ),
+        ("stream: (max_connections: 0)", "stream.max_connections"),
+        ("stream: (max_connections: 61)", "stream.max_connections"),
         (r#"stream: (out_dir: "")"#, "stream.out_dir"),
         ("stream: (max_message_bytes: 0)", "stream.max_message_bytes"),
         ("stream: (stall_after_ms: 1000)", "stream.stall_after_ms"),

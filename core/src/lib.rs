@@ -20,6 +20,7 @@ pub mod redact;
 pub mod rest;
 pub mod rng;
 pub mod scaler;
+pub mod shard;
 pub mod stats;
 pub mod time;
 pub mod trace;

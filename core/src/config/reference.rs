@@ -74,7 +74,16 @@ pub const KEYS: &[KeyDoc] = &[
         "1..=5",
         "Outgoing control messages (pings, pongs, SUBSCRIBE...) per second per connection; Binance disconnects above 5."
     ),
-    key!(stream.max_streams_per_connection, "1..=1024", "Streams per connection; Binance allows 1024."),
+    key!(
+        stream.max_streams_per_connection,
+        "1..=1024",
+        "Streams per connection; Binance allows 1024. More streams are split over several connections of at most this many each, a symbol's streams kept on one connection where they fit."
+    ),
+    key!(
+        stream.max_connections,
+        "1..=60",
+        "At most this many connections at once; stream.streams may hold up to max_streams_per_connection x max_connections names. The connections share Binance's per-IP limits (300 connection attempts per 5 minutes: each gets an equal share of reconnect.max_attempts_per_window; REST weight: one budget for all)."
+    ),
     key!(
         stream.restart_distance,
         "> 0",

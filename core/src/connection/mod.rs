@@ -46,8 +46,9 @@
 //!   5 per second per connection).
 //!
 //! - More desired streams than `stream.max_streams_per_connection` (Binance: 1024) cannot be
-//!   served by one transport (splitting is not implemented): the machine gives up at once with an
-//!   `InvalidUrl` error naming the setting, instead of letting Binance reject the connection.
+//!   served by one transport: the machine gives up at once with an `InvalidUrl` error naming the
+//!   setting, instead of letting Binance reject the connection. One machine is one connection; the
+//!   adapter splits larger lists over several machines ([`crate::shard`]).
 //!
 //! Deviations from connection-api.md: `Event::Rollover` was added (a planned reconnect is not a
 //! disconnection); `GiveUp` carries the error, its class and the failure count. Additions:
@@ -532,8 +533,8 @@ impl Connection {
         if conn.desired.len() > max_streams {
             let error = TransportError::InvalidUrl(format!(
                 "{} streams requested but one connection carries at most {max_streams} \
-                 (stream.max_streams_per_connection; Binance allows 1024): run several keel processes \
-                 with fewer streams each",
+                 (stream.max_streams_per_connection; Binance allows 1024): give each machine one shard \
+                 of the streams (keel_core::shard::plan; `keel stream` does)",
                 conn.desired.len()
             ));
             let class = ErrorClass::Fatal;

@@ -1,0 +1,239 @@
+//! Splitting `stream.streams` over several connections (Binance carries at most 1024 streams on
+//! one connection).
+//!
+//! Each shard becomes its own [`crate::connection::Connection`]: its own transport, backoff,
+//! heartbeat and gap tracking, and its own seed, so that the jitter differs and a mass disconnect
+//! does not bring every shard back in the same millisecond. [`plan`] gives each shard its config
+//! (its streams, its share of the connection-attempt budget) and its seed; the adapter drives them.
+//!
+//! The split keeps a symbol's streams on one connection where they fit: a symbol's `@depth` and
+//! `@aggTrade` then lose and regain their transport together, so a gap, its backfill and a book
+//! resync stay on one connection's timeline, and one bad connection touches as few symbols as it
+//! can. Symbols are packed greedily in the order of their first stream in the config; a symbol
+//! with more streams than a connection carries is cut into full connections. Should that packing
+//! need more than `stream.max_connections` connections (only with tiny shard sizes), the split
+//! falls back to plain contiguous chunks of the symbol-ordered list, which always fits. Inside a
+//! shard the streams keep their config order.
+
+use crate::config::Config;
+use std::collections::BTreeMap;
+
+/// One connection's part of the run: what its machine is built from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShardPlan {
+    /// 0-based; shard 0 of a one-shard run is the whole run.
+    pub index: usize,
+    /// The config of this shard's machine: `stream.streams` is its part, and
+    /// `reconnect.max_attempts_per_window` its share of the per-IP budget.
+    pub config: Config,
+    /// The seed of this shard's jitter.
+    pub seed: u64,
+}
+
+/// The shards of `config` (validated by the caller): one per connection, in order.
+///
+/// One shard gets `config` and `seed` unchanged, so a run that fits on one connection behaves (and
+/// traces) exactly as before the split existed.
+pub fn plan(config: &Config, seed: u64) -> Vec<ShardPlan> {
+    let s = &config.stream;
+    let parts = split_streams(&s.streams, s.max_streams_per_connection as usize, s.max_connections as usize);
+    let n = parts.len().max(1) as u32;
+    // Binance's 300 attempts per 5 minutes are per IP: all shards share the budget.
+    let attempts = (config.reconnect.max_attempts_per_window / n).max(1);
+    parts
+        .into_iter()
+        .enumerate()
+        .map(|(index, streams)| {
+            let mut config = config.clone();
+            config.stream.streams = streams;
+            if n > 1 {
+                config.reconnect.max_attempts_per_window = attempts;
+            }
+            ShardPlan { index, config, seed: shard_seed(seed, index) }
+        })
+        .collect()
+}
+
+/// Shard `index`'s seed: `seed` itself for shard 0, a well-mixed derivative for the others.
+pub fn shard_seed(seed: u64, index: usize) -> u64 {
+    if index == 0 {
+        return seed;
+    }
+    // splitmix64's finalizer over seed + index * golden ratio: neighbouring indexes get unrelated seeds.
+    let mut z = seed.wrapping_add((index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The symbol of a stream name (`btcusdt@depth@100ms` -> `btcusdt`).
+fn symbol(stream: &str) -> &str {
+    stream.split_once('@').map_or(stream, |(s, _)| s)
+}
+
+/// Splits `streams` into parts of at most `per_connection` (at least 1), a symbol's streams kept
+/// together where they fit (see the module docs). Every stream lands in exactly one part, each part
+/// keeps the config order, no part is empty, and there are at most `max_connections` parts whenever
+/// `streams.len() <= per_connection * max_connections`.
+pub fn split_streams(streams: &[String], per_connection: usize, max_connections: usize) -> Vec<Vec<String>> {
+    let size = per_connection.max(1);
+    // Indexes grouped by symbol, groups in order of first appearance.
+    let mut group_of: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for (i, s) in streams.iter().enumerate() {
+        let g = *group_of.entry(symbol(s)).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[g].push(i);
+    }
+    let mut parts: Vec<Vec<usize>> = Vec::new();
+    let mut current: Vec<usize> = Vec::new();
+    for group in &groups {
+        if current.len() + group.len() > size && !current.is_empty() {
+            parts.push(std::mem::take(&mut current));
+        }
+        let mut rest = group.as_slice();
+        while rest.len() > size {
+            parts.push(rest[..size].to_vec());
+            rest = &rest[size..];
+        }
+        current.extend_from_slice(rest);
+    }
+    if !current.is_empty() {
+        parts.push(current);
+    }
+    if parts.len() > max_connections {
+        // Symbol packing wastes room at the ends of parts; contiguous chunks waste none.
+        let ordered: Vec<usize> = groups.concat();
+        parts = ordered.chunks(size).map(<[usize]>::to_vec).collect();
+    }
+    parts
+        .into_iter()
+        .map(|mut part| {
+            part.sort_unstable();
+            part.into_iter().map(|i| streams[i].clone()).collect()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quickcheck::{QuickCheck, TestResult};
+    use std::collections::BTreeSet;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_symbols_streams_share_a_connection_in_config_order() {
+        let streams = names(&["a@trade", "b@trade", "a@depth", "c@trade", "b@depth"]);
+        let table: &[(usize, usize, &[&[&str]])] = &[
+            // Everything fits on one connection: unchanged.
+            (1024, 8, &[&["a@trade", "b@trade", "a@depth", "c@trade", "b@depth"]]),
+            (2, 3, &[&["a@trade", "a@depth"], &["b@trade", "b@depth"], &["c@trade"]]),
+            // a (2) + b (2) fit into 4, c starts the next one.
+            (4, 2, &[&["a@trade", "b@trade", "a@depth", "b@depth"], &["c@trade"]]),
+            // 3 per connection: a (2) then b does not fit; b + c.
+            (3, 2, &[&["a@trade", "a@depth"], &["b@trade", "c@trade", "b@depth"]]),
+            // A symbol larger than a connection is cut into full ones.
+            (1, 5, &[&["a@trade"], &["a@depth"], &["b@trade"], &["b@depth"], &["c@trade"]]),
+        ];
+        for (size, max, want) in table {
+            let got = split_streams(&streams, *size, *max);
+            let want: Vec<Vec<String>> = want.iter().map(|p| names(p)).collect();
+            assert_eq!(got, want, "size {size}, max {max}");
+        }
+        // Packing by symbol would need 4 connections ([a a][b][c c][d]); 3 are allowed: contiguous
+        // chunks of the symbol-ordered list.
+        let streams = names(&["a@trade", "a@depth", "b@trade", "c@trade", "c@depth", "d@trade"]);
+        assert_eq!(split_streams(&streams, 2, 4).len(), 4);
+        let got = split_streams(&streams, 2, 3);
+        let want = vec![names(&["a@trade", "a@depth"]), names(&["b@trade", "c@trade"]), names(&["c@depth", "d@trade"])];
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn every_usdt_pair_fits_two_connections() {
+        // ~400 symbols x 3 streams, the README's example.
+        let streams: Vec<String> =
+            (0..400).flat_map(|i| ["aggTrade", "depth@100ms", "kline_1m"].map(|k| format!("sym{i}usdt@{k}"))).collect();
+        let parts = split_streams(&streams, 1024, 8);
+        assert_eq!(parts.iter().map(Vec::len).collect::<Vec<_>>(), vec![1023, 177]);
+        assert_eq!(parts[0][1020..], names(&["sym340usdt@aggTrade", "sym340usdt@depth@100ms", "sym340usdt@kline_1m"]));
+    }
+
+    #[test]
+    fn one_shard_plan_is_the_config_itself() {
+        let cfg = Config::default();
+        assert_eq!(plan(&cfg, 42), vec![ShardPlan { index: 0, config: cfg.clone(), seed: 42 }]);
+        let mut big = cfg.clone();
+        big.stream.max_streams_per_connection = 1;
+        big.stream.max_connections = 3;
+        big.stream.streams = names(&["a@trade", "b@trade", "c@trade"]);
+        let plans = plan(&big, 42);
+        assert_eq!(plans.iter().map(|p| p.index).collect::<Vec<_>>(), vec![0, 1, 2]);
+        assert_eq!(
+            plans.iter().map(|p| p.config.stream.streams.clone()).collect::<Vec<_>>(),
+            [names(&["a@trade"]), names(&["b@trade"]), names(&["c@trade"])]
+        );
+        // 300 attempts per 5 minutes per IP, shared.
+        assert!(plans.iter().all(|p| p.config.reconnect.max_attempts_per_window == 100));
+        assert!(plans.iter().all(|p| p.config.validate().is_ok()));
+        let seeds: BTreeSet<u64> = plans.iter().map(|p| p.seed).collect();
+        assert_eq!((plans[0].seed, seeds.len()), (42, 3), "distinct seeds, shard 0 keeps --seed");
+    }
+
+    /// Streams from small numbers: `symbol` in 0..8, `kind` in 0..6, duplicates removed.
+    fn streams_from(raw: &[(u8, u8)]) -> Vec<String> {
+        const KINDS: [&str; 6] = ["trade", "aggTrade", "depth", "bookTicker", "kline_1m", "kline_1h"];
+        let mut seen = BTreeSet::new();
+        raw.iter()
+            .map(|(s, k)| format!("s{}@{}", s % 8, KINDS[usize::from(k % 6)]))
+            .filter(|s| seen.insert(s.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn split_keeps_every_stream_once_in_order_within_the_size() {
+        fn prop(raw: Vec<(u8, u8)>, size: u8, max: u8) -> TestResult {
+            let streams = streams_from(&raw);
+            let (size, max) = (usize::from(size % 12) + 1, usize::from(max % 12) + 1);
+            let parts = split_streams(&streams, size, max);
+            let position = |s: &String| streams.iter().position(|x| x == s);
+            let mut all: Vec<&String> = parts.iter().flatten().collect();
+            all.sort();
+            let mut want: Vec<&String> = streams.iter().collect();
+            want.sort();
+            let in_order = parts.iter().all(|p| p.windows(2).all(|w| position(&w[0]) < position(&w[1])));
+            let fits = streams.len() > size * max || parts.len() <= max;
+            TestResult::from_bool(
+                all == want && in_order && fits && parts.iter().all(|p| !p.is_empty() && p.len() <= size),
+            )
+        }
+        QuickCheck::new().tests(500).quickcheck(prop as fn(Vec<(u8, u8)>, u8, u8) -> TestResult);
+    }
+
+    #[test]
+    fn a_symbol_that_fits_is_never_cut() {
+        fn prop(raw: Vec<(u8, u8)>, size: u8) -> bool {
+            let streams = streams_from(&raw);
+            let size = usize::from(size % 12) + 1;
+            // Enough connections: the symbol packing is kept.
+            let parts = split_streams(&streams, size, streams.len().max(1));
+            let mut per_symbol: BTreeMap<&str, BTreeSet<usize>> = BTreeMap::new();
+            for (i, p) in parts.iter().enumerate() {
+                for s in p {
+                    per_symbol.entry(symbol(s)).or_default().insert(i);
+                }
+            }
+            per_symbol.iter().all(|(sym, shards)| {
+                let count = streams.iter().filter(|s| symbol(s) == *sym).count();
+                count > size || shards.len() == 1
+            })
+        }
+        QuickCheck::new().tests(500).quickcheck(prop as fn(Vec<(u8, u8)>, u8) -> bool);
+    }
+}
