@@ -469,7 +469,7 @@ impl Config {
         );
         v.check(!s.streams.is_empty(), "stream.streams", &format!("{:?}", s.streams), "at least one stream name");
         for name in &s.streams {
-            // The decoder's own list, so that a stream keel cannot decode (say `@ticker`) fails here
+            // The decoder's own list, so that a stream keel cannot decode (say `@avgPrice`) fails here
             // instead of counting every one of its frames as malformed.
             if let Err(e) = crate::protocol::check_stream_name(name) {
                 v.check(false, "stream.streams", name, &format!("a stream keel decodes: {e}"));
@@ -888,7 +888,7 @@ mod tests {
         (r#"stream: (url: "http://x")"#, "stream.url"),
         ("stream: (streams: [])", "stream.streams"),
         (r#"stream: (streams: ["BTCUSDT"])"#, "stream.streams"),
-        (r#"stream: (streams: ["btcusdt@ticker"])"#, "stream.streams"),
+        (r#"stream: (streams: ["btcusdt@avgPrice"])"#, "stream.streams"),
         (r#"stream: (streams: ["btcusdt@kline_7m"])"#, "stream.streams"),
         (r#"stream: (streams: ["btcusdt@trade", "btcusdt@trade"])"#, "stream.streams"),
         (

@@ -10,6 +10,11 @@
 //! - bookTicker and partial depth (`@depth5`): the update id only increases; Binance skips ids by design
 //!   there, so no gap is ever reported, only duplicates dropped.
 //! - kline: no sequence; every kline is fresh (a kline is a running update of its interval).
+//! - tickers (`@ticker`, `@ticker_1h/4h/1d`, `@miniTicker`): no sequence either, like klines: each is a
+//!   snapshot of its window, so a lost one hides nothing the next one (a second later) does not carry.
+//!   Not checked: `E` going backwards. On one transport Binance sends in order; across a rollover the
+//!   connection delivers unsequenced streams only from the active transport, which is what keeps a
+//!   replayed kline out too.
 //!
 //! The first event seen on a stream is fresh. Tracking deliberately survives reconnects (the tracker
 //! lives outside any one transport): that is how ids lost during an outage show up as a gap, and how
@@ -83,7 +88,7 @@ pub enum Sequence {
     BookTicker { id: u64 },
     /// Partial book depth (`@depth5/10/20`): `lastUpdateId`; increases but skips ids by design.
     Snapshot { id: u64 },
-    /// No sequence number (kline).
+    /// No sequence number (kline, tickers).
     Unsequenced,
 }
 

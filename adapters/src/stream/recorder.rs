@@ -6,7 +6,7 @@
 //! second and at shutdown, so a crash loses at most the last second.
 
 use chrono::{DateTime, Utc};
-use keel_core::protocol::{Decimal, Level, MarketEvent};
+use keel_core::protocol::{Decimal, Level, MarketEvent, TickerWindow};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
@@ -49,6 +49,19 @@ pub fn header(event: &MarketEvent) -> &'static str {
         MarketEvent::Depth(_) => "event_time,first_update_id,final_update_id,bids,asks",
         MarketEvent::BookTicker(_) => "update_id,bid_price,bid_qty,ask_price,ask_qty",
         MarketEvent::PartialDepth(_) => "last_update_id,bids,asks",
+        // Binance's field order for each (web-socket-streams.md).
+        MarketEvent::Ticker(t) => match t.window {
+            TickerWindow::Rolling24h(_) => {
+                "event_time,price_change,price_change_percent,weighted_avg_price,prev_price,last_price,last_qty,\
+                 bid_price,bid_qty,ask_price,ask_qty,open,high,low,volume,quote_volume,open_time,close_time,\
+                 first_trade_id,last_trade_id,trades"
+            }
+            TickerWindow::Rolling1h | TickerWindow::Rolling4h | TickerWindow::Rolling1d => {
+                "event_time,price_change,price_change_percent,open,high,low,last_price,weighted_avg_price,volume,\
+                 quote_volume,open_time,close_time,first_trade_id,last_trade_id,trades"
+            }
+        },
+        MarketEvent::MiniTicker(_) => "event_time,close,open,high,low,volume,quote_volume",
     }
 }
 
@@ -117,8 +130,10 @@ pub fn row(event: &MarketEvent) -> String {
 fn write_row(s: &mut String, event: &MarketEvent) {
     let b = |v: bool| if v { "1" } else { "0" };
     // Fields in order, comma-separated.
+    #[derive(Clone, Copy)]
     enum F<'a> {
         U(u64),
+        I(i64),
         D(Decimal),
         S(&'a str),
     }
@@ -129,6 +144,12 @@ fn write_row(s: &mut String, event: &MarketEvent) {
             }
             match f {
                 F::U(v) => push_u64(s, *v),
+                F::I(v) => {
+                    if *v < 0 {
+                        s.push('-');
+                    }
+                    push_u64(s, v.unsigned_abs());
+                }
                 F::D(d) => push_decimal(s, *d),
                 F::S(t) => s.push_str(t),
             }
@@ -185,6 +206,50 @@ fn write_row(s: &mut String, event: &MarketEvent) {
             s.push(',');
             levels(s, &d.asks);
         }
+        MarketEvent::Ticker(t) => {
+            // The two layouts share their first three and last seven columns.
+            let mut all = [F::U(0); 21];
+            all[..3].copy_from_slice(&[F::U(t.event_time), F::D(t.price_change), F::D(t.price_change_percent)]);
+            let middle: &[F<'_>] = match &t.window {
+                TickerWindow::Rolling24h(x) => &[
+                    F::D(t.weighted_avg_price),
+                    F::D(x.prev_price),
+                    F::D(t.last_price),
+                    F::D(x.last_quantity),
+                    F::D(x.best_bid_price),
+                    F::D(x.best_bid_qty),
+                    F::D(x.best_ask_price),
+                    F::D(x.best_ask_qty),
+                    F::D(t.open),
+                    F::D(t.high),
+                    F::D(t.low),
+                ],
+                TickerWindow::Rolling1h | TickerWindow::Rolling4h | TickerWindow::Rolling1d => {
+                    &[F::D(t.open), F::D(t.high), F::D(t.low), F::D(t.last_price), F::D(t.weighted_avg_price)]
+                }
+            };
+            let end = 3 + middle.len();
+            all[3..end].copy_from_slice(middle);
+            all[end..end + 7].copy_from_slice(&[
+                F::D(t.volume),
+                F::D(t.quote_volume),
+                F::U(t.open_time),
+                F::U(t.close_time),
+                F::I(t.first_trade_id),
+                F::I(t.last_trade_id),
+                F::U(t.trades),
+            ]);
+            fields(&all[..end + 7]);
+        }
+        MarketEvent::MiniTicker(t) => fields(&[
+            F::U(t.event_time),
+            F::D(t.close),
+            F::D(t.open),
+            F::D(t.high),
+            F::D(t.low),
+            F::D(t.volume),
+            F::D(t.quote_volume),
+        ]),
     }
 }
 
@@ -317,6 +382,10 @@ mod tests {
     const BOOK: &str =
         r#"{"u":400900217,"s":"BNBUSDT","b":"25.35190000","B":"31.21000000","a":"25.36520000","A":"40.66000000"}"#;
 
+    const TICKER: &str = r#"{"e":"24hrTicker","E":1672515782136,"s":"BNBBTC","p":"0.0015","P":"250.00","w":"0.0018","x":"0.0009","c":"0.0025","Q":"10","b":"0.0024","B":"10","a":"0.0026","A":"100","o":"0.0010","h":"0.0025","l":"0.0010","v":"10000","q":"18","O":0,"C":86400000,"F":0,"L":18150,"n":18151}"#;
+    const TICKER_1H: &str = r#"{"e":"1hTicker","E":1672515782136,"s":"BNBBTC","p":"-0.0015","P":"-60.00","o":"0.0010","h":"0.0025","l":"0.0010","c":"0.0004","w":"0.0018","v":"10000","q":"18","O":0,"C":1675216573749,"F":-1,"L":-1,"n":0}"#;
+    const MINI: &str = r#"{"e":"24hrMiniTicker","E":1672515782136,"s":"BNBBTC","c":"0.0025","o":"0.0010","h":"0.0025","l":"0.0010","v":"10000","q":"18"}"#;
+
     #[test]
     fn rows_follow_the_documented_columns() {
         let table = [
@@ -324,6 +393,16 @@ mod tests {
             (KLINE, "1672515782136,1672515780000,1672515839999,1m,0.0010,0.0025,0.0015,0.0020,1000,100,0"),
             (DEPTH, "1672515782136,157,160,0.0024:10;0.0023:5,0.0026:100"),
             (BOOK, "400900217,25.35190000,31.21000000,25.36520000,40.66000000"),
+            (
+                TICKER,
+                "1672515782136,0.0015,250.00,0.0018,0.0009,0.0025,10,0.0024,10,0.0026,100,0.0010,0.0025,0.0010,\
+                 10000,18,0,86400000,0,18150,18151",
+            ),
+            (
+                TICKER_1H,
+                "1672515782136,-0.0015,-60.00,0.0010,0.0025,0.0010,0.0004,0.0018,10000,18,0,1675216573749,-1,-1,0",
+            ),
+            (MINI, "1672515782136,0.0025,0.0010,0.0025,0.0010,10000,18"),
         ];
         for (json, expected) in table {
             let e = event(json);

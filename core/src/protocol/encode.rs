@@ -2,7 +2,7 @@
 //! and the simulator use it to speak exactly what [`super::decode`] reads, and the tests use it for
 //! round trips.
 
-use super::{Decimal, Frame, Level, MarketEvent, ResponseResult};
+use super::{Decimal, Frame, Level, MarketEvent, ResponseResult, TickerWindow};
 use std::fmt::Write;
 
 /// Appends `s` as a JSON string literal.
@@ -141,6 +141,54 @@ pub fn encode_event(event: &MarketEvent) -> String {
             let _ = write!(out, "{}", d.last_update_id);
             levels_field(&mut out, false, "bids", &d.bids);
             levels_field(&mut out, false, "asks", &d.asks);
+        }
+        MarketEvent::Ticker(t) => {
+            str_field(&mut out, true, "e", t.window.event_type());
+            num_field(&mut out, "E", t.event_time);
+            str_field(&mut out, false, "s", &t.symbol);
+            dec_field(&mut out, "p", t.price_change);
+            dec_field(&mut out, "P", t.price_change_percent);
+            // Binance orders the two layouts differently (web-socket-streams.md).
+            match &t.window {
+                TickerWindow::Rolling24h(x) => {
+                    dec_field(&mut out, "w", t.weighted_avg_price);
+                    dec_field(&mut out, "x", x.prev_price);
+                    dec_field(&mut out, "c", t.last_price);
+                    dec_field(&mut out, "Q", x.last_quantity);
+                    dec_field(&mut out, "b", x.best_bid_price);
+                    dec_field(&mut out, "B", x.best_bid_qty);
+                    dec_field(&mut out, "a", x.best_ask_price);
+                    dec_field(&mut out, "A", x.best_ask_qty);
+                    dec_field(&mut out, "o", t.open);
+                    dec_field(&mut out, "h", t.high);
+                    dec_field(&mut out, "l", t.low);
+                }
+                TickerWindow::Rolling1h | TickerWindow::Rolling4h | TickerWindow::Rolling1d => {
+                    dec_field(&mut out, "o", t.open);
+                    dec_field(&mut out, "h", t.high);
+                    dec_field(&mut out, "l", t.low);
+                    dec_field(&mut out, "c", t.last_price);
+                    dec_field(&mut out, "w", t.weighted_avg_price);
+                }
+            }
+            dec_field(&mut out, "v", t.volume);
+            dec_field(&mut out, "q", t.quote_volume);
+            num_field(&mut out, "O", t.open_time);
+            num_field(&mut out, "C", t.close_time);
+            num_field(&mut out, "F", t.first_trade_id);
+            num_field(&mut out, "L", t.last_trade_id);
+            num_field(&mut out, "n", t.trades);
+        }
+        MarketEvent::MiniTicker(t) => {
+            str_field(&mut out, true, "e", "24hrMiniTicker");
+            num_field(&mut out, "E", t.event_time);
+            str_field(&mut out, false, "s", &t.symbol);
+            dec_field(&mut out, "c", t.close);
+            dec_field(&mut out, "o", t.open);
+            dec_field(&mut out, "h", t.high);
+            dec_field(&mut out, "l", t.low);
+            dec_field(&mut out, "v", t.volume);
+            dec_field(&mut out, "q", t.quote_volume);
         }
     }
     out.push('}');

@@ -5,7 +5,7 @@
 //!
 //! A single pass over the bytes reads the keys in Binance's order, parsing integers, booleans and
 //! decimal strings (into [`Decimal`], no intermediate text) as it goes; no serde, no allocation but
-//! depth levels and a kline's interval (stream names and symbols come from the caller's [`Names`]). The event type comes from
+//! depth levels, a kline's interval and the box of a kline or ticker (stream names and symbols come from the caller's [`Names`]). The event type comes from
 //! the data (its `"e"`, or the first key of the two kinds without one), as on the general path; the
 //! stream name is only carried along.
 //!
@@ -17,8 +17,8 @@
 //! a frame the fast path takes has no duplicate key.
 
 use super::{
-    AggTrade, BookTicker, Decimal, DepthUpdate, Frame, Kline, Level, MarketEvent, Name, Names, PartialDepth, Trade,
-    stream_name, symbol_of,
+    AggTrade, BookTicker, Decimal, DepthUpdate, Frame, Kline, Level, MarketEvent, MiniTicker, Name, Names,
+    PartialDepth, Ticker, TickerExtras, TickerWindow, Trade, stream_name, symbol_of,
 };
 
 /// [`try_decode_on`] with a table of names of its own, for tests.
@@ -316,6 +316,16 @@ impl<'a> Scan<'a> {
                 Kind::Trade
             } else if self.lit(b"kline\",\"E\":") {
                 Kind::Kline
+            } else if self.lit(b"24hrTicker\",\"E\":") {
+                Kind::Ticker(Window::Day)
+            } else if self.lit(b"24hrMiniTicker\",\"E\":") {
+                Kind::MiniTicker
+            } else if self.lit(b"1hTicker\",\"E\":") {
+                Kind::Ticker(Window::Rolling1h)
+            } else if self.lit(b"4hTicker\",\"E\":") {
+                Kind::Ticker(Window::Rolling4h)
+            } else if self.lit(b"1dTicker\",\"E\":") {
+                Kind::Ticker(Window::Rolling1d)
             } else {
                 return None;
             };
@@ -327,6 +337,8 @@ impl<'a> Scan<'a> {
                 Kind::Trade => self.trade(event_time, symbol)?,
                 Kind::Depth => self.depth(event_time, symbol)?,
                 Kind::Kline => self.kline(event_time, symbol)?,
+                Kind::Ticker(window) => self.ticker(event_time, symbol, window)?,
+                Kind::MiniTicker => self.mini_ticker(event_time, symbol)?,
             };
             self.extra_fields(&FRAME_KEYS)?;
             self.byte(b'}')?;
@@ -515,6 +527,123 @@ impl<'a> Scan<'a> {
         })))
     }
 
+    /// A ticker after its `"s"`, in Binance's order, which differs between the 24 h ticker
+    /// (`p P w x c Q b B a A o h l`) and the rolling-window ones (`p P o h l c w`); both end `v q O C F L n`.
+    fn ticker(&mut self, event_time: u64, symbol: Name, which: Window) -> Option<MarketEvent> {
+        self.expect(b",\"p\":")?;
+        let price_change = self.decimal()?;
+        self.expect(b",\"P\":")?;
+        let price_change_percent = self.decimal()?;
+        let (window, weighted_avg_price, last_price, open, high, low);
+        if let Window::Day = which {
+            self.expect(b",\"w\":")?;
+            weighted_avg_price = self.decimal()?;
+            self.expect(b",\"x\":")?;
+            let prev_price = self.decimal()?;
+            self.expect(b",\"c\":")?;
+            last_price = self.decimal()?;
+            self.expect(b",\"Q\":")?;
+            let last_quantity = self.decimal()?;
+            self.expect(b",\"b\":")?;
+            let best_bid_price = self.decimal()?;
+            self.expect(b",\"B\":")?;
+            let best_bid_qty = self.decimal()?;
+            self.expect(b",\"a\":")?;
+            let best_ask_price = self.decimal()?;
+            self.expect(b",\"A\":")?;
+            let best_ask_qty = self.decimal()?;
+            self.expect(b",\"o\":")?;
+            open = self.decimal()?;
+            self.expect(b",\"h\":")?;
+            high = self.decimal()?;
+            self.expect(b",\"l\":")?;
+            low = self.decimal()?;
+            window = TickerWindow::Rolling24h(TickerExtras {
+                prev_price,
+                last_quantity,
+                best_bid_price,
+                best_bid_qty,
+                best_ask_price,
+                best_ask_qty,
+            });
+        } else {
+            self.expect(b",\"o\":")?;
+            open = self.decimal()?;
+            self.expect(b",\"h\":")?;
+            high = self.decimal()?;
+            self.expect(b",\"l\":")?;
+            low = self.decimal()?;
+            self.expect(b",\"c\":")?;
+            last_price = self.decimal()?;
+            self.expect(b",\"w\":")?;
+            weighted_avg_price = self.decimal()?;
+            window = match which {
+                Window::Rolling1h => TickerWindow::Rolling1h,
+                Window::Rolling4h => TickerWindow::Rolling4h,
+                Window::Day | Window::Rolling1d => TickerWindow::Rolling1d,
+            };
+        }
+        self.expect(b",\"v\":")?;
+        let volume = self.decimal()?;
+        self.expect(b",\"q\":")?;
+        let quote_volume = self.decimal()?;
+        self.expect(b",\"O\":")?;
+        let open_time = self.u64()?;
+        self.expect(b",\"C\":")?;
+        let close_time = self.u64()?;
+        self.expect(b",\"F\":")?;
+        let first_trade_id = self.i64()?;
+        self.expect(b",\"L\":")?;
+        let last_trade_id = self.i64()?;
+        self.expect(b",\"n\":")?;
+        let trades = self.u64()?;
+        Some(MarketEvent::Ticker(Box::new(Ticker {
+            symbol,
+            event_time,
+            window,
+            price_change,
+            price_change_percent,
+            weighted_avg_price,
+            last_price,
+            open,
+            high,
+            low,
+            volume,
+            quote_volume,
+            open_time,
+            close_time,
+            first_trade_id,
+            last_trade_id,
+            trades,
+        })))
+    }
+
+    /// A mini ticker after its `"s"`: `c o h l v q`.
+    fn mini_ticker(&mut self, event_time: u64, symbol: Name) -> Option<MarketEvent> {
+        self.expect(b",\"c\":")?;
+        let close = self.decimal()?;
+        self.expect(b",\"o\":")?;
+        let open = self.decimal()?;
+        self.expect(b",\"h\":")?;
+        let high = self.decimal()?;
+        self.expect(b",\"l\":")?;
+        let low = self.decimal()?;
+        self.expect(b",\"v\":")?;
+        let volume = self.decimal()?;
+        self.expect(b",\"q\":")?;
+        let quote_volume = self.decimal()?;
+        Some(MarketEvent::MiniTicker(Box::new(MiniTicker {
+            symbol,
+            event_time,
+            close,
+            open,
+            high,
+            low,
+            volume,
+            quote_volume,
+        })))
+    }
+
     /// After `{"u":`. Spot frames have no `E`; keel's encoder writes it after `u` when present.
     fn book_ticker(&mut self, names: &mut Names) -> Option<MarketEvent> {
         let update_id = self.u64()?;
@@ -567,10 +696,21 @@ enum Kind {
     Trade,
     Depth,
     Kline,
+    Ticker(Window),
+    MiniTicker,
+}
+
+/// Which ticker (`24hrTicker`, `1hTicker`, ...): the 24 h one has more fields, in another order.
+#[derive(Clone, Copy)]
+enum Window {
+    Day,
+    Rolling1h,
+    Rolling4h,
+    Rolling1d,
 }
 
 /// The keys `raw::RawFrame` reads (top level of a frame and of an event).
-const FRAME_KEYS: [&str; 27] = [
+const FRAME_KEYS: [&str; 40] = [
     "e",
     "E",
     "s",
@@ -587,6 +727,19 @@ const FRAME_KEYS: [&str; 27] = [
     "b",
     "B",
     "A",
+    "P",
+    "w",
+    "x",
+    "c",
+    "Q",
+    "o",
+    "h",
+    "v",
+    "O",
+    "C",
+    "F",
+    "L",
+    "n",
     "lastUpdateId",
     "bids",
     "asks",

@@ -4,7 +4,8 @@
 //! Inbound text frames are one of:
 //! - a market event, raw (`/ws/<stream>`) or in the combined-stream envelope
 //!   `{"stream":"btcusdt@aggTrade","data":{...}}` (`/stream?streams=a/b`): aggTrade, trade, kline,
-//!   depthUpdate, bookTicker (which has no `"e"` field) and partial depth (`@depth5`, no `"e"` either);
+//!   depthUpdate, bookTicker (which has no `"e"` field), partial depth (`@depth5`, no `"e"` either),
+//!   the tickers (`24hrTicker`, `1hTicker`/`4hTicker`/`1dTicker`) and the mini ticker (`24hrMiniTicker`);
 //! - a reply to a request: `{"result":null,"id":1}`, `{"result":["btcusdt@aggTrade"],"id":3}`;
 //! - an error reply: `{"error":{"code":2,"msg":"Invalid request"},"id":1}` (codes 0-3, see [`error_code`]);
 //! - `{"e":"serverShutdown","E":...}`, sent shortly before Binance cuts the connection.
@@ -250,6 +251,116 @@ pub struct PartialDepth {
     pub asks: Vec<Level>,
 }
 
+/// The window a [`Ticker`] covers, and what only the 24 h ticker carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TickerWindow {
+    /// `<symbol>@ticker` (event `24hrTicker`): the last 24 h, rolling (not the UTC day).
+    Rolling24h(TickerExtras),
+    /// `<symbol>@ticker_1h` (event `1hTicker`).
+    Rolling1h,
+    /// `<symbol>@ticker_4h` (event `4hTicker`).
+    Rolling4h,
+    /// `<symbol>@ticker_1d` (event `1dTicker`): unlike `@ticker`, the open time `O` starts on a
+    /// minute, so the window may be up to 59 999 ms wider than a day.
+    Rolling1d,
+}
+
+impl TickerWindow {
+    /// The event type Binance sends in `"e"`.
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            TickerWindow::Rolling24h(_) => "24hrTicker",
+            TickerWindow::Rolling1h => "1hTicker",
+            TickerWindow::Rolling4h => "4hTicker",
+            TickerWindow::Rolling1d => "1dTicker",
+        }
+    }
+
+    /// The stream type after the `@` (`ticker`, `ticker_1h`, ...).
+    pub fn stream_type(&self) -> &'static str {
+        match self {
+            TickerWindow::Rolling24h(_) => "ticker",
+            TickerWindow::Rolling1h => "ticker_1h",
+            TickerWindow::Rolling4h => "ticker_4h",
+            TickerWindow::Rolling1d => "ticker_1d",
+        }
+    }
+}
+
+/// The fields of a 24 h ticker (`@ticker`) that the rolling-window tickers (`@ticker_1h` ...) lack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TickerExtras {
+    /// `x`: the price of the last trade before the window (trade `F - 1`).
+    pub prev_price: Decimal,
+    /// `Q`: the last trade's quantity.
+    pub last_quantity: Decimal,
+    /// `b`
+    pub best_bid_price: Decimal,
+    /// `B`
+    pub best_bid_qty: Decimal,
+    /// `a`
+    pub best_ask_price: Decimal,
+    /// `A`
+    pub best_ask_qty: Decimal,
+}
+
+/// Rolling-window statistics of one symbol, sent every second: `<symbol>@ticker` (24 h) and
+/// `<symbol>@ticker_<1h|4h|1d>`. A snapshot, not a numbered update: it has no sequence id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ticker {
+    pub symbol: Name,
+    pub event_time: u64,
+    /// From the event type; the 24 h window carries a few more fields.
+    pub window: TickerWindow,
+    /// `p`: last price minus open price.
+    pub price_change: Decimal,
+    /// `P`: the change in percent of the open price.
+    pub price_change_percent: Decimal,
+    /// `w`: volume-weighted average price over the window.
+    pub weighted_avg_price: Decimal,
+    /// `c`
+    pub last_price: Decimal,
+    /// `o`
+    pub open: Decimal,
+    /// `h`
+    pub high: Decimal,
+    /// `l`
+    pub low: Decimal,
+    /// `v`: base asset volume.
+    pub volume: Decimal,
+    /// `q`: quote asset volume.
+    pub quote_volume: Decimal,
+    /// `O`: statistics open time.
+    pub open_time: u64,
+    /// `C`: statistics close time.
+    pub close_time: u64,
+    /// `F`; -1 when the window had no trade.
+    pub first_trade_id: i64,
+    /// `L`; -1 when the window had no trade.
+    pub last_trade_id: i64,
+    /// `n`: number of trades.
+    pub trades: u64,
+}
+
+/// The 24 h rolling-window mini ticker (`<symbol>@miniTicker`, event `24hrMiniTicker`), every second.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MiniTicker {
+    pub symbol: Name,
+    pub event_time: u64,
+    /// `c`: last price.
+    pub close: Decimal,
+    /// `o`
+    pub open: Decimal,
+    /// `h`
+    pub high: Decimal,
+    /// `l`
+    pub low: Decimal,
+    /// `v`: base asset volume.
+    pub volume: Decimal,
+    /// `q`: quote asset volume.
+    pub quote_volume: Decimal,
+}
+
 /// One decoded market data event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MarketEvent {
@@ -262,6 +373,10 @@ pub enum MarketEvent {
     Depth(DepthUpdate),
     BookTicker(BookTicker),
     PartialDepth(PartialDepth),
+    /// Boxed like a kline: a ticker is the biggest event (up to 17 decimals), once a second.
+    Ticker(Box<Ticker>),
+    /// Boxed: six decimals would make it the largest unboxed event, and it comes once a second.
+    MiniTicker(Box<MiniTicker>),
 }
 
 impl MarketEvent {
@@ -274,6 +389,8 @@ impl MarketEvent {
             MarketEvent::Depth(e) => &e.symbol,
             MarketEvent::BookTicker(e) => &e.symbol,
             MarketEvent::PartialDepth(e) => &e.symbol,
+            MarketEvent::Ticker(e) => &e.symbol,
+            MarketEvent::MiniTicker(e) => &e.symbol,
         }
     }
 
@@ -288,6 +405,8 @@ impl MarketEvent {
             MarketEvent::Depth(e) => Sequence::Depth { first: e.first_update_id, last: e.final_update_id },
             MarketEvent::BookTicker(e) => Sequence::BookTicker { id: e.update_id },
             MarketEvent::PartialDepth(e) => Sequence::Snapshot { id: e.last_update_id },
+            // A snapshot of its window, like a kline: nothing to count, nothing can be missed.
+            MarketEvent::Ticker(_) | MarketEvent::MiniTicker(_) => Sequence::Unsequenced,
         }
     }
 
@@ -300,11 +419,13 @@ impl MarketEvent {
             MarketEvent::Depth(e) => e.event_time,
             MarketEvent::BookTicker(e) => e.event_time.unwrap_or(0),
             MarketEvent::PartialDepth(_) => 0,
+            MarketEvent::Ticker(e) => e.event_time,
+            MarketEvent::MiniTicker(e) => e.event_time,
         }
     }
 
-    /// A short name of the event kind, as in Binance's `"e"` field (`aggTrade`, ..., `bookTicker`,
-    /// `partialDepth`).
+    /// A short name of the event kind, as in Binance's `"e"` field (`aggTrade`, ..., `24hrTicker`,
+    /// `1hTicker`, `24hrMiniTicker`; `bookTicker` and `partialDepth` for the two kinds without one).
     pub fn kind(&self) -> &'static str {
         match self {
             MarketEvent::AggTrade(_) => "aggTrade",
@@ -313,6 +434,8 @@ impl MarketEvent {
             MarketEvent::Depth(_) => "depthUpdate",
             MarketEvent::BookTicker(_) => "bookTicker",
             MarketEvent::PartialDepth(_) => "partialDepth",
+            MarketEvent::Ticker(t) => t.window.event_type(),
+            MarketEvent::MiniTicker(_) => "24hrMiniTicker",
         }
     }
 }
@@ -372,7 +495,10 @@ pub enum DecodeError {
     #[error("malformed frame: {0}")]
     Malformed(String),
     /// An `"e"` event type keel does not decode.
-    #[error("unknown event type {0:?} (keel decodes aggTrade, trade, kline, depthUpdate, bookTicker, serverShutdown)")]
+    #[error(
+        "unknown event type {0:?} (keel decodes aggTrade, trade, kline, depthUpdate, bookTicker, 24hrTicker, \
+         1hTicker, 4hTicker, 1dTicker, 24hrMiniTicker, serverShutdown)"
+    )]
     UnknownEvent(String),
     /// An object that is no frame kind keel knows (no `e`, `stream`, `result`, `error`, bookTicker or
     /// partial depth fields).
@@ -553,6 +679,11 @@ fn market(raw: RawFrame<'_>, stream: Option<&str>) -> Result<MarketEvent, Decode
             "kline" => kline,
             "depthUpdate" => depth,
             "bookTicker" => book_ticker,
+            "24hrTicker" => return ticker(raw, "24hrTicker"),
+            "1hTicker" => return ticker(raw, "1hTicker"),
+            "4hTicker" => return ticker(raw, "4hTicker"),
+            "1dTicker" => return ticker(raw, "1dTicker"),
+            "24hrMiniTicker" => mini_ticker,
             other => return Err(DecodeError::UnknownEvent(other.chars().take(64).collect())),
         },
         Val::Absent if !raw.last_update_id.is_absent() => return partial_depth(raw, stream),
@@ -655,6 +786,62 @@ fn book_ticker(r: RawFrame<'_>) -> Result<MarketEvent, DecodeError> {
     }))
 }
 
+/// A ticker of event type `k` (`24hrTicker`, `1hTicker`, `4hTicker`, `1dTicker`). The fields only the 24 h
+/// ticker has are read only for it (in a rolling-window ticker they are ignored like any unknown key).
+fn ticker(r: RawFrame<'_>, k: &'static str) -> Result<MarketEvent, DecodeError> {
+    let symbol = string(k, "s", r.s)?.into();
+    let event_time = u64_field(k, "E", r.E)?;
+    let price_change = decimal(k, "p", &r.p)?;
+    let price_change_percent = decimal(k, "P", &r.P)?;
+    let weighted_avg_price = decimal(k, "w", &r.w)?;
+    let window = match k {
+        "1hTicker" => TickerWindow::Rolling1h,
+        "4hTicker" => TickerWindow::Rolling4h,
+        "1dTicker" => TickerWindow::Rolling1d,
+        _ => TickerWindow::Rolling24h(TickerExtras {
+            prev_price: decimal(k, "x", &r.x)?,
+            last_quantity: decimal(k, "Q", &r.Q)?,
+            best_bid_price: decimal(k, "b", &r.b)?,
+            best_bid_qty: decimal(k, "B", &r.B)?,
+            best_ask_price: decimal(k, "a", &r.a)?,
+            best_ask_qty: decimal(k, "A", &r.A)?,
+        }),
+    };
+    Ok(MarketEvent::Ticker(Box::new(Ticker {
+        symbol,
+        event_time,
+        window,
+        price_change,
+        price_change_percent,
+        weighted_avg_price,
+        last_price: decimal(k, "c", &r.c)?,
+        open: decimal(k, "o", &r.o)?,
+        high: decimal(k, "h", &r.h)?,
+        low: decimal(k, "l", &r.l)?,
+        volume: decimal(k, "v", &r.v)?,
+        quote_volume: decimal(k, "q", &r.q)?,
+        open_time: u64_field(k, "O", r.O)?,
+        close_time: u64_field(k, "C", r.C)?,
+        first_trade_id: int(k, "F", r.F)?,
+        last_trade_id: int(k, "L", r.L)?,
+        trades: u64_field(k, "n", r.n)?,
+    })))
+}
+
+fn mini_ticker(r: RawFrame<'_>) -> Result<MarketEvent, DecodeError> {
+    const K: &str = "24hrMiniTicker";
+    Ok(MarketEvent::MiniTicker(Box::new(MiniTicker {
+        symbol: string(K, "s", r.s)?.into(),
+        event_time: u64_field(K, "E", r.E)?,
+        close: decimal(K, "c", &r.c)?,
+        open: decimal(K, "o", &r.o)?,
+        high: decimal(K, "h", &r.h)?,
+        low: decimal(K, "l", &r.l)?,
+        volume: decimal(K, "v", &r.v)?,
+        quote_volume: decimal(K, "q", &r.q)?,
+    })))
+}
+
 fn partial_depth(r: RawFrame<'_>, stream: Option<&str>) -> Result<MarketEvent, DecodeError> {
     const K: &str = "partial depth";
     Ok(MarketEvent::PartialDepth(PartialDepth {
@@ -737,7 +924,8 @@ fn levels(kind: &'static str, field: &'static str, v: Val<'_>) -> Result<Vec<Lev
 }
 
 /// The stream name a raw event most likely came from (`btcusdt@aggTrade`, `btcusdt@kline_1m`,
-/// `btcusdt@depth`, `btcusdt@bookTicker`, `btcusdt@depth5`). Update-speed suffixes (`@100ms`) are not
+/// `btcusdt@depth`, `btcusdt@bookTicker`, `btcusdt@depth5`, `btcusdt@ticker`, `btcusdt@ticker_1h`,
+/// `btcusdt@miniTicker`). Update-speed suffixes (`@100ms`) are not
 /// in the event and cannot be recovered; a partial depth's level count is taken from its longest side.
 pub fn stream_name(event: &MarketEvent) -> String {
     let symbol = event.symbol().to_ascii_lowercase();
@@ -748,6 +936,8 @@ pub fn stream_name(event: &MarketEvent) -> String {
         MarketEvent::Depth(_) => format!("{symbol}@depth"),
         MarketEvent::BookTicker(_) => format!("{symbol}@bookTicker"),
         MarketEvent::PartialDepth(d) => format!("{symbol}@depth{}", d.bids.len().max(d.asks.len())),
+        MarketEvent::Ticker(t) => format!("{symbol}@{}", t.window.stream_type()),
+        MarketEvent::MiniTicker(_) => format!("{symbol}@miniTicker"),
     }
 }
 
@@ -763,7 +953,7 @@ pub enum StreamNameError {
     /// A stream type keel does not decode.
     #[error(
         "stream {0:?}: unsupported type (keel decodes aggTrade, trade, kline_<interval>, depth, depth@100ms, \
-         depth5/10/20[@100ms], bookTicker)"
+         depth5/10/20[@100ms], bookTicker, ticker, ticker_1h/4h/1d, miniTicker)"
     )]
     UnsupportedType(String),
     /// A kline interval Binance does not offer.
@@ -772,7 +962,7 @@ pub enum StreamNameError {
 }
 
 /// Checks that `name` is a stream keel decodes (`btcusdt@aggTrade`, `btcusdt@kline_1m`,
-/// `btcusdt@depth@100ms`, `btcusdt@depth5`, ...), so that a configuration naming, say, `@ticker`
+/// `btcusdt@depth@100ms`, `btcusdt@depth5`, `btcusdt@ticker_1h`, ...), so that a configuration naming, say, `@avgPrice`
 /// fails up front instead of counting every frame as malformed.
 pub fn check_stream_name(name: &str) -> Result<(), StreamNameError> {
     const INTERVALS: [&str; 16] =
@@ -783,6 +973,7 @@ pub fn check_stream_name(name: &str) -> Result<(), StreamNameError> {
     }
     let supported = match kind {
         "aggTrade" | "trade" | "bookTicker" | "depth" | "depth@100ms" | "depth@1000ms" => true,
+        "ticker" | "ticker_1h" | "ticker_4h" | "ticker_1d" | "miniTicker" => true,
         _ => match kind.strip_prefix("kline_") {
             Some(rest) => {
                 // An optional UTC offset: kline_1h@+08:00.

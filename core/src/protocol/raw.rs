@@ -294,6 +294,32 @@ pub(super) struct RawFrame<'a> {
     pub B: Val<'a>,
     #[serde(borrow)]
     pub A: Val<'a>,
+    #[serde(borrow)]
+    pub P: Val<'a>,
+    #[serde(borrow)]
+    pub w: Val<'a>,
+    #[serde(borrow)]
+    pub x: Val<'a>,
+    #[serde(borrow)]
+    pub c: Val<'a>,
+    #[serde(borrow)]
+    pub Q: Val<'a>,
+    #[serde(borrow)]
+    pub o: Val<'a>,
+    #[serde(borrow)]
+    pub h: Val<'a>,
+    #[serde(borrow)]
+    pub v: Val<'a>,
+    #[serde(borrow)]
+    pub O: Val<'a>,
+    #[serde(borrow)]
+    pub C: Val<'a>,
+    #[serde(borrow)]
+    pub F: Val<'a>,
+    #[serde(borrow)]
+    pub L: Val<'a>,
+    #[serde(borrow)]
+    pub n: Val<'a>,
     #[serde(borrow, rename = "lastUpdateId")]
     pub last_update_id: Val<'a>,
     #[serde(borrow)]

@@ -12,6 +12,10 @@ const DEPTH: &str = r#"{"e":"depthUpdate","E":1672515782136,"s":"BNBBTC","U":157
 const BOOK: &str =
     r#"{"u":400900217,"s":"BNBUSDT","b":"25.35190000","B":"31.21000000","a":"25.36520000","A":"40.66000000"}"#;
 const PARTIAL: &str = r#"{"lastUpdateId":160,"bids":[["0.0024","10"]],"asks":[["0.0026","100"]]}"#;
+// The samples of Binance's web-socket-streams.md, compacted as the server sends them.
+const TICKER: &str = r#"{"e":"24hrTicker","E":1672515782136,"s":"BNBBTC","p":"0.0015","P":"250.00","w":"0.0018","x":"0.0009","c":"0.0025","Q":"10","b":"0.0024","B":"10","a":"0.0026","A":"100","o":"0.0010","h":"0.0025","l":"0.0010","v":"10000","q":"18","O":0,"C":86400000,"F":0,"L":18150,"n":18151}"#;
+const TICKER_1H: &str = r#"{"e":"1hTicker","E":1672515782136,"s":"BNBBTC","p":"0.0015","P":"250.00","o":"0.0010","h":"0.0025","l":"0.0010","c":"0.0025","w":"0.0018","v":"10000","q":"18","O":0,"C":1675216573749,"F":0,"L":18150,"n":18151}"#;
+const MINI: &str = r#"{"e":"24hrMiniTicker","E":1672515782136,"s":"BNBBTC","c":"0.0025","o":"0.0010","h":"0.0025","l":"0.0010","v":"10000","q":"18"}"#;
 
 fn agg_event() -> AggTrade {
     AggTrade {
@@ -160,6 +164,159 @@ fn book_ticker_has_no_e_field() {
         r#"{"e":"bookTicker","u":5,"E":1700000000000,"T":1,"s":"BTCUSDT","b":"1.0","B":"2","a":"1.1","A":"3"}"#;
     let Ok(Frame::Market { event, .. }) = decode(futures) else { panic!() };
     assert_eq!(event.event_time(), 1700000000000);
+}
+
+fn ticker_event() -> Ticker {
+    Ticker {
+        symbol: "BNBBTC".into(),
+        event_time: 1672515782136,
+        window: TickerWindow::Rolling24h(TickerExtras {
+            prev_price: d("0.0009"),
+            last_quantity: d("10"),
+            best_bid_price: d("0.0024"),
+            best_bid_qty: d("10"),
+            best_ask_price: d("0.0026"),
+            best_ask_qty: d("100"),
+        }),
+        price_change: d("0.0015"),
+        price_change_percent: d("250.00"),
+        weighted_avg_price: d("0.0018"),
+        last_price: d("0.0025"),
+        open: d("0.0010"),
+        high: d("0.0025"),
+        low: d("0.0010"),
+        volume: d("10000"),
+        quote_volume: d("18"),
+        open_time: 0,
+        close_time: 86400000,
+        first_trade_id: 0,
+        last_trade_id: 18150,
+        trades: 18151,
+    }
+}
+
+#[test]
+fn ticker_24h_from_binance_docs() {
+    let want = MarketEvent::Ticker(Box::new(ticker_event()));
+    for (text, stream) in [
+        (TICKER.to_string(), "bnbbtc@ticker"),
+        (combined("bnbbtc@ticker", TICKER), "bnbbtc@ticker"),
+        (combined("x@ticker", TICKER), "x@ticker"),
+    ] {
+        assert_eq!(decode(&text), Ok(Frame::Market { stream: stream.into(), event: want.clone() }), "{text}");
+        assert!(fast::try_decode(&text).is_some(), "the fast path reads Binance's layout: {text}");
+        assert_eq!(decode_general(&text), decode(&text));
+    }
+    assert_eq!(want.sequence(), Sequence::Unsequenced);
+    assert_eq!((want.kind(), want.symbol(), want.event_time()), ("24hrTicker", "BNBBTC", 1672515782136));
+    assert_eq!(encode_event(&want), TICKER, "encoded in Binance's order");
+}
+
+#[test]
+fn rolling_window_tickers_lack_the_24h_fields() {
+    let mut t = ticker_event();
+    t.window = TickerWindow::Rolling1h;
+    t.close_time = 1675216573749;
+    let want = MarketEvent::Ticker(Box::new(t));
+    assert_eq!(decode(TICKER_1H), Ok(Frame::Market { stream: "bnbbtc@ticker_1h".into(), event: want.clone() }));
+    assert!(fast::try_decode(TICKER_1H).is_some());
+    assert_eq!(encode_event(&want), TICKER_1H);
+    // The three windows: event type, stream name, kind.
+    for (e, window, stream) in [
+        ("1hTicker", TickerWindow::Rolling1h, "bnbbtc@ticker_1h"),
+        ("4hTicker", TickerWindow::Rolling4h, "bnbbtc@ticker_4h"),
+        ("1dTicker", TickerWindow::Rolling1d, "bnbbtc@ticker_1d"),
+    ] {
+        let text = TICKER_1H.replace("1hTicker", e);
+        let Ok(Frame::Market { stream: s, event: MarketEvent::Ticker(t) }) = decode(&text) else { panic!("{text}") };
+        assert_eq!((s.as_str(), &t.window, MarketEvent::Ticker(t.clone()).kind()), (stream, &window, e));
+    }
+    // No trade in the window: F and L are -1 (as in Binance's REST ticker).
+    let empty = TICKER_1H.replace(r#""F":0,"L":18150,"n":18151"#, r#""F":-1,"L":-1,"n":0"#);
+    let Ok(Frame::Market { event: MarketEvent::Ticker(t), .. }) = decode(&empty) else { panic!() };
+    assert_eq!((t.first_trade_id, t.last_trade_id, t.trades), (-1, -1, 0));
+    assert!(fast::try_decode(&empty).is_some());
+    // A 24 h ticker without its own fields is malformed; a rolling one with them decodes (ignored).
+    let short = TICKER_1H.replace("1hTicker", "24hrTicker");
+    assert_eq!(decode(&short), Err(DecodeError::MissingField { kind: "24hrTicker", field: "x" }));
+    let Ok(Frame::Market { event: MarketEvent::Ticker(t), .. }) = decode(&TICKER.replace("24hrTicker", "4hTicker"))
+    else {
+        panic!()
+    };
+    assert_eq!(t.window, TickerWindow::Rolling4h);
+}
+
+#[test]
+fn mini_ticker_from_binance_docs() {
+    let want = MarketEvent::MiniTicker(Box::new(MiniTicker {
+        symbol: "BNBBTC".into(),
+        event_time: 1672515782136,
+        close: d("0.0025"),
+        open: d("0.0010"),
+        high: d("0.0025"),
+        low: d("0.0010"),
+        volume: d("10000"),
+        quote_volume: d("18"),
+    }));
+    assert_eq!(decode(MINI), Ok(Frame::Market { stream: "bnbbtc@miniTicker".into(), event: want.clone() }));
+    let text = combined("bnbbtc@miniTicker", MINI);
+    assert_eq!(decode(&text), Ok(Frame::Market { stream: "bnbbtc@miniTicker".into(), event: want.clone() }));
+    assert!(fast::try_decode(&text).is_some());
+    assert_eq!((want.kind(), want.sequence()), ("24hrMiniTicker", Sequence::Unsequenced));
+    assert_eq!(encode_event(&want), MINI);
+}
+
+#[test]
+fn malformed_tickers_name_the_field() {
+    let bad_decimal =
+        |kind, field, value: &str, reason| DecodeError::BadDecimal { kind, field, value: value.into(), reason };
+    let table: Vec<(String, DecodeError)> = vec![
+        (TICKER.replace(r#""c":"0.0025","#, ""), DecodeError::MissingField { kind: "24hrTicker", field: "c" }),
+        (
+            TICKER.replace(r#""w":"0.0018""#, r#""w":0.0018"#),
+            DecodeError::WrongType {
+                kind: "24hrTicker",
+                field: "w",
+                expected: "a decimal string",
+                found: "a fractional number",
+            },
+        ),
+        (
+            TICKER.replace(r#""P":"250.00""#, r#""P":"2.5e2""#),
+            bad_decimal("24hrTicker", "P", "2.5e2", DecimalError::BadChar('e')),
+        ),
+        (
+            TICKER.replace(r#""n":18151"#, r#""n":"18151""#),
+            DecodeError::WrongType {
+                kind: "24hrTicker",
+                field: "n",
+                expected: "an unsigned integer",
+                found: "a string",
+            },
+        ),
+        (
+            TICKER_1H.replace(r#""F":0"#, r#""F":null"#),
+            DecodeError::WrongType { kind: "1hTicker", field: "F", expected: "an integer", found: "null" },
+        ),
+        (TICKER_1H.replace(r#""O":0,"#, ""), DecodeError::MissingField { kind: "1hTicker", field: "O" }),
+        (MINI.replace(r#""q":"18""#, r#""q":"""#), bad_decimal("24hrMiniTicker", "q", "", DecimalError::Empty)),
+        (MINI.replace(r#","s":"BNBBTC""#, ""), DecodeError::MissingField { kind: "24hrMiniTicker", field: "s" }),
+        (
+            MINI.replace(r#""E":1672515782136"#, r#""E":-1"#),
+            DecodeError::WrongType {
+                kind: "24hrMiniTicker",
+                field: "E",
+                expected: "an unsigned integer",
+                found: "an integer",
+            },
+        ),
+        (TICKER.replace("24hrTicker", "2hTicker"), DecodeError::UnknownEvent("2hTicker".into())),
+    ];
+    for (text, want) in table {
+        assert_eq!(fast::try_decode(&text), None, "{text}");
+        assert_eq!(decode(&text), Err(want.clone()), "{text}");
+        assert_eq!(decode(&combined("bnbbtc@ticker", &text)), Err(want), "in the envelope: {text}");
+    }
 }
 
 #[test]
@@ -364,7 +521,7 @@ fn error_messages_read_well() {
         (DecodeError::MissingField { kind: "aggTrade", field: "a" }, r#"aggTrade frame is missing field "a""#),
         (
             DecodeError::UnknownEvent("x".into()),
-            r#"unknown event type "x" (keel decodes aggTrade, trade, kline, depthUpdate, bookTicker, serverShutdown)"#,
+            r#"unknown event type "x" (keel decodes aggTrade, trade, kline, depthUpdate, bookTicker, 24hrTicker, 1hTicker, 4hTicker, 1dTicker, 24hrMiniTicker, serverShutdown)"#,
         ),
         (
             DecodeError::WrongType { kind: "trade", field: "t", expected: "an unsigned integer", found: "a string" },
@@ -496,7 +653,7 @@ fn levels(g: &mut Gen) -> Vec<Level> {
 impl Arbitrary for AnyFrame {
     fn arbitrary(g: &mut Gen) -> Self {
         let sym = symbol(g);
-        let event = match u8::arbitrary(g) % 6 {
+        let event = match u8::arbitrary(g) % 8 {
             0 => MarketEvent::AggTrade(AggTrade {
                 symbol: sym.into(),
                 event_time: id(g),
@@ -546,12 +703,54 @@ impl Arbitrary for AnyFrame {
                 best_ask_qty: dec(g),
                 event_time: Option::arbitrary(g),
             }),
-            _ => MarketEvent::PartialDepth(PartialDepth {
+            5 => MarketEvent::PartialDepth(PartialDepth {
                 symbol: sym.into(),
                 last_update_id: id(g),
                 bids: levels(g),
                 asks: levels(g),
             }),
+            6 => MarketEvent::Ticker(Box::new(Ticker {
+                symbol: sym.into(),
+                event_time: id(g),
+                window: match u8::arbitrary(g) % 4 {
+                    0 => TickerWindow::Rolling1h,
+                    1 => TickerWindow::Rolling4h,
+                    2 => TickerWindow::Rolling1d,
+                    _ => TickerWindow::Rolling24h(TickerExtras {
+                        prev_price: dec(g),
+                        last_quantity: dec(g),
+                        best_bid_price: dec(g),
+                        best_bid_qty: dec(g),
+                        best_ask_price: dec(g),
+                        best_ask_qty: dec(g),
+                    }),
+                },
+                price_change: dec(g),
+                price_change_percent: dec(g),
+                weighted_avg_price: dec(g),
+                last_price: dec(g),
+                open: dec(g),
+                high: dec(g),
+                low: dec(g),
+                volume: dec(g),
+                quote_volume: dec(g),
+                open_time: id(g),
+                close_time: id(g),
+                // -1 (no trade in the window) as often as any other value.
+                first_trade_id: if bool::arbitrary(g) { -1 } else { id(g) as i64 },
+                last_trade_id: if bool::arbitrary(g) { -1 } else { id(g) as i64 },
+                trades: id(g),
+            })),
+            _ => MarketEvent::MiniTicker(Box::new(MiniTicker {
+                symbol: sym.into(),
+                event_time: id(g),
+                close: dec(g),
+                open: dec(g),
+                high: dec(g),
+                low: dec(g),
+                volume: dec(g),
+                quote_volume: dec(g),
+            })),
         };
         let frame = match u8::arbitrary(g) % 8 {
             0 => Frame::Response {
@@ -578,7 +777,7 @@ quickcheck! {
 
     fn decode_never_panics_on_mutated_frames(cut: usize, insert: char, which: u8) -> bool {
         // Real frames with one character replaced or truncated: the nastiest near-misses.
-        let base = [AGG, TRADE, KLINE, DEPTH, BOOK, PARTIAL][usize::from(which) % 6];
+        let base = [AGG, TRADE, KLINE, DEPTH, BOOK, PARTIAL, TICKER, TICKER_1H, MINI][usize::from(which) % 9];
         let chars: Vec<char> = base.chars().collect();
         let at = cut % chars.len();
         let mut replaced = chars.clone();
@@ -590,8 +789,8 @@ quickcheck! {
     }
 
     fn fast_path_agrees_with_general_path_on_mutations(cut: usize, insert: char, which: u8, envelope: bool) -> bool {
-        let base = [AGG, TRADE, KLINE, DEPTH, BOOK, PARTIAL][usize::from(which) % 6];
-        let stream = ["x@aggTrade", "x@trade", "x@kline_1m", "x@depth", "x@bookTicker", "x@depth5"][usize::from(which) % 6];
+        let base = [AGG, TRADE, KLINE, DEPTH, BOOK, PARTIAL, TICKER, TICKER_1H, MINI][usize::from(which) % 9];
+        let stream = ["x@aggTrade", "x@trade", "x@kline_1m", "x@depth", "x@bookTicker", "x@depth5", "x@ticker", "x@ticker_1h", "x@miniTicker"][usize::from(which) % 9];
         let base = if envelope { combined(stream, base) } else { base.to_string() };
         let mut chars: Vec<char> = base.chars().collect();
         let at = cut % chars.len();
@@ -637,6 +836,8 @@ quickcheck! {
             MarketEvent::Depth(e) => e.symbol = symbol.into(),
             MarketEvent::BookTicker(e) => e.symbol = symbol.into(),
             MarketEvent::PartialDepth(_) => {}
+            MarketEvent::Ticker(e) => e.symbol = symbol.into(),
+            MarketEvent::MiniTicker(e) => e.symbol = symbol.into(),
         }
         let text = encode_frame(&Frame::Market { stream: stream.into(), event });
         let general = decode_general(&text);
@@ -652,13 +853,13 @@ quickcheck! {
         // fast path too; a key the general path reads, or a nested or fractional value, sends the frame
         // to the general path. Either way both agree.
         let Frame::Market { stream, event } = &frame.0 else { return true };
-        const KEYS: [&str; 8] = ["M", "x", "new", "L", "O", "t", "id", "stream"];
+        const KEYS: [&str; 8] = ["M", "x", "new", "Z", "X", "t", "id", "stream"];
         const VALUES: [&str; 10] = ["true", "false", "null", "\"s\"", "0", "-12", "123456789012", "1.5", "[1]", "{\"a\":1}"];
         let mut tail = String::new();
         let mut simple = true;
         for (k, v) in extras.iter().take(4) {
             let (key, value) = (KEYS[usize::from(*k) % KEYS.len()], VALUES[usize::from(*v) % VALUES.len()]);
-            simple &= !["t", "id", "stream"].contains(&key) && !["1.5", "[1]", "{\"a\":1}"].contains(&value);
+            simple &= !["t", "id", "stream", "x"].contains(&key) && !["1.5", "[1]", "{\"a\":1}"].contains(&value);
             tail.push_str(&format!(",\"{key}\":{value}"));
         }
         let raw = encode_event(event);
@@ -989,6 +1190,11 @@ fn stream_names_are_checked() {
         "btcusdt@depth5",
         "btcusdt@depth20@100ms",
         "1000shibusdt@bookTicker",
+        "btcusdt@ticker",
+        "btcusdt@ticker_1h",
+        "btcusdt@ticker_4h",
+        "btcusdt@ticker_1d",
+        "btcusdt@miniTicker",
     ] {
         assert_eq!(check_stream_name(ok), Ok(()), "{ok}");
     }
@@ -996,7 +1202,9 @@ fn stream_names_are_checked() {
         ("btcusdt", StreamNameError::NoAt("btcusdt".into())),
         ("BTCUSDT@trade", StreamNameError::BadSymbol("BTCUSDT@trade".into())),
         ("@trade", StreamNameError::BadSymbol("@trade".into())),
-        ("btcusdt@ticker", StreamNameError::UnsupportedType("btcusdt@ticker".into())),
+        ("btcusdt@avgPrice", StreamNameError::UnsupportedType("btcusdt@avgPrice".into())),
+        ("btcusdt@ticker_2h", StreamNameError::UnsupportedType("btcusdt@ticker_2h".into())),
+        ("btcusdt@miniticker", StreamNameError::UnsupportedType("btcusdt@miniticker".into())),
         ("btcusdt@aggtrade", StreamNameError::UnsupportedType("btcusdt@aggtrade".into())),
         ("btcusdt@depth7", StreamNameError::UnsupportedType("btcusdt@depth7".into())),
         ("btcusdt@kline_2m", StreamNameError::BadInterval("btcusdt@kline_2m".into())),
@@ -1004,7 +1212,7 @@ fn stream_names_are_checked() {
     for (name, err) in table {
         assert_eq!(check_stream_name(name), Err(err), "{name}");
     }
-    assert!(check_stream_name("btcusdt@ticker").unwrap_err().to_string().contains("keel decodes aggTrade"));
+    assert!(check_stream_name("btcusdt@avgPrice").unwrap_err().to_string().contains("keel decodes aggTrade"));
 }
 
 #[test]
@@ -1025,7 +1233,7 @@ fn decode_on_stream_attributes_raw_frames_to_the_known_stream() {
 fn fast_path_takes_older_and_extended_layouts() {
     // Older trade frames carry buyer and seller order ids; a field Binance may add is skipped.
     let old_trade = TRADE.replace(r#""q":"100","#, r#""q":"100","b":88,"a":50,"#);
-    let extended = AGG.replace(r#""M":true}"#, r#""M":true,"x":"new","n":-3,"o":null}"#);
+    let extended = AGG.replace(r#""M":true}"#, r#""M":true,"X":"new","N":-3,"Z":null}"#);
     let kline_extra = KLINE.replace(r#""B":"123456"}"#, r#""B":"123456","Z":1}"#);
     for text in [old_trade, extended, kline_extra] {
         let fast = fast::try_decode(&text);
@@ -1051,4 +1259,7 @@ fn market_events_stay_small_enough_to_move_cheaply() {
     let size = std::mem::size_of::<MarketEvent>();
     assert!(size <= 120, "MarketEvent is {size} bytes: box the variant that grew");
     assert!(std::mem::size_of::<Kline>() > 200, "Kline is small now: it need not be boxed any more");
+    // The tickers are boxed too: unboxed, either would be the largest variant.
+    assert!(std::mem::size_of::<MiniTicker>() > size, "MiniTicker fits unboxed now");
+    assert!(std::mem::size_of::<Ticker>() > 2 * size);
 }
