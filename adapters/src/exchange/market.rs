@@ -10,6 +10,13 @@
 //! (`/api/v3/depth`) is the same book with `lastUpdateId` = the last `u` produced. The last
 //! [`DEFAULT_AGG_HISTORY`] aggTrades of each symbol are kept for `/api/v3/aggTrades`; the stream
 //! and REST print them from the same integers, so a backfilled trade is byte-for-byte the live one.
+//!
+//! Tickers (`@ticker`, `@ticker_1h/4h/1d`, `@miniTicker`) are derived from the same trades: each symbol
+//! with a ticker stream in use keeps one bucket per second of trading (open, high, low, close,
+//! volume, quote volume, trade ids) for the last day, and once a second of exchange time the window
+//! statistics are summed over the buckets inside it (so a window's edge is exact to the second).
+//! Prices are in ticks and quantities in 1e-5 units as the trades print them, so `c` is exactly the
+//! last trade's price and `L` its id.
 
 use keel_core::rng::Rng;
 use std::collections::{BTreeMap, VecDeque};
@@ -215,7 +222,7 @@ pub struct Produced {
 /// A stream name the exchange does not serve.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error(
-    "invalid stream name {name:?}: {why} (expected <symbol>@aggTrade|trade|depth|depth@100ms|bookTicker|kline_<1s,1m,3m,5m,15m,30m,1h,2h,4h,6h,8h,12h,1d>, symbol lowercase)"
+    "invalid stream name {name:?}: {why} (expected <symbol>@aggTrade|trade|depth|depth@100ms|bookTicker|ticker|ticker_<1h,4h,1d>|miniTicker|kline_<1s,1m,3m,5m,15m,30m,1h,2h,4h,6h,8h,12h,1d>, symbol lowercase)"
 )]
 pub struct StreamNameError {
     /// The name given.
@@ -235,6 +242,10 @@ pub enum StreamKind {
     Depth,
     /// `@bookTicker`.
     BookTicker,
+    /// `@ticker` (24 h) and `@ticker_1h`/`_4h`/`_1d` (rolling windows).
+    Ticker(TickerStream),
+    /// `@miniTicker`.
+    MiniTicker,
     /// `@kline_<interval>` with the interval in milliseconds.
     Kline {
         /// Interval text, e.g. `1m`.
@@ -256,6 +267,11 @@ pub fn parse_stream(name: &str) -> Result<(String, StreamKind), StreamNameError>
         "trade" => StreamKind::Trade,
         "depth" | "depth@100ms" | "depth@1000ms" => StreamKind::Depth,
         "bookTicker" => StreamKind::BookTicker,
+        "ticker" => StreamKind::Ticker(TickerStream::Day),
+        "ticker_1h" => StreamKind::Ticker(TickerStream::Rolling(HOUR_MS)),
+        "ticker_4h" => StreamKind::Ticker(TickerStream::Rolling(4 * HOUR_MS)),
+        "ticker_1d" => StreamKind::Ticker(TickerStream::Rolling(DAY_MS)),
+        "miniTicker" => StreamKind::MiniTicker,
         k => {
             let interval = k.strip_prefix("kline_").ok_or_else(|| err("unknown stream kind"))?;
             let ms = interval_ms(interval).ok_or_else(|| err("unknown kline interval"))?;
@@ -263,6 +279,249 @@ pub fn parse_stream(name: &str) -> Result<(String, StreamKind), StreamNameError>
         }
     };
     Ok((symbol.to_string(), kind))
+}
+
+const HOUR_MS: u64 = 3_600_000;
+const DAY_MS: u64 = 24 * HOUR_MS;
+
+/// Which ticker stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TickerStream {
+    /// `@ticker`: the last 24 h, with the last quantity and the best bid and ask.
+    Day,
+    /// `@ticker_<1h|4h|1d>`: a window of this many ms whose open time starts on a minute.
+    Rolling(u64),
+}
+
+/// One second of a symbol's trades (prices in ticks of 0.01, quantities in 1e-5 units).
+#[derive(Debug, Clone, Copy)]
+struct Second {
+    /// The second (exchange ms / 1000).
+    at: u64,
+    open: u64,
+    high: u64,
+    low: u64,
+    close: u64,
+    /// The last trade's quantity.
+    last_qty: u64,
+    volume: u64,
+    /// Sum of price x quantity: units of 1e-7.
+    quote: u128,
+    first_trade: u64,
+    last_trade: u64,
+}
+
+/// The trades of the last day of a symbol that has ticker streams, and which of them are in use.
+#[derive(Debug, Clone, Default)]
+struct Tickers {
+    streams: std::collections::BTreeSet<TickerStream>,
+    mini: bool,
+    /// Oldest first; nothing older than a day and a minute.
+    seconds: VecDeque<Second>,
+    /// The close of the last second dropped from `seconds` (the price before the oldest window).
+    dropped_close: Option<u64>,
+    /// Exchange time of the next ticker events (once a second, as on Binance).
+    next_at: u64,
+}
+
+/// Statistics of the trades in a window.
+struct WindowStats {
+    open: u64,
+    high: u64,
+    low: u64,
+    close: u64,
+    last_qty: u64,
+    volume: u64,
+    quote: u128,
+    first_trade: i64,
+    last_trade: i64,
+    trades: u64,
+    /// The price of the last trade before the window (0 when there was none).
+    prev_close: u64,
+}
+
+impl Tickers {
+    fn in_use(&self) -> bool {
+        self.mini || !self.streams.is_empty()
+    }
+
+    fn record(&mut self, now_ms: u64, trades: &[(u64, u64, u64)]) {
+        let at = now_ms / 1000;
+        for &(id, price, qty) in trades {
+            match self.seconds.back_mut().filter(|s| s.at == at) {
+                Some(s) => {
+                    s.high = s.high.max(price);
+                    s.low = s.low.min(price);
+                    s.close = price;
+                    s.last_qty = qty;
+                    s.volume += qty;
+                    s.quote += u128::from(price) * u128::from(qty);
+                    s.last_trade = id;
+                }
+                None => self.seconds.push_back(Second {
+                    at,
+                    open: price,
+                    high: price,
+                    low: price,
+                    close: price,
+                    last_qty: qty,
+                    volume: qty,
+                    quote: u128::from(price) * u128::from(qty),
+                    first_trade: id,
+                    last_trade: id,
+                }),
+            }
+        }
+        // A day and two minutes covers the widest window (1d rolling: up to a minute more than a day).
+        let keep_from = at.saturating_sub(DAY_MS / 1000 + 120);
+        while let Some(s) = self.seconds.front().filter(|s| s.at < keep_from) {
+            self.dropped_close = Some(s.close);
+            self.seconds.pop_front();
+        }
+    }
+
+    /// The trades of the seconds from `from_ms` on.
+    fn stats(&self, from_ms: u64) -> WindowStats {
+        let from = from_ms.div_ceil(1000);
+        let start = self.seconds.partition_point(|s| s.at < from);
+        let prev_close = match start {
+            0 => self.dropped_close.unwrap_or(0),
+            i => self.seconds[i - 1].close,
+        };
+        let mut w = WindowStats {
+            open: 0,
+            high: 0,
+            low: 0,
+            close: 0,
+            last_qty: 0,
+            volume: 0,
+            quote: 0,
+            first_trade: -1,
+            last_trade: -1,
+            trades: 0,
+            prev_close,
+        };
+        for (i, s) in self.seconds.range(start..).enumerate() {
+            if i == 0 {
+                (w.open, w.high, w.low, w.first_trade) = (s.open, s.high, s.low, s.first_trade as i64);
+            }
+            w.high = w.high.max(s.high);
+            w.low = w.low.min(s.low);
+            (w.close, w.last_qty, w.last_trade) = (s.close, s.last_qty, s.last_trade as i64);
+            w.volume += s.volume;
+            w.quote += s.quote;
+        }
+        if w.last_trade >= 0 {
+            // Trade ids are continuous per symbol.
+            w.trades = (w.last_trade - w.first_trade + 1) as u64;
+        }
+        w
+    }
+}
+
+/// Ticks as a signed price change: `-150` -> `"-1.50"`.
+fn signed_price_text(ticks: i128) -> String {
+    let sign = if ticks < 0 { "-" } else { "" };
+    let abs = ticks.unsigned_abs();
+    format!("{sign}{}.{:02}", abs / 100, abs % 100)
+}
+
+/// 1e-5 units -> `"0.04200"`.
+fn qty5_text(units: u64) -> String {
+    format!("{}.{:05}", units / 100_000, units % 100_000)
+}
+
+/// The ticker events of one symbol at `now_ms` (Binance's field order, web-socket-streams.md).
+fn ticker_events(name: &str, sym: &str, t: &Tickers, book: &Book, now_ms: u64) -> Vec<Produced> {
+    let mut out = Vec::new();
+    let common = |w: &WindowStats| {
+        let change = i128::from(w.close) - i128::from(w.open);
+        // Percent of the open price with 3 decimals, rounded toward zero (Binance: "-0.697").
+        let milli_pct = if w.open == 0 { 0 } else { change * 100_000 / i128::from(w.open) };
+        let sign = if milli_pct < 0 { "-" } else { "" };
+        let pct = format!("{sign}{}.{:03}", milli_pct.unsigned_abs() / 1000, milli_pct.unsigned_abs() % 1000);
+        // The volume-weighted average with 8 decimals: quote (1e-7) / volume (1e-5) is in ticks (1e-2).
+        let wavg = if w.volume == 0 { 0 } else { w.quote * 1_000_000 / u128::from(w.volume) };
+        let wavg = format!("{}.{:08}", wavg / 100_000_000, wavg % 100_000_000);
+        let quote = format!("{}.{:07}", w.quote / 10_000_000, w.quote % 10_000_000);
+        (signed_price_text(change), pct, wavg, quote)
+    };
+    for stream in &t.streams {
+        match *stream {
+            TickerStream::Day => {
+                let open_time = now_ms.saturating_sub(DAY_MS);
+                let w = t.stats(open_time);
+                let (change, pct, wavg, quote) = common(&w);
+                let (bb, bq) = book.bids.iter().next_back().map(|(p, q)| (*p, *q)).unwrap_or((0, 0));
+                let (ba, aq) = book.asks.iter().next().map(|(p, q)| (*p, *q)).unwrap_or((0, 0));
+                out.push(Produced {
+                    stream: format!("{name}@ticker"),
+                    json: format!(
+                        r#"{{"e":"24hrTicker","E":{now_ms},"s":"{sym}","p":"{change}","P":"{pct}","w":"{wavg}","x":"{}","c":"{}","Q":"{}","b":"{}","B":"{}","a":"{}","A":"{}","o":"{}","h":"{}","l":"{}","v":"{}","q":"{quote}","O":{open_time},"C":{now_ms},"F":{},"L":{},"n":{}}}"#,
+                        price_text(w.prev_close),
+                        price_text(w.close),
+                        qty5_text(w.last_qty),
+                        price_text(bb),
+                        qty_text(bq),
+                        price_text(ba),
+                        qty_text(aq),
+                        price_text(w.open),
+                        price_text(w.high),
+                        price_text(w.low),
+                        qty5_text(w.volume),
+                        w.first_trade,
+                        w.last_trade,
+                        w.trades,
+                    ),
+                    seq: None,
+                });
+            }
+            TickerStream::Rolling(ms) => {
+                // The open time starts on a minute, so the window is up to 59 999 ms wider (Binance's note).
+                let from = now_ms.saturating_sub(ms);
+                let open_time = from - from % 60_000;
+                let w = t.stats(open_time);
+                let (change, pct, wavg, quote) = common(&w);
+                let (e, suffix) = match ms {
+                    HOUR_MS => ("1hTicker", "1h"),
+                    ms if ms == 4 * HOUR_MS => ("4hTicker", "4h"),
+                    _ => ("1dTicker", "1d"),
+                };
+                out.push(Produced {
+                    stream: format!("{name}@ticker_{suffix}"),
+                    json: format!(
+                        r#"{{"e":"{e}","E":{now_ms},"s":"{sym}","p":"{change}","P":"{pct}","o":"{}","h":"{}","l":"{}","c":"{}","w":"{wavg}","v":"{}","q":"{quote}","O":{open_time},"C":{now_ms},"F":{},"L":{},"n":{}}}"#,
+                        price_text(w.open),
+                        price_text(w.high),
+                        price_text(w.low),
+                        price_text(w.close),
+                        qty5_text(w.volume),
+                        w.first_trade,
+                        w.last_trade,
+                        w.trades,
+                    ),
+                    seq: None,
+                });
+            }
+        }
+    }
+    if t.mini {
+        let w = t.stats(now_ms.saturating_sub(DAY_MS));
+        let (_, _, _, quote) = common(&w);
+        out.push(Produced {
+            stream: format!("{name}@miniTicker"),
+            json: format!(
+                r#"{{"e":"24hrMiniTicker","E":{now_ms},"s":"{sym}","c":"{}","o":"{}","h":"{}","l":"{}","v":"{}","q":"{quote}"}}"#,
+                price_text(w.close),
+                price_text(w.open),
+                price_text(w.high),
+                price_text(w.low),
+                qty5_text(w.volume),
+            ),
+            seq: None,
+        });
+    }
+    out
 }
 
 fn interval_ms(interval: &str) -> Option<u64> {
@@ -313,6 +572,7 @@ struct Symbol {
     history: VecDeque<AggRecord>,
     /// interval text -> (interval ms, current candle)
     klines: BTreeMap<String, (u64, Option<Candle>)>,
+    tickers: Tickers,
 }
 
 impl Symbol {
@@ -398,6 +658,7 @@ impl Market {
                 book: Book::default(),
                 history: VecDeque::new(),
                 klines: BTreeMap::new(),
+                tickers: Tickers::default(),
             };
             let mid = (s.price * 100.0).round() as u64;
             let unit = level_spacing(mid);
@@ -416,8 +677,15 @@ impl Market {
     pub fn ensure_stream(&mut self, stream: &str) -> Result<(), StreamNameError> {
         let (symbol, kind) = parse_stream(stream)?;
         let s = self.symbol(&symbol);
-        if let StreamKind::Kline { interval, ms } = kind {
-            s.klines.entry(interval).or_insert((ms, None));
+        match kind {
+            StreamKind::Kline { interval, ms } => {
+                s.klines.entry(interval).or_insert((ms, None));
+            }
+            StreamKind::Ticker(t) => {
+                s.tickers.streams.insert(t);
+            }
+            StreamKind::MiniTicker => s.tickers.mini = true,
+            StreamKind::AggTrade | StreamKind::Trade | StreamKind::Depth | StreamKind::BookTicker => {}
         }
         Ok(())
     }
@@ -441,7 +709,8 @@ impl Market {
     }
 
     /// One tick of trading at exchange time `now_ms`: for every symbol, one aggTrade of 1..=3
-    /// trades, the trades, a depth update, a bookTicker and an update of every kline interval in use.
+    /// trades, the trades, a depth update, a bookTicker, an update of every kline interval in use and,
+    /// when a second has passed since the last ones, the tickers in use.
     pub fn tick(&mut self, now_ms: u64) -> Vec<Produced> {
         let mut out = Vec::new();
         let names: Vec<String> = self.symbols.keys().cloned().collect();
@@ -555,6 +824,21 @@ impl Market {
                 c.last_trade = last_t;
                 out.push(kline_event(&name, &sym, interval, *ms, c, now_ms, false));
             }
+            if s.tickers.in_use() {
+                // The prices and quantities exactly as the trade stream prints them.
+                let ticks: Vec<(u64, u64, u64)> = trades
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (p, q, _))| {
+                        (first_t + i as u64, (p * 100.0).round() as u64, (q * 100_000.0).round() as u64)
+                    })
+                    .collect();
+                s.tickers.record(now_ms, &ticks);
+                if now_ms >= s.tickers.next_at {
+                    s.tickers.next_at = (now_ms / 1000 + 1) * 1000;
+                    out.extend(ticker_events(&name, &sym, &s.tickers, &s.book, now_ms));
+                }
+            }
         }
         out
     }
@@ -648,9 +932,105 @@ mod tests {
             StreamKind::Kline { interval: "1m".into(), ms: 60_000 }
         );
         assert_eq!(parse_stream("btcusdt@depth@100ms").unwrap().1, StreamKind::Depth);
-        for bad in ["btcusdt", "BTCUSDT@trade", "btcusdt@kline_7m", "btcusdt@ticker!", "@trade"] {
+        assert_eq!(parse_stream("btcusdt@ticker").unwrap().1, StreamKind::Ticker(TickerStream::Day));
+        assert_eq!(parse_stream("btcusdt@ticker_4h").unwrap().1, StreamKind::Ticker(TickerStream::Rolling(14_400_000)));
+        assert_eq!(parse_stream("btcusdt@miniTicker").unwrap().1, StreamKind::MiniTicker);
+        for bad in ["btcusdt", "BTCUSDT@trade", "btcusdt@kline_7m", "btcusdt@ticker!", "btcusdt@ticker_2h", "@trade"] {
             assert!(parse_stream(bad).is_err(), "{bad}");
         }
+    }
+
+    /// A decimal string in units of 10^-`scale` (`"1.50"`, 2 -> 150).
+    fn units(v: &serde_json::Value, scale: u32) -> i128 {
+        let d = keel_core::protocol::Decimal::parse(v.as_str().unwrap()).unwrap();
+        let m = d.mantissa_wide() as i128 * 10i128.pow(scale - u32::from(d.scale()));
+        if d.is_negative() { -m } else { m }
+    }
+
+    #[test]
+    fn tickers_are_the_statistics_of_the_market_own_trades() {
+        let mut m = Market::new(11, &syms());
+        for s in ["btcusdt@aggTrade", "btcusdt@ticker", "btcusdt@ticker_1h", "btcusdt@miniTicker"] {
+            m.ensure_stream(s).unwrap();
+        }
+        // (first trade id, price ticks, qty units of 1e-5) of every trade so far, from the aggTrades and trades.
+        let mut trades: Vec<(i128, i128, i128)> = Vec::new();
+        let mut seen = BTreeMap::<String, Vec<u64>>::new();
+        let start = 1_700_000_000_000u64;
+        for i in 0..35 {
+            let now = start + i * 100;
+            let batch = m.tick(now);
+            for p in &batch {
+                let v: serde_json::Value = serde_json::from_str(&p.json).unwrap();
+                // Every frame decodes, on keel's fast path too (Binance's exact layout).
+                let frame = keel_core::protocol::decode(&p.json).unwrap();
+                assert!(matches!(frame, keel_core::protocol::Frame::Market { .. }), "{}", p.json);
+                if p.stream == "btcusdt@trade" {
+                    trades.push((v["t"].as_i64().unwrap().into(), units(&v["p"], 2), units(&v["q"], 5)));
+                }
+            }
+            // Tickers come after the trades of their tick, once a second.
+            for p in batch.iter().filter(|p| p.seq.is_none()) {
+                seen.entry(p.stream.clone()).or_default().push(now);
+                let v: serde_json::Value = serde_json::from_str(&p.json).unwrap();
+                let price = |k: &str| units(&v[k], 2);
+                let (last, first) = (trades.last().unwrap(), trades[0]);
+                assert_eq!(price("c"), last.1, "last price = last trade's: {}", p.json);
+                assert_eq!(price("o"), first.1, "{}", p.json);
+                assert_eq!(price("h"), trades.iter().map(|t| t.1).max().unwrap());
+                assert_eq!(price("l"), trades.iter().map(|t| t.1).min().unwrap());
+                assert_eq!(units(&v["v"], 5), trades.iter().map(|t| t.2).sum::<i128>(), "{}", p.json);
+                assert_eq!(units(&v["q"], 7), trades.iter().map(|t| t.1 * t.2).sum::<i128>());
+                assert_eq!(v["E"], now);
+                if p.stream == "btcusdt@miniTicker" {
+                    continue;
+                }
+                assert_eq!(units(&v["p"], 2), last.1 - first.1);
+                assert_eq!((v["F"].as_i64().unwrap() as i128, v["L"].as_i64().unwrap() as i128), (first.0, last.0));
+                assert_eq!(v["n"].as_u64().unwrap() as usize, trades.len());
+                assert_eq!(v["C"], now);
+                let w = units(&v["w"], 8);
+                let vwap = trades.iter().map(|t| t.1 * t.2).sum::<i128>() * 1_000_000
+                    / trades.iter().map(|t| t.2).sum::<i128>();
+                assert_eq!(w, vwap);
+                if p.stream == "btcusdt@ticker" {
+                    assert_eq!(v["e"], "24hrTicker");
+                    assert_eq!(v["O"], now - 86_400_000);
+                    assert_eq!(units(&v["Q"], 5), last.2);
+                    assert_eq!(v["x"], "0.00", "no trade before the window");
+                    assert_eq!(v["b"], price_text(*m.symbols["btcusdt"].book.bids.keys().next_back().unwrap()));
+                } else {
+                    assert_eq!(v["e"], "1hTicker");
+                    let from = now - 3_600_000;
+                    assert_eq!(v["O"], from - from % 60_000);
+                }
+            }
+        }
+        let once_a_second = vec![start, start + 1000, start + 2000, start + 3000];
+        for s in ["btcusdt@ticker", "btcusdt@ticker_1h", "btcusdt@miniTicker"] {
+            assert_eq!(seen.get(s), Some(&once_a_second), "{s}");
+        }
+    }
+
+    #[test]
+    fn ticker_windows_drop_what_is_older_than_the_window() {
+        let mut t = Tickers::default();
+        // One trade a minute for a day and an hour: price = minute number.
+        for minute in 0..(25 * 60u64) {
+            t.record(minute * 60_000, &[(minute, 100 + minute, 10)]);
+        }
+        let now = (25 * 60 - 1) * 60_000 + 500;
+        let day = t.stats(now - DAY_MS);
+        // Trades at minutes 60..=1499: the one at exactly now - 24h rounds up into the window.
+        assert_eq!((day.first_trade, day.last_trade, day.trades), (60, 1499, 1440));
+        assert_eq!((day.open, day.close, day.low, day.high, day.prev_close), (160, 1599, 160, 1599, 159));
+        let hour = t.stats(now - HOUR_MS);
+        assert_eq!((hour.first_trade, hour.trades, hour.volume), (1440, 60, 600));
+        assert_eq!(t.stats(now + 1).trades, 0);
+        assert_eq!(t.stats(now + 1).first_trade, -1);
+        // At most a day and two minutes kept.
+        assert!(t.seconds.len() <= 24 * 60 + 3, "{}", t.seconds.len());
+        assert!(t.dropped_close.is_some());
     }
 
     #[test]
