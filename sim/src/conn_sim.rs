@@ -827,6 +827,19 @@ impl<'p> ConnSim<'p> {
                 }
                 self.m.markets += 1;
                 self.summary.market_events += 1;
+                // A ticker carries its count (`L`, a mini ticker's volume) and the price made from it.
+                let ticker = match &event {
+                    MarketEvent::Ticker(t) => Some((u64::try_from(t.last_trade_id).ok(), t.last_price)),
+                    MarketEvent::MiniTicker(t) => Some((t.volume.to_string().parse().ok(), t.close)),
+                    _ => None,
+                };
+                if let Some((count, price)) = ticker
+                    && count.is_none_or(|n| price.to_string() != crate::exchange::ticker_price(n))
+                {
+                    return Err(
+                        self.fail(format!("ticker on {stream} decoded as {event:?}, its count and price disagree"))
+                    );
+                }
                 if let (Sequence::AggTrade { id, .. }, MarketEvent::AggTrade(trade)) = (event.sequence(), &event) {
                     if !self.net.was_produced(stream, id) {
                         let next = self.net.next_agg_id(stream).unwrap_or(0);

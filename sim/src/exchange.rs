@@ -21,6 +21,12 @@ pub enum StreamKind {
     Kline,
     /// `<symbol>@depth` / `@depth@100ms`: diffs of the model book, sequenced by `U`/`u`.
     Depth,
+    /// `<symbol>@ticker` (24hrTicker): unsequenced; its `L` counts the stream's tickers and its
+    /// last price is [`ticker_price`] of that count, so the checker can verify what arrived.
+    Ticker,
+    /// `<symbol>@miniTicker` (24hrMiniTicker): unsequenced; its volume is the count, its close
+    /// [`ticker_price`] of it.
+    MiniTicker,
 }
 
 /// aggTrades whose time and id a market remembers.
@@ -198,6 +204,8 @@ impl Market {
             "aggTrade" => StreamKind::AggTrade,
             "kline_1m" => StreamKind::Kline,
             "depth" | "depth@100ms" => StreamKind::Depth,
+            "ticker" => StreamKind::Ticker,
+            "miniTicker" => StreamKind::MiniTicker,
             _ => return None,
         };
         Some(Market {
@@ -244,6 +252,11 @@ impl Market {
                 Some(a)
             }
             StreamKind::Depth => self.book.as_mut().map(|book| book.step().1),
+            StreamKind::Ticker | StreamKind::MiniTicker => {
+                // The count goes on while no one listens, as the statistics would.
+                self.next_id += 1;
+                None
+            }
             StreamKind::Kline => None,
         }
     }
@@ -301,8 +314,36 @@ impl Market {
                 );
                 (frame, None)
             }
+            StreamKind::Ticker => {
+                let n = self.next_id;
+                self.next_id += 1;
+                let price = ticker_price(n);
+                let frame = format!(
+                    r#"{{"stream":"{}","data":{{"e":"24hrTicker","E":{epoch_ms},"s":"{s}","p":"-1.50","P":"-0.005","w":"{price}","x":"{price}","c":"{price}","Q":"0.010","b":"{price}","B":"1.000","a":"{price}","A":"2.000","o":"{price}","h":"{price}","l":"{price}","v":"{n}.0","q":"{n}.00","O":{open},"C":{epoch_ms},"F":-1,"L":{n},"n":{n}}}}}"#,
+                    self.stream,
+                    s = self.symbol,
+                    open = epoch_ms.saturating_sub(86_400_000),
+                );
+                (frame, None)
+            }
+            StreamKind::MiniTicker => {
+                let n = self.next_id;
+                self.next_id += 1;
+                let price = ticker_price(n);
+                let frame = format!(
+                    r#"{{"stream":"{}","data":{{"e":"24hrMiniTicker","E":{epoch_ms},"s":"{s}","c":"{price}","o":"{price}","h":"{price}","l":"{price}","v":"{n}","q":"{n}.00"}}}}"#,
+                    self.stream,
+                    s = self.symbol,
+                );
+                (frame, None)
+            }
         }
     }
+}
+
+/// The last price of the `n`th ticker of a stream.
+pub fn ticker_price(n: u64) -> String {
+    format!("{}.{:02}", 30_000 + n % 991, n % 97)
 }
 
 /// Appends the decimal digits of `n`.
@@ -340,6 +381,25 @@ pub fn malformed_frame(which: u64, stream: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ticker_frames_decode_and_carry_their_count() {
+        use keel_core::protocol::{Frame, MarketEvent, decode};
+        for stream in ["btcusdt@ticker", "ethusdt@miniTicker"] {
+            let mut m = Market::new(stream, 7, 0).unwrap();
+            assert_eq!(m.skip_event(), None);
+            let (frame, id) = m.next_frame(1_700_000_000_000);
+            assert_eq!(id, None, "unsequenced");
+            let Ok(Frame::Market { stream: s, event }) = decode(&frame) else { panic!("{frame}") };
+            assert_eq!(s, stream);
+            let (count, price) = match event {
+                MarketEvent::Ticker(t) => (t.last_trade_id as u64, t.last_price),
+                MarketEvent::MiniTicker(t) => (t.volume.to_string().parse().unwrap(), t.close),
+                other => panic!("{other:?}"),
+            };
+            assert_eq!((count, price.to_string()), (8, ticker_price(8)), "{frame}");
+        }
+    }
 
     #[test]
     fn agg_trade_frames_continue_ids_and_trade_ids() {

@@ -628,7 +628,7 @@ impl Network {
             }
             m.recent.push_back((at, id));
         }
-        let sequenced = m.kind != StreamKind::Kline;
+        let sequenced = matches!(m.kind, StreamKind::AggTrade | StreamKind::Depth);
         for id in ids {
             self.stats.frames += 1;
             let mut lost = false;

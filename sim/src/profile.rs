@@ -291,6 +291,11 @@ impl FaultProfile {
             let (lo, hi) = Fault::IdRestart.denominator_range();
             faults.push((Fault::IdRestart, Ratio { num: 1, den: lo + rng.below(hi - lo + 1) }));
         }
+        // Drawn after everything else too: a ticker stream (unsequenced, like a kline) for faults to hit.
+        if rng.chance(1, 3) {
+            let ticker = ["btcusdt@ticker", "btcusdt@miniTicker"][rng.below(2) as usize];
+            config.stream.streams.push(ticker.to_string());
+        }
         let rest = RestProfile::draw(seed);
         config.rest.url = "https://sim.invalid".to_string();
         config.rest.max_held_events = rest.max_held_events;
