@@ -514,6 +514,38 @@ fn a_stalled_stream_is_resubscribed_then_reconnected() {
 }
 
 #[test]
+fn ticker_streams_are_watched_for_stalls_like_any_stream() {
+    // Binance sends a ticker a second; the stall watch is per stream, sequence or not.
+    const TICKER: &str = "btcusdt@ticker";
+    const MINI: &str = "btcusdt@miniTicker";
+    let ticker = |e: u64| {
+        format!(
+            r#"{{"stream":"{TICKER}","data":{{"e":"24hrTicker","E":{e},"s":"BTCUSDT","p":"1.0","P":"0.1","w":"1.0","x":"1.0","c":"1.0","Q":"1","b":"1.0","B":"1","a":"1.1","A":"1","o":"1.0","h":"1.0","l":"1.0","v":"1","q":"1","O":0,"C":{e},"F":1,"L":2,"n":2}}}}"#
+        )
+    };
+    let mut c = cfg();
+    c.stream.streams = vec![TICKER.into(), MINI.into()];
+    c.heartbeat.ping_interval_ms = 100_000;
+    let (mut h, _) = H::new(&c);
+    h.input(Input::Opened { id: id(1) });
+    let mut stalled = Vec::new();
+    let mut delivered = 0;
+    for second in 1..=125u64 {
+        stalled.extend(h.run_until(second * 1_000).into_iter().filter_map(|(at, o)| match o {
+            Output::Event(Event::StreamStalled { stream, action }) => Some((at, stream, action)),
+            _ => None,
+        }));
+        // The same ticker twice in a row (E unchanged) is passed on twice: tickers carry no sequence.
+        let text = ticker(1_700_000_000_000 + second / 2 * 2_000);
+        let out = h.input(Input::Text { id: id(1), text });
+        delivered += out.iter().filter(|o| matches!(o, Output::Event(Event::Market { .. }))).count();
+    }
+    assert_eq!(delivered, 125);
+    assert_eq!(stalled, [(120_000, MINI.to_string(), StallAction::Resubscribe)]);
+    assert_eq!((h.c.stats().stalls, h.c.stats().duplicates, h.c.stats().gaps), (1, 0, 0));
+}
+
+#[test]
 fn an_event_after_the_resubscribe_clears_the_stall() {
     let mut c = cfg();
     c.heartbeat.ping_interval_ms = 100_000;
