@@ -924,7 +924,7 @@ quickcheck! {
 #[derive(Debug, Clone)]
 struct JsonFrame(String);
 
-const KEYS: [&str; 28] = [
+const KEYS: [&str; 41] = [
     "e",
     "E",
     "s",
@@ -942,6 +942,19 @@ const KEYS: [&str; 28] = [
     "b",
     "B",
     "A",
+    "P",
+    "w",
+    "x",
+    "c",
+    "Q",
+    "o",
+    "h",
+    "v",
+    "O",
+    "C",
+    "F",
+    "L",
+    "n",
     "lastUpdateId",
     "bids",
     "asks",
@@ -966,7 +979,19 @@ fn json_value(g: &mut Gen, depth: u8) -> String {
         4 => format!("{}.5", u16::arbitrary(g)),
         5 => format!("\"{}\"", dec(g)),
         6 => {
-            let e = ["aggTrade", "trade", "kline", "depthUpdate", "bookTicker", "serverShutdown", "x", ""];
+            let e = [
+                "aggTrade",
+                "trade",
+                "kline",
+                "depthUpdate",
+                "bookTicker",
+                "24hrTicker",
+                "1hTicker",
+                "24hrMiniTicker",
+                "serverShutdown",
+                "x",
+                "",
+            ];
             format!("\"{}\"", g.choose(&e).copied().unwrap_or(""))
         }
         7 => serde_json::to_string(&String::arbitrary(g)).unwrap(),
@@ -1026,8 +1051,8 @@ impl Arbitrary for JsonFrame {
         match u8::arbitrary(g) % 5 {
             2 | 3 => {
                 // A real frame with one or two fields removed, retyped, or added.
-                let which = usize::from(u8::arbitrary(g)) % 6;
-                let base = [AGG, TRADE, KLINE, DEPTH, BOOK, PARTIAL][which];
+                let which = usize::from(u8::arbitrary(g)) % 9;
+                let base = [AGG, TRADE, KLINE, DEPTH, BOOK, PARTIAL, TICKER, TICKER_1H, MINI][which];
                 // Binance's key order: the fast path relies on it.
                 let mut fields = top_level_fields(base);
                 for _ in 0..1 + usize::from(bool::arbitrary(g)) {
@@ -1044,7 +1069,17 @@ impl Arbitrary for JsonFrame {
                 let body: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
                 text = format!("{{{}}}", body.join(","));
                 if bool::arbitrary(g) {
-                    let stream = ["x@aggTrade", "x@trade", "x@kline_1m", "x@depth", "x@bookTicker", "x@depth5"][which];
+                    let stream = [
+                        "x@aggTrade",
+                        "x@trade",
+                        "x@kline_1m",
+                        "x@depth",
+                        "x@bookTicker",
+                        "x@depth5",
+                        "x@ticker",
+                        "x@ticker_1h",
+                        "x@miniTicker",
+                    ][which];
                     text = format!("{{\"stream\":\"{stream}\",\"data\":{text}}}");
                 }
             }
@@ -1053,7 +1088,10 @@ impl Arbitrary for JsonFrame {
                 text = format!("{{\"stream\":\"{}\",\"data\":{}}}", stream.copied().unwrap_or("x@trade"), text);
             }
             1 => {
-                let e = g.choose(&["aggTrade", "trade", "kline", "depthUpdate"]).copied().unwrap_or("trade");
+                let e = g
+                    .choose(&["aggTrade", "trade", "kline", "depthUpdate", "24hrTicker", "4hTicker", "24hrMiniTicker"])
+                    .copied()
+                    .unwrap_or("trade");
                 text = format!("{{\"e\":\"{e}\",{}", &text[1..]).replace(",}", "}");
             }
             _ => {}
