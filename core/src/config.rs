@@ -362,6 +362,10 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Write a resumable checkpoint after every this many epochs (the last epoch always writes one).
     pub checkpoint_every: u32,
+    /// Normalize each input window by its own level (last value) and spread, and put them back on
+    /// the forecast (reversible instance normalization): prices drift out of the range the global
+    /// standardization was fitted on, and a model that only saw the training range forecasts far off.
+    pub instance_norm: bool,
 }
 
 impl Default for TrainConfig {
@@ -387,6 +391,7 @@ impl Default for TrainConfig {
             features: Features::MS,
             seed: 2021,
             checkpoint_every: 1,
+            instance_norm: true,
         }
     }
 }

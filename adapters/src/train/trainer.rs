@@ -184,6 +184,7 @@ pub fn model_config(cfg: &TrainConfig, norm: &Normalization) -> ModelConfig {
         dropout: cfg.dropout,
         factor: cfg.factor as usize,
         distil: true,
+        instance_norm: cfg.instance_norm,
     }
 }
 

@@ -241,6 +241,11 @@ pub const KEYS: &[KeyDoc] = &[
         "> 0",
         "`keel train` replaces its checkpoint (atomically) after every this many epochs, and after the last one; `keel train --resume DIR` continues from the latest."
     ),
+    key!(
+        train.instance_norm,
+        "true or false",
+        "Reversible instance normalization: each input window is centred on its last value and scaled by its own spread, and the forecast is mapped back. Off reproduces the reference Informer; on keeps a trending series (prices leaving the training range) from being forecast far off."
+    ),
 ];
 
 const SECTIONS: &[(&str, &str)] = &[
