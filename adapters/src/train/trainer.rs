@@ -730,6 +730,11 @@ mod tests {
             // A large rate and a tight clip so that the steps move the weights and clip.
             learning_rate: 1e-2,
             clip_grad_norm: 0.5,
+            // Under test are keel's fused kernels against candle's composite ops; the instance
+            // normalization is plain candle ops on both sides. With it on, the windows of this
+            // short sine table are scaled up and f16 rounding moves some Adam steps of the key
+            // weights past the f16 tolerance below (0.0017 against 0.001).
+            instance_norm: false,
             ..TrainConfig::default()
         };
         for dtype in [ComputeDtype::F32, ComputeDtype::F16] {
