@@ -93,6 +93,9 @@ fn train_scaler_lines_carry_epoch_step_scale_and_grad_norm() {
     cfg.scaler.init_scale = ScaleChoice::Fixed(cfg.scaler.max_scale);
     (cfg.train.d_model, cfg.train.n_heads, cfg.train.d_ff, cfg.train.batch_size) = (16, 2, 32, 4);
     (cfg.train.e_layers, cfg.train.d_layers) = (1, 1);
+    // From the maximum scale the reference model overflows enough in these 2 epochs for a reset;
+    // the instance-normalized one (smaller losses) overflowed 2 of 12 steps per epoch and did not.
+    cfg.train.instance_norm = false;
     std::fs::write(dir.join("keel.ron"), cfg.to_ron()).unwrap();
     let data = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/msft-daily.csv");
     let out = Command::new(env!("CARGO_BIN_EXE_keel"))
