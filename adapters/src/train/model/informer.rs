@@ -422,7 +422,8 @@ mod tests {
 
     #[test]
     fn every_parameter_gets_a_nonzero_gradient_in_f32_and_f16() {
-        for (dtype, instance_norm) in [(DType::F32, false), (DType::F16, false), (DType::F32, true), (DType::F16, true)] {
+        for (dtype, instance_norm) in [(DType::F32, false), (DType::F16, false), (DType::F32, true), (DType::F16, true)]
+        {
             let cfg = ModelConfig { instance_norm, ..tiny() };
             let mut p = Params::new(1, &Device::Cpu);
             let m = Informer::new(&cfg, &mut p).unwrap();
