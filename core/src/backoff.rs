@@ -267,6 +267,15 @@ impl ReconnectHistory {
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()
     }
+
+    /// The last [`HISTORY_LEN`] attempts of several connections together, by start time (several
+    /// connections of one run share Binance's per-IP attempt limit, so their attempts read as one list).
+    pub fn merged<'a>(parts: impl IntoIterator<Item = &'a ReconnectHistory>) -> ReconnectHistory {
+        let mut all: Vec<AttemptRecord> = parts.into_iter().flat_map(|h| h.records.iter().cloned()).collect();
+        all.sort_by_key(|r| r.at);
+        let skip = all.len().saturating_sub(HISTORY_LEN);
+        ReconnectHistory { records: all.into_iter().skip(skip).collect() }
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! subscribe) is the core's; this module reads the clock, opens sockets, moves frames and writes
 //! what the core passes on. The loop:
 //!
-//! 1. drain `poll_output()`: `Open` spawns a transport task (TCP + TLS + upgrade), `Send`/`Close`
+//! 1. drain `poll_output()` (of every shard's machine, see below): `Open` spawns a transport task (TCP + TLS + upgrade), `Send`/`Close`
 //!    go to that task, `Event::Market` goes to the [`recorder`], gaps and notices to logs and the
 //!    report, `GaveUp` ends the run;
 //! 2. sleep until `poll_timeout()`, the next transport event, the recorder flush (every second),
@@ -17,6 +17,14 @@
 //! sources again, and a transport reads on only when its batch is done. One frame therefore costs
 //! the core's `handle_input` plus a few queue moves, not a wake-up and a timer (docs/BENCHMARKS.md,
 //! figure 4).
+//!
+//! More streams than one connection carries (Binance: 1024) are split by `keel_core::shard` into
+//! shards, one `Connection` each, all driven by this one loop: transport events carry their shard's
+//! index, so a frame reaches its machine by indexing a `Vec` (no lookup by name on the hot path), and
+//! only the machine just fed is drained. One recorder and one recovery serve all shards (their
+//! streams are disjoint; one REST client keeps them within one weight budget). A shard that gives up
+//! ends the run: the others are shut down cleanly and the give-up names the shard and its streams.
+//! A run whose streams fit on one connection is exactly the single-machine loop it always was.
 //!
 //! Server pings: tungstenite answers them itself with the same payload (RFC 6455) as soon as it
 //! reads them, so the core's `Send{Pong}` is already on the wire and is not sent a second time
@@ -36,6 +44,7 @@ use keel_core::protocol::Name;
 use keel_core::recovery::{Recovery, RecoveryOutput, RecoveryStats};
 use keel_core::redact::redact_url;
 use keel_core::rest::{RequestId, RestRequest, RestResponse};
+use keel_core::shard::ShardPlan;
 use keel_core::stats::connection::ConnectionStats;
 use keel_core::time::Timestamp;
 use keel_core::trace::{TraceRecord, TracedConnection};
@@ -86,6 +95,8 @@ pub enum StopCause {
 /// One lost or refused transport, as the core reported it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Disconnect {
+    /// Its connection (the shard of the streams; 0 when they fit on one).
+    pub shard: usize,
     /// The transport.
     pub id: TransportId,
     /// What went wrong.
@@ -96,11 +107,27 @@ pub struct Disconnect {
     pub retry_in: Duration,
 }
 
+/// One connection of a run: one shard of the streams, its own machine.
+#[derive(Debug, Clone)]
+pub struct ConnectionReport {
+    /// Its index (0-based, in the order of the split).
+    pub index: usize,
+    /// Its name in logs (`s1`; `none` in a one-connection run, whose transports are `#N`).
+    pub name: String,
+    /// Its streams.
+    pub streams: Vec<String>,
+    /// Its machine's counters at the end.
+    pub stats: ConnectionStats,
+}
+
 /// What a run did.
 #[derive(Debug, Clone)]
 pub struct StreamReport {
-    /// The core's counters at the end.
+    /// The core's counters at the end, of all connections together ([`ConnectionStats::merged`]:
+    /// counters summed, the worst gauges kept); exactly the machine's own in a one-connection run.
     pub stats: ConnectionStats,
+    /// Each connection (one per shard of the streams, see `keel_core::shard`), in order.
+    pub connections: Vec<ConnectionReport>,
     /// Every gap the core reported, in order.
     pub gaps: Vec<Gap>,
     /// Every disconnection the core reported, in order.
@@ -143,11 +170,27 @@ pub struct BookTop {
 }
 
 impl StreamReport {
-    /// `--stats-json`: the connection's counters (top level, as before) plus `"recovery"`.
+    /// `--stats-json`: the counters of all connections together (top level, as before), `"recovery"`,
+    /// and `"connections"`: each connection's `index`, `streams` and own counters.
     pub fn stats_json(&self) -> String {
         let mut v = serde_json::to_value(&self.stats).unwrap_or(serde_json::Value::Null);
         if let (Some(o), Ok(r)) = (v.as_object_mut(), serde_json::to_value(&self.recovery)) {
             o.insert("recovery".into(), r);
+        }
+        let connections: Vec<serde_json::Value> = self
+            .connections
+            .iter()
+            .map(|c| {
+                let mut stats = serde_json::to_value(&c.stats).unwrap_or(serde_json::Value::Null);
+                if let Some(o) = stats.as_object_mut() {
+                    o.insert("index".into(), c.index.into());
+                    o.insert("streams".into(), c.streams.clone().into());
+                }
+                stats
+            })
+            .collect();
+        if let Some(o) = v.as_object_mut() {
+            o.insert("connections".into(), connections.into());
         }
         serde_json::to_string_pretty(&v).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
     }
@@ -249,7 +292,7 @@ fn wall_ms() -> u64 {
 
 /// A batch of text frames from one transport, worked through one frame per loop turn.
 struct Inbox {
-    id: TransportId,
+    key: Key,
     frames: Vec<Utf8Bytes>,
     next: usize,
 }
@@ -269,6 +312,59 @@ pub async fn stream(cfg: Config, opts: StreamOptions) -> Result<StreamReport, St
     ex.run(stream_on(&ex, cfg, opts)).await
 }
 
+/// Key of a transport in the loop: its shard (an index into the loop's shards, so an event reaches
+/// its machine without a lookup by name) and that machine's own transport id.
+type Key = (usize, TransportId);
+
+/// One connection of the run: a machine over one shard of the streams, and its transports.
+struct Shard {
+    machine: Machine,
+    transports: BTreeMap<TransportId, Transport>,
+    /// The transport a give-up is about (the core's GiveUp carries no id).
+    last_opened: Option<TransportId>,
+    /// Its streams, for the report and a give-up message.
+    streams: Vec<String>,
+}
+
+/// The machine of one shard, traced to `trace` (shard 0) or `trace.N` (shard N) when asked: each
+/// trace starts with its shard's config and seed, so `keel-sim replay` replays each on its own.
+fn shard_machine(plan: &ShardPlan, trace: Option<&PathBuf>, now: Timestamp) -> Result<Machine, StreamError> {
+    Ok(match trace {
+        None => Machine::Plain(Box::new(Connection::new(&plan.config, plan.seed, now))),
+        Some(path) => {
+            let path = if plan.index == 0 {
+                path.clone()
+            } else {
+                let mut p = path.clone().into_os_string();
+                p.push(format!(".{}", plan.index));
+                PathBuf::from(p)
+            };
+            let file =
+                std::fs::File::create(&path).map_err(|source| StreamError::Trace { path: path.clone(), source })?;
+            let traced = TracedConnection::new(&plan.config, plan.seed, now);
+            Machine::Traced(Box::new(traced), std::io::BufWriter::new(file), path)
+        }
+    })
+}
+
+/// `a, b, c` or, for long lists, the first few and how many more.
+fn stream_list(streams: &[String]) -> String {
+    const SHOWN: usize = 6;
+    let mut text = streams.iter().take(SHOWN).map(String::as_str).collect::<Vec<_>>().join(", ");
+    if streams.len() > SHOWN {
+        text.push_str(&format!(" and {} more", streams.len() - SHOWN));
+    }
+    text
+}
+
+/// Which machines have outputs to drain: after a frame or a transport event only the one fed.
+#[derive(Clone, Copy)]
+enum Fed {
+    None,
+    One(usize),
+    All,
+}
+
 async fn stream_on(
     ex: &smol::LocalExecutor<'_>,
     cfg: Config,
@@ -279,20 +375,33 @@ async fn stream_on(
     let mut recorder = opts.record.then(|| Recorder::new(Path::new(&cfg.stream.out_dir)));
     let start = Instant::now();
     let now = || Timestamp::from_millis(start.elapsed().as_millis() as u64);
-    let mut machine = match &opts.trace {
-        None => Machine::Plain(Box::new(Connection::new(&cfg, opts.seed, now()))),
-        Some(path) => {
-            let file =
-                std::fs::File::create(path).map_err(|source| StreamError::Trace { path: path.clone(), source })?;
-            let traced = TracedConnection::new(&cfg, opts.seed, now());
-            Machine::Traced(Box::new(traced), std::io::BufWriter::new(file), path.clone())
+    // One machine per shard of the streams (one shard when they fit on one connection).
+    let plans = keel_core::shard::plan(&cfg, opts.seed);
+    let split = plans.len() > 1;
+    let mut shards: Vec<Shard> = Vec::with_capacity(plans.len());
+    for plan in &plans {
+        shards.push(Shard {
+            machine: shard_machine(plan, opts.trace.as_ref(), now())?,
+            transports: BTreeMap::new(),
+            last_opened: None,
+            streams: plan.config.stream.streams.clone(),
+        });
+    }
+    if split {
+        for (si, s) in shards.iter().enumerate() {
+            tracing::info!(
+                conn = conn_name(true, si, None),
+                streams = s.streams.len(),
+                "connection carries {}",
+                stream_list(&s.streams)
+            );
         }
-    };
-    let (events_tx, events_rx) = smol::channel::unbounded::<(TransportId, TransportEvent)>();
-    let mut transports: BTreeMap<TransportId, Transport> = BTreeMap::new();
+    }
+    let (events_tx, events_rx) = smol::channel::unbounded::<(Key, TransportEvent)>();
     let mut closing: Vec<smol::Task<()>> = Vec::new();
     let mut report = StreamReport {
         stats: ConnectionStats::default(),
+        connections: Vec::new(),
         gaps: Vec::new(),
         disconnects: Vec::new(),
         opened: Vec::new(),
@@ -308,8 +417,10 @@ async fn stream_on(
         books: BTreeMap::new(),
         restarts: Vec::new(),
     };
-    // Zero gap: every market event and gap goes through the recovery machine; its REST requests go
-    // to one worker task holding one kept-alive HTTPS connection (opened on the first request).
+    // Zero gap: every market event and gap of every shard goes through one recovery machine (the
+    // shards' streams are disjoint); its REST requests go to one worker task holding one kept-alive
+    // HTTPS connection (opened on the first request), so all shards share one REST weight budget
+    // (Binance counts weight per IP).
     let mut recovery = Recovery::new(&cfg, now());
     let rest_client = crate::rest::RestClient::new(
         &cfg.rest.url,
@@ -337,8 +448,6 @@ async fn stream_on(
     let terminal = std::io::stderr().is_terminal();
     let mut total_market = 0u64;
     let stop_rx = opts.stop.clone();
-    // The transport a give-up is about (the core's GiveUp carries no id).
-    let mut last_opened: Option<TransportId> = None;
     // The batch being worked through, and how many of its frames may still skip the full poll.
     let mut inbox: Option<Inbox> = None;
     let mut budget = FRAMES_PER_POLL;
@@ -348,83 +457,129 @@ async fn stream_on(
     let mut last_was_timer = false;
     // The core's clock as of the last wake-up: one clock read per frame.
     let mut clock = now();
+    let mut fed = Fed::All;
+    let shutdown_all = |shards: &mut Vec<Shard>, at: Timestamp| {
+        for s in shards.iter_mut() {
+            s.machine.handle_input(Input::Shutdown, at);
+        }
+    };
 
     loop {
-        // 1. Do what the machine asks.
-        while let Some(out) = machine.poll_output() {
-            match out {
-                Output::Open { id, url } => {
-                    let (cmd_tx, cmd_rx) = smol::channel::unbounded();
-                    let (recycle, recycle_rx) = smol::channel::bounded(1);
-                    let (state, attempt) = (machine.conn().state_name(), machine.conn().attempt());
-                    last_opened = Some(id);
-                    tracing::debug!(conn = %id, state, attempt, class = "none", t_ms = now().as_millis(), url = redact_url(&url), "opening");
-                    report.opened.push(url.clone());
-                    let run = transport::run(id, url, settings.clone(), events_tx.clone(), cmd_rx, recycle_rx);
-                    let task = ex.spawn(run);
-                    transports.insert(id, Transport { commands: cmd_tx, recycle, task, attempt });
-                }
-                Output::Send { id, message } => {
-                    if matches!(message, WsMessage::Pong(_)) {
-                        continue; // already answered by tungstenite, see the module docs
+        // 1. Do what the machines ask (only the one fed since the last turn, unless a timer or a
+        // stop touched them all).
+        let range = match fed {
+            Fed::None => 0..0,
+            Fed::One(i) => i..i + 1,
+            Fed::All => 0..shards.len(),
+        };
+        let mut gave_up_now = false;
+        for si in range {
+            let shard = &mut shards[si];
+            while let Some(out) = shard.machine.poll_output() {
+                match out {
+                    Output::Open { id, url } => {
+                        let (cmd_tx, cmd_rx) = smol::channel::unbounded();
+                        let (recycle, recycle_rx) = smol::channel::bounded(1);
+                        let c = shard.machine.conn();
+                        let (state, attempt) = (c.state_name(), c.attempt());
+                        shard.last_opened = Some(id);
+                        tracing::debug!(
+                            conn = conn_name(split, si, Some(id)),
+                            state,
+                            attempt,
+                            class = "none",
+                            t_ms = now().as_millis(),
+                            url = redact_url(&url),
+                            "opening"
+                        );
+                        report.opened.push(url.clone());
+                        let run =
+                            transport::run((si, id), url, settings.clone(), events_tx.clone(), cmd_rx, recycle_rx);
+                        let task = ex.spawn(run);
+                        shard.transports.insert(id, Transport { commands: cmd_tx, recycle, task, attempt });
                     }
-                    if let Some(t) = transports.get(&id) {
-                        let _ = t.commands.try_send(Command::Send(message));
+                    Output::Send { id, message } => {
+                        if matches!(message, WsMessage::Pong(_)) {
+                            continue; // already answered by tungstenite, see the module docs
+                        }
+                        if let Some(t) = shard.transports.get(&id) {
+                            let _ = t.commands.try_send(Command::Send(message));
+                        }
                     }
-                }
-                Output::Close { id, code, reason } => {
-                    if let Some(t) = transports.remove(&id) {
-                        let _ = t.commands.try_send(Command::Close { code, reason });
-                        // A transport still connecting never reads its commands: bound the close.
-                        let task = t.task;
-                        closing.push(ex.spawn(async move {
-                            task.or(async {
-                                smol::Timer::after(Duration::from_secs(2)).await;
-                            })
-                            .await
-                        }));
+                    Output::Close { id, code, reason } => {
+                        if let Some(t) = shard.transports.remove(&id) {
+                            let _ = t.commands.try_send(Command::Close { code, reason });
+                            // A transport still connecting never reads its commands: bound the close.
+                            let task = t.task;
+                            closing.push(ex.spawn(async move {
+                                task.or(async {
+                                    smol::Timer::after(Duration::from_secs(2)).await;
+                                })
+                                .await
+                            }));
+                        }
                     }
-                }
-                Output::Event(Event::Market { stream, event, .. }) => {
-                    recovery.handle_event(stream, event, clock);
-                }
-                Output::Event(ev) => {
-                    if let Event::SequenceRestarted { stream, last, first } = &ev {
-                        recovery.handle_restart(stream, *last, *first, clock);
+                    Output::Event(Event::Market { stream, event, .. }) => {
+                        recovery.handle_event(stream, event, clock);
                     }
-                    log_event(&ev, machine.conn(), &mut report)
-                }
-                Output::Gap(g) => {
-                    let c = machine.conn();
-                    tracing::warn!(
-                        conn = conn_name(c.current_transport()),
-                        state = c.state_name(),
-                        attempt = c.attempt(),
-                        class = "none",
-                        stream = %g.stream,
-                        first = g.first_missing,
-                        last = g.last_missing,
-                        missing = g.missing(),
-                        kind = ?g.kind,
-                        "gap: ids missing on the stream"
-                    );
-                    recovery.handle_gap(&g, clock);
-                    report.gaps.push(g);
-                }
-                Output::GaveUp(g) => {
-                    let c = machine.conn();
-                    tracing::error!(
-                        conn = conn_name(last_opened),
-                        state = c.state_name(),
-                        attempt = g.failures,
-                        class = g.class.name(),
-                        failures = g.failures,
-                        "giving up: {}",
-                        g.reason
-                    );
-                    report.gave_up = Some(g);
+                    Output::Event(ev) => {
+                        if let Event::SequenceRestarted { stream, last, first } = &ev {
+                            recovery.handle_restart(stream, *last, *first, clock);
+                        }
+                        log_event(&ev, shard.machine.conn(), split, si, &mut report)
+                    }
+                    Output::Gap(g) => {
+                        let c = shard.machine.conn();
+                        tracing::warn!(
+                            conn = conn_name(split, si, c.current_transport()),
+                            state = c.state_name(),
+                            attempt = c.attempt(),
+                            class = "none",
+                            stream = %g.stream,
+                            first = g.first_missing,
+                            last = g.last_missing,
+                            missing = g.missing(),
+                            kind = ?g.kind,
+                            "gap: ids missing on the stream"
+                        );
+                        recovery.handle_gap(&g, clock);
+                        report.gaps.push(g);
+                    }
+                    Output::GaveUp(mut g) => {
+                        let c = shard.machine.conn();
+                        if split {
+                            // One connection giving up ends the run (see the module docs): say which.
+                            g.reason = format!(
+                                "connection {} of {} (streams {}): {}",
+                                conn_name(true, si, None),
+                                plans.len(),
+                                stream_list(&shard.streams),
+                                g.reason
+                            );
+                        }
+                        tracing::error!(
+                            conn = conn_name(split, si, shard.last_opened),
+                            state = c.state_name(),
+                            attempt = g.failures,
+                            class = g.class.name(),
+                            failures = g.failures,
+                            "giving up: {}",
+                            g.reason
+                        );
+                        if report.gave_up.is_none() {
+                            report.gave_up = Some(g);
+                        }
+                        gave_up_now = true;
+                    }
                 }
             }
+        }
+        if gave_up_now && stopping.is_none() && split {
+            tracing::warn!("one connection gave up: closing the others and ending the run");
+            stopping = Some(Instant::now());
+            shutdown_all(&mut shards, now());
+            fed = Fed::All;
+            continue;
         }
         // 1b. What the recovery asks (REST requests) and passes on (events in order, reports).
         while let Some(req) = recovery.poll_request(clock) {
@@ -434,8 +589,16 @@ async fn stream_on(
         while let Some(out) = recovery.poll_output() {
             pass_on(out, &mut report, recorder.as_mut(), &mut total_market)?;
         }
-        machine.write_trace()?;
-        if machine.conn().is_stopped() {
+        match fed {
+            Fed::None => {}
+            Fed::One(i) => shards[i].machine.write_trace()?,
+            Fed::All => {
+                for s in &mut shards {
+                    s.machine.write_trace()?;
+                }
+            }
+        }
+        if shards.iter().all(|s| s.machine.conn().is_stopped()) {
             break;
         }
         if stopping.is_some_and(|s| s.elapsed() > Duration::from_secs(3)) {
@@ -445,21 +608,22 @@ async fn stream_on(
         if stopping.is_none() && opts.max_messages.is_some_and(|m| total_market >= m) {
             report.cause = StopCause::MaxMessages;
             stopping = Some(Instant::now());
-            machine.handle_input(Input::Shutdown, now());
+            shutdown_all(&mut shards, now());
+            fed = Fed::All;
             continue;
         }
 
         // 2. Sleep until something happens, or take the next frame of the batch in hand.
         enum Wake {
             Rest((RequestId, RestResponse)),
-            Transport(Option<(TransportId, TransportEvent)>),
-            Frame(TransportId, Utf8Bytes),
+            Transport(Option<(Key, TransportEvent)>),
+            Frame(Key, Utf8Bytes),
             Timer,
             Stop,
         }
         // A finished batch goes back to its transport, which then reads on.
         if let Some(b) = inbox.take_if(|b| b.next >= b.frames.len())
-            && let Some(t) = transports.get(&b.id)
+            && let Some(t) = shards[b.key.0].transports.get(&b.key.1)
         {
             let mut frames = b.frames;
             frames.clear();
@@ -475,12 +639,16 @@ async fn stream_on(
             Some(b) => {
                 budget -= 1;
                 b.next += 1;
-                Wake::Frame(b.id, std::mem::take(&mut b.frames[b.next - 1]))
+                Wake::Frame(b.key, std::mem::take(&mut b.frames[b.next - 1]))
             }
             None => {
                 budget = FRAMES_PER_POLL;
                 let now_at = *t.insert(Instant::now());
-                core_at = machine.conn().poll_timeout().map(|t| start + Duration::from_millis(t.as_millis()));
+                core_at = shards
+                    .iter()
+                    .filter_map(|s| s.machine.conn().poll_timeout())
+                    .min()
+                    .map(|t| start + Duration::from_millis(t.as_millis()));
                 recovery_at = recovery.poll_timeout().map(|t| start + Duration::from_millis(t.as_millis()));
                 let mut wake_at = next_flush.min(next_status);
                 for d in [core_at, recovery_at, end_at.filter(|_| stopping.is_none())].into_iter().flatten() {
@@ -515,7 +683,7 @@ async fn stream_on(
                         match inbox.as_mut() {
                             Some(b) => {
                                 b.next += 1;
-                                Wake::Frame(b.id, std::mem::take(&mut b.frames[b.next - 1]))
+                                Wake::Frame(b.key, std::mem::take(&mut b.frames[b.next - 1]))
                             }
                             None => Wake::Transport(events_rx.recv().await.ok()),
                         }
@@ -544,31 +712,39 @@ async fn stream_on(
             }
         }
         match wake {
-            Wake::Rest((id, response)) => recovery.handle_response(id, response, clock),
-            Wake::Frame(id, text) => machine.handle_text(id, &text, clock),
-            Wake::Transport(Some((id, ev))) => {
+            Wake::Rest((id, response)) => {
+                recovery.handle_response(id, response, clock);
+                fed = Fed::None;
+            }
+            Wake::Frame((si, id), text) => {
+                shards[si].machine.handle_text(id, &text, clock);
+                fed = Fed::One(si);
+            }
+            Wake::Transport(Some(((si, id), ev))) => {
+                fed = Fed::One(si);
+                let shard = &mut shards[si];
                 let input = match ev {
                     TransportEvent::Opened => Input::Opened { id },
                     TransportEvent::Failed(f) => {
-                        let attempt = transports.remove(&id).map_or(0, |t| t.attempt);
+                        let attempt = shard.transports.remove(&id).map_or(0, |t| t.attempt);
                         tracing::warn!(
-                            conn = %id,
-                            state = machine.conn().state_name(),
+                            conn = conn_name(split, si, Some(id)),
+                            state = shard.machine.conn().state_name(),
                             attempt,
                             class = classify_error(&f.error).class.name(),
                             t_ms = now().as_millis(),
-                            live = machine.conn().is_live(),
+                            live = shard.machine.conn().is_live(),
                             "transport failed: {}",
                             f.chain
                         );
                         Input::Failed { id, error: f.error }
                     }
                     TransportEvent::Closed { code, reason } => {
-                        let attempt = transports.remove(&id).map_or(0, |t| t.attempt);
+                        let attempt = shard.transports.remove(&id).map_or(0, |t| t.attempt);
                         let error = TransportError::ServerClose { code: code.unwrap_or(1005), reason: reason.clone() };
                         tracing::info!(
-                            conn = %id,
-                            state = machine.conn().state_name(),
+                            conn = conn_name(split, si, Some(id)),
+                            state = shard.machine.conn().state_name(),
                             attempt,
                             class = classify_error(&error).class.name(),
                             t_ms = now().as_millis(),
@@ -579,46 +755,65 @@ async fn stream_on(
                         Input::Closed { id, code, reason }
                     }
                     TransportEvent::Texts(frames) => {
-                        inbox = Some(Inbox { id, frames, next: 0 });
+                        inbox = Some(Inbox { key: (si, id), frames, next: 0 });
                         continue;
                     }
                     TransportEvent::Ping(payload) => Input::Ping { id, payload },
                     TransportEvent::Pong(payload) => Input::Pong { id, payload },
                 };
-                machine.handle_input(input, now());
+                shard.machine.handle_input(input, now());
             }
             Wake::Transport(None) => unreachable!("the loop holds a sender"),
             Wake::Stop => {
                 tracing::info!("stop requested: closing cleanly");
                 report.cause = StopCause::Signal;
                 stopping = Some(Instant::now());
-                machine.handle_input(Input::Shutdown, now());
+                shutdown_all(&mut shards, now());
+                fed = Fed::All;
             }
             Wake::Timer => {
+                fed = Fed::All;
                 let t = Instant::now();
                 if core_at.is_some_and(|c| t >= c) {
-                    machine.handle_timeout(now());
+                    let at = now();
+                    for s in &mut shards {
+                        if s.machine.conn().poll_timeout().is_some_and(|d| at >= d) {
+                            s.machine.handle_timeout(at);
+                        }
+                    }
                 }
                 if t >= next_flush {
                     next_flush = t + Duration::from_secs(1);
                     if let Some(r) = recorder.as_mut() {
                         r.flush()?;
                     }
-                    machine.flush_trace()?;
+                    for s in &mut shards {
+                        s.machine.flush_trace()?;
+                    }
                     if let Some(m) = &opts.metrics {
-                        m.set_connection(machine.conn().stats_at(now()), now());
+                        let at = now();
+                        let parts: Vec<ConnectionStats> =
+                            shards.iter().map(|s| s.machine.conn().stats_at(at)).collect();
+                        m.set_connection(ConnectionStats::merged(&parts), at);
                         m.set_recovery(recovery.stats().clone());
                     }
                 }
                 if t >= next_status {
                     next_status = t + status_every;
-                    let stats = machine.conn().stats();
+                    let parts: Vec<ConnectionStats> = shards.iter().map(|s| s.machine.conn().stats().clone()).collect();
+                    let stats = ConnectionStats::merged(&parts);
                     let rate = (stats.messages - last_status.1) as f64 / t.duration_since(last_status.0).as_secs_f64();
                     last_status = (t, stats.messages);
                     let rs = recovery.stats();
+                    let live = shards.iter().filter(|s| s.machine.conn().is_live()).count();
+                    let state = match (live == shards.len(), split) {
+                        (true, false) => "live".to_string(),
+                        (false, false) => "down".to_string(),
+                        (_, true) => format!("{live}/{} connections live", shards.len()),
+                    };
                     let mut line = format!(
                         "keel stream: {} | {:.0} msg/s | {} events | {} reconnects | {} gaps ({} ids) | {} backfilled, {} abandoned, {} held | {} malformed | last error: {}",
-                        if machine.conn().is_live() { "live" } else { "down" },
+                        state,
                         rate,
                         stats.market_events,
                         stats.reconnects,
@@ -644,7 +839,7 @@ async fn stream_on(
                 if stopping.is_none() && end_at.is_some_and(|e| t >= e) {
                     report.cause = StopCause::Duration;
                     stopping = Some(Instant::now());
-                    machine.handle_input(Input::Shutdown, now());
+                    shutdown_all(&mut shards, now());
                 }
             }
         }
@@ -657,7 +852,9 @@ async fn stream_on(
     for t in closing {
         t.await;
     }
-    drop(transports);
+    for s in &mut shards {
+        s.transports.clear();
+    }
     // Live trades held behind a gap still being backfilled are received data: record them (the gap
     // itself is reported abandoned) rather than drop them with the buffer.
     recovery.handle_shutdown(now());
@@ -669,9 +866,22 @@ async fn stream_on(
         report.rows_written = r.rows();
         report.files = r.paths().to_vec();
     }
-    machine.write_trace()?;
-    machine.flush_trace()?;
-    report.stats = machine.conn().stats().clone();
+    for s in &mut shards {
+        s.machine.write_trace()?;
+        s.machine.flush_trace()?;
+    }
+    report.connections = shards
+        .iter()
+        .enumerate()
+        .map(|(index, s)| ConnectionReport {
+            index,
+            name: conn_name(split, index, None),
+            streams: s.streams.clone(),
+            stats: s.machine.conn().stats().clone(),
+        })
+        .collect();
+    let parts: Vec<ConnectionStats> = report.connections.iter().map(|c| c.stats.clone()).collect();
+    report.stats = ConnectionStats::merged(&parts);
     report.recovery = recovery.stats().clone();
     report.books = book_tops(&recovery, &book_symbols);
     if let Some(m) = &opts.metrics {
@@ -684,13 +894,18 @@ async fn stream_on(
     Ok(report)
 }
 
-/// The `conn` field of connection log lines: the transport id (`#3`), or `none`.
-fn conn_name(id: Option<TransportId>) -> String {
-    id.map_or_else(|| "none".to_string(), |id| id.to_string())
+/// The `conn` field of connection log lines: the transport id (`#3`), prefixed by its connection
+/// when the streams are split (`s1#3`: connection 1's transport 3; `s1`: connection 1 itself), or
+/// `none`.
+fn conn_name(split: bool, shard: usize, id: Option<TransportId>) -> String {
+    match (split, id) {
+        (false, None) => "none".to_string(),
+        (false, Some(id)) => id.to_string(),
+        (true, None) => format!("s{shard}"),
+        (true, Some(id)) => format!("s{shard}{id}"),
+    }
 }
 
-/// Logs a core event with the fields every connection line carries: `conn`, `state` and `attempt`
-/// (the machine's, after the event; `waiting`: the next attempt), `class` (`none` without an error).
 /// Best bid/ask of every synced book among `symbols`.
 fn book_tops(recovery: &Recovery, symbols: &[String]) -> BTreeMap<String, BookTop> {
     let text = |l: Option<(keel_core::protocol::Decimal, keel_core::protocol::Decimal)>| {
@@ -774,25 +989,36 @@ fn log_recovery(out: &RecoveryOutput) {
     }
 }
 
-fn log_event(ev: &Event, c: &Connection, report: &mut StreamReport) {
-    let (state, attempt, current) = (c.state_name(), c.attempt(), conn_name(c.current_transport()));
+/// Logs a core event with the fields every connection line carries: `conn`, `state` and `attempt`
+/// (the machine's, after the event; `waiting`: the next attempt), `class` (`none` without an error).
+fn log_event(ev: &Event, c: &Connection, split: bool, shard: usize, report: &mut StreamReport) {
+    let (state, attempt, current) = (c.state_name(), c.attempt(), conn_name(split, shard, c.current_transport()));
+    let name = |id: &TransportId| conn_name(split, shard, Some(*id));
     match ev {
         Event::Market { .. } => {}
-        Event::Connected { id, attempt } => tracing::info!(conn = %id, state, attempt, class = "none", "connected"),
+        Event::Connected { id, attempt } => {
+            tracing::info!(conn = name(id), state, attempt, class = "none", "connected")
+        }
         Event::Disconnected { id, error, class, diagnosis, retry_in } => {
             // The error's source chain was logged once when the transport failed; here only the decision.
             tracing::warn!(
-                conn = %id,
+                conn = name(id),
                 state,
                 attempt,
                 class = class.name(),
                 retry_in_ms = retry_in.as_millis() as u64,
                 "disconnected: {diagnosis}"
             );
-            report.disconnects.push(Disconnect { id: *id, error: error.clone(), class: *class, retry_in: *retry_in });
+            report.disconnects.push(Disconnect {
+                shard,
+                id: *id,
+                error: error.clone(),
+                class: *class,
+                retry_in: *retry_in,
+            });
         }
         Event::HeartbeatTimeout { id } => tracing::warn!(
-            conn = %id,
+            conn = name(id),
             state,
             attempt,
             class = ErrorClass::Transient.name(),
@@ -802,13 +1028,13 @@ fn log_event(ev: &Event, c: &Connection, report: &mut StreamReport) {
             tracing::warn!(conn = current, state, attempt, class = "none", %stream, ?action, "stream stalled")
         }
         Event::Malformed { id, error } => {
-            tracing::debug!(conn = %id, state, attempt, class = "none", "malformed frame (counted): {error}")
+            tracing::debug!(conn = name(id), state, attempt, class = "none", "malformed frame (counted): {error}")
         }
         Event::ServerError { code, msg } => {
             tracing::warn!(conn = current, state, attempt, class = "none", code, "server error reply: {msg}")
         }
         Event::Rollover { id, reason } => {
-            tracing::info!(conn = %id, state, attempt, class = "none", ?reason, "rollover")
+            tracing::info!(conn = name(id), state, attempt, class = "none", ?reason, "rollover")
         }
         Event::SequenceRestarted { stream, last, first } => {
             tracing::warn!(

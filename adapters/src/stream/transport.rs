@@ -12,7 +12,7 @@ use async_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use futures_util::StreamExt;
 use keel_core::classify::TransportError;
 use keel_core::config::{Config, TlsVersion};
-use keel_core::connection::{TransportId, WsMessage};
+use keel_core::connection::WsMessage;
 use keel_core::redact::{redact_error, redact_text};
 use smol::channel::{Receiver, Sender};
 use smol::future::FutureExt;
@@ -275,14 +275,15 @@ pub enum Command {
 pub const MAX_BATCH: usize = 256;
 
 /// Runs transport `id`: connects to `url`, then moves frames until it fails, is closed, or is told to close.
+/// Its events go out tagged with `id` (the stream loop's key: the shard and the machine's transport id).
 ///
 /// Frames that are already buffered (decrypted by TLS, or still in the socket) when one arrives are
 /// read at once into the same batch: one wake-up and one channel message per batch, not per frame.
-pub async fn run(
-    id: TransportId,
+pub async fn run<K: Copy>(
+    id: K,
     url: String,
     settings: TransportSettings,
-    events: Sender<(TransportId, TransportEvent)>,
+    events: Sender<(K, TransportEvent)>,
     commands: Receiver<Command>,
     recycle: Receiver<Vec<Utf8Bytes>>,
 ) {

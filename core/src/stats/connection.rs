@@ -83,6 +83,64 @@ pub struct ConnectionStats {
 }
 
 impl ConnectionStats {
+    /// The stats of several connections of one run (one per shard of the streams) as one: counters
+    /// and per-key maps are summed (so `uptime_ms` and `downtime_ms` are connection-milliseconds),
+    /// gauges of the worst connection kept (`current_outage_ms`, `longest_outage_ms`,
+    /// `current_backoff_ms`, `consecutive_failures`, `last_rtt_ms`), `success_rate` recomputed,
+    /// `history` merged by time, `last_error` taken from the connection that attempted last. One
+    /// part is returned as it is.
+    pub fn merged(parts: &[ConnectionStats]) -> ConnectionStats {
+        if let [one] = parts {
+            return one.clone();
+        }
+        let mut m = ConnectionStats::default();
+        let add = |into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>| {
+            for (k, v) in from {
+                *into.entry(k.clone()).or_default() += v;
+            }
+        };
+        for p in parts {
+            m.messages += p.messages;
+            m.malformed_frames += p.malformed_frames;
+            m.connect_attempts += p.connect_attempts;
+            m.connects += p.connects;
+            m.reconnects += p.reconnects;
+            m.failures += p.failures;
+            m.heartbeat_timeouts += p.heartbeat_timeouts;
+            m.gaps += p.gaps;
+            m.missing_ids += p.missing_ids;
+            m.duplicates += p.duplicates;
+            m.sequence_restarts += p.sequence_restarts;
+            m.market_events += p.market_events;
+            for (k, v) in &p.messages_by_stream {
+                *m.messages_by_stream.entry(k.clone()).or_default() += v;
+            }
+            m.stalls += p.stalls;
+            m.rollovers += p.rollovers;
+            m.server_errors += p.server_errors;
+            m.unmatched_pongs += p.unmatched_pongs;
+            m.last_rtt_ms = m.last_rtt_ms.max(p.last_rtt_ms);
+            m.uptime_ms += p.uptime_ms;
+            m.downtime_ms += p.downtime_ms;
+            m.current_outage_ms = m.current_outage_ms.max(p.current_outage_ms);
+            m.longest_outage_ms = m.longest_outage_ms.max(p.longest_outage_ms);
+            m.current_backoff_ms = m.current_backoff_ms.max(p.current_backoff_ms);
+            m.consecutive_failures = m.consecutive_failures.max(p.consecutive_failures);
+            add(&mut m.failures_by_class, &p.failures_by_class);
+            add(&mut m.failures_by_error, &p.failures_by_error);
+            m.last_message_at_ms = m.last_message_at_ms.max(p.last_message_at_ms);
+            m.patterns.extend(p.patterns.iter().filter(|x| !m.patterns.contains(x)).cloned().collect::<Vec<_>>());
+        }
+        m.success_rate = if m.connect_attempts == 0 { 0.0 } else { m.connects as f64 / m.connect_attempts as f64 };
+        m.last_error = parts
+            .iter()
+            .filter(|p| p.last_error.is_some())
+            .max_by_key(|p| p.history.last().map(|r| r.at))
+            .and_then(|p| p.last_error.clone());
+        m.history = ReconnectHistory::merged(parts.iter().map(|p| &p.history));
+        m
+    }
+
     /// The stats as one JSON object (what `--stats-json` writes).
     pub fn to_json(&self) -> String {
         // Plain counters, strings and maps with string keys: serialization cannot fail; fall back to
@@ -94,6 +152,34 @@ impl ConnectionStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn merged_sums_counters_and_keeps_the_worst_gauges() {
+        use crate::time::Timestamp;
+        use std::time::Duration;
+        let mut a =
+            ConnectionStats { messages: 10, connects: 1, connect_attempts: 2, uptime_ms: 500, ..Default::default() };
+        a.longest_outage_ms = 30;
+        a.failures_by_class.insert("transient".into(), 1);
+        a.last_error = Some("reset".into());
+        a.history.start(Timestamp::from_millis(5), Duration::ZERO);
+        let mut b =
+            ConnectionStats { messages: 7, connects: 1, connect_attempts: 1, uptime_ms: 400, ..Default::default() };
+        b.longest_outage_ms = 90;
+        b.failures_by_class.insert("transient".into(), 2);
+        b.last_error = Some("eof".into());
+        b.history.start(Timestamp::from_millis(1), Duration::ZERO);
+        b.history.start(Timestamp::from_millis(9), Duration::ZERO);
+        assert_eq!(ConnectionStats::merged(std::slice::from_ref(&a)), a);
+        let m = ConnectionStats::merged(&[a.clone(), b.clone()]);
+        assert_eq!((m.messages, m.connects, m.connect_attempts, m.uptime_ms), (17, 2, 3, 900));
+        assert_eq!((m.longest_outage_ms, m.success_rate), (90, 2.0 / 3.0));
+        assert_eq!(m.failures_by_class["transient"], 3);
+        // b attempted last (at 9 ms).
+        assert_eq!(m.last_error.as_deref(), Some("eof"));
+        let at: Vec<u64> = m.history.iter().map(|r| r.at.as_millis()).collect();
+        assert_eq!(at, vec![1, 5, 9]);
+    }
 
     #[test]
     fn json_has_the_contract_keys() {

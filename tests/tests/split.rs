@@ -1,0 +1,173 @@
+//! More streams than one connection carries: `keel stream` splits them over several connections
+//! (`keel_core::shard`), drives them from one loop, and reports them together. Real TLS on
+//! 127.0.0.1 against the embedded exchange, which refuses a 1025th stream on one connection as
+//! Binance does.
+
+use keel::exchange::{Exchange, ExchangeConfig, ExchangeHandle, Fault, FaultPlan};
+use keel::stream::transport::{TransportEvent, TransportSettings};
+use keel::stream::{StopCause, StreamOptions, StreamReport, stream};
+use keel_core::classify::TransportError;
+use keel_core::config::Config;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("keel-e2e-split-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn exchange(tick_ms: u64, faults: FaultPlan) -> ExchangeHandle {
+    Exchange::start(ExchangeConfig {
+        tick: Duration::from_millis(tick_ms),
+        ping_interval: Duration::from_millis(400),
+        faults,
+        ..ExchangeConfig::default()
+    })
+    .unwrap()
+}
+
+fn config(ex: &ExchangeHandle, dir: &Path, streams: &[String]) -> Config {
+    let names: Vec<&str> = streams.iter().map(String::as_str).collect();
+    let mut cfg = ex.client_config(&dir.join("ca.pem"), &dir.join("data"), &names).unwrap();
+    cfg.stream.stall_after_ms = 3_000;
+    cfg.tls.handshake_timeout_ms = 3_000;
+    cfg.reconnect.initial_delay_ms = 200;
+    cfg.reconnect.max_delay_ms = 400;
+    cfg.heartbeat.ping_interval_ms = 300;
+    cfg.heartbeat.pong_timeout_ms = 200;
+    cfg
+}
+
+fn run(cfg: Config, duration_ms: u64, record: bool) -> StreamReport {
+    let opts =
+        StreamOptions { seed: 7, duration: Some(Duration::from_millis(duration_ms)), record, ..Default::default() };
+    smol::block_on(stream(cfg, opts)).unwrap()
+}
+
+/// Rows of each recorded file of `stream` (the header skipped), as their column `col`.
+fn column(dir: &Path, stream: &str, col: usize) -> Vec<u64> {
+    let mut files: Vec<_> =
+        std::fs::read_dir(dir.join("data").join(stream)).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(f).unwrap();
+        out.extend(text.lines().skip(1).map(|l| l.split(',').nth(col).unwrap().parse::<u64>().unwrap()));
+    }
+    out
+}
+
+#[test]
+fn five_streams_over_three_connections_survive_a_reset_of_one() {
+    // The first connection the exchange accepts is reset after 40 frames.
+    let ex = exchange(10, FaultPlan::default().on(0, Fault::Reset { after: 40 }));
+    let dir = scratch("five");
+    let streams: Vec<String> =
+        ["btcusdt@aggTrade", "ethusdt@aggTrade", "btcusdt@trade", "ethusdt@trade", "bnbusdt@aggTrade"]
+            .map(String::from)
+            .to_vec();
+    let mut cfg = config(&ex, &dir, &streams);
+    cfg.stream.max_streams_per_connection = 2;
+    cfg.stream.max_connections = 3;
+    let report = run(cfg, 3_000, true);
+    assert_eq!(report.cause, StopCause::Duration);
+    assert!(report.gave_up.is_none(), "{:?}", report.gave_up);
+
+    // Three connections, a symbol's streams on one connection each.
+    let shards: Vec<Vec<String>> = report.connections.iter().map(|c| c.streams.clone()).collect();
+    assert_eq!(
+        shards,
+        vec![
+            vec!["btcusdt@aggTrade".to_string(), "btcusdt@trade".into()],
+            vec!["ethusdt@aggTrade".to_string(), "ethusdt@trade".into()],
+            vec!["bnbusdt@aggTrade".to_string()],
+        ]
+    );
+    // The exchange saw them as separate connections of at most 2 streams, every stream served.
+    let infos = ex.connections();
+    assert!(infos.len() >= 4, "3 connections and a reconnect, got {infos:#?}");
+    assert!(infos.iter().all(|i| i.subscriptions.len() <= 2), "{infos:#?}");
+    let served: BTreeSet<&String> = infos.iter().flat_map(|i| &i.subscriptions).collect();
+    assert_eq!(served, streams.iter().collect());
+
+    // Exactly one connection lost its transport, reconnected, and backfilled what it missed.
+    let reconnects: Vec<u64> = report.connections.iter().map(|c| c.stats.reconnects).collect();
+    assert_eq!(reconnects.iter().filter(|r| **r > 0).count(), 1, "reconnects per connection {reconnects:?}");
+    let reset_shard = reconnects.iter().position(|r| *r > 0).unwrap();
+    assert!(!report.disconnects.is_empty() && report.disconnects.iter().all(|d| d.shard == reset_shard));
+    assert_eq!(report.stats.reconnects, reconnects.iter().sum::<u64>());
+    assert_eq!(report.stats.connects, report.connections.iter().map(|c| c.stats.connects).sum::<u64>());
+    assert_eq!(report.stats.connects, 4);
+
+    // Every stream's events recorded: one row per event passed on; aggTrade ids without a hole.
+    let mut rows = 0;
+    for s in &streams {
+        let col = if s.ends_with("@aggTrade") { 1 } else { 0 };
+        let values = column(&dir, s, col);
+        assert!(values.len() > 10, "{s}: {} rows", values.len());
+        assert_eq!(values.len() as u64, report.market_events[s.as_str()], "{s}");
+        if col == 1 {
+            assert!(values.windows(2).all(|w| w[1] == w[0] + 1), "{s}: ids not continuous");
+        }
+        rows += values.len() as u64;
+    }
+    assert_eq!(report.rows_written, rows);
+    assert!(ex.skipped(&streams[reset_shard * 2]).iter().count() > 0, "the reset cost ids");
+    assert_eq!(report.recovery.abandoned_ids, 0);
+
+    // --stats-json: the totals at the top, each connection under "connections".
+    let v: serde_json::Value = serde_json::from_str(&report.stats_json()).unwrap();
+    assert_eq!(v["connects"], 4);
+    let conns = v["connections"].as_array().unwrap();
+    assert_eq!(conns.len(), 3);
+    assert_eq!(conns[2]["streams"], serde_json::json!(["bnbusdt@aggTrade"]));
+    assert_eq!(conns[reset_shard]["reconnects"], 1);
+    ex.shutdown();
+}
+
+/// 1100 streams: 220 symbols x 5 kinds.
+fn eleven_hundred() -> Vec<String> {
+    (0..220)
+        .flat_map(|i| ["aggTrade", "trade", "bookTicker", "kline_1m", "kline_5m"].map(|k| format!("x{i}usdt@{k}")))
+        .collect()
+}
+
+#[test]
+fn a_1025th_stream_is_refused_by_the_exchange_so_1100_streams_take_two_connections() {
+    let ex = exchange(100, FaultPlan::default());
+    let dir = scratch("big");
+    let streams = eleven_hundred();
+    let mut cfg = config(&ex, &dir, &streams);
+    cfg.rest.backfill = false;
+
+    // One connection with 1025 streams: Binance's limit, enforced by the exchange.
+    let settings = TransportSettings::from_config(&cfg).unwrap();
+    let url = format!("{}/stream?streams={}", cfg.stream.url, streams[..1025].join("/"));
+    let (events_tx, events_rx) = smol::channel::unbounded();
+    let (_cmd_tx, cmd_rx) = smol::channel::unbounded();
+    let (_recycle_tx, recycle_rx) = smol::channel::bounded(1);
+    smol::block_on(keel::stream::transport::run(0u8, url, settings, events_tx, cmd_rx, recycle_rx));
+    match events_rx.try_recv() {
+        Ok((0, TransportEvent::Failed(f))) => {
+            assert!(matches!(f.error, TransportError::HttpStatus { status: 400, .. }), "{f:?}")
+        }
+        other => panic!("1025 streams on one connection must be refused, got {other:?}"),
+    }
+
+    // keel splits them: 204 symbols (1020 streams) on the first connection, 16 on the second.
+    let report = run(cfg, 2_500, false);
+    assert!(report.gave_up.is_none(), "{:?}", report.gave_up);
+    let sizes: Vec<usize> = report.connections.iter().map(|c| c.streams.len()).collect();
+    assert_eq!(sizes, vec![1020, 80]);
+    // (The refused connection above is logged with no subscriptions.)
+    let mut served: Vec<usize> = ex.connections().iter().map(|i| i.subscriptions.len()).filter(|n| *n > 0).collect();
+    served.sort_unstable();
+    assert_eq!(served, vec![80, 1020]);
+    let silent: Vec<&String> = streams.iter().filter(|s| !report.market_events.contains_key(s.as_str())).collect();
+    assert!(silent.is_empty(), "{} streams without an event, e.g. {:?}", silent.len(), &silent[..silent.len().min(5)]);
+    assert_eq!(report.stats.connects, 2);
+    ex.shutdown();
+}
