@@ -171,3 +171,30 @@ fn a_1025th_stream_is_refused_by_the_exchange_so_1100_streams_take_two_connectio
     assert_eq!(report.stats.connects, 2);
     ex.shutdown();
 }
+
+#[test]
+fn one_connection_giving_up_ends_the_run_and_names_its_streams() {
+    // The first connection the exchange accepts is refused with 403: fatal, that connection gives up.
+    let ex = exchange(10, FaultPlan::default().on(0, Fault::RejectUpgrade { status: 403, retry_after_secs: None }));
+    let dir = scratch("gaveup");
+    let streams: Vec<String> = ["btcusdt@aggTrade", "ethusdt@aggTrade"].map(String::from).to_vec();
+    let mut cfg = config(&ex, &dir, &streams);
+    cfg.stream.max_streams_per_connection = 1;
+    let started = std::time::Instant::now();
+    let report = run(cfg, 10_000, false);
+    assert!(started.elapsed() < Duration::from_secs(5), "the run must end at the give-up, not at --duration");
+    assert_eq!(report.cause, StopCause::GaveUp);
+    let g = report.gave_up.expect("a give-up");
+    assert!(matches!(g.error, TransportError::HttpStatus { status: 403, .. }), "{g:?}");
+    let refused = report.connections.iter().position(|c| c.stats.connects == 0).expect("the refused connection");
+    assert!(
+        g.reason.starts_with(&format!("connection s{refused} of 2 (streams {}): ", streams[refused])),
+        "{}",
+        g.reason
+    );
+    // The other connection was closed cleanly, not left running.
+    assert_eq!(report.connections.len(), 2);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(ex.open_connections(), 0);
+    ex.shutdown();
+}
