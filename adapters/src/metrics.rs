@@ -14,7 +14,7 @@ use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Method, Request, Response, StatusCode};
 use keel_core::patterns::PatternKind;
-use keel_core::recovery::RecoveryStats;
+use keel_core::recovery::{BACKFILL_KINDS, KindStats, RecoveryStats};
 use keel_core::stats::connection::ConnectionStats;
 use keel_core::stats::training::TrainingStats;
 use keel_core::time::Timestamp;
@@ -147,23 +147,38 @@ fn secs(ms: u64) -> f64 {
 }
 
 fn encode_recovery(enc: &mut DescriptorEncoder, r: &RecoveryStats) -> std::fmt::Result {
-    counter(
+    // By kind (`aggTrade`, `trade`, `kline`), every kind always present (0 when unseen).
+    let rows = |f: fn(&KindStats) -> u64| -> Vec<(&str, ConstCounter<u64>)> {
+        BACKFILL_KINDS.iter().map(|k| (*k, ConstCounter::new(f(&r.kind(k))))).collect()
+    };
+    family(
         enc,
         "keel_backfilled_trades",
-        "aggTrades fetched over REST to close gaps, and delivered.",
-        r.backfilled_trades,
+        "Events fetched over REST to close gaps, and delivered, by kind: aggTrade, trade, kline (closed klines).",
+        "kind",
+        rows(|k| k.backfilled),
+        ConstCounter::new(0),
     )?;
-    counter(enc, "keel_backfill_requests", "GET /api/v3/aggTrades requests sent.", r.backfill_requests)?;
-    counter(
+    family(
+        enc,
+        "keel_backfill_requests",
+        "Backfill requests sent (GET /api/v3/aggTrades, historicalTrades, klines), by kind.",
+        "kind",
+        rows(|k| k.requests),
+        ConstCounter::new(0),
+    )?;
+    family(
         enc,
         "keel_backfill_abandoned_ids",
-        "aggTrade ids reported lost (REST gave up, Binance no longer had them, hold-back full, backfill off).",
-        r.abandoned_ids,
+        "Ids (closed klines for kind kline) reported lost (REST gave up, Binance no longer had them, hold-back full, backfill off), by kind.",
+        "kind",
+        rows(|k| k.abandoned),
+        ConstCounter::new(0),
     )?;
     gauge(
         enc,
         "keel_backfill_held_events",
-        "Live aggTrades held back behind a gap being fetched.",
+        "Live events (aggTrades, trades, klines) held back behind a gap being fetched.",
         r.held_events as f64,
     )?;
     counter(enc, "keel_book_snapshots", "Order-book snapshots requested (GET /api/v3/depth).", r.book_snapshots)?;

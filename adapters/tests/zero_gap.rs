@@ -82,8 +82,9 @@ fn a_reset_mid_stream_is_backfilled() {
     assert_eq!(v["reconnects"].as_u64(), Some(report.stats.reconnects));
     // And so do the metrics.
     let text = metrics.render();
-    assert!(text.contains(&format!("keel_backfilled_trades_total {missed}\n")), "{text}");
-    assert!(text.contains("keel_backfill_abandoned_ids_total 0\n"), "{text}");
+    assert!(text.contains(&format!("keel_backfilled_trades_total{{kind=\"aggTrade\"}} {missed}\n")), "{text}");
+    assert!(text.contains("keel_backfilled_trades_total{kind=\"kline\"} 0\n"), "{text}");
+    assert!(text.contains("keel_backfill_abandoned_ids_total{kind=\"aggTrade\"} 0\n"), "{text}");
     assert!(text.contains("keel_book_resyncs_total 0\n"), "{text}");
 }
 

@@ -18,6 +18,14 @@ use std::time::Duration;
 pub const AGG_TRADES_WEIGHT: u32 = 4;
 /// Most trades one `aggTrades` request returns (Binance's maximum `limit`).
 pub const AGG_TRADES_LIMIT: u16 = 1000;
+/// Binance's request weight of `GET /api/v3/historicalTrades` (security type NONE since 2023: no API key).
+pub const HISTORICAL_TRADES_WEIGHT: u32 = 25;
+/// Most trades one `historicalTrades` request returns (Binance's maximum `limit`).
+pub const HISTORICAL_TRADES_LIMIT: u16 = 1000;
+/// Binance's request weight of `GET /api/v3/klines`.
+pub const KLINES_WEIGHT: u32 = 2;
+/// Most klines one `klines` request returns (Binance's maximum `limit`).
+pub const KLINES_LIMIT: u16 = 1000;
 /// The sliding window of the weight budget (Binance counts weight per minute).
 pub const WEIGHT_WINDOW: Duration = Duration::from_secs(60);
 /// Wait after a 429 without `Retry-After`.
@@ -47,6 +55,32 @@ pub enum RestRequest {
         /// How many (1..=1000).
         limit: u16,
     },
+    /// `GET /api/v3/historicalTrades?symbol=BTCUSDT&fromId=..&limit=..`: trades (`@trade` ids `t`)
+    /// from `from_id` on.
+    HistoricalTrades {
+        /// Upper-case symbol (`BTCUSDT`).
+        symbol: String,
+        /// The first trade id wanted.
+        from_id: u64,
+        /// How many (1..=1000).
+        limit: u16,
+    },
+    /// `GET /api/v3/klines?symbol=BTCUSDT&interval=1m&startTime=..&endTime=..&limit=..[&timeZone=..]`:
+    /// the klines whose open time is in `start_time..=end_time`.
+    Klines {
+        /// Upper-case symbol (`BTCUSDT`).
+        symbol: String,
+        /// Binance's interval text (`1s`, `1m`, .. `1M`).
+        interval: String,
+        /// Open time of the first kline wanted (ms since the Unix epoch).
+        start_time: u64,
+        /// Open time of the last kline wanted.
+        end_time: u64,
+        /// How many (1..=1000).
+        limit: u16,
+        /// The stream's UTC offset (`+08:00` for `@kline_1d@+08:00`), if any.
+        time_zone: Option<String>,
+    },
     /// `GET /api/v3/depth?symbol=BTCUSDT&limit=..`: an order-book snapshot.
     Depth {
         /// Upper-case symbol (`BTCUSDT`).
@@ -63,6 +97,20 @@ impl RestRequest {
             RestRequest::AggTrades { symbol, from_id, limit } => {
                 format!("/api/v3/aggTrades?symbol={symbol}&fromId={from_id}&limit={limit}")
             }
+            RestRequest::HistoricalTrades { symbol, from_id, limit } => {
+                format!("/api/v3/historicalTrades?symbol={symbol}&fromId={from_id}&limit={limit}")
+            }
+            RestRequest::Klines { symbol, interval, start_time, end_time, limit, time_zone } => {
+                let mut path = format!(
+                    "/api/v3/klines?symbol={symbol}&interval={interval}&startTime={start_time}&endTime={end_time}&limit={limit}"
+                );
+                if let Some(tz) = time_zone {
+                    // `+` must be escaped in a query string (it would read as a space).
+                    path.push_str("&timeZone=");
+                    path.push_str(&tz.replace('+', "%2B").replace(':', "%3A"));
+                }
+                path
+            }
             RestRequest::Depth { symbol, limit } => format!("/api/v3/depth?symbol={symbol}&limit={limit}"),
         }
     }
@@ -71,6 +119,8 @@ impl RestRequest {
     pub fn weight(&self) -> u32 {
         match self {
             RestRequest::AggTrades { .. } => AGG_TRADES_WEIGHT,
+            RestRequest::HistoricalTrades { .. } => HISTORICAL_TRADES_WEIGHT,
+            RestRequest::Klines { .. } => KLINES_WEIGHT,
             RestRequest::Depth { limit, .. } => depth_weight(*limit),
         }
     }
@@ -78,7 +128,10 @@ impl RestRequest {
     /// The symbol asked about.
     pub fn symbol(&self) -> &str {
         match self {
-            RestRequest::AggTrades { symbol, .. } | RestRequest::Depth { symbol, .. } => symbol,
+            RestRequest::AggTrades { symbol, .. }
+            | RestRequest::HistoricalTrades { symbol, .. }
+            | RestRequest::Klines { symbol, .. }
+            | RestRequest::Depth { symbol, .. } => symbol,
         }
     }
 }
@@ -267,6 +320,23 @@ mod tests {
         let r = RestRequest::AggTrades { symbol: "BTCUSDT".into(), from_id: 5, limit: 1000 };
         assert_eq!(r.path(), "/api/v3/aggTrades?symbol=BTCUSDT&fromId=5&limit=1000");
         assert_eq!(r.weight(), 4);
+        let r = RestRequest::HistoricalTrades { symbol: "BTCUSDT".into(), from_id: 7, limit: 3 };
+        assert_eq!(r.path(), "/api/v3/historicalTrades?symbol=BTCUSDT&fromId=7&limit=3");
+        assert_eq!(r.weight(), 25);
+        let mut r = RestRequest::Klines {
+            symbol: "BTCUSDT".into(),
+            interval: "1m".into(),
+            start_time: 60_000,
+            end_time: 120_000,
+            limit: 2,
+            time_zone: None,
+        };
+        assert_eq!(r.path(), "/api/v3/klines?symbol=BTCUSDT&interval=1m&startTime=60000&endTime=120000&limit=2");
+        assert_eq!(r.weight(), 2);
+        if let RestRequest::Klines { time_zone, .. } = &mut r {
+            *time_zone = Some("+08:00".into());
+        }
+        assert!(r.path().ends_with("&limit=2&timeZone=%2B08%3A00"), "{}", r.path());
         let table = [(5, 5), (100, 5), (500, 25), (1000, 50), (5000, 250)];
         for (limit, weight) in table {
             let r = RestRequest::Depth { symbol: "ETHUSDT".into(), limit };

@@ -84,8 +84,15 @@ pub struct ConnSummary {
     pub id_restarts: u64,
 }
 
+/// The distance between consecutive keys of `stream`: 60 000 ms of open time on the model's 1m kline
+/// streams, 1 for ids.
+fn kline_step(stream: &str) -> u64 {
+    if stream.contains("@kline_") { 60_000 } else { 1 }
+}
+
 /// What the checker remembers of the recovery machine (issue 9): per aggTrade stream, the last id
-/// it delivered or abandoned (each next one must continue it: in order, each id once, no hole),
+/// it delivered or abandoned (each next one must continue it: in order, each id once, no hole; per
+/// kline stream the same for closed klines by open time),
 /// and the last id the connection delivered live.
 #[derive(Debug, Default)]
 struct RecCheck {
@@ -574,9 +581,26 @@ impl<'p> ConnSim<'p> {
                     }
                     (stream, id, id)
                 }
+                RecoveryOutput::Deliver { stream, event: MarketEvent::Kline(k), backfilled } => {
+                    let end = self.rc.end.get(stream.as_str()).copied();
+                    if !k.is_closed {
+                        // A running update: never of an interval already closed (delivered or abandoned).
+                        if end.is_some_and(|end| k.open_time <= end) {
+                            return Err(self.fail(format!(
+                                "recovery delivered a running kline of {} on {stream} after that interval closed",
+                                k.open_time
+                            )));
+                        }
+                        continue;
+                    }
+                    if backfilled {
+                        self.summary.backfilled += 1;
+                    }
+                    (stream, k.open_time, k.open_time)
+                }
                 RecoveryOutput::Abandoned { stream, first, last, reason } => {
                     self.note(|| format!("abandoned {stream} {first}..={last}: {reason}"));
-                    self.summary.abandoned_ids += last - first + 1;
+                    self.summary.abandoned_ids += (last - first) / kline_step(&stream) + 1;
                     (Name::from(stream), first, last)
                 }
                 RecoveryOutput::BookSynced { .. } => {
@@ -596,8 +620,10 @@ impl<'p> ConnSim<'p> {
                 }
                 _ => continue,
             };
+            // Keys step by one id, or by one interval of open time on a kline stream.
+            let step = kline_step(stream.as_str());
             match self.rc.end.get_mut(stream.as_str()) {
-                Some(end) if first != *end + 1 || last < first => {
+                Some(end) if first != *end + step || last < first => {
                     let end = *end;
                     return Err(self.fail(format!(
                         "recovery output {first}..={last} on {stream} does not continue {end}: ids out of order, twice or skipped"

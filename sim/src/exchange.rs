@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 pub enum StreamKind {
     /// `<symbol>@aggTrade`: sequenced by `a` (and `f`/`l`).
     AggTrade,
-    /// `<symbol>@kline_1m`: unsequenced.
+    /// `<symbol>@kline_1m`: sequenced by the recovery machine by open time (closed klines only).
     Kline,
     /// `<symbol>@depth` / `@depth@100ms`: diffs of the model book, sequenced by `U`/`u`.
     Depth,
@@ -307,10 +307,14 @@ impl Market {
             StreamKind::Kline => {
                 let open = epoch_ms / 60_000 * 60_000;
                 let frame = format!(
-                    r#"{{"stream":"{}","data":{{"e":"kline","E":{epoch_ms},"s":"{s}","k":{{"t":{open},"T":{close},"s":"{s}","i":"1m","f":100,"L":200,"o":"0.0010","c":"0.0020","h":"0.0025","l":"0.0015","v":"1000","n":100,"x":false,"q":"1.0000","V":"500","Q":"0.500","B":"0"}}}}}}"#,
+                    r#"{{"stream":"{}","data":{{"e":"kline","E":{epoch_ms},"s":"{s}","k":{{"t":{open},"T":{close},"s":"{s}","i":"1m","f":100,"L":200,"o":"0.0010","c":"0.0020","h":"0.0025","l":"0.0015","v":"1000","n":100,"x":{closed},"q":"1.0000","V":"500","Q":"0.500","B":"0"}}}}}}"#,
                     self.stream,
                     s = self.symbol,
                     close = open + 59_999,
+                    // The updates of the interval's last second are its final ones (Binance sends one
+                    // with x=true at the close); a minute without one is found by its open time and
+                    // backfilled over REST.
+                    closed = epoch_ms % 60_000 >= 59_000,
                 );
                 (frame, None)
             }

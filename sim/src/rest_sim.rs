@@ -198,6 +198,24 @@ impl RestModel {
                 let end = from_id.saturating_add(n).min(next);
                 http(200, None, agg_trades_body(*from_id..end))
             }
+            RestRequest::Klines { interval, start_time, end_time, limit, .. } if interval == "1m" => {
+                let mut n = u64::from(*limit);
+                if self.draw(self.profile.partial) {
+                    self.count("partial");
+                    n = self.rng.below(n + 1);
+                }
+                self.count("ok");
+                let first = start_time.div_ceil(60_000);
+                let last = (end_time / 60_000).min(first + n.max(1) - 1);
+                let opens = (first..=last).take(n as usize).map(|m| m * 60_000);
+                http(200, None, klines_body(opens))
+            }
+            // The model exchange carries aggTrade, kline_1m and depth streams only.
+            RestRequest::HistoricalTrades { .. } | RestRequest::Klines { .. } => http(
+                400,
+                None,
+                r#"{"code":-1100,"msg":"the simulator serves aggTrades, 1m klines and depth only"}"#.into(),
+            ),
             RestRequest::Depth { symbol, .. } => match net.depth_model(symbol) {
                 Some(model) => {
                     self.count("ok");
@@ -207,6 +225,17 @@ impl RestModel {
             },
         }
     }
+}
+
+/// The `/api/v3/klines` body for the 1m klines opening at `opens`, closed, with the prices and volumes
+/// the stream sends for every kline.
+pub fn klines_body(opens: impl Iterator<Item = u64>) -> String {
+    let items: Vec<String> = opens
+        .map(|t| {
+            format!(r#"[{t},"0.0010","0.0025","0.0015","0.0020","1000",{},"1.0000",100,"500","0.500","0"]"#, t + 59_999)
+        })
+        .collect();
+    format!("[{}]", items.join(","))
 }
 
 /// The `/api/v3/aggTrades` body for `ids`, with the same fields the stream sends for them.

@@ -95,6 +95,54 @@ impl AggRecord {
     }
 }
 
+/// One trade (`@trade`) as the market produced it (and as `/api/v3/historicalTrades` returns it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TradeRecord {
+    /// Trade id `t`.
+    pub id: u64,
+    /// Price in ticks of 0.01.
+    pub price: u64,
+    /// Quantity in units of 1e-5.
+    pub qty: u64,
+    /// Trade time `T` (exchange clock, ms).
+    pub time: u64,
+    /// Buyer is the maker `m`.
+    pub maker: bool,
+}
+
+impl TradeRecord {
+    fn qty_text(&self) -> String {
+        format!("{}.{:05}", self.qty / 100_000, self.qty % 100_000)
+    }
+
+    /// The stream event (`/ws/<symbol>@trade`), event time `E` = `T`.
+    fn stream_json(&self, sym: &str) -> String {
+        format!(
+            r#"{{"e":"trade","E":{t},"s":"{sym}","t":{id},"p":"{p}","q":"{q}","T":{t},"m":{m},"M":true}}"#,
+            t = self.time,
+            id = self.id,
+            p = price_text(self.price),
+            q = self.qty_text(),
+            m = self.maker
+        )
+    }
+
+    /// One element of the `/api/v3/historicalTrades` array, Binance's shape.
+    pub fn rest_json(&self) -> String {
+        let quote = self.price as u128 * self.qty as u128; // 1e-7 units
+        format!(
+            r#"{{"id":{id},"price":"{p}","qty":"{q}","quoteQty":"{}.{:07}","time":{t},"isBuyerMaker":{m},"isBestMatch":true}}"#,
+            quote / 10_000_000,
+            quote % 10_000_000,
+            id = self.id,
+            p = price_text(self.price),
+            q = self.qty_text(),
+            t = self.time,
+            m = self.maker
+        )
+    }
+}
+
 /// A depth snapshot (`/api/v3/depth`): levels as exact decimal text, best first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DepthSnapshot {
@@ -546,11 +594,14 @@ fn interval_ms(interval: &str) -> Option<u64> {
     })
 }
 
-#[derive(Debug, Clone)]
-struct Candle {
+/// One kline; the stream and `/api/v3/klines` print it with the same code, so a backfilled kline
+/// has the text the live one had.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candle {
     open_time: u64,
-    first_trade: u64,
-    last_trade: u64,
+    /// -1 for an interval without trades (as Binance).
+    first_trade: i64,
+    last_trade: i64,
     open: f64,
     high: f64,
     low: f64,
@@ -570,9 +621,32 @@ struct Symbol {
     book: Book,
     /// The last aggTrades, oldest first, ids continuous.
     history: VecDeque<AggRecord>,
-    /// interval text -> (interval ms, current candle)
-    klines: BTreeMap<String, (u64, Option<Candle>)>,
+    /// The last trades (`@trade`), oldest first, ids continuous.
+    trades: VecDeque<TradeRecord>,
+    /// interval text -> its klines
+    klines: BTreeMap<String, KlineSeries>,
     tickers: Tickers,
+}
+
+/// Closed klines kept per interval for `/api/v3/klines`.
+pub const KLINE_HISTORY: usize = 5_000;
+
+/// The klines of one interval: the one open now and the last closed ones.
+#[derive(Debug, Clone)]
+struct KlineSeries {
+    ms: u64,
+    current: Option<Candle>,
+    /// Closed klines, oldest first, open times continuous (intervals without a trade included).
+    closed: VecDeque<Candle>,
+}
+
+impl KlineSeries {
+    fn close(&mut self, c: Candle) {
+        if self.closed.len() >= KLINE_HISTORY {
+            self.closed.pop_front();
+        }
+        self.closed.push_back(c);
+    }
 }
 
 impl Symbol {
@@ -630,6 +704,40 @@ impl Market {
         Some(h.iter().skip(start).take(limit).copied().collect())
     }
 
+    /// `/api/v3/historicalTrades`: up to `limit` trades of `symbol` (upper case) from `from_id` on, or
+    /// the most recent `limit` without it; like [`Self::agg_trades`]. None: unknown symbol.
+    pub fn historical_trades(&self, symbol: &str, from_id: Option<u64>, limit: usize) -> Option<Vec<TradeRecord>> {
+        let s = self.symbols.get(&self.rest_key(symbol)?)?;
+        let h = &s.trades;
+        let start = match (from_id, h.front()) {
+            (_, None) => 0,
+            (None, _) => h.len().saturating_sub(limit),
+            (Some(id), Some(first)) => usize::try_from(id.saturating_sub(first.id)).unwrap_or(usize::MAX).min(h.len()),
+        };
+        Some(h.iter().skip(start).take(limit).copied().collect())
+    }
+
+    /// `/api/v3/klines`: up to `limit` klines of `symbol` (upper case) and `interval` whose open time
+    /// is in `start..=end` (each bound optional), oldest first, as Binance's 12-value arrays; the
+    /// current (open) kline included when in range. Without `start`, the latest `limit`. None: unknown
+    /// symbol. An interval the exchange does not produce for the symbol has no klines.
+    pub fn klines(
+        &self,
+        symbol: &str,
+        interval: &str,
+        start: Option<u64>,
+        end: Option<u64>,
+        limit: usize,
+    ) -> Option<Vec<String>> {
+        let s = self.symbols.get(&self.rest_key(symbol)?)?;
+        let Some(series) = s.klines.get(interval) else { return Some(Vec::new()) };
+        let in_range = |c: &&Candle| start.is_none_or(|t| c.open_time >= t) && end.is_none_or(|t| c.open_time <= t);
+        let all: Vec<&Candle> = series.closed.iter().chain(series.current.iter()).filter(in_range).collect();
+        let picked =
+            if start.is_none() { &all[all.len().saturating_sub(limit)..] } else { &all[..all.len().min(limit)] };
+        Some(picked.iter().map(|c| kline_rest_json(c, series.ms)).collect())
+    }
+
     /// `/api/v3/depth`: the best `limit` levels per side of `symbol`'s book (upper case). None: unknown symbol.
     pub fn depth(&self, symbol: &str, limit: usize) -> Option<DepthSnapshot> {
         let s = self.symbols.get(&self.rest_key(symbol)?)?;
@@ -657,6 +765,7 @@ impl Market {
                 next_book: 40_000_000 + self.rng.below(1_000_000),
                 book: Book::default(),
                 history: VecDeque::new(),
+                trades: VecDeque::new(),
                 klines: BTreeMap::new(),
                 tickers: Tickers::default(),
             };
@@ -679,7 +788,7 @@ impl Market {
         let s = self.symbol(&symbol);
         match kind {
             StreamKind::Kline { interval, ms } => {
-                s.klines.entry(interval).or_insert((ms, None));
+                s.klines.entry(interval).or_insert(KlineSeries { ms, current: None, closed: VecDeque::new() });
             }
             StreamKind::Ticker(t) => {
                 s.tickers.streams.insert(t);
@@ -700,6 +809,7 @@ impl Market {
             s.last_depth = 0;
             s.next_book = 1;
             s.history.clear();
+            s.trades.clear();
         }
     }
 
@@ -739,7 +849,7 @@ impl Market {
             s.next_trade += n_trades;
             let agg = s.next_agg;
             s.next_agg += 1;
-            let total_qty: f64 = trades.iter().map(|t| t.1).sum();
+            let total_qty: f64 = trades.iter().map(|t| (t.1 * 100_000.0).round() / 100_000.0).sum();
             let (last_price, _, last_maker) = trades[trades.len() - 1];
             let rec = AggRecord {
                 id: agg,
@@ -758,13 +868,18 @@ impl Market {
             });
             for (i, (p, q, m)) in trades.iter().enumerate() {
                 let t = first_t + i as u64;
-                out.push(Produced {
-                    stream: format!("{name}@trade"),
-                    json: format!(
-                        r#"{{"e":"trade","E":{now_ms},"s":"{sym}","t":{t},"p":"{p:.2}","q":"{q:.5}","T":{now_ms},"m":{m},"M":true}}"#
-                    ),
-                    seq: Some((t, t)),
-                });
+                let rec = TradeRecord {
+                    id: t,
+                    price: (p * 100.0).round() as u64,
+                    qty: (q * 100_000.0).round() as u64,
+                    time: now_ms,
+                    maker: *m,
+                };
+                if s.trades.len() >= cap.max(1) {
+                    s.trades.pop_front();
+                }
+                s.trades.push_back(rec);
+                out.push(Produced { stream: format!("{name}@trade"), json: rec.stream_json(&sym), seq: Some((t, t)) });
             }
             let (bid_changes, ask_changes) =
                 s.book.step((s.price * 100.0).round() as u64, near, (far_bid, far_offset, far_qty));
@@ -796,17 +911,40 @@ impl Market {
                 ),
                 seq: Some((book, book)),
             });
-            for (interval, (ms, candle)) in s.klines.iter_mut() {
-                let open_time = now_ms - now_ms % *ms;
-                if let Some(c) = candle.as_ref().filter(|c| c.open_time != open_time) {
+            for (interval, series) in s.klines.iter_mut() {
+                let ms = series.ms;
+                let open_time = now_ms - now_ms % ms;
+                if let Some(c) = series.current.take_if(|c| c.open_time != open_time) {
                     // Binance's last update of a candle carries x=true.
-                    out.push(kline_event(&name, &sym, interval, *ms, c, now_ms, true));
-                    *candle = None;
+                    out.push(kline_event(&name, &sym, interval, ms, &c, now_ms, true));
+                    // Intervals that passed without a tick still have a kline on Binance (no trades,
+                    // every price the last close): closed at once, so that open times stay continuous.
+                    let mut empty_at = c.open_time + ms;
+                    let last_close = c.close;
+                    series.close(c);
+                    let skipped = (open_time.saturating_sub(empty_at) / ms) as usize;
+                    empty_at = open_time.saturating_sub(skipped.min(KLINE_HISTORY) as u64 * ms);
+                    while empty_at < open_time {
+                        let e = Candle {
+                            open_time: empty_at,
+                            first_trade: -1,
+                            last_trade: -1,
+                            open: last_close,
+                            high: last_close,
+                            low: last_close,
+                            close: last_close,
+                            volume: 0.0,
+                            trades: 0,
+                        };
+                        out.push(kline_event(&name, &sym, interval, ms, &e, now_ms, true));
+                        series.close(e);
+                        empty_at += ms;
+                    }
                 }
-                let c = candle.get_or_insert_with(|| Candle {
+                let c = series.current.get_or_insert_with(|| Candle {
                     open_time,
-                    first_trade: first_t,
-                    last_trade: first_t,
+                    first_trade: first_t as i64,
+                    last_trade: first_t as i64,
                     open: trades[0].0,
                     high: trades[0].0,
                     low: trades[0].0,
@@ -821,8 +959,8 @@ impl Market {
                     c.volume += q;
                 }
                 c.trades += n_trades;
-                c.last_trade = last_t;
-                out.push(kline_event(&name, &sym, interval, *ms, c, now_ms, false));
+                c.last_trade = last_t as i64;
+                out.push(kline_event(&name, &sym, interval, ms, c, now_ms, false));
             }
             if s.tickers.in_use() {
                 // The prices and quantities exactly as the trade stream prints them.
@@ -895,23 +1033,40 @@ impl Market {
     }
 }
 
+/// The prices and volumes of a kline as both the stream and REST print them.
+fn kline_texts(c: &Candle) -> [String; 6] {
+    [
+        format!("{:.2}", c.open),
+        format!("{:.2}", c.high),
+        format!("{:.2}", c.low),
+        format!("{:.2}", c.close),
+        format!("{:.5}", c.volume),
+        format!("{:.4}", c.volume * c.close),
+    ]
+}
+
+/// One element of `/api/v3/klines`: `[openTime,"o","h","l","c","v",closeTime,"q",n,"V","Q","0"]`.
+fn kline_rest_json(c: &Candle, ms: u64) -> String {
+    let [o, h, l, cl, v, q] = kline_texts(c);
+    format!(
+        r#"[{},"{o}","{h}","{l}","{cl}","{v}",{},"{q}",{},"0","0","0"]"#,
+        c.open_time,
+        c.open_time + ms - 1,
+        c.trades
+    )
+}
+
 fn kline_event(name: &str, sym: &str, interval: &str, ms: u64, c: &Candle, now_ms: u64, closed: bool) -> Produced {
     let close_time = c.open_time + ms - 1;
     Produced {
         stream: format!("{name}@kline_{interval}"),
-        json: format!(
-            r#"{{"e":"kline","E":{now_ms},"s":"{sym}","k":{{"t":{},"T":{close_time},"s":"{sym}","i":"{interval}","f":{},"L":{},"o":"{:.2}","c":"{:.2}","h":"{:.2}","l":"{:.2}","v":"{:.5}","n":{},"x":{closed},"q":"{:.4}","V":"0","Q":"0","B":"0"}}}}"#,
-            c.open_time,
-            c.first_trade,
-            c.last_trade,
-            c.open,
-            c.close,
-            c.high,
-            c.low,
-            c.volume,
-            c.trades,
-            c.volume * c.close
-        ),
+        json: {
+            let [o, h, l, cl, v, q] = kline_texts(c);
+            format!(
+                r#"{{"e":"kline","E":{now_ms},"s":"{sym}","k":{{"t":{},"T":{close_time},"s":"{sym}","i":"{interval}","f":{},"L":{},"o":"{o}","c":"{cl}","h":"{h}","l":"{l}","v":"{v}","n":{},"x":{closed},"q":"{q}","V":"0","Q":"0","B":"0"}}}}"#,
+                c.open_time, c.first_trade, c.last_trade, c.trades,
+            )
+        },
         seq: None,
     }
 }

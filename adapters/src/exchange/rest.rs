@@ -1,4 +1,5 @@
-//! The exchange's REST server: Binance's `GET /api/v3/aggTrades` and `GET /api/v3/depth` over
+//! The exchange's REST server: Binance's `GET /api/v3/aggTrades`, `GET /api/v3/historicalTrades`,
+//! `GET /api/v3/klines` and `GET /api/v3/depth` over
 //! HTTPS on a second 127.0.0.1 port, with the same certificate as the streams and answered from the
 //! same market state (one mutex), so a backfill returns exactly the trades the streams carried and a
 //! depth snapshot is the book the diffs are changes of.
@@ -22,6 +23,12 @@ use std::time::{Duration, Instant};
 pub const AGG_TRADES_WEIGHT: u32 = 4;
 /// Binance's largest `limit` for `/api/v3/aggTrades` (default 500).
 pub const AGG_TRADES_MAX_LIMIT: usize = 1000;
+/// Binance's weight of `GET /api/v3/historicalTrades` (security type NONE: no API key).
+pub const HISTORICAL_TRADES_WEIGHT: u32 = 25;
+/// Binance's weight of `GET /api/v3/klines`.
+pub const KLINES_WEIGHT: u32 = 2;
+/// Binance's largest `limit` for `/api/v3/historicalTrades` and `/api/v3/klines` (default 500).
+pub const MAX_LIMIT: usize = 1000;
 /// Binance's largest `limit` for `/api/v3/depth` (larger ones are cut to it; default 100).
 pub const DEPTH_MAX_LIMIT: usize = 5000;
 const WINDOW: Duration = Duration::from_secs(60);
@@ -140,6 +147,8 @@ async fn handle<B>(shared: &Shared, req: &Request<B>) -> Response<Full<Bytes>> {
         .collect();
     let weight = match req.uri().path() {
         "/api/v3/aggTrades" => AGG_TRADES_WEIGHT,
+        "/api/v3/historicalTrades" => HISTORICAL_TRADES_WEIGHT,
+        "/api/v3/klines" => KLINES_WEIGHT,
         "/api/v3/depth" => {
             let limit = params.iter().find(|(k, _)| k == "limit").and_then(|(_, v)| v.parse::<usize>().ok());
             depth_weight(limit.unwrap_or(100).min(DEPTH_MAX_LIMIT))
@@ -225,6 +234,8 @@ fn route(shared: &Shared, method: &Method, path: &str, params: &[(String, String
     }
     let allowed: &[&str] = match path {
         "/api/v3/aggTrades" => &["symbol", "fromId", "limit"],
+        "/api/v3/historicalTrades" => &["symbol", "fromId", "limit"],
+        "/api/v3/klines" => &["symbol", "interval", "startTime", "endTime", "limit", "timeZone"],
         "/api/v3/depth" => &["symbol", "limit"],
         "/api/v3/ping" => &[],
         _ => {
@@ -232,7 +243,7 @@ fn route(shared: &Shared, method: &Method, path: &str, params: &[(String, String
                 404,
                 -1000,
                 &format!(
-                    "unknown endpoint {path}: the embedded exchange serves /api/v3/aggTrades, /api/v3/depth and /api/v3/ping"
+                    "unknown endpoint {path}: the embedded exchange serves /api/v3/aggTrades, /api/v3/historicalTrades, /api/v3/klines, /api/v3/depth and /api/v3/ping"
                 ),
             );
         }
@@ -273,6 +284,58 @@ fn route(shared: &Shared, method: &Method, path: &str, params: &[(String, String
         Err(a) => return a,
     };
     let market = lock(&shared.market);
+    if path == "/api/v3/historicalTrades" {
+        let from_id = match number("fromId") {
+            Ok(f) => f,
+            Err(a) => return a,
+        };
+        let limit = limit.unwrap_or(500) as usize;
+        if limit == 0 || limit > MAX_LIMIT {
+            return error(400, -1130, "Data sent for parameter 'limit' is not valid.");
+        }
+        return match market.historical_trades(symbol, from_id, limit) {
+            None => error(400, -1121, "Invalid symbol."),
+            Some(trades) => {
+                let items: Vec<String> = trades.iter().map(|t| t.rest_json()).collect();
+                ok(format!("[{}]", items.join(",")))
+            }
+        };
+    }
+    if path == "/api/v3/klines" {
+        let Some(interval) = get("interval") else {
+            return error(400, -1102, "Mandatory parameter 'interval' was not sent, was empty/null, or malformed.");
+        };
+        if super::market::parse_stream(&format!("x0@kline_{interval}")).is_err() {
+            return error(400, -1120, "Invalid interval.");
+        }
+        // The exchange's klines are UTC-aligned; Binance's timeZone shifts the intervals, which it does not model.
+        if let Some(tz) = get("timeZone")
+            && !matches!(tz, "0" | "+00:00" | "%2B00%3A00" | "00:00")
+        {
+            return error(
+                400,
+                -1100,
+                &format!("the embedded exchange serves UTC klines only; timeZone '{tz}' is not supported here"),
+            );
+        }
+        let (start, end) = match (number("startTime"), number("endTime")) {
+            (Ok(s), Ok(e)) => (s, e),
+            (Err(a), _) | (_, Err(a)) => return a,
+        };
+        if let (Some(s), Some(e)) = (start, end)
+            && s > e
+        {
+            return error(400, -1023, "Start time is greater than end time.");
+        }
+        let limit = limit.unwrap_or(500) as usize;
+        if limit == 0 || limit > MAX_LIMIT {
+            return error(400, -1130, "Data sent for parameter 'limit' is not valid.");
+        }
+        return match market.klines(symbol, interval, start, end, limit) {
+            None => error(400, -1121, "Invalid symbol."),
+            Some(items) => ok(format!("[{}]", items.join(","))),
+        };
+    }
     if path == "/api/v3/aggTrades" {
         let from_id = match number("fromId") {
             Ok(f) => f,

@@ -3,13 +3,20 @@
 //! - aggTrades: `[{"a":26129,"p":"0.01633102","q":"4.70443515","f":27781,"l":27781,"T":1498793709153,
 //!   "m":true,"M":true}, ...]` -> `Vec<AggTrade>` (the stream's struct; the symbol comes from the
 //!   request, `event_time` is `T` since REST has no event time).
+//! - historicalTrades: `[{"id":28457,"price":"4.00000100","qty":"12.00000000","quoteQty":"48.000012",
+//!   "time":1499865549590,"isBuyerMaker":true,"isBestMatch":true}, ...]` -> `Vec<Trade>` (`event_time`
+//!   is `time`).
+//! - klines: `[[1499040000000,"0.01634790","0.80000000","0.01575800","0.01577100","148976.11427815",
+//!   1499644799999,"2434.19055334",308,"1756.87402397","28.46694368","0"], ...]` -> `Vec<Kline>`, all
+//!   closed (`x: true`) as asked (keel asks only for intervals that are over); `event_time` is the close
+//!   time, and the trade ids `f`/`L`, which REST does not give, are -1.
 //! - depth: `{"lastUpdateId":1027024,"bids":[["4.00000000","431.00000000"]],"asks":[...]}` -> [`DepthSnapshot`].
 //! - errors: `{"code":-1121,"msg":"Invalid symbol."}` -> [`RestDecodeError::Binance`].
 //!
 //! Every error names the item and the field that is wrong, since a REST body that does not decode is
 //! retried, and the log line is all an operator has to go on.
 
-use super::{AggTrade, Decimal, DecimalError, Level, Name};
+use super::{AggTrade, Decimal, DecimalError, Kline, Level, Name, Trade};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -106,6 +113,81 @@ pub fn decode_agg_trades(body: &str, symbol: &str) -> Result<Vec<AggTrade>, Rest
                 last_trade_id: uint(o, &what, "l")?,
                 trade_time,
                 buyer_is_maker: boolean(o, &what, "m")?,
+            })
+        })
+        .collect()
+}
+
+/// Decodes a historicalTrades body; `symbol` is the request's (REST trades carry none).
+pub fn decode_trades(body: &str, symbol: &str) -> Result<Vec<Trade>, RestDecodeError> {
+    let value = parse(body)?;
+    let Value::Array(items) = value else {
+        return Err(shape("historicalTrades body", &value, "an array of trades"));
+    };
+    let symbol = Name::from(symbol);
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let what = format!("trade #{i}");
+            let Value::Object(o) = item else { return Err(shape(&what, item, "an object")) };
+            let time = uint(o, &what, "time")?;
+            Ok(Trade {
+                symbol: symbol.clone(),
+                event_time: time,
+                trade_id: uint(o, &what, "id")?,
+                price: decimal(o, &what, "price")?,
+                quantity: decimal(o, &what, "qty")?,
+                trade_time: time,
+                buyer_is_maker: boolean(o, &what, "isBuyerMaker")?,
+            })
+        })
+        .collect()
+}
+
+/// Decodes a klines body (arrays of 12 values); `symbol` and `interval` are the request's.
+pub fn decode_klines(body: &str, symbol: &str, interval: &str) -> Result<Vec<Kline>, RestDecodeError> {
+    let value = parse(body)?;
+    let Value::Array(items) = value else {
+        return Err(shape("klines body", &value, "an array of klines"));
+    };
+    let symbol = Name::from(symbol);
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let what = format!("kline #{i}");
+            let Some(a) = item.as_array().filter(|a| a.len() >= 11) else {
+                return Err(shape(&what, item, "an array of 12 values"));
+            };
+            let int = |at: usize, name: &'static str| {
+                a[at].as_u64().ok_or_else(|| RestDecodeError::WrongType {
+                    what: what.clone(),
+                    field: name,
+                    found: a[at].to_string(),
+                    expected: "a non-negative integer",
+                })
+            };
+            let dec = |at: usize, name: &'static str| decimal_value(&a[at], &what, name);
+            let close_time = int(6, "close time")?;
+            Ok(Kline {
+                symbol: symbol.clone(),
+                event_time: close_time,
+                open_time: int(0, "open time")?,
+                close_time,
+                interval: interval.to_owned(),
+                first_trade_id: -1,
+                last_trade_id: -1,
+                open: dec(1, "open")?,
+                high: dec(2, "high")?,
+                low: dec(3, "low")?,
+                close: dec(4, "close")?,
+                volume: dec(5, "volume")?,
+                quote_volume: dec(7, "quote volume")?,
+                trades: int(8, "number of trades")?,
+                taker_buy_volume: dec(9, "taker buy base volume")?,
+                taker_buy_quote_volume: dec(10, "taker buy quote volume")?,
+                is_closed: true,
             })
         })
         .collect()
@@ -259,6 +341,49 @@ mod tests {
         );
         assert_eq!((trades[1].agg_id, trades[1].last_trade_id, trades[1].buyer_is_maker), (26130, 27784, false));
         assert_eq!(decode_agg_trades("[]", "X").unwrap(), vec![]);
+    }
+
+    #[test]
+    fn trades_and_klines_decode_like_the_docs_examples() {
+        let body = r#"[{"id":28457,"price":"4.00000100","qty":"12.00000000","quoteQty":"48.000012","time":1499865549590,"isBuyerMaker":true,"isBestMatch":true}]"#;
+        assert_eq!(
+            decode_trades(body, "BNBBTC").unwrap(),
+            vec![Trade {
+                symbol: "BNBBTC".into(),
+                event_time: 1499865549590,
+                trade_id: 28457,
+                price: d("4.00000100"),
+                quantity: d("12.00000000"),
+                trade_time: 1499865549590,
+                buyer_is_maker: true,
+            }]
+        );
+        let body = r#"[[1499040000000,"0.01634790","0.80000000","0.01575800","0.01577100","148976.11427815",1499644799999,"2434.19055334",308,"1756.87402397","28.46694368","0"]]"#;
+        let k = &decode_klines(body, "BNBBTC", "1w").unwrap()[0];
+        assert_eq!(
+            (k.open_time, k.close_time, k.event_time, k.trades),
+            (1499040000000, 1499644799999, 1499644799999, 308)
+        );
+        assert_eq!((k.open, k.close, k.volume), (d("0.01634790"), d("0.01577100"), d("148976.11427815")));
+        assert_eq!((k.taker_buy_volume, k.is_closed, k.interval.as_str()), (d("1756.87402397"), true, "1w"));
+        assert_eq!(decode_trades("[]", "X").unwrap(), vec![]);
+        let bad: &[(&str, &[&str])] = &[
+            (r#"[{"price":"1","qty":"1","time":1,"isBuyerMaker":true}]"#, &["trade #0", "\"id\""]),
+            (r#"{"id":1}"#, &["historicalTrades body", "an object"]),
+        ];
+        for (body, words) in bad {
+            let e = decode_trades(body, "X").unwrap_err().to_string();
+            assert!(words.iter().all(|w| e.contains(w)), "{body}: {e}");
+        }
+        let bad: &[(&str, &[&str])] = &[
+            ("[[1,2]]", &["kline #0", "12 values"]),
+            (r#"[[-1,"1","1","1","1","1",2,"1",3,"1","1","0"]]"#, &["kline #0", "open time", "-1"]),
+            (r#"[[1,1.5,"1","1","1","1",2,"1",3,"1","1","0"]]"#, &["kline #0", "open", "decimal string"]),
+        ];
+        for (body, words) in bad {
+            let e = decode_klines(body, "X", "1m").unwrap_err().to_string();
+            assert!(words.iter().all(|w| e.contains(w)), "{body}: {e}");
+        }
     }
 
     #[test]

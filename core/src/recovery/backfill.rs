@@ -1,17 +1,138 @@
-//! One aggTrade stream's hold-back queue: which ids are missing, which live trades wait behind them,
-//! and what REST request closes the front gap next (issue 9, item 2).
+//! One sequenced stream's hold-back queue (aggTrade ids `a`, trade ids `t`, closed klines by open
+//! time): which keys are missing, which live events wait behind them, and what REST request closes the
+//! front gap next (issue 9, item 2; `@trade` and klines since the backfill work).
 //!
-//! The queue is empty (live trades pass straight through) or starts with a gap; live trades behind
-//! a gap are held until it is filled or abandoned, so trades come out in id order. Every id from
-//! the first one seen on is either delivered or abandoned, exactly once: the `tail` (the highest id
-//! delivered, queued or held) only grows, and anything at or below it is a duplicate.
+//! The queue is empty (live events pass straight through) or starts with a gap; live events behind
+//! a gap are held until it is filled or abandoned, so events come out in key order. Every key from
+//! the first one seen on is either delivered or abandoned, exactly once: `expect` (the next key not yet
+//! delivered, queued, held or given up) only grows, and anything below it is a duplicate.
+//!
+//! The three kinds differ only in [`Kind`]: how a key is read from an event, what the key after one
+//! is (`id + 1`, or the next interval's open time), and which request fetches a range. A kline's key
+//! is its open time and only its closed update (`x: true`) completes it; running updates of the
+//! current interval (`x: false`) pass (or wait behind a gap) and do not move `expect`, and a running
+//! update of an interval already closed is dropped as stale.
 
+use super::interval::KlineInterval;
 use super::{RecoveryOutput, RecoveryStats};
-use crate::protocol::{AggTrade, MarketEvent, Name};
-use crate::rest::{AGG_TRADES_LIMIT, RestRequest};
+use crate::protocol::rest::{RestDecodeError, decode_agg_trades, decode_klines, decode_trades};
+use crate::protocol::{MarketEvent, Name};
+use crate::rest::{AGG_TRADES_LIMIT, HISTORICAL_TRADES_LIMIT, KLINES_LIMIT, RestRequest};
 use crate::time::Timestamp;
 use std::collections::VecDeque;
 use std::time::Duration;
+
+/// What a sequenced stream carries, and so how its keys step and how a gap is fetched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Kind {
+    /// `<symbol>@aggTrade`: key `a`, fetched with `GET /api/v3/aggTrades`.
+    AggTrade,
+    /// `<symbol>@trade`: key `t`, fetched with `GET /api/v3/historicalTrades`.
+    Trade,
+    /// `<symbol>@kline_<interval>`: key = open time of a closed kline, fetched with `GET /api/v3/klines`.
+    Kline(KlineInterval),
+}
+
+impl Kind {
+    /// The kind of `stream` by its name, if it is sequenced here (a kline stream whose interval or
+    /// offset cannot be read is not: its klines pass through unsequenced, as before).
+    pub(super) fn of_stream(stream: &str) -> Option<Kind> {
+        if stream.ends_with("@aggTrade") {
+            Some(Kind::AggTrade)
+        } else if stream.ends_with("@trade") {
+            Some(Kind::Trade)
+        } else if stream.contains("@kline_") {
+            KlineInterval::of_stream(stream).ok().map(Kind::Kline)
+        } else {
+            None
+        }
+    }
+
+    /// The label of the kind in stats and metrics.
+    pub(super) fn label(&self) -> &'static str {
+        match self {
+            Kind::AggTrade => "aggTrade",
+            Kind::Trade => "trade",
+            Kind::Kline(_) => "kline",
+        }
+    }
+
+    /// The event's key, and whether it completes that key (false only for a running kline update).
+    fn key(&self, event: &MarketEvent) -> Option<(u64, bool)> {
+        match (self, event) {
+            (Kind::AggTrade, MarketEvent::AggTrade(t)) => Some((t.agg_id, true)),
+            (Kind::Trade, MarketEvent::Trade(t)) => Some((t.trade_id, true)),
+            (Kind::Kline(_), MarketEvent::Kline(k)) => Some((k.open_time, k.is_closed)),
+            _ => None,
+        }
+    }
+
+    fn next(&self, key: u64) -> u64 {
+        match self {
+            Kind::Kline(i) => i.next(key),
+            _ => key.saturating_add(1),
+        }
+    }
+
+    fn prev(&self, key: u64) -> u64 {
+        match self {
+            Kind::Kline(i) => i.prev(key),
+            _ => key.saturating_sub(1),
+        }
+    }
+
+    /// Keys in `first..=last`.
+    fn count(&self, first: u64, last: u64) -> u64 {
+        match self {
+            Kind::Kline(i) => i.count(first, last),
+            _ => (last + 1).saturating_sub(first),
+        }
+    }
+
+    /// The request for keys `from..=last` of `symbol` (at most the endpoint's limit).
+    fn request(&self, symbol: &str, from: u64, last: u64) -> RestRequest {
+        let n = self.count(from, last);
+        let symbol = symbol.to_owned();
+        match self {
+            Kind::AggTrade => {
+                RestRequest::AggTrades { symbol, from_id: from, limit: n.clamp(1, u64::from(AGG_TRADES_LIMIT)) as u16 }
+            }
+            Kind::Trade => RestRequest::HistoricalTrades {
+                symbol,
+                from_id: from,
+                limit: n.clamp(1, u64::from(HISTORICAL_TRADES_LIMIT)) as u16,
+            },
+            Kind::Kline(i) => RestRequest::Klines {
+                symbol,
+                interval: i.text().to_owned(),
+                start_time: from,
+                end_time: last,
+                limit: n.clamp(1, u64::from(KLINES_LIMIT)) as u16,
+                time_zone: i.time_zone().map(str::to_owned),
+            },
+        }
+    }
+
+    /// Binance's weight of one request of this kind.
+    pub(super) fn weight(&self) -> u32 {
+        match self {
+            Kind::AggTrade => crate::rest::AGG_TRADES_WEIGHT,
+            Kind::Trade => crate::rest::HISTORICAL_TRADES_WEIGHT,
+            Kind::Kline(_) => crate::rest::KLINES_WEIGHT,
+        }
+    }
+
+    /// Decodes a 200 answer to [`Self::request`].
+    pub(super) fn decode(&self, body: &str, symbol: &str) -> Result<Vec<MarketEvent>, RestDecodeError> {
+        Ok(match self {
+            Kind::AggTrade => decode_agg_trades(body, symbol)?.into_iter().map(MarketEvent::AggTrade).collect(),
+            Kind::Trade => decode_trades(body, symbol)?.into_iter().map(MarketEvent::Trade).collect(),
+            Kind::Kline(i) => {
+                decode_klines(body, symbol, i.text())?.into_iter().map(|k| MarketEvent::Kline(Box::new(k))).collect()
+            }
+        })
+    }
+}
 
 /// Failed REST attempts (network errors, 5xx, empty answers) for one gap before it is abandoned.
 pub const MAX_BACKFILL_FAILURES: u32 = 8;
@@ -23,15 +144,15 @@ pub const MAX_RETRY_PAUSE: Duration = Duration::from_secs(30);
 /// A missing range being filled.
 #[derive(Debug, Clone)]
 struct Fill {
-    /// Distinguishes this gap from an earlier one at the same ids, so a late answer cannot apply twice.
+    /// Distinguishes this gap from an earlier one at the same keys, so a late answer cannot apply twice.
     serial: u64,
-    /// The first id of the gap as reported.
+    /// The first key of the gap as reported.
     first: u64,
-    /// The last missing id.
+    /// The last missing key.
     last: u64,
-    /// The next id to fetch: everything below it is delivered or abandoned.
+    /// The next key to fetch: everything below it is delivered or abandoned.
     next: u64,
-    /// Trades fetched so far.
+    /// Events fetched so far.
     fetched: u64,
     /// Failures in a row.
     failures: u32,
@@ -47,20 +168,22 @@ enum Item {
     Live(MarketEvent),
 }
 
-/// One aggTrade stream; see the module docs.
+/// One sequenced stream; see the module docs.
 #[derive(Debug, Clone)]
-pub(super) struct TradeStream {
+pub(super) struct SeqStream {
     stream: Name,
     symbol: String,
-    tail: Option<u64>,
+    pub(super) kind: Kind,
+    /// The next key not yet delivered, held, queued as missing or given up (`None` before the first event).
+    expect: Option<u64>,
     queue: VecDeque<Item>,
     held: usize,
 }
 
 /// What an answer to a backfill request said.
-pub(super) enum Answer<'a> {
-    /// Trades decoded from a 200.
-    Trades(&'a [AggTrade]),
+pub(super) enum Answer {
+    /// Events decoded from a 200.
+    Events(Vec<MarketEvent>),
     /// No usable answer (network error, other status, undecodable body): retry after a pause.
     Failed(String),
     /// 429/418: the request is simply not answered; the gate pauses everything.
@@ -76,36 +199,45 @@ pub(super) struct Ctx<'a> {
     pub serial: &'a mut u64,
 }
 
-fn agg_id(event: &MarketEvent) -> Option<u64> {
-    match event {
-        MarketEvent::AggTrade(t) => Some(t.agg_id),
-        _ => None,
+impl SeqStream {
+    pub(super) fn new(stream: &str, symbol: &str, kind: Kind) -> Self {
+        SeqStream {
+            stream: stream.into(),
+            symbol: symbol.to_owned(),
+            kind,
+            expect: None,
+            queue: VecDeque::new(),
+            held: 0,
+        }
     }
-}
 
-impl TradeStream {
-    pub(super) fn new(stream: &str, symbol: &str) -> Self {
-        TradeStream { stream: stream.into(), symbol: symbol.to_owned(), tail: None, queue: VecDeque::new(), held: 0 }
+    /// The symbol REST is asked about (upper case).
+    pub(super) fn symbol(&self) -> &str {
+        &self.symbol
     }
 
-    /// A live aggTrade: deliver, or hold behind a gap; an id beyond `tail + 1` opens a gap first
+    fn abandoned(&self, first: u64, last: u64, cx: &mut Ctx<'_>) {
+        let n = self.kind.count(first, last);
+        cx.stats.abandoned_ids += n;
+        cx.stats.kind_mut(self.kind.label()).abandoned += n;
+    }
+
+    /// A live event: deliver, or hold behind a gap; a key beyond `expect` opens a gap first
     /// (whether or not the connection reported it).
     pub(super) fn on_event(&mut self, event: MarketEvent, now: Timestamp, cx: &mut Ctx<'_>) {
-        let Some(id) = agg_id(&event) else { return };
-        if let MarketEvent::AggTrade(t) = &event
-            && self.symbol.is_empty()
-        {
-            self.symbol = t.symbol.to_string();
+        let Some((key, complete)) = self.kind.key(&event) else { return };
+        if self.symbol.is_empty() {
+            self.symbol = event.symbol().to_string();
         }
-        if let Some(tail) = self.tail {
-            if id <= tail {
-                return; // already delivered, held or given up: never twice
+        if let Some(expect) = self.expect {
+            if key < expect {
+                return; // already delivered, held or given up (or a stale running kline): never twice
             }
-            if id > tail + 1 {
-                self.on_gap(tail + 1, id - 1, now, cx);
+            if key > expect {
+                self.on_gap(expect, self.kind.prev(key), now, cx);
             }
         }
-        self.tail = Some(id);
+        self.expect = Some(if complete { self.kind.next(key) } else { key });
         if self.queue.is_empty() {
             cx.out.push_back(RecoveryOutput::Deliver { stream: self.stream.clone(), event, backfilled: false });
             return;
@@ -114,23 +246,23 @@ impl TradeStream {
         self.held += 1;
         cx.stats.held_events += 1;
         while self.held > cx.max_held && self.front_gap().is_some() {
-            let reason = format!("hold-back buffer full ({} live trades held; rest.max_held_events)", self.held);
+            let reason = format!("hold-back buffer full ({} live events held; rest.max_held_events)", self.held);
             self.abandon_front(&reason, cx);
         }
     }
 
-    /// Ids `first..=last` are missing (reported by the connection, or implied by a live id).
+    /// Keys `first..=last` are missing (reported by the connection, or implied by a live key).
     pub(super) fn on_gap(&mut self, first: u64, last: u64, _now: Timestamp, cx: &mut Ctx<'_>) {
-        let first = match self.tail {
-            Some(tail) => first.max(tail.saturating_add(1)),
+        let first = match self.expect {
+            Some(expect) => first.max(expect),
             None => first,
         };
         if first > last {
             return;
         }
-        self.tail = Some(last);
+        self.expect = Some(self.kind.next(last));
         if !cx.backfill {
-            cx.stats.abandoned_ids += last - first + 1;
+            self.abandoned(first, last, cx);
             cx.out.push_back(RecoveryOutput::Abandoned {
                 stream: self.stream.to_string(),
                 first,
@@ -159,15 +291,14 @@ impl TradeStream {
         }
     }
 
-    /// The request that would fill the front gap now, with the gap's serial; `None` when there is no
-    /// gap, one is out, or it waits for a retry time.
-    pub(super) fn want(&self, now: Timestamp) -> Option<(u64, RestRequest)> {
+    /// The request that would fill the front gap now, with the gap's serial and the first key asked
+    /// for; `None` when there is no gap, one is out, or it waits for a retry time.
+    pub(super) fn want(&self, now: Timestamp) -> Option<(u64, u64, RestRequest)> {
         let Some(Item::Gap(g)) = self.queue.front() else { return None };
         if g.in_flight || g.retry_at.is_some_and(|at| now < at) {
             return None;
         }
-        let limit = (g.last - g.next + 1).min(u64::from(AGG_TRADES_LIMIT)) as u16;
-        Some((g.serial, RestRequest::AggTrades { symbol: self.symbol.clone(), from_id: g.next, limit }))
+        Some((g.serial, g.next, self.kind.request(&self.symbol, g.next, g.last)))
     }
 
     /// When [`Self::want`] will ask for something (`None`: nothing to ask, or waiting for an answer).
@@ -188,62 +319,60 @@ impl TradeStream {
         }
     }
 
-    /// The answer to the request for gap `serial` from `from_id`. Answers for a gap that is gone
+    /// The answer to the request for gap `serial` from key `from`. Answers for a gap that is gone
     /// (abandoned meanwhile) are ignored.
-    pub(super) fn on_answer(
-        &mut self,
-        serial: u64,
-        from_id: u64,
-        answer: Answer<'_>,
-        now: Timestamp,
-        cx: &mut Ctx<'_>,
-    ) {
+    pub(super) fn on_answer(&mut self, serial: u64, from: u64, answer: Answer, now: Timestamp, cx: &mut Ctx<'_>) {
         let stream = self.stream.clone();
+        let kind = self.kind.clone();
+        let label = kind.label();
         let Some(g) = self.front_gap() else { return };
-        if g.serial != serial || g.next != from_id || !g.in_flight {
+        if g.serial != serial || g.next != from || !g.in_flight {
             return;
         }
         g.in_flight = false;
-        let trades = match answer {
+        let events = match answer {
             Answer::RateLimited => return,
             Answer::Failed(why) => {
                 self.failed(&why, now, cx);
                 return;
             }
-            Answer::Trades(trades) => trades,
+            Answer::Events(events) => events,
         };
         let mut delivered_any = false;
-        for t in trades {
+        let mut beyond = false;
+        for event in events {
             let Some(g) = self.front_gap() else { break };
-            if t.agg_id < g.next || t.agg_id > g.last {
-                continue; // outside what is missing: earlier ids are done, later ones come live
+            let Some((key, true)) = kind.key(&event) else { continue };
+            if key > g.last {
+                beyond = true;
             }
-            if t.agg_id > g.next {
-                // Binance answered from a later id: the ids in between do not exist (any more).
-                let (first, last) = (g.next, t.agg_id - 1);
-                g.next = t.agg_id;
-                cx.stats.abandoned_ids += last - first + 1;
+            if key < g.next || key > g.last {
+                continue; // outside what is missing: earlier keys are done, later ones come live
+            }
+            if key > g.next {
+                // Binance answered from a later key: the ones in between do not exist (any more).
+                let (first, last) = (g.next, kind.prev(key));
+                g.next = key;
+                let n = kind.count(first, last);
+                cx.stats.abandoned_ids += n;
+                cx.stats.kind_mut(label).abandoned += n;
                 cx.out.push_back(RecoveryOutput::Abandoned {
                     stream: stream.to_string(),
                     first,
                     last,
                     reason: format!(
-                        "Binance returned no trades for these ids (its answer to fromId={first} started at {})",
-                        t.agg_id
+                        "Binance returned nothing for these keys (its answer from {first} started at {key})"
                     ),
                 });
             }
-            g.next = t.agg_id + 1;
+            g.next = kind.next(key);
             g.fetched += 1;
             g.failures = 0;
             g.retry_at = None;
             delivered_any = true;
             cx.stats.backfilled_trades += 1;
-            cx.out.push_back(RecoveryOutput::Deliver {
-                stream: stream.clone(),
-                event: MarketEvent::AggTrade(t.clone()),
-                backfilled: true,
-            });
+            cx.stats.kind_mut(label).backfilled += 1;
+            cx.out.push_back(RecoveryOutput::Deliver { stream: stream.clone(), event, backfilled: true });
         }
         let Some(g) = self.front_gap() else { return };
         if g.next > g.last {
@@ -252,12 +381,12 @@ impl TradeStream {
             cx.out.push_back(RecoveryOutput::Backfilled { stream: stream.to_string(), first, last, count });
             self.drain(cx);
         } else if !delivered_any {
-            if trades.iter().any(|t| t.agg_id > g.last) {
-                // Trades after the gap exist but none inside it: the missing ids are gone.
-                self.abandon_front("Binance has no trades for these ids", cx);
+            if beyond {
+                // Events after the gap exist but none inside it: the missing keys are gone.
+                self.abandon_front("Binance has nothing for these keys", cx);
             } else {
                 // An empty answer: REST may lag the stream by a moment; retry, then give up.
-                let why = format!("no trades from fromId={}", g.next);
+                let why = format!("nothing from {}", g.next);
                 self.failed(&why, now, cx);
             }
         }
@@ -282,11 +411,11 @@ impl TradeStream {
             cx.out.push_back(RecoveryOutput::Backfilled {
                 stream: self.stream.to_string(),
                 first: g.first,
-                last: g.next - 1,
+                last: self.kind.prev(g.next),
                 count: g.fetched,
             });
         }
-        cx.stats.abandoned_ids += g.last - g.next + 1;
+        self.abandoned(g.next, g.last, cx);
         cx.out.push_back(RecoveryOutput::Abandoned {
             stream: self.stream.to_string(),
             first: g.next,
@@ -296,7 +425,7 @@ impl TradeStream {
         self.drain(cx);
     }
 
-    /// The run stops: every open gap is abandoned with `reason` and every held live trade is
+    /// The run stops: every open gap is abandoned with `reason` and every held live event is
     /// delivered, so that nothing received is lost with the hold-back buffer.
     pub(super) fn finish(&mut self, reason: &str, cx: &mut Ctx<'_>) {
         while self.front_gap().is_some() {
@@ -304,14 +433,14 @@ impl TradeStream {
         }
     }
 
-    /// The server restarted its numbering: open gaps are abandoned with `reason`, held trades are
-    /// delivered, and the next id starts the stream over.
+    /// The server restarted its numbering: open gaps are abandoned with `reason`, held events are
+    /// delivered, and the next key starts the stream over.
     pub(super) fn restart(&mut self, reason: &str, cx: &mut Ctx<'_>) {
         self.finish(reason, cx);
-        self.tail = None;
+        self.expect = None;
     }
 
-    /// Delivers held live trades up to the next gap.
+    /// Delivers held live events up to the next gap.
     fn drain(&mut self, cx: &mut Ctx<'_>) {
         while let Some(Item::Live(_)) = self.queue.front() {
             let Some(Item::Live(event)) = self.queue.pop_front() else { break };

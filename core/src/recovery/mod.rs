@@ -39,20 +39,20 @@
 
 mod backfill;
 pub mod book;
+pub mod interval;
 
 pub use backfill::{FIRST_RETRY_PAUSE, MAX_BACKFILL_FAILURES, MAX_RETRY_PAUSE};
 pub use book::OrderBook;
 use book::{BookCtx, BookSync};
+pub use interval::{IntervalError, KlineInterval};
 
 use crate::config::Config;
 use crate::gaps::{Gap, GapKind};
-use crate::protocol::rest::{decode_agg_trades, decode_depth};
+use crate::protocol::rest::decode_depth;
 use crate::protocol::{MarketEvent, Name};
-use crate::rest::{
-    AGG_TRADES_WEIGHT, Classified, RateGate, RequestId, RestRequest, RestResponse, WeightBudget, depth_weight,
-};
+use crate::rest::{Classified, RateGate, RequestId, RestRequest, RestResponse, WeightBudget, depth_weight};
 use crate::time::Timestamp;
-use backfill::{Answer, Ctx, TradeStream};
+use backfill::{Answer, Ctx, Kind, SeqStream};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 
@@ -110,16 +110,35 @@ pub enum RecoveryOutput {
     },
 }
 
-/// Counters of the recovery machine (next to `ConnectionStats` in `--stats-json` and the metrics).
+/// Backfill counters of one kind of sequenced stream (`aggTrade`, `trade`, `kline`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KindStats {
+    /// Events fetched over REST and delivered (aggTrades, trades, closed klines).
+    pub backfilled: u64,
+    /// Backfill requests sent (`aggTrades`, `historicalTrades`, `klines`).
+    pub requests: u64,
+    /// Keys reported lost (ids, or closed klines by open time).
+    pub abandoned: u64,
+}
+
+/// The kinds of [`RecoveryStats::by_kind`], always present (0 when unseen) so that dashboards have
+/// a series from the start.
+pub const BACKFILL_KINDS: [&str; 3] = ["aggTrade", "trade", "kline"];
+
+/// Counters of the recovery machine (next to `ConnectionStats` in `--stats-json` and the metrics).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecoveryStats {
-    /// aggTrades fetched over REST and delivered.
+    /// Events fetched over REST and delivered, all kinds (aggTrades, trades, closed klines; the name
+    /// is kept from when only aggTrades were backfilled).
     pub backfilled_trades: u64,
-    /// `aggTrades` requests sent.
+    /// Backfill requests sent, all kinds.
     pub backfill_requests: u64,
-    /// aggTrade ids reported lost.
+    /// Keys reported lost, all kinds (aggTrade and trade ids, closed klines).
     pub abandoned_ids: u64,
-    /// Live aggTrades held back right now, all streams.
+    /// The three counters above by kind: `aggTrade`, `trade`, `kline`.
+    #[serde(default = "kinds_zero")]
+    pub by_kind: BTreeMap<String, KindStats>,
+    /// Live events held back right now, all streams.
     pub held_events: u64,
     /// Book snapshots requested.
     pub book_snapshots: u64,
@@ -133,10 +152,43 @@ pub struct RecoveryStats {
     pub weight_used_last_minute: u64,
 }
 
+fn kinds_zero() -> BTreeMap<String, KindStats> {
+    BACKFILL_KINDS.iter().map(|k| (k.to_string(), KindStats::default())).collect()
+}
+
+impl Default for RecoveryStats {
+    fn default() -> Self {
+        RecoveryStats {
+            backfilled_trades: 0,
+            backfill_requests: 0,
+            abandoned_ids: 0,
+            by_kind: kinds_zero(),
+            held_events: 0,
+            book_snapshots: 0,
+            book_resyncs: 0,
+            rest_rate_limited: 0,
+            rest_failures: 0,
+            weight_used_last_minute: 0,
+        }
+    }
+}
+
+impl RecoveryStats {
+    /// The counters of kind `label` (one of [`BACKFILL_KINDS`]).
+    pub fn kind_mut(&mut self, label: &str) -> &mut KindStats {
+        self.by_kind.entry(label.to_owned()).or_default()
+    }
+
+    /// The counters of kind `label` (zeros when it never counted).
+    pub fn kind(&self, label: &str) -> KindStats {
+        self.by_kind.get(label).cloned().unwrap_or_default()
+    }
+}
+
 /// What a request in flight was for.
 #[derive(Debug, Clone)]
 enum Purpose {
-    Backfill { stream: String, serial: u64, from_id: u64, symbol: String },
+    Backfill { stream: String, serial: u64, from: u64 },
     Snapshot { symbol: String, serial: u64 },
 }
 
@@ -150,7 +202,7 @@ pub struct Recovery {
     next_request: u64,
     serial: u64,
     in_flight: BTreeMap<RequestId, Purpose>,
-    trades: BTreeMap<String, TradeStream>,
+    trades: BTreeMap<String, SeqStream>,
     books: BTreeMap<Name, BookSync>,
     depth_limit: u16,
     snapshot_in_flight: bool,
@@ -164,15 +216,14 @@ fn symbol_of(stream: &str) -> String {
 }
 
 impl Recovery {
-    /// A machine for `config.rest` and the aggTrade streams of `config.stream.streams`.
+    /// A machine for `config.rest` and the sequenced streams (aggTrade, trade, kline) of `config.stream.streams`.
     pub fn new(config: &Config, _now: Timestamp) -> Recovery {
         let rest = &config.rest;
         let trades = config
             .stream
             .streams
             .iter()
-            .filter(|s| s.ends_with("@aggTrade"))
-            .map(|s| (s.clone(), TradeStream::new(s, &symbol_of(s))))
+            .filter_map(|s| Kind::of_stream(s).map(|kind| (s.clone(), SeqStream::new(s, &symbol_of(s), kind))))
             .collect();
         Recovery {
             backfill: rest.backfill,
@@ -206,9 +257,13 @@ impl Recovery {
     pub fn handle_event(&mut self, stream: impl Into<Name>, event: MarketEvent, now: Timestamp) {
         let stream: Name = stream.into();
         match &event {
-            MarketEvent::AggTrade(t) => {
+            MarketEvent::AggTrade(_) | MarketEvent::Trade(_) | MarketEvent::Kline(_) => {
                 if !self.trades.contains_key(stream.as_str()) {
-                    self.trades.insert(stream.to_string(), TradeStream::new(&stream, &t.symbol));
+                    let Some(kind) = Kind::of_stream(&stream) else {
+                        self.out.push_back(RecoveryOutput::Deliver { stream, event, backfilled: false });
+                        return;
+                    };
+                    self.trades.insert(stream.to_string(), SeqStream::new(&stream, event.symbol(), kind));
                 }
                 let Some(ts) = self.trades.get_mut(stream.as_str()) else { return };
                 let mut cx = Self::ctx(&mut self.out, &mut self.stats, &mut self.serial, self.backfill, self.max_held);
@@ -244,22 +299,25 @@ impl Recovery {
         }
     }
 
-    /// A gap the connection reported (call for each `Output::Gap`, in order). aggTrade id gaps are
-    /// backfilled; trade-id gaps inside continuous aggTrade ids cannot be, and are left to the log.
+    /// A gap the connection reported (call for each `Output::Gap`, in order). aggTrade id gaps of
+    /// `@aggTrade` streams and trade id gaps of `@trade` streams are backfilled; trade-id gaps inside
+    /// continuous aggTrade ids cannot be, and are left to the log. (Kline streams have no gaps from the
+    /// connection: this machine sequences them by open time itself.)
     pub fn handle_gap(&mut self, gap: &Gap, now: Timestamp) {
-        if gap.kind != GapKind::AggTradeId {
-            return;
-        }
+        let kind = match (gap.kind, Kind::of_stream(&gap.stream)) {
+            (GapKind::AggTradeId, Some(kind @ Kind::AggTrade)) | (GapKind::TradeId, Some(kind @ Kind::Trade)) => kind,
+            _ => return,
+        };
         let ts = self
             .trades
             .entry(gap.stream.clone())
-            .or_insert_with(|| TradeStream::new(&gap.stream, &symbol_of(&gap.stream)));
+            .or_insert_with(|| SeqStream::new(&gap.stream, &symbol_of(&gap.stream), kind));
         let mut cx = Self::ctx(&mut self.out, &mut self.stats, &mut self.serial, self.backfill, self.max_held);
         ts.on_gap(gap.first_missing, gap.last_missing, now, &mut cx);
     }
 
     /// The server restarted the numbering of `stream` (call for each `Event::SequenceRestarted`, in
-    /// order, before the events of the new numbering). An aggTrade stream's gaps in the old numbering
+    /// order, before the events of the new numbering). An aggTrade or trade stream's gaps in the old numbering
     /// can no longer be fetched (`fromId` now means the new ids): they are reported
     /// [`RecoveryOutput::Abandoned`], the live trades held behind them are delivered, and the stream
     /// starts over at its next id. A depth stream's book is discarded ([`RecoveryOutput::BookResync`])
@@ -267,8 +325,9 @@ impl Recovery {
     pub fn handle_restart(&mut self, stream: &str, last: u64, first: u64, _now: Timestamp) {
         if let Some(ts) = self.trades.get_mut(stream) {
             let reason = format!(
-                "the server restarted its aggTrade ids (old numbering ended at {last}, new one starts at {first}): \
-                 the old ids can no longer be fetched"
+                "the server restarted its {} ids (old numbering ended at {last}, new one starts at {first}): \
+                 the old ids can no longer be fetched",
+                ts.kind.label()
             );
             let mut cx = Self::ctx(&mut self.out, &mut self.stats, &mut self.serial, self.backfill, self.max_held);
             ts.restart(&reason, &mut cx);
@@ -299,15 +358,11 @@ impl Recovery {
             Classified::Ok(_) => self.gate.succeeded(),
         }
         match purpose {
-            Purpose::Backfill { stream, serial, from_id, symbol } => {
+            Purpose::Backfill { stream, serial, from } => {
                 let Some(ts) = self.trades.get_mut(&stream) else { return };
-                let decoded;
                 let answer = match classified {
-                    Classified::Ok(body) => match decode_agg_trades(body, &symbol) {
-                        Ok(trades) => {
-                            decoded = trades;
-                            Answer::Trades(&decoded)
-                        }
+                    Classified::Ok(body) => match ts.kind.decode(body, ts.symbol()) {
+                        Ok(events) => Answer::Events(events),
                         Err(e) => {
                             self.stats.rest_failures += 1;
                             Answer::Failed(e.to_string())
@@ -317,7 +372,7 @@ impl Recovery {
                     Classified::Failed(why) => Answer::Failed(why),
                 };
                 let mut cx = Self::ctx(&mut self.out, &mut self.stats, &mut self.serial, self.backfill, self.max_held);
-                ts.on_answer(serial, from_id, answer, now, &mut cx);
+                ts.on_answer(serial, from, answer, now, &mut cx);
             }
             Purpose::Snapshot { symbol, serial } => {
                 self.snapshot_in_flight = false;
@@ -371,19 +426,21 @@ impl Recovery {
             return None;
         }
         let id = RequestId(self.next_request);
-        if let Some((stream, serial, request)) =
-            self.trades.iter().find_map(|(name, ts)| ts.want(now).map(|(serial, r)| (name.clone(), serial, r)))
-            && let RestRequest::AggTrades { from_id, symbol, .. } = &request
-        {
+        // The first stream whose request fits the budget: a heavy historicalTrades (25) that must
+        // wait does not hold up a kline request (2) that fits now (poll_timeout counts on that).
+        let budget = &mut self.budget;
+        if let Some((stream, serial, from, request)) = self.trades.iter().find_map(|(name, ts)| {
+            ts.want(now)
+                .filter(|(_, _, r)| budget.fits(r.weight(), now))
+                .map(|(serial, from, r)| (name.clone(), serial, from, r))
+        }) {
             if !self.budget.try_spend(request.weight(), now) {
                 return None;
             }
-            self.in_flight.insert(
-                id,
-                Purpose::Backfill { stream: stream.clone(), serial, from_id: *from_id, symbol: symbol.clone() },
-            );
+            self.in_flight.insert(id, Purpose::Backfill { stream: stream.clone(), serial, from });
             if let Some(ts) = self.trades.get_mut(&stream) {
                 ts.sent(serial);
+                self.stats.kind_mut(ts.kind.label()).requests += 1;
             }
             self.stats.backfill_requests += 1;
             return Some(self.sent(id, request, now));
@@ -423,8 +480,12 @@ impl Recovery {
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         let gate = self.gate.blocked_until().unwrap_or(Timestamp::ZERO);
-        let trades = self.trades.values().filter_map(TradeStream::wants_at).min();
-        let trades = trades.map(|at| at.max(self.budget.next_fit(AGG_TRADES_WEIGHT)).max(gate));
+        let trades = self
+            .trades
+            .values()
+            .filter_map(|ts| ts.wants_at().map(|at| at.max(self.budget.next_fit(ts.kind.weight()))))
+            .min();
+        let trades = trades.map(|at| at.max(gate));
         let books =
             if self.snapshot_in_flight { None } else { self.books.values().filter_map(BookSync::wants_at).min() };
         let books = books.map(|at| at.max(self.budget.next_fit(depth_weight(self.depth_limit))).max(gate));

@@ -828,3 +828,328 @@ fn a_numbering_restart_on_a_depth_stream_resyncs_the_book_from_a_fresh_snapshot(
     rec.handle_restart("btcusdt@trade", 9_000, 1, t(5));
     assert_eq!((book_outs(&mut rec), rec.stats().book_resyncs), (vec![], 1));
 }
+
+// ---- `@trade` and kline streams (the same machinery, generalised over the kind) ----
+
+const TR: &str = "btcusdt@trade";
+
+fn streams_config(streams: &[&str], backfill: bool) -> Config {
+    let mut c = config(10, backfill, 1200);
+    c.stream.streams = streams.iter().map(|s| s.to_string()).collect();
+    c
+}
+
+fn trade_event(id: u64) -> MarketEvent {
+    MarketEvent::Trade(crate::protocol::Trade {
+        symbol: "BTCUSDT".into(),
+        event_time: 5_000 + id,
+        trade_id: id,
+        price: Decimal::new(u128::from(20_000 + id % 50), 2, false).unwrap(),
+        quantity: Decimal::new(u128::from(1 + id % 5), 5, false).unwrap(),
+        trade_time: 5_000 + id,
+        buyer_is_maker: id.is_multiple_of(2),
+    })
+}
+
+fn trades_body(ids: impl IntoIterator<Item = u64>) -> RestResponse {
+    let items: Vec<String> = ids
+        .into_iter()
+        .map(|id| {
+            let MarketEvent::Trade(t) = trade_event(id) else { unreachable!() };
+            format!(
+                r#"{{"id":{id},"price":"{}","qty":"{}","quoteQty":"1","time":{},"isBuyerMaker":{},"isBestMatch":true}}"#,
+                t.price, t.quantity, t.trade_time, t.buyer_is_maker
+            )
+        })
+        .collect();
+    RestResponse::Http { status: 200, retry_after: None, body: format!("[{}]", items.join(",")) }
+}
+
+/// Outputs in short form for trade and kline streams: `D5`/`R5` (delivered live / backfilled, trade
+/// id or kline open time), `d60000` a running kline update, `B..`, `A..` as in [`drain`].
+fn drain_keys(rec: &mut Recovery) -> Vec<String> {
+    let mut v = Vec::new();
+    while let Some(out) = rec.poll_output() {
+        v.push(match out {
+            RecoveryOutput::Deliver { event: MarketEvent::Trade(tr), backfilled, .. } => {
+                assert_eq!(MarketEvent::Trade(tr.clone()), trade_event(tr.trade_id), "fields as the exchange's");
+                format!("{}{}", if backfilled { "R" } else { "D" }, tr.trade_id)
+            }
+            RecoveryOutput::Deliver { event: MarketEvent::Kline(k), backfilled, .. } => match (k.is_closed, backfilled)
+            {
+                (false, _) => format!("d{}", k.open_time),
+                (true, b) => format!("{}{}", if b { "R" } else { "D" }, k.open_time),
+            },
+            RecoveryOutput::Backfilled { first, last, count, .. } => format!("B{first}-{last}/{count}"),
+            RecoveryOutput::Abandoned { first, last, .. } => format!("A{first}-{last}"),
+            other => format!("{other:?}"),
+        });
+    }
+    v
+}
+
+#[test]
+fn trade_gaps_are_fetched_with_historical_trades_in_order() {
+    let mut rec = Recovery::new(&streams_config(&[TR, S], true), t(0));
+    rec.handle_event(TR, trade_event(1), t(0));
+    rec.handle_event(TR, trade_event(2), t(0));
+    // What the connection reports for a @trade stream: a trade-id gap. On an aggTrade stream the same
+    // kind (its f/l) is not fetchable and is ignored.
+    rec.handle_gap(&Gap { stream: TR.into(), first_missing: 3, last_missing: 5, kind: GapKind::TradeId }, t(10));
+    rec.handle_gap(&Gap { stream: S.into(), first_missing: 3, last_missing: 5, kind: GapKind::TradeId }, t(10));
+    rec.handle_event(TR, trade_event(6), t(10));
+    assert_eq!(drain_keys(&mut rec), ["D1", "D2"]);
+    let (id, request) = rec.poll_request(t(10)).unwrap();
+    assert_eq!(request, RestRequest::HistoricalTrades { symbol: "BTCUSDT".into(), from_id: 3, limit: 3 });
+    assert_eq!(rec.poll_request(t(10)), None, "one request per gap, none for the aggTrade stream");
+    assert_eq!(rec.stats().weight_used_last_minute, 25);
+    // A 429 pauses; the answer to the retry closes the gap and releases the held trade.
+    rec.handle_response(id, status(429, Some(2)), t(20));
+    assert_eq!(rec.poll_timeout(), Some(t(2_020)));
+    assert_eq!(rec.poll_request(t(2_019)), None);
+    let (id, _) = rec.poll_request(t(2_020)).unwrap();
+    rec.handle_response(id, trades_body(3..=5), t(2_100));
+    assert_eq!(drain_keys(&mut rec), ["R3", "R4", "R5", "B3-5/3", "D6"]);
+    let k = rec.stats().kind("trade");
+    assert_eq!((k.backfilled, k.requests, k.abandoned), (3, 2, 0));
+    assert_eq!(rec.stats().kind("aggTrade"), KindStats::default());
+    // Binance answering from a later id: the ids before it are gone, reported once.
+    rec.handle_event(TR, trade_event(10), t(3_000));
+    let (id, request) = rec.poll_request(t(3_000)).unwrap();
+    assert_eq!(request, RestRequest::HistoricalTrades { symbol: "BTCUSDT".into(), from_id: 7, limit: 3 });
+    rec.handle_response(id, trades_body(9..=10), t(3_100));
+    assert_eq!(drain_keys(&mut rec), ["A7-8", "R9", "B7-9/1", "D10"]);
+    assert_eq!((rec.stats().kind("trade").abandoned, rec.stats().abandoned_ids), (2, 2));
+    // Duplicates (a make-before-break replay) are dropped.
+    rec.handle_event(TR, trade_event(9), t(3_200));
+    assert_eq!(drain_keys(&mut rec), Vec::<String>::new());
+}
+
+/// A 1m kline of BTCUSDT opening at `open`.
+fn kline(interval: &str, open: u64, close: u64, closed: bool) -> MarketEvent {
+    MarketEvent::Kline(Box::new(Kline {
+        symbol: "BTCUSDT".into(),
+        event_time: open,
+        open_time: open,
+        close_time: close,
+        interval: interval.into(),
+        first_trade_id: -1,
+        last_trade_id: -1,
+        open: Decimal::default(),
+        high: Decimal::default(),
+        low: Decimal::default(),
+        close: Decimal::default(),
+        volume: Decimal::default(),
+        quote_volume: Decimal::default(),
+        taker_buy_volume: Decimal::default(),
+        taker_buy_quote_volume: Decimal::default(),
+        trades: 0,
+        is_closed: closed,
+    }))
+}
+
+fn m1(open: u64, closed: bool) -> MarketEvent {
+    kline("1m", open, open + 59_999, closed)
+}
+
+fn klines_body(opens: impl IntoIterator<Item = (u64, u64)>) -> RestResponse {
+    let items: Vec<String> = opens
+        .into_iter()
+        .map(|(open, close)| format!(r#"[{open},"1.0","2.0","0.5","1.5","10",{close},"15",3,"4","6","0"]"#))
+        .collect();
+    RestResponse::Http { status: 200, retry_after: None, body: format!("[{}]", items.join(",")) }
+}
+
+const K1: &str = "btcusdt@kline_1m";
+
+#[test]
+fn missed_closed_klines_are_fetched_and_come_before_newer_live_ones() {
+    let mut rec = Recovery::new(&streams_config(&[K1], true), t(0));
+    rec.handle_event(K1, m1(60_000, false), t(0));
+    rec.handle_event(K1, m1(60_000, false), t(1));
+    rec.handle_event(K1, m1(60_000, true), t(2));
+    rec.handle_event(K1, m1(120_000, false), t(3));
+    assert_eq!(drain_keys(&mut rec), ["d60000", "d60000", "D60000", "d120000"]);
+    // An outage: back at 300 000 (running), so 120 000, 180 000 and 240 000 closed unseen.
+    rec.handle_event(K1, m1(300_000, false), t(10));
+    rec.handle_event(K1, m1(300_000, false), t(11));
+    assert_eq!(drain_keys(&mut rec), Vec::<String>::new(), "held behind the gap");
+    let (id, request) = rec.poll_request(t(11)).unwrap();
+    assert_eq!(
+        request,
+        RestRequest::Klines {
+            symbol: "BTCUSDT".into(),
+            interval: "1m".into(),
+            start_time: 120_000,
+            end_time: 240_000,
+            limit: 3,
+            time_zone: None,
+        }
+    );
+    rec.handle_response(id, klines_body([(120_000, 179_999), (180_000, 239_999), (240_000, 299_999)]), t(50));
+    assert_eq!(drain_keys(&mut rec), ["R120000", "R180000", "R240000", "B120000-240000/3", "d300000", "d300000"]);
+    // A duplicate closed kline and a stale running update are dropped; the next ones pass.
+    rec.handle_event(K1, m1(240_000, true), t(60));
+    rec.handle_event(K1, m1(240_000, false), t(61));
+    rec.handle_event(K1, m1(300_000, true), t(62));
+    rec.handle_event(K1, m1(300_000, true), t(63));
+    rec.handle_event(K1, m1(360_000, false), t(64));
+    assert_eq!(drain_keys(&mut rec), ["D300000", "d360000"]);
+    let k = rec.stats().kind("kline");
+    assert_eq!((k.backfilled, k.requests, k.abandoned, rec.stats().weight_used_last_minute), (3, 1, 0, 2));
+    // A reconnect whose first kline is of the same interval: no gap, nothing asked.
+    rec.handle_event(K1, m1(360_000, false), t(70));
+    assert_eq!((drain_keys(&mut rec), rec.poll_request(t(70))), (vec!["d360000".to_string()], None));
+}
+
+#[test]
+fn kline_gaps_are_abandoned_like_trade_gaps() {
+    // Backfill off: reported at once, counted in klines (not milliseconds).
+    let mut rec = Recovery::new(&streams_config(&[K1], false), t(0));
+    rec.handle_event(K1, m1(0, true), t(0));
+    rec.handle_event(K1, m1(240_000, false), t(1));
+    assert_eq!(drain_keys(&mut rec), ["D0", "A60000-180000", "d240000"]);
+    assert_eq!((rec.stats().kind("kline").abandoned, rec.stats().abandoned_ids), (3, 3));
+    // REST failing: retried with pauses, given up after MAX_BACKFILL_FAILURES, held updates released.
+    let mut rec = Recovery::new(&streams_config(&[K1], true), t(0));
+    rec.handle_event(K1, m1(0, true), t(0));
+    rec.handle_event(K1, m1(120_000, true), t(1));
+    let mut now = t(1);
+    for _ in 0..MAX_BACKFILL_FAILURES {
+        now = rec.poll_timeout().unwrap().max(now);
+        let (id, _) = rec.poll_request(now).unwrap();
+        rec.handle_response(id, status(503, None), now);
+    }
+    assert_eq!(drain_keys(&mut rec), ["D0", "A60000-60000", "D120000"]);
+    assert_eq!((rec.stats().kind("kline").abandoned, rec.stats().held_events, rec.in_flight()), (1, 0, 0));
+}
+
+#[test]
+fn monthly_klines_step_by_calendar_month() {
+    const M: &str = "btcusdt@kline_1M";
+    let jan = 1_704_067_200_000; // 2024-01-01
+    let (feb, mar, apr) = (jan + 31 * 86_400_000, jan + 60 * 86_400_000, jan + 91 * 86_400_000);
+    let mut rec = Recovery::new(&streams_config(&[M], true), t(0));
+    rec.handle_event(M, kline("1M", jan, feb - 1, true), t(0));
+    rec.handle_event(M, kline("1M", apr, apr + 30 * 86_400_000 - 1, false), t(1));
+    let (id, request) = rec.poll_request(t(1)).unwrap();
+    let RestRequest::Klines { start_time, end_time, limit, .. } = request else { panic!("{request:?}") };
+    assert_eq!((start_time, end_time, limit), (feb, mar, 2));
+    rec.handle_response(id, klines_body([(feb, mar - 1), (mar, apr - 1)]), t(2));
+    assert_eq!(
+        drain_keys(&mut rec),
+        [format!("D{jan}"), format!("R{feb}"), format!("R{mar}"), format!("B{feb}-{mar}/2"), format!("d{apr}")]
+    );
+}
+
+/// One live kline event of the property below: interval index (0..40) and whether it is the closed one.
+#[derive(Debug, Clone)]
+struct KlineFeed(Vec<(u8, bool)>, Vec<u8>);
+
+impl Arbitrary for KlineFeed {
+    fn arbitrary(g: &mut Gen) -> Self {
+        // Mostly forward (running updates, then the closed one), with outages (skips) and replays.
+        let n = usize::arbitrary(g) % 60;
+        let mut at = 0u8;
+        let events = (0..n)
+            .map(|_| {
+                match u8::arbitrary(g) % 6 {
+                    0 => at = at.saturating_add(1 + u8::arbitrary(g) % 4).min(39),
+                    1 => at = at.saturating_sub(u8::arbitrary(g) % 3),
+                    _ => {}
+                }
+                (at, bool::arbitrary(g))
+            })
+            .collect();
+        // Which REST answers fail (by request number).
+        let failing = (0..u8::arbitrary(g) % 5).map(|_| u8::arbitrary(g) % 12).collect();
+        KlineFeed(events, failing)
+    }
+}
+
+#[test]
+fn closed_klines_come_out_once_in_order_without_a_hole() {
+    fn prop(feed: KlineFeed) -> bool {
+        const M: &str = "btcusdt@kline_1M";
+        let iv = KlineInterval::of_stream(M).unwrap();
+        let open = |i: u8| (0..i).fold(1_704_067_200_000, |t, _| iv.next(t));
+        let mut rec = Recovery::new(&streams_config(&[M], true), t(0));
+        let mut now = 0;
+        let mut sent = 0u8;
+        let mut keys: Vec<(u64, bool)> = Vec::new(); // closed keys delivered or abandoned (key, was abandoned)
+        let mut last_closed: Option<u64> = None;
+        let run = |rec: &mut Recovery, now: u64, keys: &mut Vec<(u64, bool)>, sent: &mut u8| -> bool {
+            loop {
+                while let Some((id, r)) = rec.poll_request(t(now)) {
+                    let RestRequest::Klines { start_time, end_time, limit, .. } = r else { return false };
+                    *sent += 1;
+                    let answer = if feed.1.contains(sent) {
+                        status(503, None)
+                    } else {
+                        let mut opens = vec![];
+                        let mut o = start_time;
+                        while o <= end_time && opens.len() < usize::from(limit) {
+                            opens.push((o, iv.next(o) - 1));
+                            o = iv.next(o);
+                        }
+                        klines_body(opens)
+                    };
+                    rec.handle_response(id, answer, t(now));
+                }
+                let mut any = false;
+                while let Some(out) = rec.poll_output() {
+                    any = true;
+                    match out {
+                        RecoveryOutput::Deliver { event: MarketEvent::Kline(k), .. } if k.is_closed => {
+                            keys.push((k.open_time, false))
+                        }
+                        // A running update is never of an interval already closed.
+                        RecoveryOutput::Deliver { event: MarketEvent::Kline(k), .. }
+                            if keys.last().is_some_and(|(key, _)| k.open_time <= *key) =>
+                        {
+                            return false;
+                        }
+                        RecoveryOutput::Abandoned { first, last, .. } => {
+                            let mut o = first;
+                            while o <= last {
+                                keys.push((o, true));
+                                o = iv.next(o);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                if !any && rec.poll_request(t(now)).is_none() {
+                    return true;
+                }
+            }
+        };
+        for (i, closed) in feed.0.iter().copied() {
+            let o = open(i);
+            rec.handle_event(M, kline("1M", o, iv.next(o) - 1, closed), t(now));
+            if closed {
+                last_closed = Some(last_closed.map_or(o, |l: u64| l.max(o)));
+            }
+            if !run(&mut rec, now, &mut keys, &mut sent) {
+                return false;
+            }
+            now += 1;
+        }
+        // Settle: retries after their pauses, then the run stops.
+        for _ in 0..20 {
+            now = rec.poll_timeout().map_or(now, |at| at.as_millis().max(now));
+            if !run(&mut rec, now, &mut keys, &mut sent) {
+                return false;
+            }
+        }
+        rec.handle_shutdown(t(now));
+        if !run(&mut rec, now, &mut keys, &mut sent) {
+            return false;
+        }
+        // Once each, in order, one month apart, up to the last closed kline seen.
+        let continuous = keys.windows(2).all(|w| w[1].0 == iv.next(w[0].0));
+        let reaches = last_closed.is_none_or(|l| keys.last().is_some_and(|(k, _)| *k >= l));
+        continuous && reaches && rec.stats().held_events == 0
+    }
+    QuickCheck::new().tests(300).quickcheck(prop as fn(KlineFeed) -> bool);
+}
