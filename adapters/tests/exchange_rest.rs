@@ -155,7 +155,16 @@ fn bad_parameters_get_binance_error_bodies() {
             ("/api/v3/aggTrades?symbol=BTCUSDT&startTime=1", 400, -1104),
             ("/api/v3/depth?symbol=XRPUSDT", 400, -1121),
             ("/api/v3/depth?symbol=BTCUSDT&limit=0", 400, -1130),
-            ("/api/v3/klines?symbol=BTCUSDT", 404, -1000),
+            ("/api/v3/klines?symbol=BTCUSDT", 400, -1102),
+            ("/api/v3/klines?symbol=BTCUSDT&interval=7m", 400, -1120),
+            ("/api/v3/klines?symbol=BTCUSDT&interval=1m&startTime=5&endTime=4", 400, -1023),
+            ("/api/v3/klines?symbol=BTCUSDT&interval=1m&limit=1001", 400, -1130),
+            ("/api/v3/klines?symbol=BTCUSDT&interval=1m&timeZone=%2B08%3A00", 400, -1100),
+            ("/api/v3/klines?symbol=NOPEUSDT&interval=1m", 400, -1121),
+            ("/api/v3/historicalTrades?symbol=BTCUSDT&limit=0", 400, -1130),
+            ("/api/v3/historicalTrades?symbol=BTCUSDT&startTime=1", 400, -1104),
+            ("/api/v3/historicalTrades?symbol=NOPEUSDT", 400, -1121),
+            ("/api/v3/uiKlines?symbol=BTCUSDT", 404, -1000),
         ];
         for (path, status, code) in table {
             let r = get(&ex, path).await;

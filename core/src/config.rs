@@ -24,7 +24,7 @@ pub struct Config {
     pub heartbeat: HeartbeatConfig,
     /// TLS settings of the WebSocket client (and of the REST client).
     pub tls: TlsConfig,
-    /// Binance's REST API: aggTrade backfill and order-book snapshots (issue 9).
+    /// Binance's REST API: backfill of aggTrades, trades and closed klines, and order-book snapshots (issue 9).
     pub rest: RestConfig,
     /// Dynamic loss scaling.
     pub scaler: ScalerConfig,
@@ -204,7 +204,7 @@ pub const BOOK_DEPTH_LIMITS: [u16; 8] = [5, 10, 20, 50, 100, 500, 1000, 5000];
 /// Binance's request weight budget per IP and minute (`REQUEST_WEIGHT` in `/api/v3/exchangeInfo`).
 pub const BINANCE_WEIGHT_PER_MINUTE: u32 = 6000;
 
-/// `rest`: Binance's REST API, used to close aggTrade gaps and to fetch order-book snapshots. The
+/// `rest`: Binance's REST API, used to close aggTrade, trade and kline gaps and to fetch order-book snapshots. The
 /// `tls` settings apply to it as well.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -214,7 +214,7 @@ pub struct RestConfig {
     /// keel's share of Binance's request weight per minute (6000 per IP, shared with anything else
     /// running from the same address).
     pub weight_per_minute: u32,
-    /// Fetch missing aggTrade ids over REST; when off, gaps are reported as abandoned at once.
+    /// Fetch missing aggTrade and trade ids and closed klines over REST; when off, gaps are reported as abandoned at once.
     pub backfill: bool,
     /// `limit` of order-book snapshots (`/api/v3/depth`); weights: <=100: 5, <=500: 25, <=1000: 50, 5000: 250.
     pub book_depth_limit: u16,

@@ -1365,6 +1365,75 @@ mod tests {
     }
 
     #[test]
+    fn rest_trades_are_the_streamed_ones() {
+        let mut m = Market::with_history(9, &syms(), 50);
+        let mut streamed = Vec::new();
+        for i in 0..40 {
+            for p in m.tick(2_000 + i * 100).into_iter().filter(|p| p.stream == "btcusdt@trade") {
+                streamed.push(serde_json::from_str::<serde_json::Value>(&p.json).unwrap());
+            }
+        }
+        let last = streamed.last().unwrap()["t"].as_u64().unwrap();
+        let from = last - 9;
+        let got = m.historical_trades("BTCUSDT", Some(from), 1000).unwrap();
+        assert_eq!(got.iter().map(|t| t.id).collect::<Vec<_>>(), (from..=last).collect::<Vec<_>>());
+        for (r, s) in got.iter().zip(&streamed[streamed.len() - 10..]) {
+            let r: serde_json::Value = serde_json::from_str(&r.rest_json()).unwrap();
+            // Binance's REST names for the stream's fields, same text.
+            for (rest, stream) in [("id", "t"), ("price", "p"), ("qty", "q"), ("time", "T"), ("isBuyerMaker", "m")] {
+                assert_eq!(r[rest], s[stream], "{rest} of {r}");
+            }
+            assert!(r["quoteQty"].is_string() && r["isBestMatch"] == true, "{r}");
+        }
+        // Only the last 50 are kept; None: the latest.
+        assert_eq!(m.historical_trades("BTCUSDT", Some(0), 1).unwrap()[0].id, last - 49);
+        assert_eq!(
+            m.historical_trades("BTCUSDT", None, 2).unwrap().iter().map(|t| t.id).collect::<Vec<_>>(),
+            [last - 1, last]
+        );
+        assert!(m.historical_trades("ETHUSDT", None, 3).is_none());
+    }
+
+    #[test]
+    fn rest_klines_are_the_streamed_closed_ones_without_holes() {
+        let mut m = Market::new(4, &syms());
+        m.ensure_stream("btcusdt@kline_1s").unwrap();
+        let mut closed = Vec::new();
+        // Ticks at 10.0, 10.5, then none until 13.2 s: 11 and 12 have no trade, and still a kline each.
+        for now in [10_000, 10_500, 13_200, 13_700, 14_100] {
+            for p in m.tick(now).into_iter().filter(|p| p.stream == "btcusdt@kline_1s") {
+                let v: serde_json::Value = serde_json::from_str(&p.json).unwrap();
+                if v["k"]["x"] == true {
+                    closed.push(v["k"].clone());
+                }
+            }
+        }
+        let opens: Vec<u64> = closed.iter().map(|k| k["t"].as_u64().unwrap()).collect();
+        assert_eq!(opens, [10_000, 11_000, 12_000, 13_000]);
+        assert_eq!(
+            (closed[1]["n"].as_u64(), closed[1]["f"].as_i64(), closed[1]["o"].clone()),
+            (Some(0), Some(-1), closed[0]["c"].clone())
+        );
+        let rest = m.klines("BTCUSDT", "1s", Some(10_000), Some(13_000), 1000).unwrap();
+        assert_eq!(rest.len(), 4);
+        for (r, k) in rest.iter().zip(&closed) {
+            let r: serde_json::Value = serde_json::from_str(r).unwrap();
+            let a = r.as_array().unwrap();
+            assert_eq!(a.len(), 12);
+            let pairs = [(0, "t"), (1, "o"), (2, "h"), (3, "l"), (4, "c"), (5, "v"), (6, "T"), (7, "q"), (8, "n")];
+            for (i, f) in pairs {
+                assert_eq!(a[i], k[f], "field {f} of {r}");
+            }
+        }
+        // The open kline is included when in range; limits and unknown intervals/symbols.
+        assert_eq!(m.klines("BTCUSDT", "1s", Some(13_000), None, 1000).unwrap().len(), 2);
+        assert_eq!(m.klines("BTCUSDT", "1s", Some(10_000), None, 2).unwrap().len(), 2);
+        assert_eq!(m.klines("BTCUSDT", "1s", None, None, 1).unwrap()[0].split(',').next(), Some("[14000"));
+        assert!(m.klines("BTCUSDT", "1m", None, None, 10).unwrap().is_empty());
+        assert!(m.klines("ETHUSDT", "1s", None, None, 10).is_none());
+    }
+
+    #[test]
     fn depth_blast_is_the_book_changing() {
         let mut m = Market::new(3, &syms());
         let _ = m.tick(1_000);

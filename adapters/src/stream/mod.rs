@@ -973,13 +973,12 @@ fn log_recovery(out: &RecoveryOutput) {
         RecoveryOutput::Backfilled { stream, first, last, count } => {
             tracing::info!(%stream, first, last, count, "backfilled: gap closed over REST")
         }
-        RecoveryOutput::Abandoned { stream, first, last, reason } => tracing::warn!(
-            %stream,
-            first,
-            last,
-            lost = last - first + 1,
-            "abandoned: aggTrade ids lost: {reason}"
-        ),
+        RecoveryOutput::Abandoned { stream, first, last, reason } => {
+            // Klines are abandoned by open time: count them in klines, not milliseconds.
+            let lost = keel_core::recovery::KlineInterval::of_stream(stream)
+                .map_or(last - first + 1, |interval| interval.count(*first, *last));
+            tracing::warn!(%stream, first, last, lost, "abandoned: ids lost: {reason}")
+        }
         RecoveryOutput::BookSynced { symbol, last_update_id } => {
             tracing::info!(%symbol, last_update_id, "book synced from a snapshot")
         }

@@ -147,7 +147,7 @@ pub const KEYS: &[KeyDoc] = &[
     key!(
         rest.url,
         "https:// URL (TLS is mandatory)",
-        "Base URL of Binance's REST API (`/api/v3/aggTrades`, `/api/v3/depth`); point it at `keel exchange` for offline runs. The `tls` settings apply to it too."
+        "Base URL of Binance's REST API (`/api/v3/aggTrades`, `/api/v3/historicalTrades`, `/api/v3/klines`, `/api/v3/depth`); point it at `keel exchange` for offline runs. The `tls` settings apply to it too."
     ),
     key!(
         rest.weight_per_minute,
@@ -157,7 +157,7 @@ pub const KEYS: &[KeyDoc] = &[
     key!(
         rest.backfill,
         "true or false",
-        "Fetch aggTrade ids missed during an outage over REST and deliver them in order; off: gaps are reported as abandoned."
+        "Fetch aggTrade and trade ids and closed klines missed during an outage over REST and deliver them in order; off: gaps are reported as abandoned."
     ),
     key!(
         rest.book_depth_limit,
@@ -167,7 +167,7 @@ pub const KEYS: &[KeyDoc] = &[
     key!(
         rest.max_held_events,
         "> 0",
-        "Live aggTrades held back per stream while an earlier gap is being fetched; when full, the gap is abandoned (reported) and the held events released."
+        "Live events (aggTrades, trades, klines) held back per stream while an earlier gap is being fetched; when full, the gap is abandoned (reported) and the held events released."
     ),
     key!(
         scaler.init_scale,
@@ -253,7 +253,10 @@ const SECTIONS: &[(&str, &str)] = &[
     ("reconnect", "Exponential backoff with jitter and Binance's connection-attempt budget."),
     ("heartbeat", "The client's own liveness check (Binance's server pings are answered regardless)."),
     ("tls", "TLS of the WebSocket client; certificates and host names are always verified."),
-    ("rest", "Binance's REST API: aggTrade backfill and order-book snapshots, within a request weight budget."),
+    (
+        "rest",
+        "Binance's REST API: backfill of aggTrades, trades and closed klines, and order-book snapshots, within a request weight budget.",
+    ),
     ("scaler", "Dynamic loss scaling and the scale monitor."),
     ("train", "The Informer model and its optimizer."),
 ];

@@ -1,5 +1,6 @@
 //! [`Recovery`]: zero gap on top of the [`Connection`](crate::connection::Connection) (issue 9): aggTrade
-//! gaps are fetched over REST and delivered in order, and order books are synced from snapshots.
+//! and trade id gaps and missed closed klines are fetched over REST and delivered in order, and order
+//! books are synced from snapshots.
 //!
 //! Sans-IO like the connection: the adapter feeds what the connection delivered and what REST
 //! answered, and sends what [`Recovery::poll_request`] asks for. The run loop, beside the connection's:
@@ -19,7 +20,10 @@
 //! Rules it keeps:
 //! - aggTrade events of a stream come out in id order: live trades behind a missing range are held
 //!   (at most `rest.max_held_events` per stream) while `GET /api/v3/aggTrades` fetches it, up to
-//!   1000 ids per request. Every id from the first one seen is delivered or reported
+//!   1000 ids per request. `@trade` streams the same by `t` with `GET /api/v3/historicalTrades`, and
+//!   kline streams by the open time of their *closed* klines with `GET /api/v3/klines` (this machine
+//!   sequences them: [`KlineInterval`]; running updates pass, or wait behind a gap, and a running
+//!   update of a closed interval is dropped). Every key from the first one seen is delivered or reported
 //!   [`RecoveryOutput::Abandoned`] exactly once. A gap is abandoned when backfill is off, when the
 //!   hold-back buffer is full, when REST failed [`backfill::MAX_BACKFILL_FAILURES`] times in a row
 //!   (pauses 1 s doubling to 30 s), or when Binance answers from a later id (the ids are gone).
