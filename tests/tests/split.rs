@@ -42,8 +42,12 @@ fn config(ex: &ExchangeHandle, dir: &Path, streams: &[String]) -> Config {
 }
 
 fn run(cfg: Config, duration_ms: u64, record: bool) -> StreamReport {
-    let opts =
-        StreamOptions { seed: 7, duration: Some(Duration::from_millis(duration_ms)), record, ..Default::default() };
+    run_traced(cfg, duration_ms, record, None)
+}
+
+fn run_traced(cfg: Config, duration_ms: u64, record: bool, trace: Option<PathBuf>) -> StreamReport {
+    let duration = Some(Duration::from_millis(duration_ms));
+    let opts = StreamOptions { seed: 7, duration, record, trace, ..Default::default() };
     smol::block_on(stream(cfg, opts)).unwrap()
 }
 
@@ -72,9 +76,16 @@ fn five_streams_over_three_connections_survive_a_reset_of_one() {
     let mut cfg = config(&ex, &dir, &streams);
     cfg.stream.max_streams_per_connection = 2;
     cfg.stream.max_connections = 3;
-    let report = run(cfg, 3_000, true);
+    let report = run_traced(cfg, 3_000, true, Some(dir.join("trace.ron")));
     assert_eq!(report.cause, StopCause::Duration);
     assert!(report.gave_up.is_none(), "{:?}", report.gave_up);
+
+    // One trace per connection (trace.ron, trace.ron.1, trace.ron.2), each replaying through a fresh
+    // machine built from its own shard's config and seed to the same outputs.
+    for name in ["trace.ron", "trace.ron.1", "trace.ron.2"] {
+        let text = std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        keel_core::trace::replay_text(&text).unwrap_or_else(|e| panic!("{name} does not replay: {e}"));
+    }
 
     // Three connections, a symbol's streams on one connection each.
     let shards: Vec<Vec<String>> = report.connections.iter().map(|c| c.streams.clone()).collect();
