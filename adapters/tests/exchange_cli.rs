@@ -56,6 +56,41 @@ fn rest_faults_from_the_command_line_are_served_in_order() {
     assert_eq!(get(port, &ca, path).0, 200, "the queue is used up: served normally");
 }
 
+/// A script that reads what it needs and closes the pipe (`| head -1`) must not stop the server.
+/// The exchange used to panic in `println!` on the broken pipe: when this file's first test read
+/// the REST line and dropped its reader before the exchange printed its next line (under load), the
+/// exchange was gone and the GET failed in its TLS handshake with an EOF.
+#[test]
+fn a_closed_stdout_does_not_stop_the_exchange() {
+    let dir = tmp("closed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["exchange", "--port", "0", "--rest-port", "0", "--duration", "60"])
+        .arg("--cert-out")
+        .arg(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let stderr = child.stderr.take().unwrap();
+    let _running = Running(child);
+    // Its log line on stderr: "exchange: listening on wss://localhost:P, REST on https://localhost:PORT".
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let line = line.unwrap_or_default();
+            if let Some((_, rest)) = line.split_once("REST on https://localhost:") {
+                let port: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                let _ = tx.send(port.parse::<u16>().unwrap());
+            }
+        }
+    });
+    let port = rx.recv_timeout(std::time::Duration::from_secs(10)).expect("the exchange logs its REST address");
+    // The CA is written before the first line is printed, and that print is what used to panic.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(get(port, &dir.join("ca.pem"), "/api/v3/ping").0, 200);
+}
+
 #[test]
 fn a_misspelled_rest_fault_stops_before_binding_and_names_the_forms() {
     let dir = tmp("bad");

@@ -392,14 +392,21 @@ pub fn run(args: ExchangeArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot create --cert-out {}", args.cert_out.display()))?;
     let ca_path = args.cert_out.join("ca.pem");
     ex.write_ca(&ca_path)?;
-    println!("exchange listening on {} (CA: {})", ex.url(), ca_path.display());
-    println!("REST on {} (GET /api/v3/aggTrades, /api/v3/depth)", ex.rest_url());
-    println!(
+    // A closed stdout (a script that read the REST line and went on, `| head -2`) must not stop the
+    // server: `println!` would panic on the broken pipe and take the exchange down with it.
+    let say = |line: String| {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+    };
+    say(format!("exchange listening on {} (CA: {})", ex.url(), ca_path.display()));
+    say(format!("REST on {} (GET /api/v3/aggTrades, /api/v3/depth)", ex.rest_url()));
+    say(format!(
         "try: keel stream --url {} --rest-url {} --ca-file {} --streams btcusdt@aggTrade,btcusdt@depth",
         ex.url(),
         ex.rest_url(),
         ca_path.display()
-    );
+    ));
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
     ctrlc::set_handler(move || {
         let _ = stop_tx.send(());
@@ -415,6 +422,6 @@ pub fn run(args: ExchangeArgs) -> anyhow::Result<ExitCode> {
     }
     let conns = ex.connections();
     ex.shutdown();
-    println!("exchange stopped after {} connections", conns.len());
+    say(format!("exchange stopped after {} connections", conns.len()));
     Ok(ExitCode::SUCCESS)
 }
