@@ -473,6 +473,8 @@ async fn stream_on(
             Fed::All => 0..shards.len(),
         };
         let mut gave_up_now = false;
+        // Machines stop only when fed, so the run can have ended only if one just fed stopped.
+        let mut stopped_now = false;
         for si in range {
             let shard = &mut shards[si];
             while let Some(out) = shard.machine.poll_output() {
@@ -573,6 +575,8 @@ async fn stream_on(
                     }
                 }
             }
+            shard.machine.write_trace()?;
+            stopped_now |= shard.machine.conn().is_stopped();
         }
         if gave_up_now && stopping.is_none() && split {
             tracing::warn!("one connection gave up: closing the others and ending the run");
@@ -589,16 +593,7 @@ async fn stream_on(
         while let Some(out) = recovery.poll_output() {
             pass_on(out, &mut report, recorder.as_mut(), &mut total_market)?;
         }
-        match fed {
-            Fed::None => {}
-            Fed::One(i) => shards[i].machine.write_trace()?,
-            Fed::All => {
-                for s in &mut shards {
-                    s.machine.write_trace()?;
-                }
-            }
-        }
-        if shards.iter().all(|s| s.machine.conn().is_stopped()) {
+        if stopped_now && shards.iter().all(|s| s.machine.conn().is_stopped()) {
             break;
         }
         if stopping.is_some_and(|s| s.elapsed() > Duration::from_secs(3)) {
