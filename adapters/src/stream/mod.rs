@@ -1144,7 +1144,14 @@ pub fn run(args: StreamArgs) -> anyhow::Result<ExitCode> {
         trace: args.trace.clone(),
         metrics: metrics.as_ref().map(|(m, _)| m.clone()),
     };
-    tracing::info!(url = redact_url(&cfg.stream.url), streams = ?cfg.stream.streams, out = %cfg.stream.out_dir, "keel stream starting");
+    // The first few names and a count: a split run's list can hold tens of thousands of characters.
+    tracing::info!(
+        url = redact_url(&cfg.stream.url),
+        streams = %stream_list(&cfg.stream.streams),
+        stream_count = cfg.stream.streams.len(),
+        out = %cfg.stream.out_dir,
+        "keel stream starting"
+    );
     let report = smol::block_on(stream(cfg, opts))?;
     if let Some(p) = &args.stats_json {
         std::fs::write(p, report.stats_json()).with_context(|| format!("cannot write --stats-json {}", p.display()))?;
@@ -1178,5 +1185,22 @@ pub fn run(args: StreamArgs) -> anyhow::Result<ExitCode> {
             eprintln!("keel: error: gave up after {} consecutive failures: {}", g.failures, g.reason);
             Ok(ExitCode::from(1))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stream_list;
+
+    #[test]
+    fn a_long_stream_list_is_shown_as_its_first_names_and_a_count() {
+        let names: Vec<String> = (0..1100).map(|i| format!("s{i}usdt@aggTrade")).collect();
+        assert_eq!(
+            stream_list(&names),
+            "s0usdt@aggTrade, s1usdt@aggTrade, s2usdt@aggTrade, s3usdt@aggTrade, s4usdt@aggTrade, s5usdt@aggTrade \
+             and 1094 more"
+        );
+        assert_eq!(stream_list(&names[..2]), "s0usdt@aggTrade, s1usdt@aggTrade");
+        assert_eq!(stream_list(&names[..6]).matches(", ").count(), 5);
     }
 }
