@@ -1124,10 +1124,14 @@ fn closed_klines_come_out_once_in_order_without_a_hole() {
                 }
             }
         };
+        // Closed klines are promised from the stream's first event on: one of an earlier month that
+        // comes after it (a running update of March, then February's close) is stale, as aggTrade ids
+        // below the first one seen are (quickcheck found [(3, running), (2, closed), ..]).
+        let start = feed.0.first().map_or(0, |&(i, _)| open(i));
         for (i, closed) in feed.0.iter().copied() {
             let o = open(i);
             rec.handle_event(M, kline("1M", o, iv.next(o) - 1, closed), t(now));
-            if closed {
+            if closed && o >= start {
                 last_closed = Some(last_closed.map_or(o, |l: u64| l.max(o)));
             }
             if !run(&mut rec, now, &mut keys, &mut sent) {
@@ -1151,5 +1155,14 @@ fn closed_klines_come_out_once_in_order_without_a_hole() {
         let reaches = last_closed.is_none_or(|l| keys.last().is_some_and(|(k, _)| *k >= l));
         continuous && reaches && rec.stats().held_events == 0
     }
-    QuickCheck::new().tests(300).quickcheck(prop as fn(KlineFeed) -> bool);
+    // KlineFeed has no shrinker, and quickcheck then reports a failure as "No Arguments Provided":
+    // print the feed itself.
+    fn named(feed: KlineFeed) -> bool {
+        let ok = prop(feed.clone());
+        if !ok {
+            eprintln!("failing feed: {feed:?}");
+        }
+        ok
+    }
+    QuickCheck::new().tests(2000).quickcheck(named as fn(KlineFeed) -> bool);
 }
