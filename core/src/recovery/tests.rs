@@ -93,25 +93,7 @@ fn agg_request(rec: &mut Recovery, now: Timestamp) -> Option<(RequestId, u64, u1
 fn without_gaps_everything_passes_at_once() {
     let mut rec = Recovery::new(&config(10, true, 1200), t(0));
     rec.handle_event(S, live(1), t(0));
-    let kline = MarketEvent::Kline(Box::new(Kline {
-        symbol: "BTCUSDT".into(),
-        event_time: 0,
-        open_time: 0,
-        close_time: 0,
-        interval: "1m".into(),
-        first_trade_id: -1,
-        last_trade_id: -1,
-        open: Decimal::default(),
-        high: Decimal::default(),
-        low: Decimal::default(),
-        close: Decimal::default(),
-        volume: Decimal::default(),
-        quote_volume: Decimal::default(),
-        taker_buy_volume: Decimal::default(),
-        taker_buy_quote_volume: Decimal::default(),
-        trades: 0,
-        is_closed: false,
-    }));
+    let kline = kline("1m", 0, 0, false);
     rec.handle_event("btcusdt@kline_1m", kline.clone(), t(1));
     rec.handle_event(S, live(2), t(2));
     assert_eq!(drain(&mut rec), ["D1", "K", "D2"]);
@@ -925,7 +907,7 @@ fn trade_gaps_are_fetched_with_historical_trades_in_order() {
     assert_eq!(drain_keys(&mut rec), Vec::<String>::new());
 }
 
-/// A 1m kline of BTCUSDT opening at `open`.
+/// A kline of BTCUSDT for `interval` opening at `open`, closing at `close`, with empty prices.
 fn kline(interval: &str, open: u64, close: u64, closed: bool) -> MarketEvent {
     MarketEvent::Kline(Box::new(Kline {
         symbol: "BTCUSDT".into(),
