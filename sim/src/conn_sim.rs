@@ -13,7 +13,7 @@
 //! operator or a supervisor restarts the process; its transport ids are kept apart by an
 //! incarnation number in the upper bits.
 
-use crate::exchange::agg_trade_fields;
+use crate::exchange::{agg_trade_fields, trade_fields};
 use crate::network::{FromClient, Network, Tid, ToClient};
 use crate::profile::FaultProfile;
 use crate::rest_sim::RestModel;
@@ -70,10 +70,14 @@ pub struct ConnSummary {
     pub faults: String,
     /// Hash of every output.
     pub hash: u64,
-    /// aggTrades the recovery machine fetched over REST and delivered.
+    /// Trades and closed klines the recovery machine fetched over REST and delivered.
     pub backfilled: u64,
-    /// aggTrade ids it reported lost.
+    /// Keys (trade ids, kline intervals) it reported lost.
     pub abandoned_ids: u64,
+    /// Of `backfilled`: trades of `@trade` streams (fetched with historicalTrades).
+    pub trade_backfilled: u64,
+    /// Of `abandoned_ids`: trade ids of `@trade` streams.
+    pub trade_abandoned: u64,
     /// REST answers by kind, as `kind=count`.
     pub rest: String,
     /// Order books synced (first syncs and resyncs).
@@ -90,7 +94,31 @@ fn kline_step(stream: &str) -> u64 {
     if stream.contains("@kline_") { 60_000 } else { 1 }
 }
 
-/// What the checker remembers of the recovery machine (issue 9): per aggTrade stream, the last id
+/// The id of a trade event (aggTrade `a`, trade `t`), and its decoded (price, quantity, maker side) to
+/// compare with [`trade_fields`]; `None` for every other event.
+fn trade_id(event: &MarketEvent) -> Option<(u64, ((u64, u8), (u64, u8), bool))> {
+    let (id, price, qty, maker) = match event {
+        MarketEvent::AggTrade(t) => (t.agg_id, t.price, t.quantity, t.buyer_is_maker),
+        MarketEvent::Trade(t) => (t.trade_id, t.price, t.quantity, t.buyer_is_maker),
+        _ => return None,
+    };
+    Some((id, ((price.mantissa(), price.scale()), (qty.mantissa(), qty.scale()), maker)))
+}
+
+/// The numbering whose every id the checker demands on `stream`, once, in order, or reported missing:
+/// aggTrade ids on `@aggTrade` streams, trade ids on `@trade` streams (an aggTrade stream's trade-id
+/// gaps, `f`/`l` jumps, cannot happen in the model: `f` = 3a).
+fn covered_kind(stream: &str) -> Option<GapKind> {
+    if stream.ends_with("@aggTrade") {
+        Some(GapKind::AggTradeId)
+    } else if stream.ends_with("@trade") {
+        Some(GapKind::TradeId)
+    } else {
+        None
+    }
+}
+
+/// What the checker remembers of the recovery machine (issue 9): per trade stream (aggTrade, trade), the last id
 /// it delivered or abandoned (each next one must continue it: in order, each id once, no hole; per
 /// kline stream the same for closed klines by open time),
 /// and the last id the connection delivered live.
@@ -172,7 +200,7 @@ struct Machine {
     suspect_gap: Option<String>,
     /// Numbering restarts reported per stream.
     id_restarts: BTreeMap<String, usize>,
-    /// Per (stream, first id of a numbering that followed a restart): the lowest aggTrade id of that
+    /// Per (stream, first id of a numbering that followed a restart): the lowest trade id of that
     /// numbering handed to this machine. The restart it reports must start there: an event the machine
     /// was handed and never passed on, without a gap, is lost.
     handed_min: BTreeMap<(String, u64), u64>,
@@ -489,15 +517,16 @@ impl<'p> ConnSim<'p> {
     /// Remembers the lowest id of each restarted numbering handed to the machine (only once a
     /// restart happened: this decodes the frame a second time).
     fn note_handed(&mut self, text: &str) {
-        let Ok(Frame::Market { stream, event: MarketEvent::AggTrade(trade) }) = protocol::decode(text) else {
+        let Ok(Frame::Market { stream, event }) = protocol::decode(text) else {
             return;
         };
+        let Some((id, _)) = trade_id(&event) else { return };
         if self.net.id_restarts(&stream) == 0 {
             return;
         }
-        let Some(numbering) = self.net.numbering_of(&stream, trade.agg_id) else { return };
-        let min = self.m.handed_min.entry((stream.to_string(), numbering)).or_insert(trade.agg_id);
-        *min = (*min).min(trade.agg_id);
+        let Some(numbering) = self.net.numbering_of(&stream, id) else { return };
+        let min = self.m.handed_min.entry((stream.to_string(), numbering)).or_insert(id);
+        *min = (*min).min(id);
     }
 
     /// Applies every output of the machine and checks the invariants after the step.
@@ -537,7 +566,7 @@ impl<'p> ConnSim<'p> {
         Ok(())
     }
 
-    /// Sends what the recovery machine asks and checks what it outputs: aggTrade ids of each stream
+    /// Sends what the recovery machine asks and checks what it outputs: trade ids of each stream
     /// come out delivered or abandoned in order, each exactly once, with the exchange's fields.
     fn drain_recovery(&mut self, now: u64) -> Result<(), ConnFailure> {
         let t = Timestamp::from_millis(now);
@@ -545,12 +574,15 @@ impl<'p> ConnSim<'p> {
             self.note(|| format!("rest {id} <- {}", request.path()));
             self.rest.send(id, request, now);
         }
+        if let Some(v) = self.rest.violations.first() {
+            return Err(self.fail(format!("the REST API saw the client break its weight budget: {v}")));
+        }
         while let Some(out) = self.rec.poll_output() {
             // The recovery machine's outputs go into the run's hash too (--check-determinism).
             let (kind, a, b) = match &out {
                 RecoveryOutput::Deliver { event, backfilled, .. } => {
                     let id = match event.sequence() {
-                        Sequence::AggTrade { id, .. } => id,
+                        Sequence::AggTrade { id, .. } | Sequence::Trade { id } => id,
                         Sequence::Depth { last, .. } => last,
                         _ => event.event_time(),
                     };
@@ -565,19 +597,20 @@ impl<'p> ConnSim<'p> {
                 mix(&mut self.summary.hash, x);
             }
             let (stream, first, last) = match out {
-                RecoveryOutput::Deliver { stream, event: MarketEvent::AggTrade(trade), backfilled } => {
-                    let id = trade.agg_id;
-                    let price = (trade.price.mantissa(), trade.price.scale());
-                    let qty = (trade.quantity.mantissa(), trade.quantity.scale());
-                    if price != ((30_000 + id % 997) * 100 + id % 100, 2)
-                        || qty != (1 + id % 999, 3)
-                        || (trade.first_trade_id, trade.last_trade_id) != (3 * id, 3 * id + 2)
-                        || trade.buyer_is_maker != id.is_multiple_of(2)
-                    {
-                        return Err(self.fail(format!("recovery delivered aggTrade {id} as {trade:?}")));
+                RecoveryOutput::Deliver { stream, event, backfilled } if trade_id(&event).is_some() => {
+                    let Some((id, fields)) = trade_id(&event) else { continue };
+                    let agg_ids = match &event {
+                        MarketEvent::AggTrade(t) => (t.first_trade_id, t.last_trade_id) == (3 * id, 3 * id + 2),
+                        _ => true,
+                    };
+                    if fields != trade_fields(id) || !agg_ids {
+                        return Err(self.fail(format!("recovery delivered trade {id} on {stream} as {event:?}")));
                     }
                     if backfilled {
                         self.summary.backfilled += 1;
+                        if matches!(event, MarketEvent::Trade(_)) {
+                            self.summary.trade_backfilled += 1;
+                        }
                     }
                     (stream, id, id)
                 }
@@ -601,6 +634,9 @@ impl<'p> ConnSim<'p> {
                 RecoveryOutput::Abandoned { stream, first, last, reason } => {
                     self.note(|| format!("abandoned {stream} {first}..={last}: {reason}"));
                     self.summary.abandoned_ids += (last - first) / kline_step(&stream) + 1;
+                    if covered_kind(&stream) == Some(GapKind::TradeId) {
+                        self.summary.trade_abandoned += last - first + 1;
+                    }
                     (Name::from(stream), first, last)
                 }
                 RecoveryOutput::BookSynced { .. } => {
@@ -782,11 +818,11 @@ impl<'p> ConnSim<'p> {
                     {
                         self.rc.book.insert(d.symbol.to_string(), None);
                     }
-                    if let MarketEvent::AggTrade(trade) = event {
+                    if let Some((id, _)) = trade_id(event) {
                         match self.rc.live.get_mut(stream.as_str()) {
-                            Some(live) => *live = trade.agg_id,
+                            Some(live) => *live = id,
                             None => {
-                                self.rc.live.insert(stream.clone(), trade.agg_id);
+                                self.rc.live.insert(stream.clone(), id);
                             }
                         }
                     }
@@ -801,14 +837,14 @@ impl<'p> ConnSim<'p> {
                 self.rec.handle_gap(&gap, Timestamp::from_millis(now));
                 // A frame a fault dropped before the rollover started, with no later frame of its stream on the
                 // old transport, is revealed by the new one (seed 19220): that gap is the fault's, not the rollover's.
-                let dropped = gap.kind == GapKind::AggTradeId
-                    && self.net.all_lost(&gap.stream, gap.first_missing, gap.last_missing);
+                let covered = covered_kind(&gap.stream) == Some(gap.kind);
+                let dropped = covered && self.net.all_lost(&gap.stream, gap.first_missing, gap.last_missing);
                 if !dropped && self.m.rolling.is_some_and(|(faults, _)| faults == Some(self.injected())) {
                     self.m.suspect_gap = Some(format!("{gap:?}"));
                 }
                 self.m.gaps += 1;
                 self.summary.gaps += 1;
-                if gap.kind == GapKind::AggTradeId {
+                if covered {
                     let cov = self.m.coverage.entry(Name::from(&gap.stream)).or_default();
                     if let Err((l, h)) = cov.add(gap.first_missing, gap.last_missing) {
                         return Err(
@@ -866,22 +902,21 @@ impl<'p> ConnSim<'p> {
                         self.fail(format!("ticker on {stream} decoded as {event:?}, its count and price disagree"))
                     );
                 }
-                if let (Sequence::AggTrade { id, .. }, MarketEvent::AggTrade(trade)) = (event.sequence(), &event) {
+                // Every trade (aggTrade `a`, trade `t`) once: delivered, or in a reported gap.
+                if let Some((id, fields)) = trade_id(event) {
                     if !self.net.was_produced(stream, id) {
-                        let next = self.net.next_agg_id(stream).unwrap_or(0);
-                        return Err(self.fail(format!("aggTrade {id} on {stream} was never produced (next is {next})")));
+                        let next = self.net.next_id(stream).unwrap_or(0);
+                        return Err(self.fail(format!("trade {id} on {stream} was never produced (next is {next})")));
                     }
                     // Exact decimals: mantissa and scale of the strings `agg_trade_fields` wrote.
-                    let price = (trade.price.mantissa(), trade.price.scale());
-                    let qty = (trade.quantity.mantissa(), trade.quantity.scale());
-                    if price != ((30_000 + id % 997) * 100 + id % 100, 2) || qty != (1 + id % 999, 3) {
+                    if fields != trade_fields(id) {
                         let sent = agg_trade_fields(id);
-                        return Err(self.fail(format!("aggTrade {id} decoded as {trade:?}, sent {sent:?}")));
+                        return Err(self.fail(format!("trade {id} on {stream} decoded as {event:?}, sent {sent:?}")));
                     }
                     let cov = self.m.coverage.entry(stream.clone()).or_default();
                     if let Err((l, h)) = cov.add(id, id) {
                         return Err(self.fail(format!(
-                            "aggTrade {id} on {stream} delivered twice (or after its gap {l}..={h} was reported)"
+                            "trade {id} on {stream} delivered twice (or after its gap {l}..={h} was reported)"
                         )));
                     }
                 }
@@ -953,7 +988,7 @@ impl<'p> ConnSim<'p> {
                     && min < first
                 {
                     return Err(self.fail(format!(
-                        "numbering restart on {stream} reported from {first}, but aggTrades {min}..{first} of that \
+                        "numbering restart on {stream} reported from {first}, but trades {min}..{first} of that \
                          numbering were handed to the machine before it and never delivered or reported"
                     )));
                 }
@@ -1083,7 +1118,7 @@ impl<'p> ConnSim<'p> {
     }
 
     /// Liveness after a numbering restart: once the machine is live in the fault-free phase, the
-    /// feed must not go silent on a stream whose ids restarted. When several aggTrades of the current
+    /// feed must not go silent on a stream whose ids restarted. When several trades of the current
     /// numbering went out after it was live, the last one delivered must be of that numbering.
     fn check_restarted_streams_deliver(&self) -> Result<(), ConnFailure> {
         let Some(since) = self.live_after_heal else { return Ok(()) };
@@ -1200,7 +1235,7 @@ fn digest(hash: &mut u64, now: u64, out: &Output) {
             4,
             id.0,
             match event.sequence() {
-                Sequence::AggTrade { id, .. } => id,
+                Sequence::AggTrade { id, .. } | Sequence::Trade { id } => id,
                 _ => event.event_time(),
             },
         ),

@@ -17,6 +17,9 @@ use std::collections::VecDeque;
 pub enum StreamKind {
     /// `<symbol>@aggTrade`: sequenced by `a` (and `f`/`l`).
     AggTrade,
+    /// `<symbol>@trade`: sequenced by `t`; its fields are the same functions of `t` as an aggTrade's
+    /// of `a` ([`trade_fields`]).
+    Trade,
     /// `<symbol>@kline_1m`: sequenced by the recovery machine by open time (closed klines only).
     Kline,
     /// `<symbol>@depth` / `@depth@100ms`: diffs of the model book, sequenced by `U`/`u`.
@@ -29,7 +32,15 @@ pub enum StreamKind {
     MiniTicker,
 }
 
-/// aggTrades whose time and id a market remembers.
+impl StreamKind {
+    /// A stream of trades numbered one by one (aggTrade `a`, trade `t`): ids advance while no one
+    /// listens, faults lose, duplicate, reorder and restart them, and the checker demands each id once.
+    pub fn is_trades(self) -> bool {
+        matches!(self, StreamKind::AggTrade | StreamKind::Trade)
+    }
+}
+
+/// Trades (aggTrade or trade) whose time and id a market remembers.
 pub const RECENT_IDS: usize = 1024;
 
 /// Model book states kept for the checker (the client's book is at most a few diffs behind).
@@ -181,11 +192,11 @@ pub struct Market {
     pub symbol: String,
     /// Event type.
     pub kind: StreamKind,
-    /// The id the next aggTrade gets.
+    /// The id the next trade (aggTrade `a`, trade `t`) or depth diff gets.
     pub next_id: u64,
     /// The first id of the current numbering (the ids restart far below it on an `IdRestart`).
     pub first_id: u64,
-    /// `(time, id)` of the last [`RECENT_IDS`] aggTrades, oldest first (for the restart liveness check).
+    /// `(time, id)` of the last [`RECENT_IDS`] trades, oldest first (for the restart liveness check).
     pub recent: VecDeque<(u64, u64)>,
     /// When the next event happens.
     pub next_at: u64,
@@ -202,6 +213,7 @@ impl Market {
         let (symbol, kind) = stream.split_once('@')?;
         let kind = match kind {
             "aggTrade" => StreamKind::AggTrade,
+            "trade" => StreamKind::Trade,
             "kline_1m" => StreamKind::Kline,
             "depth" | "depth@100ms" => StreamKind::Depth,
             "ticker" => StreamKind::Ticker,
@@ -221,7 +233,7 @@ impl Market {
         })
     }
 
-    /// The ids start again at `first` (an aggTrade stream; the caller picks it far below the current
+    /// The ids start again at `first` (a trade stream; the caller picks it far below the current
     /// numbering's first id, so that every numbering's ids are disjoint).
     pub fn restart_numbering(&mut self, first: u64) {
         self.first_id = first;
@@ -246,7 +258,7 @@ impl Market {
     /// [`Self::next_frame`] does, without writing the frame. Returns the same id.
     pub fn skip_event(&mut self) -> Option<u64> {
         match self.kind {
-            StreamKind::AggTrade => {
+            StreamKind::AggTrade | StreamKind::Trade => {
                 let a = self.next_id;
                 self.next_id += 1;
                 Some(a)
@@ -288,6 +300,24 @@ impl Market {
                 push_u64(&mut f, epoch_ms);
                 f.push_str(if a.is_multiple_of(2) { r#","m":true,"M":true}}"# } else { r#","m":false,"M":true}}"# });
                 (f, Some(a))
+            }
+            StreamKind::Trade => {
+                let t = self.next_id;
+                self.next_id += 1;
+                // Binance's trade event (the protocol's sample frame), fields as for an aggTrade.
+                let mut f = self.frame_head("trade", epoch_ms, 80);
+                f.push_str(r#"","t":"#);
+                push_u64(&mut f, t);
+                f.push_str(r#","p":""#);
+                push_u64(&mut f, 30_000 + t % 997);
+                f.push('.');
+                push_padded(&mut f, t % 100, 2);
+                f.push_str(r#"","q":"0."#);
+                push_padded(&mut f, 1 + t % 999, 3);
+                f.push_str(r#"","T":"#);
+                push_u64(&mut f, epoch_ms);
+                f.push_str(if t.is_multiple_of(2) { r#","m":true,"M":true}}"# } else { r#","m":false,"M":true}}"# });
+                (f, Some(t))
             }
             StreamKind::Depth => {
                 let Some(book) = self.book.as_mut() else { return (String::new(), None) };
@@ -365,9 +395,15 @@ fn push_padded(out: &mut String, n: u64, width: usize) {
     out.push_str(digits);
 }
 
-/// Price and quantity of aggTrade `a`, as the decimal strings Binance sends.
+/// Price and quantity of aggTrade `a` (or trade `t`), as the decimal strings Binance sends.
 pub fn agg_trade_fields(a: u64) -> (String, String) {
     (format!("{}.{:02}", 30_000 + a % 997, a % 100), format!("0.{:03}", 1 + a % 999))
+}
+
+/// What the checker demands of trade `id` (aggTrade `a`, trade `t`) as decoded: price and quantity as
+/// (mantissa, scale), and the maker side; [`agg_trade_fields`] wrote them.
+pub fn trade_fields(id: u64) -> ((u64, u8), (u64, u8), bool) {
+    (((30_000 + id % 997) * 100 + id % 100, 2), (1 + id % 999, 3), id.is_multiple_of(2))
 }
 
 /// Malformed frames a real feed has produced: truncations, junk, unknown events, wrong types.
@@ -421,6 +457,31 @@ mod tests {
     }
 
     #[test]
+    fn trade_frames_are_binance_trades_with_the_fields_of_their_id() {
+        use keel_core::protocol::{Frame, MarketEvent, decode};
+        let mut m = Market::new("btcusdt@trade", 41, 0).unwrap();
+        assert_eq!(m.kind, StreamKind::Trade);
+        let (f1, t1) = m.next_frame(1_700_000_000_000);
+        assert_eq!(t1, Some(41));
+        assert_eq!(
+            f1,
+            r#"{"stream":"btcusdt@trade","data":{"e":"trade","E":1700000000000,"s":"BTCUSDT","t":41,"p":"30041.41","q":"0.042","T":1700000000000,"m":false,"M":true}}"#
+        );
+        assert_eq!(m.skip_event(), Some(42));
+        for t in [43u64, 99, 100, 997, 12_345, 1 << 40] {
+            m.next_id = t;
+            let (frame, id) = m.next_frame(1_700_000_000_123);
+            let Ok(Frame::Market { stream, event: MarketEvent::Trade(trade) }) = decode(&frame) else {
+                panic!("{frame}")
+            };
+            assert_eq!((stream.as_str(), id, trade.trade_id), ("btcusdt@trade", Some(t), t));
+            let fields =
+                ((trade.price.mantissa(), trade.price.scale()), (trade.quantity.mantissa(), trade.quantity.scale()));
+            assert_eq!((fields.0, fields.1, trade.buyer_is_maker), trade_fields(t), "{frame}");
+        }
+    }
+
+    #[test]
     fn hand_written_frames_equal_format() {
         for a in [0u64, 1, 9, 10, 99, 100, 996, 997, 12_345, 1 << 40, u64::MAX / 4] {
             let mut m = Market::new("ethusdt@aggTrade", a, 0).unwrap();
@@ -438,7 +499,7 @@ mod tests {
 
     #[test]
     fn skipped_events_advance_like_written_ones() {
-        for stream in ["btcusdt@aggTrade", "btcusdt@depth@100ms", "btcusdt@kline_1m"] {
+        for stream in ["btcusdt@aggTrade", "btcusdt@trade", "btcusdt@depth@100ms", "btcusdt@kline_1m"] {
             let (mut written, mut skipped) =
                 (Market::new(stream, 500, 0).unwrap(), Market::new(stream, 500, 0).unwrap());
             for i in 0..50 {

@@ -108,7 +108,7 @@ pub struct NetStats {
     pub accepted: u64,
     /// Faults injected, per kind.
     pub injected: BTreeMap<&'static str, u64>,
-    /// aggTrade/kline frames handed to the network.
+    /// Market frames handed to the network.
     pub frames: u64,
     /// Transports cut at 24 h.
     pub cutoffs: u64,
@@ -140,10 +140,10 @@ pub struct Network {
     queue: BTreeMap<(u64, u64), (Tid, ToClient)>,
     seq: u64,
     markets: Vec<Market>,
-    /// Per aggTrade stream, the id ranges `[first, end)` of numberings ended by an `IdRestart`.
+    /// Per trade stream (aggTrade, trade), the id ranges `[first, end)` of numberings ended by an `IdRestart`.
     old_numberings: BTreeMap<String, Vec<(u64, u64)>>,
-    /// Per aggTrade stream, the ids a `Lost` fault kept from some transport.
-    lost_agg: BTreeMap<String, std::collections::BTreeSet<u64>>,
+    /// Per trade stream, the ids a `Lost` fault kept from some transport.
+    lost_ids: BTreeMap<String, std::collections::BTreeSet<u64>>,
     outage_until: Option<u64>,
     healed: bool,
     /// No connection attempt may reach the server before this (a Retry-After we sent).
@@ -200,7 +200,7 @@ impl Network {
             seq: 0,
             markets,
             old_numberings: BTreeMap::new(),
-            lost_agg: BTreeMap::new(),
+            lost_ids: BTreeMap::new(),
             outage_until: None,
             healed: false,
             ban_until: 0,
@@ -411,23 +411,23 @@ impl Network {
         self.markets.iter().find(|m| m.symbol == symbol && m.kind == StreamKind::Depth)?.book.as_ref()
     }
 
-    /// The id the next aggTrade of `stream` will get.
-    pub fn next_agg_id(&self, stream: &str) -> Option<u64> {
+    /// The id the next event of `stream` will get (aggTrade `a`, trade `t`).
+    pub fn next_id(&self, stream: &str) -> Option<u64> {
         self.markets.iter().find(|m| m.stream == stream).map(|m| m.next_id)
     }
 
-    /// Whether the exchange produced aggTrade `id` on `stream` (in the current numbering or an earlier one).
+    /// Whether the exchange produced trade `id` on `stream` (in the current numbering or an earlier one).
     pub fn was_produced(&self, stream: &str, id: u64) -> bool {
         let current = self.markets.iter().any(|m| m.stream == stream && (m.first_id..m.next_id).contains(&id));
         current || self.old_numberings.get(stream).is_some_and(|v| v.iter().any(|&(a, b)| (a..b).contains(&id)))
     }
 
-    /// Whether a `Lost` fault kept every aggTrade of `first..=last` on `stream` from some transport.
+    /// Whether a `Lost` fault kept every trade of `first..=last` on `stream` from some transport.
     pub fn all_lost(&self, stream: &str, first: u64, last: u64) -> bool {
-        self.lost_agg.get(stream).is_some_and(|ids| (first..=last).all(|id| ids.contains(&id)))
+        self.lost_ids.get(stream).is_some_and(|ids| (first..=last).all(|id| ids.contains(&id)))
     }
 
-    /// The first id of the numbering of `stream` that aggTrade `id` belongs to (current or earlier).
+    /// The first id of the numbering of `stream` that trade `id` belongs to (current or earlier).
     pub fn numbering_of(&self, stream: &str, id: u64) -> Option<u64> {
         let current = self.markets.iter().find(|m| m.stream == stream && (m.first_id..m.next_id).contains(&id));
         match current {
@@ -622,13 +622,13 @@ impl Network {
         // The market moves on while no one listens; its text is only written for a listener.
         let (frame, seq_id) =
             if ids.is_empty() { (String::new(), m.skip_event()) } else { m.next_frame(self.epoch_offset + at) };
-        if let (StreamKind::AggTrade, Some(id)) = (m.kind, seq_id) {
+        if let (true, Some(id)) = (m.kind.is_trades(), seq_id) {
             if m.recent.len() == crate::exchange::RECENT_IDS {
                 m.recent.pop_front();
             }
             m.recent.push_back((at, id));
         }
-        let sequenced = matches!(m.kind, StreamKind::AggTrade | StreamKind::Depth);
+        let sequenced = m.kind.is_trades() || m.kind == StreamKind::Depth;
         for id in ids {
             self.stats.frames += 1;
             let mut lost = false;
@@ -656,8 +656,8 @@ impl Network {
             }
             if lost {
                 self.inject(Fault::Lost);
-                if let (StreamKind::AggTrade, Some(agg)) = (self.markets[i].kind, seq_id) {
-                    self.lost_agg.entry(stream.clone()).or_default().insert(agg);
+                if let (true, Some(t)) = (self.markets[i].kind.is_trades(), seq_id) {
+                    self.lost_ids.entry(stream.clone()).or_default().insert(t);
                 }
                 continue;
             }
@@ -715,7 +715,7 @@ impl Network {
             // Far below the current numbering's first id (more than any restart_distance a seed
             // uses), and below every earlier numbering, so that numberings never share an id.
             let candidates: Vec<usize> = (0..self.markets.len())
-                .filter(|&i| self.markets[i].kind == StreamKind::AggTrade && self.markets[i].first_id / 2 > 1_000_000)
+                .filter(|&i| self.markets[i].kind.is_trades() && self.markets[i].first_id / 2 > 1_000_000)
                 .collect();
             if candidates.is_empty() {
                 return;
@@ -870,9 +870,9 @@ mod tests {
     fn agg_ids_continue_while_no_one_listens() {
         let p = quiet_profile();
         let mut net = Network::new(&p, 0);
-        let before = net.next_agg_id("btcusdt@aggTrade").unwrap();
+        let before = net.next_id("btcusdt@aggTrade").unwrap();
         run_until(&mut net, 0, 100_000);
-        let after = net.next_agg_id("btcusdt@aggTrade").unwrap();
+        let after = net.next_id("btcusdt@aggTrade").unwrap();
         // Mean interval 1 s: about 100 trades in 100 s, with nobody connected.
         assert!((50..200).contains(&(after - before)), "{}", after - before);
     }

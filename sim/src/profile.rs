@@ -98,7 +98,7 @@ pub enum Fault {
     Reorder,
     /// Frame: never sent to this client (a gap the client must report).
     Lost,
-    /// Market: the exchange restarts the ids of an aggTrade stream, far below the current ones (a
+    /// Market: the exchange restarts the ids of a trade stream (aggTrade, trade), far below the current ones (a
     /// restarted server, a venue resetting ids after maintenance).
     IdRestart,
 }
@@ -296,12 +296,19 @@ impl FaultProfile {
             let ticker = ["btcusdt@ticker", "btcusdt@miniTicker"][rng.below(2) as usize];
             config.stream.streams.push(ticker.to_string());
         }
+        // Drawn after everything else: a `@trade` stream (ids `t`, backfilled over historicalTrades,
+        // weight 25) in about a third of the seeds; seeds without one keep every earlier choice.
+        let trade = rng.chance(1, 3);
         let rest = RestProfile::draw(seed);
         config.rest.url = "https://sim.invalid".to_string();
         config.rest.max_held_events = rest.max_held_events;
         config.rest.weight_per_minute = rest.weight_per_minute;
         if rest.depth {
             config.stream.streams.push("btcusdt@depth@100ms".to_string());
+        }
+        // Last in the list, so that the model market draws the other streams' first ids as before.
+        if trade {
+            config.stream.streams.push("btcusdt@trade".to_string());
         }
         FaultProfile {
             rest,
@@ -395,6 +402,18 @@ mod tests {
         for kind in Fault::ALL {
             let on = profiles.iter().filter(|p| p.rate(kind).is_some()).count();
             assert!(on > 0 && on < 400, "{kind:?} on in {on} of 400 seeds");
+        }
+    }
+
+    #[test]
+    fn about_a_third_of_the_seeds_draw_a_trade_stream_last() {
+        let with: Vec<FaultProfile> = (0..600)
+            .map(FaultProfile::draw)
+            .filter(|p| p.config.stream.streams.iter().any(|s| s.ends_with("@trade")))
+            .collect();
+        assert!((150..250).contains(&with.len()), "{} of 600", with.len());
+        for p in &with {
+            assert_eq!(p.config.stream.streams.last().map(String::as_str), Some("btcusdt@trade"), "{p}");
         }
     }
 

@@ -1,4 +1,5 @@
-//! The model exchange's REST API (issue 9): `GET /api/v3/aggTrades` answered from the market's
+//! The model exchange's REST API (issue 9): `GET /api/v3/aggTrades` (and `historicalTrades` for
+//! `@trade` streams) answered from the market's
 //! history (every trade field is a pure function of its id, so history is free), with latency,
 //! failures during network outages, and in some swarm profiles HTTP 429/418 and 5xx faults.
 //!
@@ -10,7 +11,7 @@ use crate::network::Network;
 use crate::profile::Ratio;
 use keel_core::rest::{RequestId, RestRequest, RestResponse};
 use keel_core::rng::Rng;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::time::Duration;
 
@@ -98,6 +99,12 @@ pub struct RestModel {
     pending: BTreeMap<(u64, u64), (RequestId, RestRequest)>,
     /// Answers given, by kind (`ok`, `429`, `418`, `503`, `outage`, `partial`).
     pub answers: BTreeMap<&'static str, u64>,
+    /// `(sent, weight)` of the requests of the last 60 s, and their sum: the client promises at most
+    /// `rest.weight_per_minute` in any 60 s (one heavier request alone in an empty window).
+    spent: VecDeque<(u64, u32)>,
+    used: u32,
+    /// Requests that broke the client's own weight budget.
+    pub violations: Vec<String>,
 }
 
 impl RestModel {
@@ -110,6 +117,9 @@ impl RestModel {
             seq: 0,
             pending: BTreeMap::new(),
             answers: BTreeMap::new(),
+            spent: VecDeque::new(),
+            used: 0,
+            violations: Vec::new(),
         }
     }
 
@@ -118,9 +128,11 @@ impl RestModel {
         self.healed = true;
     }
 
-    /// Forgets every request (the client process was restarted).
+    /// Forgets every request (the client process was restarted; the new one starts a fresh budget).
     pub fn clear(&mut self) {
         self.pending.clear();
+        self.spent.clear();
+        self.used = 0;
     }
 
     /// Requests not answered yet.
@@ -130,6 +142,22 @@ impl RestModel {
 
     /// A request sent at `now`.
     pub fn send(&mut self, id: RequestId, request: RestRequest, now: u64) {
+        // The sliding window of `keel_core::rest::WeightBudget`, watched from the server's side.
+        while self.spent.front().is_some_and(|&(t, _)| now - t >= 60_000) {
+            let (_, w) = self.spent.pop_front().unwrap_or_default();
+            self.used -= w;
+        }
+        let weight = request.weight();
+        if self.used > 0 && self.used + weight > self.profile.weight_per_minute {
+            self.violations.push(format!(
+                "{} (weight {weight}) sent with {} weight already spent in the last 60 s: over rest.weight_per_minute {}",
+                request.path(),
+                self.used,
+                self.profile.weight_per_minute
+            ));
+        }
+        self.spent.push_back((now, weight));
+        self.used += weight;
         let jitter = if self.profile.jitter_ms > 0 { self.rng.below(self.profile.jitter_ms + 1) } else { 0 };
         self.seq += 1;
         self.pending.insert((now + 2 * self.profile.latency_ms + jitter, self.seq), (id, request));
@@ -184,9 +212,14 @@ impl RestModel {
             return http(503, None, "<html>Service Unavailable</html>".into());
         }
         match request {
-            RestRequest::AggTrades { symbol, from_id, limit } => {
-                let stream = format!("{}@aggTrade", symbol.to_ascii_lowercase());
-                let Some(next) = net.next_agg_id(&stream) else {
+            // Trades from `fromId` on, at most `limit`, as far as the market has come; both endpoints
+            // alike (aggTrades by `a`, historicalTrades by `t`).
+            RestRequest::AggTrades { symbol, from_id, limit }
+            | RestRequest::HistoricalTrades { symbol, from_id, limit } => {
+                let historical = matches!(request, RestRequest::HistoricalTrades { .. });
+                let kind = if historical { "trade" } else { "aggTrade" };
+                let stream = format!("{}@{kind}", symbol.to_ascii_lowercase());
+                let Some(next) = net.next_id(&stream) else {
                     return http(400, None, r#"{"code":-1121,"msg":"Invalid symbol."}"#.into());
                 };
                 let mut n = u64::from(*limit);
@@ -196,7 +229,8 @@ impl RestModel {
                 }
                 self.count("ok");
                 let end = from_id.saturating_add(n).min(next);
-                http(200, None, agg_trades_body(*from_id..end))
+                let body = if historical { trades_body(*from_id..end) } else { agg_trades_body(*from_id..end) };
+                http(200, None, body)
             }
             RestRequest::Klines { interval, start_time, end_time, limit, .. } if interval == "1m" => {
                 let mut n = u64::from(*limit);
@@ -210,11 +244,12 @@ impl RestModel {
                 let opens = (first..=last).take(n as usize).map(|m| m * 60_000);
                 http(200, None, klines_body(opens))
             }
-            // The model exchange carries aggTrade, kline_1m and depth streams only.
-            RestRequest::HistoricalTrades { .. } | RestRequest::Klines { .. } => http(
+            // The model exchange carries aggTrade, trade, kline_1m and depth streams only.
+            RestRequest::Klines { .. } => http(
                 400,
                 None,
-                r#"{"code":-1100,"msg":"the simulator serves aggTrades, 1m klines and depth only"}"#.into(),
+                r#"{"code":-1100,"msg":"the simulator serves aggTrades, historicalTrades, 1m klines and depth only"}"#
+                    .into(),
             ),
             RestRequest::Depth { symbol, .. } => match net.depth_model(symbol) {
                 Some(model) => {
@@ -257,6 +292,27 @@ pub fn agg_trades_body(ids: std::ops::Range<u64>) -> String {
     body
 }
 
+/// The `/api/v3/historicalTrades` body for trade ids `ids`, with the fields the `@trade` stream sends
+/// for them (and Binance's `quoteQty` = price x qty, `isBestMatch`).
+pub fn trades_body(ids: std::ops::Range<u64>) -> String {
+    let mut body = String::from("[");
+    for t in ids {
+        if body.len() > 1 {
+            body.push(',');
+        }
+        let (p, q) = agg_trade_fields(t);
+        let ((pm, _), (qm, _), maker) = crate::exchange::trade_fields(t);
+        let quote = u128::from(pm) * u128::from(qm);
+        body.push_str(&format!(
+            r#"{{"id":{t},"price":"{p}","qty":"{q}","quoteQty":"{}.{:05}","time":{t},"isBuyerMaker":{maker},"isBestMatch":true}}"#,
+            quote / 100_000,
+            quote % 100_000
+        ));
+    }
+    body.push(']');
+    body
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,6 +325,16 @@ mod tests {
         assert_eq!((trades[0].price.to_string(), trades[0].quantity.to_string()), ("30041.41".into(), "0.042".into()));
         assert!(trades[1].buyer_is_maker);
         assert_eq!(agg_trades_body(5..5), "[]");
+        let trades = keel_core::protocol::rest::decode_trades(&trades_body(41..43), "BTCUSDT").unwrap();
+        assert_eq!(trades.len(), 2);
+        assert_eq!((trades[0].trade_id, trades[0].trade_time), (41, 41));
+        assert_eq!((trades[0].price.to_string(), trades[0].quantity.to_string()), ("30041.41".into(), "0.042".into()));
+        assert!(!trades[0].buyer_is_maker && trades[1].buyer_is_maker);
+        assert_eq!(
+            trades_body(7..8),
+            r#"[{"id":7,"price":"30007.07","qty":"0.008","quoteQty":"240.05656","time":7,"isBuyerMaker":false,"isBestMatch":true}]"#
+        );
+        assert_eq!(trades_body(5..5), "[]");
     }
 
     #[test]

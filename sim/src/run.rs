@@ -156,7 +156,7 @@ pub fn simulate(seed: u64, opts: &SimOptions) -> SeedReport {
     };
     report.result = Ok(format!(
         "connection {:.1} h, {} steps, {} attempts, {} connects, {} market events, {} gaps, {} heartbeat timeouts, \
-         {} stalls, {} rollovers, {} gave up, {} id restarts seen; faults: {}; recovery {} backfilled, {} ids abandoned, {} book syncs, {} resyncs, rest: {}; \
+         {} stalls, {} rollovers, {} gave up, {} id restarts seen; faults: {}; recovery {} backfilled, {} ids abandoned (@trade: {} backfilled, {} abandoned), {} book syncs, {} resyncs, rest: {}; \
          scaler {} steps, {} overflows, {} resets, {} warnings{stop}",
         conn.simulated_ms as f64 / 3_600_000.0,
         conn.steps,
@@ -172,6 +172,8 @@ pub fn simulate(seed: u64, opts: &SimOptions) -> SeedReport {
         if conn.faults.is_empty() { "none" } else { &conn.faults },
         conn.backfilled,
         conn.abandoned_ids,
+        conn.trade_backfilled,
+        conn.trade_abandoned,
         conn.book_syncs,
         conn.book_resyncs,
         if conn.rest.is_empty() { "none" } else { &conn.rest },
