@@ -1329,6 +1329,27 @@ mod tests {
     }
 
     #[test]
+    fn trade_streams_are_restarted_lost_and_backfilled_over_historical_trades() {
+        use crate::profile::{Fault, Ratio};
+        let (mut restarts, mut backfilled, mut gaps) = (0, 0, 0);
+        for seed in 0..6 {
+            let mut p = restart_profile(seed);
+            p.config.stream.streams = vec!["btcusdt@trade".into()];
+            p.config.rest.max_held_events = 100_000;
+            p.faults.push((Fault::Lost, Ratio { num: 1, den: 30 }));
+            let s = run(&p, 6.0).unwrap_or_else(|f| panic!("seed {seed}: {}", f.invariant));
+            restarts += s.id_restarts;
+            backfilled += s.trade_backfilled;
+            gaps += s.gaps;
+            assert_eq!(s.backfilled, s.trade_backfilled, "seed {seed}: only the trade stream backfills");
+        }
+        assert!(
+            restarts >= 12 && gaps >= 60 && backfilled >= gaps,
+            "{restarts} restarts, {gaps} gaps, {backfilled} backfilled"
+        );
+    }
+
+    #[test]
     fn a_machine_blind_to_restarts_fails_the_liveness_check() {
         // Guards the invariant: with detection off, a restarted stream goes silent and is caught.
         let failed = (0..8).any(|seed| {
