@@ -13,7 +13,7 @@
 //! operator or a supervisor restarts the process; its transport ids are kept apart by an
 //! incarnation number in the upper bits.
 
-use crate::exchange::{agg_trade_fields, trade_fields};
+use crate::exchange::{TradeFields, agg_trade_fields, trade_fields};
 use crate::network::{FromClient, Network, Tid, ToClient};
 use crate::profile::FaultProfile;
 use crate::rest_sim::RestModel;
@@ -96,7 +96,7 @@ fn kline_step(stream: &str) -> u64 {
 
 /// The id of a trade event (aggTrade `a`, trade `t`), and its decoded (price, quantity, maker side) to
 /// compare with [`trade_fields`]; `None` for every other event.
-fn trade_id(event: &MarketEvent) -> Option<(u64, ((u64, u8), (u64, u8), bool))> {
+fn trade_id(event: &MarketEvent) -> Option<(u64, TradeFields)> {
     let (id, price, qty, maker) = match event {
         MarketEvent::AggTrade(t) => (t.agg_id, t.price, t.quantity, t.buyer_is_maker),
         MarketEvent::Trade(t) => (t.trade_id, t.price, t.quantity, t.buyer_is_maker),

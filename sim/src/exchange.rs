@@ -400,9 +400,12 @@ pub fn agg_trade_fields(a: u64) -> (String, String) {
     (format!("{}.{:02}", 30_000 + a % 997, a % 100), format!("0.{:03}", 1 + a % 999))
 }
 
+/// A trade's price and quantity as (mantissa, scale), and whether the buyer was the maker.
+pub type TradeFields = ((u64, u8), (u64, u8), bool);
+
 /// What the checker demands of trade `id` (aggTrade `a`, trade `t`) as decoded: price and quantity as
 /// (mantissa, scale), and the maker side; [`agg_trade_fields`] wrote them.
-pub fn trade_fields(id: u64) -> ((u64, u8), (u64, u8), bool) {
+pub fn trade_fields(id: u64) -> TradeFields {
     (((30_000 + id % 997) * 100 + id % 100, 2), (1 + id % 999, 3), id.is_multiple_of(2))
 }
 
