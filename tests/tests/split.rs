@@ -173,8 +173,12 @@ fn a_1025th_stream_is_refused_by_the_exchange_so_1100_streams_take_two_connectio
     assert!(report.gave_up.is_none(), "{:?}", report.gave_up);
     let sizes: Vec<usize> = report.connections.iter().map(|c| c.streams.len()).collect();
     assert_eq!(sizes, vec![1020, 80]);
-    // (The refused connection above is logged with no subscriptions.)
-    let mut served: Vec<usize> = ex.connections().iter().map(|i| i.subscriptions.len()).filter(|n| *n > 0).collect();
+    // The refused connection above is logged as rejected (400), with no subscriptions; only it.
+    let infos = ex.connections();
+    let rejected: Vec<(Option<u16>, usize)> =
+        infos.iter().filter(|i| i.rejected.is_some()).map(|i| (i.rejected, i.subscriptions.len())).collect();
+    assert_eq!(rejected, vec![(Some(400), 0)]);
+    let mut served: Vec<usize> = infos.iter().map(|i| i.subscriptions.len()).filter(|n| *n > 0).collect();
     served.sort_unstable();
     assert_eq!(served, vec![80, 1020]);
     let silent: Vec<&String> = streams.iter().filter(|s| !report.market_events.contains_key(s.as_str())).collect();

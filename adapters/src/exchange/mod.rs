@@ -102,7 +102,8 @@ pub struct ConnectionInfo {
     pub path: String,
     /// The faults this connection got.
     pub faults: Vec<Fault>,
-    /// The HTTP status of a rejected upgrade.
+    /// The HTTP status of a rejected upgrade: a [`Fault::RejectUpgrade`]'s, or the route's own
+    /// refusal (404 unknown path, 400 bad stream name or more than 1024 streams).
     pub rejected: Option<u16>,
     /// Market frames sent.
     pub frames_sent: u64,

@@ -336,9 +336,13 @@ async fn serve_inner(shared: &Arc<Shared>, tcp: TcpStream, k: u64, faults: Vec<F
     });
     let mut routed: Option<Route> = None;
     let mut path = String::new();
+    // The status of a refused upgrade: a fault's, or the route's own (404 unknown path, 400 bad stream
+    // name or more than 1024 streams, as Binance answers).
+    let mut refused: Option<u16> = None;
     let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         path = req.uri().to_string();
         if let Some((status, retry)) = reject {
+            refused = Some(status);
             return Err(error_response(status, retry, "rejected by a fault of the embedded exchange".into()));
         }
         match route(req) {
@@ -346,13 +350,19 @@ async fn serve_inner(shared: &Arc<Shared>, tcp: TcpStream, k: u64, faults: Vec<F
                 routed = Some(r);
                 Ok(resp)
             }
-            Err((status, why)) => Err(error_response(status, None, why)),
+            Err((status, why)) => {
+                refused = Some(status);
+                Err(error_response(status, None, why))
+            }
         }
     };
     let ws = async_tungstenite::accept_hdr_async(tls, callback).await;
     if let Some(info) = lock(&shared.log).connections.get_mut(&k) {
         info.path = path.clone();
-        info.rejected = reject.map(|r| r.0);
+        info.rejected = refused;
+    }
+    if let Some(status) = refused {
+        tracing::debug!(conn = k, status, "exchange: upgrade rejected");
     }
     let mut ws = match (ws, routed) {
         (Ok(ws), Some(route)) => (ws, route),
