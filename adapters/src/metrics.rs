@@ -6,6 +6,12 @@
 //! stats are the single source of truth, the endpoint only renames them to Prometheus conventions
 //! (`keel_` prefix, `_total` counters, seconds) and adds the ages that need a clock.
 //!
+//! Connection series carry a `connection` label (`s0`, `s1`, ...: one per connection of a run that
+//! splits its streams, `s0` alone otherwise), so that one connection down among eight shows. The
+//! Prometheus convention is followed: the parts are exported, not their total under the same name
+//! (a total beside its parts double-counts in every `sum`); a run's total is
+//! `sum without (connection) (...)`, and `min(keel_connection_up)` is 0 when any connection is down.
+//!
 //! The encoding is `prometheus-client`'s (OpenMetrics text, which Prometheus scrapes natively); the
 //! HTTP/1 server is hyper 1 driven by smol through `smol-hyper`, on its own thread so that the
 //! stream loop and the (blocking) trainer only ever take a mutex for a clone.
@@ -20,6 +26,7 @@ use keel_core::stats::training::TrainingStats;
 use keel_core::time::Timestamp;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
@@ -46,7 +53,8 @@ pub struct TrainingSnapshot {
 
 #[derive(Debug)]
 struct ConnectionSnapshot {
-    stats: ConnectionStats,
+    /// Each connection's label value (`s0`, `s1`, ...) and stats, in order.
+    connections: Vec<(String, ConnectionStats)>,
     /// The machine time the stats are as of (`stats_at(now)`), for the last message age.
     now: Timestamp,
     /// When it was published, so that ages keep growing while the loop is quiet.
@@ -69,6 +77,11 @@ pub struct Metrics {
     shared: Arc<Shared>,
 }
 
+/// The `connection` label of connection `index`: `s0`, `s1`, ... (a one-connection run is `s0`).
+pub fn connection_label(index: usize) -> String {
+    format!("s{index}")
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -79,9 +92,18 @@ impl Metrics {
         Self::default()
     }
 
-    /// Publishes the connection's stats as of the machine time `now` (use `conn.stats_at(now)`).
+    /// Publishes a one-connection run's stats as of the machine time `now` (use `conn.stats_at(now)`):
+    /// [`Self::set_connections`] with that one connection, `s0`.
     pub fn set_connection(&self, stats: ConnectionStats, now: Timestamp) {
-        *lock(&self.shared.connection) = Some(ConnectionSnapshot { stats, now, taken: Instant::now() });
+        self.set_connections(vec![stats], now);
+    }
+
+    /// Publishes every connection's stats as of the machine time `now`, in the order of the split
+    /// (`keel_core::shard`): connection `i` is labelled `connection="s{i}"`, the name its log lines
+    /// use (`s1#3` is connection 1's transport 3) and its `index` in `--stats-json`.
+    pub fn set_connections(&self, stats: Vec<ConnectionStats>, now: Timestamp) {
+        let connections = stats.into_iter().enumerate().map(|(i, s)| (connection_label(i), s)).collect();
+        *lock(&self.shared.connection) = Some(ConnectionSnapshot { connections, now, taken: Instant::now() });
     }
 
     /// Publishes the zero-gap recovery's counters (backfill, books, REST).
@@ -119,10 +141,6 @@ fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::
 
 fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, v: f64) -> std::fmt::Result {
     one(enc, name, help, ConstGauge::new(v))
-}
-
-fn counter_f(enc: &mut DescriptorEncoder, name: &str, help: &str, v: f64) -> std::fmt::Result {
-    one(enc, name, help, ConstCounter::new(v))
 }
 
 /// A labelled family; `label` is the label name, each row is (label value, sample).
@@ -207,136 +225,225 @@ fn encode_recovery(enc: &mut DescriptorEncoder, r: &RecoveryStats) -> std::fmt::
 /// so that alert rules and `rate()` have a series from the start.
 const CLASSES: [&str; 3] = ["transient", "rate_limited", "fatal"];
 
-fn encode_connection(enc: &mut DescriptorEncoder, snap: &ConnectionSnapshot) -> std::fmt::Result {
-    let s = &snap.stats;
-    let since = snap.taken.elapsed();
-    counter_f(enc, "keel_connection_uptime_seconds", "Time with a live transport.", secs(s.uptime_ms))?;
-    counter_f(enc, "keel_connection_downtime_seconds", "Time without a live transport.", secs(s.downtime_ms))?;
-    let live = s.connects > 0 && s.current_outage_ms == 0;
-    gauge(enc, "keel_connection_up", "1 while a transport is live, else 0.", if live { 1.0 } else { 0.0 })?;
-    gauge(
-        enc,
-        "keel_connection_current_outage_seconds",
-        "Length of the current outage (0 when live).",
-        secs(s.current_outage_ms),
-    )?;
-    gauge(enc, "keel_connection_longest_outage_seconds", "Longest outage so far.", secs(s.longest_outage_ms))?;
-    counter(enc, "keel_connection_attempts", "Transports opened (connect attempts).", s.connect_attempts)?;
-    counter(enc, "keel_connection_connects", "Attempts that reached Opened.", s.connects)?;
-    counter(enc, "keel_connection_reconnects", "Connects after the first one.", s.reconnects)?;
-    let by_class: Vec<(&str, ConstCounter)> = CLASSES
+/// The label that tells the connections of a split run apart.
+const CONNECTION: &str = "connection";
+
+/// One sample of a per-connection family: the connection's label value, an optional second label
+/// (name, value), and the sample.
+type Row<M> = (String, Option<(&'static str, String)>, M);
+
+/// A per-connection family: every connection's samples under one descriptor (OpenMetrics wants a
+/// family's samples together). `always`: emit the descriptor even without samples (a family whose
+/// series appear later, so that its help and type are known from the start).
+fn per_connection<M: EncodeMetric>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    always: bool,
+    rows: Vec<Row<M>>,
+) -> std::fmt::Result {
+    if rows.is_empty() && !always {
+        return Ok(());
+    }
+    let mut fam = enc.encode_descriptor(name, help, None, kind)?;
+    for (connection, extra, metric) in rows {
+        let mut labels = vec![(CONNECTION, connection.as_str())];
+        if let Some((key, value)) = &extra {
+            labels.push((key, value.as_str()));
+        }
+        metric.encode(fam.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// The connections of the snapshot, one row each, as `f` makes it (`None`: no sample).
+fn rows<M>(snap: &ConnectionSnapshot, f: impl Fn(&ConnectionStats) -> Option<M>) -> Vec<Row<M>> {
+    snap.connections.iter().filter_map(|(label, s)| f(s).map(|m| (label.clone(), None, m))).collect()
+}
+
+/// The connections of the snapshot, several rows each, labelled `key` = the first element of each
+/// pair `f` returns.
+fn rows_by<M>(
+    snap: &ConnectionSnapshot,
+    key: &'static str,
+    f: impl Fn(&ConnectionStats) -> Vec<(String, M)>,
+) -> Vec<Row<M>> {
+    snap.connections
         .iter()
-        .map(|c| (*c, ConstCounter::new(s.failures_by_class.get(*c).copied().unwrap_or(0))))
-        .chain(
-            s.failures_by_class
-                .iter()
-                .filter(|(k, _)| !CLASSES.contains(&k.as_str()))
-                .map(|(k, v)| (k.as_str(), ConstCounter::new(*v))),
-        )
-        .collect();
-    family(
+        .flat_map(|(label, s)| f(s).into_iter().map(|(value, m)| (label.clone(), Some((key, value)), m)))
+        .collect()
+}
+
+fn counters(
+    enc: &mut DescriptorEncoder,
+    snap: &ConnectionSnapshot,
+    name: &str,
+    help: &str,
+    f: fn(&ConnectionStats) -> u64,
+) -> std::fmt::Result {
+    per_connection(enc, name, help, MetricType::Counter, true, rows(snap, |s| Some(ConstCounter::new(f(s)))))
+}
+
+fn gauges(
+    enc: &mut DescriptorEncoder,
+    snap: &ConnectionSnapshot,
+    name: &str,
+    help: &str,
+    f: impl Fn(&ConnectionStats) -> Option<f64>,
+) -> std::fmt::Result {
+    per_connection(enc, name, help, MetricType::Gauge, false, rows(snap, |s| f(s).map(ConstGauge::new)))
+}
+
+fn encode_connection(enc: &mut DescriptorEncoder, snap: &ConnectionSnapshot) -> std::fmt::Result {
+    let since = snap.taken.elapsed();
+    let seconds = |f: fn(&ConnectionStats) -> u64| move |s: &ConnectionStats| Some(ConstCounter::new(secs(f(s))));
+    let (counter_kind, gauge_kind) = (MetricType::Counter, MetricType::Gauge);
+    let uptime = rows(snap, seconds(|s| s.uptime_ms));
+    per_connection(enc, "keel_connection_uptime_seconds", "Time with a live transport.", counter_kind, true, uptime)?;
+    let downtime = rows(snap, seconds(|s| s.downtime_ms));
+    per_connection(
+        enc,
+        "keel_connection_downtime_seconds",
+        "Time without a live transport.",
+        counter_kind,
+        true,
+        downtime,
+    )?;
+    gauges(enc, snap, "keel_connection_up", "1 while the connection has a live transport, else 0.", |s| {
+        Some(if s.connects > 0 && s.current_outage_ms == 0 { 1.0 } else { 0.0 })
+    })?;
+    gauges(enc, snap, "keel_connection_current_outage_seconds", "Length of the current outage (0 when live).", |s| {
+        Some(secs(s.current_outage_ms))
+    })?;
+    gauges(enc, snap, "keel_connection_longest_outage_seconds", "Longest outage so far.", |s| {
+        Some(secs(s.longest_outage_ms))
+    })?;
+    counters(enc, snap, "keel_connection_attempts", "Transports opened (connect attempts).", |s| s.connect_attempts)?;
+    counters(enc, snap, "keel_connection_connects", "Attempts that reached Opened.", |s| s.connects)?;
+    counters(enc, snap, "keel_connection_reconnects", "Connects after the first one.", |s| s.reconnects)?;
+    let by_class = rows_by(snap, "class", |s| {
+        CLASSES
+            .iter()
+            .map(|c| (c.to_string(), ConstCounter::new(s.failures_by_class.get(*c).copied().unwrap_or(0))))
+            .chain(
+                s.failures_by_class
+                    .iter()
+                    .filter(|(k, _)| !CLASSES.contains(&k.as_str()))
+                    .map(|(k, v)| (k.clone(), ConstCounter::new(*v))),
+            )
+            .collect()
+    });
+    per_connection(
         enc,
         "keel_connection_failures",
         "Failed attempts and lost transports (each is followed by a reconnect), by error class.",
-        "class",
+        counter_kind,
+        true,
         by_class,
-        ConstCounter::new(0),
     )?;
-    family(
+    let by_error = rows_by(snap, "error", |s| {
+        s.failures_by_error.iter().map(|(k, v)| (k.clone(), ConstCounter::new(*v))).collect()
+    });
+    per_connection(
         enc,
         "keel_connection_errors",
         "Failed attempts and lost transports by error kind (reset, timeout, server_close_1008, http_429...).",
-        "error",
-        s.failures_by_error.iter().map(|(k, v)| (k.as_str(), ConstCounter::new(*v))),
-        ConstCounter::new(0),
+        counter_kind,
+        true,
+        by_error,
     )?;
-    gauge(
+    gauges(
         enc,
+        snap,
         "keel_connection_success_ratio",
         "connects / connect attempts (0 before the first attempt).",
-        s.success_rate,
+        |s| Some(s.success_rate),
     )?;
-    counter(
+    counters(enc, snap, "keel_connection_heartbeat_timeouts", "Transports declared dead by the heartbeat.", |s| {
+        s.heartbeat_timeouts
+    })?;
+    counters(enc, snap, "keel_connection_stalls", "Stall actions (resubscribes and stall reconnects).", |s| s.stalls)?;
+    counters(enc, snap, "keel_connection_rollovers", "Planned reconnects (24 h cutoff, serverShutdown).", |s| {
+        s.rollovers
+    })?;
+    counters(enc, snap, "keel_connection_gaps", "Sequence gaps detected.", |s| s.gaps)?;
+    counters(enc, snap, "keel_connection_missing_ids", "Ids missing in all gaps together.", |s| s.missing_ids)?;
+    counters(enc, snap, "keel_connection_duplicates", "Market events dropped as duplicates.", |s| s.duplicates)?;
+    counters(
         enc,
-        "keel_connection_heartbeat_timeouts",
-        "Transports declared dead by the heartbeat.",
-        s.heartbeat_timeouts,
-    )?;
-    counter(enc, "keel_connection_stalls", "Stall actions (resubscribes and stall reconnects).", s.stalls)?;
-    counter(enc, "keel_connection_rollovers", "Planned reconnects (24 h cutoff, serverShutdown).", s.rollovers)?;
-    counter(enc, "keel_connection_gaps", "Sequence gaps detected.", s.gaps)?;
-    counter(enc, "keel_connection_missing_ids", "Ids missing in all gaps together.", s.missing_ids)?;
-    counter(enc, "keel_connection_duplicates", "Market events dropped as duplicates.", s.duplicates)?;
-    counter(
-        enc,
+        snap,
         "keel_sequence_restarts",
         "Streams whose server restarted its id numbering (detected, tracking started over).",
-        s.sequence_restarts,
+        |s| s.sequence_restarts,
     )?;
-    counter(enc, "keel_connection_frames", "Text frames received.", s.messages)?;
-    counter(enc, "keel_connection_malformed_frames", "Frames that did not decode.", s.malformed_frames)?;
-    counter(enc, "keel_connection_server_errors", "Error replies from the server.", s.server_errors)?;
-    counter(enc, "keel_connection_unmatched_pongs", "Pongs not matching the outstanding ping.", s.unmatched_pongs)?;
-    counter(enc, "keel_connection_market_events", "Fresh market events passed on (all streams).", s.market_events)?;
-    family(
+    counters(enc, snap, "keel_connection_frames", "Text frames received.", |s| s.messages)?;
+    counters(enc, snap, "keel_connection_malformed_frames", "Frames that did not decode.", |s| s.malformed_frames)?;
+    counters(enc, snap, "keel_connection_server_errors", "Error replies from the server.", |s| s.server_errors)?;
+    counters(enc, snap, "keel_connection_unmatched_pongs", "Pongs not matching the outstanding ping.", |s| {
+        s.unmatched_pongs
+    })?;
+    counters(enc, snap, "keel_connection_market_events", "Fresh market events passed on (all streams).", |s| {
+        s.market_events
+    })?;
+    let by_stream = rows_by(snap, "stream", |s| {
+        s.messages_by_stream.iter().map(|(k, v)| (k.to_string(), ConstCounter::new(*v))).collect()
+    });
+    per_connection(enc, "keel_connection_messages", "Fresh market events by stream.", counter_kind, true, by_stream)?;
+    gauges(
         enc,
-        "keel_connection_messages",
-        "Fresh market events by stream.",
-        "stream",
-        s.messages_by_stream.iter().map(|(k, v)| (k.as_str(), ConstCounter::new(*v))),
-        ConstCounter::new(0),
-    )?;
-    let backoff = Duration::from_millis(s.current_backoff_ms).saturating_sub(since);
-    gauge(
-        enc,
+        snap,
         "keel_connection_backoff_seconds",
         "Remaining wait before the next reconnect (0 when not waiting).",
-        if s.current_backoff_ms == 0 { 0.0 } else { backoff.as_secs_f64() },
+        |s| {
+            let left = Duration::from_millis(s.current_backoff_ms).saturating_sub(since);
+            Some(if s.current_backoff_ms == 0 { 0.0 } else { left.as_secs_f64() })
+        },
     )?;
-    gauge(
-        enc,
-        "keel_connection_consecutive_failures",
-        "Consecutive failures counted by the backoff.",
-        f64::from(s.consecutive_failures),
-    )?;
-    if let Some(at) = s.last_message_at_ms {
-        let age = Duration::from_millis(snap.now.as_millis().saturating_sub(at)) + since;
-        gauge(enc, "keel_connection_last_message_age_seconds", "Time since the last text frame.", age.as_secs_f64())?;
-    }
-    if let Some(rtt) = s.last_rtt_ms {
-        gauge(enc, "keel_connection_rtt_seconds", "Round-trip time of the last matched pong.", secs(rtt))?;
-    }
-    let patterns: Vec<(&str, ConstGauge<f64>)> = s
-        .patterns
-        .iter()
-        .map(|p| {
-            let kind = match p.kind {
-                PatternKind::FixedUptime { .. } => "fixed_uptime",
-                PatternKind::TimeOfDay { .. } => "time_of_day",
-                PatternKind::Storm { .. } => "storm",
-            };
-            (kind, ConstGauge::new(p.count as f64))
-        })
-        .collect();
-    family(
+    gauges(enc, snap, "keel_connection_consecutive_failures", "Consecutive failures counted by the backoff.", |s| {
+        Some(f64::from(s.consecutive_failures))
+    })?;
+    gauges(enc, snap, "keel_connection_last_message_age_seconds", "Time since the last text frame.", |s| {
+        let at = s.last_message_at_ms?;
+        Some((Duration::from_millis(snap.now.as_millis().saturating_sub(at)) + since).as_secs_f64())
+    })?;
+    gauges(enc, snap, "keel_connection_rtt_seconds", "Round-trip time of the last matched pong.", |s| {
+        s.last_rtt_ms.map(secs)
+    })?;
+    let patterns = rows_by(snap, "kind", |s| {
+        s.patterns
+            .iter()
+            .map(|p| {
+                let kind = match p.kind {
+                    PatternKind::FixedUptime { .. } => "fixed_uptime",
+                    PatternKind::TimeOfDay { .. } => "time_of_day",
+                    PatternKind::Storm { .. } => "storm",
+                };
+                (kind.to_string(), ConstGauge::new(p.count as f64))
+            })
+            .collect()
+    });
+    per_connection(
         enc,
         "keel_connection_disconnect_pattern_drops",
         "Recent disconnects fitting a detected pattern (see the logs for the cause and the fix).",
-        "kind",
+        gauge_kind,
+        true,
         patterns,
-        ConstGauge::new(0.0),
     )?;
-    if let Some(every) = s.patterns.iter().find_map(|p| match p.kind {
-        PatternKind::FixedUptime { every_ms } => Some(every_ms),
-        _ => None,
-    }) {
-        gauge(
-            enc,
-            "keel_connection_disconnect_interval_seconds",
-            "Typical uptime before a disconnect when they come at a fixed interval.",
-            secs(every),
-        )?;
-    }
+    gauges(
+        enc,
+        snap,
+        "keel_connection_disconnect_interval_seconds",
+        "Typical uptime before a disconnect when they come at a fixed interval.",
+        |s| {
+            s.patterns.iter().find_map(|p| match p.kind {
+                PatternKind::FixedUptime { every_ms } => Some(secs(every_ms)),
+                _ => None,
+            })
+        },
+    )?;
+    // Of the stream loop, not of one connection: unlabelled.
     gauge(
         enc,
         "keel_connection_stats_age_seconds",
@@ -508,24 +615,64 @@ mod tests {
         let text = m.render();
         for line in [
             "# TYPE keel_connection_connects counter",
-            "keel_connection_connects_total 3",
-            "keel_connection_reconnects_total 2",
-            "keel_connection_uptime_seconds_total 1.5",
-            "keel_connection_failures_total{class=\"transient\"} 2",
-            "keel_connection_failures_total{class=\"fatal\"} 0",
-            "keel_connection_messages_total{stream=\"btcusdt@trade\"} 7",
-            "keel_connection_up 1.0",
-            "keel_connection_backoff_seconds 0.0",
+            "keel_connection_connects_total{connection=\"s0\"} 3",
+            "keel_connection_reconnects_total{connection=\"s0\"} 2",
+            "keel_connection_uptime_seconds_total{connection=\"s0\"} 1.5",
+            "keel_connection_failures_total{connection=\"s0\",class=\"transient\"} 2",
+            "keel_connection_failures_total{connection=\"s0\",class=\"fatal\"} 0",
+            "keel_connection_messages_total{connection=\"s0\",stream=\"btcusdt@trade\"} 7",
+            "keel_connection_up{connection=\"s0\"} 1.0",
+            "keel_connection_backoff_seconds{connection=\"s0\"} 0.0",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
         let age: f64 = text
             .lines()
-            .find_map(|l| l.strip_prefix("keel_connection_last_message_age_seconds "))
+            .find_map(|l| l.strip_prefix("keel_connection_last_message_age_seconds{connection=\"s0\"} "))
             .and_then(|v| v.parse().ok())
             .unwrap_or(-1.0);
         assert!((2.0..3.0).contains(&age), "age {age} should be 2 s plus the time since publishing");
         assert!(!text.contains("keel_training_"), "no trainer published: {text}");
+        assert!(!text.contains("keel_connection_rtt_seconds"), "no pong yet, no rtt family: {text}");
+        // Of the loop, not of a connection: unlabelled.
+        assert!(text.lines().any(|l| l.starts_with("keel_connection_stats_age_seconds 0")), "{text}");
+    }
+
+    #[test]
+    fn each_connection_of_a_split_run_has_its_own_series_under_one_family() {
+        let m = Metrics::new();
+        let live = ConnectionStats { connects: 1, last_rtt_ms: Some(20), ..ConnectionStats::default() };
+        let down = ConnectionStats {
+            connects: 2,
+            reconnects: 1,
+            current_outage_ms: 4000,
+            current_backoff_ms: 60_000,
+            failures_by_class: BTreeMap::from([("transient".to_string(), 3)]),
+            ..ConnectionStats::default()
+        };
+        m.set_connections(vec![live, down], Timestamp::from_millis(5000));
+        let text = m.render();
+        for line in [
+            "keel_connection_up{connection=\"s0\"} 1.0",
+            "keel_connection_up{connection=\"s1\"} 0.0",
+            "keel_connection_reconnects_total{connection=\"s0\"} 0",
+            "keel_connection_reconnects_total{connection=\"s1\"} 1",
+            "keel_connection_failures_total{connection=\"s0\",class=\"transient\"} 0",
+            "keel_connection_failures_total{connection=\"s1\",class=\"transient\"} 3",
+            "keel_connection_current_outage_seconds{connection=\"s1\"} 4.0",
+            "keel_connection_rtt_seconds{connection=\"s0\"} 0.02",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        // One descriptor per family, its samples together; s1 has no rtt, so no sample.
+        assert_eq!(text.matches("# TYPE keel_connection_up gauge").count(), 1);
+        assert!(!text.contains("keel_connection_rtt_seconds{connection=\"s1\"}"), "{text}");
+        let backoff: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("keel_connection_backoff_seconds{connection=\"s1\"} "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(-1.0);
+        assert!((59.0..=60.0).contains(&backoff), "s1 backoff {backoff}");
     }
 
     #[test]

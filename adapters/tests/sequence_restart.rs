@@ -82,7 +82,7 @@ fn a_restart_mid_connection_is_reported_and_every_event_after_it_is_recorded() {
     assert_eq!(report.stats.reconnects, 0, "a restart is not a reason to reconnect");
     assert_eq!(report.recovery.abandoned_ids, 0);
     assert_book_resynced(&report);
-    assert!(metrics.render().contains("keel_sequence_restarts_total 2\n"));
+    assert!(metrics.render().contains("keel_sequence_restarts_total{connection=\"s0\"} 2\n"));
 }
 
 #[test]

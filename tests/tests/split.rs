@@ -46,9 +46,40 @@ fn run(cfg: Config, duration_ms: u64, record: bool) -> StreamReport {
 }
 
 fn run_traced(cfg: Config, duration_ms: u64, record: bool, trace: Option<PathBuf>) -> StreamReport {
+    run_observed(cfg, duration_ms, record, trace, None)
+}
+
+fn run_observed(
+    cfg: Config,
+    duration_ms: u64,
+    record: bool,
+    trace: Option<PathBuf>,
+    metrics: Option<keel::metrics::Metrics>,
+) -> StreamReport {
     let duration = Some(Duration::from_millis(duration_ms));
-    let opts = StreamOptions { seed: 7, duration, record, trace, ..Default::default() };
+    let opts = StreamOptions { seed: 7, duration, record, trace, metrics, ..Default::default() };
     smol::block_on(stream(cfg, opts)).unwrap()
+}
+
+/// `GET /metrics` over plain TCP; the body.
+fn scrape(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    raw.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or(raw)
+}
+
+/// The value of the sample `name{connection="sN"..}` (the first, when it has more labels).
+fn sample(body: &str, name: &str, connection: usize) -> f64 {
+    let prefix = format!("{name}{{connection=\"s{connection}\"");
+    body.lines()
+        .find(|l| l.starts_with(&prefix))
+        .and_then(|l| l.rsplit_once(' '))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {prefix} in\n{body}"))
 }
 
 /// Rows of each recorded file of `stream` (the header skipped), as their column `col`.
@@ -76,7 +107,8 @@ fn five_streams_over_three_connections_survive_a_reset_of_one() {
     let mut cfg = config(&ex, &dir, &streams);
     cfg.stream.max_streams_per_connection = 2;
     cfg.stream.max_connections = 3;
-    let report = run_traced(cfg, 3_000, true, Some(dir.join("trace.ron")));
+    let (metrics, server) = keel::metrics::serve_new("127.0.0.1:0".parse().unwrap()).unwrap();
+    let report = run_observed(cfg, 3_000, true, Some(dir.join("trace.ron")), Some(metrics));
     assert_eq!(report.cause, StopCause::Duration);
     assert!(report.gave_up.is_none(), "{:?}", report.gave_up);
 
@@ -136,6 +168,19 @@ fn five_streams_over_three_connections_survive_a_reset_of_one() {
     assert_eq!(conns.len(), 3);
     assert_eq!(conns[2]["streams"], serde_json::json!(["bnbusdt@aggTrade"]));
     assert_eq!(conns[reset_shard]["reconnects"], 1);
+
+    // /metrics: each connection's own series, labelled as in the logs (`s1`), the reset one's differ.
+    let body = scrape(server.local_addr());
+    for i in 0..3 {
+        let lost = if i == reset_shard { 1.0 } else { 0.0 };
+        assert_eq!(sample(&body, "keel_connection_reconnects_total", i), lost, "s{i}");
+        assert_eq!(sample(&body, "keel_connection_attempts_total", i), 1.0 + lost, "s{i}");
+        let transient = format!("keel_connection_failures_total{{connection=\"s{i}\",class=\"transient\"}} {lost}");
+        assert!(body.lines().any(|l| l == transient), "{transient} in\n{body}");
+        assert!(sample(&body, "keel_connection_frames_total", i) > 10.0, "s{i}");
+    }
+    assert_eq!(body.matches("# TYPE keel_connection_reconnects counter").count(), 1, "one family");
+    assert!(!body.contains("keel_connection_reconnects_total "), "no unlabelled total beside its parts");
     ex.shutdown();
 }
 

@@ -75,7 +75,7 @@ pub struct StreamOptions {
     pub status_every: Option<Duration>,
     /// Write every core input and output to this file (RON lines, replayable by `keel-sim replay`).
     pub trace: Option<PathBuf>,
-    /// Publish the connection stats here about once a second (`--metrics-addr`).
+    /// Publish each connection's stats here about once a second (`--metrics-addr`).
     pub metrics: Option<crate::metrics::Metrics>,
 }
 
@@ -787,9 +787,7 @@ async fn stream_on(
                     }
                     if let Some(m) = &opts.metrics {
                         let at = now();
-                        let parts: Vec<ConnectionStats> =
-                            shards.iter().map(|s| s.machine.conn().stats_at(at)).collect();
-                        m.set_connection(ConnectionStats::merged(&parts), at);
+                        m.set_connections(shards.iter().map(|s| s.machine.conn().stats_at(at)).collect(), at);
                         m.set_recovery(recovery.stats().clone());
                     }
                 }
@@ -877,13 +875,14 @@ async fn stream_on(
         .collect();
     let parts: Vec<ConnectionStats> = report.connections.iter().map(|c| c.stats.clone()).collect();
     report.stats = ConnectionStats::merged(&parts);
+    // Each connection on its own (`connection` label), see crate::metrics.
     report.recovery = recovery.stats().clone();
     report.books = book_tops(&recovery, &book_symbols);
     if let Some(m) = &opts.metrics {
         m.set_recovery(report.recovery.clone());
     }
     if let Some(m) = &opts.metrics {
-        m.set_connection(report.stats.clone(), now());
+        m.set_connections(parts, now());
     }
     report.elapsed = start.elapsed();
     Ok(report)
