@@ -57,6 +57,28 @@ fn one_kept_alive_connection_serves_every_request() {
 }
 
 #[test]
+fn klines_take_binances_time_zones_and_refuse_others_with_its_error_body() {
+    let ex = start();
+    let cfg = config(&ca_file("tz", ex.ca_pem()));
+    let mut client = RestClient::from_config(&ex.rest_url(), &cfg).unwrap();
+    smol::block_on(async {
+        let path = |tz: &str| format!("/api/v3/klines?symbol=BTCUSDT&interval=1d&timeZone={tz}");
+        for tz in ["%2B08%3A00", "8", "-1:00", "05%3A45", "0"] {
+            let r = client.get(&path(tz)).await.unwrap();
+            assert_eq!((r.status, r.body.as_str()), (200, "[]"), "{tz}");
+        }
+        let r = client.get(&path("%2B15%3A00")).await.unwrap();
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (400, r#"{"code":-1130,"msg":"Data sent for parameter 'timeZone' is not valid."}"#)
+        );
+        let r = client.get(&path("Asia%2FShanghai")).await.unwrap();
+        assert_eq!(r.status, 400);
+        assert!(r.body.contains("-1100") && r.body.contains("[-12:00 to +14:00]"), "{}", r.body);
+    });
+}
+
+#[test]
 fn rate_limits_and_failures_are_reported_as_seen() {
     let ex = start();
     let cfg = config(&ca_file("faults", ex.ca_pem()));

@@ -95,3 +95,57 @@ fn trade_ids_and_closed_klines_survive_a_reset() {
     ex.shutdown();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Binance's UTC+8 kline stream (`<symbol>@kline_<interval>@+08:00`) with day klines, which open at
+/// local midnight (16:00 UTC): the exchange's clock runs a day per second, so the reset and a
+/// reconnect delay of 1.3 s cost at least one closed day, fetched over `/api/v3/klines` with
+/// `timeZone=+08:00` (escaped `%2B08%3A00`) and recorded in order.
+#[test]
+fn utc8_klines_survive_a_reset() {
+    const KLINE8: &str = "btcusdt@kline_1d@+08:00";
+    const DAY: u64 = 86_400_000;
+    let ex = Exchange::start(ExchangeConfig {
+        tick: Duration::from_millis(10),
+        clock_speed: 86_400,
+        ping_interval: Duration::from_millis(400),
+        faults: FaultPlan::default().on(0, Fault::Reset { after: 150 }),
+        ..ExchangeConfig::default()
+    })
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("keel-tests-zero-gap-k8-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut cfg = ex.client_config(&dir.join("ca.pem"), &dir.join("data"), &[KLINE8]).unwrap();
+    cfg.stream.stall_after_ms = 3_000;
+    cfg.tls.handshake_timeout_ms = 3_000;
+    cfg.reconnect.initial_delay_ms = 1_300;
+    cfg.reconnect.max_delay_ms = 1_300;
+    cfg.reconnect.jitter = 0.0;
+    cfg.heartbeat.ping_interval_ms = 300;
+    cfg.heartbeat.pong_timeout_ms = 200;
+    let opts = StreamOptions {
+        seed: 7,
+        duration: Some(Duration::from_millis(3_500)),
+        record: true,
+        ..StreamOptions::default()
+    };
+    let report = smol::block_on(stream(cfg, opts)).unwrap();
+    assert!(report.stats.reconnects >= 1, "the reset must have happened");
+    let klines = rows(&dir, KLINE8, "event_time,open_time");
+    let closed: Vec<u64> = klines.iter().filter(|r| r[10] == "1").map(|r| r[1].parse().unwrap()).collect();
+    assert!(closed.len() >= 2, "too few closed klines: {closed:?}");
+    for w in closed.windows(2) {
+        assert_eq!(w[1], w[0] + DAY, "closed day klines not continuous: {closed:?}");
+    }
+    assert!(closed.iter().all(|t| t % DAY == 16 * 3_600_000), "not opened at 00:00 UTC+8: {closed:?}");
+    let r = &report.recovery;
+    assert!(r.kind("kline").backfilled >= 1, "no kline was backfilled: {r:?}");
+    assert_eq!((r.kind("kline").abandoned, r.held_events), (0, 0), "{r:?}");
+    let asked: Vec<_> = ex.rest_requests().into_iter().filter(|q| q.path.starts_with("/api/v3/klines?")).collect();
+    assert!(
+        !asked.is_empty() && asked.iter().all(|q| q.path.ends_with("&timeZone=%2B08%3A00") && q.status == 200),
+        "{asked:?}"
+    );
+    ex.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -270,7 +270,7 @@ pub struct Produced {
 /// A stream name the exchange does not serve.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error(
-    "invalid stream name {name:?}: {why} (expected <symbol>@aggTrade|trade|depth|depth@100ms|bookTicker|ticker|ticker_<1h,4h,1d>|miniTicker|kline_<1s,1m,3m,5m,15m,30m,1h,2h,4h,6h,8h,12h,1d>, symbol lowercase)"
+    "invalid stream name {name:?}: {why} (expected <symbol>@aggTrade|trade|depth|depth@100ms|bookTicker|ticker|ticker_<1h,4h,1d>|miniTicker|kline_<1s,1m,3m,5m,15m,30m,1h,2h,4h,6h,8h,12h,1d>[@+08:00], symbol lowercase)"
 )]
 pub struct StreamNameError {
     /// The name given.
@@ -294,12 +294,14 @@ pub enum StreamKind {
     Ticker(TickerStream),
     /// `@miniTicker`.
     MiniTicker,
-    /// `@kline_<interval>` with the interval in milliseconds.
+    /// `@kline_<interval>` (or Binance's UTC+8 `@kline_<interval>@+08:00`) with the interval in milliseconds.
     Kline {
-        /// Interval text, e.g. `1m`.
+        /// Interval text as in the stream name, e.g. `1m`, `1d@+08:00`.
         interval: String,
         /// Interval length.
         ms: u64,
+        /// Local time minus UTC for the stream's `@+08:00`, else 0.
+        offset_ms: i64,
     },
 }
 
@@ -322,8 +324,14 @@ pub fn parse_stream(name: &str) -> Result<(String, StreamKind), StreamNameError>
         "miniTicker" => StreamKind::MiniTicker,
         k => {
             let interval = k.strip_prefix("kline_").ok_or_else(|| err("unknown stream kind"))?;
-            let ms = interval_ms(interval).ok_or_else(|| err("unknown kline interval"))?;
-            StreamKind::Kline { interval: interval.to_string(), ms }
+            // Binance's only time-zone kline streams are UTC+8 (`@kline_1d@+08:00`).
+            let (text, offset_ms) = match interval.split_once('@') {
+                Some((text, "+08:00")) => (text, 8 * HOUR_MS as i64),
+                Some(_) => return Err(err("the only kline time zone is @+08:00")),
+                None => (interval, 0),
+            };
+            let ms = interval_ms(text).ok_or_else(|| err("unknown kline interval"))?;
+            StreamKind::Kline { interval: interval.to_string(), ms, offset_ms }
         }
     };
     Ok((symbol.to_string(), kind))
@@ -635,12 +643,25 @@ pub const KLINE_HISTORY: usize = 5_000;
 #[derive(Debug, Clone)]
 struct KlineSeries {
     ms: u64,
+    /// Where intervals start: local midnight of the stream's time zone for 1d (Binance's timeZone moves
+    /// the boundaries of day intervals; shorter ones are the same in every whole-hour zone), else 0.
+    align_ms: i64,
     current: Option<Candle>,
     /// Closed klines, oldest first, open times continuous (intervals without a trade included).
     closed: VecDeque<Candle>,
 }
 
 impl KlineSeries {
+    fn new(ms: u64, offset_ms: i64) -> KlineSeries {
+        KlineSeries { ms, align_ms: if ms >= DAY_MS { offset_ms } else { 0 }, current: None, closed: VecDeque::new() }
+    }
+
+    /// The open time of the interval holding `now_ms` (UTC ms).
+    fn open_time(&self, now_ms: u64) -> u64 {
+        let local = now_ms as i64 + self.align_ms;
+        (local - local.rem_euclid(self.ms as i64) - self.align_ms).max(0) as u64
+    }
+
     fn close(&mut self, c: Candle) {
         if self.closed.len() >= KLINE_HISTORY {
             self.closed.pop_front();
@@ -718,19 +739,27 @@ impl Market {
     }
 
     /// `/api/v3/klines`: up to `limit` klines of `symbol` (upper case) and `interval` whose open time
-    /// is in `start..=end` (each bound optional), oldest first, as Binance's 12-value arrays; the
-    /// current (open) kline included when in range. Without `start`, the latest `limit`. None: unknown
-    /// symbol. An interval the exchange does not produce for the symbol has no klines.
+    /// is in `start..=end` (each bound optional, UTC even with a time zone), oldest first, as Binance's
+    /// 12-value arrays; the current (open) kline included when in range. Without `start`, the latest
+    /// `limit`. `offset_ms` is the `timeZone` (ms east of UTC): it moves the intervals of 1d. None:
+    /// unknown symbol. An interval (and zone) the exchange does not produce for the symbol has no klines.
     pub fn klines(
         &self,
         symbol: &str,
         interval: &str,
+        offset_ms: i64,
         start: Option<u64>,
         end: Option<u64>,
         limit: usize,
     ) -> Option<Vec<String>> {
         let s = self.symbols.get(&self.rest_key(symbol)?)?;
-        let Some(series) = s.klines.get(interval) else { return Some(Vec::new()) };
+        let Some(ms) = interval_ms(interval) else { return Some(Vec::new()) };
+        // Any stream of that interval whose intervals start where the zone's do.
+        let want = KlineSeries::new(ms, offset_ms).align_ms;
+        let series = s.klines.iter().find(|(key, series)| {
+            key.split('@').next() == Some(interval) && series.ms == ms && series.align_ms == want
+        });
+        let Some((_, series)) = series else { return Some(Vec::new()) };
         let in_range = |c: &&Candle| start.is_none_or(|t| c.open_time >= t) && end.is_none_or(|t| c.open_time <= t);
         let all: Vec<&Candle> = series.closed.iter().chain(series.current.iter()).filter(in_range).collect();
         let picked =
@@ -787,8 +816,8 @@ impl Market {
         let (symbol, kind) = parse_stream(stream)?;
         let s = self.symbol(&symbol);
         match kind {
-            StreamKind::Kline { interval, ms } => {
-                s.klines.entry(interval).or_insert(KlineSeries { ms, current: None, closed: VecDeque::new() });
+            StreamKind::Kline { interval, ms, offset_ms } => {
+                s.klines.entry(interval).or_insert_with(|| KlineSeries::new(ms, offset_ms));
             }
             StreamKind::Ticker(t) => {
                 s.tickers.streams.insert(t);
@@ -913,7 +942,7 @@ impl Market {
             });
             for (interval, series) in s.klines.iter_mut() {
                 let ms = series.ms;
-                let open_time = now_ms - now_ms % ms;
+                let open_time = series.open_time(now_ms);
                 if let Some(c) = series.current.take_if(|c| c.open_time != open_time) {
                     // Binance's last update of a candle carries x=true.
                     out.push(kline_event(&name, &sym, interval, ms, &c, now_ms, true));
@@ -1056,10 +1085,13 @@ fn kline_rest_json(c: &Candle, ms: u64) -> String {
     )
 }
 
+/// A kline event of the stream `<name>@kline_<interval>` (`interval` may carry `@+08:00`; `i` does not).
 fn kline_event(name: &str, sym: &str, interval: &str, ms: u64, c: &Candle, now_ms: u64, closed: bool) -> Produced {
     let close_time = c.open_time + ms - 1;
+    let stream = format!("{name}@kline_{interval}");
+    let interval = interval.split('@').next().unwrap_or(interval);
     Produced {
-        stream: format!("{name}@kline_{interval}"),
+        stream,
         json: {
             let [o, h, l, cl, v, q] = kline_texts(c);
             format!(
@@ -1084,7 +1116,7 @@ mod tests {
         assert_eq!(parse_stream("btcusdt@aggTrade").unwrap(), ("btcusdt".into(), StreamKind::AggTrade));
         assert_eq!(
             parse_stream("ethusdt@kline_1m").unwrap().1,
-            StreamKind::Kline { interval: "1m".into(), ms: 60_000 }
+            StreamKind::Kline { interval: "1m".into(), ms: 60_000, offset_ms: 0 }
         );
         assert_eq!(parse_stream("btcusdt@depth@100ms").unwrap().1, StreamKind::Depth);
         assert_eq!(parse_stream("btcusdt@ticker").unwrap().1, StreamKind::Ticker(TickerStream::Day));
@@ -1414,7 +1446,7 @@ mod tests {
             (closed[1]["n"].as_u64(), closed[1]["f"].as_i64(), closed[1]["o"].clone()),
             (Some(0), Some(-1), closed[0]["c"].clone())
         );
-        let rest = m.klines("BTCUSDT", "1s", Some(10_000), Some(13_000), 1000).unwrap();
+        let rest = m.klines("BTCUSDT", "1s", 0, Some(10_000), Some(13_000), 1000).unwrap();
         assert_eq!(rest.len(), 4);
         for (r, k) in rest.iter().zip(&closed) {
             let r: serde_json::Value = serde_json::from_str(r).unwrap();
@@ -1426,11 +1458,57 @@ mod tests {
             }
         }
         // The open kline is included when in range; limits and unknown intervals/symbols.
-        assert_eq!(m.klines("BTCUSDT", "1s", Some(13_000), None, 1000).unwrap().len(), 2);
-        assert_eq!(m.klines("BTCUSDT", "1s", Some(10_000), None, 2).unwrap().len(), 2);
-        assert_eq!(m.klines("BTCUSDT", "1s", None, None, 1).unwrap()[0].split(',').next(), Some("[14000"));
-        assert!(m.klines("BTCUSDT", "1m", None, None, 10).unwrap().is_empty());
-        assert!(m.klines("ETHUSDT", "1s", None, None, 10).is_none());
+        assert_eq!(m.klines("BTCUSDT", "1s", 0, Some(13_000), None, 1000).unwrap().len(), 2);
+        assert_eq!(m.klines("BTCUSDT", "1s", 0, Some(10_000), None, 2).unwrap().len(), 2);
+        assert_eq!(m.klines("BTCUSDT", "1s", 0, None, None, 1).unwrap()[0].split(',').next(), Some("[14000"));
+        assert!(m.klines("BTCUSDT", "1m", 0, None, None, 10).unwrap().is_empty());
+        assert!(m.klines("ETHUSDT", "1s", 0, None, None, 10).is_none());
+    }
+
+    #[test]
+    fn utc8_day_klines_open_at_local_midnight_and_rest_serves_them_by_time_zone() {
+        const H: u64 = 3_600_000;
+        // 2023-11-14 00:00 UTC; the +08:00 day holding it opened at 2023-11-13 16:00 UTC.
+        let day0 = 1_699_920_000_000;
+        let mut m = Market::new(4, &syms());
+        for s in ["btcusdt@kline_1d@+08:00", "btcusdt@kline_1d", "btcusdt@kline_1s@+08:00"] {
+            m.ensure_stream(s).unwrap();
+        }
+        for bad in ["btcusdt@kline_1d@+09:00", "btcusdt@kline_1d@+8", "btcusdt@kline_1d@"] {
+            assert!(m.ensure_stream(bad).unwrap_err().to_string().contains("@+08:00"), "{bad}");
+        }
+        let mut closed: Vec<(String, String, u64)> = Vec::new();
+        // 10:00 UTC (18:00 local), 17:00 (01:00 local, next local day), next day 01:00 (a UTC day
+        // closes) and 17:00 (another local day).
+        for now in [day0 + 10 * H, day0 + 17 * H, day0 + 25 * H, day0 + 41 * H] {
+            for p in m.tick(now).into_iter().filter(|p| p.stream.contains("@kline_1d")) {
+                let v: serde_json::Value = serde_json::from_str(&p.json).unwrap();
+                assert_eq!(v["k"]["i"], "1d", "{}", p.json);
+                if v["k"]["x"] == true {
+                    closed.push((p.stream, now.to_string(), v["k"]["t"].as_u64().unwrap()));
+                }
+            }
+        }
+        let local = |t: u64| ("btcusdt@kline_1d@+08:00".to_string(), (t).to_string());
+        let utc = |t: u64| ("btcusdt@kline_1d".to_string(), (t).to_string());
+        let closed: Vec<((String, String), u64)> = closed.into_iter().map(|(s, at, t)| ((s, at), t)).collect();
+        assert_eq!(
+            closed,
+            [(local(day0 + 17 * H), day0 - 8 * H), (utc(day0 + 25 * H), day0), (local(day0 + 41 * H), day0 + 16 * H)]
+        );
+        let opens = |tz: i64, start: Option<u64>| -> Vec<u64> {
+            let rows = m.klines("BTCUSDT", "1d", tz, start, None, 10).unwrap();
+            rows.iter().map(|r| r[1..].split(',').next().unwrap().parse().unwrap()).collect()
+        };
+        let tz8 = 8 * H as i64;
+        // The zone's days (the open one included); startTime stays UTC.
+        assert_eq!(opens(tz8, Some(0)), [day0 - 8 * H, day0 + 16 * H, day0 + 40 * H]);
+        assert_eq!(opens(tz8, Some(day0)), [day0 + 16 * H, day0 + 40 * H]);
+        assert_eq!(opens(0, Some(0)), [day0, day0 + 24 * H]);
+        // A zone no stream has: no klines; below a day every whole-hour zone is UTC's grid.
+        assert!(opens(5 * H as i64, Some(0)).is_empty());
+        assert_eq!(m.klines("BTCUSDT", "1s", tz8, None, None, 1), m.klines("BTCUSDT", "1s", 0, None, None, 1));
+        assert_eq!(m.klines("BTCUSDT", "1s", 0, None, None, 1).map(|k| k.len()), Some(1));
     }
 
     #[test]

@@ -43,6 +43,52 @@ pub fn depth_weight(limit: usize) -> u32 {
     }
 }
 
+/// Binance's `timeZone` of `/api/v3/klines` in ms east of UTC: hours and minutes (`-1:00`, `05:45`,
+/// `+08:00`) or hours only (`0`, `8`, `+8`), "strictly [-12:00 to +14:00] inclusive" (rest-api.md).
+/// `Err` with Binance's error body text when it is not one.
+pub fn parse_time_zone(tz: &str) -> Result<i64, (i64, String)> {
+    let illegal = || {
+        (-1100, "Illegal characters found in parameter 'timeZone'; legal range is '[-12:00 to +14:00]'.".to_string())
+    };
+    let (sign, rest) = match tz.as_bytes().first() {
+        Some(b'+') => (1, &tz[1..]),
+        Some(b'-') => (-1, &tz[1..]),
+        _ => (1, tz),
+    };
+    let (h, m) = rest.split_once(':').unwrap_or((rest, "00"));
+    let digits =
+        |t: &str, n: std::ops::RangeInclusive<usize>| n.contains(&t.len()) && t.bytes().all(|b| b.is_ascii_digit());
+    if !digits(h, 1..=2) || !digits(m, 2..=2) {
+        return Err(illegal());
+    }
+    let (h, m): (i64, i64) = (h.parse().map_err(|_| illegal())?, m.parse().map_err(|_| illegal())?);
+    let minutes = sign * (h * 60 + m);
+    if m >= 60 || !(-12 * 60..=14 * 60).contains(&minutes) {
+        return Err((-1130, "Data sent for parameter 'timeZone' is not valid.".to_string()));
+    }
+    Ok(minutes * 60_000)
+}
+
+/// `%2B08%3A00` -> `+08:00` (a query value as sent; `+` must be escaped there, as keel does).
+fn percent_decode(v: &str) -> String {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%'
+            && let (Some(hi), Some(lo)) = (b.get(i + 1).and_then(|&c| hex(c)), b.get(i + 2).and_then(|&c| hex(c)))
+        {
+            out.push((hi * 16 + lo) as u8);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// One REST request the exchange answered (for tests: what was asked, when, and the answer).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestRequestInfo {
@@ -308,16 +354,13 @@ fn route(shared: &Shared, method: &Method, path: &str, params: &[(String, String
         if super::market::parse_stream(&format!("x0@kline_{interval}")).is_err() {
             return error(400, -1120, "Invalid interval.");
         }
-        // The exchange's klines are UTC-aligned; Binance's timeZone shifts the intervals, which it does not model.
-        if let Some(tz) = get("timeZone")
-            && !matches!(tz, "0" | "+00:00" | "%2B00%3A00" | "00:00")
-        {
-            return error(
-                400,
-                -1100,
-                &format!("the embedded exchange serves UTC klines only; timeZone '{tz}' is not supported here"),
-            );
-        }
+        // Binance: the intervals are those of the time zone (local midnight for 1d); startTime and
+        // endTime stay UTC.
+        let offset_ms = match get("timeZone").map(percent_decode).map(|tz| parse_time_zone(&tz)) {
+            None => 0,
+            Some(Ok(ms)) => ms,
+            Some(Err((code, msg))) => return error(400, code, &msg),
+        };
         let (start, end) = match (number("startTime"), number("endTime")) {
             (Ok(s), Ok(e)) => (s, e),
             (Err(a), _) | (_, Err(a)) => return a,
@@ -331,7 +374,7 @@ fn route(shared: &Shared, method: &Method, path: &str, params: &[(String, String
         if limit == 0 || limit > MAX_LIMIT {
             return error(400, -1130, "Data sent for parameter 'limit' is not valid.");
         }
-        return match market.klines(symbol, interval, start, end, limit) {
+        return match market.klines(symbol, interval, offset_ms, start, end, limit) {
             None => error(400, -1121, "Invalid symbol."),
             Some(items) => ok(format!("[{}]", items.join(","))),
         };
@@ -361,5 +404,39 @@ fn route(shared: &Shared, method: &Method, path: &str, params: &[(String, String
             None => error(400, -1121, "Invalid symbol."),
             Some(snap) => ok(snap.to_json()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_zones_are_binances_forms_within_minus_12_and_plus_14() {
+        const M: i64 = 60_000;
+        let ok = [
+            ("0", 0),
+            ("8", 8 * 60 * M),
+            ("+8", 8 * 60 * M),
+            ("+08:00", 8 * 60 * M),
+            ("-1:00", -60 * M),
+            ("05:45", 345 * M),
+            ("-12:00", -720 * M),
+            ("+14:00", 840 * M),
+        ];
+        for (tz, ms) in ok {
+            assert_eq!(parse_time_zone(tz), Ok(ms), "{tz}");
+        }
+        for tz in ["+14:01", "-12:30", "15", "08:60"] {
+            assert_eq!(parse_time_zone(tz).map_err(|e| e.0), Err(-1130), "{tz}");
+        }
+        for tz in ["", "+", "8:5", "abc", "+08:00:00", "123", "UTC", "+8h"] {
+            let e = parse_time_zone(tz).unwrap_err();
+            assert_eq!(e.0, -1100, "{tz}");
+            assert!(e.1.contains("'timeZone'") && e.1.contains("[-12:00 to +14:00]"), "{}", e.1);
+        }
+        assert_eq!(percent_decode("%2B08%3A00"), "+08:00");
+        assert_eq!(percent_decode("-1:00"), "-1:00");
+        assert_eq!(percent_decode("%zz%2"), "%zz%2");
     }
 }
