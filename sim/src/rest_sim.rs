@@ -338,6 +338,40 @@ mod tests {
     }
 
     #[test]
+    fn requests_over_the_weight_budget_are_violations() {
+        let mut profile = RestProfile::draw(1);
+        profile.weight_per_minute = 40;
+        let mut m = RestModel::new(&profile, 1);
+        let trades = |from_id| RestRequest::HistoricalTrades { symbol: "BTCUSDT".into(), from_id, limit: 10 };
+        let agg = |from_id| RestRequest::AggTrades { symbol: "BTCUSDT".into(), from_id, limit: 10 };
+        // 25 into an empty window, then 4 at 0, 1 and 2 s (37 <= 40); at 60 s the two sent at 0 are
+        // out of the window: 8 + 25 = 33 <= 40.
+        m.send(RequestId(1), trades(1), 0);
+        for i in 0..3 {
+            m.send(RequestId(2 + i), agg(i), 1_000 * i);
+        }
+        m.send(RequestId(9), trades(2), 60_000);
+        assert!(m.violations.is_empty(), "{:?}", m.violations);
+        // At 61.5 s: 4 (2 s) + 25 (60 s) in the window, and 25 more is over 40.
+        m.send(RequestId(10), trades(3), 61_500);
+        assert_eq!(m.violations.len(), 1, "{:?}", m.violations);
+        assert!(m.violations[0].contains("/api/v3/historicalTrades?symbol=BTCUSDT&fromId=3"), "{}", m.violations[0]);
+        assert!(m.violations[0].contains("29 weight already spent"), "{}", m.violations[0]);
+        // A heavier request than the whole budget is fine alone in an empty window; a restarted
+        // client starts a fresh budget.
+        m.clear();
+        profile.weight_per_minute = 8;
+        let mut small = RestModel::new(&profile, 1);
+        small.send(RequestId(1), trades(1), 0);
+        small.send(RequestId(2), trades(2), 60_000);
+        assert!(small.violations.is_empty(), "{:?}", small.violations);
+        small.send(RequestId(3), agg(1), 60_001);
+        assert_eq!(small.violations.len(), 1);
+        m.send(RequestId(11), trades(4), 61_600);
+        assert_eq!(m.violations.len(), 1);
+    }
+
+    #[test]
     fn profiles_are_deterministic_and_vary() {
         assert_eq!(RestProfile::draw(7), RestProfile::draw(7));
         let on = (0..200).filter(|&s| RestProfile::draw(s).rate_limited.is_some()).count();
