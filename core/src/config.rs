@@ -858,6 +858,15 @@ mod tests {
     /// More streams than one connection carries are fine up to `max_streams_per_connection x
     /// max_connections`; one more is refused with an error naming both keys and the fix.
     #[test]
+    fn the_all_market_array_streams_are_accepted() {
+        let c = Config::from_ron(
+            r#"(stream: (streams: ["!miniTicker@arr", "!ticker@arr", "!ticker_1h@arr", "!ticker_4h@arr", "!ticker_1d@arr", "btcusdt@aggTrade"]))"#,
+        )
+        .unwrap();
+        assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
     fn streams_beyond_one_connection_are_split_up_to_max_connections() {
         let names = ["a@trade", "b@trade", "c@trade", "d@trade", "e@trade", "f@trade", "g@trade"];
         let ron = |n: usize| {
@@ -894,6 +903,8 @@ mod tests {
         ("stream: (streams: [])", "stream.streams"),
         (r#"stream: (streams: ["BTCUSDT"])"#, "stream.streams"),
         (r#"stream: (streams: ["btcusdt@avgPrice"])"#, "stream.streams"),
+        (r#"stream: (streams: ["!bookTicker"])"#, "stream.streams"),
+        (r#"stream: (streams: ["!ticker_2h@arr"])"#, "stream.streams"),
         (r#"stream: (streams: ["btcusdt@kline_7m"])"#, "stream.streams"),
         (r#"stream: (streams: ["btcusdt@trade", "btcusdt@trade"])"#, "stream.streams"),
         (

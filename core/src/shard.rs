@@ -66,7 +66,8 @@ pub fn shard_seed(seed: u64, index: usize) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The symbol of a stream name (`btcusdt@depth@100ms` -> `btcusdt`).
+/// The symbol of a stream name (`btcusdt@depth@100ms` -> `btcusdt`). An all-market array
+/// (`!miniTicker@arr`) has none: its "symbol" `!miniTicker` is its own group, which no symbol shares.
 fn symbol(stream: &str) -> &str {
     stream.split_once('@').map_or(stream, |(s, _)| s)
 }
@@ -153,6 +154,20 @@ mod tests {
         let got = split_streams(&streams, 2, 3);
         let want = vec![names(&["a@trade", "a@depth"]), names(&["b@trade", "c@trade"]), names(&["c@depth", "d@trade"])];
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn an_all_market_array_is_a_group_of_its_own() {
+        let streams =
+            names(&["btcusdt@aggTrade", "!miniTicker@arr", "btcusdt@ticker", "!ticker_1h@arr", "ethusdt@trade"]);
+        assert_eq!(
+            split_streams(&streams, 2, 8),
+            vec![
+                names(&["btcusdt@aggTrade", "btcusdt@ticker"]),
+                names(&["!miniTicker@arr", "!ticker_1h@arr"]),
+                names(&["ethusdt@trade"]),
+            ]
+        );
     }
 
     #[test]

@@ -1,12 +1,16 @@
 //! The recorder: decoded market events to `<out>/<stream>/<YYYY-MM-DD>.csv` (see
 //! /work/briefs/recording-format.md, the contract with `keel train`'s kline loader).
 //!
+//! An all-market array (`!miniTicker@arr`, `!ticker_1h@arr`, ...) is written one row per element into
+//! the array stream's own file (`<out>/!miniTicker@arr/<day>.csv`), with a `symbol` column first and
+//! then the columns of the single ticker of its kind.
+//!
 //! Append-only: a restarted run appends and writes the header only into a new or empty file.
 //! Rows are buffered and flushed by [`Recorder::flush`], which the stream loop calls at least every
 //! second and at shutdown, so a crash loses at most the last second.
 
 use chrono::{DateTime, Utc};
-use keel_core::protocol::{Decimal, Level, MarketEvent, TickerWindow};
+use keel_core::protocol::{Decimal, Level, MarketEvent, MiniTicker, Ticker, TickerWindow};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
@@ -38,7 +42,39 @@ pub enum RecorderError {
     BadStreamName(String),
 }
 
-/// The CSV header of an event kind.
+// The ticker columns, in Binance's field order for each (web-socket-streams.md); an array's rows put
+// `symbol` before them.
+macro_rules! ticker_24h_columns {
+    () => {
+        "event_time,price_change,price_change_percent,weighted_avg_price,prev_price,last_price,last_qty,\
+         bid_price,bid_qty,ask_price,ask_qty,open,high,low,volume,quote_volume,open_time,close_time,\
+         first_trade_id,last_trade_id,trades"
+    };
+}
+macro_rules! ticker_rolling_columns {
+    () => {
+        "event_time,price_change,price_change_percent,open,high,low,last_price,weighted_avg_price,volume,\
+         quote_volume,open_time,close_time,first_trade_id,last_trade_id,trades"
+    };
+}
+macro_rules! mini_ticker_columns {
+    () => {
+        "event_time,close,open,high,low,volume,quote_volume"
+    };
+}
+
+/// The header of a ticker of `window`; `array`: as an element of an all-market array (a `symbol` column first).
+fn ticker_header(window: &TickerWindow, array: bool) -> &'static str {
+    match (window, array) {
+        (TickerWindow::Rolling24h(_), false) => ticker_24h_columns!(),
+        (TickerWindow::Rolling24h(_), true) => concat!("symbol,", ticker_24h_columns!()),
+        (_, false) => ticker_rolling_columns!(),
+        (_, true) => concat!("symbol,", ticker_rolling_columns!()),
+    }
+}
+
+/// The CSV header of an event kind (of an all-market array: of its rows, one per element; an empty
+/// ticker array, which writes no row, gets the rolling-window one).
 pub fn header(event: &MarketEvent) -> &'static str {
     match event {
         MarketEvent::AggTrade(_) => {
@@ -49,19 +85,10 @@ pub fn header(event: &MarketEvent) -> &'static str {
         MarketEvent::Depth(_) => "event_time,first_update_id,final_update_id,bids,asks",
         MarketEvent::BookTicker(_) => "update_id,bid_price,bid_qty,ask_price,ask_qty",
         MarketEvent::PartialDepth(_) => "last_update_id,bids,asks",
-        // Binance's field order for each (web-socket-streams.md).
-        MarketEvent::Ticker(t) => match t.window {
-            TickerWindow::Rolling24h(_) => {
-                "event_time,price_change,price_change_percent,weighted_avg_price,prev_price,last_price,last_qty,\
-                 bid_price,bid_qty,ask_price,ask_qty,open,high,low,volume,quote_volume,open_time,close_time,\
-                 first_trade_id,last_trade_id,trades"
-            }
-            TickerWindow::Rolling1h | TickerWindow::Rolling4h | TickerWindow::Rolling1d => {
-                "event_time,price_change,price_change_percent,open,high,low,last_price,weighted_avg_price,volume,\
-                 quote_volume,open_time,close_time,first_trade_id,last_trade_id,trades"
-            }
-        },
-        MarketEvent::MiniTicker(_) => "event_time,close,open,high,low,volume,quote_volume",
+        MarketEvent::Ticker(t) => ticker_header(&t.window, false),
+        MarketEvent::MiniTicker(_) => mini_ticker_columns!(),
+        MarketEvent::Tickers(v) => ticker_header(v.first().map_or(&TickerWindow::Rolling1h, |t| &t.window), true),
+        MarketEvent::MiniTickers(_) => concat!("symbol,", mini_ticker_columns!()),
     }
 }
 
@@ -119,129 +146,177 @@ fn levels(out: &mut String, levels: &[Level]) {
     }
 }
 
-/// One CSV row (without the newline) for `event`, in the documented column order.
+/// One CSV row (without the newline) for `event`, in the documented column order; an all-market
+/// array's rows, one per element, separated by newlines.
 pub fn row(event: &MarketEvent) -> String {
     let mut s = String::with_capacity(96);
     write_row(&mut s, event);
     s
 }
 
+/// A field of a row.
+#[derive(Clone, Copy)]
+enum F<'a> {
+    U(u64),
+    I(i64),
+    D(Decimal),
+    S(&'a str),
+}
+
+/// Appends `fs`, comma-separated.
+fn fields(s: &mut String, fs: &[F<'_>]) {
+    for (i, f) in fs.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        match f {
+            F::U(v) => push_u64(s, *v),
+            F::I(v) => {
+                if *v < 0 {
+                    s.push('-');
+                }
+                push_u64(s, v.unsigned_abs());
+            }
+            F::D(d) => push_decimal(s, *d),
+            F::S(t) => s.push_str(t),
+        }
+    }
+}
+
 /// Appends the row of `event` (without the newline) to `s`.
 fn write_row(s: &mut String, event: &MarketEvent) {
     let b = |v: bool| if v { "1" } else { "0" };
-    // Fields in order, comma-separated.
-    #[derive(Clone, Copy)]
-    enum F<'a> {
-        U(u64),
-        I(i64),
-        D(Decimal),
-        S(&'a str),
-    }
-    let mut fields = |fs: &[F<'_>]| {
-        for (i, f) in fs.iter().enumerate() {
-            if i > 0 {
-                s.push(',');
-            }
-            match f {
-                F::U(v) => push_u64(s, *v),
-                F::I(v) => {
-                    if *v < 0 {
-                        s.push('-');
-                    }
-                    push_u64(s, v.unsigned_abs());
-                }
-                F::D(d) => push_decimal(s, *d),
-                F::S(t) => s.push_str(t),
-            }
-        }
-    };
     match event {
-        MarketEvent::AggTrade(e) => fields(&[
-            F::U(e.event_time),
-            F::U(e.agg_id),
-            F::D(e.price),
-            F::D(e.quantity),
-            F::U(e.first_trade_id),
-            F::U(e.last_trade_id),
-            F::U(e.trade_time),
-            F::S(b(e.buyer_is_maker)),
-        ]),
-        MarketEvent::Trade(e) => fields(&[
-            F::U(e.event_time),
-            F::U(e.trade_id),
-            F::D(e.price),
-            F::D(e.quantity),
-            F::U(e.trade_time),
-            F::S(b(e.buyer_is_maker)),
-        ]),
-        MarketEvent::Kline(k) => fields(&[
-            F::U(k.event_time),
-            F::U(k.open_time),
-            F::U(k.close_time),
-            F::S(&k.interval),
-            F::D(k.open),
-            F::D(k.high),
-            F::D(k.low),
-            F::D(k.close),
-            F::D(k.volume),
-            F::U(k.trades),
-            F::S(b(k.is_closed)),
-        ]),
+        MarketEvent::AggTrade(e) => fields(
+            s,
+            &[
+                F::U(e.event_time),
+                F::U(e.agg_id),
+                F::D(e.price),
+                F::D(e.quantity),
+                F::U(e.first_trade_id),
+                F::U(e.last_trade_id),
+                F::U(e.trade_time),
+                F::S(b(e.buyer_is_maker)),
+            ],
+        ),
+        MarketEvent::Trade(e) => fields(
+            s,
+            &[
+                F::U(e.event_time),
+                F::U(e.trade_id),
+                F::D(e.price),
+                F::D(e.quantity),
+                F::U(e.trade_time),
+                F::S(b(e.buyer_is_maker)),
+            ],
+        ),
+        MarketEvent::Kline(k) => fields(
+            s,
+            &[
+                F::U(k.event_time),
+                F::U(k.open_time),
+                F::U(k.close_time),
+                F::S(&k.interval),
+                F::D(k.open),
+                F::D(k.high),
+                F::D(k.low),
+                F::D(k.close),
+                F::D(k.volume),
+                F::U(k.trades),
+                F::S(b(k.is_closed)),
+            ],
+        ),
         MarketEvent::Depth(d) => {
-            fields(&[F::U(d.event_time), F::U(d.first_update_id), F::U(d.final_update_id), F::S("")]);
+            fields(s, &[F::U(d.event_time), F::U(d.first_update_id), F::U(d.final_update_id), F::S("")]);
             levels(s, d.bids());
             s.push(',');
             levels(s, d.asks());
         }
-        MarketEvent::BookTicker(t) => fields(&[
-            F::U(t.update_id),
-            F::D(t.best_bid_price),
-            F::D(t.best_bid_qty),
-            F::D(t.best_ask_price),
-            F::D(t.best_ask_qty),
-        ]),
+        MarketEvent::BookTicker(t) => fields(
+            s,
+            &[
+                F::U(t.update_id),
+                F::D(t.best_bid_price),
+                F::D(t.best_bid_qty),
+                F::D(t.best_ask_price),
+                F::D(t.best_ask_qty),
+            ],
+        ),
         MarketEvent::PartialDepth(d) => {
-            fields(&[F::U(d.last_update_id), F::S("")]);
+            fields(s, &[F::U(d.last_update_id), F::S("")]);
             levels(s, &d.bids);
             s.push(',');
             levels(s, &d.asks);
         }
-        MarketEvent::Ticker(t) => {
-            // The two layouts share their first three and last seven columns.
-            let mut all = [F::U(0); 21];
-            all[..3].copy_from_slice(&[F::U(t.event_time), F::D(t.price_change), F::D(t.price_change_percent)]);
-            let middle: &[F<'_>] = match &t.window {
-                TickerWindow::Rolling24h(x) => &[
-                    F::D(t.weighted_avg_price),
-                    F::D(x.prev_price),
-                    F::D(t.last_price),
-                    F::D(x.last_quantity),
-                    F::D(x.best_bid_price),
-                    F::D(x.best_bid_qty),
-                    F::D(x.best_ask_price),
-                    F::D(x.best_ask_qty),
-                    F::D(t.open),
-                    F::D(t.high),
-                    F::D(t.low),
-                ],
-                TickerWindow::Rolling1h | TickerWindow::Rolling4h | TickerWindow::Rolling1d => {
-                    &[F::D(t.open), F::D(t.high), F::D(t.low), F::D(t.last_price), F::D(t.weighted_avg_price)]
+        MarketEvent::Ticker(t) => ticker_row(s, t),
+        MarketEvent::MiniTicker(t) => mini_ticker_row(s, t),
+        MarketEvent::Tickers(v) => {
+            for (i, t) in v.iter().enumerate() {
+                if i > 0 {
+                    s.push('\n');
                 }
-            };
-            let end = 3 + middle.len();
-            all[3..end].copy_from_slice(middle);
-            all[end..end + 7].copy_from_slice(&[
-                F::D(t.volume),
-                F::D(t.quote_volume),
-                F::U(t.open_time),
-                F::U(t.close_time),
-                F::I(t.first_trade_id),
-                F::I(t.last_trade_id),
-                F::U(t.trades),
-            ]);
-            fields(&all[..end + 7]);
+                array_row(s, &t.symbol, |s| ticker_row(s, t));
+            }
         }
-        MarketEvent::MiniTicker(t) => fields(&[
+        MarketEvent::MiniTickers(v) => {
+            for (i, t) in v.iter().enumerate() {
+                if i > 0 {
+                    s.push('\n');
+                }
+                array_row(s, &t.symbol, |s| mini_ticker_row(s, t));
+            }
+        }
+    }
+}
+
+/// An element of an all-market array: its symbol, then the columns of its single kind.
+fn array_row(s: &mut String, symbol: &str, columns: impl FnOnce(&mut String)) {
+    s.push_str(symbol);
+    s.push(',');
+    columns(s);
+}
+
+fn ticker_row(s: &mut String, t: &Ticker) {
+    // The two layouts share their first three and last seven columns.
+    let mut all = [F::U(0); 21];
+    all[..3].copy_from_slice(&[F::U(t.event_time), F::D(t.price_change), F::D(t.price_change_percent)]);
+    let middle: &[F<'_>] = match &t.window {
+        TickerWindow::Rolling24h(x) => &[
+            F::D(t.weighted_avg_price),
+            F::D(x.prev_price),
+            F::D(t.last_price),
+            F::D(x.last_quantity),
+            F::D(x.best_bid_price),
+            F::D(x.best_bid_qty),
+            F::D(x.best_ask_price),
+            F::D(x.best_ask_qty),
+            F::D(t.open),
+            F::D(t.high),
+            F::D(t.low),
+        ],
+        TickerWindow::Rolling1h | TickerWindow::Rolling4h | TickerWindow::Rolling1d => {
+            &[F::D(t.open), F::D(t.high), F::D(t.low), F::D(t.last_price), F::D(t.weighted_avg_price)]
+        }
+    };
+    let end = 3 + middle.len();
+    all[3..end].copy_from_slice(middle);
+    all[end..end + 7].copy_from_slice(&[
+        F::D(t.volume),
+        F::D(t.quote_volume),
+        F::U(t.open_time),
+        F::U(t.close_time),
+        F::I(t.first_trade_id),
+        F::I(t.last_trade_id),
+        F::U(t.trades),
+    ]);
+    fields(s, &all[..end + 7]);
+}
+
+fn mini_ticker_row(s: &mut String, t: &MiniTicker) {
+    fields(
+        s,
+        &[
             F::U(t.event_time),
             F::D(t.close),
             F::D(t.open),
@@ -249,8 +324,8 @@ fn write_row(s: &mut String, event: &MarketEvent) {
             F::D(t.low),
             F::D(t.volume),
             F::D(t.quote_volume),
-        ]),
-    }
+        ],
+    );
 }
 
 /// The UTC day (`YYYY-MM-DD`) of a time in ms since the Unix epoch.
@@ -286,9 +361,43 @@ impl Recorder {
     }
 
     /// Appends `event` of `stream`. The file's day is the event's time, or `received_ms` for
-    /// events without one (spot bookTicker, partial depth).
+    /// events without one (spot bookTicker, partial depth). An all-market array writes a row per
+    /// element (none for an empty one), each into the file of its own event time's day.
     pub fn record(&mut self, stream: &str, event: &MarketEvent, received_ms: u64) -> Result<(), RecorderError> {
-        let t = match event.event_time() {
+        match event {
+            MarketEvent::Tickers(v) => {
+                for t in v {
+                    let header = ticker_header(&t.window, true);
+                    self.append(stream, t.event_time, received_ms, header, |s| {
+                        array_row(s, &t.symbol, |s| ticker_row(s, t))
+                    })?;
+                }
+                Ok(())
+            }
+            MarketEvent::MiniTickers(v) => {
+                let header = header(event);
+                for t in v {
+                    self.append(stream, t.event_time, received_ms, header, |s| {
+                        array_row(s, &t.symbol, |s| mini_ticker_row(s, t))
+                    })?;
+                }
+                Ok(())
+            }
+            _ => self.append(stream, event.event_time(), received_ms, header(event), |s| write_row(s, event)),
+        }
+    }
+
+    /// Appends one row (written by `write`) to `stream`'s file of the day of `time` (`received_ms`
+    /// when 0), opening it with `header` when new.
+    fn append(
+        &mut self,
+        stream: &str,
+        time: u64,
+        received_ms: u64,
+        header: &str,
+        write: impl FnOnce(&mut String),
+    ) -> Result<(), RecorderError> {
+        let t = match time {
             0 => received_ms,
             t => t,
         };
@@ -301,12 +410,12 @@ impl Recorder {
             if let Some(mut old) = self.files.remove(stream) {
                 old.writer.flush().map_err(|source| RecorderError::Write { path: old.path.clone(), source })?;
             }
-            let f = self.open(stream, t, event)?;
+            let f = self.open(stream, t, header)?;
             self.files.insert(stream.to_string(), f);
         }
         let Some(f) = self.files.get_mut(stream) else { unreachable!("inserted above") };
         self.line.clear();
-        write_row(&mut self.line, event);
+        write(&mut self.line);
         self.line.push('\n');
         f.writer
             .write_all(self.line.as_bytes())
@@ -315,7 +424,7 @@ impl Recorder {
         Ok(())
     }
 
-    fn open(&mut self, stream: &str, t: u64, event: &MarketEvent) -> Result<OpenFile, RecorderError> {
+    fn open(&mut self, stream: &str, t: u64, header: &str) -> Result<OpenFile, RecorderError> {
         let day = utc_day(t);
         let dir = self.dir.join(stream);
         std::fs::create_dir_all(&dir).map_err(|source| RecorderError::Open { path: dir.clone(), source })?;
@@ -328,8 +437,7 @@ impl Recorder {
         let len = file.metadata().map_err(|source| RecorderError::Open { path: path.clone(), source })?.len();
         let mut writer = BufWriter::with_capacity(64 * 1024, file);
         if len == 0 {
-            writeln!(writer, "{}", header(event))
-                .map_err(|source| RecorderError::Write { path: path.clone(), source })?;
+            writeln!(writer, "{header}").map_err(|source| RecorderError::Write { path: path.clone(), source })?;
         }
         if !self.paths.contains(&path) {
             self.paths.push(path.clone());
@@ -452,6 +560,39 @@ mod tests {
                 None => true,
             }
         }
+    }
+
+    #[test]
+    fn an_all_market_array_writes_a_row_per_element_with_its_symbol() {
+        let mini_arr = format!("[{MINI},{}]", MINI.replace("BNBBTC", "ETHUSDT"));
+        let hour_arr = format!("[{TICKER_1H}]");
+        let dir = std::env::temp_dir().join(format!("keel-recorder-arr-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut r = Recorder::new(&dir);
+        let decode_on = |stream: &str, data: &str| match decode(&format!(r#"{{"stream":"{stream}","data":{data}}}"#)) {
+            Ok(Frame::Market { event, .. }) => event,
+            other => panic!("{other:?}"),
+        };
+        r.record("!miniTicker@arr", &decode_on("!miniTicker@arr", &mini_arr), 0).unwrap();
+        r.record("!miniTicker@arr", &decode_on("!miniTicker@arr", "[]"), 0).unwrap();
+        r.record("!ticker_1h@arr", &decode_on("!ticker_1h@arr", &hour_arr), 0).unwrap();
+        r.record("!ticker_4h@arr", &decode_on("!ticker_4h@arr", "[]"), 0).unwrap();
+        assert_eq!(r.rows(), 3, "one per element, none for an empty array");
+        drop(r);
+        let read = |stream: &str| std::fs::read_to_string(dir.join(stream).join("2022-12-31.csv")).unwrap();
+        assert_eq!(
+            read("!miniTicker@arr"),
+            "symbol,event_time,close,open,high,low,volume,quote_volume\n\
+             BNBBTC,1672515782136,0.0025,0.0010,0.0025,0.0010,10000,18\n\
+             ETHUSDT,1672515782136,0.0025,0.0010,0.0025,0.0010,10000,18\n"
+        );
+        let single = event(TICKER_1H);
+        assert_eq!(read("!ticker_1h@arr"), format!("symbol,{}\nBNBBTC,{}\n", header(&single), row(&single)));
+        assert!(!dir.join("!ticker_4h@arr").exists(), "an empty array opens no file");
+        let arr = decode_on("!miniTicker@arr", &mini_arr);
+        assert_eq!(row(&arr).lines().count(), 2);
+        assert_eq!(header(&arr).split(',').count(), row(&arr).lines().next().unwrap().split(',').count());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

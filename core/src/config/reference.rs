@@ -46,8 +46,8 @@ pub const KEYS: &[KeyDoc] = &[
     ),
     key!(
         stream.streams,
-        "non-empty list of `symbol@type`",
-        "Streams to subscribe, as Binance names them (btcusdt@aggTrade, btcusdt@kline_1m, btcusdt@depth@100ms, ...)."
+        "non-empty list of `symbol@type` or all-market `!...@arr`",
+        "Streams to subscribe, as Binance names them (btcusdt@aggTrade, btcusdt@kline_1m, btcusdt@depth@100ms, ..., and the all-market arrays !miniTicker@arr, !ticker@arr, !ticker_1h@arr, !ticker_4h@arr, !ticker_1d@arr)."
     ),
     key!(
         stream.out_dir,

@@ -2,7 +2,7 @@
 //! and the simulator use it to speak exactly what [`super::decode`] reads, and the tests use it for
 //! round trips.
 
-use super::{Decimal, Frame, Level, MarketEvent, ResponseResult, TickerWindow};
+use super::{Decimal, Frame, Level, MarketEvent, MiniTicker, ResponseResult, Ticker, TickerWindow};
 use std::fmt::Write;
 
 /// Appends `s` as a JSON string literal.
@@ -60,8 +60,80 @@ fn levels_field(out: &mut String, first: bool, name: &str, levels: &[Level]) {
     out.push(']');
 }
 
-/// The raw event as Binance sends it on `/ws/<stream>` (fields in Binance's order).
+/// The raw event as Binance sends it on `/ws/<stream>` (fields in Binance's order); an all-market
+/// array as the JSON array of its elements.
 pub fn encode_event(event: &MarketEvent) -> String {
+    let elements: Vec<String> = match event {
+        MarketEvent::Tickers(v) => v.iter().map(|t| element(|out| ticker_fields(out, t))).collect(),
+        MarketEvent::MiniTickers(v) => v.iter().map(|t| element(|out| mini_ticker_fields(out, t))).collect(),
+        _ => return encode_object(event),
+    };
+    format!("[{}]", elements.join(","))
+}
+
+/// One object written by `fields`.
+fn element(fields: impl FnOnce(&mut String)) -> String {
+    let mut out = String::with_capacity(256);
+    out.push('{');
+    fields(&mut out);
+    out.push('}');
+    out
+}
+
+/// A ticker's fields (a single `@ticker` event or an element of `!ticker@arr`).
+fn ticker_fields(out: &mut String, t: &Ticker) {
+    str_field(out, true, "e", t.window.event_type());
+    num_field(out, "E", t.event_time);
+    str_field(out, false, "s", &t.symbol);
+    dec_field(out, "p", t.price_change);
+    dec_field(out, "P", t.price_change_percent);
+    // Binance orders the two layouts differently (web-socket-streams.md).
+    match &t.window {
+        TickerWindow::Rolling24h(x) => {
+            dec_field(out, "w", t.weighted_avg_price);
+            dec_field(out, "x", x.prev_price);
+            dec_field(out, "c", t.last_price);
+            dec_field(out, "Q", x.last_quantity);
+            dec_field(out, "b", x.best_bid_price);
+            dec_field(out, "B", x.best_bid_qty);
+            dec_field(out, "a", x.best_ask_price);
+            dec_field(out, "A", x.best_ask_qty);
+            dec_field(out, "o", t.open);
+            dec_field(out, "h", t.high);
+            dec_field(out, "l", t.low);
+        }
+        TickerWindow::Rolling1h | TickerWindow::Rolling4h | TickerWindow::Rolling1d => {
+            dec_field(out, "o", t.open);
+            dec_field(out, "h", t.high);
+            dec_field(out, "l", t.low);
+            dec_field(out, "c", t.last_price);
+            dec_field(out, "w", t.weighted_avg_price);
+        }
+    }
+    dec_field(out, "v", t.volume);
+    dec_field(out, "q", t.quote_volume);
+    num_field(out, "O", t.open_time);
+    num_field(out, "C", t.close_time);
+    num_field(out, "F", t.first_trade_id);
+    num_field(out, "L", t.last_trade_id);
+    num_field(out, "n", t.trades);
+}
+
+/// A mini ticker's fields.
+fn mini_ticker_fields(out: &mut String, t: &MiniTicker) {
+    str_field(out, true, "e", "24hrMiniTicker");
+    num_field(out, "E", t.event_time);
+    str_field(out, false, "s", &t.symbol);
+    dec_field(out, "c", t.close);
+    dec_field(out, "o", t.open);
+    dec_field(out, "h", t.high);
+    dec_field(out, "l", t.low);
+    dec_field(out, "v", t.volume);
+    dec_field(out, "q", t.quote_volume);
+}
+
+/// [`encode_event`] of an event that is one JSON object.
+fn encode_object(event: &MarketEvent) -> String {
     let mut out = String::with_capacity(192);
     out.push('{');
     match event {
@@ -142,54 +214,10 @@ pub fn encode_event(event: &MarketEvent) -> String {
             levels_field(&mut out, false, "bids", &d.bids);
             levels_field(&mut out, false, "asks", &d.asks);
         }
-        MarketEvent::Ticker(t) => {
-            str_field(&mut out, true, "e", t.window.event_type());
-            num_field(&mut out, "E", t.event_time);
-            str_field(&mut out, false, "s", &t.symbol);
-            dec_field(&mut out, "p", t.price_change);
-            dec_field(&mut out, "P", t.price_change_percent);
-            // Binance orders the two layouts differently (web-socket-streams.md).
-            match &t.window {
-                TickerWindow::Rolling24h(x) => {
-                    dec_field(&mut out, "w", t.weighted_avg_price);
-                    dec_field(&mut out, "x", x.prev_price);
-                    dec_field(&mut out, "c", t.last_price);
-                    dec_field(&mut out, "Q", x.last_quantity);
-                    dec_field(&mut out, "b", x.best_bid_price);
-                    dec_field(&mut out, "B", x.best_bid_qty);
-                    dec_field(&mut out, "a", x.best_ask_price);
-                    dec_field(&mut out, "A", x.best_ask_qty);
-                    dec_field(&mut out, "o", t.open);
-                    dec_field(&mut out, "h", t.high);
-                    dec_field(&mut out, "l", t.low);
-                }
-                TickerWindow::Rolling1h | TickerWindow::Rolling4h | TickerWindow::Rolling1d => {
-                    dec_field(&mut out, "o", t.open);
-                    dec_field(&mut out, "h", t.high);
-                    dec_field(&mut out, "l", t.low);
-                    dec_field(&mut out, "c", t.last_price);
-                    dec_field(&mut out, "w", t.weighted_avg_price);
-                }
-            }
-            dec_field(&mut out, "v", t.volume);
-            dec_field(&mut out, "q", t.quote_volume);
-            num_field(&mut out, "O", t.open_time);
-            num_field(&mut out, "C", t.close_time);
-            num_field(&mut out, "F", t.first_trade_id);
-            num_field(&mut out, "L", t.last_trade_id);
-            num_field(&mut out, "n", t.trades);
-        }
-        MarketEvent::MiniTicker(t) => {
-            str_field(&mut out, true, "e", "24hrMiniTicker");
-            num_field(&mut out, "E", t.event_time);
-            str_field(&mut out, false, "s", &t.symbol);
-            dec_field(&mut out, "c", t.close);
-            dec_field(&mut out, "o", t.open);
-            dec_field(&mut out, "h", t.high);
-            dec_field(&mut out, "l", t.low);
-            dec_field(&mut out, "v", t.volume);
-            dec_field(&mut out, "q", t.quote_volume);
-        }
+        MarketEvent::Ticker(t) => ticker_fields(&mut out, t),
+        MarketEvent::MiniTicker(t) => mini_ticker_fields(&mut out, t),
+        // Written by `encode_event` as arrays of the above.
+        MarketEvent::Tickers(_) | MarketEvent::MiniTickers(_) => {}
     }
     out.push('}');
     out

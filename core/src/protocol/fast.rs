@@ -18,7 +18,8 @@
 
 use super::{
     AggTrade, BookTicker, Decimal, DepthUpdate, Frame, Kline, Level, MarketEvent, MiniTicker, Name, Names,
-    PartialDepth, Ticker, TickerExtras, TickerWindow, Trade, stream_name, symbol_of,
+    PartialDepth, Ticker, TickerExtras, TickerWindow, Trade, array_element_type, array_stream_of, stream_name,
+    symbol_of,
 };
 
 /// [`try_decode_on`] with a table of names of its own, for tests.
@@ -36,12 +37,45 @@ pub(super) fn try_decode_on(text: &str, known: Option<&str>, names: &mut Names) 
     if s.lit(b"{\"stream\":") {
         let stream = s.string()?;
         s.expect(b",\"data\":")?;
-        let event = s.event(Some(stream), names)?;
+        let data = s.i;
+        // The common events first; an all-market array only when the data is none of them.
+        let event = match s.event(Some(stream), names) {
+            Some(event) => event,
+            None => {
+                s.i = data;
+                s.array(array_element_type(stream)?, names)?
+            }
+        };
         s.byte(b'}')?;
         s.end()?;
         return Some(Frame::Market { stream: names.get(stream), event });
     }
-    let event = s.event(known, names)?;
+    let Some(event) = s.event(known, names) else {
+        // Not an event object: maybe an all-market array.
+        s.i = 0;
+        return if s.peek() == Some(b'[') { bare_array(&mut s, known, names) } else { None };
+    };
+    s.end()?;
+    let stream = match known {
+        Some(known) => names.get(known),
+        None => stream_name(&event).into(),
+    };
+    Some(Frame::Market { stream, event })
+}
+
+/// A raw all-market array: its element type from the stream the caller knows, else from the first
+/// element (an empty array of an unknown stream is left to the general path, which refuses it).
+#[inline(never)]
+fn bare_array(s: &mut Scan<'_>, known: Option<&str>, names: &mut Names) -> Option<Frame> {
+    let want = match known {
+        Some(known) => array_element_type(known)?,
+        None => {
+            let rest = s.text.get(s.i..)?.strip_prefix("[{\"e\":\"")?;
+            let (e, _) = rest.split_once('"')?;
+            array_stream_of(e).and_then(array_element_type)?
+        }
+    };
+    let event = s.array(want, names)?;
     s.end()?;
     let stream = match known {
         Some(known) => names.get(known),
@@ -302,6 +336,33 @@ impl<'a> Scan<'a> {
                 _ => return None,
             }
         }
+    }
+
+    /// `[<event>,...]`: an all-market array whose elements are all of event type `want`
+    /// ([`array_element_type`]). Each element is read as a single event is, then unboxed: one frame a
+    /// second does not need a second scanner.
+    #[inline(never)]
+    fn array(&mut self, want: &'static str, names: &mut Names) -> Option<MarketEvent> {
+        self.byte(b'[')?;
+        let (mut tickers, mut minis) = (Vec::new(), Vec::new());
+        if self.byte(b']').is_none() {
+            loop {
+                match self.event(None, names)? {
+                    MarketEvent::Ticker(t) if t.window.event_type() == want => tickers.push(*t),
+                    MarketEvent::MiniTicker(t) if want == "24hrMiniTicker" => minis.push(*t),
+                    _ => return None,
+                }
+                match self.peek()? {
+                    b',' => self.i += 1,
+                    b']' => {
+                        self.i += 1;
+                        break;
+                    }
+                    _ => return None,
+                }
+            }
+        }
+        Some(if want == "24hrMiniTicker" { MarketEvent::MiniTickers(minis) } else { MarketEvent::Tickers(tickers) })
     }
 
     /// The event object; `stream` names a partial depth frame's symbol.

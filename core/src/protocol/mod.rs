@@ -6,6 +6,10 @@
 //!   `{"stream":"btcusdt@aggTrade","data":{...}}` (`/stream?streams=a/b`): aggTrade, trade, kline,
 //!   depthUpdate, bookTicker (which has no `"e"` field), partial depth (`@depth5`, no `"e"` either),
 //!   the tickers (`24hrTicker`, `1hTicker`/`4hTicker`/`1dTicker`) and the mini ticker (`24hrMiniTicker`);
+//! - an all-market array (`!miniTicker@arr`, `!ticker@arr`, `!ticker_<1h|4h|1d>@arr`): a JSON array of
+//!   those tickers, one per symbol that changed in the last second, raw (`[{...},{...}]`) or as the
+//!   envelope's `data` (`{"stream":"!miniTicker@arr","data":[{...}]}`); one frame is one
+//!   [`MarketEvent::Tickers`] / [`MarketEvent::MiniTickers`];
 //! - a reply to a request: `{"result":null,"id":1}`, `{"result":["btcusdt@aggTrade"],"id":3}`;
 //! - an error reply: `{"error":{"code":2,"msg":"Invalid request"},"id":1}` (codes 0-3, see [`error_code`]);
 //! - `{"e":"serverShutdown","E":...}`, sent shortly before Binance cuts the connection.
@@ -38,7 +42,7 @@ pub use name::{MAX_NAMES, Name, NameKey, Names};
 pub use request::{Request, RequestError, decode_request, encode_request};
 
 use crate::gaps::Sequence;
-use raw::{Nested, RawFrame, RawKline, Val};
+use raw::{Data, Nested, RawFrame, RawKline, Val};
 use serde::{Deserialize, Serialize};
 
 /// A price level: `(price, quantity)`.
@@ -377,10 +381,16 @@ pub enum MarketEvent {
     Ticker(Box<Ticker>),
     /// Boxed: six decimals would make it the largest unboxed event, and it comes once a second.
     MiniTicker(Box<MiniTicker>),
+    /// An all-market ticker array (`!ticker@arr`, `!ticker_<1h|4h|1d>@arr`): the tickers of every symbol
+    /// that changed in the last second, all of the stream's window, in the frame's order (possibly none).
+    /// A `Vec` is already a pointer: the event does not grow.
+    Tickers(Vec<Ticker>),
+    /// The all-market mini ticker array (`!miniTicker@arr`), like [`Self::Tickers`].
+    MiniTickers(Vec<MiniTicker>),
 }
 
 impl MarketEvent {
-    /// The symbol, upper case (`BTCUSDT`).
+    /// The symbol, upper case (`BTCUSDT`); empty for an all-market array, whose elements have one each.
     pub fn symbol(&self) -> &str {
         match self {
             MarketEvent::AggTrade(e) => &e.symbol,
@@ -391,6 +401,7 @@ impl MarketEvent {
             MarketEvent::PartialDepth(e) => &e.symbol,
             MarketEvent::Ticker(e) => &e.symbol,
             MarketEvent::MiniTicker(e) => &e.symbol,
+            MarketEvent::Tickers(_) | MarketEvent::MiniTickers(_) => "",
         }
     }
 
@@ -407,10 +418,13 @@ impl MarketEvent {
             MarketEvent::PartialDepth(e) => Sequence::Snapshot { id: e.last_update_id },
             // A snapshot of its window, like a kline: nothing to count, nothing can be missed.
             MarketEvent::Ticker(_) | MarketEvent::MiniTicker(_) => Sequence::Unsequenced,
+            // Snapshots too; a second with no change at all sends no array, and nothing is lost by it.
+            MarketEvent::Tickers(_) | MarketEvent::MiniTickers(_) => Sequence::Unsequenced,
         }
     }
 
-    /// `E`, ms since the Unix epoch; 0 for frames that carry none (spot bookTicker, partial depth).
+    /// `E`, ms since the Unix epoch; 0 for frames that carry none (spot bookTicker, partial depth, an
+    /// empty array). An array's is its latest element's (Binance gives all elements the same).
     pub fn event_time(&self) -> u64 {
         match self {
             MarketEvent::AggTrade(e) => e.event_time,
@@ -421,11 +435,15 @@ impl MarketEvent {
             MarketEvent::PartialDepth(_) => 0,
             MarketEvent::Ticker(e) => e.event_time,
             MarketEvent::MiniTicker(e) => e.event_time,
+            MarketEvent::Tickers(v) => v.iter().map(|e| e.event_time).max().unwrap_or(0),
+            MarketEvent::MiniTickers(v) => v.iter().map(|e| e.event_time).max().unwrap_or(0),
         }
     }
 
     /// A short name of the event kind, as in Binance's `"e"` field (`aggTrade`, ..., `24hrTicker`,
-    /// `1hTicker`, `24hrMiniTicker`; `bookTicker` and `partialDepth` for the two kinds without one).
+    /// `1hTicker`, `24hrMiniTicker`; `bookTicker` and `partialDepth` for the two kinds without one; an
+    /// array is its elements' type with `[]`: `24hrMiniTicker[]`, `1hTicker[]` (an empty ticker array,
+    /// whose window only its stream name tells, `24hrTicker[]`).
     pub fn kind(&self) -> &'static str {
         match self {
             MarketEvent::AggTrade(_) => "aggTrade",
@@ -436,8 +454,39 @@ impl MarketEvent {
             MarketEvent::PartialDepth(_) => "partialDepth",
             MarketEvent::Ticker(t) => t.window.event_type(),
             MarketEvent::MiniTicker(_) => "24hrMiniTicker",
+            MarketEvent::Tickers(v) => match v.first().map(|t| &t.window) {
+                Some(TickerWindow::Rolling1h) => "1hTicker[]",
+                Some(TickerWindow::Rolling4h) => "4hTicker[]",
+                Some(TickerWindow::Rolling1d) => "1dTicker[]",
+                Some(TickerWindow::Rolling24h(_)) | None => "24hrTicker[]",
+            },
+            MarketEvent::MiniTickers(_) => "24hrMiniTicker[]",
         }
     }
+}
+
+/// The all-market array streams: every symbol's ticker in one stream (Binance:
+/// web-socket-streams.md, "All Market Mini Tickers Stream", "All Market Tickers Stream" (deprecated by
+/// Binance, still served), "All Market Rolling Window Statistics Streams").
+pub const ARRAY_STREAMS: [&str; 5] =
+    ["!miniTicker@arr", "!ticker@arr", "!ticker_1h@arr", "!ticker_4h@arr", "!ticker_1d@arr"];
+
+/// The event type (`"e"`) of the elements of all-market array stream `stream` (`!ticker_1h@arr` ->
+/// `1hTicker`); `None` for any other stream.
+pub fn array_element_type(stream: &str) -> Option<&'static str> {
+    Some(match stream {
+        "!miniTicker@arr" => "24hrMiniTicker",
+        "!ticker@arr" => "24hrTicker",
+        "!ticker_1h@arr" => "1hTicker",
+        "!ticker_4h@arr" => "4hTicker",
+        "!ticker_1d@arr" => "1dTicker",
+        _ => return None,
+    })
+}
+
+/// The array stream whose elements have event type `e` (the inverse of [`array_element_type`]).
+fn array_stream_of(e: &str) -> Option<&'static str> {
+    ARRAY_STREAMS.into_iter().find(|s| array_element_type(s) == Some(e))
 }
 
 /// The `result` of a reply to a request.
@@ -518,6 +567,12 @@ pub enum DecodeError {
     /// A bids/asks array is not a list of `[price, qty]` decimal-string pairs.
     #[error("field {field:?} of a {kind} frame is not a list of [price, qty] pairs: {reason}")]
     BadLevels { kind: &'static str, field: &'static str, reason: String },
+    /// An element of an all-market array (`!miniTicker@arr`, ...) is malformed; `index` counts from 0.
+    #[error("element {index} of the all-market array: {error}")]
+    ArrayElement { index: usize, error: Box<DecodeError> },
+    /// An event of another type than its stream carries (a `1hTicker` in `!ticker_4h@arr`).
+    #[error("event type {found:?} where the stream carries {expected:?}")]
+    WrongEvent { expected: &'static str, found: String },
 }
 
 impl DecodeError {
@@ -534,6 +589,9 @@ impl DecodeError {
             DecodeError::WrongType { .. } => "wrong_type",
             DecodeError::BadDecimal { .. } => "bad_decimal",
             DecodeError::BadLevels { .. } => "bad_levels",
+            // Counted as what was wrong with the element.
+            DecodeError::ArrayElement { error, .. } => error.label(),
+            DecodeError::WrongEvent { .. } => "wrong_event",
         }
     }
 }
@@ -555,7 +613,75 @@ pub fn decode_with(text: &str, names: &mut Names) -> Result<Frame, DecodeError> 
 
 /// The general path: every frame kind, and an error naming the field for anything malformed.
 fn decode_general(text: &str) -> Result<Frame, DecodeError> {
+    if is_array_text(text) {
+        return bare_array(text, None);
+    }
     frame(parse(text)?)
+}
+
+/// The frame is a JSON array (a raw all-market array, or junk).
+fn is_array_text(text: &str) -> bool {
+    text.trim_start().starts_with('[')
+}
+
+/// A raw all-market array (`/ws/!miniTicker@arr` sends the bare array). The element type comes from
+/// `stream` when the caller knows it (the only way to tell an empty array's stream), else from the
+/// first element. Any other array is what it was before keel read arrays: not an object.
+fn bare_array(text: &str, stream: Option<&str>) -> Result<Frame, DecodeError> {
+    let elements = serde_json::from_str::<Vec<Nested<RawFrame<'_>>>>(text).map_err(json_error)?;
+    let not_an_object = DecodeError::NotAnObject("an array");
+    let want = match (stream, elements.first()) {
+        (Some(stream), _) => array_element_type(stream),
+        (None, Some(Nested::Value(RawFrame { e: Val::Str(e), .. }))) => array_stream_of(e).and_then(array_element_type),
+        (None, _) => None,
+    }
+    .ok_or(not_an_object)?;
+    let stream = match stream {
+        Some(stream) => Name::from(stream),
+        None => Name::from(array_stream_of(want).unwrap_or_default()),
+    };
+    Ok(Frame::Market { stream, event: market_array(elements, want)? })
+}
+
+/// The elements of an all-market array whose elements must all be of event type `want` (from
+/// [`array_element_type`]); an error names the first bad element's index and what is wrong with it.
+fn market_array(elements: Vec<Nested<RawFrame<'_>>>, want: &'static str) -> Result<MarketEvent, DecodeError> {
+    let mini = want == "24hrMiniTicker";
+    let (mut tickers, mut minis) = (Vec::new(), Vec::new());
+    if mini {
+        minis.reserve_exact(elements.len());
+    } else {
+        tickers.reserve_exact(elements.len());
+    }
+    for (index, element) in elements.into_iter().enumerate() {
+        let at = |error| DecodeError::ArrayElement { index, error: Box::new(error) };
+        let raw = match element {
+            Nested::Value(raw) => raw,
+            Nested::Wrong(found) => return Err(at(DecodeError::NotAnObject(found))),
+            Nested::Absent => return Err(at(DecodeError::NotAnObject("absent"))),
+        };
+        match &raw.e {
+            Val::Str(e) if e == want => {}
+            Val::Str(e) => {
+                return Err(at(DecodeError::WrongEvent { expected: want, found: e.chars().take(64).collect() }));
+            }
+            other => return Err(at(missing_or_wrong(want, "e", "an event type string", other))),
+        }
+        if mini {
+            minis.push(mini_ticker_fields(raw).map_err(at)?);
+        } else {
+            tickers.push(ticker_fields(raw, want).map_err(at)?);
+        }
+    }
+    Ok(if mini { MarketEvent::MiniTickers(minis) } else { MarketEvent::Tickers(tickers) })
+}
+
+/// serde_json's error as ours: a structural one (duplicate key) is malformed, the rest is not JSON.
+fn json_error(e: serde_json::Error) -> DecodeError {
+    match e.classify() {
+        serde_json::error::Category::Data => DecodeError::Malformed(e.to_string()),
+        _ => DecodeError::NotJson(e.to_string()),
+    }
 }
 
 /// Decodes a frame from a raw connection (`/ws/<stream>`) whose stream name the caller knows: the
@@ -565,8 +691,11 @@ pub fn decode_on_stream(text: &str, stream: &str) -> Result<Frame, DecodeError> 
     if let Some(frame) = fast::try_decode_on(text, Some(stream), &mut Names::unshared()) {
         return Ok(frame);
     }
+    if is_array_text(text) {
+        return bare_array(text, Some(stream));
+    }
     let raw = parse(text)?;
-    if is_market(&raw) && raw.stream.is_absent() && matches!(raw.data, Nested::Absent) {
+    if is_market(&raw) && raw.stream.is_absent() && matches!(raw.data, Data::Absent) {
         let event = market(raw, Some(stream))?;
         return Ok(Frame::Market { stream: stream.into(), event });
     }
@@ -593,10 +722,7 @@ fn parse(text: &str) -> Result<RawFrame<'_>, DecodeError> {
             };
         }
     }
-    serde_json::from_str::<RawFrame<'_>>(text).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => DecodeError::Malformed(e.to_string()),
-        _ => DecodeError::NotJson(e.to_string()),
-    })
+    serde_json::from_str::<RawFrame<'_>>(text).map_err(json_error)
 }
 
 fn is_market(raw: &RawFrame<'_>) -> bool {
@@ -607,17 +733,20 @@ fn is_market(raw: &RawFrame<'_>) -> bool {
 
 fn frame(mut raw: RawFrame<'_>) -> Result<Frame, DecodeError> {
     // Combined-stream envelope.
-    if !raw.stream.is_absent() || !matches!(raw.data, Nested::Absent) {
+    if !raw.stream.is_absent() || !matches!(raw.data, Data::Absent) {
         const KIND: &str = "combined stream envelope";
         let stream = string(KIND, "stream", std::mem::take(&mut raw.stream))?;
-        let data = match std::mem::take(&mut raw.data) {
-            Nested::Value(data) => data,
-            Nested::Absent => return Err(DecodeError::MissingField { kind: KIND, field: "data" }),
-            Nested::Wrong(found) => {
-                return Err(DecodeError::WrongType { kind: KIND, field: "data", expected: "an object", found });
-            }
+        let wrong = |found| DecodeError::WrongType { kind: KIND, field: "data", expected: "an object", found };
+        let event = match std::mem::take(&mut raw.data) {
+            Data::Object(data) => market(*data, Some(&stream))?,
+            // The stream name says what the array holds: an empty one is valid too.
+            Data::Array(elements) => match array_element_type(&stream) {
+                Some(want) => market_array(elements, want)?,
+                None => return Err(wrong("an array")),
+            },
+            Data::Absent => return Err(DecodeError::MissingField { kind: KIND, field: "data" }),
+            Data::Wrong(found) => return Err(wrong(found)),
         };
-        let event = market(*data, Some(&stream))?;
         return Ok(Frame::Market { stream: stream.into(), event });
     }
     // Error reply, nested (`{"error":{...},"id":1}`) or flat (`{"code":2,"msg":"..","id":1}`).
@@ -789,6 +918,11 @@ fn book_ticker(r: RawFrame<'_>) -> Result<MarketEvent, DecodeError> {
 /// A ticker of event type `k` (`24hrTicker`, `1hTicker`, `4hTicker`, `1dTicker`). The fields only the 24 h
 /// ticker has are read only for it (in a rolling-window ticker they are ignored like any unknown key).
 fn ticker(r: RawFrame<'_>, k: &'static str) -> Result<MarketEvent, DecodeError> {
+    ticker_fields(r, k).map(|t| MarketEvent::Ticker(Box::new(t)))
+}
+
+/// [`ticker`]'s fields (also an element of an all-market array).
+fn ticker_fields(r: RawFrame<'_>, k: &'static str) -> Result<Ticker, DecodeError> {
     let symbol = string(k, "s", r.s)?.into();
     let event_time = u64_field(k, "E", r.E)?;
     let price_change = decimal(k, "p", &r.p)?;
@@ -807,7 +941,7 @@ fn ticker(r: RawFrame<'_>, k: &'static str) -> Result<MarketEvent, DecodeError> 
             best_ask_qty: decimal(k, "A", &r.A)?,
         }),
     };
-    Ok(MarketEvent::Ticker(Box::new(Ticker {
+    Ok(Ticker {
         symbol,
         event_time,
         window,
@@ -825,12 +959,17 @@ fn ticker(r: RawFrame<'_>, k: &'static str) -> Result<MarketEvent, DecodeError> 
         first_trade_id: int(k, "F", r.F)?,
         last_trade_id: int(k, "L", r.L)?,
         trades: u64_field(k, "n", r.n)?,
-    })))
+    })
 }
 
 fn mini_ticker(r: RawFrame<'_>) -> Result<MarketEvent, DecodeError> {
+    mini_ticker_fields(r).map(|t| MarketEvent::MiniTicker(Box::new(t)))
+}
+
+/// [`mini_ticker`]'s fields (also an element of `!miniTicker@arr`).
+fn mini_ticker_fields(r: RawFrame<'_>) -> Result<MiniTicker, DecodeError> {
     const K: &str = "24hrMiniTicker";
-    Ok(MarketEvent::MiniTicker(Box::new(MiniTicker {
+    Ok(MiniTicker {
         symbol: string(K, "s", r.s)?.into(),
         event_time: u64_field(K, "E", r.E)?,
         close: decimal(K, "c", &r.c)?,
@@ -839,7 +978,7 @@ fn mini_ticker(r: RawFrame<'_>) -> Result<MarketEvent, DecodeError> {
         low: decimal(K, "l", &r.l)?,
         volume: decimal(K, "v", &r.v)?,
         quote_volume: decimal(K, "q", &r.q)?,
-    })))
+    })
 }
 
 fn partial_depth(r: RawFrame<'_>, stream: Option<&str>) -> Result<MarketEvent, DecodeError> {
@@ -925,8 +1064,9 @@ fn levels(kind: &'static str, field: &'static str, v: Val<'_>) -> Result<Vec<Lev
 
 /// The stream name a raw event most likely came from (`btcusdt@aggTrade`, `btcusdt@kline_1m`,
 /// `btcusdt@depth`, `btcusdt@bookTicker`, `btcusdt@depth5`, `btcusdt@ticker`, `btcusdt@ticker_1h`,
-/// `btcusdt@miniTicker`). Update-speed suffixes (`@100ms`) are not
-/// in the event and cannot be recovered; a partial depth's level count is taken from its longest side.
+/// `btcusdt@miniTicker`, `!miniTicker@arr`, `!ticker_1h@arr`). Update-speed suffixes (`@100ms`) are not
+/// in the event and cannot be recovered; a partial depth's level count is taken from its longest side;
+/// an empty ticker array is taken for `!ticker@arr` (only the stream name tells its window).
 pub fn stream_name(event: &MarketEvent) -> String {
     let symbol = event.symbol().to_ascii_lowercase();
     match event {
@@ -938,6 +1078,8 @@ pub fn stream_name(event: &MarketEvent) -> String {
         MarketEvent::PartialDepth(d) => format!("{symbol}@depth{}", d.bids.len().max(d.asks.len())),
         MarketEvent::Ticker(t) => format!("{symbol}@{}", t.window.stream_type()),
         MarketEvent::MiniTicker(_) => format!("{symbol}@miniTicker"),
+        MarketEvent::Tickers(v) => format!("!{}@arr", v.first().map_or("ticker", |t| t.window.stream_type())),
+        MarketEvent::MiniTickers(_) => "!miniTicker@arr".to_string(),
     }
 }
 
@@ -953,7 +1095,8 @@ pub enum StreamNameError {
     /// A stream type keel does not decode.
     #[error(
         "stream {0:?}: unsupported type (keel decodes aggTrade, trade, kline_<interval>, depth, depth@100ms, \
-         depth5/10/20[@100ms], bookTicker, ticker, ticker_1h/4h/1d, miniTicker)"
+         depth5/10/20[@100ms], bookTicker, ticker, ticker_1h/4h/1d, miniTicker, and the all-market arrays \
+         !miniTicker@arr, !ticker@arr, !ticker_1h@arr, !ticker_4h@arr, !ticker_1d@arr)"
     )]
     UnsupportedType(String),
     /// A kline interval Binance does not offer.
@@ -962,9 +1105,18 @@ pub enum StreamNameError {
 }
 
 /// Checks that `name` is a stream keel decodes (`btcusdt@aggTrade`, `btcusdt@kline_1m`,
-/// `btcusdt@depth@100ms`, `btcusdt@depth5`, `btcusdt@ticker_1h`, ...), so that a configuration naming, say, `@avgPrice`
-/// fails up front instead of counting every frame as malformed.
+/// `btcusdt@depth@100ms`, `btcusdt@depth5`, `btcusdt@ticker_1h`, ..., and the [`ARRAY_STREAMS`]), so
+/// that a configuration naming, say, `@avgPrice` fails up front instead of counting every frame as malformed.
 pub fn check_stream_name(name: &str) -> Result<(), StreamNameError> {
+    // The all-market streams have no symbol; nothing else may start with '!' (Binance's old
+    // `!bookTicker` is gone since 2022-12-07).
+    if name.starts_with('!') {
+        return if ARRAY_STREAMS.contains(&name) {
+            Ok(())
+        } else {
+            Err(StreamNameError::UnsupportedType(name.to_owned()))
+        };
+    }
     const INTERVALS: [&str; 16] =
         ["1s", "1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "3d", "1w", "1M"];
     let (symbol, kind) = name.split_once('@').ok_or_else(|| StreamNameError::NoAt(name.to_owned()))?;

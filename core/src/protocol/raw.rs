@@ -257,6 +257,65 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Nested<T> {
     }
 }
 
+/// The `data` of a combined-stream envelope: one event, or the array of an all-market stream.
+#[derive(Debug, Default)]
+pub(super) enum Data<'a> {
+    #[default]
+    Absent,
+    Object(Box<RawFrame<'a>>),
+    /// Each element as found: an object, or the JSON type it was instead.
+    Array(Vec<Nested<RawFrame<'a>>>),
+    /// Present with another JSON type (named).
+    Wrong(&'static str),
+}
+
+struct DataVisitor;
+
+impl<'de> Visitor<'de> for DataVisitor {
+    type Value = Data<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object or an array")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Data<'de>, A::Error> {
+        RawFrame::deserialize(de::value::MapAccessDeserializer::new(map)).map(|r| Data::Object(Box::new(r)))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Data<'de>, A::Error> {
+        let mut elements = Vec::new();
+        while let Some(e) = seq.next_element::<Nested<RawFrame<'de>>>()? {
+            elements.push(e);
+        }
+        Ok(Data::Array(elements))
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Data<'de>, E> {
+        Ok(Data::Wrong("a boolean"))
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Data<'de>, E> {
+        Ok(Data::Wrong("an integer"))
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Data<'de>, E> {
+        Ok(Data::Wrong("an integer"))
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Data<'de>, E> {
+        Ok(Data::Wrong("a fractional number"))
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Data<'de>, E> {
+        Ok(Data::Wrong("a string"))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Data<'de>, E> {
+        Ok(Data::Wrong("null"))
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Data<'de>, E> {
+        Ok(Data::Wrong("null"))
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Data<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Data<'a>, D::Error> {
+        deserializer.deserialize_any(DataVisitor)
+    }
+}
+
 /// Every top-level field of every frame kind keel decodes (unknown keys are skipped).
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -339,7 +398,7 @@ pub(super) struct RawFrame<'a> {
     #[serde(borrow)]
     pub k: Nested<RawKline<'a>>,
     #[serde(borrow)]
-    pub data: Nested<Box<RawFrame<'a>>>,
+    pub data: Data<'a>,
     #[serde(borrow)]
     pub error: Nested<RawError<'a>>,
 }

@@ -16,6 +16,9 @@ const PARTIAL: &str = r#"{"lastUpdateId":160,"bids":[["0.0024","10"]],"asks":[["
 const TICKER: &str = r#"{"e":"24hrTicker","E":1672515782136,"s":"BNBBTC","p":"0.0015","P":"250.00","w":"0.0018","x":"0.0009","c":"0.0025","Q":"10","b":"0.0024","B":"10","a":"0.0026","A":"100","o":"0.0010","h":"0.0025","l":"0.0010","v":"10000","q":"18","O":0,"C":86400000,"F":0,"L":18150,"n":18151}"#;
 const TICKER_1H: &str = r#"{"e":"1hTicker","E":1672515782136,"s":"BNBBTC","p":"0.0015","P":"250.00","o":"0.0010","h":"0.0025","l":"0.0010","c":"0.0025","w":"0.0018","v":"10000","q":"18","O":0,"C":1675216573749,"F":0,"L":18150,"n":18151}"#;
 const MINI: &str = r#"{"e":"24hrMiniTicker","E":1672515782136,"s":"BNBBTC","c":"0.0025","o":"0.0010","h":"0.0025","l":"0.0010","v":"10000","q":"18"}"#;
+/// `!miniTicker@arr` and `!ticker_1h@arr` frames of two symbols.
+const MINI_ARR: &str = r#"[{"e":"24hrMiniTicker","E":1672515782136,"s":"BNBBTC","c":"0.0025","o":"0.0010","h":"0.0025","l":"0.0010","v":"10000","q":"18"},{"e":"24hrMiniTicker","E":1672515782136,"s":"ETHUSDT","c":"3012.55","o":"0.0010","h":"0.0025","l":"0.0010","v":"10000","q":"18"}]"#;
+const TICKER_1H_ARR: &str = r#"[{"e":"1hTicker","E":1672515782136,"s":"BNBBTC","p":"0.0015","P":"250.00","o":"0.0010","h":"0.0025","l":"0.0010","c":"0.0025","w":"0.0018","v":"10000","q":"18","O":0,"C":1675216573749,"F":0,"L":18150,"n":18151},{"e":"1hTicker","E":1672515782136,"s":"ETHUSDT","p":"0.0015","P":"250.00","o":"0.0010","h":"0.0025","l":"0.0010","c":"0.0025","w":"0.0018","v":"10000","q":"18","O":0,"C":1675216573749,"F":-1,"L":-1,"n":0}]"#;
 
 fn agg_event() -> AggTrade {
     AggTrade {
@@ -650,10 +653,104 @@ fn levels(g: &mut Gen) -> Vec<Level> {
     (0..usize::arbitrary(g) % 6).map(|_| (dec(g), dec(g))).collect()
 }
 
+fn any_window(g: &mut Gen) -> TickerWindow {
+    match u8::arbitrary(g) % 4 {
+        0 => TickerWindow::Rolling1h,
+        1 => TickerWindow::Rolling4h,
+        2 => TickerWindow::Rolling1d,
+        _ => TickerWindow::Rolling24h(TickerExtras {
+            prev_price: dec(g),
+            last_quantity: dec(g),
+            best_bid_price: dec(g),
+            best_bid_qty: dec(g),
+            best_ask_price: dec(g),
+            best_ask_qty: dec(g),
+        }),
+    }
+}
+
+fn any_ticker(g: &mut Gen, symbol: String, window: TickerWindow) -> Ticker {
+    Ticker {
+        symbol: symbol.into(),
+        event_time: id(g),
+        window,
+        price_change: dec(g),
+        price_change_percent: dec(g),
+        weighted_avg_price: dec(g),
+        last_price: dec(g),
+        open: dec(g),
+        high: dec(g),
+        low: dec(g),
+        volume: dec(g),
+        quote_volume: dec(g),
+        open_time: id(g),
+        close_time: id(g),
+        // -1 (no trade in the window) as often as any other value.
+        first_trade_id: if bool::arbitrary(g) { -1 } else { id(g) as i64 },
+        last_trade_id: if bool::arbitrary(g) { -1 } else { id(g) as i64 },
+        trades: id(g),
+    }
+}
+
+fn any_mini_ticker(g: &mut Gen, symbol: String) -> MiniTicker {
+    MiniTicker {
+        symbol: symbol.into(),
+        event_time: id(g),
+        close: dec(g),
+        open: dec(g),
+        high: dec(g),
+        low: dec(g),
+        volume: dec(g),
+        quote_volume: dec(g),
+    }
+}
+
+/// An array event's elements (0 to 3; each ticker array of one window, the 24 h extras drawn per element).
+fn any_array(g: &mut Gen, mini: bool) -> MarketEvent {
+    let n = usize::arbitrary(g) % 4;
+    if mini {
+        return MarketEvent::MiniTickers(
+            (0..n)
+                .map(|_| {
+                    let sym = symbol(g);
+                    any_mini_ticker(g, sym)
+                })
+                .collect(),
+        );
+    }
+    let window = any_window(g);
+    MarketEvent::Tickers(
+        (0..n)
+            .map(|_| {
+                let sym = symbol(g);
+                let mut w = any_window(g);
+                while matches!(w, TickerWindow::Rolling24h(_)) != matches!(window, TickerWindow::Rolling24h(_)) {
+                    w = any_window(g);
+                }
+                if !matches!(window, TickerWindow::Rolling24h(_)) {
+                    w = window.clone();
+                }
+                any_ticker(g, sym, w)
+            })
+            .collect(),
+    )
+}
+
+/// An array event has no stream of its own to draw: its stream is its kind's.
+fn is_array(event: &MarketEvent) -> bool {
+    matches!(event, MarketEvent::Tickers(_) | MarketEvent::MiniTickers(_))
+}
+
+/// An empty array, whose raw frame only a known stream name can decode.
+fn is_empty_array(event: &MarketEvent) -> bool {
+    matches!(event, MarketEvent::Tickers(v) if v.is_empty())
+        || matches!(event, MarketEvent::MiniTickers(v) if v.is_empty())
+}
+
 impl Arbitrary for AnyFrame {
     fn arbitrary(g: &mut Gen) -> Self {
         let sym = symbol(g);
-        let event = match u8::arbitrary(g) % 8 {
+        let event = match u8::arbitrary(g) % 10 {
             0 => MarketEvent::AggTrade(AggTrade {
                 symbol: sym.into(),
                 event_time: id(g),
@@ -709,48 +806,13 @@ impl Arbitrary for AnyFrame {
                 bids: levels(g),
                 asks: levels(g),
             }),
-            6 => MarketEvent::Ticker(Box::new(Ticker {
-                symbol: sym.into(),
-                event_time: id(g),
-                window: match u8::arbitrary(g) % 4 {
-                    0 => TickerWindow::Rolling1h,
-                    1 => TickerWindow::Rolling4h,
-                    2 => TickerWindow::Rolling1d,
-                    _ => TickerWindow::Rolling24h(TickerExtras {
-                        prev_price: dec(g),
-                        last_quantity: dec(g),
-                        best_bid_price: dec(g),
-                        best_bid_qty: dec(g),
-                        best_ask_price: dec(g),
-                        best_ask_qty: dec(g),
-                    }),
-                },
-                price_change: dec(g),
-                price_change_percent: dec(g),
-                weighted_avg_price: dec(g),
-                last_price: dec(g),
-                open: dec(g),
-                high: dec(g),
-                low: dec(g),
-                volume: dec(g),
-                quote_volume: dec(g),
-                open_time: id(g),
-                close_time: id(g),
-                // -1 (no trade in the window) as often as any other value.
-                first_trade_id: if bool::arbitrary(g) { -1 } else { id(g) as i64 },
-                last_trade_id: if bool::arbitrary(g) { -1 } else { id(g) as i64 },
-                trades: id(g),
-            })),
-            _ => MarketEvent::MiniTicker(Box::new(MiniTicker {
-                symbol: sym.into(),
-                event_time: id(g),
-                close: dec(g),
-                open: dec(g),
-                high: dec(g),
-                low: dec(g),
-                volume: dec(g),
-                quote_volume: dec(g),
-            })),
+            6 => {
+                let window = any_window(g);
+                MarketEvent::Ticker(Box::new(any_ticker(g, sym, window)))
+            }
+            7 => MarketEvent::MiniTicker(Box::new(any_mini_ticker(g, sym))),
+            8 => any_array(g, false),
+            _ => any_array(g, true),
         };
         let frame = match u8::arbitrary(g) % 8 {
             0 => Frame::Response {
@@ -777,7 +839,7 @@ quickcheck! {
 
     fn decode_never_panics_on_mutated_frames(cut: usize, insert: char, which: u8) -> bool {
         // Real frames with one character replaced or truncated: the nastiest near-misses.
-        let base = [AGG, TRADE, KLINE, DEPTH, BOOK, PARTIAL, TICKER, TICKER_1H, MINI][usize::from(which) % 9];
+        let base = [AGG, TRADE, KLINE, DEPTH, BOOK, PARTIAL, TICKER, TICKER_1H, MINI, MINI_ARR, TICKER_1H_ARR][usize::from(which) % 11];
         let chars: Vec<char> = base.chars().collect();
         let at = cut % chars.len();
         let mut replaced = chars.clone();
@@ -789,8 +851,8 @@ quickcheck! {
     }
 
     fn fast_path_agrees_with_general_path_on_mutations(cut: usize, insert: char, which: u8, envelope: bool) -> bool {
-        let base = [AGG, TRADE, KLINE, DEPTH, BOOK, PARTIAL, TICKER, TICKER_1H, MINI][usize::from(which) % 9];
-        let stream = ["x@aggTrade", "x@trade", "x@kline_1m", "x@depth", "x@bookTicker", "x@depth5", "x@ticker", "x@ticker_1h", "x@miniTicker"][usize::from(which) % 9];
+        let base = [AGG, TRADE, KLINE, DEPTH, BOOK, PARTIAL, TICKER, TICKER_1H, MINI, MINI_ARR, TICKER_1H_ARR][usize::from(which) % 11];
+        let stream = ["x@aggTrade", "x@trade", "x@kline_1m", "x@depth", "x@bookTicker", "x@depth5", "x@ticker", "x@ticker_1h", "x@miniTicker", "!miniTicker@arr", "!ticker_1h@arr"][usize::from(which) % 11];
         let base = if envelope { combined(stream, base) } else { base.to_string() };
         let mut chars: Vec<char> = base.chars().collect();
         let at = cut % chars.len();
@@ -809,7 +871,7 @@ quickcheck! {
         let raw_text = encode_event(event);
         let raw = fast::try_decode(&raw_text);
         let on_stream = fast::try_decode_on(&raw_text, Some("x@y"), &mut Names::new());
-        raw.is_some()
+        (raw.is_some() || is_empty_array(event))
             && raw.as_ref().ok_or(()) == decode_general(&raw_text).as_ref().map_err(|_| ())
             && on_stream.as_ref().ok_or(()) == decode_on_stream(&raw_text, "x@y").as_ref().map_err(|_| ())
             && fast::try_decode(&combined_text).as_ref() == Some(&frame.0)
@@ -838,7 +900,11 @@ quickcheck! {
             MarketEvent::PartialDepth(_) => {}
             MarketEvent::Ticker(e) => e.symbol = symbol.into(),
             MarketEvent::MiniTicker(e) => e.symbol = symbol.into(),
+            MarketEvent::Tickers(v) => v.iter_mut().for_each(|e| e.symbol = symbol.as_str().into()),
+            MarketEvent::MiniTickers(v) => v.iter_mut().for_each(|e| e.symbol = symbol.as_str().into()),
         }
+        // An array is valid only on its own stream.
+        let stream = if is_array(&event) { stream_name(&event) } else { stream };
         let text = encode_frame(&Frame::Market { stream: stream.into(), event });
         let general = decode_general(&text);
         let ok = match fast::try_decode(&text) {
@@ -853,6 +919,9 @@ quickcheck! {
         // fast path too; a key the general path reads, or a nested or fractional value, sends the frame
         // to the general path. Either way both agree.
         let Frame::Market { stream, event } = &frame.0 else { return true };
+        if is_array(event) {
+            return true; // its elements are the single tickers', which this covers
+        }
         const KEYS: [&str; 8] = ["M", "x", "new", "Z", "X", "t", "id", "stream"];
         const VALUES: [&str; 10] = ["true", "false", "null", "\"s\"", "0", "-12", "123456789012", "1.5", "[1]", "{\"a\":1}"];
         let mut tail = String::new();
@@ -905,7 +974,8 @@ quickcheck! {
     fn raw_events_round_trip(frame: AnyFrame) -> bool {
         match frame.0 {
             // A raw partial depth frame carries no symbol; everything else decodes to itself.
-            Frame::Market { event, .. } if !matches!(event, MarketEvent::PartialDepth(_)) => {
+            // Nor does an empty array say which stream it is.
+            Frame::Market { event, .. } if !matches!(event, MarketEvent::PartialDepth(_)) && !is_empty_array(&event) => {
                 decode(&encode_event(&event)) == Ok(Frame::Market { stream: stream_name(&event).into(), event })
             }
             _ => true,
@@ -1300,4 +1370,182 @@ fn market_events_stay_small_enough_to_move_cheaply() {
     // The tickers are boxed too: unboxed, either would be the largest variant.
     assert!(std::mem::size_of::<MiniTicker>() > size, "MiniTicker fits unboxed now");
     assert!(std::mem::size_of::<Ticker>() > 2 * size);
+}
+
+// ---- all-market arrays ----
+
+/// `!miniTicker@arr` as Binance sends it: Binance's sample element, then a second symbol.
+fn mini_array_text() -> String {
+    let text = format!("[{MINI},{}]", MINI.replace("BNBBTC", "ETHUSDT").replace(r#""c":"0.0025""#, r#""c":"3012.55""#));
+    assert_eq!(text, MINI_ARR);
+    text
+}
+
+fn mini_event(symbol: &str, close: &str) -> MiniTicker {
+    MiniTicker {
+        symbol: symbol.into(),
+        event_time: 1672515782136,
+        close: d(close),
+        open: d("0.0010"),
+        high: d("0.0025"),
+        low: d("0.0010"),
+        volume: d("10000"),
+        quote_volume: d("18"),
+    }
+}
+
+#[test]
+fn all_market_arrays_from_binance_docs() {
+    let minis = MarketEvent::MiniTickers(vec![mini_event("BNBBTC", "0.0025"), mini_event("ETHUSDT", "3012.55")]);
+    let mut hour = ticker_event();
+    hour.window = TickerWindow::Rolling1h;
+    hour.close_time = 1675216573749;
+    let hours = MarketEvent::Tickers(vec![hour.clone(), Ticker { symbol: "ETHUSDT".into(), ..hour }]);
+    let days = MarketEvent::Tickers(vec![ticker_event()]);
+    let table = [
+        ("!miniTicker@arr", mini_array_text(), minis),
+        ("!ticker_1h@arr", format!("[{TICKER_1H},{}]", TICKER_1H.replace("BNBBTC", "ETHUSDT")), hours),
+        ("!ticker@arr", format!("[{TICKER}]"), days),
+    ];
+    for (stream, data, want) in table {
+        let frame = Frame::Market { stream: stream.into(), event: want.clone() };
+        let text = combined(stream, &data);
+        assert_eq!(decode(&text), Ok(frame.clone()), "{text}");
+        assert_eq!(fast::try_decode(&text).as_ref(), Some(&frame), "the fast path reads Binance's layout: {text}");
+        assert_eq!(decode_general(&text), Ok(frame.clone()));
+        // Raw (`/ws/!miniTicker@arr`): the bare array, its stream known or told by the elements.
+        assert_eq!(decode(&data), Ok(frame.clone()), "{data}");
+        assert_eq!(decode_general(&data), Ok(frame.clone()), "{data}");
+        assert_eq!(decode_on_stream(&data, stream), Ok(frame.clone()));
+        assert_eq!((encode_event(&want), encode_frame(&frame)), (data.clone(), text));
+        assert_eq!((want.symbol(), want.sequence(), want.event_time()), ("", Sequence::Unsequenced, 1672515782136));
+        assert_eq!(stream_name(&want), stream);
+    }
+}
+
+#[test]
+fn an_empty_array_is_valid_where_the_stream_name_tells_its_kind() {
+    for (stream, want, kind) in [
+        ("!miniTicker@arr", MarketEvent::MiniTickers(Vec::new()), "24hrMiniTicker[]"),
+        ("!ticker@arr", MarketEvent::Tickers(Vec::new()), "24hrTicker[]"),
+        ("!ticker_4h@arr", MarketEvent::Tickers(Vec::new()), "24hrTicker[]"),
+    ] {
+        let frame = Frame::Market { stream: stream.into(), event: want.clone() };
+        let text = combined(stream, "[]");
+        assert_eq!(decode(&text), Ok(frame.clone()), "{text}");
+        assert_eq!(fast::try_decode(&text).as_ref(), Some(&frame));
+        assert_eq!(decode_on_stream("[]", stream), Ok(frame));
+        assert_eq!((want.kind(), want.event_time()), (kind, 0));
+    }
+    // A bare empty array of no known stream could be any of them.
+    assert_eq!(decode("[]"), Err(DecodeError::NotAnObject("an array")));
+    assert_eq!(decode_on_stream("[]", "btcusdt@ticker"), Err(DecodeError::NotAnObject("an array")));
+}
+
+#[test]
+fn malformed_array_elements_name_the_index_and_field() {
+    let at = |index, error| DecodeError::ArrayElement { index, error: Box::new(error) };
+    let second = MINI.replace("BNBBTC", "ETHUSDT");
+    let table: Vec<(&str, String, DecodeError)> = vec![
+        (
+            "!miniTicker@arr",
+            format!("[{MINI},{}]", second.replace(r#","c":"0.0025""#, "")),
+            at(1, DecodeError::MissingField { kind: "24hrMiniTicker", field: "c" }),
+        ),
+        (
+            "!miniTicker@arr",
+            format!("[{MINI},{MINI},{}]", second.replace(r#""v":"10000""#, r#""v":"1e4""#)),
+            at(
+                2,
+                DecodeError::BadDecimal {
+                    kind: "24hrMiniTicker",
+                    field: "v",
+                    value: "1e4".into(),
+                    reason: DecimalError::BadChar('e'),
+                },
+            ),
+        ),
+        (
+            "!ticker_4h@arr",
+            format!("[{TICKER_1H}]"),
+            at(0, DecodeError::WrongEvent { expected: "4hTicker", found: "1hTicker".into() }),
+        ),
+        ("!ticker@arr", format!("[{TICKER},7]"), at(1, DecodeError::NotAnObject("an integer"))),
+        (
+            "!ticker@arr",
+            format!("[{}]", TICKER.replace(r#""e":"24hrTicker","#, "")),
+            at(0, DecodeError::MissingField { kind: "24hrTicker", field: "e" }),
+        ),
+        (
+            "!ticker_1d@arr",
+            format!("[{}]", TICKER_1H.replace("1hTicker", "1dTicker").replace(r#""L":18150"#, r#""L":"x""#)),
+            at(0, DecodeError::WrongType { kind: "1dTicker", field: "L", expected: "an integer", found: "a string" }),
+        ),
+        // An array where the stream carries single events.
+        (
+            "btcusdt@miniTicker",
+            format!("[{MINI}]"),
+            DecodeError::WrongType {
+                kind: "combined stream envelope",
+                field: "data",
+                expected: "an object",
+                found: "an array",
+            },
+        ),
+    ];
+    for (stream, data, want) in table {
+        let text = combined(stream, &data);
+        assert_eq!(fast::try_decode(&text), None, "{text}");
+        assert_eq!(decode(&text), Err(want.clone()), "{text}");
+        if stream.starts_with('!') {
+            assert_eq!(decode_on_stream(&data, stream), Err(want), "raw: {data}");
+        }
+    }
+    // Without a stream, the first element tells the kind; a mixed array fails at the odd element.
+    assert_eq!(
+        decode(&format!("[{MINI},{TICKER}]")),
+        Err(at(1, DecodeError::WrongEvent { expected: "24hrMiniTicker", found: "24hrTicker".into() }))
+    );
+    let message = decode(&combined("!miniTicker@arr", &format!("[{MINI},{{}}]"))).unwrap_err().to_string();
+    assert_eq!(message, r#"element 1 of the all-market array: 24hrMiniTicker frame is missing field "e""#);
+    assert_eq!(decode(&combined("!miniTicker@arr", "[{}]")).unwrap_err().label(), "missing_field");
+}
+
+#[test]
+fn array_stream_names_are_checked() {
+    for ok in ARRAY_STREAMS {
+        assert_eq!(check_stream_name(ok), Ok(()), "{ok}");
+        assert!(array_element_type(ok).is_some());
+    }
+    for bad in ["!bookTicker", "!miniticker@arr", "!ticker_2h@arr", "!ticker@arr@100ms", "!", "!btcusdt@ticker"] {
+        assert_eq!(check_stream_name(bad), Err(StreamNameError::UnsupportedType(bad.into())), "{bad}");
+    }
+    assert!(check_stream_name("!x").unwrap_err().to_string().contains("!miniTicker@arr, !ticker@arr"));
+}
+
+#[test]
+fn every_one_character_change_of_an_array_frame_keeps_the_paths_in_agreement() {
+    // Exhaustive over positions (the properties above draw array frames only now and then).
+    for (stream, data) in [("!miniTicker@arr", MINI_ARR), ("!ticker_1h@arr", TICKER_1H_ARR)] {
+        for text in [data.to_string(), combined(stream, data)] {
+            let chars: Vec<char> = text.chars().collect();
+            for at in 0..chars.len() {
+                for c in [None, Some('0'), Some('"'), Some(','), Some('['), Some(']'), Some('{'), Some('}'), Some('x')]
+                {
+                    let mut changed = chars.clone();
+                    match c {
+                        Some(c) => changed[at] = c,
+                        None => {
+                            changed.remove(at);
+                        }
+                    }
+                    let changed: String = changed.into_iter().collect();
+                    let general = decode_general(&changed);
+                    if let Some(fast) = fast::try_decode(&changed) {
+                        assert!(paths_agree(&fast, &general), "{changed}: fast {fast:?}, general {general:?}");
+                    }
+                }
+            }
+        }
+    }
 }
