@@ -1358,6 +1358,14 @@ mod tests {
             run(&p, 6.0).is_err_and(|f| f.invariant.contains("the feed went silent"))
         });
         assert!(failed);
+        // The same on a trade stream alone: the checker watches `t` as it watches `a`.
+        let failed = (0..8).any(|seed| {
+            let mut p = restart_profile(seed);
+            p.config.stream.streams = vec!["btcusdt@trade".into()];
+            p.config.stream.restart_distance = u64::MAX;
+            run(&p, 6.0).is_err_and(|f| f.invariant.contains("btcusdt@trade restarted its ids"))
+        });
+        assert!(failed);
     }
 
     #[test]
