@@ -1,6 +1,7 @@
-//! `@ticker`, `@ticker_1h` and `@miniTicker` end to end: the embedded exchange derives them from its own
-//! trades, `keel stream` receives them over real TLS on 127.0.0.1, decodes and records them, and every
-//! recorded ticker agrees with the aggTrades recorded beside it.
+//! `@ticker`, `@ticker_1h` and `@miniTicker`, and the all-market arrays `!miniTicker@arr` and
+//! `!ticker_1h@arr`, end to end: the embedded exchange derives them from its own trades, `keel stream`
+//! receives them over real TLS on 127.0.0.1, decodes and records them, and every recorded ticker
+//! agrees with the aggTrades recorded beside it.
 
 use keel::exchange::{Exchange, ExchangeConfig};
 use keel::stream::{StreamOptions, stream};
@@ -106,6 +107,73 @@ fn tickers_decoded_and_recorded_agree_with_the_exchange_trades() {
             }
         }
         assert!(compared >= 2, "{stream}: only {compared} tickers after the first aggTrade");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn all_market_arrays_record_a_row_per_symbol_that_agrees_with_the_trades() {
+    let ex = Exchange::start(ExchangeConfig {
+        tick: Duration::from_millis(20),
+        symbols: vec!["btcusdt".to_string(), "solusdt".to_string()],
+        ..ExchangeConfig::default()
+    })
+    .expect("exchange starts");
+    let dir = scratch("arrays");
+    let streams = ["btcusdt@aggTrade", "!miniTicker@arr", "!ticker_1h@arr"];
+    let mut cfg = ex.client_config(&dir.join("ca.pem"), &dir.join("data"), &streams).expect("client config");
+    cfg.stream.stall_after_ms = 3_000;
+    cfg.heartbeat.ping_interval_ms = 1_000;
+    cfg.heartbeat.pong_timeout_ms = 500;
+    cfg.rest.backfill = false;
+    cfg.validate().expect("the array streams are valid configuration");
+    let opts = StreamOptions {
+        seed: 4,
+        duration: Some(Duration::from_millis(3_600)),
+        record: true,
+        ..StreamOptions::default()
+    };
+    let report = smol::block_on(stream(cfg, opts)).expect("stream runs");
+    assert_eq!((report.stats.malformed_frames, report.stats.reconnects, report.stats.stalls), (0, 0, 0));
+
+    let (h, aggs) = rows(&dir, "btcusdt@aggTrade");
+    let by_time: BTreeMap<u64, (String, i64)> = aggs
+        .iter()
+        .map(|r| {
+            let t = col(&h, r, "event_time").parse().expect("time");
+            (t, (col(&h, r, "price").to_string(), col(&h, r, "last_trade_id").parse().expect("id")))
+        })
+        .collect();
+    let first_agg = *by_time.keys().next().expect("aggTrades recorded");
+    for (stream, last) in [("!miniTicker@arr", "close"), ("!ticker_1h@arr", "last_price")] {
+        let (h, elements) = rows(&dir, stream);
+        assert!(h.starts_with("symbol,event_time,"), "{stream}: {h}");
+        // One frame a second, one row per symbol of the exchange's universe in each: the configured
+        // symbols and the default list.
+        let mut frames = BTreeMap::<u64, Vec<&str>>::new();
+        for r in &elements {
+            frames.entry(col(&h, r, "event_time").parse().expect("time")).or_default().push(col(&h, r, "symbol"));
+        }
+        assert!(frames.len() >= 3, "{stream}: a frame a second for 3.6 s, got {}", frames.len());
+        assert_eq!(report.market_events[stream], frames.len() as u64, "{stream}: one event per frame");
+        for symbols in frames.values() {
+            assert_eq!(symbols, &["BNBUSDT", "BTCUSDT", "ETHUSDT", "SOLUSDT"], "{stream}");
+        }
+        let mut compared = 0;
+        for r in elements.iter().filter(|r| col(&h, r, "symbol") == "BTCUSDT") {
+            let t: u64 = col(&h, r, "event_time").parse().expect("time");
+            if t < first_agg {
+                continue;
+            }
+            compared += 1;
+            let (agg_price, agg_last_id) =
+                by_time.range(..=t).next_back().map(|(_, v)| v.clone()).expect("an aggTrade");
+            assert_eq!(col(&h, r, last), agg_price, "{stream} at {t}: last price = last trade price");
+            if stream == "!ticker_1h@arr" {
+                assert_eq!(col(&h, r, "last_trade_id").parse::<i64>().expect("id"), agg_last_id, "{stream} at {t}");
+            }
+        }
+        assert!(compared >= 2, "{stream}: only {compared} BTCUSDT rows after the first aggTrade");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

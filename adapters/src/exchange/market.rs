@@ -17,6 +17,13 @@
 //! statistics are summed over the buckets inside it (so a window's edge is exact to the second).
 //! Prices are in ticks and quantities in 1e-5 units as the trades print them, so `c` is exactly the
 //! last trade's price and `L` its id.
+//!
+//! The all-market arrays (`!miniTicker@arr`, `!ticker@arr`, `!ticker_<1h|4h|1d>@arr`) carry, once a
+//! second, the same ticker of every symbol of the market's universe: every symbol it trades (those of
+//! `--symbols` and of every stream subscribed on the server so far) plus [`ALL_MARKET_DEFAULT`], added
+//! when an array is first subscribed so that a lone `!miniTicker@arr` subscriber gets data. Every
+//! symbol trades every tick, so each array holds every symbol (Binance's hold those that changed in
+//! the last second).
 
 use keel_core::rng::Rng;
 use std::collections::{BTreeMap, VecDeque};
@@ -28,6 +35,8 @@ pub const DEFAULT_AGG_HISTORY: usize = 200_000;
 /// Levels kept per side of a book; the farthest are removed (with a 0 in the diff) beyond this.
 const MAX_LEVELS: usize = 60;
 const QTY_UNIT: u64 = 100_000_000;
+/// Symbols that trade as soon as an all-market array is subscribed (see the module docs).
+pub const ALL_MARKET_DEFAULT: [&str; 3] = ["btcusdt", "ethusdt", "bnbusdt"];
 
 /// `12345` ticks -> `"123.45"`.
 pub fn price_text(ticks: u64) -> String {
@@ -270,7 +279,7 @@ pub struct Produced {
 /// A stream name the exchange does not serve.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error(
-    "invalid stream name {name:?}: {why} (expected <symbol>@aggTrade|trade|depth|depth@100ms|bookTicker|ticker|ticker_<1h,4h,1d>|miniTicker|kline_<1s,1m,3m,5m,15m,30m,1h,2h,4h,6h,8h,12h,1d>[@+08:00], symbol lowercase)"
+    "invalid stream name {name:?}: {why} (expected !miniTicker@arr|!ticker@arr|!ticker_<1h,4h,1d>@arr or <symbol>@aggTrade|trade|depth|depth@100ms|bookTicker|ticker|ticker_<1h,4h,1d>|miniTicker|kline_<1s,1m,3m,5m,15m,30m,1h,2h,4h,6h,8h,12h,1d>[@+08:00], symbol lowercase)"
 )]
 pub struct StreamNameError {
     /// The name given.
@@ -294,6 +303,9 @@ pub enum StreamKind {
     Ticker(TickerStream),
     /// `@miniTicker`.
     MiniTicker,
+    /// `!miniTicker@arr`, `!ticker@arr`, `!ticker_<1h|4h|1d>@arr`: this ticker of every symbol, in one
+    /// array (the symbol [`parse_stream`] returns is empty).
+    AllMarket(TickerKind),
     /// `@kline_<interval>` (or Binance's UTC+8 `@kline_<interval>@+08:00`) with the interval in milliseconds.
     Kline {
         /// Interval text as in the stream name, e.g. `1m`, `1d@+08:00`.
@@ -305,9 +317,20 @@ pub enum StreamKind {
     },
 }
 
-/// Splits and validates a stream name into (symbol, kind).
+/// Splits and validates a stream name into (symbol, kind); an all-market array's symbol is empty.
 pub fn parse_stream(name: &str) -> Result<(String, StreamKind), StreamNameError> {
     let err = |why: &str| StreamNameError { name: name.to_string(), why: why.to_string() };
+    if name.starts_with('!') {
+        let kind = match name {
+            "!miniTicker@arr" => TickerKind::Mini,
+            "!ticker@arr" => TickerKind::Window(TickerStream::Day),
+            "!ticker_1h@arr" => TickerKind::Window(TickerStream::Rolling(HOUR_MS)),
+            "!ticker_4h@arr" => TickerKind::Window(TickerStream::Rolling(4 * HOUR_MS)),
+            "!ticker_1d@arr" => TickerKind::Window(TickerStream::Rolling(DAY_MS)),
+            _ => return Err(err("unknown all-market stream")),
+        };
+        return Ok((String::new(), StreamKind::AllMarket(kind)));
+    }
     let (symbol, kind) = name.split_once('@').ok_or_else(|| err("no '@'"))?;
     if symbol.len() < 2 || symbol.len() > 20 || !symbol.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
         return Err(err("the symbol must be 2 to 20 lowercase letters or digits"));
@@ -339,6 +362,28 @@ pub fn parse_stream(name: &str) -> Result<(String, StreamKind), StreamNameError>
 
 const HOUR_MS: u64 = 3_600_000;
 const DAY_MS: u64 = 24 * HOUR_MS;
+
+/// A ticker of one symbol, as its own stream or as an element of an all-market array.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TickerKind {
+    /// `@ticker`, `@ticker_<1h|4h|1d>`.
+    Window(TickerStream),
+    /// `@miniTicker`.
+    Mini,
+}
+
+impl TickerKind {
+    /// The stream type after the `@` (`ticker_1h`, `miniTicker`).
+    fn stream_type(self) -> &'static str {
+        match self {
+            TickerKind::Window(TickerStream::Day) => "ticker",
+            TickerKind::Window(TickerStream::Rolling(HOUR_MS)) => "ticker_1h",
+            TickerKind::Window(TickerStream::Rolling(ms)) if ms == 4 * HOUR_MS => "ticker_4h",
+            TickerKind::Window(TickerStream::Rolling(_)) => "ticker_1d",
+            TickerKind::Mini => "miniTicker",
+        }
+    }
+}
 
 /// Which ticker stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -372,6 +417,8 @@ struct Second {
 struct Tickers {
     streams: std::collections::BTreeSet<TickerStream>,
     mini: bool,
+    /// The symbol is in the all-market arrays' universe (its statistics are kept for them).
+    all_market: bool,
     /// Oldest first; nothing older than a day and a minute.
     seconds: VecDeque<Second>,
     /// The close of the last second dropped from `seconds` (the price before the oldest window).
@@ -398,7 +445,7 @@ struct WindowStats {
 
 impl Tickers {
     fn in_use(&self) -> bool {
-        self.mini || !self.streams.is_empty()
+        self.mini || self.all_market || !self.streams.is_empty()
     }
 
     fn record(&mut self, now_ms: u64, trades: &[(u64, u64, u64)]) {
@@ -487,9 +534,21 @@ fn qty5_text(units: u64) -> String {
     format!("{}.{:05}", units / 100_000, units % 100_000)
 }
 
-/// The ticker events of one symbol at `now_ms` (Binance's field order, web-socket-streams.md).
+/// The ticker events of one symbol's own ticker streams at `now_ms`.
 fn ticker_events(name: &str, sym: &str, t: &Tickers, book: &Book, now_ms: u64) -> Vec<Produced> {
-    let mut out = Vec::new();
+    let kinds = t.streams.iter().map(|w| TickerKind::Window(*w)).chain(t.mini.then_some(TickerKind::Mini));
+    kinds
+        .map(|kind| Produced {
+            stream: format!("{name}@{}", kind.stream_type()),
+            json: ticker_json(kind, sym, t, book, now_ms),
+            seq: None,
+        })
+        .collect()
+}
+
+/// One symbol's ticker of `kind` at `now_ms` as Binance prints it (field order of
+/// web-socket-streams.md): a `@ticker...` event, or an element of an all-market array.
+fn ticker_json(kind: TickerKind, sym: &str, t: &Tickers, book: &Book, now_ms: u64) -> String {
     let common = |w: &WindowStats| {
         let change = i128::from(w.close) - i128::from(w.open);
         // Percent of the open price with 3 decimals, rounded toward zero (Binance: "-0.697").
@@ -502,82 +561,67 @@ fn ticker_events(name: &str, sym: &str, t: &Tickers, book: &Book, now_ms: u64) -
         let quote = format!("{}.{:07}", w.quote / 10_000_000, w.quote % 10_000_000);
         (signed_price_text(change), pct, wavg, quote)
     };
-    for stream in &t.streams {
-        match *stream {
-            TickerStream::Day => {
-                let open_time = now_ms.saturating_sub(DAY_MS);
-                let w = t.stats(open_time);
-                let (change, pct, wavg, quote) = common(&w);
-                let (bb, bq) = book.bids.iter().next_back().map(|(p, q)| (*p, *q)).unwrap_or((0, 0));
-                let (ba, aq) = book.asks.iter().next().map(|(p, q)| (*p, *q)).unwrap_or((0, 0));
-                out.push(Produced {
-                    stream: format!("{name}@ticker"),
-                    json: format!(
-                        r#"{{"e":"24hrTicker","E":{now_ms},"s":"{sym}","p":"{change}","P":"{pct}","w":"{wavg}","x":"{}","c":"{}","Q":"{}","b":"{}","B":"{}","a":"{}","A":"{}","o":"{}","h":"{}","l":"{}","v":"{}","q":"{quote}","O":{open_time},"C":{now_ms},"F":{},"L":{},"n":{}}}"#,
-                        price_text(w.prev_close),
-                        price_text(w.close),
-                        qty5_text(w.last_qty),
-                        price_text(bb),
-                        qty_text(bq),
-                        price_text(ba),
-                        qty_text(aq),
-                        price_text(w.open),
-                        price_text(w.high),
-                        price_text(w.low),
-                        qty5_text(w.volume),
-                        w.first_trade,
-                        w.last_trade,
-                        w.trades,
-                    ),
-                    seq: None,
-                });
-            }
-            TickerStream::Rolling(ms) => {
-                // The open time starts on a minute, so the window is up to 59 999 ms wider (Binance's note).
-                let from = now_ms.saturating_sub(ms);
-                let open_time = from - from % 60_000;
-                let w = t.stats(open_time);
-                let (change, pct, wavg, quote) = common(&w);
-                let (e, suffix) = match ms {
-                    HOUR_MS => ("1hTicker", "1h"),
-                    ms if ms == 4 * HOUR_MS => ("4hTicker", "4h"),
-                    _ => ("1dTicker", "1d"),
-                };
-                out.push(Produced {
-                    stream: format!("{name}@ticker_{suffix}"),
-                    json: format!(
-                        r#"{{"e":"{e}","E":{now_ms},"s":"{sym}","p":"{change}","P":"{pct}","o":"{}","h":"{}","l":"{}","c":"{}","w":"{wavg}","v":"{}","q":"{quote}","O":{open_time},"C":{now_ms},"F":{},"L":{},"n":{}}}"#,
-                        price_text(w.open),
-                        price_text(w.high),
-                        price_text(w.low),
-                        price_text(w.close),
-                        qty5_text(w.volume),
-                        w.first_trade,
-                        w.last_trade,
-                        w.trades,
-                    ),
-                    seq: None,
-                });
-            }
+    match kind {
+        TickerKind::Window(TickerStream::Day) => {
+            let open_time = now_ms.saturating_sub(DAY_MS);
+            let w = t.stats(open_time);
+            let (change, pct, wavg, quote) = common(&w);
+            let (bb, bq) = book.bids.iter().next_back().map(|(p, q)| (*p, *q)).unwrap_or((0, 0));
+            let (ba, aq) = book.asks.iter().next().map(|(p, q)| (*p, *q)).unwrap_or((0, 0));
+            format!(
+                r#"{{"e":"24hrTicker","E":{now_ms},"s":"{sym}","p":"{change}","P":"{pct}","w":"{wavg}","x":"{}","c":"{}","Q":"{}","b":"{}","B":"{}","a":"{}","A":"{}","o":"{}","h":"{}","l":"{}","v":"{}","q":"{quote}","O":{open_time},"C":{now_ms},"F":{},"L":{},"n":{}}}"#,
+                price_text(w.prev_close),
+                price_text(w.close),
+                qty5_text(w.last_qty),
+                price_text(bb),
+                qty_text(bq),
+                price_text(ba),
+                qty_text(aq),
+                price_text(w.open),
+                price_text(w.high),
+                price_text(w.low),
+                qty5_text(w.volume),
+                w.first_trade,
+                w.last_trade,
+                w.trades,
+            )
         }
-    }
-    if t.mini {
-        let w = t.stats(now_ms.saturating_sub(DAY_MS));
-        let (_, _, _, quote) = common(&w);
-        out.push(Produced {
-            stream: format!("{name}@miniTicker"),
-            json: format!(
+        TickerKind::Window(TickerStream::Rolling(ms)) => {
+            // The open time starts on a minute, so the window is up to 59 999 ms wider (Binance's note).
+            let from = now_ms.saturating_sub(ms);
+            let open_time = from - from % 60_000;
+            let w = t.stats(open_time);
+            let (change, pct, wavg, quote) = common(&w);
+            let e = match ms {
+                HOUR_MS => "1hTicker",
+                ms if ms == 4 * HOUR_MS => "4hTicker",
+                _ => "1dTicker",
+            };
+            format!(
+                r#"{{"e":"{e}","E":{now_ms},"s":"{sym}","p":"{change}","P":"{pct}","o":"{}","h":"{}","l":"{}","c":"{}","w":"{wavg}","v":"{}","q":"{quote}","O":{open_time},"C":{now_ms},"F":{},"L":{},"n":{}}}"#,
+                price_text(w.open),
+                price_text(w.high),
+                price_text(w.low),
+                price_text(w.close),
+                qty5_text(w.volume),
+                w.first_trade,
+                w.last_trade,
+                w.trades,
+            )
+        }
+        TickerKind::Mini => {
+            let w = t.stats(now_ms.saturating_sub(DAY_MS));
+            let (_, _, _, quote) = common(&w);
+            format!(
                 r#"{{"e":"24hrMiniTicker","E":{now_ms},"s":"{sym}","c":"{}","o":"{}","h":"{}","l":"{}","v":"{}","q":"{quote}"}}"#,
                 price_text(w.close),
                 price_text(w.open),
                 price_text(w.high),
                 price_text(w.low),
                 qty5_text(w.volume),
-            ),
-            seq: None,
-        });
+            )
+        }
     }
-    out
 }
 
 fn interval_ms(interval: &str) -> Option<u64> {
@@ -685,6 +729,9 @@ pub struct Market {
     rng: Rng,
     symbols: BTreeMap<String, Symbol>,
     history_cap: usize,
+    /// The all-market arrays subscribed so far, and the exchange time of their next frames.
+    arrays: std::collections::BTreeSet<TickerKind>,
+    arrays_next_at: u64,
 }
 
 impl Market {
@@ -695,7 +742,13 @@ impl Market {
 
     /// [`Market::new`] keeping the last `history` aggTrades of each symbol for REST.
     pub fn with_history(seed: u64, symbols: &[String], history: usize) -> Market {
-        let mut m = Market { rng: Rng::new(seed), symbols: BTreeMap::new(), history_cap: history.max(1) };
+        let mut m = Market {
+            rng: Rng::new(seed),
+            symbols: BTreeMap::new(),
+            history_cap: history.max(1),
+            arrays: Default::default(),
+            arrays_next_at: 0,
+        };
         for s in symbols {
             m.symbol(s);
         }
@@ -796,7 +849,8 @@ impl Market {
                 history: VecDeque::new(),
                 trades: VecDeque::new(),
                 klines: BTreeMap::new(),
-                tickers: Tickers::default(),
+                // A symbol that starts while an all-market array is on joins its universe.
+                tickers: Tickers { all_market: !self.arrays.is_empty(), ..Tickers::default() },
             };
             let mid = (s.price * 100.0).round() as u64;
             let unit = level_spacing(mid);
@@ -814,6 +868,16 @@ impl Market {
     /// Validates `stream` and makes sure the market produces it from now on.
     pub fn ensure_stream(&mut self, stream: &str) -> Result<(), StreamNameError> {
         let (symbol, kind) = parse_stream(stream)?;
+        if let StreamKind::AllMarket(kind) = kind {
+            self.arrays.insert(kind);
+            for name in ALL_MARKET_DEFAULT {
+                self.symbol(name);
+            }
+            for s in self.symbols.values_mut() {
+                s.tickers.all_market = true;
+            }
+            return Ok(());
+        }
         let s = self.symbol(&symbol);
         match kind {
             StreamKind::Kline { interval, ms, offset_ms } => {
@@ -824,6 +888,7 @@ impl Market {
             }
             StreamKind::MiniTicker => s.tickers.mini = true,
             StreamKind::AggTrade | StreamKind::Trade | StreamKind::Depth | StreamKind::BookTicker => {}
+            StreamKind::AllMarket(_) => {}
         }
         Ok(())
     }
@@ -1005,6 +1070,19 @@ impl Market {
                     s.tickers.next_at = (now_ms / 1000 + 1) * 1000;
                     out.extend(ticker_events(&name, &sym, &s.tickers, &s.book, now_ms));
                 }
+            }
+        }
+        // After every symbol's trades of this tick, as the single tickers come after their symbol's.
+        if !self.arrays.is_empty() && now_ms >= self.arrays_next_at {
+            self.arrays_next_at = (now_ms / 1000 + 1) * 1000;
+            for kind in &self.arrays {
+                let elements: Vec<String> =
+                    self.symbols.values().map(|s| ticker_json(*kind, &s.upper, &s.tickers, &s.book, now_ms)).collect();
+                out.push(Produced {
+                    stream: format!("!{}@arr", kind.stream_type()),
+                    json: format!("[{}]", elements.join(",")),
+                    seq: None,
+                });
             }
         }
         out
@@ -1196,6 +1274,64 @@ mod tests {
         let once_a_second = vec![start, start + 1000, start + 2000, start + 3000];
         for s in ["btcusdt@ticker", "btcusdt@ticker_1h", "btcusdt@miniTicker"] {
             assert_eq!(seen.get(s), Some(&once_a_second), "{s}");
+        }
+    }
+
+    #[test]
+    fn all_market_arrays_hold_the_single_tickers_of_every_symbol() {
+        use keel_core::protocol::{Frame, MarketEvent, decode_on_stream};
+        let mut m = Market::new(5, &["solusdt".to_string()]);
+        let streams = ["!miniTicker@arr", "!ticker_1h@arr", "!ticker@arr", "btcusdt@miniTicker", "btcusdt@ticker_1h"];
+        for s in streams {
+            m.ensure_stream(s).unwrap();
+        }
+        // The universe: the symbols traded so far plus the default list.
+        assert_eq!(m.symbols.keys().cloned().collect::<Vec<_>>(), ["bnbusdt", "btcusdt", "ethusdt", "solusdt"]);
+        let start = 1_700_000_000_000u64;
+        let mut frames = BTreeMap::<String, Vec<(u64, String)>>::new();
+        for i in 0..25 {
+            let now = start + i * 100;
+            for p in m.tick(now) {
+                frames.entry(p.stream.clone()).or_default().push((now, p.json));
+            }
+        }
+        // A symbol that starts later joins the arrays.
+        m.ensure_stream("xrpusdt@trade").unwrap();
+        let later: Vec<String> =
+            m.tick(start + 3000).into_iter().filter(|p| p.stream == "!miniTicker@arr").map(|p| p.json).collect();
+        assert_eq!(later.len(), 1);
+        assert!(later[0].contains(r#""s":"XRPUSDT""#), "{}", later[0]);
+        for s in ["!miniTicker@arr", "!ticker_1h@arr", "!ticker@arr"] {
+            let times: Vec<u64> = frames[s].iter().map(|f| f.0).collect();
+            assert_eq!(times, [start, start + 1000, start + 2000], "once a second: {s}");
+        }
+        for (array, single) in [("!miniTicker@arr", "btcusdt@miniTicker"), ("!ticker_1h@arr", "btcusdt@ticker_1h")] {
+            for ((t, json), (t1, single_json)) in frames[array].iter().zip(&frames[single]) {
+                assert_eq!(t, t1);
+                // Decodes on keel's fast path, one element per symbol; BTCUSDT's is its single stream's event.
+                let Ok(Frame::Market { event, .. }) = decode_on_stream(json, array) else { panic!("{json}") };
+                let Ok(Frame::Market { event: one, .. }) = decode_on_stream(single_json, single) else { panic!() };
+                let (symbols, btc): (Vec<String>, MarketEvent) = match event {
+                    MarketEvent::MiniTickers(v) => (
+                        v.iter().map(|e| e.symbol.to_string()).collect(),
+                        MarketEvent::MiniTicker(Box::new(v[1].clone())),
+                    ),
+                    MarketEvent::Tickers(v) => {
+                        (v.iter().map(|e| e.symbol.to_string()).collect(), MarketEvent::Ticker(Box::new(v[1].clone())))
+                    }
+                    other => panic!("{other:?}"),
+                };
+                assert_eq!(symbols, ["BNBUSDT", "BTCUSDT", "ETHUSDT", "SOLUSDT"]);
+                assert_eq!(btc, one);
+                assert!(json.contains(&single_json[..]), "the same text: {json}");
+            }
+        }
+        assert_eq!(
+            parse_stream("!ticker_4h@arr").unwrap(),
+            (String::new(), StreamKind::AllMarket(TickerKind::Window(TickerStream::Rolling(4 * HOUR_MS))))
+        );
+        for bad in ["!bookTicker", "!ticker_2h@arr", "!miniticker@arr"] {
+            assert!(parse_stream(bad).is_err(), "{bad}");
         }
     }
 

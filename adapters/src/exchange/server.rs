@@ -452,7 +452,9 @@ where
         // (a client timing the blast does not wait for a million frames to be formatted first).
         let first = conn.subs.iter().next().and_then(|s| parse_stream(s).ok());
         let (symbol, depth) = match first {
-            Some((symbol, kind)) => (symbol, kind == StreamKind::Depth),
+            // An all-market array (no symbol) blasts aggTrades of the default symbol.
+            Some((symbol, kind)) if !symbol.is_empty() => (symbol, kind == StreamKind::Depth),
+            Some(_) => ("btcusdt".to_string(), false),
             None => ("btcusdt".to_string(), false),
         };
         let now_ms = shared.clock.now_ms();
