@@ -546,6 +546,49 @@ fn ticker_streams_are_watched_for_stalls_like_any_stream() {
 }
 
 #[test]
+fn all_market_arrays_are_watched_for_stalls_and_never_gap() {
+    // One frame a second holding every symbol's ticker; an empty array is an event of its stream too.
+    const MINI_ARR: &str = "!miniTicker@arr";
+    const HOUR_ARR: &str = "!ticker_1h@arr";
+    let element = |symbol: &str, e: u64| {
+        format!(
+            r#"{{"e":"24hrMiniTicker","E":{e},"s":"{symbol}","c":"1.0","o":"1.0","h":"1.0","l":"1.0","v":"1","q":"1"}}"#
+        )
+    };
+    let mut c = cfg();
+    c.stream.streams = vec![MINI_ARR.into(), HOUR_ARR.into()];
+    c.heartbeat.ping_interval_ms = 100_000;
+    let (mut h, _) = H::new(&c);
+    h.input(Input::Opened { id: id(1) });
+    let (mut stalled, mut delivered) = (Vec::new(), Vec::new());
+    for second in 1..=125u64 {
+        stalled.extend(h.run_until(second * 1_000).into_iter().filter_map(|(at, o)| match o {
+            Output::Event(Event::StreamStalled { stream, action }) => Some((at, stream, action)),
+            _ => None,
+        }));
+        let e = 1_700_000_000_000 + second * 1_000;
+        let data = if second % 10 == 0 {
+            "[]".to_string()
+        } else {
+            format!("[{},{}]", element("BTCUSDT", e), element("ETHUSDT", e))
+        };
+        let text = format!(r#"{{"stream":"{MINI_ARR}","data":{data}}}"#);
+        for o in h.input(Input::Text { id: id(1), text }) {
+            if let Output::Event(Event::Market { stream, event, .. }) = o {
+                delivered.push((stream.to_string(), event.kind(), event.symbol().len()));
+            }
+        }
+    }
+    assert_eq!(delivered.len(), 125);
+    assert!(delivered.iter().all(|d| *d == (MINI_ARR.to_string(), "24hrMiniTicker[]", 0)), "{delivered:?}");
+    assert_eq!(stalled, [(120_000, HOUR_ARR.to_string(), StallAction::Resubscribe)]);
+    assert_eq!(
+        (h.c.stats().stalls, h.c.stats().duplicates, h.c.stats().gaps, h.c.stats().malformed_frames),
+        (1, 0, 0, 0)
+    );
+}
+
+#[test]
 fn an_event_after_the_resubscribe_clears_the_stall() {
     let mut c = cfg();
     c.heartbeat.ping_interval_ms = 100_000;
