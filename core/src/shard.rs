@@ -4,7 +4,16 @@
 //! Each shard becomes its own [`crate::connection::Connection`]: its own transport, backoff,
 //! heartbeat and gap tracking, and its own seed, so that the jitter differs and a mass disconnect
 //! does not bring every shard back in the same millisecond. [`plan`] gives each shard its config
-//! (its streams, its share of the connection-attempt budget) and its seed; the adapter drives them.
+//! (its streams) and its seed; the adapter drives them.
+//!
+//! The connection-attempt budget (`reconnect.max_attempts_per_window` per `attempt_window_ms`;
+//! Binance: 300 per 5 minutes) is per IP, so the shards of a run share one [`AttemptPool`] instead
+//! of each keeping a fixed share: one failing connection among idle ones may use the whole budget,
+//! and all of them together never more. The machines are made with
+//! [`crate::connection::Connection::new_pooled`]: a machine ready to open a transport says so
+//! (`wants_attempt`), the driver tells the pool ([`AttemptPool::handle_wants`]), and feeds
+//! `Input::AttemptGranted` to each connection [`AttemptPool::poll_grant`] names, oldest wait first.
+//! An attempt is delayed until the window has room, never dropped.
 //!
 //! The split keeps a symbol's streams on one connection where they fit: a symbol's `@depth` and
 //! `@aggTrade` then lose and regain their transport together, so a gap, its backfill and a book
@@ -15,7 +24,9 @@
 //! falls back to plain contiguous chunks of the symbol-ordered list, which always fits. Inside a
 //! shard the streams keep their config order.
 
-use crate::config::Config;
+use crate::backoff::AttemptBudget;
+use crate::config::{Config, ReconnectConfig};
+use crate::time::Timestamp;
 use std::collections::BTreeMap;
 
 /// One connection's part of the run: what its machine is built from.
@@ -23,8 +34,7 @@ use std::collections::BTreeMap;
 pub struct ShardPlan {
     /// 0-based; shard 0 of a one-shard run is the whole run.
     pub index: usize,
-    /// The config of this shard's machine: `stream.streams` is its part, and
-    /// `reconnect.max_attempts_per_window` its share of the per-IP budget.
+    /// The config of this shard's machine: `stream.streams` is its part, the rest the run's.
     pub config: Config,
     /// The seed of this shard's jitter.
     pub seed: u64,
@@ -37,21 +47,81 @@ pub struct ShardPlan {
 pub fn plan(config: &Config, seed: u64) -> Vec<ShardPlan> {
     let s = &config.stream;
     let parts = split_streams(&s.streams, s.max_streams_per_connection as usize, s.max_connections as usize);
-    let n = parts.len().max(1) as u32;
-    // Binance's 300 attempts per 5 minutes are per IP: all shards share the budget.
-    let attempts = (config.reconnect.max_attempts_per_window / n).max(1);
     parts
         .into_iter()
         .enumerate()
         .map(|(index, streams)| {
             let mut config = config.clone();
             config.stream.streams = streams;
-            if n > 1 {
-                config.reconnect.max_attempts_per_window = attempts;
-            }
             ShardPlan { index, config, seed: shard_seed(seed, index) }
         })
         .collect()
+}
+
+/// The connection-attempt budget shared by the connections of a run (see the module docs):
+/// at most `reconnect.max_attempts_per_window` grants in any `attempt_window_ms`, handed to the
+/// waiting connections oldest wait first (ties: lowest index), each wait granted exactly once.
+///
+/// Sans-IO like the machines: the driver reports each connection's wait after draining it, asks
+/// [`Self::poll_grant`] until it says `None`, and wakes at [`Self::poll_timeout`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptPool {
+    budget: AttemptBudget,
+    /// Waiting connections: (waiting since, index). A few (at most `stream.max_connections`).
+    waiting: Vec<(Timestamp, usize)>,
+}
+
+impl AttemptPool {
+    /// The pool of the `reconnect` section's budget.
+    pub fn new(config: &ReconnectConfig) -> Self {
+        AttemptPool { budget: AttemptBudget::from_config(config), waiting: Vec::new() }
+    }
+
+    /// Connection `index` waits for a grant since `since` (`Connection::wants_attempt`), or waits for
+    /// none (`None`: it was granted, stopped, or lost the transport it wanted to replace). Call it
+    /// after every drain of that connection; repeating the same wait changes nothing.
+    pub fn handle_wants(&mut self, index: usize, since: Option<Timestamp>) {
+        let at = self.waiting.iter().position(|(_, i)| *i == index);
+        match (at, since) {
+            (Some(k), Some(since)) => self.waiting[k].0 = since,
+            (Some(k), None) => {
+                self.waiting.swap_remove(k);
+            }
+            (None, Some(since)) => self.waiting.push((since, index)),
+            (None, None) => {}
+        }
+    }
+
+    /// The connection that may open its transport at `now` (feed it `Input::AttemptGranted` at
+    /// `now`), its attempt counted in the budget; `None` when nobody waits or the window is full.
+    /// Call until `None`.
+    #[must_use]
+    pub fn poll_grant(&mut self, now: Timestamp) -> Option<usize> {
+        let (k, _) = self.waiting.iter().enumerate().min_by_key(|(_, w)| **w)?;
+        if self.budget.next_allowed(now) > now {
+            return None;
+        }
+        let (_, index) = self.waiting.swap_remove(k);
+        self.budget.record(now);
+        Some(index)
+    }
+
+    /// When [`Self::poll_grant`] can grant the next waiting connection; `None` when nobody waits.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        let since = self.waiting.iter().map(|(since, _)| *since).min()?;
+        Some(self.budget.next_allowed(since))
+    }
+
+    /// How many connections wait for a grant.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Attempts granted within the window ending at `now`.
+    pub fn used(&self, now: Timestamp) -> usize {
+        self.budget.used(now)
+    }
 }
 
 /// Shard `index`'s seed: `seed` itself for shard 0, a well-mixed derivative for the others.
@@ -194,11 +264,105 @@ mod tests {
             plans.iter().map(|p| p.config.stream.streams.clone()).collect::<Vec<_>>(),
             [names(&["a@trade"]), names(&["b@trade"]), names(&["c@trade"])]
         );
-        // 300 attempts per 5 minutes per IP, shared.
-        assert!(plans.iter().all(|p| p.config.reconnect.max_attempts_per_window == 100));
+        // 300 attempts per 5 minutes per IP: the run's budget, shared through an AttemptPool, not split.
+        assert!(plans.iter().all(|p| p.config.reconnect.max_attempts_per_window == 300));
         assert!(plans.iter().all(|p| p.config.validate().is_ok()));
         let seeds: BTreeSet<u64> = plans.iter().map(|p| p.seed).collect();
         assert_eq!((plans[0].seed, seeds.len()), (42, 3), "distinct seeds, shard 0 keeps --seed");
+    }
+
+    fn pool(limit: u32, window_ms: u64) -> AttemptPool {
+        let config = ReconnectConfig {
+            max_attempts_per_window: limit,
+            attempt_window_ms: window_ms,
+            ..ReconnectConfig::default()
+        };
+        AttemptPool::new(&config)
+    }
+
+    fn t(ms: u64) -> Timestamp {
+        Timestamp::from_millis(ms)
+    }
+
+    #[test]
+    fn one_failing_connection_may_use_the_whole_pool_and_waits_are_granted_oldest_first() {
+        // 2 attempts per 10 s for the whole run.
+        let mut p = pool(2, 10_000);
+        assert_eq!((p.poll_grant(t(0)), p.poll_timeout()), (None, None), "nobody waits");
+        // Connection 0 fails twice while 1 and 2 are live: it gets both attempts (a fixed third
+        // each would have given it none after its first).
+        p.handle_wants(0, Some(t(0)));
+        p.handle_wants(0, Some(t(0))); // repeated: the same wait
+        assert_eq!((p.poll_grant(t(0)), p.poll_grant(t(0))), (Some(0), None));
+        p.handle_wants(0, Some(t(500)));
+        assert_eq!(p.poll_grant(t(500)), Some(0));
+        // The window is full: 1 (since 600) and 0 (since 700) wait until the first grant leaves it.
+        p.handle_wants(1, Some(t(600)));
+        p.handle_wants(0, Some(t(700)));
+        assert_eq!((p.poll_grant(t(700)), p.waiting(), p.used(t(700))), (None, 2, 2));
+        assert_eq!(p.poll_timeout(), Some(t(10_000)));
+        assert_eq!((p.poll_grant(t(10_000)), p.poll_grant(t(10_000))), (Some(1), None));
+        assert_eq!(p.poll_timeout(), Some(t(10_500)));
+        // 2 waited and stopped waiting (it stopped, say): it is never granted.
+        p.handle_wants(2, Some(t(9_000)));
+        p.handle_wants(2, None);
+        assert_eq!((p.poll_grant(t(10_500)), p.poll_grant(t(10_500)), p.waiting()), (Some(0), None, 0));
+    }
+
+    #[test]
+    fn the_pool_never_overfills_a_window_and_grants_every_wait() {
+        // Each connection waits again `gap` ms (under 4 s: windows of 1 to 20 s fill up) after its
+        // last grant, its gaps drawn; the driver
+        // grants at every event time and sleeps until the next want or the pool's timeout.
+        fn prop(limit: u8, window_s: u8, gaps: Vec<Vec<u16>>) -> TestResult {
+            let gaps: Vec<Vec<u64>> =
+                gaps.into_iter().take(6).map(|g| g.into_iter().map(|ms| u64::from(ms % 4000)).collect()).collect();
+            if gaps.is_empty() {
+                return TestResult::discard();
+            }
+            let (limit, window) = (u32::from(limit % 5) + 1, (u64::from(window_s % 20) + 1) * 1000);
+            let mut p = pool(limit, window);
+            let n = gaps.len();
+            let mut next: Vec<usize> = vec![0; n];
+            let mut wants_at: Vec<Option<u64>> = gaps.iter().map(|g| g.first().copied()).collect();
+            let mut waiting: Vec<Option<u64>> = vec![None; n];
+            let mut grants: Vec<u64> = Vec::new();
+            let mut now = 0;
+            loop {
+                let pool_at = p.poll_timeout().map(|t| t.as_millis());
+                let Some(at) = wants_at.iter().flatten().copied().chain(pool_at).min() else { break };
+                now = at.max(now);
+                for i in 0..n {
+                    if wants_at[i] == Some(now) {
+                        wants_at[i] = None;
+                        waiting[i] = Some(now);
+                        p.handle_wants(i, Some(t(now)));
+                    }
+                }
+                while let Some(i) = p.poll_grant(t(now)) {
+                    let Some(since) = waiting[i].take() else { return TestResult::error(format!("{i} not waiting")) };
+                    if since > now {
+                        return TestResult::error("granted before it waited");
+                    }
+                    grants.push(now);
+                    p.handle_wants(i, None);
+                    next[i] += 1;
+                    wants_at[i] = gaps[i].get(next[i]).map(|g| now + g);
+                }
+            }
+            let wanted: usize = gaps.iter().map(Vec::len).sum();
+            if grants.len() != wanted || waiting.iter().any(Option::is_some) {
+                return TestResult::error(format!("{} of {wanted} waits granted", grants.len()));
+            }
+            for (k, start) in grants.iter().enumerate() {
+                let in_window = grants[k..].iter().take_while(|g| **g < start + window).count();
+                if in_window > limit as usize {
+                    return TestResult::error(format!("{in_window} grants in the window from {start} (limit {limit})"));
+                }
+            }
+            TestResult::passed()
+        }
+        QuickCheck::new().tests(500).quickcheck(prop as fn(u8, u8, Vec<Vec<u16>>) -> TestResult);
     }
 
     /// Streams from small numbers: `symbol` in 0..8, `kind` in 0..6, duplicates removed.

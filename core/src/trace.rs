@@ -48,6 +48,16 @@ pub enum TraceRecord {
         /// The creation time.
         now: Timestamp,
     },
+    /// The machine was created as one connection of a run that shares one attempt budget
+    /// (`Connection::new_pooled(&config, seed, now)`): its grants are `Input(AttemptGranted)` records.
+    StartPooled {
+        /// The configuration it was created with.
+        config: Config,
+        /// The jitter seed.
+        seed: u64,
+        /// The creation time.
+        now: Timestamp,
+    },
     /// `handle_input(input, now)`.
     Input {
         /// When.
@@ -133,6 +143,7 @@ pub enum TraceError {
 fn kind(record: &TraceRecord) -> &'static str {
     match record {
         TraceRecord::Start { .. } => "Start",
+        TraceRecord::StartPooled { .. } => "StartPooled",
         TraceRecord::Input { .. } => "Input",
         TraceRecord::Timeout { .. } => "Timeout",
         TraceRecord::Output { .. } => "Output",
@@ -176,8 +187,14 @@ pub fn replay(records: &[(usize, TraceRecord)]) -> Result<ReplaySummary, TraceEr
     let mut iter = records.iter();
     let (mut conn, mut pending) = match iter.next() {
         None => return Err(TraceError::Empty),
-        Some((_, TraceRecord::Start { config, seed, now })) => {
-            let mut conn = Connection::new(config, *seed, *now);
+        Some((
+            _,
+            start @ (TraceRecord::Start { config, seed, now } | TraceRecord::StartPooled { config, seed, now }),
+        )) => {
+            let mut conn = match start {
+                TraceRecord::StartPooled { .. } => Connection::new_pooled(config, *seed, *now),
+                _ => Connection::new(config, *seed, *now),
+            };
             let pending: VecDeque<Output> = std::iter::from_fn(|| conn.poll_output()).collect();
             (conn, pending)
         }
@@ -186,7 +203,9 @@ pub fn replay(records: &[(usize, TraceRecord)]) -> Result<ReplaySummary, TraceEr
     let mut summary = ReplaySummary { inputs: 0, timeouts: 0, outputs: 0, stats: ConnectionStats::default() };
     for (line, record) in iter {
         match record {
-            TraceRecord::Start { .. } => return Err(TraceError::DoubleStart { line: *line }),
+            TraceRecord::Start { .. } | TraceRecord::StartPooled { .. } => {
+                return Err(TraceError::DoubleStart { line: *line });
+            }
             TraceRecord::Input { now, input } => {
                 conn.handle_input(input.clone(), *now);
                 pending.extend(std::iter::from_fn(|| conn.poll_output()));
@@ -235,6 +254,14 @@ impl TracedConnection {
         TracedConnection {
             conn: Connection::new(config, seed, now),
             records: vec![TraceRecord::Start { config: config.clone(), seed, now }],
+        }
+    }
+
+    /// `Connection::new_pooled`, recorded (a `StartPooled` record).
+    pub fn new_pooled(config: &Config, seed: u64, now: Timestamp) -> Self {
+        TracedConnection {
+            conn: Connection::new_pooled(config, seed, now),
+            records: vec![TraceRecord::StartPooled { config: config.clone(), seed, now }],
         }
     }
 

@@ -133,6 +133,10 @@ pub enum Input {
     },
     /// The user asked to stop: close every transport cleanly, then emit nothing more but `Close`s.
     Shutdown,
+    /// A machine made with [`Connection::new_pooled`] may open the transport it waits to open
+    /// ([`Connection::wants_attempt`]): the run's shared attempt budget has room for it. Ignored when
+    /// the machine waits for nothing (and by a machine with its own budget).
+    AttemptGranted,
 }
 
 /// A WebSocket message to send.
@@ -304,6 +308,8 @@ struct Live {
     subscribed: Vec<String>,
     /// The replacement transport while a make-before-break rollover runs.
     standby: Option<Box<Standby>>,
+    /// Pooled: a rollover is due since this time and waits for [`Input::AttemptGranted`].
+    rollover_wanted: Option<(Timestamp, RolloverReason)>,
 }
 
 /// The new transport of a make-before-break rollover, running beside the live one.
@@ -420,6 +426,8 @@ enum State {
     Live(Box<Live>),
     /// Between attempts: the next one starts at `until`.
     Waiting { until: Timestamp, delay: Duration, attempt: u32 },
+    /// Pooled: the backoff is over since `since`; the attempt waits for [`Input::AttemptGranted`].
+    AwaitingGrant { since: Timestamp, delay: Duration, attempt: u32 },
     /// Nothing more will happen.
     Stopped { reason: StopReason },
 }
@@ -473,7 +481,9 @@ pub struct Connection {
     rollover_after: Duration,
     max_control_per_second: u32,
     backoff: Backoff,
-    budget: AttemptBudget,
+    /// The attempt budget of a machine alone on its IP; `None` for a pooled machine, whose driver
+    /// grants attempts from the budget shared by all its connections ([`Self::new_pooled`]).
+    budget: Option<AttemptBudget>,
     gaps: GapTracker,
     /// Per stream, events that may belong to a restarted numbering ([`Verdict::Suspect`]), in order.
     held: BTreeMap<Name, Vec<(TransportId, MarketEvent)>>,
@@ -498,6 +508,21 @@ impl Connection {
     /// A machine for `config`; `seed` feeds the jitter. The first `Open` is ready in
     /// [`Self::poll_output`] right away.
     pub fn new(config: &Config, seed: u64, now: Timestamp) -> Connection {
+        Self::with_budget(config, seed, now, false)
+    }
+
+    /// A machine that shares its connection-attempt budget with other machines (the connections of
+    /// a run that splits its streams, `crate::shard`; Binance's 300 attempts per 5 minutes are per
+    /// IP). It keeps no budget of its own: whenever it is ready to open a transport (the first one,
+    /// after a backoff, for a rollover) it waits in [`Self::wants_attempt`] until the driver feeds
+    /// [`Input::AttemptGranted`], which the driver does when its [`crate::shard::AttemptPool`] has
+    /// room. The grant is an input, so a trace records it and replays the machine exactly.
+    /// `reconnect.max_attempts_per_window` is the pool's, not read here.
+    pub fn new_pooled(config: &Config, seed: u64, now: Timestamp) -> Connection {
+        Self::with_budget(config, seed, now, true)
+    }
+
+    fn with_budget(config: &Config, seed: u64, now: Timestamp, pooled: bool) -> Connection {
         let mut desired: Vec<String> = Vec::with_capacity(config.stream.streams.len());
         for s in &config.stream.streams {
             if !desired.contains(s) {
@@ -514,7 +539,7 @@ impl Connection {
             rollover_after: Duration::from_millis(config.stream.rollover_after_ms),
             max_control_per_second: config.stream.max_control_per_second,
             backoff: Backoff::new(&config.reconnect, seed),
-            budget: AttemptBudget::from_config(&config.reconnect),
+            budget: (!pooled).then(|| AttemptBudget::from_config(&config.reconnect)),
             gaps: GapTracker::with_policy(RestartPolicy::from_config(&config.stream)),
             held: BTreeMap::new(),
             refuted: BTreeMap::new(),
@@ -553,6 +578,7 @@ impl Connection {
         let now = self.advance(now);
         match input {
             Input::Shutdown => self.shutdown(now),
+            Input::AttemptGranted => self.granted(now),
             Input::Opened { id } => {
                 if let State::Connecting { id: current, attempt, .. } = self.state
                     && current == id
@@ -631,7 +657,7 @@ impl Connection {
     pub fn handle_timeout(&mut self, now: Timestamp) {
         let now = self.advance(now);
         match &mut self.state {
-            State::Stopped { .. } => {}
+            State::Stopped { .. } | State::AwaitingGrant { .. } => {}
             State::Waiting { until, delay, attempt } => {
                 if now >= *until {
                     let (delay, attempt) = (*delay, *attempt);
@@ -664,7 +690,7 @@ impl Connection {
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         let t = match &self.state {
-            State::Stopped { .. } => None,
+            State::Stopped { .. } | State::AwaitingGrant { .. } => None,
             State::Waiting { until, .. } => Some(*until),
             State::Connecting { deadline, .. } => Some(*deadline),
             State::Live(live) => {
@@ -672,7 +698,9 @@ impl Connection {
                 let t = earliest(live.heartbeat.poll_timeout(), live.stalls.poll_timeout());
                 let t = earliest(t, live.control.poll_timeout());
                 match live.standby.as_deref() {
-                    // While a rollover runs, the old transport is not rolled over again.
+                    // While a rollover runs, the old transport is not rolled over again; a rollover
+                    // waiting for its grant is not due again either.
+                    None if live.rollover_wanted.is_some() => t,
                     None => earliest(t, Some(live.rollover_at)),
                     Some(Standby { phase: StandbyPhase::Opening { deadline }, .. }) => earliest(t, Some(*deadline)),
                     Some(Standby { cutoff, phase: StandbyPhase::Open { heartbeat, control, .. }, .. }) => {
@@ -719,7 +747,7 @@ impl Connection {
         match self.state {
             State::Connecting { .. } => "connecting",
             State::Live(_) => "live",
-            State::Waiting { .. } => "waiting",
+            State::Waiting { .. } | State::AwaitingGrant { .. } => "waiting",
             State::Stopped { .. } => "stopped",
         }
     }
@@ -728,9 +756,25 @@ impl Connection {
     /// (`waiting`), the one that connected (`live`; 1 after a rollover), 0 once `stopped`.
     pub fn attempt(&self) -> u32 {
         match &self.state {
-            State::Connecting { attempt, .. } | State::Waiting { attempt, .. } => *attempt,
+            State::Connecting { attempt, .. }
+            | State::Waiting { attempt, .. }
+            | State::AwaitingGrant { attempt, .. } => *attempt,
             State::Live(live) => live.attempt,
             State::Stopped { .. } => 0,
+        }
+    }
+
+    /// A pooled machine ([`Self::new_pooled`]) waiting to open a transport (a connect after its
+    /// backoff, or a rollover's new transport): since when it waits for [`Input::AttemptGranted`].
+    /// `None` when it waits for no grant (always for a machine with its own budget). The driver
+    /// checks it after draining the outputs of every `handle_*` call; [`Self::poll_timeout`] does not
+    /// count the wait (the grant comes from outside).
+    #[must_use]
+    pub fn wants_attempt(&self) -> Option<Timestamp> {
+        match &self.state {
+            State::AwaitingGrant { since, .. } => Some(*since),
+            State::Live(live) => live.rollover_wanted.map(|(since, _)| since),
+            _ => None,
         }
     }
 
@@ -789,7 +833,7 @@ impl Connection {
         match self.state {
             State::Live(_) => Mode::Up,
             State::Stopped { .. } => Mode::Stopped,
-            State::Connecting { .. } | State::Waiting { .. } => Mode::Down,
+            State::Connecting { .. } | State::Waiting { .. } | State::AwaitingGrant { .. } => Mode::Down,
         }
     }
 
@@ -808,7 +852,7 @@ impl Connection {
         match &self.state {
             State::Connecting { id, .. } => Some(*id),
             State::Live(live) => Some(live.id),
-            State::Waiting { .. } | State::Stopped { .. } => None,
+            State::Waiting { .. } | State::AwaitingGrant { .. } | State::Stopped { .. } => None,
         }
     }
 
@@ -823,16 +867,27 @@ impl Connection {
         self.outputs.push_back(output);
     }
 
-    /// Opens a new transport now, or waits when the attempt budget is spent.
+    /// Opens a new transport now, or waits when the attempt budget is spent (pooled: waits for the
+    /// driver's grant).
     fn start_attempt(&mut self, now: Timestamp, delay: Duration, attempt: u32) {
-        let allowed = self.budget.next_allowed(now);
+        let Some(budget) = &mut self.budget else {
+            self.stats.current_backoff_ms = 0;
+            self.state = State::AwaitingGrant { since: now, delay, attempt };
+            return;
+        };
+        let allowed = budget.next_allowed(now);
         if allowed > now {
             self.state = State::Waiting { until: allowed, delay: delay + allowed.saturating_since(now), attempt };
             return;
         }
+        budget.record(now);
+        self.open_transport(now, delay, attempt);
+    }
+
+    /// Emits the `Open` of a new transport: the attempt's budget was checked (or granted).
+    fn open_transport(&mut self, now: Timestamp, delay: Duration, attempt: u32) {
         let id = TransportId(self.next_transport);
         self.next_transport += 1;
-        self.budget.record(now);
         self.stats.history.start(now, delay);
         self.stats.connect_attempts += 1;
         self.stats.current_backoff_ms = 0;
@@ -840,6 +895,23 @@ impl Connection {
         let url = self.url();
         self.emit(Output::Open { id, url });
         self.state = State::Connecting { id, deadline: now + self.handshake_timeout, attempt };
+    }
+
+    /// The driver granted the attempt the machine waits for ([`Self::wants_attempt`]); the time
+    /// waited for it counts into the attempt's delay.
+    fn granted(&mut self, now: Timestamp) {
+        match &mut self.state {
+            State::AwaitingGrant { since, delay, attempt } => {
+                let (delay, attempt) = (*delay + now.saturating_since(*since), *attempt);
+                self.open_transport(now, delay, attempt);
+            }
+            State::Live(live) => {
+                if let Some((_, reason)) = live.rollover_wanted.take() {
+                    self.start_rollover(reason, now);
+                }
+            }
+            State::Connecting { .. } | State::Waiting { .. } | State::Stopped { .. } => {}
+        }
     }
 
     fn update_success_rate(&mut self) {
@@ -872,6 +944,7 @@ impl Connection {
             control: ControlLimiter::new(self.max_control_per_second),
             subscribed,
             standby: None,
+            rollover_wanted: None,
         };
         self.state = State::Live(Box::new(live));
         self.emit(Output::Event(Event::Connected { id, attempt }));
@@ -908,7 +981,7 @@ impl Connection {
                 self.record_disconnect(now, up_for, class, &error);
                 (id, 1)
             }
-            State::Waiting { .. } | State::Stopped { .. } => return,
+            State::Waiting { .. } | State::AwaitingGrant { .. } | State::Stopped { .. } => return,
         };
         if let Some((close_id, reason)) = close {
             self.emit(Output::Close { id: close_id, code: CLOSE_NORMAL, reason: reason.to_string() });
@@ -941,7 +1014,8 @@ impl Connection {
                     ErrorClass::RateLimited { wait } => delay.max(wait),
                     _ => delay,
                 };
-                let until = self.budget.next_allowed(now + delay);
+                // Pooled, the pool's wait comes after this (see `wants_attempt`).
+                let until = self.budget.as_ref().map_or(now + delay, |b| b.next_allowed(now + delay));
                 let retry_in = until.saturating_since(now);
                 self.stats.current_backoff_ms = retry_in.as_millis() as u64;
                 self.state = State::Waiting { until, delay: retry_in, attempt: next_attempt };
@@ -966,10 +1040,17 @@ impl Connection {
             self.lose(error, Some((id, "server shutdown")), now);
             return;
         }
-        if live.standby.is_some() {
+        if live.standby.is_some() || live.rollover_wanted.is_some() {
             return;
         }
-        let allowed = self.budget.next_allowed(now);
+        let Some(budget) = &mut self.budget else {
+            // Pooled: keep the old transport until the driver grants the new one's attempt.
+            if let State::Live(live) = &mut self.state {
+                live.rollover_wanted = Some((now, reason));
+            }
+            return;
+        };
+        let allowed = budget.next_allowed(now);
         if allowed > now {
             // The attempt budget is spent: keep the old transport and roll over when it allows.
             if let State::Live(live) = &mut self.state {
@@ -977,6 +1058,14 @@ impl Connection {
             }
             return;
         }
+        budget.record(now);
+        self.start_rollover(reason, now);
+    }
+
+    /// Starts the make-before-break rollover of the live transport: its attempt was budgeted.
+    fn start_rollover(&mut self, reason: RolloverReason, now: Timestamp) {
+        let State::Live(live) = &self.state else { return };
+        let (id, up_for) = (live.id, now.saturating_since(live.since));
         self.stats.rollovers += 1;
         self.backoff.on_uptime(up_for);
         self.stats
@@ -985,7 +1074,6 @@ impl Connection {
         self.emit(Output::Event(Event::Rollover { id, reason }));
         let new = TransportId(self.next_transport);
         self.next_transport += 1;
-        self.budget.record(now);
         self.stats.history.start(now, Duration::ZERO);
         self.stats.connect_attempts += 1;
         self.update_success_rate();
@@ -1130,6 +1218,7 @@ impl Connection {
             control,
             subscribed,
             standby: None,
+            rollover_wanted: None,
         }));
         // The new transport's first event of a stream far below the last id is a numbering restart at
         // once, as on a reconnect (gaps module docs).
@@ -1161,7 +1250,7 @@ impl Connection {
                     self.emit(Output::Close { id: standby, code: CLOSE_NORMAL, reason: "shutdown".into() });
                 }
             }
-            State::Waiting { .. } | State::Stopped { .. } => {}
+            State::Waiting { .. } | State::AwaitingGrant { .. } | State::Stopped { .. } => {}
         }
         if !self.is_stopped() {
             self.stats.current_backoff_ms = 0;
@@ -1303,7 +1392,9 @@ impl Connection {
             return;
         }
         let (id, rollover_due) = match &self.state {
-            State::Live(live) => (live.id, live.standby.is_none() && now >= live.rollover_at),
+            State::Live(live) => {
+                (live.id, live.standby.is_none() && live.rollover_wanted.is_none() && now >= live.rollover_at)
+            }
             _ => return,
         };
         if rollover_due {

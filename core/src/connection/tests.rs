@@ -298,6 +298,60 @@ fn attempt_budget_delays_instead_of_failing() {
 }
 
 #[test]
+fn a_pooled_machine_opens_only_when_granted_connects_and_rollovers_alike() {
+    let mut c = cfg();
+    c.stream.rollover_after_ms = 50_000;
+    let mut h = H { c: Connection::new_pooled(&c, 1, t(0)), now: 0 };
+    // No Open until the driver's pool grants one; no deadline of its own meanwhile.
+    assert_eq!(h.drain(), []);
+    assert_eq!((h.c.wants_attempt(), h.c.poll_timeout(), h.c.state_name()), (Some(t(0)), None, "waiting"));
+    assert_eq!(h.input_at(300, Input::AttemptGranted), [open(1)]);
+    assert_eq!((h.c.wants_attempt(), h.input(Input::AttemptGranted)), (None, vec![]), "a spurious grant is a no-op");
+    // Refused: the backoff (1 s, no jitter) runs on the clock, then the machine waits for the pool.
+    let out = h.input_at(400, Input::Failed { id: id(1), error: refused() });
+    assert_eq!((retry_in(&out), h.c.wants_attempt()), (Some(1000), None));
+    assert_eq!(h.tick(), (1400, vec![]));
+    assert_eq!((h.c.wants_attempt(), h.c.poll_timeout()), (Some(t(1400)), None));
+    assert_eq!(h.input_at(5_000, Input::AttemptGranted), [open(2)]);
+    assert_eq!(h.input(Input::Opened { id: id(2) }), [connected(2, 2)]);
+    // The scheduled rollover (50 s after connecting) waits for its grant; the old transport delivers.
+    let log = h.run_until(55_000);
+    assert!(!log.iter().any(|(_, o)| matches!(o, Output::Event(Event::Rollover { .. }))), "{log:?}");
+    assert_eq!(h.c.wants_attempt(), Some(t(55_000)));
+    assert!(h.c.poll_timeout().is_some_and(|d| d > t(55_000)), "the rollover is not due again and again");
+    assert_eq!(delivered(&h.input_at(56_000, Input::Text { id: id(2), text: agg(1) })), [(2, 1)]);
+    let out = h.input_at(57_000, Input::AttemptGranted);
+    assert_eq!(out, [Output::Event(Event::Rollover { id: id(2), reason: RolloverReason::Scheduled }), open(3)]);
+    assert_eq!((h.c.wants_attempt(), h.c.standby_transport()), (None, Some(id(3))));
+    // Waiting for a grant is downtime like a backoff: down from 0 until connected at 5 000.
+    assert_eq!(h.c.stats().downtime_ms, 5_000);
+    // A shutdown while waiting stops it; it wants nothing more.
+    let mut h = H { c: Connection::new_pooled(&c, 1, t(0)), now: 0 };
+    assert_eq!(h.input_at(10, Input::Shutdown), []);
+    assert_eq!((h.c.wants_attempt(), h.c.is_stopped()), (None, true));
+}
+
+#[test]
+fn a_pooled_trace_records_the_grants_and_replays() {
+    let mut traced = crate::trace::TracedConnection::new_pooled(&cfg(), 1, t(0));
+    let drain = |tr: &mut crate::trace::TracedConnection| while tr.poll_output().is_some() {};
+    traced.handle_input(Input::AttemptGranted, t(20));
+    drain(&mut traced);
+    traced.handle_input(Input::Failed { id: id(1), error: refused() }, t(30));
+    drain(&mut traced);
+    traced.handle_timeout(t(1030));
+    traced.handle_input(Input::AttemptGranted, t(1500));
+    drain(&mut traced);
+    let lines: Vec<String> = traced.take_records().iter().map(crate::trace::TraceRecord::to_line).collect();
+    assert!(lines[0].starts_with("StartPooled("), "{}", lines[0]);
+    let summary = crate::trace::replay_text(&lines.join("\n")).unwrap();
+    assert_eq!((summary.inputs, summary.timeouts, summary.stats.connect_attempts), (3, 1, 2));
+    // Without its grants the trace does not replay: the grants are inputs, not the machine's own.
+    let ungranted: Vec<&str> = lines.iter().map(String::as_str).filter(|l| !l.contains("AttemptGranted")).collect();
+    assert!(crate::trace::replay_text(&ungranted.join("\n")).is_err());
+}
+
+#[test]
 fn shutdown_closes_and_stops() {
     let (mut h, _) = H::new(&cfg());
     h.input(Input::Opened { id: id(1) });
