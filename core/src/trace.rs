@@ -6,8 +6,9 @@
 //! for output. A mismatch means either the machine changed since the recording or it was not
 //! deterministic; the error names the line.
 //!
-//! Format: a `Start` record first, then `Input`/`Timeout` records, each followed by the `Output`
-//! records drained after it:
+//! Format: a `Start` record first (`StartPooled` for a machine of a split run, which shares its
+//! attempt budget and is granted its attempts by `Input(AttemptGranted)` records), then
+//! `Input`/`Timeout` records, each followed by the `Output` records drained after it:
 //!
 //! ```text
 //! Start(config:(stream:(url:"wss://stream.binance.com:9443",..),..),seed:99,now:0)

@@ -184,6 +184,39 @@ fn five_streams_over_three_connections_survive_a_reset_of_one() {
     ex.shutdown();
 }
 
+#[test]
+fn the_connections_share_one_attempt_budget() {
+    // 3 attempts per 5 minutes for the whole run of 2 connections. The exchange resets the first
+    // connection it accepts, and then the third (the reconnect).
+    let ex = exchange(10, FaultPlan::default().on(0, Fault::Reset { after: 40 }).on(2, Fault::Reset { after: 40 }));
+    let dir = scratch("pool");
+    let streams: Vec<String> = ["btcusdt@aggTrade", "ethusdt@aggTrade"].map(String::from).to_vec();
+    let mut cfg = config(&ex, &dir, &streams);
+    cfg.stream.max_streams_per_connection = 1;
+    cfg.reconnect.max_attempts_per_window = 3;
+    cfg.rest.backfill = false;
+    let report = run_traced(cfg, 2_500, false, Some(dir.join("trace.ron")));
+    assert!(report.gave_up.is_none(), "{:?}", report.gave_up);
+    // The reset connection reconnected with the budget its healthy neighbour does not use (equal
+    // shares would have left it 1 attempt: no reconnect for 5 minutes); the second reset found the
+    // pool spent (3 attempts in the window), so it waits: the run never exceeded the budget.
+    let attempts: Vec<u64> = report.connections.iter().map(|c| c.stats.connect_attempts).collect();
+    let reset = report.disconnects.first().expect("a reset").shard;
+    assert_eq!(attempts.iter().sum::<u64>(), 3, "attempts per connection {attempts:?}");
+    assert_eq!((attempts[reset], report.connections[reset].stats.reconnects), (2, 1));
+    assert_eq!(report.disconnects.iter().filter(|d| d.shard == reset).count(), 2, "{:?}", report.disconnects);
+    assert_eq!(report.opened.len(), 3);
+    assert_eq!(ex.connections().len(), 3);
+    // Each connection's trace (grants included) replays.
+    for name in ["trace.ron", "trace.ron.1"] {
+        let text = std::fs::read_to_string(dir.join(name)).unwrap();
+        assert!(text.starts_with("StartPooled("), "{name}");
+        let summary = keel_core::trace::replay_text(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(summary.stats.connect_attempts, attempts[usize::from(name.ends_with(".1"))], "{name}");
+    }
+    ex.shutdown();
+}
+
 /// 1100 streams: 220 symbols x 5 kinds.
 fn eleven_hundred() -> Vec<String> {
     (0..220)

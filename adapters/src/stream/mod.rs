@@ -44,7 +44,7 @@ use keel_core::protocol::Name;
 use keel_core::recovery::{Recovery, RecoveryOutput, RecoveryStats};
 use keel_core::redact::redact_url;
 use keel_core::rest::{RequestId, RestRequest, RestResponse};
-use keel_core::shard::ShardPlan;
+use keel_core::shard::{AttemptPool, ShardPlan};
 use keel_core::stats::connection::ConnectionStats;
 use keel_core::time::Timestamp;
 use keel_core::trace::{TraceRecord, TracedConnection};
@@ -328,9 +328,17 @@ struct Shard {
 
 /// The machine of one shard, traced to `trace` (shard 0) or `trace.N` (shard N) when asked: each
 /// trace starts with its shard's config and seed, so `keel-sim replay` replays each on its own.
-fn shard_machine(plan: &ShardPlan, trace: Option<&PathBuf>, now: Timestamp) -> Result<Machine, StreamError> {
+/// `pooled`: the shards share one attempt budget (a split run), so the machine waits for grants,
+/// which its trace records.
+fn shard_machine(
+    plan: &ShardPlan,
+    trace: Option<&PathBuf>,
+    now: Timestamp,
+    pooled: bool,
+) -> Result<Machine, StreamError> {
+    let new = if pooled { Connection::new_pooled } else { Connection::new };
     Ok(match trace {
-        None => Machine::Plain(Box::new(Connection::new(&plan.config, plan.seed, now))),
+        None => Machine::Plain(Box::new(new(&plan.config, plan.seed, now))),
         Some(path) => {
             let path = if plan.index == 0 {
                 path.clone()
@@ -341,7 +349,11 @@ fn shard_machine(plan: &ShardPlan, trace: Option<&PathBuf>, now: Timestamp) -> R
             };
             let file =
                 std::fs::File::create(&path).map_err(|source| StreamError::Trace { path: path.clone(), source })?;
-            let traced = TracedConnection::new(&plan.config, plan.seed, now);
+            let traced = if pooled {
+                TracedConnection::new_pooled(&plan.config, plan.seed, now)
+            } else {
+                TracedConnection::new(&plan.config, plan.seed, now)
+            };
             Machine::Traced(Box::new(traced), std::io::BufWriter::new(file), path)
         }
     })
@@ -378,10 +390,15 @@ async fn stream_on(
     // One machine per shard of the streams (one shard when they fit on one connection).
     let plans = keel_core::shard::plan(&cfg, opts.seed);
     let split = plans.len() > 1;
+    // Binance's connection-attempt limit is per IP: the shards of a split run share one budget
+    // (keel_core::shard::AttemptPool); a one-connection run keeps its machine's own, as always.
+    let mut pool = split.then(|| AttemptPool::new(&cfg.reconnect));
+    // Whether the pool had waiting connections it could not grant, for the log.
+    let mut pool_full = false;
     let mut shards: Vec<Shard> = Vec::with_capacity(plans.len());
     for plan in &plans {
         shards.push(Shard {
-            machine: shard_machine(plan, opts.trace.as_ref(), now())?,
+            machine: shard_machine(plan, opts.trace.as_ref(), now(), split)?,
             transports: BTreeMap::new(),
             last_opened: None,
             streams: plan.config.stream.streams.clone(),
@@ -577,6 +594,33 @@ async fn stream_on(
             }
             shard.machine.write_trace()?;
             stopped_now |= shard.machine.conn().is_stopped();
+            if let Some(p) = pool.as_mut() {
+                p.handle_wants(si, shard.machine.conn().wants_attempt());
+            }
+        }
+        // 1a. Split run: the shared attempt budget grants what it can now; a granted machine has an
+        // Open to drain.
+        if let Some(p) = pool.as_mut().filter(|p| p.waiting() > 0) {
+            let at = now();
+            let mut granted = false;
+            while let Some(si) = p.poll_grant(at) {
+                shards[si].machine.handle_input(Input::AttemptGranted, at);
+                granted = true;
+            }
+            if p.waiting() > 0 && !pool_full {
+                tracing::warn!(
+                    waiting = p.waiting(),
+                    used = p.used(at),
+                    "connection attempt budget spent (reconnect.max_attempts_per_window per IP, shared by all \
+                     connections): {} connection(s) wait until it has room",
+                    p.waiting()
+                );
+            }
+            pool_full = p.waiting() > 0;
+            if granted {
+                fed = Fed::All;
+                continue;
+            }
         }
         if gave_up_now && stopping.is_none() && split {
             tracing::warn!("one connection gave up: closing the others and ending the run");
@@ -645,8 +689,12 @@ async fn stream_on(
                     .min()
                     .map(|t| start + Duration::from_millis(t.as_millis()));
                 recovery_at = recovery.poll_timeout().map(|t| start + Duration::from_millis(t.as_millis()));
+                let pool_at = pool
+                    .as_ref()
+                    .and_then(AttemptPool::poll_timeout)
+                    .map(|t| start + Duration::from_millis(t.as_millis()));
                 let mut wake_at = next_flush.min(next_status);
-                for d in [core_at, recovery_at, end_at.filter(|_| stopping.is_none())].into_iter().flatten() {
+                for d in [core_at, recovery_at, pool_at, end_at.filter(|_| stopping.is_none())].into_iter().flatten() {
                     wake_at = wake_at.min(d);
                 }
                 if now_at >= wake_at && !last_was_timer {

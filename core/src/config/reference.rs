@@ -82,7 +82,7 @@ pub const KEYS: &[KeyDoc] = &[
     key!(
         stream.max_connections,
         "1..=60",
-        "At most this many connections at once; stream.streams may hold up to max_streams_per_connection x max_connections names. The connections share Binance's per-IP limits (300 connection attempts per 5 minutes: each gets an equal share of reconnect.max_attempts_per_window; REST weight: one budget for all)."
+        "At most this many connections at once; stream.streams may hold up to max_streams_per_connection x max_connections names. The connections share Binance's per-IP limits (300 connection attempts per 5 minutes: one pool of reconnect.max_attempts_per_window for all, granted to whichever connection is ready; REST weight: one budget for all)."
     ),
     key!(
         stream.restart_distance,
@@ -115,7 +115,7 @@ pub const KEYS: &[KeyDoc] = &[
     key!(
         reconnect.max_attempts_per_window,
         "1..=300",
-        "Connection attempts allowed in any window; Binance allows 300 per 5 minutes per IP. Enforced by waiting, never by failing."
+        "Connection attempts allowed in any window, for the whole run (all connections of a split run together); Binance allows 300 per 5 minutes per IP. Enforced by waiting, never by failing."
     ),
     key!(reconnect.attempt_window_ms, ">= 300000", "Length of that sliding window."),
     key!(

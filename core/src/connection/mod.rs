@@ -45,6 +45,12 @@
 //! - Control messages (pings, pongs, SUBSCRIBE) go through a [`ControlLimiter`] (Binance: at most
 //!   5 per second per connection).
 //!
+//! - Connection attempts (first connect, reconnects, rollovers) stay within
+//!   `reconnect.max_attempts_per_window` per `attempt_window_ms` (Binance: 300 per 5 minutes per
+//!   IP), delayed, never dropped. A machine alone on its IP ([`Connection::new`]) keeps that budget
+//!   itself; the machines of a split run ([`Connection::new_pooled`]) share one
+//!   [`crate::shard::AttemptPool`] held by the driver, and wait for [`Input::AttemptGranted`]
+//!   ([`Connection::wants_attempt`]) before each `Open`.
 //! - More desired streams than `stream.max_streams_per_connection` (Binance: 1024) cannot be
 //!   served by one transport: the machine gives up at once with an `InvalidUrl` error naming the
 //!   setting, instead of letting Binance reject the connection. One machine is one connection; the
@@ -53,7 +59,8 @@
 //! Deviations from connection-api.md: `Event::Rollover` was added (a planned reconnect is not a
 //! disconnection); `GiveUp` carries the error, its class and the failure count. Additions:
 //! `is_stopped`, `stop_reason`, `subscriptions`, `current_transport`, `url`, `stats_at(now)`,
-//! `set_wall_clock_offset` (time-of-day disconnect patterns), `disconnects`, `standby_transport`.
+//! `set_wall_clock_offset` (time-of-day disconnect patterns), `disconnects`, `standby_transport`,
+//! `new_pooled` + `wants_attempt` + `Input::AttemptGranted` (a budget shared by several machines).
 //! During a rollover two transports are open, so `Send`, `Connected` and `HeartbeatTimeout` may
 //! name the standby; `Event::Rollover` no longer implies a `Close` of the old transport right away.
 //! Stats: `rollovers` counts rollovers started; a hand-over is no outage (no downtime), and ids
