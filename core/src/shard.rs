@@ -365,6 +365,112 @@ mod tests {
         QuickCheck::new().tests(500).quickcheck(prop as fn(u8, u8, Vec<Vec<u16>>) -> TestResult);
     }
 
+    #[test]
+    fn pooled_machines_never_open_more_than_the_budget_and_every_one_gets_back() {
+        use crate::classify::TransportError;
+        use crate::connection::{Connection, Input, Output};
+        // N real pooled machines driven through one pool in virtual time. Each Open is answered 10 ms
+        // later by the machine's next scripted outcome: refused, or opened and reset after a while;
+        // once its script is done it stays up. Every Open must have been granted, no 5-minute window
+        // may hold more Opens than the budget, and in the end every machine is live again.
+        fn prop(limit: u8, scripts: Vec<Vec<u8>>) -> TestResult {
+            let scripts: Vec<Vec<u8>> = scripts.into_iter().take(4).map(|s| s.into_iter().take(12).collect()).collect();
+            if scripts.is_empty() {
+                return TestResult::discard();
+            }
+            let mut cfg = Config::default();
+            cfg.stream.streams = vec!["btcusdt@aggTrade".into()];
+            cfg.reconnect.max_attempts_per_window = u32::from(limit % 4) + 1;
+            cfg.reconnect.initial_delay_ms = 100;
+            cfg.reconnect.max_delay_ms = 1_000;
+            // Only the script ends transports within the 2 simulated days (4 machines x 13 attempts at 1
+            // per 5 minutes need 4.3 h).
+            const HORIZON: u64 = 2 * 86_400_000;
+            cfg.heartbeat.ping_interval_ms = 4 * HORIZON;
+            cfg.heartbeat.pong_timeout_ms = HORIZON;
+            cfg.stream.stall_after_ms = 5 * HORIZON;
+            cfg.stream.rollover_after_ms = 6 * HORIZON;
+            let (limit, window) = (cfg.reconnect.max_attempts_per_window as usize, cfg.reconnect.attempt_window_ms);
+            let mut pool = AttemptPool::new(&cfg.reconnect);
+            let mut machines: Vec<Connection> =
+                (0..scripts.len()).map(|i| Connection::new_pooled(&cfg, i as u64, t(0))).collect();
+            let mut next = vec![0usize; scripts.len()];
+            let mut pending: Vec<(u64, usize, Input)> = Vec::new();
+            let (mut opens, mut grants, mut now) = (Vec::new(), 0usize, 0u64);
+            for _ in 0..10_000 {
+                // Drain every machine, answer its Opens, tell the pool what it waits for, grant.
+                for (i, m) in machines.iter_mut().enumerate() {
+                    while let Some(out) = m.poll_output() {
+                        if let Output::Open { id, .. } = out {
+                            opens.push(now);
+                            match scripts[i].get(next[i]) {
+                                Some(o) if o % 2 == 0 => {
+                                    let error = TransportError::Refused("scripted".into());
+                                    pending.push((now + 10, i, Input::Failed { id, error }));
+                                }
+                                Some(o) => {
+                                    pending.push((now + 10, i, Input::Opened { id }));
+                                    let error = TransportError::Reset("scripted".into());
+                                    pending.push((now + 10 + u64::from(*o) * 1000, i, Input::Failed { id, error }));
+                                }
+                                None => pending.push((now + 10, i, Input::Opened { id })),
+                            }
+                            next[i] += 1;
+                        }
+                    }
+                    pool.handle_wants(i, m.wants_attempt());
+                }
+                let mut granted = false;
+                while let Some(i) = pool.poll_grant(t(now)) {
+                    machines[i].handle_input(Input::AttemptGranted, t(now));
+                    grants += 1;
+                    granted = true;
+                }
+                if granted {
+                    continue;
+                }
+                // The next event: a scripted input, a machine's deadline, or the pool's.
+                let input_at = pending.iter().map(|(at, _, _)| *at).min();
+                let timers = machines.iter().filter_map(Connection::poll_timeout).map(|t| t.as_millis());
+                let Some(at) = timers.chain(input_at).chain(pool.poll_timeout().map(|t| t.as_millis())).min() else {
+                    break;
+                };
+                if at > HORIZON {
+                    break;
+                }
+                now = at.max(now);
+                if let Some(k) = pending.iter().position(|(at, _, _)| *at <= now) {
+                    let (_, i, input) = pending.remove(k);
+                    machines[i].handle_input(input, t(now));
+                } else {
+                    for m in &mut machines {
+                        if m.poll_timeout().is_some_and(|d| d.as_millis() <= now) {
+                            m.handle_timeout(t(now));
+                        }
+                    }
+                }
+            }
+            if opens.len() != grants {
+                return TestResult::error(format!("{} opens, {grants} grants", opens.len()));
+            }
+            for (k, start) in opens.iter().enumerate() {
+                let in_window = opens[k..].iter().take_while(|o| **o < start + window).count();
+                if in_window > limit {
+                    return TestResult::error(format!(
+                        "{in_window} opens in the window from {start} ms (limit {limit})"
+                    ));
+                }
+            }
+            let all_back = machines.iter().all(Connection::is_live) && pool.waiting() == 0;
+            let wanted: usize = scripts.iter().map(|s| s.len() + 1).sum();
+            if !all_back || opens.len() != wanted {
+                return TestResult::error(format!("{} of {wanted} attempts made; all live: {all_back}", opens.len()));
+            }
+            TestResult::passed()
+        }
+        QuickCheck::new().tests(200).quickcheck(prop as fn(u8, Vec<Vec<u8>>) -> TestResult);
+    }
+
     /// Streams from small numbers: `symbol` in 0..8, `kind` in 0..6, duplicates removed.
     fn streams_from(raw: &[(u8, u8)]) -> Vec<String> {
         const KINDS: [&str; 6] = ["trade", "aggTrade", "depth", "bookTicker", "kline_1m", "kline_1h"];

@@ -195,7 +195,8 @@ pub enum Event {
         class: ErrorClass,
         /// One line a user can act on.
         diagnosis: String,
-        /// Time until the next attempt (backoff, rate-limit wait and attempt budget included).
+        /// Time until the next attempt (backoff, rate-limit wait and attempt budget included; a
+        /// pooled machine's wait for its grant comes on top, see [`Connection::wants_attempt`]).
         retry_in: Duration,
     },
     /// No frame arrived within `pong_timeout` after our ping: transport `id` is closed.
