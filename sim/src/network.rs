@@ -78,8 +78,8 @@ struct OpenTransport {
     ping_counter: u64,
     unanswered: VecDeque<(Vec<u8>, u64)>,
     shutdown_close_at: Option<u64>,
-    /// A frame held back by a reorder fault: (market index, frame).
-    held: Option<(usize, String)>,
+    /// A frame held back by a reorder fault: (market index, frame, its trade id on a trade stream).
+    held: Option<(usize, String, Option<u64>)>,
 }
 
 #[derive(Debug, Clone)]
@@ -243,7 +243,19 @@ impl Network {
     }
 
     /// Queues a final message and forgets the transport on the server side.
+    /// A frame a reorder fault holds back dies with its transport's open state (a kill, a close, a
+    /// half-open path): to the checker that trade was lost by a fault on this transport, as if `Lost` had
+    /// dropped it (seed 79851: the held trade was the old transport's last before a server shutdown, and
+    /// the rollover's new transport opened after it was sent, so only the backfill could bring it).
+    fn discard_held(&mut self, id: Tid) {
+        let Some(Transport { state: State::Open(o), .. }) = self.transports.get_mut(&id) else { return };
+        if let Some((i, _, Some(t))) = o.held.take() {
+            self.lost_ids.entry(self.markets[i].stream.clone()).or_default().insert(t);
+        }
+    }
+
     fn kill(&mut self, id: Tid, now: u64, msg: ToClient) {
+        self.discard_held(id);
         if let Some(t) = self.transports.get_mut(&id) {
             // A kill reaches the client even through a half-open path (the RST of a healed NAT).
             if matches!(t.state, State::HalfOpen) {
@@ -335,6 +347,7 @@ impl Network {
     fn fail_at(&mut self, id: Tid, at: u64, error: TransportError) {
         self.seq += 1;
         self.queue.insert((at, self.seq), (id, ToClient::Failed(error)));
+        self.discard_held(id);
         self.transports.remove(&id);
     }
 
@@ -379,6 +392,7 @@ impl Network {
 
     /// The client dropped transport `id`: nothing more is delivered on it.
     pub fn close(&mut self, id: Tid) {
+        self.discard_held(id);
         self.transports.remove(&id);
         self.queue.retain(|_, (t, _)| *t != id);
     }
@@ -663,14 +677,14 @@ impl Network {
             }
             let Some(Transport { state: State::Open(o), .. }) = self.transports.get_mut(&id) else { continue };
             let held = match o.held.take() {
-                Some((mi, f)) if mi == i => Some(f),
+                Some((mi, f, _)) if mi == i => Some(f),
                 other => {
                     o.held = other;
                     None
                 }
             };
             if reorder && held.is_none() && o.held.is_none() {
-                o.held = Some((i, frame.clone()));
+                o.held = Some((i, frame.clone(), seq_id.filter(|_| self.markets[i].kind.is_trades())));
                 self.inject(Fault::Reorder);
                 continue;
             }
@@ -705,8 +719,11 @@ impl Network {
             for id in ids {
                 if self.rng.chance(1, 2) {
                     self.kill(id, at, ToClient::Failed(TransportError::Reset("connection reset (outage)".into())));
-                } else if let Some(t) = self.transports.get_mut(&id) {
-                    t.state = State::HalfOpen;
+                } else {
+                    self.discard_held(id);
+                    if let Some(t) = self.transports.get_mut(&id) {
+                        t.state = State::HalfOpen;
+                    }
                 }
             }
             return;
@@ -763,6 +780,7 @@ impl Network {
                 self.kill(id, at, ToClient::Closed { code: Some(1008), reason: "policy violation".into() })
             }
             Fault::HalfOpen => {
+                self.discard_held(id);
                 if let Some(t) = self.transports.get_mut(&id) {
                     t.state = State::HalfOpen;
                 }
@@ -985,6 +1003,39 @@ mod tests {
         net.heal(60_000);
         let out = run_until(&mut net, 60_000, 70_000);
         assert!(matches!(out[..], [(60_010, 1, ToClient::Failed(TransportError::Reset(_)))]), "{out:?}");
+    }
+
+    #[test]
+    fn a_reordered_trade_held_when_its_transport_ends_counts_as_lost() {
+        // Seed 79851: the checker took the held trade's gap for one the rollover caused.
+        let mut p = quiet_profile();
+        p.config.stream.streams = vec!["btcusdt@trade".into()];
+        p.faults = vec![(Fault::Reorder, Ratio { num: 1, den: 1 })];
+        type End = fn(&mut Network, u64);
+        let ends: [(&str, End); 3] = [
+            ("client close", |net, _| net.close(1)),
+            ("server close", |net, now| net.kill(1, now, ToClient::Closed { code: Some(1001), reason: "x".into() })),
+            ("half-open", |net, now| net.fire(Fault::HalfOpen, now)),
+        ];
+        for (what, end) in ends {
+            let mut net = Network::new(&p, 0);
+            net.open(1, "wss://sim.invalid:9443/stream?streams=btcusdt@trade", 0);
+            // Every frame draws a reorder: the first one after the open is held for the next.
+            let (now, held) = loop {
+                let now = net.next_event_time().unwrap();
+                net.advance(now);
+                while net.pop_delivery(now).is_some() {}
+                if let Some(Transport {
+                    state: State::Open(OpenTransport { held: Some((_, _, Some(t))), .. }), ..
+                }) = net.transports.get(&1)
+                {
+                    break (now, *t);
+                }
+            };
+            assert!(!net.all_lost("btcusdt@trade", held, held), "{what}: not lost while held");
+            end(&mut net, now);
+            assert!(net.all_lost("btcusdt@trade", held, held), "{what}: trade {held} died held");
+        }
     }
 
     #[test]

@@ -17,6 +17,7 @@ const REGRESSIONS: &[(u64, &str)] = &[
         "a refuted restart candidate, then the id after it lost in an outage: the candidate is the new numbering's",
     ),
     (41999, "a rollover on a half-open transport of a restarted machine: the half-open check needs the model's id"),
+    (79851, "a trade held by a reorder fault dies with the old transport at a serverShutdown: the fault's gap"),
 ];
 
 /// Runs `seeds` on every CPU; returns the failing seeds and the simulated hours.
