@@ -8,18 +8,22 @@
 //!    minute. The exchange's clock runs fast so that a 1m kline closes every 0.1 s. The aggTrade ids
 //!    lost during each outage are fetched from the exchange's REST API and recorded in order (zero
 //!    gap), and the BTCUSDT order book is kept in sync from a REST snapshot plus the diffs.
-//! 3. The small Informer trains on the recorded klines in f16 with the loss scaler in the loop.
+//! 3. The small Informer trains on the recorded klines in f16 with the loss scaler in the loop,
+//!    its loss scale started at the clamp's top (2^24), where f16 gradients overflow: the failure
+//!    keel exists for (a scale grown until fp16 overflows into NaN), injected on purpose. The
+//!    scaler must skip those steps, back off, reset after 5 overflows in a row, and train on.
 //! 4. A report compares what was injected with what was survived, and says where the files are.
 //!
 //! Every stage is checked: the exit code is non-zero if the client gave up, a fault went
-//! unnoticed, a gap went unreported, nothing was recorded, or training produced a NaN loss.
+//! unnoticed, a gap went unreported, nothing was recorded, the scale's overflows went unnoticed
+//! or were not recovered from, or training produced a NaN loss.
 
 use crate::exchange::{Exchange, ExchangeConfig, ExchangeHandle, Fault, FaultPlan};
 use crate::stream::{StreamOptions, StreamReport, stream};
 use crate::train::{self, DtypeArg, FeaturesArg, ModelSize, TrainArgs};
 use anyhow::Context;
 use clap::Args;
-use keel_core::config::Config;
+use keel_core::config::{Config, ScalerConfig};
 use keel_core::recovery::RecoveryOutput;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -156,7 +160,25 @@ pub fn run_demo(args: &DemoArgs) -> anyhow::Result<DemoOutcome> {
     let klines = data.join("btcusdt@kline_1m");
     let checkpoint = out.join("checkpoint");
     let stats_json = out.join("training-stats.json");
-    println!("== training the small Informer on {} (f16, loss scaler on)", klines.display());
+    // The training fault: a loss scale at the top of its clamp, as a PyTorch-style scaler reaches
+    // after enough clean steps, overflows f16. The file stays in `out` so the run can be repeated.
+    let scaler = ScalerConfig::default();
+    let train_config = out.join("train-config.ron");
+    std::fs::write(
+        &train_config,
+        format!(
+            "// keel demo: the loss scale starts at the clamp's top, where f16 gradients overflow.\n\
+             (scaler: (init_scale: Fixed({:.1}), max_scale: {:.1}))\n",
+            scaler.max_scale, scaler.max_scale
+        ),
+    )
+    .with_context(|| format!("cannot write {}", train_config.display()))?;
+    println!(
+        "== training the small Informer on {} (f16, loss scaler on, scale started at {} where f16 overflows: {})",
+        klines.display(),
+        scaler.max_scale,
+        train_config.display()
+    );
     let train_args = TrainArgs {
         data: klines.clone(),
         target: Some("close".into()),
@@ -171,7 +193,7 @@ pub fn run_demo(args: &DemoArgs) -> anyhow::Result<DemoOutcome> {
         lr: Some(1e-3),
         patience: Some(2),
         seed: Some(args.seed),
-        config: None,
+        config: Some(train_config),
         out: Some(checkpoint.clone()),
         resume: None,
         stats_json: Some(stats_json.clone()),
@@ -183,7 +205,7 @@ pub fn run_demo(args: &DemoArgs) -> anyhow::Result<DemoOutcome> {
         metrics_addr: None,
     };
     match train::run(train_args) {
-        Ok(code) if code == ExitCode::SUCCESS => failures.extend(check_training(&stats_json)?),
+        Ok(code) if code == ExitCode::SUCCESS => failures.extend(check_training(&stats_json, &scaler)?),
         Ok(_) => failures.push("training exited with an error".into()),
         Err(e) => failures.push(format!("training failed: {e:#}")),
     }
@@ -316,8 +338,9 @@ fn check_connection(report: &StreamReport, skipped: &[(u64, u64)]) -> Vec<String
     failures
 }
 
-/// Checks the training stats file (`keel train` printed the numbers already).
-fn check_training(stats_json: &Path) -> anyhow::Result<Vec<String>> {
+/// Checks the training stats file (`keel train` printed the numbers already), and that the injected
+/// overflow was caught and recovered from: skipped, never applied, the scale reset, training on after.
+fn check_training(stats_json: &Path, scaler: &ScalerConfig) -> anyhow::Result<Vec<String>> {
     let text = std::fs::read_to_string(stats_json).with_context(|| format!("cannot read {}", stats_json.display()))?;
     let v: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{} is not JSON", stats_json.display()))?;
@@ -331,6 +354,31 @@ fn check_training(stats_json: &Path) -> anyhow::Result<Vec<String>> {
     }
     if num("steps").is_nan() || num("steps") <= 0.0 {
         failures.push("training ran no step".into());
+    }
+    let (overflows, skipped, applied) = (num("overflows"), num("skipped"), num("applied"));
+    println!(
+        "   injected overflow: {overflows} overflowing step(s) skipped, {} scale reset(s), scale now {}, {applied} steps applied",
+        num("resets"),
+        num("current_scale"),
+    );
+    if overflows.is_nan() || overflows <= 0.0 {
+        failures.push(format!(
+            "the loss scale started at {} in f16 and no overflow was detected: the gradient check missed it",
+            scaler.max_scale
+        ));
+    }
+    if skipped != overflows {
+        failures.push(format!("{overflows} overflows but {skipped} skipped steps: an overflowing step was applied"));
+    }
+    if num("resets").is_nan() || num("resets") < 1.0 {
+        failures.push(format!(
+            "no scale reset after the injected overflows (scaler.max_consecutive_overflows is {})",
+            scaler.max_consecutive_overflows
+        ));
+    }
+    let scale = num("current_scale");
+    if scale.is_nan() || scale >= scaler.max_scale || applied.is_nan() || applied <= 0.0 {
+        failures.push("training did not recover from the injected overflow (no lower scale, no applied step)".into());
     }
     Ok(failures)
 }

@@ -50,6 +50,14 @@ fn faults_injected_are_faults_survived_and_the_model_trains_on_what_was_recorded
         serde_json::from_str(&std::fs::read_to_string(&outcome.training_stats).expect("stats file")).expect("json");
     assert_eq!(stats["nan_losses"], 0);
     assert!(stats["steps"].as_u64().expect("steps") > 0);
+    // The injected training fault: the scale started at 2^24, where f16 gradients overflow. Every
+    // overflowing step was skipped, 5 in a row reset the scale, and later steps were applied.
+    let count = |k: &str| stats[k].as_u64().unwrap_or_else(|| panic!("{k} in {stats}"));
+    assert!(count("overflows") > 0, "{stats}");
+    assert_eq!(count("skipped"), count("overflows"));
+    assert!(count("resets") >= 1, "{stats}");
+    assert!(count("applied") > 0 && stats["current_scale"].as_f64().expect("scale") < 16_777_216.0, "{stats}");
+    assert!(out.join("train-config.ron").is_file());
     let dev = candle_core::Device::Cpu;
     let forecast = keel::train::predict_file(&outcome.checkpoint, &outcome.klines, &dev, false).expect("forecast");
     let again = keel::train::predict_file(&outcome.checkpoint, &outcome.klines, &dev, false).expect("forecast");
