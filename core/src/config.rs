@@ -100,7 +100,9 @@ pub struct ReconnectConfig {
     pub max_delay_ms: u64,
     /// Fraction of each delay that is randomized: the delay is drawn from `[d*(1-jitter), d]`.
     pub jitter: f64,
-    /// Give up after this many failures in a row.
+    /// Give up after this many failures in a row. A rate-limited failure (HTTP 429/418, a 1008
+    /// close) counts but never gives up: keel waits as told, since a restarted process would
+    /// connect into the ban.
     pub max_consecutive_failures: u32,
     /// A connection must stay up this long before the failure count resets; a server that
     /// accepts and drops at once must not reset the backoff (the reconnect-storm bug).

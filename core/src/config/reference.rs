@@ -105,7 +105,7 @@ pub const KEYS: &[KeyDoc] = &[
     key!(
         reconnect.max_consecutive_failures,
         "> 0",
-        "Give up (exit with the reason) after this many failures in a row."
+        "Give up (exit with the reason) after this many failures in a row. A rate-limited failure (HTTP 429 or 418, a 1008 close) counts but never gives up: keel waits as the server asked and tries again, because a process that exited would be restarted into the ban, which Binance lengthens."
     ),
     key!(
         reconnect.stable_after_ms,

@@ -18,7 +18,8 @@
 //! ```
 //!
 //! Lifecycle: `Connecting -> Live -> (lost) -> Waiting -> Connecting ...`, ending in `Stopped`
-//! after `Shutdown`, a fatal error, or `max_consecutive_failures`. Rules it keeps:
+//! after `Shutdown`, a fatal error, or `max_consecutive_failures` (reached by a failure that is not
+//! a rate limit: a rate-limited one waits as told, so that a restart cannot connect into a ban). Rules it keeps:
 //! - Every transport has a fresh [`TransportId`]; inputs for ids the machine no longer uses are
 //!   ignored (a late `Opened` after a handshake timeout, frames of a transport being closed).
 //! - The desired streams are in the URL of every `Open` (`/stream?streams=a/b`), so each
@@ -1000,6 +1001,17 @@ impl Connection {
         self.stats.last_error = Some(error.to_string());
         let decision = match class {
             ErrorClass::Fatal => BackoffDecision::GiveUp { failures: self.backoff.failures().saturating_add(1) },
+            // A rate limit never ends the machine, even past `max_consecutive_failures`: the server
+            // said when to come back, and a process that gave up here is restarted (by an operator or
+            // a supervisor) knowing nothing of the wait, straight into the ban, which Binance answers
+            // with longer ones (HTTP 418, from 2 minutes up to 3 days; simulator seed 118987). The
+            // failure still counts, so the next failure of another kind gives up, after the wait.
+            ErrorClass::RateLimited { wait } => match self.backoff.on_failure() {
+                BackoffDecision::GiveUp { failures } => {
+                    BackoffDecision::Retry { delay: self.backoff.base_delay(failures).max(wait), failures }
+                }
+                retry => retry,
+            },
             _ => self.backoff.on_failure(),
         };
         self.stats.consecutive_failures = self.backoff.failures();

@@ -274,6 +274,35 @@ fn too_many_failures_give_up() {
 }
 
 #[test]
+fn a_rate_limit_at_the_failure_limit_waits_as_told_and_the_next_failure_gives_up() {
+    // Simulator seed 118987: the 10th failure in a row was a 418 ban of 625 s; the machine gave up,
+    // and its restart (knowing nothing of the ban) connected into it.
+    let mut c = cfg();
+    c.reconnect.max_consecutive_failures = 3;
+    c.reconnect.jitter = 0.0;
+    let (mut h, _) = H::new(&c);
+    h.input(Input::Failed { id: id(1), error: refused() });
+    assert_eq!(h.tick(), (1_000, vec![open(2)]));
+    h.input(Input::Failed { id: id(2), error: refused() });
+    assert_eq!(h.tick(), (3_000, vec![open(3)]));
+    let ban = TransportError::HttpStatus { status: 418, retry_after: Some(Duration::from_secs(625)) };
+    let out = h.input(Input::Failed { id: id(3), error: ban.clone() });
+    assert_eq!(retry_in(&out), Some(625_000), "{out:?}");
+    assert!(!h.c.is_stopped());
+    assert_eq!(h.c.stats().consecutive_failures, 3);
+    assert_eq!(h.tick(), (628_000, vec![open(4)]));
+    // Still rate limited past the limit: waits the longer of the server's time and the backoff's
+    // (4th failure: 1 s * 2^3 = 8 s), again and again.
+    let short = TransportError::HttpStatus { status: 429, retry_after: Some(Duration::from_secs(2)) };
+    assert_eq!(retry_in(&h.input(Input::Failed { id: id(4), error: short })), Some(8_000));
+    assert_eq!(h.tick(), (636_000, vec![open(5)]));
+    // A failure of another kind past the limit gives up, now that no wait is pending.
+    let out = h.input(Input::Failed { id: id(5), error: refused() });
+    assert!(matches!(&out[..], [Output::GaveUp(GiveUp { failures: 5, class: ErrorClass::Transient, .. })]), "{out:?}");
+    assert!(h.c.is_stopped());
+}
+
+#[test]
 fn rate_limits_wait_at_least_the_servers_time() {
     let (mut h, _) = H::new(&cfg());
     let error = TransportError::HttpStatus { status: 429, retry_after: Some(Duration::from_secs(120)) };
