@@ -3,7 +3,7 @@
 //! and a reconnect delay longer than a kline interval cost trade ids and at least one closed 1s kline;
 //! both come back over REST (`/api/v3/historicalTrades`, `/api/v3/klines`) and are recorded in order.
 
-use keel::exchange::{Exchange, ExchangeConfig, Fault, FaultPlan};
+use keel::exchange::{Exchange, ExchangeConfig, ExchangeHandle, Fault, FaultPlan};
 use keel::stream::{StreamOptions, stream};
 use std::path::Path;
 use std::time::Duration;
@@ -27,22 +27,31 @@ fn rows(dir: &Path, stream: &str, header_starts: &str) -> Vec<Vec<String>> {
     out
 }
 
-#[test]
-fn trade_ids_and_closed_klines_survive_a_reset() {
+/// Streams `streams` for `run_ms` from an exchange whose clock runs `clock_speed` times real time
+/// and which resets the first connection after 150 frames; the reconnect delay is 1.3 s, longer
+/// than a kline interval. Returns the exchange (still up, for its records), the scratch directory
+/// and the report.
+fn stream_through_a_reset(
+    name: &str,
+    streams: &[&str],
+    clock_speed: u32,
+    run_ms: u64,
+) -> (ExchangeHandle, std::path::PathBuf, keel::stream::StreamReport) {
     let ex = Exchange::start(ExchangeConfig {
         tick: Duration::from_millis(10),
+        clock_speed,
         ping_interval: Duration::from_millis(400),
         faults: FaultPlan::default().on(0, Fault::Reset { after: 150 }),
         ..ExchangeConfig::default()
     })
     .unwrap();
-    let dir = std::env::temp_dir().join(format!("keel-tests-zero-gap-tk-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("keel-tests-zero-gap-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let mut cfg = ex.client_config(&dir.join("ca.pem"), &dir.join("data"), &[TRADE, KLINE]).unwrap();
+    let mut cfg = ex.client_config(&dir.join("ca.pem"), &dir.join("data"), streams).unwrap();
     cfg.stream.stall_after_ms = 3_000;
     cfg.tls.handshake_timeout_ms = 3_000;
-    // Away for longer than a kline interval: at least one closed 1s kline is missed live.
+    // Away for longer than a kline interval: at least one closed kline is missed live.
     cfg.reconnect.initial_delay_ms = 1_300;
     cfg.reconnect.max_delay_ms = 1_300;
     cfg.reconnect.jitter = 0.0;
@@ -50,11 +59,17 @@ fn trade_ids_and_closed_klines_survive_a_reset() {
     cfg.heartbeat.pong_timeout_ms = 200;
     let opts = StreamOptions {
         seed: 7,
-        duration: Some(Duration::from_millis(4_000)),
+        duration: Some(Duration::from_millis(run_ms)),
         record: true,
         ..StreamOptions::default()
     };
     let report = smol::block_on(stream(cfg, opts)).unwrap();
+    (ex, dir, report)
+}
+
+#[test]
+fn trade_ids_and_closed_klines_survive_a_reset() {
+    let (ex, dir, report) = stream_through_a_reset("tk", &[TRADE, KLINE], 1, 4_000);
     assert!(report.stats.reconnects >= 1, "the reset must have happened");
 
     // Trades: every id from the first recorded one, once, in order; the ones sent on no connection included.
@@ -104,32 +119,7 @@ fn trade_ids_and_closed_klines_survive_a_reset() {
 fn utc8_klines_survive_a_reset() {
     const KLINE8: &str = "btcusdt@kline_1d@+08:00";
     const DAY: u64 = 86_400_000;
-    let ex = Exchange::start(ExchangeConfig {
-        tick: Duration::from_millis(10),
-        clock_speed: 86_400,
-        ping_interval: Duration::from_millis(400),
-        faults: FaultPlan::default().on(0, Fault::Reset { after: 150 }),
-        ..ExchangeConfig::default()
-    })
-    .unwrap();
-    let dir = std::env::temp_dir().join(format!("keel-tests-zero-gap-k8-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut cfg = ex.client_config(&dir.join("ca.pem"), &dir.join("data"), &[KLINE8]).unwrap();
-    cfg.stream.stall_after_ms = 3_000;
-    cfg.tls.handshake_timeout_ms = 3_000;
-    cfg.reconnect.initial_delay_ms = 1_300;
-    cfg.reconnect.max_delay_ms = 1_300;
-    cfg.reconnect.jitter = 0.0;
-    cfg.heartbeat.ping_interval_ms = 300;
-    cfg.heartbeat.pong_timeout_ms = 200;
-    let opts = StreamOptions {
-        seed: 7,
-        duration: Some(Duration::from_millis(3_500)),
-        record: true,
-        ..StreamOptions::default()
-    };
-    let report = smol::block_on(stream(cfg, opts)).unwrap();
+    let (ex, dir, report) = stream_through_a_reset("k8", &[KLINE8], 86_400, 3_500);
     assert!(report.stats.reconnects >= 1, "the reset must have happened");
     let klines = rows(&dir, KLINE8, "event_time,open_time");
     let closed: Vec<u64> = klines.iter().filter(|r| r[10] == "1").map(|r| r[1].parse().unwrap()).collect();
