@@ -242,7 +242,6 @@ impl Network {
         self.queue.insert((at, self.seq), (id, msg));
     }
 
-    /// Queues a final message and forgets the transport on the server side.
     /// A frame a reorder fault holds back dies with its transport's open state (a kill, a close, a
     /// half-open path): to the checker that trade was lost by a fault on this transport, as if `Lost` had
     /// dropped it (seed 79851: the held trade was the old transport's last before a server shutdown, and
@@ -254,6 +253,7 @@ impl Network {
         }
     }
 
+    /// Queues a final message and forgets the transport on the server side.
     fn kill(&mut self, id: Tid, now: u64, msg: ToClient) {
         self.discard_held(id);
         if let Some(t) = self.transports.get_mut(&id) {
