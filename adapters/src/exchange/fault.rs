@@ -11,6 +11,8 @@ use thiserror::Error;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
     /// Abrupt TCP reset (RST, SO_LINGER 0) after `after` frames: the client sees "connection reset".
+    /// The RST waits (250 ms at most) until the client's kernel has acknowledged those frames, so that
+    /// every frame the exchange logs as sent could be read.
     Reset {
         /// Frames before the reset.
         after: u64,

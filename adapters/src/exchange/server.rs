@@ -286,6 +286,15 @@ impl Conn {
     }
 }
 
+/// Bytes written to `tcp` that its peer has not acknowledged yet (`SIOCOUTQ`), None if the kernel will not say.
+fn unacked_bytes(tcp: &TcpStream) -> Option<i32> {
+    use std::os::unix::io::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ) on a TCP socket fd we own writes one c_int.
+    let rc = unsafe { libc::ioctl(tcp.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    (rc == 0).then_some(n)
+}
+
 fn set_linger_zero(tcp: &TcpStream) {
     use std::os::unix::io::AsRawFd;
     let linger = libc::linger { l_onoff: 1, l_linger: 0 };
@@ -396,7 +405,16 @@ async fn serve_inner(shared: &Arc<Shared>, tcp: TcpStream, k: u64, faults: Vec<F
     conn.publish(shared);
     lock(&shared.conns).remove(&k);
     match &ending {
-        Ending::Reset => set_linger_zero(&raw),
+        Ending::Reset => {
+            // The frames counted as sent reach the client before the RST: a reset with linger 0
+            // discards what the kernel still holds, and the log (`skipped`) would call frames sent
+            // that no client could read. Bounded: a client that reads nothing gets its reset anyway.
+            let deadline = Instant::now() + Duration::from_millis(250);
+            while unacked_bytes(&raw).is_some_and(|n| n > 0) && Instant::now() < deadline {
+                smol::Timer::after(Duration::from_millis(1)).await;
+            }
+            set_linger_zero(&raw)
+        }
         Ending::Eof | Ending::PongTimeout | Ending::TooSlow => {
             let _ = raw.shutdown(std::net::Shutdown::Both);
         }

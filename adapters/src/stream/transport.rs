@@ -387,6 +387,19 @@ pub async fn run<K: Copy>(
                     WsMessage::Pong(p) => Message::Pong(p.into()),
                 };
                 if let Err(e) = ws.send(msg).await {
+                    // A write can meet a reset before the read side does (a batch in flight, a
+                    // heartbeat ping due): frames that arrived ahead of the reset still sit in the
+                    // socket and in TLS. They go out before the failure, or a reset would lose more
+                    // than it did, and gap recovery would fetch again what was here all along.
+                    let readable = match carry.take() {
+                        None | Some(Wake::Read(Some(Ok(_)))) => true,
+                        Some(_) => false,
+                    };
+                    if readable {
+                        for batch in read_buffered(&mut ws, spare.take()) {
+                            report(TransportEvent::Texts(batch)).await;
+                        }
+                    }
                     let error = map_ws(&e);
                     return report(TransportEvent::Failed(Failure { error, chain: chain(&e) })).await;
                 }
@@ -408,6 +421,38 @@ pub async fn run<K: Copy>(
             Wake::Cmd(None) => return,
         }
     }
+}
+
+/// Most frames read back after a failed write: what a socket's receive buffer holds at most, with room.
+const MAX_BUFFERED: usize = 64 * MAX_BATCH;
+
+/// The text frames already here (decrypted in TLS, or waiting in the socket), read without waiting,
+/// in batches of at most [`MAX_BATCH`]. Stops at the first read that would wait, fails, ends or
+/// closes; pings and pongs are skipped (the transport is broken, nobody will answer them).
+fn read_buffered<S>(ws: &mut WebSocketStream<S>, spare: Option<Vec<Utf8Bytes>>) -> Vec<Vec<Utf8Bytes>>
+where
+    S: futures_util::AsyncRead + futures_util::AsyncWrite + Unpin,
+{
+    let mut batches = Vec::new();
+    let mut batch = spare.unwrap_or_default();
+    let mut read = 0;
+    while read < MAX_BUFFERED {
+        match futures_util::FutureExt::now_or_never(ws.next()) {
+            Some(Some(Ok(Message::Text(t)))) => {
+                read += 1;
+                batch.push(t);
+                if batch.len() == MAX_BATCH {
+                    batches.push(std::mem::take(&mut batch));
+                }
+            }
+            Some(Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Binary(_) | Message::Frame(_)))) => {}
+            Some(Some(Ok(Message::Close(_)) | Err(_)) | None) | None => break,
+        }
+    }
+    if !batch.is_empty() {
+        batches.push(batch);
+    }
+    batches
 }
 
 #[cfg(test)]
@@ -444,6 +489,80 @@ mod tests {
         );
         let too_big = tungstenite::Error::Capacity(CapacityError::MessageTooLong { size: 20, max_size: 10 });
         assert_eq!(map_ws(&too_big), TransportError::MessageTooLarge { size: 20, max: 10 });
+    }
+
+    /// A write that meets the server's reset must not cost the frames that arrived ahead of it.
+    /// The first batch is held (so the transport reads nothing more) until the exchange has sent its
+    /// frames and reset the connection; then a ping is sent, which fails on the reset socket. Every
+    /// frame the exchange sent must still come out, before the failure. Real TLS on 127.0.0.1.
+    #[test]
+    fn frames_that_arrived_before_a_reset_survive_a_failed_write() {
+        use crate::exchange::{Exchange, ExchangeConfig, Fault, FaultPlan};
+        const SENT: u64 = 30;
+        let ex = Exchange::start(ExchangeConfig {
+            tick: Duration::from_millis(5),
+            faults: FaultPlan::default().on(0, Fault::Reset { after: SENT }),
+            ..ExchangeConfig::default()
+        })
+        .unwrap();
+        let dir = std::env::temp_dir().join(format!("keel-transport-reset-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = ex.client_config(&dir.join("ca.pem"), &dir.join("data"), &["btcusdt@aggTrade"]).unwrap();
+        let settings = TransportSettings::from_config(&cfg).unwrap();
+        let url = format!("{}/stream?streams=btcusdt@aggTrade", ex.url());
+        let (events_tx, events) = smol::channel::unbounded();
+        let (commands_tx, commands) = smol::channel::unbounded();
+        let (_recycle_tx, recycle) = smol::channel::bounded(1);
+        let task = smol::spawn(run(0u8, url, settings, events_tx, commands, recycle));
+        smol::block_on(async {
+            let next = || async {
+                events
+                    .recv()
+                    .or(async {
+                        smol::Timer::after(Duration::from_secs(10)).await;
+                        panic!("no transport event within 10 s")
+                    })
+                    .await
+                    .unwrap()
+                    .1
+            };
+            assert!(matches!(next().await, TransportEvent::Opened));
+            let mut frames = 0;
+            match next().await {
+                TransportEvent::Texts(batch) => frames += batch.len() as u64,
+                other => panic!("expected the first frames, got {other:?}"),
+            }
+            assert!(frames < SENT, "the first batch already held every frame: the test proves nothing");
+            // The batch is not handed back: the transport reads no further. Wait for the reset.
+            let reset = async {
+                while ex.connections().first().is_none_or(|c| c.ended.is_none()) {
+                    smol::Timer::after(Duration::from_millis(5)).await;
+                }
+            };
+            reset
+                .or(async {
+                    smol::Timer::after(Duration::from_secs(10)).await;
+                    panic!("the exchange did not reset the connection")
+                })
+                .await;
+            assert_eq!(ex.connections()[0].frames_sent, SENT);
+            smol::Timer::after(Duration::from_millis(50)).await;
+            commands_tx.send(Command::Send(WsMessage::Ping(b"1".to_vec()))).await.unwrap();
+            loop {
+                match next().await {
+                    TransportEvent::Texts(batch) => frames += batch.len() as u64,
+                    TransportEvent::Failed(f) => {
+                        assert!(matches!(f.error, TransportError::Reset(_)), "{f:?}");
+                        break;
+                    }
+                    TransportEvent::Ping(_) | TransportEvent::Pong(_) => {}
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            assert_eq!(frames, SENT, "frames the exchange sent before its reset were lost");
+        });
+        smol::block_on(task);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
