@@ -498,9 +498,10 @@ mod tests {
     #[test]
     fn frames_that_arrived_before_a_reset_survive_a_failed_write() {
         use crate::exchange::{Exchange, ExchangeConfig, Fault, FaultPlan};
-        const SENT: u64 = 30;
+        const SENT: u64 = 50;
         let ex = Exchange::start(ExchangeConfig {
-            tick: Duration::from_millis(5),
+            // 500 ms of frames: the first batch is read long before the last frame is sent.
+            tick: Duration::from_millis(10),
             faults: FaultPlan::default().on(0, Fault::Reset { after: SENT }),
             ..ExchangeConfig::default()
         })
