@@ -838,7 +838,8 @@ impl<'p> ConnSim<'p> {
                 // A frame a fault dropped before the rollover started, with no later frame of its stream on the
                 // old transport, is revealed by the new one (seed 19220): that gap is the fault's, not the rollover's.
                 let covered = covered_kind(&gap.stream) == Some(gap.kind);
-                let dropped = covered && self.net.all_lost(&gap.stream, gap.first_missing, gap.last_missing);
+                // Trade ids and depth update ids a fault kept from the client: not the rollover's doing.
+                let dropped = self.net.all_lost(&gap.stream, gap.first_missing, gap.last_missing);
                 if !dropped && self.m.rolling.is_some_and(|(faults, _)| faults == Some(self.injected())) {
                     self.m.suspect_gap = Some(format!("{gap:?}"));
                 }

@@ -254,6 +254,16 @@ impl Market {
         f
     }
 
+    /// The first sequence id the next event carries (a trade's id, a depth diff's `U`; its last is
+    /// what [`Self::next_frame`] returns), or `None` for streams without one.
+    pub fn next_seq(&self) -> Option<u64> {
+        match self.kind {
+            StreamKind::AggTrade | StreamKind::Trade => Some(self.next_id),
+            StreamKind::Depth => self.book.as_ref().map(|b| b.last_id + 1),
+            StreamKind::Ticker | StreamKind::MiniTicker | StreamKind::Kline => None,
+        }
+    }
+
     /// The event happening now, with no listener: advances the ids (and the model book) exactly as
     /// [`Self::next_frame`] does, without writing the frame. Returns the same id.
     pub fn skip_event(&mut self) -> Option<u64> {

@@ -19,6 +19,7 @@ const REGRESSIONS: &[(u64, &str)] = &[
     (41999, "a rollover on a half-open transport of a restarted machine: the half-open check needs the model's id"),
     (79851, "a trade held by a reorder fault dies with the old transport at a serverShutdown: the fault's gap"),
     (118987, "the 10th failure in a row was a 418 ban: the machine gave up and its restart connected into the ban"),
+    (239313, "a depth diff held by a reorder fault dies with the old transport at a serverShutdown: the fault's gap"),
 ];
 
 /// Runs `seeds` on every CPU; returns the failing seeds and the simulated hours.
