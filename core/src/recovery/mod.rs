@@ -20,7 +20,8 @@
 //! Rules it keeps:
 //! - aggTrade events of a stream come out in id order: live trades behind a missing range are held
 //!   (at most `rest.max_held_events` per stream) while `GET /api/v3/aggTrades` fetches it, up to
-//!   1000 ids per request. `@trade` streams the same by `t` with `GET /api/v3/historicalTrades`, and
+//!   1000 ids per request; a request reaches on into the gaps queued behind the first (its weight
+//!   does not depend on its limit), and the held keys it brings back again are skipped. `@trade` streams the same by `t` with `GET /api/v3/historicalTrades`, and
 //!   kline streams by the open time of their *closed* klines with `GET /api/v3/klines` (this machine
 //!   sequences them: [`KlineInterval`]; running updates pass, or wait behind a gap, and a running
 //!   update of a closed interval is dropped). Every key from the first one seen is delivered or reported

@@ -101,6 +101,47 @@ fn without_gaps_everything_passes_at_once() {
 }
 
 #[test]
+fn one_request_reaches_into_the_gaps_queued_behind_the_first() {
+    // Seed 300270: with 8 weight a minute and a few trades lost at every reconnect, one request per
+    // gap fell behind for good. Gaps 3-4 and 7-8 and 11, live 5-6 and 9-10 held between them.
+    let mut rec = Recovery::new(&config(100, true, 1200), t(0));
+    rec.handle_event(S, live(1), t(0));
+    rec.handle_event(S, live(2), t(0));
+    for id in [5, 6, 9, 10, 12] {
+        rec.handle_event(S, live(id), t(10));
+    }
+    assert_eq!(drain(&mut rec), ["D1", "D2"]);
+    assert_eq!(rec.stats().held_events, 5);
+    let (id, from, limit) = agg_request(&mut rec, t(20)).unwrap();
+    assert_eq!((from, limit), (3, 9), "from the first missing key to the last one");
+    // Binance's answer is every trade from 3 on: the held ones come back too and are not delivered twice.
+    rec.handle_response(id, body(3..=11), t(30));
+    assert_eq!(
+        drain(&mut rec),
+        ["R3", "R4", "B3-4/2", "D5", "D6", "R7", "R8", "B7-8/2", "D9", "D10", "R11", "B11-11/1", "D12"]
+    );
+    assert_eq!((rec.stats().held_events, rec.stats().backfill_requests), (0, 1));
+    assert_eq!(rec.poll_request(t(40)), None);
+
+    // An answer cut short by its limit inside a later gap: that gap goes on from where it stopped.
+    let mut rec = Recovery::new(&config(100, true, 1200), t(0));
+    rec.handle_event(S, live(1), t(0));
+    for id in [3, 6] {
+        rec.handle_event(S, live(id), t(10));
+    }
+    assert_eq!(drain(&mut rec), ["D1"]);
+    let (id, from, limit) = agg_request(&mut rec, t(20)).unwrap();
+    assert_eq!((from, limit), (2, 4));
+    rec.handle_response(id, body(2..=4), t(30));
+    assert_eq!(drain(&mut rec), ["R2", "B2-2/1", "D3", "R4"]);
+    let (id, from, limit) = agg_request(&mut rec, t(40)).unwrap();
+    assert_eq!((from, limit), (5, 1), "the rest of the second gap, not the first again");
+    rec.handle_response(id, body(5..=6), t(50));
+    assert_eq!(drain(&mut rec), ["R5", "B4-5/2", "D6"]);
+    assert_eq!(rec.stats().held_events, 0);
+}
+
+#[test]
 fn a_gap_is_fetched_in_pages_and_held_trades_follow_in_order() {
     let mut rec = Recovery::new(&config(10, true, 1200), t(0));
     rec.handle_event(S, live(1), t(0));
