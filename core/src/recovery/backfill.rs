@@ -178,6 +178,9 @@ pub(super) struct SeqStream {
     expect: Option<u64>,
     queue: VecDeque<Item>,
     held: usize,
+    /// The last missing key of the gap queued last. Gaps leave the queue from the front only, so
+    /// while any gap is queued this one is: `want` reads it instead of scanning the held events.
+    last_gap_end: u64,
 }
 
 /// What an answer to a backfill request said.
@@ -208,6 +211,7 @@ impl SeqStream {
             expect: None,
             queue: VecDeque::new(),
             held: 0,
+            last_gap_end: 0,
         }
     }
 
@@ -272,6 +276,7 @@ impl SeqStream {
             return;
         }
         *cx.serial += 1;
+        self.last_gap_end = last;
         self.queue.push_back(Item::Gap(Fill {
             serial: *cx.serial,
             first,
@@ -302,16 +307,7 @@ impl SeqStream {
         // behind the front one (the held live keys between them come back too, and are skipped): a
         // stream that keeps losing a few keys at a time must not spend a request on each gap, or a
         // small `rest.weight_per_minute` falls behind for good (simulator seed 300270).
-        let reach = self
-            .queue
-            .iter()
-            .rev()
-            .find_map(|i| match i {
-                Item::Gap(last) => Some(last.last),
-                Item::Live(_) => None,
-            })
-            .unwrap_or(g.last);
-        Some((g.serial, g.next, self.kind.request(&self.symbol, g.next, reach)))
+        Some((g.serial, g.next, self.kind.request(&self.symbol, g.next, self.last_gap_end)))
     }
 
     /// When [`Self::want`] will ask for something (`None`: nothing to ask, or waiting for an answer).
