@@ -23,8 +23,11 @@ fn config(ex: &ExchangeHandle, dir: &Path, streams: &[&str]) -> Config {
     cfg.reconnect.max_delay_ms = 200;
     cfg.reconnect.jitter = 0.0;
     cfg.reconnect.rate_limit_floor_ms = 400;
-    cfg.heartbeat.ping_interval_ms = 300;
-    cfg.heartbeat.pong_timeout_ms = 200;
+    // Pings every 600 ms keep the heartbeat's writes in play during the short runs; 500 ms for the
+    // pong leaves room for a loaded CI machine (a false timeout would drop frames in flight and
+    // break the exact counts below).
+    cfg.heartbeat.ping_interval_ms = 600;
+    cfg.heartbeat.pong_timeout_ms = 500;
     // These tests check that gaps are reported and the files hold exactly what the connection
     // passed on; with backfill off the recovery abandons each gap at once and passes events
     // straight through (zero_gap.rs tests the backfill against the exchange's REST API).
@@ -112,7 +115,11 @@ fn reset_reconnects_with_the_same_subscriptions_and_reports_the_gap() {
 fn stall_is_detected_by_the_heartbeat_and_the_client_reconnects() {
     let ex = exchange(20, FaultPlan::default().on(0, Fault::Stall { after: 10 }));
     let dir = tmp("stall");
-    let report = run(config(&ex, &dir, &[AGG]), 2_000, None);
+    let mut cfg = config(&ex, &dir, &[AGG]);
+    // The heartbeat is what this test measures: a short one, so that the stall is seen quickly.
+    cfg.heartbeat.ping_interval_ms = 300;
+    cfg.heartbeat.pong_timeout_ms = 200;
+    let report = run(cfg, 2_000, None);
     assert!(report.stats.heartbeat_timeouts >= 1, "{:?}", report.stats);
     let infos = infos_settled(&ex);
     assert!(infos.len() >= 2);

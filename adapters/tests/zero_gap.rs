@@ -21,8 +21,11 @@ fn config(ex: &ExchangeHandle, dir: &Path, streams: &[&str]) -> Config {
     cfg.reconnect.initial_delay_ms = 300;
     cfg.reconnect.max_delay_ms = 600;
     cfg.reconnect.jitter = 0.0;
-    cfg.heartbeat.ping_interval_ms = 300;
-    cfg.heartbeat.pong_timeout_ms = 200;
+    // Pings every 600 ms keep the heartbeat's writes in play during the short runs; 500 ms for the
+    // pong leaves room for a loaded CI machine (a false timeout would drop frames in flight and
+    // break the exact counts below).
+    cfg.heartbeat.ping_interval_ms = 600;
+    cfg.heartbeat.pong_timeout_ms = 500;
     cfg
 }
 

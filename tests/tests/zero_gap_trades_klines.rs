@@ -55,8 +55,11 @@ fn stream_through_a_reset(
     cfg.reconnect.initial_delay_ms = 1_300;
     cfg.reconnect.max_delay_ms = 1_300;
     cfg.reconnect.jitter = 0.0;
-    cfg.heartbeat.ping_interval_ms = 300;
-    cfg.heartbeat.pong_timeout_ms = 200;
+    // Pings every 600 ms keep the heartbeat's writes in play during the short runs; 500 ms for the
+    // pong leaves room for a loaded CI machine (a false timeout would drop frames in flight and
+    // break the exact counts below).
+    cfg.heartbeat.ping_interval_ms = 600;
+    cfg.heartbeat.pong_timeout_ms = 500;
     let opts = StreamOptions {
         seed: 7,
         duration: Some(Duration::from_millis(run_ms)),
