@@ -226,6 +226,9 @@ pub struct ConnSim<'p> {
     attempt_times: VecDeque<u64>,
     restart_at: Option<u64>,
     tail: Option<VecDeque<String>>,
+    /// While the recovery settles after the run, the time its steps run at. The connection's clock
+    /// (`now`) stays at the end, but a failure report must date the REST answers it lists.
+    settle_now: Option<u64>,
     /// The first machine's trace, when asked for (`keel-sim run --trace`); a restarted machine
     /// is not recorded, since a trace holds one machine.
     trace: Option<Vec<TraceRecord>>,
@@ -268,6 +271,7 @@ impl<'p> ConnSim<'p> {
             attempt_times: VecDeque::new(),
             restart_at: None,
             tail: keep_tail.then(VecDeque::new),
+            settle_now: None,
             trace: None,
             trace_closed: false,
             summary: ConnSummary { hash: 0xcbf2_9ce4_8422_2325, ..ConnSummary::default() },
@@ -299,8 +303,13 @@ impl<'p> ConnSim<'p> {
         }
     }
 
+    /// The time events are dated with in failure reports.
+    fn clock(&self) -> u64 {
+        self.settle_now.unwrap_or(self.now)
+    }
+
     fn note(&mut self, text: impl FnOnce() -> String) {
-        let rel = self.rel(self.now);
+        let rel = self.rel(self.clock());
         if let Some(tail) = &mut self.tail {
             if tail.len() == TAIL {
                 tail.pop_front();
@@ -326,7 +335,7 @@ impl<'p> ConnSim<'p> {
     fn fail(&self, invariant: String) -> ConnFailure {
         ConnFailure {
             invariant,
-            at: self.rel(self.now),
+            at: self.rel(self.clock()),
             recent: self.tail.as_ref().map(|t| t.iter().cloned().collect()).unwrap_or_default(),
         }
     }
@@ -716,6 +725,7 @@ impl<'p> ConnSim<'p> {
             if now > self.end + 6 * 3_600_000 {
                 break;
             }
+            self.settle_now = Some(now);
             self.step_recovery(now)?;
         }
         let held = self.rec.stats().held_events;
@@ -739,6 +749,7 @@ impl<'p> ConnSim<'p> {
                 )));
             }
         }
+        self.settle_now = None;
         Ok(())
     }
 
@@ -1367,6 +1378,31 @@ mod tests {
             run(&p, 6.0).is_err_and(|f| f.invariant.contains("btcusdt@trade restarted its ids"))
         });
         assert!(failed);
+    }
+
+    #[test]
+    fn a_failure_while_the_recovery_settles_is_dated_after_the_run() {
+        // REST answers take 5 to 7 h (2.5 h each way plus up to 2 h): those to the requests of
+        // the 2 h run come while the recovery settles (up to 6 h after the end), some too late.
+        // The failure and the REST answers listed before it happened after the run's end, and
+        // must be dated so.
+        use crate::profile::{Fault, Ratio};
+        let mut p = restart_profile(3);
+        p.faults.push((Fault::Lost, Ratio { num: 1, den: 30 }));
+        p.rest.latency_ms = 9_000_000;
+        p.rest.jitter_ms = 2 * 3_600_000;
+        let end = Timestamp::from_millis(2 * 3_600_000);
+        let f = run(&p, 2.0).expect_err("nothing can settle without REST answers");
+        assert!(f.invariant.contains("recovery not settled"), "{}", f.invariant);
+        assert!(f.at > end, "failure dated {} (the run ends at {end}): {}\n{:#?}", f.at, f.invariant, f.recent);
+        let secs = |line: &str| -> f64 {
+            let stamp = line.split(' ').next().unwrap_or_default();
+            stamp.trim_start_matches("t=+").trim_end_matches('s').parse().unwrap_or_else(|_| panic!("{line}"))
+        };
+        let after: Vec<&String> = f.recent.iter().filter(|l| secs(l) > 7_200.0).collect();
+        assert!(after.iter().any(|l| l.contains("rest ")), "no REST event dated after the end: {:#?}", f.recent);
+        let times: Vec<f64> = f.recent.iter().map(|l| secs(l)).collect();
+        assert!(times.windows(2).all(|w| w[0] <= w[1]), "events out of time order: {:#?}", f.recent);
     }
 
     #[test]
