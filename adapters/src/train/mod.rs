@@ -20,6 +20,7 @@
 pub mod amp;
 pub mod checkpoint;
 pub mod data;
+mod font;
 pub mod model;
 pub mod optim;
 pub mod plot;
