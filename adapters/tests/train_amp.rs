@@ -378,3 +378,92 @@ fn trains_and_predicts_on_recorded_klines() {
     let first = chrono::DateTime::from_timestamp_millis(start + 400 * 60_000).unwrap();
     assert!(lines[1].starts_with(&first.format("%Y-%m-%d %H:%M:%S").to_string()), "{csv}");
 }
+
+/// The header and the last `n` rows of the real CSV, written to `dir/name`.
+fn msft_tail_file(dir: &Path, name: &str, n: usize) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(MSFT).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let keep: Vec<&str> = std::iter::once(lines[0]).chain(lines[lines.len() - n..].iter().copied()).collect();
+    let path = dir.join(name);
+    std::fs::write(&path, keep.join("\n")).unwrap();
+    path
+}
+
+#[test]
+fn a_diverged_run_fails_and_keeps_no_checkpoint() {
+    let dir = tmp("diverged");
+    let csv = msft_tail_file(&dir, "msft.csv", 400);
+    let out = dir.join("ck");
+    let args = train_args(&[
+        "--data",
+        csv.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--lr",
+        "1e10",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--max-batches",
+        "2",
+        "--quiet",
+    ]);
+    let e = format!("{:#}", keel::train::run(args).unwrap_err());
+    assert!(e.contains("training diverged: no epoch had a finite validation loss (epoch 1: NaN"), "{e}");
+    assert!(e.contains("Lower the learning rate (--lr, was 1e10)"), "{e}");
+    assert!(e.contains(&format!("removed from {}", out.display())) && e.contains("loss.png"), "{e}");
+    // No checkpoint that predict or --resume could take for a result; the plot for the diagnosis.
+    for f in [checkpoint::META, checkpoint::WEIGHTS, checkpoint::STATE] {
+        assert!(!out.join(f).exists(), "{f} left behind");
+    }
+    assert_eq!(&std::fs::read(out.join("loss.png")).unwrap()[1..4], b"PNG");
+}
+
+#[test]
+fn predict_refuses_non_finite_weights_and_a_non_finite_forecast_naming_them() {
+    let dir = tmp("nanweights");
+    let csv = msft_tail_file(&dir, "msft.csv", 400);
+    let good = dir.join("good");
+    let args = train_args(&[
+        "--data",
+        csv.to_str().unwrap(),
+        "--out",
+        good.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--max-batches",
+        "2",
+        "--quiet",
+    ]);
+    keel::train::run(args).unwrap();
+    let dev = candle_core::Device::Cpu;
+    keel::train::predict_file(&good, &csv, &dev, false).unwrap();
+    // A copy of the checkpoint with one weight changed in model.safetensors.
+    let edited = |name: &str, value: f32| {
+        let ck = dir.join(name);
+        std::fs::create_dir_all(&ck).unwrap();
+        std::fs::copy(good.join(checkpoint::META), ck.join(checkpoint::META)).unwrap();
+        let mut w = candle_core::safetensors::load(good.join(checkpoint::WEIGHTS), &dev).unwrap();
+        let t = &w["projection.weight"];
+        let mut v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        if value.is_nan() {
+            v[3] = value;
+        } else {
+            v.iter_mut().for_each(|x| *x = value);
+        }
+        let t = candle_core::Tensor::from_vec(v, t.dims(), &dev).unwrap();
+        w.insert("projection.weight".into(), t);
+        candle_core::safetensors::save(&w, ck.join(checkpoint::WEIGHTS)).unwrap();
+        ck
+    };
+    let nan = edited("nan", f32::NAN);
+    let e = format!("{:#}", keel::train::predict_file(&nan, &csv, &dev, false).unwrap_err());
+    assert!(e.contains("tensor projection.weight holds 1 NaN/inf value(s)") && e.contains("train again"), "{e}");
+    // Finite weights so large that the forecast overflows.
+    let huge = edited("huge", 3e38);
+    let e = format!("{:#}", keel::train::predict_file(&huge, &csv, &dev, false).unwrap_err());
+    assert!(e.contains("the forecast of") && e.contains("for Close at") && e.contains("check them"), "{e}");
+}

@@ -234,6 +234,22 @@ pub fn check_target(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Removes the checkpoint files of `dir` (the metadata first: without it nothing loads the rest),
+/// keeping its other files; for a run whose weights must not be used. Absent files are no error.
+pub fn discard(dir: &Path) -> anyhow::Result<()> {
+    for name in [META, WEIGHTS, STATE] {
+        let path = dir.join(name);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("cannot remove {}", path.display()));
+            }
+            _ => {}
+        }
+    }
+    sync_dir(dir);
+    Ok(())
+}
+
 /// Fills a fresh temporary directory beside `dir` with `fill`, carries `dir`'s other files over,
 /// and puts it in `dir`'s place.
 fn write_atomically(dir: &Path, fill: impl FnOnce(&Path) -> anyhow::Result<()>) -> anyhow::Result<()> {
@@ -392,15 +408,33 @@ pub fn load(dir: &Path, device: &Device) -> anyhow::Result<(Meta, Informer, Para
     let mut tensors = read_tensors(&path, device, "weights")?;
     for (name, var) in params.named() {
         let t = take(&mut tensors, name, var.dims(), &path)?;
+        check_finite(&t, name, &path)?;
         var.set(&t.to_dtype(DType::F32)?)?;
     }
     for (name, t) in tensors {
+        check_finite(&t, &name, &path)?;
         let known = name.strip_prefix("buffer.").is_some_and(|b| model.set_buffer(b, t));
         if !known {
             anyhow::bail!("{}: unexpected tensor {name} (checkpoint and model shape disagree)", path.display());
         }
     }
     Ok((meta, model, params))
+}
+
+/// Refuses a weight with NaN or infinite values, naming it: one such value makes every forecast
+/// NaN, and a forecast file of NaN rows with exit code 0 passes for a result.
+fn check_finite(t: &Tensor, name: &str, path: &Path) -> anyhow::Result<()> {
+    let v = t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+    let bad = v.iter().filter(|x| !x.is_finite()).count();
+    if bad > 0 {
+        anyhow::bail!(
+            "{}: tensor {name} holds {bad} NaN/inf value(s) of {}: the run that wrote it diverged or the file was \
+             changed; train again (with a lower --lr if the loss went NaN) or restore the file",
+            path.display(),
+            v.len()
+        );
+    }
+    Ok(())
 }
 
 /// Restores a resumable checkpoint into `tr` (built for `meta.model` and `meta.train`): the

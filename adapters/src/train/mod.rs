@@ -474,6 +474,21 @@ pub fn run_until(args: TrainArgs, stop: impl Fn(u64) -> bool) -> anyhow::Result<
                 );
                 return Ok(ExitCode::from(130));
             }
+            None if e.downcast_ref::<trainer::Diverged>().is_some() => {
+                // The checkpoints saved after each epoch hold the diverged weights: removed, so that
+                // neither `keel predict` nor `--resume` takes them for a result. The plot stays: it
+                // shows the step where the loss left the finite numbers.
+                checkpoint::discard(&out)?;
+                let plot_path = out.join("loss.png");
+                plot::write(&plot_path, &tr.curve, &tr.state.val_curve)
+                    .with_context(|| format!("cannot write {}", plot_path.display()))?;
+                anyhow::bail!(
+                    "{e}. Nothing was kept: the checkpoint saved during the run was removed from {}; the loss and \
+                     scale per step are in {}",
+                    out.display(),
+                    plot_path.display()
+                );
+            }
             None => return Err(e),
         },
         Ok(r) => r,
@@ -577,8 +592,20 @@ pub fn predict_file(
     for (t, row) in times.iter().zip(&y) {
         let date = chrono::DateTime::from_timestamp_millis(*t)
             .map_or(t.to_string(), |d| d.format("%Y-%m-%d %H:%M:%S").to_string());
-        let vals: Vec<String> =
-            row.iter().enumerate().map(|(k, v)| format!("{}", norm.denormalize(k, *v as f64))).collect();
+        let vals: Vec<f64> = row.iter().enumerate().map(|(k, v)| norm.denormalize(k, *v as f64)).collect();
+        // The weights were checked when loaded; a non-finite value here comes from the input window.
+        if let Some(k) = vals.iter().position(|v| !v.is_finite()) {
+            anyhow::bail!(
+                "the forecast of {} for {} at {date} is {} although the checkpoint's weights are finite: the last {} \
+                 rows of --data {} drive the model out of range (values far outside the training data?); check them",
+                checkpoint_dir.display(),
+                out_cols[k],
+                vals[k],
+                model.cfg.seq_len,
+                data_path.display()
+            );
+        }
+        let vals: Vec<String> = vals.iter().map(|v| v.to_string()).collect();
         text.push_str(&format!("{date},{}\n", vals.join(",")));
     }
     Ok(text)

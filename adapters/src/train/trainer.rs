@@ -548,6 +548,18 @@ impl Trainer {
                 break;
             }
         }
+        if self.state.best_val_loss.is_none() && !self.state.val_curve.is_empty() {
+            // Every epoch's validation loss was NaN or infinite: the weights (the last epoch's, as
+            // none was best) forecast nothing, and a test MSE of NaN next to an exit code 0 would
+            // pass for a result. The caller decides what becomes of the checkpoints saved so far.
+            return Err(Diverged {
+                val_losses: self.state.val_curve.iter().map(|&(_, v)| v).collect(),
+                nan_losses: self.state.nan_losses,
+                steps: self.step,
+                lr: self.cfg.learning_rate,
+            }
+            .into());
+        }
         if let Some(w) = best_weights {
             self.restore(&w)?;
         }
@@ -671,6 +683,40 @@ pub struct Interrupted {
     pub epoch: u32,
     /// Batches of it that ran.
     pub batch: usize,
+}
+
+/// A run in which no epoch had a finite validation loss: there are no weights worth keeping.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error(
+    "training diverged: no epoch had a finite validation loss ({}; {nan_losses} of {steps} training batches had a \
+     NaN/inf loss), so there are no usable weights. Lower the learning rate (--lr, was {lr:e}), check the data for \
+     outliers or a column whose scale changes over time, or train with --dtype f32 to rule out f16 overflow",
+    epoch_losses(.val_losses)
+)]
+pub struct Diverged {
+    /// Validation loss of every epoch run, in order (each NaN or infinite).
+    pub val_losses: Vec<f64>,
+    /// Training batches whose loss was NaN or infinite.
+    pub nan_losses: u64,
+    /// Training steps taken.
+    pub steps: u64,
+    /// The run's initial learning rate.
+    pub lr: f64,
+}
+
+/// `epoch 1: NaN, epoch 2: inf`, shortened to the first and last three epochs of a long run.
+fn epoch_losses(v: &[f64]) -> String {
+    let item = |i: usize| format!("epoch {}: {}", i + 1, v[i]);
+    if v.len() <= 6 {
+        (0..v.len()).map(item).collect::<Vec<_>>().join(", ")
+    } else {
+        let n = v.len();
+        format!(
+            "{}, ..., {}",
+            (0..3).map(item).collect::<Vec<_>>().join(", "),
+            (n - 3..n).map(item).collect::<Vec<_>>().join(", ")
+        )
+    }
 }
 
 /// Error sums turned into means.
