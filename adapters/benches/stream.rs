@@ -196,6 +196,7 @@ fn reconnect(args: &[String]) -> anyhow::Result<()> {
     let trace: PathBuf = dir.join("trace.ron");
     let mut cfg = Config::default();
     cfg.stream.url = ex.url();
+    cfg.rest.url = ex.rest_url();
     cfg.stream.streams = vec!["btcusdt@aggTrade".to_string()];
     cfg.tls.ca_file = Some(ca.display().to_string());
     // Default backoff (initial 1 s, jitter 0.5, multiplier 2), except that a connection counts as

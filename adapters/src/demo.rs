@@ -33,7 +33,8 @@ use std::time::Duration;
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
     /// Directory for the recorded data, trace, checkpoint, plot and reports (created; a previous
-    /// demo's recordings there are removed first so that the report describes this run).
+    /// demo's recordings, checkpoint and training stats there are removed first so that the
+    /// report describes this run).
     #[arg(long, default_value = "demo-out")]
     pub out: PathBuf,
     /// Seconds of streaming.
@@ -108,13 +109,27 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Removes what a previous demo left in `out` and this one writes again: the recordings, the
+/// checkpoint (which `keel train` would otherwise refuse to replace) and the training stats. The
+/// demo owns these paths; the rest of `out` is left alone.
+fn clear_outputs(out: &Path) -> anyhow::Result<()> {
+    for dir in [out.join("data"), out.join("checkpoint")] {
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("cannot clear {}", dir.display()))?;
+        }
+    }
+    let stats = out.join("training-stats.json");
+    if stats.exists() {
+        std::fs::remove_file(&stats).with_context(|| format!("cannot remove {}", stats.display()))?;
+    }
+    Ok(())
+}
+
 /// Runs the demo's stages and checks, printing the report as it goes.
 pub fn run_demo(args: &DemoArgs) -> anyhow::Result<DemoOutcome> {
     let out = &args.out;
     let data = out.join("data");
-    if data.exists() {
-        std::fs::remove_dir_all(&data).with_context(|| format!("cannot clear {}", data.display()))?;
-    }
+    clear_outputs(out)?;
     std::fs::create_dir_all(&data).with_context(|| format!("cannot create {}", data.display()))?;
 
     // 1. The exchange.
@@ -197,6 +212,7 @@ pub fn run_demo(args: &DemoArgs) -> anyhow::Result<DemoOutcome> {
         out: Some(checkpoint.clone()),
         resume: None,
         stats_json: Some(stats_json.clone()),
+        force: false,
         device: train::DeviceArg::Cpu,
         no_scaler: false,
         max_batches: None,
@@ -381,4 +397,31 @@ fn check_training(stats_json: &Path, scaler: &ScalerConfig) -> anyhow::Result<Ve
         failures.push("training did not recover from the injected overflow (no lower scale, no applied step)".into());
     }
     Ok(failures)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_demo_clears_its_own_outputs_and_nothing_else() {
+        let out = std::env::temp_dir().join(format!("keel-demo-clear-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&out);
+        // What a first demo left: recordings, a checkpoint, stats; and a file of the user's.
+        let ck = out.join("checkpoint");
+        std::fs::create_dir_all(out.join("data/btcusdt@kline_1m")).unwrap();
+        std::fs::create_dir_all(&ck).unwrap();
+        std::fs::write(ck.join(crate::train::checkpoint::META), "(format_version: 3)").unwrap();
+        std::fs::write(out.join("training-stats.json"), "{}").unwrap();
+        std::fs::write(out.join("notes.txt"), "mine").unwrap();
+        let e = crate::train::checkpoint::check_out(&ck, None, false).unwrap_err().to_string();
+        assert!(e.contains("already holds"), "{e}");
+        clear_outputs(&out).unwrap();
+        // keel train now accepts the checkpoint path the demo passes it.
+        crate::train::checkpoint::check_out(&ck, None, false).unwrap();
+        assert!(!out.join("data").exists() && !out.join("training-stats.json").exists());
+        assert_eq!(std::fs::read_to_string(out.join("notes.txt")).unwrap(), "mine");
+        clear_outputs(&out).unwrap();
+        std::fs::remove_dir_all(&out).unwrap();
+    }
 }

@@ -46,6 +46,8 @@ fn a_listen_key_in_the_url_is_never_logged_nor_in_stats() {
             "trace",
             "--url",
             &url,
+            "--rest-url",
+            &ex.rest_url(),
             "--streams",
             "btcusdt@aggTrade",
             "--duration",

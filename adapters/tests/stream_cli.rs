@@ -13,7 +13,8 @@ fn wrong_ca_exits_2_with_a_clear_message_and_no_retry() {
     std::fs::write(&wrong, keel::exchange::generate_certs("some other CA").unwrap().ca_pem).unwrap();
     let started = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args(["stream", "--url", &ex.url(), "--streams", "btcusdt@aggTrade", "--duration", "20"])
+        .args(["stream", "--url", &ex.url(), "--rest-url", &ex.rest_url()])
+        .args(["--streams", "btcusdt@aggTrade", "--duration", "20"])
         .arg("--ca-file")
         .arg(&wrong)
         .arg("--out")
@@ -36,7 +37,8 @@ fn stats_json_and_recorded_files_after_a_duration() {
     std::fs::create_dir_all(&dir).unwrap();
     ex.write_ca(&dir.join("ca.pem")).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args(["stream", "--url", &ex.url(), "--streams", "btcusdt@aggTrade,btcusdt@kline_1m", "--duration", "1"])
+        .args(["stream", "--url", &ex.url(), "--rest-url", &ex.rest_url()])
+        .args(["--streams", "btcusdt@aggTrade,btcusdt@kline_1m", "--duration", "1"])
         .arg("--ca-file")
         .arg(dir.join("ca.pem"))
         .arg("--out")

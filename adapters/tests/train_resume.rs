@@ -189,7 +189,7 @@ fn an_interrupted_save_never_replaces_the_checkpoint_and_damage_is_named() {
     assert!(e.contains("without optimizer and loop state") && e.contains("train afresh"), "{e}");
 
     // Damaged files are named, with what to do.
-    train(&csv, &["--epochs", "1", "--out", s(&ck)]).unwrap();
+    train(&csv, &["--epochs", "1", "--out", s(&ck), "--force"]).unwrap();
     let state = std::fs::read(ck.join(checkpoint::STATE)).unwrap();
     std::fs::write(ck.join(checkpoint::STATE), &state[..state.len() - 100]).unwrap();
     let e = err(train(&csv, &["--resume", s(&ck), "--epochs", "2"]));
@@ -294,4 +294,65 @@ fn checkpoint_every_two_epochs_saves_after_the_second_and_the_last() {
     std::fs::write(&bad, "(train: (checkpoint_every: 0))").unwrap();
     let e = err(train(&csv, &["--config", s(&bad), "--out", s(&dir.join("never"))]));
     assert!(e.contains("train.checkpoint_every = 0 is invalid"), "{e}");
+}
+
+#[test]
+fn out_holding_another_run_or_other_files_is_refused_unless_resumed_or_forced() {
+    let dir = tmp("refuse");
+    let csv = msft_tail(&dir, "msft.csv", 400, |_, l| l.to_string());
+    let ck = dir.join("ck");
+    train(&csv, &["--epochs", "1", "--out", s(&ck)]).unwrap();
+    let state = std::fs::read(ck.join(checkpoint::STATE)).unwrap();
+    // A second run into the same --out would replace the first run's only resumable state.
+    let e = err(train(&csv, &["--epochs", "1", "--seed", "5", "--out", s(&ck)]));
+    assert!(e.contains(&format!("--out {} already holds a run that finished 1 of its 1 epochs", s(&ck))), "{e}");
+    assert!(e.contains(&format!("pass --resume {}", s(&ck))) && e.contains("--force") && e.contains("another --out"));
+    assert!(std::fs::read(ck.join(checkpoint::STATE)).unwrap() == state, "the refused run wrote over the checkpoint");
+    // Continuing it in place is what --resume is for.
+    train(&csv, &["--resume", s(&ck), "--epochs", "2"]).unwrap();
+    assert_eq!(checkpoint::load_meta(&ck).unwrap().resume.unwrap().state.next_epoch, 2);
+    // Into another run's checkpoint, a resume is refused too.
+    let other = dir.join("other");
+    train(&csv, &["--epochs", "1", "--out", s(&other)]).unwrap();
+    let e = err(train(&csv, &["--resume", s(&ck), "--epochs", "3", "--out", s(&other)]));
+    assert!(e.contains(&format!("--out {} already holds", s(&other))), "{e}");
+    // --force replaces it: a fresh run of one epoch.
+    train(&csv, &["--epochs", "1", "--seed", "5", "--out", s(&ck), "--force"]).unwrap();
+    let m = checkpoint::load_meta(&ck).unwrap();
+    assert_eq!((m.train.seed, m.resume.unwrap().state.next_epoch), (5, 1));
+    // A directory of someone's files is not a checkpoint directory; --force writes there anyway.
+    let mine = dir.join("mine");
+    std::fs::create_dir_all(&mine).unwrap();
+    std::fs::write(mine.join("notes.txt"), "mine").unwrap();
+    let e = err(train(&csv, &["--epochs", "1", "--out", s(&mine)]));
+    assert!(e.contains("holds 1 file(s) that are not a keel checkpoint (notes.txt)") && e.contains("--force"), "{e}");
+    assert!(!mine.join(checkpoint::META).exists());
+    train(&csv, &["--epochs", "1", "--out", s(&mine), "--force"]).unwrap();
+    assert_eq!(std::fs::read_to_string(mine.join("notes.txt")).unwrap(), "mine");
+    assert!(mine.join(checkpoint::META).exists());
+}
+
+#[test]
+fn an_unwritable_out_or_stats_json_is_found_before_training() {
+    let dir = tmp("unwritable");
+    let csv = msft_tail(&dir, "msft.csv", 400, |_, l| l.to_string());
+    // Tests run as root, where permission bits stop nothing: a path under a regular file cannot
+    // be created by anyone.
+    let file = dir.join("file");
+    std::fs::write(&file, "not a directory").unwrap();
+    let steps = std::cell::Cell::new(0u64);
+    let run = |extra: &[&str]| {
+        err(train_until(&csv, extra, |_| {
+            steps.set(steps.get() + 1);
+            false
+        })
+        .map(drop))
+    };
+    let out = file.join("ck");
+    let e = run(&["--epochs", "1", "--out", s(&out)]);
+    assert!(e.contains(&format!("--out {}", s(&out))) && e.contains("choose a writable --out"), "{e}");
+    let json = file.join("s.json");
+    let e = run(&["--epochs", "1", "--out", s(&dir.join("ck")), "--stats-json", s(&json)]);
+    assert!(e.contains(&format!("--stats-json {}: cannot write it", s(&json))), "{e}");
+    assert_eq!(steps.get(), 0, "training ran before the output paths were checked");
 }

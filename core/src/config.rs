@@ -11,6 +11,7 @@ use std::fmt;
 use thiserror::Error;
 
 pub mod reference;
+pub mod url;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -205,6 +206,18 @@ pub const BOOK_DEPTH_LIMITS: [u16; 8] = [5, 10, 20, 50, 100, 500, 1000, 5000];
 
 /// Binance's request weight budget per IP and minute (`REQUEST_WEIGHT` in `/api/v3/exchangeInfo`).
 pub const BINANCE_WEIGHT_PER_MINUTE: u32 = 6000;
+
+/// Hosts of Binance's production spot streams, whose ids are the ids that `api.binance.com` (the
+/// default `rest.url`) serves: `stream.binance.com` (ports 9443 and 443) and the market-data-only
+/// `data-stream.binance.vision`, the two base endpoints Binance's spot WebSocket documentation names.
+/// Deliberately not here, since their ids are not `api.binance.com`'s: the spot testnet
+/// (`stream.testnet.binance.vision`, REST at `testnet.binance.vision`), Binance.US (`stream.binance.us`,
+/// `api.binance.us`), the futures streams (`fstream.binance.com`, `fapi.binance.com`), and any other
+/// server (`keel exchange`, a relay, another venue). Any port is accepted.
+pub const BINANCE_STREAM_HOSTS: [&str; 2] = ["stream.binance.com", "data-stream.binance.vision"];
+
+/// Host of the default `rest.url`: Binance's production spot REST API.
+pub const BINANCE_REST_HOST: &str = "api.binance.com";
 
 /// `rest`: Binance's REST API, used to close aggTrade, trade and kline gaps and to fetch order-book snapshots. The
 /// `tls` settings apply to it as well.
@@ -618,6 +631,7 @@ impl Config {
             "one of 5, 10, 20, 50, 100, 500, 1000, 5000 (Binance's allowed depth limits)",
         );
         v.check(r.max_held_events > 0, "rest.max_held_events", &r.max_held_events, "> 0");
+        self.check_rest_serves_the_stream(&mut v);
 
         let c = &self.scaler;
         let positive_scale = |x: &ScaleChoice| match x {
@@ -728,6 +742,62 @@ impl Config {
         );
         v.finish()
     }
+
+    /// `rest.url` must be the REST API of the server `stream.url` points at. The default `rest.url`
+    /// is Binance's; with `stream.url` at another server (`--url wss://localhost:9443`) its trades,
+    /// trade ids and klines missed in a gap would be fetched from Binance and recorded under the
+    /// other server's ids, and its order books synced from Binance's snapshots. So when REST is
+    /// used (`rest.backfill`, or a diff-depth stream, whose book needs snapshots whatever
+    /// `rest.backfill` says), `stream.url` is not a Binance production stream host
+    /// ([`BINANCE_STREAM_HOSTS`]) and `rest.url` is still Binance's ([`BINANCE_REST_HOST`]), the
+    /// configuration is refused. A `rest.url` set to any other host is trusted to match.
+    fn check_rest_serves_the_stream(&self, v: &mut Validator) {
+        let (s, r) = (&self.stream, &self.rest);
+        let Ok(stream) = url::parse(&s.url) else { return };
+        let rest_is_binance = url::parse(&r.url).is_ok_and(|u| u.host_is(BINANCE_REST_HOST));
+        if !rest_is_binance || BINANCE_STREAM_HOSTS.iter().any(|h| stream.host_is(h)) {
+            return;
+        }
+        let depth: Vec<&str> = s.streams.iter().map(String::as_str).filter(|n| is_diff_depth(n)).collect();
+        let mut harm = Vec::new();
+        if r.backfill {
+            harm.push(
+                "rest.backfill (true) would fetch the trades and klines missed in a gap from Binance and record \
+                 them under that server's ids"
+                    .to_string(),
+            );
+        }
+        if !depth.is_empty() {
+            harm.push(format!("the order books of {} would be synced from Binance's snapshots", depth.join(", ")));
+        }
+        if harm.is_empty() {
+            return;
+        }
+        let mut fix = "set --rest-url (rest.url) to that server's REST API, https://HOST:PORT (`keel exchange` \
+                       prints its REST URL; --rest-port fixes the port)"
+            .to_string();
+        if depth.is_empty() {
+            fix.push_str(", or set rest.backfill: false (gaps are then reported as abandoned)");
+        }
+        v.check(
+            false,
+            "rest.url",
+            &crate::redact::redact_url(&r.url),
+            &format!(
+                "the REST API of the server that --url (stream.url) points at: stream.url = {} is not a Binance \
+                 production stream host ({}), and {}; {fix}",
+                crate::redact::redact_url(&s.url),
+                BINANCE_STREAM_HOSTS.join(", "),
+                harm.join(", and ")
+            ),
+        );
+    }
+}
+
+/// A diff-depth stream (`btcusdt@depth`, `@depth@100ms`, `@depth@1000ms`): its book starts from a
+/// REST snapshot. The partial-depth streams (`@depth5`...) are snapshots themselves.
+fn is_diff_depth(name: &str) -> bool {
+    name.split_once('@').is_some_and(|(_, kind)| matches!(kind, "depth" | "depth@100ms" | "depth@1000ms"))
 }
 
 #[derive(Default)]
@@ -801,9 +871,9 @@ mod tests {
 
     #[test]
     fn old_file_without_newer_sections_loads_with_defaults() {
-        let old = r#"(stream: (url: "wss://example.org:9443", streams: ["ethusdt@trade"]), reconnect: (initial_delay_ms: 500))"#;
+        let old = r#"(stream: (url: "wss://data-stream.binance.vision", streams: ["ethusdt@trade"]), reconnect: (initial_delay_ms: 500))"#;
         let cfg = Config::from_ron(old).expect("an old file must load");
-        assert_eq!(cfg.stream.url, "wss://example.org:9443");
+        assert_eq!(cfg.stream.url, "wss://data-stream.binance.vision");
         assert_eq!(cfg.reconnect.initial_delay_ms, 500);
         assert_eq!(cfg.reconnect.max_delay_ms, 60_000);
         assert_eq!(cfg.scaler, ScalerConfig::default());
@@ -899,6 +969,44 @@ mod tests {
         assert!(big.validate().is_err());
     }
 
+    /// `--url` at another server while `rest.url` is still Binance's: backfill would record Binance's
+    /// trades under that server's ids. Refused, naming both keys, both values and the fixes.
+    #[test]
+    fn another_stream_server_needs_its_own_rest_url() {
+        let err = Config::from_ron(r#"(stream: (url: "wss://localhost:9443"))"#).unwrap_err().to_string();
+        for needle in [
+            "rest.url = https://api.binance.com is invalid",
+            "--url (stream.url)",
+            "stream.url = wss://localhost:9443",
+            "(stream.binance.com, data-stream.binance.vision)",
+            "rest.backfill (true)",
+            "set --rest-url (rest.url) to that server's REST API, https://HOST:PORT",
+            "or set rest.backfill: false",
+        ] {
+            assert!(err.contains(needle), "{needle:?} missing from: {err}");
+        }
+        let ok = |text: &str| assert_eq!(Config::from_ron(text).map(|_| ()), Ok(()), "{text}");
+        let refused = |text: &str| match Config::from_ron(text) {
+            Err(ConfigError::Invalid(e)) if e.0.iter().any(|e| e.field == "rest.url") => e.to_string(),
+            other => panic!("{text}: expected a rest.url error, got {other:?}"),
+        };
+        // That server's own REST API, or no backfill; Binance's production stream hosts, any port or case.
+        ok(r#"(stream: (url: "wss://localhost:9443"), rest: (url: "https://localhost:9444"))"#);
+        ok(r#"(stream: (url: "wss://localhost:9443"), rest: (backfill: false))"#);
+        ok(r#"(stream: (url: "wss://localhost:9443", streams: ["btcusdt@depth5"]), rest: (backfill: false))"#);
+        ok(r#"(stream: (url: "wss://stream.binance.com:443"))"#);
+        ok(r#"(stream: (url: "wss://Stream.Binance.com.:9443"))"#);
+        ok(r#"(stream: (url: "wss://data-stream.binance.vision"))"#);
+        // The testnet has its own ids; Binance's REST written out in full is still Binance's.
+        refused(r#"(stream: (url: "wss://stream.testnet.binance.vision"))"#);
+        refused(r#"(stream: (url: "wss://localhost:9443"), rest: (url: "https://API.binance.com:443/"))"#);
+        // A diff-depth book needs snapshots whatever rest.backfill says: only rest.url fixes it.
+        let depth = refused(
+            r#"(stream: (url: "wss://localhost:9443", streams: ["btcusdt@depth@100ms"]), rest: (backfill: false))"#,
+        );
+        assert!(depth.contains("order books of btcusdt@depth@100ms") && !depth.contains("rest.backfill"), "{depth}");
+    }
+
     /// Each bad value, written as a RON fragment, and the field its error must name.
     const BAD_VALUES: &[(&str, &str)] = &[
         (r#"stream: (url: "http://x")"#, "stream.url"),
@@ -941,6 +1049,7 @@ mod tests {
         (r#"tls: (ca_file: Some(""))"#, "tls.ca_file"),
         (r#"rest: (url: "http://api.binance.com")"#, "rest.url"),
         (r#"rest: (url: "https://")"#, "rest.url"),
+        (r#"stream: (url: "wss://localhost:9443")"#, "rest.url"),
         ("rest: (weight_per_minute: 0)", "rest.weight_per_minute"),
         ("rest: (weight_per_minute: 6001)", "rest.weight_per_minute"),
         ("rest: (book_depth_limit: 1001)", "rest.book_depth_limit"),

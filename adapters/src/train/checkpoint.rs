@@ -234,6 +234,91 @@ pub fn check_target(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Files a run writes into its checkpoint directory (the loss plot is written by `keel train`).
+const RUN_FILES: [&str; 4] = [META, WEIGHTS, STATE, "loss.png"];
+
+/// Checks, before any training, that a run may write its checkpoint to `dir` (`--out`): the
+/// structural rules of [`check_target`], and that nothing there would be lost. A run replaces its
+/// checkpoint directory at every save, so `dir` must be new, empty, or hold only the loss plot of a
+/// failed run; or it is the checkpoint `resume_from` continues. A checkpoint of another run (the
+/// only copy of its resumable state) or unrelated files are refused unless `force`.
+pub fn check_out(dir: &Path, resume_from: Option<&Path>, force: bool) -> anyhow::Result<()> {
+    check_target(dir)?;
+    if force || !dir.is_dir() {
+        return Ok(());
+    }
+    let same = |a: &Path| matches!((a.canonicalize(), dir.canonicalize()), (Ok(a), Ok(b)) if a == b);
+    if resume_from.is_some_and(same) {
+        return Ok(());
+    }
+    if dir.join(META).exists() {
+        let what = match load_meta(dir).ok().and_then(|m| m.resume.map(|r| (r.state.next_epoch, m.train.epochs))) {
+            Some((done, of)) => format!("a run that finished {done} of its {of} epochs"),
+            None => "a checkpoint".to_string(),
+        };
+        anyhow::bail!(
+            "--out {} already holds {what} ({}): this run would replace it; pass --resume {} to continue that run, \
+             --force to replace it, or choose another --out",
+            dir.display(),
+            dir.join(META).display(),
+            dir.display()
+        );
+    }
+    let mut others: Vec<String> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot list --out {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|n| !RUN_FILES.contains(&n.as_str()))
+        .collect();
+    if !others.is_empty() {
+        others.sort();
+        let n = others.len();
+        others.truncate(5);
+        anyhow::bail!(
+            "--out {} holds {n} file(s) that are not a keel checkpoint ({}{}): a run writes {} there and replaces \
+             the directory at every save; choose a new or empty directory, or pass --force to write there anyway \
+             (other files are carried over, files of those names replaced)",
+            dir.display(),
+            others.join(", "),
+            if n > others.len() { ", ..." } else { "" },
+            RUN_FILES.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Makes sure, before any training, that a save of `dir` can happen: creates its parent, creates
+/// and removes the temporary directory a save writes into, and creates and removes a file in
+/// `dir` if it exists (the previous checkpoint's files are removed after the swap). Without this,
+/// an unwritable `--out` was found only at the first save, after an epoch of training.
+pub fn probe_out(dir: &Path) -> anyhow::Result<()> {
+    let fix = "choose a writable --out";
+    let tmp = sibling(dir, "keel-tmp")?;
+    let parent = tmp.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).with_context(|| {
+        format!("--out {}: cannot create its parent directory {}; {fix}", dir.display(), parent.display())
+    })?;
+    if tmp.exists() {
+        // A save that died part-way; the next save would discard it too.
+        std::fs::remove_dir_all(&tmp)
+            .with_context(|| format!("--out {}: cannot remove the partial save {}", dir.display(), tmp.display()))?;
+    }
+    std::fs::create_dir(&tmp).with_context(|| {
+        format!(
+            "--out {}: cannot create a directory beside it ({}, where saves are written); {fix}",
+            dir.display(),
+            tmp.display()
+        )
+    })?;
+    std::fs::remove_dir(&tmp).with_context(|| format!("--out {}: cannot remove {}", dir.display(), tmp.display()))?;
+    if dir.is_dir() {
+        let probe = dir.join(".keel-write-probe");
+        std::fs::File::create(&probe)
+            .and_then(|_| std::fs::remove_file(&probe))
+            .with_context(|| format!("--out {}: cannot create and remove a file in it; {fix}", dir.display()))?;
+    }
+    Ok(())
+}
+
 /// Removes the checkpoint files of `dir` (the metadata first: without it nothing loads the rest),
 /// keeping its other files; for a run whose weights must not be used. Absent files are no error.
 pub fn discard(dir: &Path) -> anyhow::Result<()> {

@@ -133,6 +133,10 @@ pub struct TrainArgs {
     /// change --epochs and --patience, and --data must be the run's data.
     #[arg(long, value_name = "DIR")]
     pub resume: Option<PathBuf>,
+    /// Write into --out even when it holds another run's checkpoint or other files (refused
+    /// otherwise: a run replaces the directory at every save).
+    #[arg(long)]
+    pub force: bool,
     /// Write TrainingStats plus test/baseline errors as JSON here.
     #[arg(long)]
     pub stats_json: Option<PathBuf>,
@@ -381,17 +385,23 @@ pub fn run_until(args: TrainArgs, stop: impl Fn(u64) -> bool) -> anyhow::Result<
         None => resolve_config(&args)?,
     };
     let out = args.out.clone().or_else(|| args.resume.clone()).unwrap_or_else(|| PathBuf::from("checkpoints"));
-    checkpoint::check_target(&out)?;
+    checkpoint::check_out(&out, args.resume.as_deref(), args.force)?;
     let dev = device(args.device)?;
     let t = &cfg.train;
     model::informer::check_dtype(amp::dtype_of(t.dtype), &dev)?;
     let table = data::load(&args.data, args.include_open_candle)?;
     let w =
         data::Windows { seq_len: t.seq_len as usize, label_len: t.label_len as usize, pred_len: t.pred_len as usize };
-    let ds = data::prepare(&table, &t.target, t.features, w)?;
+    let ds = data::prepare(&table, &t.target, t.features, w)
+        .with_context(|| format!("--data {} ({} rows)", args.data.display(), table.rows.len()))?;
     let shape = data_shape(table.rows.len(), &ds);
     if let Some((meta, _)) = &resume {
         check_resume_data(&args.data, meta, shape, &ds)?;
+    }
+    // The data is good: now that training would start, find out whether its results can be written.
+    checkpoint::probe_out(&out)?;
+    if let Some(p) = &args.stats_json {
+        probe_file(p, "--stats-json")?;
     }
     let mcfg = trainer::model_config(t, &ds.norm);
     let opts = trainer::RunOptions {
@@ -517,6 +527,22 @@ pub fn run_until(args: TrainArgs, stop: impl Fn(u64) -> bool) -> anyhow::Result<
     println!("checkpoint      {}", out.display());
     println!("plot            {}", plot_path.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// Checks that the file `path` (given by `flag`) can be written, without changing it: an existing
+/// file is opened for appending, an absent one created and removed. Run before training, so that a
+/// bad path costs no training time.
+fn probe_file(path: &Path, flag: &str) -> anyhow::Result<()> {
+    let fix = "choose a writable path in an existing directory";
+    if path.is_dir() {
+        anyhow::bail!("{flag} {} is a directory; name a file", path.display());
+    }
+    let opened = if path.exists() {
+        std::fs::OpenOptions::new().append(true).open(path).map(drop)
+    } else {
+        std::fs::OpenOptions::new().write(true).create_new(true).open(path).and_then(|_| std::fs::remove_file(path))
+    };
+    opened.with_context(|| format!("{flag} {}: cannot write it; {fix}", path.display()))
 }
 
 /// Forecast `(pred_len, c_out)` standardized values after the last row of `values`/`times_ms`

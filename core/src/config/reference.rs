@@ -146,8 +146,8 @@ pub const KEYS: &[KeyDoc] = &[
     ),
     key!(
         rest.url,
-        "https:// URL (TLS is mandatory)",
-        "Base URL of Binance's REST API (`/api/v3/aggTrades`, `/api/v3/historicalTrades`, `/api/v3/klines`, `/api/v3/depth`); point it at `keel exchange` for offline runs. The `tls` settings apply to it too."
+        "https:// URL (TLS is mandatory); not api.binance.com when stream.url is another server's (unless rest.backfill is false and no diff-depth stream is listed)",
+        "Base URL of Binance's REST API (`/api/v3/aggTrades`, `/api/v3/historicalTrades`, `/api/v3/klines`, `/api/v3/depth`); point it at `keel exchange` (the REST URL it prints) for offline runs. Left at Binance's while stream.url points at a server other than stream.binance.com or data-stream.binance.vision, the configuration is refused: gaps would be filled with Binance's trades under that server's ids. The `tls` settings apply to it too."
     ),
     key!(
         rest.weight_per_minute,
