@@ -467,3 +467,15 @@ fn predict_refuses_non_finite_weights_and_a_non_finite_forecast_naming_them() {
     let e = format!("{:#}", keel::train::predict_file(&huge, &csv, &dev, false).unwrap_err());
     assert!(e.contains("the forecast of") && e.contains("for Close at") && e.contains("check them"), "{e}");
 }
+
+#[test]
+fn evaluating_no_batch_is_an_error_not_a_perfect_score() {
+    // `--max-batches 0` (refused by the flag now) evaluated nothing and reported MSE 0.0000.
+    let cfg = small(ComputeDtype::F32);
+    let ds = data::prepare(&msft_tail(400), "Close", Features::MS, windows(&cfg)).unwrap();
+    let mut tr = Trainer::new(&model_config(&cfg, &ds.norm), &cfg, &ScalerConfig::default(), opts(0)).unwrap();
+    let e = tr.evaluate(&ds.test, &ds.norm).unwrap_err().to_string();
+    assert!(e.contains("no window was evaluated") && e.contains("max_batches Some(0)"), "{e}");
+    let e = tr.fit(&ds).unwrap_err().to_string();
+    assert!(e.contains("no window was evaluated"), "{e}");
+}

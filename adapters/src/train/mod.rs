@@ -95,31 +95,31 @@ pub struct TrainArgs {
     #[arg(long, value_enum)]
     pub dtype: Option<DtypeArg>,
     /// Maximum epochs.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub epochs: Option<u32>,
     /// Windows per batch.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub batch_size: Option<u32>,
     /// Model size preset (overrides the config's d_model, n_heads, d_ff).
     #[arg(long, value_enum)]
     pub model_size: Option<ModelSize>,
     /// Encoder input length.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub seq_len: Option<u32>,
     /// Known steps fed to the decoder.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub label_len: Option<u32>,
     /// Steps to forecast.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub pred_len: Option<u32>,
     /// Learning rate (halved after every epoch).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub lr: Option<f64>,
     /// Early-stopping patience in epochs.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub patience: Option<u32>,
     /// Seed of weight init, dropout, sampling and shuffling.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub seed: Option<u64>,
     /// keel.ron whose `scaler` and `train` sections apply (flags override them).
     #[arg(long)]
@@ -146,8 +146,8 @@ pub struct TrainArgs {
     /// Pin the loss scale at 1 (f32 only; overflow checks and skips stay on).
     #[arg(long)]
     pub no_scaler: bool,
-    /// Cap training batches per epoch and evaluation batches (quick runs).
-    #[arg(long)]
+    /// Cap training batches per epoch and evaluation batches (quick runs; at least 1).
+    #[arg(long, allow_negative_numbers = true, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_batches: Option<usize>,
     /// Kline data: also use the still-open newest candle.
     #[arg(long)]
@@ -210,6 +210,12 @@ fn apply_flags(mut cfg: Config, args: &TrainArgs) -> anyhow::Result<Config> {
             ModelSize::Small => (64, 4, 256),
             ModelSize::Base => (512, 8, 2048),
         };
+    }
+    // The config's own check names train.learning_rate; a flag's error names the flag.
+    if let Some(lr) = args.lr
+        && !(lr.is_finite() && lr > 0.0)
+    {
+        anyhow::bail!("--lr must be > 0, got {lr}");
     }
     macro_rules! set {
         ($($flag:ident => $field:ident),*) => { $(if let Some(v) = args.$flag.clone() { t.$field = v; })* };
@@ -611,7 +617,8 @@ pub fn predict_file(
     let (meta, model, _) = checkpoint::load(checkpoint_dir, dev)?;
     let table = data::load(data_path, open_candle)?;
     let values = standardize(&table, &meta.normalization)?;
-    let (times, y) = forecast(&model, &values, &table.times_ms, dev)?;
+    let (times, y) =
+        forecast(&model, &values, &table.times_ms, dev).with_context(|| format!("--data {}", data_path.display()))?;
     let norm = &meta.normalization;
     let out_cols = &norm.columns[norm.out_start()..];
     let mut text = format!("date,{}\n", out_cols.join(","));
@@ -686,6 +693,19 @@ mod tests {
         assert_eq!((c.train.features, c.train.target.as_str()), (Features::S, "Open"));
         let e = resolve_config(&args(&["--seq-len", "8", "--label-len", "16"])).unwrap_err().to_string();
         assert!(e.contains("label_len 16 must not exceed seq_len 8"), "{e}");
+    }
+
+    #[test]
+    fn zero_batches_and_negative_numbers_get_the_flags_own_message() {
+        let e = Cli::try_parse_from(["keel", "--data", "x.csv", "--max-batches", "0"]).err().unwrap().to_string();
+        assert!(e.contains("--max-batches") && e.contains("0 is not in 1.."), "{e}");
+        // A negative number is a value (clap took "-1" for a flag), and keel's range check names it.
+        let e = resolve_config(&args(&["--lr", "-1"])).unwrap_err().to_string();
+        assert_eq!(e, "--lr must be > 0, got -1");
+        let e = resolve_config(&args(&["--lr", "0"])).unwrap_err().to_string();
+        assert_eq!(e, "--lr must be > 0, got 0");
+        let e = Cli::try_parse_from(["keel", "--data", "x.csv", "--epochs", "-2"]).err().unwrap().to_string();
+        assert!(e.contains("invalid value '-2' for '--epochs"), "{e}");
     }
 
     #[test]

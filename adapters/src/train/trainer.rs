@@ -398,7 +398,17 @@ impl Trainer {
             e.baseline_mae += sum(base.abs()?)?;
             n += k;
         }
-        let n = n.max(1) as f64;
+        if n == 0 {
+            // Means over nothing: 0/1 reported a perfect model (test MSE 0.0000) for a run that
+            // evaluated no window.
+            anyhow::bail!(
+                "no window was evaluated ({} windows, batch size {bs}, max_batches {:?}): every error would be \
+                 made up; give --max-batches at least 1 and data with windows in each part",
+                split.len(),
+                self.opts.max_batches
+            );
+        }
+        let n = n as f64;
         Ok(Errors {
             mse: e.mse / n,
             mae: e.mae / n,

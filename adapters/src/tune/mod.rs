@@ -54,10 +54,10 @@ pub struct TuneArgs {
     #[arg(long)]
     pub data: PathBuf,
     /// Total trials of the search (with --resume, finished trials count toward it).
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..))]
     pub trials: u32,
     /// Start no new trial after this many seconds (a running trial finishes).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub timeout: Option<u64>,
     /// Directory for trials.jsonl and best.ron.
     #[arg(long, default_value = "tune")]
@@ -78,25 +78,25 @@ pub struct TuneArgs {
     #[arg(long, value_enum)]
     pub dtype: Option<DtypeArg>,
     /// Steps to forecast.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub pred_len: Option<u32>,
     /// Epochs per trial (short: trials compare, they do not finish training).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, allow_negative_numbers = true)]
     pub epochs: u32,
-    /// Cap on training batches per epoch and evaluation batches per trial.
-    #[arg(long, default_value_t = 16)]
+    /// Cap on training batches per epoch and evaluation batches per trial (at least 1).
+    #[arg(long, default_value_t = 16, allow_negative_numbers = true, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_batches: usize,
     /// A trial whose scaler resets more often than this is failed.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, allow_negative_numbers = true)]
     pub max_resets: u64,
     /// Largest d_model to try.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, allow_negative_numbers = true)]
     pub max_d_model: u32,
     /// Largest seq_len to try.
-    #[arg(long, default_value_t = 96)]
+    #[arg(long, default_value_t = 96, allow_negative_numbers = true)]
     pub max_seq_len: u32,
     /// Seed of the sampler (trials share the config's model seed, so they compare fairly).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub seed: u64,
     /// Kline data: also use the still-open newest candle.
     #[arg(long)]
@@ -380,7 +380,11 @@ fn train_trial(table: &Table, setup: &TrialSetup, p: &TrialParams, rec: &mut Tri
     let fitted = tr.fit(&ds);
     rec.stats = serde_json::to_value(tr.driver.stats())?;
     rec.nan_losses = tr.state.nan_losses;
-    let report = fitted?;
+    // A run without a finite validation loss is a failed trial in the search's words (NaN loss).
+    let report = fitted.map_err(|e| match e.downcast_ref::<trainer::Diverged>() {
+        Some(d) => anyhow::anyhow!("NaN loss: {d}"),
+        None => e,
+    })?;
     rec.val_loss = finite(report.best_val_loss);
     rec.test_mse = finite(report.test_mse);
     rec.epochs_run = report.epochs_run;
@@ -598,6 +602,30 @@ pub fn run(args: TuneArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: TuneArgs,
+    }
+
+    #[test]
+    fn zero_trials_and_zero_batches_are_refused_by_the_flags() {
+        use clap::Parser;
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["keel", "--data", "x.csv"];
+            argv.extend_from_slice(extra);
+            Cli::try_parse_from(argv).map(|c| c.args).map_err(|e| e.to_string())
+        };
+        // Zero trials ran none and then said "every trial failed".
+        let e = parse(&["--trials", "0"]).unwrap_err();
+        assert!(e.contains("--trials") && e.contains("0 is not in 1.."), "{e}");
+        let e = parse(&["--max-batches", "0"]).unwrap_err();
+        assert!(e.contains("--max-batches") && e.contains("0 is not in 1.."), "{e}");
+        let e = parse(&["--trials", "-3"]).unwrap_err();
+        assert!(e.contains("invalid value '-3' for '--trials"), "{e}");
+        assert_eq!(parse(&["--trials", "1", "--max-batches", "1"]).unwrap().trials, 1);
+    }
 
     fn rec(number: u32, status: TrialStatus, val: Option<f64>) -> TrialRecord {
         TrialRecord {
