@@ -120,6 +120,79 @@ pub enum DataError {
         /// The cell.
         value: String,
     },
+    /// Two header cells name the same column.
+    #[error(
+        "{path}: column \"{column}\" appears twice in the header (columns {first} and {second}); rename or drop one"
+    )]
+    DuplicateColumn {
+        /// The file.
+        path: String,
+        /// The repeated name.
+        column: String,
+        /// 1-based position of its first appearance.
+        first: usize,
+        /// 1-based position of the repeat.
+        second: usize,
+    },
+    /// A row's time is the time of the row before it.
+    #[error(
+        "{path}: line {line} repeats the time {value} of line {prev_line}{}; remove the duplicate rows (each time \
+         may appear once)",
+        more_rows(*.more)
+    )]
+    DuplicateTime {
+        /// The file.
+        path: String,
+        /// 1-based line of the repeat.
+        line: usize,
+        /// The date cell.
+        value: String,
+        /// 1-based line of the row before it.
+        prev_line: usize,
+        /// Further rows whose time does not increase.
+        more: usize,
+    },
+    /// A row's time is earlier than the time of the row before it.
+    #[error(
+        "{path}: line {line} ({value}) is earlier than line {prev_line} ({prev_value}){}; rows must be in \
+         increasing time order (the 70/10/20 split and the calendar features assume it): sort the file by its date \
+         column",
+        more_rows(*.more)
+    )]
+    OutOfOrder {
+        /// The file.
+        path: String,
+        /// 1-based line.
+        line: usize,
+        /// Its date cell.
+        value: String,
+        /// 1-based line of the row before it.
+        prev_line: usize,
+        /// That row's date cell.
+        prev_value: String,
+        /// Further rows whose time does not increase.
+        more: usize,
+    },
+    /// The file has a header and no rows.
+    #[error("{path} has a header but no data rows; give a file with data")]
+    Empty {
+        /// The file or directory.
+        path: String,
+    },
+    /// Kline data in which no candle closed (only closed candles are used unless asked).
+    #[error(
+        "{path}: {rows} kline rows were read, all of still-open candles ({candles} candle(s) with is_closed = 0), and \
+         training uses closed candles only; record until candles close (a 1m candle closes every minute), or pass \
+         --include-open-candle to use the newest open candle too"
+    )]
+    OnlyOpenCandles {
+        /// The file or directory.
+        path: String,
+        /// Rows read.
+        rows: usize,
+        /// Distinct open candles among them.
+        candles: usize,
+    },
     /// The target column does not exist.
     #[error("target column \"{target}\" is not in the data; columns are {columns:?} (use --target)")]
     UnknownTarget {
@@ -143,6 +216,11 @@ pub enum DataError {
         /// Forecast length.
         pred_len: usize,
     },
+}
+
+/// `, and N more rows out of order` when `more > 0`.
+fn more_rows(more: usize) -> String {
+    if more == 0 { String::new() } else { format!(" (and {more} more row(s) whose time does not increase)") }
 }
 
 /// A validated table: timestamps (ms since the epoch, UTC) and rows of finite numbers.
@@ -173,12 +251,12 @@ pub fn load(path: &Path, include_open_candle: bool) -> Result<Table, DataError> 
         for f in &files {
             all.extend(read_kline_rows(f)?);
         }
-        return Ok(klines_to_table(all, include_open_candle));
+        return klines_to_table(path, all, include_open_candle);
     }
     let header = read_header(path)?;
     if header.iter().map(String::as_str).eq(KLINE_HEADER.iter().copied()) {
         let rows = read_kline_rows(path)?;
-        return Ok(klines_to_table(rows, include_open_candle));
+        return klines_to_table(path, rows, include_open_candle);
     }
     read_informer_csv(path)
 }
@@ -202,9 +280,30 @@ fn read_header(path: &Path) -> Result<Vec<String>, DataError> {
     Ok(h.iter().map(str::to_string).collect())
 }
 
+/// The file's bytes and a CSV reader over them (with [`reader`]'s settings); the bytes give each
+/// record its line ([`line_of`]).
+fn read_all(path: &Path) -> Result<Vec<u8>, DataError> {
+    std::fs::read(path).map_err(|e| io_err(path, e))
+}
+
+fn reader_of(bytes: &[u8]) -> csv::Reader<&[u8]> {
+    csv::ReaderBuilder::new().has_headers(true).flexible(true).trim(csv::Trim::All).from_reader(bytes)
+}
+
+/// The 1-based line the record `rec` of `bytes` is on. Blank lines and quoted line breaks make it
+/// differ from the row number + 1. The csv reader dates a record where the previous one ended,
+/// before the blank lines it then skips: those are counted here from the record's byte offset
+/// (a CRLF's `\n` is consumed with the next record, and counted the same way).
+fn line_of(bytes: &[u8], rec: &csv::StringRecord, row: usize) -> usize {
+    let Some(p) = rec.position() else { return row + 1 };
+    let rest = bytes.get(p.byte() as usize..).unwrap_or_default();
+    let blank = rest.iter().take_while(|&&b| b == b'\n' || b == b'\r').filter(|&&b| b == b'\n').count();
+    p.line() as usize + blank
+}
+
 /// Parses a number cell, telling empty, non-numeric and non-finite cells apart.
-fn parse_cell(path: &Path, row: usize, column: &str, cell: &str) -> Result<f64, DataError> {
-    let (p, line, column) = (path.display().to_string(), row + 1, column.to_string());
+fn parse_cell(path: &Path, row: usize, line: usize, column: &str, cell: &str) -> Result<f64, DataError> {
+    let (p, column) = (path.display().to_string(), column.to_string());
     if cell.is_empty() {
         return Err(DataError::EmptyCell { path: p, row, line, column });
     }
@@ -232,21 +331,36 @@ pub fn parse_time(cell: &str) -> Option<i64> {
 }
 
 fn read_informer_csv(path: &Path) -> Result<Table, DataError> {
-    let mut r = reader(path)?;
+    let bytes = read_all(path)?;
+    let mut r = reader_of(&bytes);
     let header: Vec<String> = r.headers().map_err(|e| io_err(path, e))?.iter().map(str::to_string).collect();
     if header.len() < 2 || header.iter().any(String::is_empty) {
         return Err(DataError::BadHeader { path: path.display().to_string(), header });
     }
+    for (j, name) in header.iter().enumerate() {
+        if let Some(i) = header[..j].iter().position(|h| h == name) {
+            return Err(DataError::DuplicateColumn {
+                path: path.display().to_string(),
+                column: name.clone(),
+                first: i + 1,
+                second: j + 1,
+            });
+        }
+    }
     let columns = header[1..].to_vec();
     let (mut times_ms, mut rows) = (Vec::new(), Vec::new());
+    // The previous row's (line, date cell), and the first row whose time does not increase.
+    let mut prev: Option<(usize, String)> = None;
+    let (mut disorder, mut more): (Option<DataError>, usize) = (None, 0);
     for (i, rec) in r.records().enumerate() {
         let row = i + 1;
         let rec = rec.map_err(|e| io_err(path, e))?;
+        let line = line_of(&bytes, &rec, row);
         if rec.len() != header.len() {
             return Err(DataError::RowLength {
                 path: path.display().to_string(),
                 row,
-                line: row + 1,
+                line,
                 found: rec.len(),
                 expected: header.len(),
             });
@@ -255,16 +369,41 @@ fn read_informer_csv(path: &Path) -> Result<Table, DataError> {
         let t = parse_time(date).ok_or_else(|| DataError::BadDate {
             path: path.display().to_string(),
             row,
-            line: row + 1,
+            line,
             column: header[0].clone(),
             value: date.to_string(),
         })?;
         let mut values = Vec::with_capacity(columns.len());
         for (c, cell) in rec.iter().skip(1).enumerate() {
-            values.push(parse_cell(path, row, &columns[c], cell)?);
+            values.push(parse_cell(path, row, line, &columns[c], cell)?);
         }
+        if let (Some(&last), Some((prev_line, prev_value))) = (times_ms.last(), &prev)
+            && t <= last
+        {
+            if disorder.is_some() {
+                more += 1;
+            } else {
+                let (path, prev_line, value) = (path.display().to_string(), *prev_line, date.to_string());
+                disorder = Some(if t == last {
+                    DataError::DuplicateTime { path, line, value, prev_line, more: 0 }
+                } else {
+                    DataError::OutOfOrder { path, line, value, prev_line, prev_value: prev_value.clone(), more: 0 }
+                });
+            }
+        }
+        prev = Some((line, date.to_string()));
         times_ms.push(t);
         rows.push(values);
+    }
+    // The split takes the first 70 % as the past and windows assume steps forward in time.
+    if let Some(mut e) = disorder {
+        if let DataError::DuplicateTime { more: m, .. } | DataError::OutOfOrder { more: m, .. } = &mut e {
+            *m = more;
+        }
+        return Err(e);
+    }
+    if rows.is_empty() {
+        return Err(DataError::Empty { path: path.display().to_string() });
     }
     Ok(Table { columns, times_ms, rows })
 }
@@ -277,34 +416,39 @@ fn read_kline_rows(path: &Path) -> Result<Vec<KlineRow>, DataError> {
     if !header.iter().map(String::as_str).eq(KLINE_HEADER.iter().copied()) {
         return Err(DataError::BadHeader { path: path.display().to_string(), header });
     }
-    let mut r = reader(path)?;
+    let bytes = read_all(path)?;
+    let mut r = reader_of(&bytes);
     let mut out = Vec::new();
     for (i, rec) in r.records().enumerate() {
         let row = i + 1;
         let rec = rec.map_err(|e| io_err(path, e))?;
+        let line = line_of(&bytes, &rec, row);
         if rec.len() != KLINE_HEADER.len() {
             return Err(DataError::RowLength {
                 path: path.display().to_string(),
                 row,
-                line: row + 1,
+                line,
                 found: rec.len(),
                 expected: KLINE_HEADER.len(),
             });
         }
-        let open_time = parse_cell(path, row, "open_time", &rec[1])?;
+        let open_time = parse_cell(path, row, line, "open_time", &rec[1])?;
         let mut v = [0.0; 5];
         for (k, slot) in v.iter_mut().enumerate() {
-            *slot = parse_cell(path, row, KLINE_HEADER[4 + k], &rec[4 + k])?;
+            *slot = parse_cell(path, row, line, KLINE_HEADER[4 + k], &rec[4 + k])?;
         }
-        let closed = parse_cell(path, row, "is_closed", &rec[10])? != 0.0;
+        let closed = parse_cell(path, row, line, "is_closed", &rec[10])? != 0.0;
         out.push((open_time as i64, closed, v));
     }
     Ok(out)
 }
 
 /// Keeps the last closed row per `open_time`, sorted; the still-open newest candle (no closed row,
-/// newer than every closed one) is kept only when asked, from its last update.
-fn klines_to_table(rows: Vec<KlineRow>, include_open_candle: bool) -> Table {
+/// newer than every closed one) is kept only when asked, from its last update. `path` (the file
+/// or directory read) names the data when nothing is left: no rows at all, or open candles only
+/// (a recording shorter than one candle), which would otherwise surface as "0 rows are too few".
+fn klines_to_table(path: &Path, rows: Vec<KlineRow>, include_open_candle: bool) -> Result<Table, DataError> {
+    let n_rows = rows.len();
     let mut closed: BTreeMap<i64, [f64; 5]> = BTreeMap::new();
     let mut open: BTreeMap<i64, [f64; 5]> = BTreeMap::new();
     for (t, is_closed, v) in rows {
@@ -322,11 +466,18 @@ fn klines_to_table(rows: Vec<KlineRow>, include_open_candle: bool) -> Table {
             closed.insert(t, v);
         }
     }
-    Table {
+    let p = path.display().to_string();
+    if n_rows == 0 {
+        return Err(DataError::Empty { path: p });
+    }
+    if closed.is_empty() {
+        return Err(DataError::OnlyOpenCandles { path: p, rows: n_rows, candles: open.len() });
+    }
+    Ok(Table {
         columns: ["open", "high", "low", "close", "volume"].iter().map(|s| s.to_string()).collect(),
         times_ms: closed.keys().copied().collect(),
         rows: closed.values().map(|v| v.to_vec()).collect(),
-    }
+    })
 }
 
 /// Calendar features of a timestamp, each scaled to [-0.5, 0.5] (Informer's `timeF` encoding).
@@ -526,6 +677,66 @@ mod tests {
             let e = load(&write(name, text), false).unwrap_err().to_string();
             assert!(e.contains(want), "{name}: {e}");
         }
+    }
+
+    #[test]
+    fn lines_count_blank_lines_and_quoted_line_breaks() {
+        // Rows 1 and 2 are on lines 2 and 5 (two blank lines between); row 3 starts on line 6 and
+        // its quoted cell spans two lines, so row 4 is on line 8. Also with CRLF line ends.
+        let text = "date,a,b\n2020-01-01,1,0\n\n\n2020-01-02,2,0\n2020-01-03,\"3\n\",0\n2020-01-04,NaN,0\n";
+        let e = load(&write("lines", text), false).unwrap_err().to_string();
+        assert!(e.contains("row 4 (line 8), column \"a\""), "{e}");
+        let e = load(&write("crlf", &text.replace('\n', "\r\n")), false).unwrap_err().to_string();
+        assert!(e.contains("row 4 (line 8), column \"a\""), "{e}");
+        let text = "date,a\n2020-01-01,1\n\n\n2020-01-02,2\n2020-01-03,3\n\n2020-01-04,NaN\n";
+        let e = load(&write("blank", text), false).unwrap_err().to_string();
+        assert!(e.contains("row 4 (line 8), column \"a\""), "{e}");
+    }
+
+    #[test]
+    fn times_must_increase_and_column_names_be_unique() {
+        let cases = [
+            (
+                "reversed",
+                "date,a\n2020-01-03,1\n2020-01-02,2\n2020-01-01,3\n",
+                "line 3 (2020-01-02) is earlier than line 2 (2020-01-03) (and 1 more row(s) whose time does not \
+                 increase); rows must be in increasing time order",
+            ),
+            (
+                "duplicate",
+                "date,a\n2020-01-01,1\n2020-01-02,2\n\n2020-01-02,2\n2020-01-03,3\n",
+                "line 5 repeats the time 2020-01-02 of line 3; remove the duplicate rows",
+            ),
+            ("header", "date,a,b,a\n2020-01-01,1,2,3\n", "column \"a\" appears twice in the header (columns 2 and 4)"),
+            ("empty", "date,a\n", "has a header but no data rows"),
+        ];
+        for (name, text, want) in cases {
+            let p = write(name, text);
+            let e = load(&p, false).unwrap_err().to_string();
+            assert!(e.contains(want) && e.contains(&p.display().to_string()), "{name}: {e}");
+        }
+        // The same times a second apart are in order.
+        let t = load(&write("seconds", "date,a\n2020-01-01 00:00:00,1\n2020-01-01 00:00:01,2\n"), false).unwrap();
+        assert_eq!(t.times_ms[1] - t.times_ms[0], 1000);
+    }
+
+    #[test]
+    fn kline_data_without_a_closed_candle_says_so() {
+        let h = KLINE_HEADER.join(",");
+        let rows: String = (0..30)
+            .map(|i| format!("{i},{},{},1m,1,2,0.5,1.5,10,3,0\n", i / 10 * 60_000, i / 10 * 60_000 + 59_999))
+            .collect();
+        let p = write("open", &format!("{h}\n{rows}"));
+        let e = load(&p, false).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("{}: 30 kline rows were read, all of still-open candles (3 candle(s)", p.display())),
+            "{e}"
+        );
+        assert!(e.contains("--include-open-candle"), "{e}");
+        let e = load(p.parent().unwrap(), false).unwrap_err().to_string();
+        assert!(e.contains("30 kline rows were read"), "{e}");
+        let e = load(&write("kempty", &format!("{h}\n")), false).unwrap_err().to_string();
+        assert!(e.contains("has a header but no data rows"), "{e}");
     }
 
     #[test]
