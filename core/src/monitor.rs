@@ -146,25 +146,40 @@ impl std::fmt::Display for MonitorEvent {
             MonitorEvent::Reset(d) => {
                 let why = match &d.reason {
                     ResetReason::ConsecutiveOverflows { count } => format!("{count} overflows in a row"),
-                    ResetReason::AnomalousEpochs { epochs } => format!("anomalous epochs {epochs:?}"),
+                    ResetReason::AnomalousEpochs { epochs } => {
+                        format!("anomalous epochs {}", epochs.iter().map(u32::to_string).collect::<Vec<_>>().join(", "))
+                    }
                 };
                 write!(
                     f,
-                    "epoch {} step {}: loss scale reset from {} ({why}; recent overflow rate {:.3}, last grad norm {:?})",
-                    d.epoch, d.step, d.scale_before, d.recent_overflow_rate, d.last_grad_norm
+                    "epoch {} step {}: loss scale reset from {} ({why}; recent overflow rate {:.3}, last grad norm {})",
+                    d.epoch,
+                    d.step,
+                    d.scale_before,
+                    d.recent_overflow_rate,
+                    norm_text(d.last_grad_norm)
                 )
             }
             MonitorEvent::OverflowAtMinScale { step, min_scale, overflows, last_grad_norm } => write!(
                 f,
                 "step {step}: {overflows} overflows in a row at the minimum loss scale {min_scale} (last grad norm \
-                 {last_grad_norm:?}): loss scaling is not the cause; look for NaN/inf in the input data, the weights \
-                 (a corrupt checkpoint) or the model (log/div/sqrt of zero, too high a learning rate)"
+                 {}): loss scaling is not the cause; look for NaN/inf in the input data, the weights (a corrupt \
+                 checkpoint) or the model (log/div/sqrt of zero, too high a learning rate)",
+                norm_text(*last_grad_norm)
             ),
             MonitorEvent::AnomalousEpoch { epoch, anomalies, in_a_row } => {
-                write!(f, "epoch {epoch} anomalous ({in_a_row} in a row): {anomalies:?}")
+                // The anomalies' own sentences: the log is read by people, not by `{:?}`.
+                let why: Vec<String> = anomalies.iter().map(ToString::to_string).collect();
+                write!(f, "epoch {epoch} anomalous ({in_a_row} in a row): {}", why.join("; "))
             }
         }
     }
+}
+
+/// A grad norm for the log: the number, or `none measured` (no step applied yet, or every step
+/// since overflowed), never `Some(..)`/`None`.
+fn norm_text(norm: Option<f64>) -> String {
+    norm.map_or_else(|| "none measured".to_string(), |n| n.to_string())
 }
 
 /// The end of an epoch.
@@ -577,6 +592,39 @@ mod tests {
 
     fn is_reset(e: &MonitorEvent) -> bool {
         matches!(e, MonitorEvent::Reset(_))
+    }
+
+    #[test]
+    fn events_read_as_sentences_without_rust_types() {
+        let e = MonitorEvent::AnomalousEpoch {
+            epoch: 0,
+            anomalies: vec![
+                EpochAnomaly::OverflowRate { rate: 0.5, limit: 0.05 },
+                EpochAnomaly::ScaleAboveThreshold { max_scale: 33_554_432.0, threshold: 16_777_216.0 },
+            ],
+            in_a_row: 1,
+        };
+        assert_eq!(
+            e.to_string(),
+            "epoch 0 anomalous (1 in a row): 50% of steps overflowed, limit 5%; scale 2^25 above the warning \
+             threshold 2^24"
+        );
+        let d = ResetDiagnosis {
+            reason: ResetReason::AnomalousEpochs { epochs: vec![3, 4, 5] },
+            epoch: 5,
+            step: 600,
+            scale_before: 131_072.0,
+            overflow_run: 0,
+            recent_overflow_rate: 0.25,
+            last_grad_norm: None,
+        };
+        assert_eq!(
+            MonitorEvent::Reset(d).to_string(),
+            "epoch 5 step 600: loss scale reset from 131072 (anomalous epochs 3, 4, 5; recent overflow rate 0.250, \
+             last grad norm none measured)"
+        );
+        let e = MonitorEvent::OverflowAtMinScale { step: 9, min_scale: 1.0, overflows: 5, last_grad_norm: Some(0.5) };
+        assert!(e.to_string().contains("(last grad norm 0.5)"), "{e}");
     }
 
     #[test]

@@ -118,6 +118,39 @@ pub enum EpochAnomaly {
     },
 }
 
+/// For the log: `50% of steps overflowed, limit 5%`, `scale 2^25 above the warning threshold 2^24`.
+impl std::fmt::Display for EpochAnomaly {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EpochAnomaly::ScaleAboveThreshold { max_scale, threshold } => {
+                write!(f, "scale {} above the warning threshold {}", scale_text(*max_scale), scale_text(*threshold))
+            }
+            EpochAnomaly::OverflowRate { rate, limit } => {
+                write!(f, "{} of steps overflowed, limit {}", percent(*rate), percent(*limit))
+            }
+        }
+    }
+}
+
+/// A loss scale as people read it: powers of two (what a scaler that doubles and halves reaches)
+/// as `2^k`, anything else as the number.
+pub fn scale_text(x: f64) -> String {
+    let k = x.log2();
+    if x.is_finite() && x >= 2.0 && k.fract() == 0.0 { format!("2^{k}") } else { format!("{x}") }
+}
+
+/// A fraction as a percentage: `50%`, `6.7%`, `0.02%` (whole percents without decimals).
+fn percent(x: f64) -> String {
+    let p = 100.0 * x;
+    if p.fract() == 0.0 || !p.is_finite() {
+        format!("{p}%")
+    } else if p >= 1.0 {
+        format!("{p:.1}%")
+    } else {
+        format!("{p:.2}%")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,5 +194,20 @@ mod tests {
         assert!(e.is_anomalous());
         let json = serde_json::to_string(&e).unwrap();
         assert_eq!(serde_json::from_str::<EpochSummary>(&json).unwrap(), e);
+    }
+
+    #[test]
+    fn anomalies_read_as_sentences() {
+        let a = EpochAnomaly::OverflowRate { rate: 0.5, limit: 0.05 };
+        assert_eq!(a.to_string(), "50% of steps overflowed, limit 5%");
+        let a = EpochAnomaly::OverflowRate { rate: 1.0 / 15.0, limit: 0.05 };
+        assert_eq!(a.to_string(), "6.7% of steps overflowed, limit 5%");
+        let a = EpochAnomaly::ScaleAboveThreshold { max_scale: 33_554_432.0, threshold: 16_777_216.0 };
+        assert_eq!(a.to_string(), "scale 2^25 above the warning threshold 2^24");
+        let a = EpochAnomaly::ScaleAboveThreshold { max_scale: 131_072.0, threshold: 100_000.0 };
+        assert_eq!(a.to_string(), "scale 2^17 above the warning threshold 100000");
+        assert_eq!(scale_text(1.0), "1");
+        assert_eq!(scale_text(0.5), "0.5");
+        assert_eq!(scale_text(f64::INFINITY), "inf");
     }
 }
