@@ -136,3 +136,21 @@ fn train_scaler_lines_carry_epoch_step_scale_and_grad_norm() {
     assert!(overflow_lines >= 1, "the f16 run at the maximum scale warned: {stderr}");
     assert!(scaler_lines >= 3, "{stderr}");
 }
+
+#[test]
+fn text_logs_to_a_pipe_carry_no_colour_codes() {
+    let ex = Exchange::start(ExchangeConfig::default()).unwrap();
+    let dir = tmp("ansi");
+    ex.write_ca(&dir.join("ca.pem")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["stream", "--url", &ex.url(), "--rest-url", &ex.rest_url(), "--streams", "btcusdt@aggTrade"])
+        .args(["--max-messages", "3", "--no-record", "--log", "info,keel=debug"])
+        .arg("--ca-file")
+        .arg(dir.join("ca.pem"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("INFO") && stderr.contains("connected"), "text log lines expected:\n{stderr}");
+    assert!(!stderr.contains("\x1b["), "colour codes in a piped log:\n{stderr:?}");
+}
