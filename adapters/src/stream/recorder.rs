@@ -18,11 +18,20 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
-/// A recording file could not be written.
+/// A recording file could not be written. The OS error is the `source`, not part of the message:
+/// `keel: error: {:#}` prints the chain, and a message that quoted it too printed it twice.
 #[derive(Debug, Error)]
 pub enum RecorderError {
-    /// Creating the directory or opening the file failed.
-    #[error("cannot open recording file {path}: {source}")]
+    /// Creating a stream's directory under the output directory failed.
+    #[error("cannot create the recording directory {path} (under --out / stream.out_dir; pick a writable one)")]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Opening or checking the file failed.
+    #[error("cannot open recording file {path}")]
     Open {
         /// The file.
         path: PathBuf,
@@ -30,12 +39,26 @@ pub enum RecorderError {
         source: std::io::Error,
     },
     /// Writing or flushing failed (disk full, permissions...).
-    #[error("cannot write recording file {path}: {source}")]
+    #[error("cannot write recording file {path}")]
     Write {
         /// The file.
         path: PathBuf,
         /// Why.
         source: std::io::Error,
+    },
+    /// An existing file's first line is not the header this stream writes: appending would mix two
+    /// layouts in one file (another stream kind, another program, an older format).
+    #[error(
+        "recording file {path} starts with the header {found:?}, not this stream's {expected:?}: refusing to append \
+         rows of another layout; move the file away or pick another --out"
+    )]
+    HeaderMismatch {
+        /// The file.
+        path: PathBuf,
+        /// Its first line (cut to 200 characters).
+        found: String,
+        /// The header this stream writes.
+        expected: &'static str,
     },
     /// A stream name cannot be a directory name.
     #[error("stream name {0:?} cannot be used as a directory name (contains '/', '\\' or '..')")]
@@ -394,7 +417,7 @@ impl Recorder {
         stream: &str,
         time: u64,
         received_ms: u64,
-        header: &str,
+        header: &'static str,
         write: impl FnOnce(&mut String),
     ) -> Result<(), RecorderError> {
         let t = match time {
@@ -424,19 +447,21 @@ impl Recorder {
         Ok(())
     }
 
-    fn open(&mut self, stream: &str, t: u64, header: &str) -> Result<OpenFile, RecorderError> {
+    fn open(&mut self, stream: &str, t: u64, header: &'static str) -> Result<OpenFile, RecorderError> {
         let day = utc_day(t);
         let dir = self.dir.join(stream);
-        std::fs::create_dir_all(&dir).map_err(|source| RecorderError::Open { path: dir.clone(), source })?;
+        std::fs::create_dir_all(&dir).map_err(|source| RecorderError::Dir { path: dir.clone(), source })?;
         let path = dir.join(format!("{day}.csv"));
-        let file = OpenOptions::new()
+        let mut file = OpenOptions::new()
             .create(true)
+            .read(true)
             .append(true)
             .open(&path)
             .map_err(|source| RecorderError::Open { path: path.clone(), source })?;
         let len = file.metadata().map_err(|source| RecorderError::Open { path: path.clone(), source })?.len();
+        let write_header = len == 0 || prepare_existing(&mut file, &path, header, len)?;
         let mut writer = BufWriter::with_capacity(64 * 1024, file);
-        if len == 0 {
+        if write_header {
             writeln!(writer, "{header}").map_err(|source| RecorderError::Write { path: path.clone(), source })?;
         }
         if !self.paths.contains(&path) {
@@ -464,10 +489,99 @@ impl Recorder {
     }
 }
 
+/// The longest first line read to compare with the header (headers are under 400 bytes).
+const FIRST_LINE_MAX: u64 = 64 * 1024;
+
+/// Checks a non-empty file before rows are appended to it; `true`: it held only a partial header
+/// (set aside), so the header must be written.
+///
+/// A run killed mid-row leaves a last line without its newline; appending to it would glue the
+/// next row onto it (`3` + `1796614694941,...`), corrupting a row and hiding the cut. Rows already
+/// written are never touched: the partial tail moves to `<file>.partial` (appended, one cut per
+/// line, written before the file is shortened so nothing is lost if we die in between) and
+/// recording goes on after the last complete row. A file whose header is not this stream's is
+/// refused rather than appended to.
+fn prepare_existing(file: &mut File, path: &Path, header: &'static str, len: u64) -> Result<bool, RecorderError> {
+    let open_err = |source| RecorderError::Open { path: path.to_path_buf(), source };
+    let head = read_at(file, 0, len.min(FIRST_LINE_MAX)).map_err(open_err)?;
+    let mismatch = |found: &[u8]| RecorderError::HeaderMismatch {
+        path: path.to_path_buf(),
+        found: String::from_utf8_lossy(found).chars().take(200).collect(),
+        expected: header,
+    };
+    match head.iter().position(|&b| b == b'\n') {
+        Some(i) => {
+            let first = head[..i].strip_suffix(b"\r").unwrap_or(&head[..i]);
+            if first != header.as_bytes() {
+                return Err(mismatch(first));
+            }
+        }
+        // No complete first line: a header cut short by a crash is set aside like a partial row.
+        None if len == head.len() as u64 && header.as_bytes().starts_with(&head) => {
+            set_aside(file, path, 0, head).map_err(open_err)?;
+            return Ok(true);
+        }
+        None => return Err(mismatch(&head)),
+    }
+    if read_at(file, len - 1, 1).map_err(open_err)? == b"\n" {
+        return Ok(false);
+    }
+    // The first line ends with a newline, so one is found before it.
+    let mut end = len;
+    let cut = loop {
+        let start = end.saturating_sub(8 * 1024);
+        let chunk = read_at(file, start, end - start).map_err(open_err)?;
+        if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
+            break start + i as u64 + 1;
+        }
+        end = start;
+    };
+    let tail = read_at(file, cut, len - cut).map_err(open_err)?;
+    set_aside(file, path, cut, tail).map_err(open_err)?;
+    Ok(false)
+}
+
+/// `len` bytes of `file` from `offset`.
+fn read_at(file: &mut File, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    file.seek(SeekFrom::Start(offset))?;
+    let mut buf = Vec::with_capacity(len as usize);
+    Read::by_ref(file).take(len).read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+/// The sidecar that keeps the partial rows cut from `path`: `<path>.partial` (not `.csv`, so loaders
+/// that read `*.csv` never see it).
+pub fn partial_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".partial");
+    PathBuf::from(p)
+}
+
+/// Appends `tail` (the bytes of `path` from `cut` on) as one line to the sidecar, then cuts it from
+/// `file`.
+fn set_aside(file: &mut File, path: &Path, cut: u64, mut tail: Vec<u8>) -> std::io::Result<()> {
+    let sidecar = partial_path(path);
+    let bytes = tail.len();
+    tail.push(b'\n');
+    let mut side = OpenOptions::new().create(true).append(true).open(&sidecar)?;
+    side.write_all(&tail)?;
+    side.sync_all()?;
+    file.set_len(cut)?;
+    tracing::warn!(
+        file = %path.display(),
+        partial = %sidecar.display(),
+        bytes,
+        "recording file ended in a partial row (a run killed mid-write?): moved it to the .partial file and \
+         appending after the last complete row"
+    );
+    Ok(())
+}
+
 impl Drop for Recorder {
     fn drop(&mut self) {
         if let Err(e) = self.flush() {
-            tracing::error!("recorder: {e}");
+            tracing::error!("recorder: {}", super::transport::chain(&e));
         }
     }
 }
@@ -635,5 +749,83 @@ mod tests {
         assert!(dir.join("bnbusdt@bookTicker/2023-11-14.csv").exists(), "no E: day of receipt");
         assert!(Recorder::new(&dir).record("../x", &e, 0).is_err());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A file of `bnbbtc@aggTrade` on AGG's day holding `text`, and a recorder over its directory.
+    fn existing(name: &str, text: &str) -> (PathBuf, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("keel-recorder-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("bnbbtc@aggTrade")).unwrap();
+        let file = dir.join("bnbbtc@aggTrade/2022-12-31.csv");
+        std::fs::write(&file, text).unwrap();
+        (dir, file)
+    }
+
+    #[test]
+    fn a_partial_last_row_is_set_aside_and_complete_rows_are_kept() {
+        let e = event(AGG);
+        let (head, new) = (header(&e), row(&e));
+        let table = [
+            // (file before, file after, sidecar after)
+            (format!("{head}\n1,2\n3"), format!("{head}\n1,2\n{new}\n"), Some("3\n".to_string())),
+            (format!("{head}\n3"), format!("{head}\n{new}\n"), Some("3\n".to_string())),
+            (format!("{head}\n1,2\n"), format!("{head}\n1,2\n{new}\n"), None),
+            (format!("{head}\r\n1,2\n"), format!("{head}\r\n1,2\n{new}\n"), None),
+            // A header cut short: set aside, then written whole.
+            ("event_time,agg".to_string(), format!("{head}\n{new}\n"), Some("event_time,agg\n".to_string())),
+        ];
+        for (i, (before, after, sidecar)) in table.into_iter().enumerate() {
+            let (dir, file) = existing(&format!("partial{i}"), &before);
+            let mut r = Recorder::new(&dir);
+            r.record("bnbbtc@aggTrade", &e, 0).unwrap();
+            drop(r);
+            assert_eq!(std::fs::read_to_string(&file).unwrap(), after, "{before:?}");
+            assert_eq!(std::fs::read_to_string(partial_path(&file)).ok(), sidecar, "{before:?}");
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+
+    #[test]
+    fn a_long_partial_row_is_found_across_read_chunks() {
+        let e = event(AGG);
+        let long = "9".repeat(20_000);
+        let (dir, file) = existing("long", &format!("{}\n1,2\n{long}", header(&e)));
+        Recorder::new(&dir).record("bnbbtc@aggTrade", &e, 0).unwrap();
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), format!("{}\n1,2\n{}\n", header(&e), row(&e)));
+        assert_eq!(std::fs::read_to_string(partial_path(&file)).unwrap(), format!("{long}\n"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_file_with_another_header_is_refused_and_left_as_it_was() {
+        let e = event(AGG);
+        for (i, before) in ["foo,bar\n1,2\n3", "foo", &format!("{}\n1", header(&event(KLINE)))].into_iter().enumerate()
+        {
+            let (dir, file) = existing(&format!("mismatch{i}"), before);
+            let mut r = Recorder::new(&dir);
+            let err = r.record("bnbbtc@aggTrade", &e, 0).unwrap_err();
+            assert!(matches!(err, RecorderError::HeaderMismatch { .. }), "{err:?}");
+            let text = err.to_string();
+            assert!(text.contains(&file.display().to_string()) && text.contains("--out"), "{text}");
+            drop(r);
+            assert_eq!(std::fs::read_to_string(&file).unwrap(), before);
+            assert!(!partial_path(&file).exists());
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+
+    #[test]
+    fn messages_leave_the_os_error_to_the_source_chain() {
+        let source = || std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let path = PathBuf::from("ro/x");
+        for e in [
+            RecorderError::Dir { path: path.clone(), source: source() },
+            RecorderError::Open { path: path.clone(), source: source() },
+            RecorderError::Write { path: path.clone(), source: source() },
+        ] {
+            // What `keel: error: {:#}` prints.
+            let chain = format!("{:#}", anyhow::Error::from(e));
+            assert_eq!(chain.matches("permission denied").count(), 1, "{chain}");
+        }
     }
 }
