@@ -122,8 +122,13 @@ pub fn classify_error_with_floor(error: &TransportError, floor: Duration) -> Cla
         E::Refused(_) => (ErrorClass::Transient, "connection refused: the endpoint is down or a firewall blocks the port; retrying with backoff".into()),
         E::Reset(_) => (ErrorClass::Transient, "connection reset by the peer or a middlebox (proxy, NAT); retrying with backoff".into()),
         E::Timeout(_) => (ErrorClass::Transient, "timed out: the network is slow or the server does not answer; raise tls.handshake_timeout_ms if this persists".into()),
+        // Not retried as fatal: a proxy or a port being switched over may answer in clear for a while.
+        E::TlsHandshake(text) if answered_without_tls(text) => (ErrorClass::Transient, "the server did not answer TLS: the port may serve plain HTTP (ws://), or it is the wrong port; check the port in --url / stream.url; retrying with backoff".into()),
         E::TlsHandshake(_) => (ErrorClass::Transient, "TLS handshake failed: a proxy may intercept TLS, or the server refused our TLS version; retrying with backoff".into()),
-        E::CertificateRejected(why) => (ErrorClass::Fatal, format!("the server certificate was rejected ({why}): keel never disables verification; for a private or test endpoint pass its CA with --ca-file / tls.ca_file")),
+        // The reason is in the error itself, which every message prints next to this.
+        E::CertificateRejected(why) => {
+            (ErrorClass::Fatal, format!("keel never disables verification: {}", certificate_advice(why, None)))
+        }
         E::UnexpectedEof(_) => (ErrorClass::Transient, "TLS stream ended without close_notify (\"EOF occurred in violation of protocol\"): the server or a middlebox dropped the connection; retrying with backoff".into()),
         E::BadRecordMac(_) => (ErrorClass::Transient, "TLS bad record MAC: data was corrupted in transit (faulty NIC, proxy or middlebox); retrying on a fresh connection".into()),
         E::Protocol(_) => (ErrorClass::Transient, "WebSocket protocol error: the frame stream is corrupt; retrying on a fresh connection".into()),
@@ -148,6 +153,45 @@ pub fn classify_error_with_floor(error: &TransportError, floor: Duration) -> Cla
         E::Io(_) => (ErrorClass::Transient, "I/O error on the transport; retrying with backoff".into()),
     };
     Classified { class, diagnosis }
+}
+
+/// Whether a TLS library's error text says the peer answered with something that is not TLS (a
+/// plain HTTP server, an SSH banner...): OpenSSL's "wrong version number" (its record layer read
+/// "HTTP/1.1" as a version), "packet length too long", "unknown protocol", "http request".
+pub fn answered_without_tls(text: &str) -> bool {
+    let l = text.to_ascii_lowercase();
+    ["wrong version number", "packet length too long", "unknown protocol", "http request"].iter().any(|s| l.contains(s))
+}
+
+/// What to do about a rejected server certificate, from the TLS library's reason `why` and the
+/// extra CA file the run trusted (`--ca-file` / `tls.ca_file`), if any. Advising "pass its CA with
+/// --ca-file" to someone who just did is no help: with a file, an unknown issuer means that file
+/// holds another CA.
+pub fn certificate_advice(why: &str, ca_file: Option<&str>) -> String {
+    let l = why.to_ascii_lowercase();
+    let unknown_issuer =
+        ["unable to get local issuer", "self-signed", "self signed", "unknown ca", "unable to get issuer"]
+            .iter()
+            .any(|s| l.contains(s));
+    match (unknown_issuer, ca_file) {
+        (true, Some(file)) => format!(
+            "the CA in {file} (--ca-file / tls.ca_file) did not sign this server's certificate: pass the CA that \
+             issued it (the embedded exchange writes a new ca.pem at every start)"
+        ),
+        // Without the run's settings (the core's diagnosis), a CA file may or may not have been given.
+        (true, None) => {
+            "no trusted CA signed it: for a private or test endpoint pass the CA that did with --ca-file / \
+                         tls.ca_file (if one was passed, it holds another CA)"
+                .to_string()
+        }
+        (false, _) if l.contains("mismatch") => {
+            "the certificate does not name the host in --url / stream.url: connect by the name it was issued for".into()
+        }
+        (false, _) if l.contains("expired") || l.contains("not yet valid") => {
+            "the certificate is outside its validity period (or this machine's clock is wrong)".into()
+        }
+        (false, _) => "for a private or test endpoint pass its CA with --ca-file / tls.ca_file".into(),
+    }
 }
 
 #[cfg(test)]
@@ -232,8 +276,44 @@ mod tests {
     }
 
     #[test]
-    fn certificate_diagnosis_names_the_fix() {
-        let d = classify_error(&TransportError::CertificateRejected("unknown issuer".into())).diagnosis;
-        assert!(d.contains("unknown issuer") && d.contains("--ca-file"), "{d}");
+    fn certificate_diagnosis_names_the_fix_and_not_the_reason_again() {
+        let why = "error:0A000086:SSL routines:tls_post_process_server_certificate:certificate verify failed: \
+                   (unable to get local issuer certificate)";
+        let e = TransportError::CertificateRejected(why.into());
+        let d = classify_error(&e).diagnosis;
+        assert!(d.contains("--ca-file"), "{d}");
+        // The error is printed next to its diagnosis: the reason must not appear a second time.
+        assert_eq!(format!("{e}; {d}").matches("0A000086").count(), 1, "{d}");
+    }
+
+    #[test]
+    fn certificate_advice_with_a_ca_file_blames_that_file() {
+        let table = [
+            ("unable to get local issuer certificate", Some("certs/other.pem"), "the CA in certs/other.pem"),
+            ("self-signed certificate in certificate chain", Some("x.pem"), "the CA in x.pem"),
+            ("unable to get local issuer certificate", None, "pass the CA that did with --ca-file"),
+            ("hostname mismatch", Some("x.pem"), "does not name the host"),
+            ("certificate has expired", None, "validity period"),
+        ];
+        for (why, file, expected) in table {
+            let advice = certificate_advice(why, file);
+            assert!(advice.contains(expected), "{why} {file:?}: {advice}");
+            if file.is_some() && expected.starts_with("the CA in") {
+                assert!(!advice.contains("pass its CA with --ca-file"), "{advice}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_answer_that_is_not_tls_is_named_as_such() {
+        let openssl3 = "the server at localhost:8080 did not answer TLS (error:0A00010B:SSL routines:ssl3_get_record:wrong version number)";
+        let d = classify_error(&TransportError::TlsHandshake(openssl3.into())).diagnosis;
+        assert!(d.contains("did not answer TLS") && d.contains("plain HTTP") && d.contains("--url"), "{d}");
+        assert!(!d.contains("proxy may intercept"), "{d}");
+        for text in ["SSL routines:ssl3_get_record:packet length too long", "tls_get_more_records:http request"] {
+            assert!(answered_without_tls(text), "{text}");
+        }
+        let other = classify_error(&TransportError::TlsHandshake("handshake failure".into())).diagnosis;
+        assert!(other.contains("proxy may intercept"), "{other}");
     }
 }
