@@ -398,8 +398,8 @@ pub fn run_until(args: TrainArgs, stop: impl Fn(u64) -> bool) -> anyhow::Result<
     let table = data::load(&args.data, args.include_open_candle)?;
     let w =
         data::Windows { seq_len: t.seq_len as usize, label_len: t.label_len as usize, pred_len: t.pred_len as usize };
-    let ds = data::prepare(&table, &t.target, t.features, w)
-        .with_context(|| format!("--data {} ({} rows)", args.data.display(), table.rows.len()))?;
+    let ds =
+        data::prepare(&table, &t.target, t.features, w).with_context(|| format!("--data {}", args.data.display()))?;
     let shape = data_shape(table.rows.len(), &ds);
     if let Some((meta, _)) = &resume {
         check_resume_data(&args.data, meta, shape, &ds)?;
