@@ -1,5 +1,6 @@
 //! `keel config`: print the commented default, check a file, or regenerate docs/CONFIG.md.
 
+use crate::stream::transport::{SettingsError, TransportSettings};
 use clap::{Args, Subcommand};
 use keel_core::config::{Config, ConfigError, reference};
 use std::path::{Path, PathBuf};
@@ -16,13 +17,59 @@ pub struct ConfigArgs {
 enum ConfigCommand {
     /// Print the full default configuration as RON, every key commented.
     Default,
-    /// Validate a file and print every error with field, value and allowed range.
+    /// Validate a file and print every error with field, value and allowed range, then check the
+    /// paths it names (the CA file must be readable and hold a certificate).
     Check {
         /// The RON file.
         file: PathBuf,
     },
     /// Print docs/CONFIG.md (the reference of every key).
     Docs,
+}
+
+/// A path the configuration names that `keel stream` would refuse on start. Validation
+/// (`Config::validate`) is pure and cannot see the disk; this is the IO half of `keel config check`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FileError {
+    /// The CA file (`tls.ca_file`) is missing, unreadable or holds no certificate, or the TLS client
+    /// cannot be built from the `tls` settings: the same check, by the same code, as the stream's.
+    #[error("{source}{relative}")]
+    Tls {
+        /// What the TLS setup said (names the path, the key and the flag).
+        source: SettingsError,
+        /// Where a relative `tls.ca_file` was looked for, or empty.
+        relative: String,
+    },
+    /// `stream.out_dir` exists and is not a directory (`keel stream` records into a directory).
+    #[error(
+        "stream.out_dir = {path} is not a directory: keel stream records one directory per stream under it; point --out / stream.out_dir elsewhere"
+    )]
+    OutDirNotADirectory {
+        /// The path as configured.
+        path: String,
+    },
+}
+
+/// Checks the paths `cfg` names against the disk, without creating or writing anything: the CA file
+/// is read, parsed and loaded into a TLS client exactly as `keel stream` does on start, and an
+/// existing `stream.out_dir` must be a directory (a missing one is fine: the stream creates it).
+pub fn check_files(cfg: &Config) -> Vec<FileError> {
+    let mut problems = Vec::new();
+    if let Err(source) = TransportSettings::from_config(cfg) {
+        let relative = match (&source, &cfg.tls.ca_file) {
+            (SettingsError::CaUnreadable { .. }, Some(ca)) if Path::new(ca).is_relative() => {
+                let here = std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_else(|_| "?".into());
+                format!(" (a relative path is read from the directory keel runs in, here {here})")
+            }
+            _ => String::new(),
+        };
+        problems.push(FileError::Tls { source, relative });
+    }
+    let out = Path::new(&cfg.stream.out_dir);
+    if out.exists() && !out.is_dir() {
+        problems.push(FileError::OutDirNotADirectory { path: cfg.stream.out_dir.clone() });
+    }
+    problems
 }
 
 /// Reads and validates a configuration file; the error names the file and what is wrong in it.
@@ -47,9 +94,17 @@ pub fn run(args: ConfigArgs) -> anyhow::Result<ExitCode> {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", file.display()))?;
             match Config::from_ron(&text) {
-                Ok(_) => {
-                    println!("{}: ok", file.display());
-                    Ok(ExitCode::SUCCESS)
+                Ok(cfg) => {
+                    let problems = check_files(&cfg);
+                    if problems.is_empty() {
+                        println!("{}: ok", file.display());
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    for p in &problems {
+                        println!("{}: {p}", file.display());
+                    }
+                    println!("{}: {} unusable path(s)", file.display(), problems.len());
+                    Ok(ExitCode::from(1))
                 }
                 Err(ConfigError::Invalid(errors)) => {
                     for e in &errors.0 {

@@ -481,12 +481,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ValidationErrors> {
         let mut v = Validator::default();
         let s = &self.stream;
-        v.check(
-            s.url.starts_with("wss://") && s.url.len() > "wss://".len(),
-            "stream.url",
-            &crate::redact::redact_url(&s.url),
-            "a wss:// URL (TLS is mandatory; plain ws:// is refused)",
-        );
+        check_url(&mut v, "stream.url", &s.url, "wss", true);
         v.check(!s.streams.is_empty(), "stream.streams", &format!("{:?}", s.streams), "at least one stream name");
         for name in &s.streams {
             // The decoder's own list, so that a stream keel cannot decode (say `@avgPrice`) fails here
@@ -612,12 +607,7 @@ impl Config {
         }
 
         let r = &self.rest;
-        v.check(
-            r.url.starts_with("https://") && r.url.len() > "https://".len(),
-            "rest.url",
-            &crate::redact::redact_url(&r.url),
-            "an https:// URL (TLS is mandatory; plain http:// is refused)",
-        );
+        check_url(&mut v, "rest.url", &r.url, "https", false);
         v.check(
             r.weight_per_minute > 0 && r.weight_per_minute <= BINANCE_WEIGHT_PER_MINUTE,
             "rest.weight_per_minute",
@@ -791,6 +781,31 @@ impl Config {
                 harm.join(", and ")
             ),
         );
+    }
+}
+
+/// Checks `url` as the adapters will use it, so that `keel config check` refuses what `keel stream`
+/// would refuse on start: the scheme (TLS is mandatory), then host characters, a port from 1 to
+/// 65535 and the path (see [`url::parse`]). `rest.url` takes no path or query (`allow_path`
+/// false): the REST client appends `/api/v3/...` to the bare host and refuses anything more. The
+/// value is shown redacted: a URL may carry a credential.
+fn check_url(v: &mut Validator, field: &'static str, text: &str, scheme: &str, allow_path: bool) {
+    let shown = crate::redact::redact_url(text);
+    let form = if allow_path { format!("{scheme}://HOST[:PORT][/PATH]") } else { format!("{scheme}://HOST[:PORT]") };
+    let plain = if scheme == "wss" { "ws" } else { "http" };
+    if !text.strip_prefix(scheme).is_some_and(|r| r.starts_with("://")) {
+        let allowed = format!("a {scheme}:// URL, {form} (TLS is mandatory; plain {plain}:// is refused)");
+        return v.check(false, field, &shown, &allowed);
+    }
+    match url::parse(text) {
+        Err(e) => v.check(false, field, &shown, &format!("{form}: {e}")),
+        Ok(u) if !allow_path && !matches!(u.path, "" | "/") => v.check(
+            false,
+            field,
+            &shown,
+            &format!("{form}, with no path or query: keel appends /api/v3/... itself; remove what follows the host"),
+        ),
+        Ok(_) => {}
     }
 }
 
@@ -1007,6 +1022,48 @@ mod tests {
         assert!(depth.contains("order books of btcusdt@depth@100ms") && !depth.contains("rest.backfill"), "{depth}");
     }
 
+    /// What `keel stream` refuses on start is refused here too, with the part that is wrong.
+    #[test]
+    fn urls_are_checked_part_by_part() {
+        let message = |text: &str| match Config::from_ron(text) {
+            Err(ConfigError::Invalid(e)) => e.to_string(),
+            other => panic!("{text}: expected a validation error, got {other:?}"),
+        };
+        for (text, needles) in [
+            (
+                r#"(stream: (url: "wss://not a host:99999/"))"#,
+                &[
+                    "stream.url = wss://not a host:99999/ is invalid",
+                    "wss://HOST[:PORT][/PATH]",
+                    "\"not a host\" holds ' '",
+                ][..],
+            ),
+            (
+                r#"(stream: (url: "wss://h:99999"))"#,
+                &["stream.url", "the port \"99999\" is not a number from 1 to 65535"],
+            ),
+            (r#"(stream: (url: "ws://h"))"#, &["stream.url = ws://h", "a wss:// URL", "plain ws:// is refused"]),
+            (r#"(rest: (url: "https://h:9444/api"))"#, &["rest.url = https://h:9444/", "with no path or query"]),
+            (r#"(rest: (url: "http://h"))"#, &["rest.url = http://h", "plain http:// is refused"]),
+        ] {
+            let text_of_error = message(text);
+            for needle in needles {
+                assert!(text_of_error.contains(needle), "{text}: {needle:?} missing from: {text_of_error}");
+            }
+        }
+        // A credential in the URL stays out of the message.
+        let secret = message(r#"(stream: (url: "wss://u:s3cret@h:0/ws/abcdefabcdef"))"#);
+        assert!(!secret.contains("s3cret") && !secret.contains("abcdefabcdef"), "{secret}");
+        // What keel connects to stays valid: a trailing slash, IPv6, user info and a path on the stream.
+        for text in [
+            r#"(stream: (url: "wss://stream.binance.com:9443/"), rest: (url: "https://api.binance.com/"))"#,
+            r#"(stream: (url: "wss://[::1]:9443"), rest: (url: "https://[::1]:9444"))"#,
+            r#"(stream: (url: "wss://u:p@localhost:9443/ws/k?x=1"), rest: (url: "https://localhost:9444"))"#,
+        ] {
+            assert_eq!(Config::from_ron(text).map(|_| ()), Ok(()), "{text}");
+        }
+    }
+
     /// Each bad value, written as a RON fragment, and the field its error must name.
     const BAD_VALUES: &[(&str, &str)] = &[
         (r#"stream: (url: "http://x")"#, "stream.url"),
@@ -1049,6 +1106,11 @@ mod tests {
         (r#"tls: (ca_file: Some(""))"#, "tls.ca_file"),
         (r#"rest: (url: "http://api.binance.com")"#, "rest.url"),
         (r#"rest: (url: "https://")"#, "rest.url"),
+        (r#"rest: (url: "https://api.binance.com/api/v3")"#, "rest.url"),
+        (r#"rest: (url: "https://api.binance.com:0")"#, "rest.url"),
+        (r#"stream: (url: "wss://not a host:99999/")"#, "stream.url"),
+        (r#"stream: (url: "wss://stream.binance.com:99999")"#, "stream.url"),
+        (r#"stream: (url: "wss://stream.binance.com:9443/a b")"#, "stream.url"),
         (r#"stream: (url: "wss://localhost:9443")"#, "rest.url"),
         ("rest: (weight_per_minute: 0)", "rest.weight_per_minute"),
         ("rest: (weight_per_minute: 6001)", "rest.weight_per_minute"),
