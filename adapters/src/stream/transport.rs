@@ -29,6 +29,8 @@ pub struct TransportSettings {
     /// Built once per run: building it loads the system trust store (41 ms on OpenSSL).
     connector: std::sync::Arc<TlsConnector>,
     ws_config: WebSocketConfig,
+    /// `tls.handshake_timeout_ms`: the core abandons an attempt after it; named in the slow-step warning.
+    handshake_timeout: Duration,
 }
 
 /// Settings that cannot be used (unreadable CA file, bad PEM).
@@ -84,7 +86,11 @@ impl TransportSettings {
         let max = usize::try_from(config.stream.max_message_bytes).unwrap_or(usize::MAX);
         let ws_config = WebSocketConfig::default().max_message_size(Some(max)).max_frame_size(Some(max));
         let connector = TlsConnector::build(&builder).map_err(|e| SettingsError::TlsBuild { why: chain(&e) })?;
-        Ok(TransportSettings { connector: std::sync::Arc::new(connector), ws_config })
+        Ok(TransportSettings {
+            connector: std::sync::Arc::new(connector),
+            ws_config,
+            handshake_timeout: Duration::from_millis(config.tls.handshake_timeout_ms),
+        })
     }
 
     /// The TLS connector (verification always on), shared with the REST client so that REST uses
@@ -156,10 +162,18 @@ pub fn map_io(e: &std::io::Error) -> TransportError {
     }
 }
 
-/// Maps a TLS handshake error.
-pub fn map_tls(e: &native_tls::Error) -> TransportError {
+/// Maps a TLS handshake error with `host:port`. An answer that is not TLS at all (OpenSSL's "wrong
+/// version number" when a plain HTTP server answers) says so and names the server, instead of
+/// leaving the user to decode OpenSSL's record-layer complaint.
+pub fn map_tls(e: &native_tls::Error, host: &str, port: u16) -> TransportError {
     let text = chain(e);
-    from_tls_text(&text).unwrap_or(TransportError::TlsHandshake(text))
+    from_tls_text(&text).unwrap_or_else(|| {
+        if keel_core::classify::answered_without_tls(&text) {
+            TransportError::TlsHandshake(format!("the server at {host}:{port} did not answer TLS ({text})"))
+        } else {
+            TransportError::TlsHandshake(text)
+        }
+    })
 }
 
 /// Maps a tungstenite error (upgrade or an open socket).
@@ -215,19 +229,66 @@ pub async fn connect(url: &str, settings: &TransportSettings) -> Result<Ws, Fail
     if addrs.is_empty() {
         return Err(fail(TransportError::Dns(format!("{host}: no address")), format!("{host} resolved to nothing")));
     }
-    let tcp = TcpStream::connect(&addrs[..])
-        .await
-        .map_err(|e| fail(map_io(&e), format!("TCP connect to {host}:{port}: {}", chain(&e))))?;
+    let slow = slow_after(settings.handshake_timeout);
+    let limit = settings.handshake_timeout.as_millis();
+    let tcp = warn_if_slow(TcpStream::connect(&addrs[..]), slow, || {
+        tracing::warn!(
+            "TCP connect to {host}:{port}: no answer after {:.1} s, still waiting (a firewall dropping packets, \
+             or the wrong host); the attempt is abandoned after tls.handshake_timeout_ms = {limit}",
+            slow.as_secs_f64()
+        )
+    })
+    .await
+    .map_err(|e| fail(map_io(&e), format!("TCP connect to {host}:{port}: {}", chain(&e))))?;
     let _ = tcp.set_nodelay(true);
-    let tls = settings
-        .connector
-        .connect(host.as_str(), tcp)
-        .await
-        .map_err(|e| fail(map_tls(&e), format!("TLS handshake with {host}:{port}: {}", chain(&e))))?;
-    let (ws, _resp) = async_tungstenite::client_async_with_config(url, tls, Some(settings.ws_config))
-        .await
-        .map_err(|e| fail(map_ws(&e), format!("WebSocket upgrade at {url}: {}", chain(&e))))?;
+    let tls = warn_if_slow(settings.connector.connect(host.as_str(), tcp), slow, || {
+        tracing::warn!(
+            "TLS handshake with {host}:{port}: the server accepted TCP but has not answered TLS after {:.1} s, \
+             still waiting (a port that does not speak TLS, or an overloaded server); the attempt is abandoned \
+             after tls.handshake_timeout_ms = {limit}",
+            slow.as_secs_f64()
+        )
+    })
+    .await
+    .map_err(|e| fail(map_tls(&e, &host, port), format!("TLS handshake with {host}:{port}: {}", chain(&e))))?;
+    let upgrade = async_tungstenite::client_async_with_config(url, tls, Some(settings.ws_config));
+    let (ws, _resp) = warn_if_slow(upgrade, slow, || {
+        tracing::warn!(
+            "WebSocket upgrade at {}: no HTTP answer after {:.1} s, still waiting; the attempt is abandoned after \
+             tls.handshake_timeout_ms = {limit}",
+            redact_text(url),
+            slow.as_secs_f64()
+        )
+    })
+    .await
+    .map_err(|e| fail(map_ws(&e), format!("WebSocket upgrade at {url}: {}", chain(&e))))?;
     Ok(ws)
+}
+
+/// How long one step of connecting (TCP, TLS, upgrade) may take before it is logged as slow: 3 s, or
+/// half of `tls.handshake_timeout_ms` when that is shorter. Without it a server that accepts TCP and
+/// never answers left nothing in the log until the timeout (30 s by default), however long the run.
+pub fn slow_after(handshake_timeout: Duration) -> Duration {
+    (handshake_timeout / 2).min(Duration::from_secs(3))
+}
+
+/// Awaits `step`, calling `warn` once if it has not finished after `after` (it is not cut: the core
+/// owns the deadline, `tls.handshake_timeout_ms`).
+pub async fn warn_if_slow<T>(step: impl std::future::Future<Output = T>, after: Duration, warn: impl FnOnce()) -> T {
+    let mut step = std::pin::pin!(step);
+    let early = async { Some(step.as_mut().await) }
+        .or(async {
+            smol::Timer::after(after).await;
+            None
+        })
+        .await;
+    match early {
+        Some(done) => done,
+        None => {
+            warn();
+            step.await
+        }
+    }
 }
 
 /// What a transport task reports to the stream loop.
@@ -478,6 +539,21 @@ mod tests {
             let mapped = format!("{:?}", map_io(&e));
             assert!(mapped.starts_with(name), "{e} -> {mapped}");
         }
+    }
+
+    #[test]
+    fn a_slow_step_is_warned_about_once_and_still_awaited() {
+        let warned = std::cell::Cell::new(0);
+        let slow = async {
+            smol::Timer::after(Duration::from_millis(60)).await;
+            7
+        };
+        let v = smol::block_on(warn_if_slow(slow, Duration::from_millis(10), || warned.set(warned.get() + 1)));
+        assert_eq!((v, warned.get()), (7, 1));
+        let v = smol::block_on(warn_if_slow(async { 8 }, Duration::from_millis(10), || warned.set(warned.get() + 1)));
+        assert_eq!((v, warned.get()), (8, 1), "a quick step is not warned about");
+        assert_eq!(slow_after(Duration::from_secs(30)), Duration::from_secs(3));
+        assert_eq!(slow_after(Duration::from_secs(2)), Duration::from_secs(1));
     }
 
     #[test]
