@@ -80,13 +80,14 @@ pub struct StreamOptions {
 }
 
 /// Why the run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StopCause {
     /// `--duration` elapsed.
     Duration,
     /// `--max-messages` reached.
     MaxMessages,
     /// Ctrl-C, SIGTERM, or the stop channel.
+    #[default]
     Signal,
     /// The core gave up (fatal error or too many failures).
     GaveUp,
@@ -121,7 +122,7 @@ pub struct ConnectionReport {
 }
 
 /// What a run did.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct StreamReport {
     /// The core's counters at the end, of all connections together ([`ConnectionStats::merged`]:
     /// counters summed, the worst gauges kept); exactly the machine's own in a one-connection run.
@@ -156,6 +157,9 @@ pub struct StreamReport {
     pub books: BTreeMap<String, BookTop>,
     /// Every numbering restart the core detected, in order.
     pub restarts: Vec<Restart>,
+    /// A connection attempt still under way when the run was stopped (TCP connect, TLS handshake
+    /// or WebSocket upgrade unanswered), and how long it had been waiting; the longest of them.
+    pub pending_attempt: Option<Duration>,
 }
 
 /// The top of one synced order book.
@@ -211,9 +215,28 @@ pub enum StreamError {
     /// The REST client cannot be built (bad `rest.url`, unusable TLS settings).
     #[error(transparent)]
     Rest(#[from] crate::rest::RestClientError),
-    /// The trace file could not be written.
-    #[error("cannot write the trace file {path}: {source}")]
+    /// The trace file could not be written. (The OS error is the source: `{:#}` prints it once.)
+    #[error("cannot write the trace file {path} (--trace; pick a writable path)")]
     Trace {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The output directory cannot be created or written to (checked before connecting).
+    #[error(
+        "cannot record into {path} (--out / stream.out_dir): it must be a directory keel can create and write; \
+         pick another with --out, or pass --no-record"
+    )]
+    OutDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The `--stats-json` file cannot be written (checked before connecting, and at the end).
+    #[error("cannot write --stats-json {path} (pick a writable path, or leave --stats-json out)")]
+    StatsJson {
         /// The file.
         path: PathBuf,
         /// Why.
@@ -284,6 +307,10 @@ struct Transport {
     task: smol::Task<()>,
     /// The machine's attempt number when it opened this transport.
     attempt: u32,
+    /// When it was opened.
+    started: Instant,
+    /// It reported `Opened` (TCP, TLS and the upgrade done).
+    live: bool,
 }
 
 fn wall_ms() -> u64 {
@@ -416,24 +443,7 @@ async fn stream_on(
     }
     let (events_tx, events_rx) = smol::channel::unbounded::<(Key, TransportEvent)>();
     let mut closing: Vec<smol::Task<()>> = Vec::new();
-    let mut report = StreamReport {
-        stats: ConnectionStats::default(),
-        connections: Vec::new(),
-        gaps: Vec::new(),
-        disconnects: Vec::new(),
-        opened: Vec::new(),
-        market_events: BTreeMap::new(),
-        rows_written: 0,
-        files: Vec::new(),
-        gave_up: None,
-        cause: StopCause::Signal,
-        elapsed: Duration::ZERO,
-        recovery: RecoveryStats::default(),
-        recovery_log: Vec::new(),
-        backfilled_events: BTreeMap::new(),
-        books: BTreeMap::new(),
-        restarts: Vec::new(),
-    };
+    let mut report = StreamReport::default();
     // Zero gap: every market event and gap of every shard goes through one recovery machine (the
     // shards' streams are disjoint); its REST requests go to one worker task holding one kept-alive
     // HTTPS connection (opened on the first request), so all shards share one REST weight budget
@@ -515,7 +525,17 @@ async fn stream_on(
                         let run =
                             transport::run((si, id), url, settings.clone(), events_tx.clone(), cmd_rx, recycle_rx);
                         let task = ex.spawn(run);
-                        shard.transports.insert(id, Transport { commands: cmd_tx, recycle, task, attempt });
+                        shard.transports.insert(
+                            id,
+                            Transport {
+                                commands: cmd_tx,
+                                recycle,
+                                task,
+                                attempt,
+                                started: Instant::now(),
+                                live: false,
+                            },
+                        );
                     }
                     Output::Send { id, message } => {
                         if matches!(message, WsMessage::Pong(_)) {
@@ -527,8 +547,20 @@ async fn stream_on(
                     }
                     Output::Close { id, code, reason } => {
                         if let Some(t) = shard.transports.remove(&id) {
+                            if !t.live {
+                                // Still connecting (TCP, TLS or the upgrade): no close frame can go out
+                                // yet, so dropping the task cancels the attempt at once. Waiting for it
+                                // held the end of a run up to 2 s past --duration when a server accepted
+                                // TCP and never answered the handshake.
+                                if stopping.is_some() {
+                                    let pending = t.started.elapsed();
+                                    report.pending_attempt = report.pending_attempt.max(Some(pending));
+                                }
+                                drop(t);
+                                continue;
+                            }
                             let _ = t.commands.try_send(Command::Close { code, reason });
-                            // A transport still connecting never reads its commands: bound the close.
+                            // A transport that stops reading its commands (a stalled write) must not hold the end: bound the close.
                             let task = t.task;
                             closing.push(ex.spawn(async move {
                                 task.or(async {
@@ -767,7 +799,12 @@ async fn stream_on(
                 fed = Fed::One(si);
                 let shard = &mut shards[si];
                 let input = match ev {
-                    TransportEvent::Opened => Input::Opened { id },
+                    TransportEvent::Opened => {
+                        if let Some(t) = shard.transports.get_mut(&id) {
+                            t.live = true;
+                        }
+                        Input::Opened { id }
+                    }
                     TransportEvent::Failed(f) => {
                         let attempt = shard.transports.remove(&id).map_or(0, |t| t.attempt);
                         tracing::warn!(
@@ -1118,11 +1155,13 @@ pub struct StreamArgs {
     /// Output directory for the recorded files.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Stop cleanly after this many seconds.
-    #[arg(long)]
+    /// Stop cleanly after this many seconds (> 0).
+    // Negative numbers are parsed, so that `--duration -1` gets keel's range message, not clap's
+    // "unexpected argument '-1'".
+    #[arg(long, allow_negative_numbers = true)]
     pub duration: Option<f64>,
-    /// Stop cleanly after this many market events.
-    #[arg(long)]
+    /// Stop cleanly after this many market events (>= 1).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_messages: Option<u64>,
     /// Write the connection stats as JSON to this file at exit.
     #[arg(long)]
@@ -1162,15 +1201,118 @@ pub fn config_from_args(args: &StreamArgs) -> anyhow::Result<Config> {
     if let Some(o) = &args.out {
         cfg.stream.out_dir = o.display().to_string();
     }
-    cfg.validate().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    cfg.validate().map_err(|e| {
+        let lines: Vec<String> = e.0.iter().map(|f| name_the_flag(&f.to_string(), f.field, args)).collect();
+        anyhow::anyhow!("invalid configuration: {}", lines.join("\n"))
+    })?;
     Ok(cfg)
 }
 
-/// Runs `keel stream`. Exit codes: 0 clean stop, 2 certificate rejected, 1 anything else.
+/// `message` about config key `field`, with the flag that set it in front (`--url (stream.url) = ...`)
+/// when the user passed that flag: they typed the flag, not the key.
+fn name_the_flag(message: &str, field: &str, args: &StreamArgs) -> String {
+    let flag = match field {
+        "stream.url" if args.url.is_some() => "--url",
+        f if f.starts_with("stream.streams") && args.streams.is_some() => "--streams",
+        "rest.url" if args.rest_url.is_some() => "--rest-url",
+        "tls.ca_file" if args.ca_file.is_some() => "--ca-file",
+        "stream.out_dir" if args.out.is_some() => "--out",
+        _ => return message.to_string(),
+    };
+    match message.strip_prefix(field) {
+        Some(rest) => format!("{flag} ({field}){rest}"),
+        None => format!("{flag}: {message}"),
+    }
+}
+
+/// Creates the output directory and checks that a file can be created in it, before connecting: a
+/// run that streamed for an hour and only then found it could not write had lost the hour.
+pub fn check_out_dir(dir: &Path) -> Result<(), StreamError> {
+    let err = |source| StreamError::OutDir { path: dir.to_path_buf(), source };
+    if dir.exists() && !dir.is_dir() {
+        return Err(err(std::io::Error::other("it exists and is not a directory")));
+    }
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let probe = dir.join(format!(".keel-write-probe-{}", std::process::id()));
+    std::fs::File::create(&probe).map_err(err)?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// Checks before connecting that `path` (`--stats-json`) can be written: opened for writing without
+/// truncating what it holds, and removed again if this created it (an empty stats file left by a run
+/// that then failed would read as a run with no stats).
+pub fn check_stats_path(path: &Path) -> Result<(), StreamError> {
+    let existed = path.exists();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|source| StreamError::StatsJson { path: path.to_path_buf(), source })?;
+    if !existed {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
+}
+
+/// The last line of a run that never had a live connection: where it tried, for how long, and the
+/// last thing that went wrong (or the attempt still waiting for an answer when the run ended).
+fn never_connected(url: &str, report: &StreamReport, handshake_timeout_ms: u64) -> String {
+    let last = match (&report.stats.last_error, report.pending_attempt) {
+        (Some(e), _) => e.clone(),
+        (None, Some(waited)) => format!(
+            "none: the connection attempt had no answer after {:.1} s (a server that accepts TCP but does not \
+             answer TLS or the WebSocket upgrade, or a filtered port; keel abandons an attempt after \
+             tls.handshake_timeout_ms = {handshake_timeout_ms})",
+            waited.as_secs_f64()
+        ),
+        (None, None) => "none".to_string(),
+    };
+    format!("never connected to {} in {:.1} s; last error: {last}", redact_url(url), report.elapsed.as_secs_f64())
+}
+
+/// The summary line printed at the end of every run.
+fn summary(report: &StreamReport) -> String {
+    let s = &report.stats;
+    let r = &report.recovery;
+    let mut line = format!(
+        "keel stream: {} market events, {} rows in {} files, {} reconnects, {} gaps ({} ids missing: {} backfilled over REST, {} abandoned), {} book resyncs, {} malformed, {:.1}s",
+        s.market_events,
+        report.rows_written,
+        report.files.len(),
+        s.reconnects,
+        s.gaps,
+        s.missing_ids,
+        r.backfilled_trades,
+        r.abandoned_ids,
+        r.book_resyncs,
+        s.malformed_frames,
+        report.elapsed.as_secs_f64()
+    );
+    if let Some(e) = &s.last_error {
+        line.push_str(&format!(", last error: {e}"));
+    }
+    line
+}
+
+/// Runs `keel stream`. Exit codes: 0 clean stop, 2 certificate rejected, 1 anything else (a run
+/// that never connected, a `--stats-json` that could not be written).
 pub fn run(args: StreamArgs) -> anyhow::Result<ExitCode> {
-    let cfg = config_from_args(&args)?;
     if let Some(d) = args.duration.filter(|d| !(d.is_finite() && *d > 0.0)) {
-        anyhow::bail!("--duration must be a positive number of seconds, got {d}");
+        anyhow::bail!("--duration must be > 0 seconds, got {d}");
+    }
+    let cfg = config_from_args(&args)?;
+    // Every path is checked before connecting (see check_out_dir).
+    if !args.no_record {
+        check_out_dir(Path::new(&cfg.stream.out_dir))?;
+    }
+    if let Some(parent) = args.trace.as_deref().and_then(Path::parent).filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .map_err(|source| StreamError::Trace { path: args.trace.clone().unwrap_or_default(), source })?;
+    }
+    if let Some(p) = &args.stats_json {
+        check_stats_path(p)?;
     }
     let (stop_tx, stop_rx) = smol::channel::bounded::<()>(1);
     // ctrlc's `termination` feature covers SIGTERM too.
@@ -1199,45 +1341,129 @@ pub fn run(args: StreamArgs) -> anyhow::Result<ExitCode> {
         out = %cfg.stream.out_dir,
         "keel stream starting"
     );
+    let (url, ca_file, handshake_timeout_ms) =
+        (cfg.stream.url.clone(), cfg.tls.ca_file.clone(), cfg.tls.handshake_timeout_ms);
     let report = smol::block_on(stream(cfg, opts))?;
-    if let Some(p) = &args.stats_json {
-        std::fs::write(p, report.stats_json()).with_context(|| format!("cannot write --stats-json {}", p.display()))?;
+    // The summary and the exit code survive a stats file that cannot be written: the error is
+    // reported after the summary, and a rejected certificate keeps its 2.
+    let stats_error = args.stats_json.as_ref().and_then(|p| {
+        std::fs::write(p, report.stats_json()).err().map(|source| StreamError::StatsJson { path: p.clone(), source })
+    });
+    let stats_error = stats_error.map(|e| format!("{:#}", anyhow::Error::from(e)));
+    let (lines, code) = outcome(&report, stats_error, &url, ca_file.as_deref(), handshake_timeout_ms);
+    for line in lines {
+        eprintln!("{line}");
     }
-    let s = &report.stats;
-    let r = &report.recovery;
-    eprintln!(
-        "keel stream: {} market events, {} rows in {} files, {} reconnects, {} gaps ({} ids missing: {} backfilled over REST, {} abandoned), {} book resyncs, {} malformed, {:.1}s",
-        s.market_events,
-        report.rows_written,
-        report.files.len(),
-        s.reconnects,
-        s.gaps,
-        s.missing_ids,
-        r.backfilled_trades,
-        r.abandoned_ids,
-        r.book_resyncs,
-        s.malformed_frames,
-        report.elapsed.as_secs_f64()
-    );
+    Ok(ExitCode::from(code))
+}
+
+/// What the end of a run prints (the summary first, always) and its exit code: 2 for a rejected
+/// certificate, whatever else failed; 1 for a run that gave up, never connected, or could not write
+/// its `--stats-json` (`stats_error`); 0 otherwise.
+fn outcome(
+    report: &StreamReport,
+    stats_error: Option<String>,
+    url: &str,
+    ca_file: Option<&str>,
+    handshake_timeout_ms: u64,
+) -> (Vec<String>, u8) {
+    let mut lines = vec![summary(report)];
+    let mut code = 0u8;
+    if let Some(e) = stats_error {
+        lines.push(format!("keel: error: {e}"));
+        code = 1;
+    }
     match &report.gave_up {
-        None => Ok(ExitCode::SUCCESS),
+        None if report.stats.connects == 0 => {
+            lines.push(format!("keel: error: {}", never_connected(url, report, handshake_timeout_ms)));
+            code = code.max(1);
+        }
+        None => {}
         Some(GiveUp { error: TransportError::CertificateRejected(why), .. }) => {
-            eprintln!("keel: error: the server certificate was rejected: {why}");
-            eprintln!(
-                "keel: not retrying (keel never disables verification); for a private or test endpoint pass its CA with --ca-file or tls.ca_file"
-            );
-            Ok(ExitCode::from(2))
+            lines.push(format!("keel: error: the server certificate was rejected: {why}"));
+            lines.push(format!(
+                "keel: not retrying (keel never disables verification): {}",
+                keel_core::classify::certificate_advice(why, ca_file)
+            ));
+            code = 2;
         }
         Some(g) => {
-            eprintln!("keel: error: gave up after {} consecutive failures: {}", g.failures, g.reason);
-            Ok(ExitCode::from(1))
+            lines.push(format!("keel: error: gave up after {} consecutive failures: {}", g.failures, g.reason));
+            code = code.max(1);
         }
     }
+    (lines, code)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::stream_list;
+    use super::*;
+
+    #[test]
+    fn a_failed_stats_write_keeps_the_summary_and_a_certificate_s_exit_code() {
+        let rejected = TransportError::CertificateRejected("unable to get local issuer certificate".into());
+        let report = StreamReport {
+            gave_up: Some(GiveUp {
+                error: rejected.clone(),
+                class: ErrorClass::Fatal,
+                failures: 1,
+                reason: "fatal".into(),
+            }),
+            ..StreamReport::default()
+        };
+        let write_error = Some("cannot write --stats-json out/stats.json: Is a directory (os error 21)".to_string());
+        let (lines, code) = outcome(&report, write_error.clone(), "wss://localhost:9443", Some("other/ca.pem"), 30_000);
+        assert_eq!(code, 2, "{lines:?}");
+        assert!(lines[0].starts_with("keel stream: 0 market events"), "{lines:?}");
+        assert!(lines.iter().any(|l| l.contains("cannot write --stats-json")), "{lines:?}");
+        assert!(lines.iter().any(|l| l.contains("the CA in other/ca.pem")), "{lines:?}");
+        let connected = StreamReport {
+            stats: ConnectionStats { connects: 1, ..ConnectionStats::default() },
+            ..StreamReport::default()
+        };
+        assert_eq!(outcome(&connected, write_error, "wss://x", None, 30_000).1, 1);
+        assert_eq!(outcome(&connected, None, "wss://x", None, 30_000).1, 0);
+    }
+
+    #[test]
+    fn the_stats_path_check_leaves_no_file_and_no_change_behind() {
+        let dir = std::env::temp_dir().join(format!("keel-stats-check-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let new = dir.join("new.json");
+        check_stats_path(&new).unwrap();
+        assert!(!new.exists(), "an empty stats file would read as a run without stats");
+        let old = dir.join("old.json");
+        std::fs::write(&old, "{\"kept\": 1}").unwrap();
+        check_stats_path(&old).unwrap();
+        assert_eq!(std::fs::read_to_string(&old).unwrap(), "{\"kept\": 1}");
+        let err = check_stats_path(&dir).unwrap_err();
+        assert!(err.to_string().contains("--stats-json"), "{err}");
+        assert!(check_out_dir(&old).is_err(), "a file is not an output directory");
+        check_out_dir(&dir.join("a/b")).unwrap();
+        assert_eq!(std::fs::read_dir(dir.join("a/b")).unwrap().count(), 0, "the probe file is removed");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_run_that_never_connected_fails_and_says_why() {
+        let refused = StreamReport {
+            stats: ConnectionStats { last_error: Some("connection refused: x".into()), ..ConnectionStats::default() },
+            elapsed: Duration::from_millis(4_020),
+            ..StreamReport::default()
+        };
+        let (lines, code) = outcome(&refused, None, "wss://localhost:1", None, 30_000);
+        assert_eq!(code, 1);
+        assert!(lines[0].ends_with(", last error: connection refused: x"), "{lines:?}");
+        assert_eq!(
+            lines[1],
+            "keel: error: never connected to wss://localhost:1 in 4.0 s; last error: connection refused: x"
+        );
+        let silent = StreamReport { pending_attempt: Some(Duration::from_millis(3_990)), ..StreamReport::default() };
+        let (lines, code) = outcome(&silent, None, "wss://localhost:2", None, 30_000);
+        assert_eq!(code, 1);
+        assert!(lines[1].contains("no answer after 4.0 s") && lines[1].contains("tls.handshake_timeout_ms = 30000"));
+    }
 
     #[test]
     fn a_long_stream_list_is_shown_as_its_first_names_and_a_count() {
