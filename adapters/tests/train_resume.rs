@@ -320,14 +320,16 @@ fn out_holding_another_run_or_other_files_is_refused_unless_resumed_or_forced() 
     train(&csv, &["--epochs", "1", "--seed", "5", "--out", s(&ck), "--force"]).unwrap();
     let m = checkpoint::load_meta(&ck).unwrap();
     assert_eq!((m.train.seed, m.resume.unwrap().state.next_epoch), (5, 1));
-    // A directory of someone's files is not a checkpoint directory; --force writes there anyway.
+    // A directory of someone's files: they are kept beside the run. Bare weights are refused.
     let mine = dir.join("mine");
     std::fs::create_dir_all(&mine).unwrap();
     std::fs::write(mine.join("notes.txt"), "mine").unwrap();
+    std::fs::write(mine.join(checkpoint::WEIGHTS), "someone's weights").unwrap();
     let e = err(train(&csv, &["--epochs", "1", "--out", s(&mine)]));
-    assert!(e.contains("holds 1 file(s) that are not a keel checkpoint (notes.txt)") && e.contains("--force"), "{e}");
+    assert!(e.contains(&format!("holds {} without a meta.ron", checkpoint::WEIGHTS)) && e.contains("--force"), "{e}");
     assert!(!mine.join(checkpoint::META).exists());
-    train(&csv, &["--epochs", "1", "--out", s(&mine), "--force"]).unwrap();
+    std::fs::remove_file(mine.join(checkpoint::WEIGHTS)).unwrap();
+    train(&csv, &["--epochs", "1", "--out", s(&mine)]).unwrap();
     assert_eq!(std::fs::read_to_string(mine.join("notes.txt")).unwrap(), "mine");
     assert!(mine.join(checkpoint::META).exists());
 }

@@ -234,14 +234,12 @@ pub fn check_target(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Files a run writes into its checkpoint directory (the loss plot is written by `keel train`).
-const RUN_FILES: [&str; 4] = [META, WEIGHTS, STATE, "loss.png"];
-
 /// Checks, before any training, that a run may write its checkpoint to `dir` (`--out`): the
 /// structural rules of [`check_target`], and that nothing there would be lost. A run replaces its
-/// checkpoint directory at every save, so `dir` must be new, empty, or hold only the loss plot of a
-/// failed run; or it is the checkpoint `resume_from` continues. A checkpoint of another run (the
-/// only copy of its resumable state) or unrelated files are refused unless `force`.
+/// checkpoint directory at every save (carrying other files over), so `dir` must not hold another
+/// run's checkpoint or weights, unless it is the checkpoint `resume_from` continues. A checkpoint
+/// of another run (the only copy of its resumable state) or bare weights are refused unless
+/// `force`; unrelated files are kept.
 pub fn check_out(dir: &Path, resume_from: Option<&Path>, force: bool) -> anyhow::Result<()> {
     check_target(dir)?;
     if force || !dir.is_dir() {
@@ -264,23 +262,16 @@ pub fn check_out(dir: &Path, resume_from: Option<&Path>, force: bool) -> anyhow:
             dir.display()
         );
     }
-    let mut others: Vec<String> = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot list --out {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
-        .filter(|n| !RUN_FILES.contains(&n.as_str()))
-        .collect();
-    if !others.is_empty() {
-        others.sort();
-        let n = others.len();
-        others.truncate(5);
+    // Other files stay: a save carries them over (a config or notes kept beside the run are
+    // fine). Weights without a meta.ron are someone's model, not a run to resume: replacing them
+    // would lose them.
+    let weights: Vec<&str> = [WEIGHTS, STATE].into_iter().filter(|n| dir.join(n).exists()).collect();
+    if !weights.is_empty() {
         anyhow::bail!(
-            "--out {} holds {n} file(s) that are not a keel checkpoint ({}{}): a run writes {} there and replaces \
-             the directory at every save; choose a new or empty directory, or pass --force to write there anyway \
-             (other files are carried over, files of those names replaced)",
+            "--out {} holds {} without a {META}: this run would replace them; move them away, choose another \
+             --out, or pass --force to replace them",
             dir.display(),
-            others.join(", "),
-            if n > others.len() { ", ..." } else { "" },
-            RUN_FILES.join(", ")
+            weights.join(" and ")
         );
     }
     Ok(())
