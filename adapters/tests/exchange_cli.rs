@@ -106,3 +106,31 @@ fn a_misspelled_rest_fault_stops_before_binding_and_names_the_forms() {
     assert!(stderr.contains("429[:RETRY_AFTER_SECS]") && stderr.contains("slow:MS"), "lists the forms: {stderr}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"), "did not start");
 }
+
+#[test]
+fn the_help_lists_every_fault_the_parser_accepts() {
+    let out = Command::new(env!("CARGO_BIN_EXE_keel")).args(["exchange", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{help}");
+    // Help text wraps lines: compare with the whitespace squeezed out.
+    let squeezed: String = help.split_whitespace().collect();
+    for spec in keel::exchange::FAULT_SPECS.split(", ").chain(keel::exchange::REST_FAULT_SPECS.split(", ")) {
+        assert!(squeezed.contains(spec), "{spec} missing from keel exchange --help:\n{help}");
+    }
+}
+
+#[test]
+fn an_unwritable_cert_out_stops_before_listening() {
+    let dir = tmp("certout");
+    let afile = dir.join("afile");
+    std::fs::write(&afile, "x").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["exchange", "--port", "0", "--duration", "30", "--cert-out"])
+        .arg(&afile)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--cert-out"), "{stderr}");
+    assert!(!stdout.contains("listening") && !stderr.contains("listening"), "did not start: {stdout}{stderr}");
+}

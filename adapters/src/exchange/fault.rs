@@ -84,23 +84,32 @@ pub enum Fault {
     },
 }
 
+/// Every spelling [`Fault`]'s parser accepts, one per kind: the one list that `keel exchange --help`
+/// and the parse error show (two hand-kept lists had drifted: the help lacked dropdepth and restart).
+pub const FAULT_SPECS: &str = "reset:N, eof:N, stall:N, close:CODE:N, malformed:EVERY, \
+                               reject:STATUS[:RETRY_AFTER_SECS], cutoff:MS, slow:MS, blast:FRAMES, oversize:N:BYTES, \
+                               dropdepth:N, restart:N";
+
+/// Every spelling [`RestFault`]'s parser accepts (the help of `--rest-fault` and its parse error).
+pub const REST_FAULT_SPECS: &str = "429[:RETRY_AFTER_SECS], 418[:RETRY_AFTER_SECS], 500, slow:MS";
+
 /// A fault spelling that could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error(
-    "invalid fault {spec:?}: {why}; expected one of reset:N, eof:N, stall:N, close:CODE:N, malformed:EVERY, reject:STATUS[:RETRY_AFTER_SECS], cutoff:MS, slow:MS, blast:FRAMES, oversize:N:BYTES, dropdepth:N, restart:N"
-)]
+#[error("invalid fault {spec:?}: {why}; expected one of {expected}")]
 pub struct FaultParseError {
     /// The text given.
     pub spec: String,
     /// What was wrong with it.
     pub why: String,
+    /// The accepted spellings of its kind of fault ([`FAULT_SPECS`] or [`REST_FAULT_SPECS`]).
+    pub expected: &'static str,
 }
 
 impl FromStr for Fault {
     type Err = FaultParseError;
 
     fn from_str(spec: &str) -> Result<Self, Self::Err> {
-        let err = |why: &str| FaultParseError { spec: spec.to_string(), why: why.to_string() };
+        let err = |why: &str| FaultParseError { spec: spec.to_string(), why: why.to_string(), expected: FAULT_SPECS };
         let parts: Vec<&str> = spec.split(':').collect();
         let num = |i: usize| -> Result<u64, FaultParseError> {
             let p = parts.get(i).ok_or_else(|| err("missing number"))?;
@@ -186,7 +195,8 @@ impl FromStr for RestFault {
     fn from_str(spec: &str) -> Result<Self, Self::Err> {
         let err = |why: &str| FaultParseError {
             spec: spec.to_string(),
-            why: format!("{why} (REST faults: 429[:RETRY_AFTER_SECS], 418[:RETRY_AFTER_SECS], 500, slow:MS)"),
+            why: format!("{why} (a REST fault)"),
+            expected: REST_FAULT_SPECS,
         };
         let parts: Vec<&str> = spec.split(':').collect();
         let num = |i: usize| -> Result<Option<u64>, FaultParseError> {
@@ -248,6 +258,7 @@ impl FaultPlan {
                 let k = k.parse::<u64>().map_err(|_| FaultParseError {
                     spec: text.to_string(),
                     why: format!("{k:?} is not a connection number (0-based) or *"),
+                    expected: FAULT_SPECS,
                 })?;
                 self.per_connection.entry(k).or_default().push(spec.parse()?);
             }
@@ -284,6 +295,61 @@ mod tests {
         }
     }
 
+    /// A spelling of `FAULT_SPECS` / `REST_FAULT_SPECS` with numbers for its placeholders.
+    fn example(spec: &str) -> String {
+        let spec = spec.replace("[:RETRY_AFTER_SECS]", ":7");
+        spec.split(':')
+            .map(|p| match p {
+                "N" | "MS" | "FRAMES" | "BYTES" | "EVERY" => "3",
+                "CODE" => "1008",
+                "STATUS" => "429",
+                other => other,
+            })
+            .collect::<Vec<_>>()
+            .join(":")
+    }
+
+    /// The spelled kind of every variant (a new variant does not compile until it is named here).
+    fn kind(f: &Fault) -> &'static str {
+        match f {
+            Fault::Reset { .. } => "reset",
+            Fault::Eof { .. } => "eof",
+            Fault::Stall { .. } => "stall",
+            Fault::Close { .. } => "close",
+            Fault::Malformed { .. } => "malformed",
+            Fault::RejectUpgrade { .. } => "reject",
+            Fault::Cutoff { .. } => "cutoff",
+            Fault::SlowReads { .. } => "slow",
+            Fault::Blast { .. } => "blast",
+            Fault::Oversize { .. } => "oversize",
+            Fault::DropDepth { .. } => "dropdepth",
+            Fault::Restart { .. } => "restart",
+        }
+    }
+
+    #[test]
+    fn the_listed_spellings_are_exactly_what_the_parsers_accept() {
+        let listed: Vec<&str> = FAULT_SPECS.split(", ").collect();
+        let mut kinds = Vec::new();
+        for spec in &listed {
+            let fault = example(spec).parse::<Fault>().unwrap_or_else(|e| panic!("{spec}: {e}"));
+            assert_eq!(fault.to_string().split(':').next(), Some(kind(&fault)), "{spec}");
+            kinds.push(kind(&fault));
+        }
+        // Every kind (the table of spellings_round_trip has one of each) is listed.
+        for text in ["reset:1", "eof:1", "stall:1", "close:1000:1", "malformed:1", "reject:429", "cutoff:1", "slow:1"]
+            .into_iter()
+            .chain(["blast:1", "oversize:1:1", "dropdepth:1", "restart:1"])
+        {
+            let k = kind(&text.parse::<Fault>().unwrap());
+            assert!(kinds.contains(&k), "{k} is accepted but not in FAULT_SPECS");
+        }
+        assert_eq!(kinds.len(), 12, "one spelling per kind");
+        for spec in REST_FAULT_SPECS.split(", ") {
+            example(spec).parse::<RestFault>().unwrap_or_else(|e| panic!("{spec}: {e}"));
+        }
+    }
+
     #[test]
     fn bad_spellings_say_what_is_wrong() {
         for (text, why) in [
@@ -315,7 +381,9 @@ mod tests {
             assert_eq!(fault.to_string(), text);
         }
         for bad in ["404", "429:x", "slow", "500:1"] {
-            assert!(bad.parse::<RestFault>().unwrap_err().to_string().contains("REST faults"), "{bad}");
+            let e = bad.parse::<RestFault>().unwrap_err().to_string();
+            assert!(e.contains(REST_FAULT_SPECS), "{bad}: {e}");
+            assert!(!e.contains("reset:N"), "a REST fault's error lists the REST forms only: {e}");
         }
     }
 

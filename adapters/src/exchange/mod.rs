@@ -25,7 +25,7 @@ mod rest;
 mod server;
 
 pub use cert::{GeneratedCerts, generate as generate_certs};
-pub use fault::{Fault, FaultParseError, FaultPlan, RestFault};
+pub use fault::{FAULT_SPECS, Fault, FaultParseError, FaultPlan, REST_FAULT_SPECS, RestFault};
 pub use market::{
     AggRecord, DEFAULT_AGG_HISTORY, DepthSnapshot, Market, Produced, StreamKind, StreamNameError, parse_stream,
 };
@@ -346,10 +346,8 @@ pub struct ExchangeArgs {
     /// Clock speed for event times and klines (60: a 1m candle per second).
     #[arg(long, default_value_t = 1)]
     pub clock_speed: u32,
-    /// A fault: `K=SPEC` for connection K (0-based), `*=SPEC` or `SPEC` for every connection.
-    /// SPEC: reset:N, eof:N, stall:N, close:CODE:N, malformed:EVERY, reject:STATUS[:RETRY_SECS],
-    /// cutoff:MS, slow:MS, blast:FRAMES, oversize:N:BYTES (N counts market frames sent). Repeatable.
-    #[arg(long = "fault")]
+    // A fault per connection or for all; the help is built from FAULT_SPECS, the parser's own list.
+    #[arg(long = "fault", help = fault_help())]
     pub faults: Vec<String>,
     /// Stop after this many seconds (default: run until Ctrl-C).
     #[arg(long)]
@@ -357,9 +355,17 @@ pub struct ExchangeArgs {
     /// Port of the HTTPS REST server on 127.0.0.1 (0 picks a free one and prints it).
     #[arg(long, default_value_t = 0)]
     pub rest_port: u16,
-    /// A REST fault for the next request (in order): 429[:RETRY_AFTER_SECS], 418[:SECS], 500, slow:MS. Repeatable.
-    #[arg(long = "rest-fault")]
+    // REST faults in request order; the help is built from REST_FAULT_SPECS.
+    #[arg(long = "rest-fault", help = format!("A REST fault for the next request, in order: {REST_FAULT_SPECS}. Repeatable"))]
     pub rest_faults: Vec<String>,
+}
+
+/// The help of `--fault`, listing every spelling the parser accepts.
+fn fault_help() -> String {
+    format!(
+        "A fault: `K=SPEC` for connection K (0-based), `*=SPEC` or `SPEC` for every connection. SPEC: {FAULT_SPECS} \
+         (N counts market frames sent). Repeatable"
+    )
 }
 
 /// Runs `keel exchange`.
@@ -387,11 +393,19 @@ pub fn run(args: ExchangeArgs) -> anyhow::Result<ExitCode> {
         ..ExchangeConfig::default()
     };
     let rest_faults = args.rest_faults.iter().map(|f| f.parse::<RestFault>()).collect::<Result<Vec<_>, _>>()?;
+    // The CA's place is checked before the exchange listens: it logged "listening" and then failed.
+    let ca_path = args.cert_out.join("ca.pem");
+    std::fs::create_dir_all(&args.cert_out)
+        .and_then(|()| std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(&ca_path))
+        .with_context(|| {
+            format!(
+                "cannot write {} (--cert-out {}: pick a writable directory)",
+                ca_path.display(),
+                args.cert_out.display()
+            )
+        })?;
     let ex = Exchange::start(cfg)?;
     ex.rest_fault_next(rest_faults);
-    std::fs::create_dir_all(&args.cert_out)
-        .with_context(|| format!("cannot create --cert-out {}", args.cert_out.display()))?;
-    let ca_path = args.cert_out.join("ca.pem");
     ex.write_ca(&ca_path)?;
     // A closed stdout (a script that read the REST line and went on, `| head -2`) must not stop the
     // server: `println!` would panic on the broken pipe and take the exchange down with it.
