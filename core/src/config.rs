@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use thiserror::Error;
 
+mod explain;
 pub mod reference;
 pub mod url;
 
@@ -442,10 +443,18 @@ impl fmt::Display for ValidationErrors {
 /// Why a configuration could not be used.
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum ConfigError {
+    /// The text holds nothing but whitespace and comments (a truncated or never-written file).
+    #[error(
+        "the config file is empty: write `()` to take every default, or start from what `keel config default` prints"
+    )]
+    Empty,
     /// The text is not valid RON for this schema (syntax, type, or an unknown key).
-    #[error("config is not valid at line {line}, column {column}: {message}")]
+    #[error("config is not valid at line {line}:{column}{}: {message}", in_key(.key.as_deref()))]
     Parse {
-        /// What the parser said (names the unknown or mistyped key).
+        /// The key path the error is in, as the file spells it (`heartbeat.ping_interval_ms`,
+        /// `stream.streams[1]`), when the parser got that far.
+        key: Option<String>,
+        /// What is wrong and how to write it instead.
         message: String,
         /// 1-based line.
         line: usize,
@@ -457,14 +466,15 @@ pub enum ConfigError {
     Invalid(ValidationErrors),
 }
 
+fn in_key(key: Option<&str>) -> String {
+    key.map(|k| format!(", key {k}")).unwrap_or_default()
+}
+
 impl Config {
-    /// Parses RON text and validates it.
+    /// Parses RON text and validates it. A parse error names the key path, the line and column,
+    /// and how to write the value (see `explain`).
     pub fn from_ron(text: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = ron::from_str(text).map_err(|e| ConfigError::Parse {
-            message: e.code.to_string(),
-            line: e.span.start.line,
-            column: e.span.start.col,
-        })?;
+        let cfg = explain::parse(text)?;
         cfg.validate().map_err(ConfigError::Invalid)?;
         Ok(cfg)
     }
@@ -1062,6 +1072,97 @@ mod tests {
         ] {
             assert_eq!(Config::from_ron(text).map(|_| ()), Ok(()), "{text}");
         }
+    }
+
+    /// Each input that does not parse, the key path and `line:column` its error must name, and the
+    /// words of the fix. The internal type names (`HeartbeatConfig`, `ComputeDtype`...) never show.
+    const PARSE_ERRORS: &[(&str, &str, &str, &[&str])] = &[
+        (
+            "(\n  heartbeat: (\n    ping_interval_ms: -5,\n  ),\n)",
+            "heartbeat.ping_interval_ms",
+            "3:23",
+            &["-5 is out of range", "whole number from 0 to 18446744073709551615", "allowed: > 0", "default: 30000"],
+        ),
+        (
+            "(heartbeat: (ping_interval_ms: \"30s\"))",
+            "heartbeat.ping_interval_ms",
+            "1:32",
+            &["expected a whole number of milliseconds", "30 s = 30000", "found \"30s\""],
+        ),
+        (
+            "(\n  heartbeat: (ping_intervall_ms: 5),\n)",
+            "heartbeat.ping_intervall_ms",
+            "2:15",
+            &["unknown key `ping_intervall_ms` in section `heartbeat`", "did you mean `ping_interval_ms`?"],
+        ),
+        ("(heartbeet: ())", "heartbeet", "1:2", &["unknown section `heartbeet`", "did you mean `heartbeat`?"]),
+        (
+            "(train: (dtype: f16))",
+            "train.dtype",
+            "1:17",
+            &["unknown value `f16`", "did you mean `F16`?", "F32, F16, Bf16"],
+        ),
+        ("(train: (features: Ms))", "train.features", "1:20", &["did you mean `MS`?", "M, S, MS"]),
+        (
+            "(tls: (ca_file: \"/x.pem\"))",
+            "tls.ca_file",
+            "1:17",
+            &["written Some(...) or None", "write Some(\"/x.pem\")"],
+        ),
+        ("(scaler: (init_scale: 65536.0))", "scaler.init_scale", "1:23", &["write Fixed(65536.0)", "or Auto"]),
+        ("(scaler: (reset_scale: 1024))", "scaler.reset_scale", "1:24", &["write Fixed(1024)"]),
+        (
+            "(scaler: (reset_scale: fixed(2.0)))",
+            "scaler.reset_scale",
+            "1:24",
+            &["did you mean `Fixed`?", "Fixed(65536.0)"],
+        ),
+        ("(scaler: (init_scale: Fixed(\"big\")))", "scaler.init_scale", "1:29", &["Fixed(65536.0)"]),
+        ("(rest: (book_depth_limit: 70000))", "rest.book_depth_limit", "1:27", &["from 0 to 65535", "5, 10, 20"]),
+        ("(rest: (backfill: yes))", "rest.backfill", "1:19", &["expected true or false, found yes"]),
+        ("(stream: (streams: [\"a@trade\", 5]))", "stream.streams[1]", "1:32", &["expected a string in double quotes"]),
+        ("(stream: 5)", "stream", "1:10", &["a section is written in parentheses", "stream: (key: value"]),
+        ("(tls: (min_version: \"1.0\"))", "tls.min_version", "1:21", &["use \"1.2\" or \"1.3\""]),
+        (
+            "(heartbeat: (pong_timeout_ms: 5, pong_timeout_ms: 6))",
+            "heartbeat.pong_timeout_ms",
+            "1:34",
+            &["`pong_timeout_ms` is set twice in section `heartbeat`; keep one"],
+        ),
+        ("(tls: (), tls: ())", "tls", "1:11", &["section `tls` is written twice"]),
+    ];
+
+    #[test]
+    fn parse_errors_name_the_key_the_place_and_the_fix() {
+        for (text, key, place, hints) in PARSE_ERRORS {
+            let err = Config::from_ron(text).unwrap_err();
+            assert!(matches!(&err, ConfigError::Parse { key: Some(k), .. } if k == key), "{text}: {err:?}");
+            let shown = err.to_string();
+            assert!(
+                shown.contains(&format!("line {place}, key {key}: ")),
+                "{text}: {place} {key} missing from: {shown}"
+            );
+            for hint in *hints {
+                assert!(shown.contains(hint), "{text}: {hint:?} missing from: {shown}");
+            }
+            for internal in ["Config`", "ComputeDtype", "Features`", "ScaleChoice", "TlsVersion", "r#"] {
+                assert!(!shown.contains(internal), "{text}: {internal} in: {shown}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_empty_file_says_so() {
+        for text in ["", "  \n\t", "// keel.ron\n/* to do */\n"] {
+            let err = Config::from_ron(text).unwrap_err();
+            assert_eq!(err, ConfigError::Empty);
+            assert!(err.to_string().contains("the config file is empty"), "{err}");
+        }
+        // Not a parenthesized file at all, or text after it: said without a key.
+        let err = Config::from_ron("stream: ()").unwrap_err().to_string();
+        assert!(err.contains("line 1:1: the file must be one `( ... )`"), "{err}");
+        let err = Config::from_ron("() x").unwrap_err().to_string();
+        assert!(err.contains("line 1:4: text after the closing `)`"), "{err}");
     }
 
     /// Each bad value, written as a RON fragment, and the field its error must name.
