@@ -196,6 +196,8 @@ struct Machine {
     /// While a make-before-break rollover runs: the faults injected when it started (`None`: the old
     /// transport was already half-open then, so the rollover is not fault-free), and the new transport.
     rolling: Option<(Option<u64>, Option<u64>)>,
+    /// When the last rollover began.
+    rolling_since: u64,
     /// A gap reported during a fault-free rollover, until the event that revealed it shows its transport.
     suspect_gap: Option<String>,
     /// Numbering restarts reported per stream.
@@ -849,8 +851,12 @@ impl<'p> ConnSim<'p> {
                 // A frame a fault dropped before the rollover started, with no later frame of its stream on the
                 // old transport, is revealed by the new one (seed 19220): that gap is the fault's, not the rollover's.
                 let covered = covered_kind(&gap.stream) == Some(gap.kind);
-                // Trade ids and depth update ids a fault kept from the client: not the rollover's doing.
-                let dropped = self.net.all_lost(&gap.stream, gap.first_missing, gap.last_missing);
+                // Trade ids and depth update ids a fault kept from the client, or produced while no transport
+                // listened before the rollover began (seed 432418: during an earlier 1008 wait, revealed by
+                // the new transport because the old one carried no later frame of the stream): not the
+                // rollover's doing.
+                let dropped =
+                    self.net.missed_before(&gap.stream, gap.first_missing, gap.last_missing, self.m.rolling_since);
                 if !dropped && self.m.rolling.is_some_and(|(faults, _)| faults == Some(self.injected())) {
                     self.m.suspect_gap = Some(format!("{gap:?}"));
                 }
@@ -1023,6 +1029,7 @@ impl<'p> ConnSim<'p> {
                 // during it (seed 894: a frame sent to the silent old transport before the new one opened).
                 let faults = (!self.net.is_half_open(tid(*id, self.m.base))).then(|| self.injected());
                 self.m.rolling = Some((faults, None));
+                self.m.rolling_since = now;
             }
             Event::Malformed { .. } => self.m.malformed += 1,
             Event::ServerError { .. } => {}

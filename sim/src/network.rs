@@ -155,6 +155,9 @@ pub struct Network {
     /// Per sequenced stream (trades by id, depth by update id), the ids a `Lost` fault kept from some
     /// transport, or a reorder fault held when its transport ended.
     lost_ids: BTreeMap<String, std::collections::BTreeSet<u64>>,
+    /// Per sequenced stream, the runs of ids produced while no transport listened, `(first, last,
+    /// when the last was produced)`: lost to everyone, by an outage or a reconnect, not by a transport.
+    unheard: BTreeMap<String, Vec<(u64, u64, u64)>>,
     outage_until: Option<u64>,
     healed: bool,
     /// No connection attempt may reach the server before this (a Retry-After we sent).
@@ -212,6 +215,7 @@ impl Network {
             markets,
             old_numberings: BTreeMap::new(),
             lost_ids: BTreeMap::new(),
+            unheard: BTreeMap::new(),
             outage_until: None,
             healed: false,
             ban_until: 0,
@@ -268,6 +272,19 @@ impl Network {
     /// Sequence ids `span` of market `i` never reached some transport.
     fn note_lost(&mut self, i: usize, (first, last): (u64, u64)) {
         self.lost_ids.entry(self.markets[i].stream.clone()).or_default().extend(first..=last);
+    }
+
+    /// Sequence ids `span` of market `i` were produced at `at` while no transport listened.
+    fn note_unheard(&mut self, i: usize, (first, last): (u64, u64), at: u64) {
+        let stream = &self.markets[i].stream;
+        let runs = match self.unheard.get_mut(stream) {
+            Some(runs) => runs,
+            None => self.unheard.entry(stream.clone()).or_default(),
+        };
+        match runs.last_mut() {
+            Some(run) if run.1.checked_add(1) == Some(first) => *run = (run.0, last, at),
+            _ => runs.push((first, last, at)),
+        }
     }
 
     /// Queues a final message and forgets the transport on the server side.
@@ -457,6 +474,33 @@ impl Network {
     /// some transport: a `Lost` fault, or a reorder fault holding the frame when its transport ended.
     pub fn all_lost(&self, stream: &str, first: u64, last: u64) -> bool {
         self.lost_ids.get(stream).is_some_and(|ids| (first..=last).all(|id| ids.contains(&id)))
+    }
+
+    /// Whether every id of `first..=last` on `stream` was kept from the client before `before`
+    /// without the help of whatever happened since: [`Self::all_lost`]'s faults, or produced while no
+    /// transport listened (an earlier outage or reconnect) before `before`.
+    pub fn missed_before(&self, stream: &str, first: u64, last: u64, before: u64) -> bool {
+        let lost = self.lost_ids.get(stream);
+        let runs = self.unheard.get(stream).map_or(&[][..], Vec::as_slice);
+        let mut id = first;
+        while id <= last {
+            if lost.is_some_and(|ids| ids.contains(&id)) {
+                id += 1;
+                continue;
+            }
+            // The run holding `id`: runs are in production order, and ids rise within a numbering.
+            let Some(&(_, end, at)) = runs.iter().rev().find(|&&(a, b, _)| (a..=b).contains(&id)) else {
+                return false;
+            };
+            if at >= before {
+                return false;
+            }
+            id = end.saturating_add(1);
+            if end == u64::MAX {
+                break;
+            }
+        }
+        true
     }
 
     /// The first id of the numbering of `stream` that trade `id` belongs to (current or earlier).
@@ -663,6 +707,9 @@ impl Network {
         }
         let sequenced = m.kind.is_trades() || m.kind == StreamKind::Depth;
         let span = first_seq.zip(seq_id).filter(|_| sequenced);
+        if let (true, Some(span)) = (ids.is_empty(), span) {
+            self.note_unheard(i, span, at);
+        }
         for id in ids {
             self.stats.frames += 1;
             let mut lost = false;
@@ -913,6 +960,31 @@ mod tests {
         let after = net.next_id("btcusdt@aggTrade").unwrap();
         // Mean interval 1 s: about 100 trades in 100 s, with nobody connected.
         assert!((50..200).contains(&(after - before)), "{}", after - before);
+    }
+
+    #[test]
+    fn ids_produced_while_no_one_listens_are_missed_from_then_on() {
+        // Seed 432418: a gap of ids produced during an earlier reconnect wait, revealed by a rollover's
+        // new transport, is not the rollover's doing.
+        let p = quiet_profile();
+        let mut net = Network::new(&p, 0);
+        let stream = "btcusdt@aggTrade";
+        let a = net.next_id(stream).unwrap();
+        run_until(&mut net, 0, 100_000);
+        let b = net.next_id(stream).unwrap();
+        assert!(b > a + 10, "{a}..{b}");
+        assert!(net.missed_before(stream, a, b - 1, 100_001));
+        assert!(net.missed_before(stream, a + 3, a + 5, 100_001));
+        // Not before they were produced.
+        assert!(!net.missed_before(stream, a, b - 1, 50_000));
+        // Ids produced while a transport listened were heard.
+        // (Within a minute: the transport answers no server ping, which closes it after the third.)
+        net.open(1, &format!("wss://sim.invalid:9443/stream?streams={stream}"), 100_000);
+        run_until(&mut net, 100_000, 150_000);
+        let c = net.next_id(stream).unwrap();
+        assert!(c > b + 10, "{b}..{c}");
+        assert!(!net.missed_before(stream, c - 5, c - 1, 150_001));
+        assert!(!net.missed_before(stream, a, c - 1, 150_001));
     }
 
     #[test]

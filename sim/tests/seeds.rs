@@ -21,6 +21,8 @@ const REGRESSIONS: &[(u64, &str)] = &[
     (118987, "the 10th failure in a row was a 418 ban: the machine gave up and its restart connected into the ban"),
     (239313, "a depth diff held by a reorder fault dies with the old transport at a serverShutdown: the fault's gap"),
     (300270, "8 weight a minute and a few trades lost at each of ~1100 reconnects: one request per gap never settled"),
+    (416815, "a one-frame numbering reordered behind the next numbering's first frame: it went first, not as a gap"),
+    (432418, "ids produced during a 1008 wait, revealed by a rollover's new transport: the earlier outage's gap"),
 ];
 
 /// Runs `seeds` on every CPU; returns the failing seeds and the simulated hours.

@@ -382,22 +382,36 @@ fn first_id(event: &MarketEvent) -> Option<u64> {
     }
 }
 
-/// Puts held restart candidates in id order within each numbering, keeping the numberings in arrival
-/// order. A frame reordered across a restart would otherwise be passed on after its successor and
-/// dropped as its duplicate, unreported (sim seed 411); a second restart inside the confirmation run
-/// (ids far below the run so far) must stay after the first one's events (sim seed 459).
+/// Puts held restart candidates in the order their numberings began: each numbering's ids ascending,
+/// the numberings from the highest down. A numbering restart goes far below the last id (that is how
+/// one is told from a duplicate), so of two numberings in one run the higher one began first, whatever
+/// order their frames arrived in:
+/// - a frame reordered across a restart would otherwise be passed on after its successor and dropped
+///   as its duplicate, unreported (sim seed 411);
+/// - a second restart inside the confirmation run (ids far below the run so far) must stay after the
+///   first one's events (sim seed 459);
+/// - the one frame of a numbering that lasted a single frame, reordered behind the first frame of the
+///   numbering after it, must go first: passed on after it, it looked like a jump of millions of ids in
+///   the newer numbering, reported as a gap, and the newer numbering's next frames as a second restart
+///   (sim seed 416815).
+///
+/// Two ids are in one numbering when they are within the restart distance of each other.
 fn sort_numbering_runs(held: &mut [(TransportId, MarketEvent)], policy: RestartPolicy) {
+    // Ascending (stable: of two copies of an id, the one that came first stays first), then reversed;
+    // reversing each numbering's run again makes it ascending and restores that order.
+    held.sort_by_key(|(_, event)| first_id(event));
+    held.reverse();
     let mut start = 0;
-    let mut top: Option<u64> = None;
-    for i in 0..=held.len() {
-        let id = held.get(i).and_then(|(_, event)| first_id(event));
-        let boundary = i == held.len() || matches!((top, id), (Some(top), Some(id)) if policy.far_below(top, id));
+    for i in 1..=held.len() {
+        let boundary = i == held.len()
+            || matches!(
+                (first_id(&held[i - 1].1), first_id(&held[i].1)),
+                (Some(above), Some(id)) if policy.far_below(above, id)
+            );
         if boundary {
-            held[start..i].sort_by_key(|(_, event)| first_id(event));
+            held[start..i].reverse();
             start = i;
-            top = None;
         }
-        top = top.max(id);
     }
 }
 
@@ -1369,8 +1383,9 @@ impl Connection {
                 self.stats.duplicates = self.stats.duplicates.saturating_sub(revived.len() as u64);
                 held.splice(0..0, revived);
                 sort_numbering_runs(&mut held, self.gaps.policy());
-                // Candidates held across a hand-over's replay are not in the tracker's run.
-                let first = held.first().and_then(|(_, event)| first_id(event)).map_or(r.first, |id| id.min(r.first));
+                // The restart is to the numbering that comes first: the tracker's run may hold a later one
+                // too, and candidates held across a hand-over's replay are not in the tracker's run.
+                let first = held.first().and_then(|(_, event)| first_id(event)).unwrap_or(r.first);
                 self.emit(Output::Event(Event::SequenceRestarted { stream: r.stream, last: r.last, first }));
                 for (held_id, held_event) in held {
                     self.deliver(held_id, stream.clone(), held_event, false, now);

@@ -1516,6 +1516,28 @@ fn candidates_held_from_the_old_transport_survive_the_hand_over() {
 }
 
 #[test]
+fn a_one_frame_numbering_reordered_behind_the_next_numbering_is_passed_on_first() {
+    // Simulator seed 416815: the numbering after 5_000 lasted one frame (2_000), which a reorder held
+    // behind the first frame of the numbering after it (1). 2_000 is higher, so it began first.
+    let (mut h, _) = H::new(&restart_cfg());
+    h.input(Input::Opened { id: id(1) });
+    h.input(Input::Text { id: id(1), text: agg(5_000) });
+    assert_eq!(h.input(Input::Text { id: id(1), text: agg(1) }), []);
+    assert_eq!(h.input(Input::Text { id: id(1), text: agg(2_000) }), []);
+    let out = h.input(Input::Text { id: id(1), text: agg(2) });
+    assert_eq!(out[0], restarted(5_000, 2_000));
+    // Passed on after 1, 2_000 was a gap of 1_998 ids in the newest numbering, and 2, 3... a second
+    // restart down from it, reported from 2 with 1 lost.
+    assert_eq!(delivered(&out), [(1, 2_000)]);
+    assert!(!out.iter().any(|o| matches!(o, Output::Gap(_))), "{out:?}");
+    let out = h.input(Input::Text { id: id(1), text: agg(3) });
+    assert_eq!(out[0], restarted(2_000, 1));
+    assert_eq!(delivered(&out), [(1, 1), (1, 2), (1, 3)]);
+    assert_eq!(delivered(&h.input(Input::Text { id: id(1), text: agg(4) })), [(1, 4)]);
+    assert_eq!((h.c.stats().sequence_restarts, h.c.stats().gaps, h.c.stats().duplicates), (2, 0, 0));
+}
+
+#[test]
 fn two_restarts_inside_one_confirmation_run_keep_their_order() {
     let (mut h, _) = H::new(&restart_cfg());
     h.input(Input::Opened { id: id(1) });
