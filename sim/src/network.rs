@@ -80,6 +80,9 @@ struct OpenTransport {
     shutdown_close_at: Option<u64>,
     /// A frame held back by a reorder fault.
     held: Option<Held>,
+    /// The last frames a reorder fault held, once released: `(delivery seq, market, span)`. Still in
+    /// flight when the client closes the transport, they are lost to the reorder fault (see `close`).
+    released: VecDeque<(u64, usize, (u64, u64))>,
 }
 
 /// A frame a reorder fault holds back until the next one of its market has gone out.
@@ -427,8 +430,23 @@ impl Network {
     /// The client dropped transport `id`: nothing more is delivered on it.
     pub fn close(&mut self, id: Tid) {
         self.discard_held(id);
-        self.transports.remove(&id);
-        self.queue.retain(|_, (t, _)| *t != id);
+        let mut dropped = Vec::new();
+        self.queue.retain(|&(_, seq), (t, _)| {
+            if *t == id {
+                dropped.push(seq);
+            }
+            *t != id
+        });
+        // A frame a reorder fault delayed, released but still in flight, dies here too: without the
+        // fault it would have arrived long before (seed 451557: held on the old transport of a
+        // rollover, released behind the id that arrived first on the new one, which handed over).
+        if let Some(Transport { state: State::Open(o), .. }) = self.transports.remove(&id) {
+            for (seq, market, span) in o.released {
+                if dropped.contains(&seq) {
+                    self.note_lost(market, span);
+                }
+            }
+        }
     }
 
     /// The streams the exchange has subscribed on transport `id`, when it is open at the server.
@@ -634,6 +652,7 @@ impl Network {
                 unanswered: VecDeque::new(),
                 shutdown_close_at: None,
                 held: None,
+                released: VecDeque::new(),
             });
             self.stats.accepted += 1;
             self.deliver(id, at, ToClient::Opened);
@@ -744,7 +763,7 @@ impl Network {
             }
             let Some(Transport { state: State::Open(o), .. }) = self.transports.get_mut(&id) else { continue };
             let held = match o.held.take() {
-                Some(h) if h.market == i => Some(h.frame),
+                Some(h) if h.market == i => Some(h),
                 other => {
                     o.held = other;
                     None
@@ -760,8 +779,17 @@ impl Network {
                 self.deliver(id, at, ToClient::Text(frame.clone()));
             }
             self.deliver(id, at, ToClient::Text(frame.clone()));
-            if let Some(f) = held {
-                self.deliver(id, at, ToClient::Text(f));
+            if let Some(h) = held {
+                self.deliver(id, at, ToClient::Text(h.frame));
+                let seq = self.seq;
+                if let (Some(span), Some(Transport { state: State::Open(o), .. })) =
+                    (h.span, self.transports.get_mut(&id))
+                {
+                    if o.released.len() == 8 {
+                        o.released.pop_front();
+                    }
+                    o.released.push_back((seq, h.market, span));
+                }
             }
         }
     }
@@ -1140,6 +1168,44 @@ mod tests {
             }
         }
         assert!(wide_diff, "no held depth diff covered more than one update id: the test checks less than it says");
+    }
+
+    #[test]
+    fn a_reordered_frame_released_but_in_flight_at_a_client_close_counts_as_lost() {
+        // Seed 451557: the frame a reorder fault held on a rollover's old transport was released behind
+        // the next one, which arrived first on the new transport; the hand-over closed the old one with
+        // both in flight. Delivered before the close, it is not lost.
+        let stream = "btcusdt@trade";
+        let mut p = quiet_profile();
+        p.config.stream.streams = vec![stream.into()];
+        p.faults = vec![(Fault::Reorder, Ratio { num: 1, den: 1 })];
+        for delivered_first in [false, true] {
+            let mut net = Network::new(&p, 0);
+            net.open(1, &format!("wss://sim.invalid:9443/stream?streams={stream}"), 0);
+            let held = |net: &Network| match net.transports.get(&1) {
+                Some(Transport { state: State::Open(OpenTransport { held: Some(h), .. }), .. }) => h.span,
+                _ => None,
+            };
+            // Until a frame is held, then until the next frame of its market releases it.
+            let span = loop {
+                let now = net.next_event_time().unwrap();
+                net.advance(now);
+                while net.pop_delivery(now).is_some() {}
+                if let Some(span) = held(&net) {
+                    break span;
+                }
+            };
+            let mut now = 0;
+            while held(&net) == Some(span) {
+                now = net.next_event_time().unwrap();
+                net.advance(now);
+            }
+            if delivered_first {
+                while net.pop_delivery(now + 10_000).is_some() {}
+            }
+            net.close(1);
+            assert_eq!(net.all_lost(stream, span.0, span.1), !delivered_first, "delivered first: {delivered_first}");
+        }
     }
 
     #[test]

@@ -23,6 +23,7 @@ const REGRESSIONS: &[(u64, &str)] = &[
     (300270, "8 weight a minute and a few trades lost at each of ~1100 reconnects: one request per gap never settled"),
     (416815, "a one-frame numbering reordered behind the next numbering's first frame: it went first, not as a gap"),
     (432418, "ids produced during a 1008 wait, revealed by a rollover's new transport: the earlier outage's gap"),
+    (451557, "a reorder-held trade released on the old transport behind the id that handed over: the fault's gap"),
 ];
 
 /// Runs `seeds` on every CPU; returns the failing seeds and the simulated hours.
