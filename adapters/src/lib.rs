@@ -9,6 +9,7 @@ pub mod demo;
 pub mod exchange;
 pub mod logging;
 pub mod metrics;
+pub mod probe;
 pub mod rest;
 pub mod stream;
 pub mod tls;

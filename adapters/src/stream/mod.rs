@@ -1243,17 +1243,7 @@ pub fn check_out_dir(dir: &Path) -> Result<(), StreamError> {
 /// truncating what it holds, and removed again if this created it (an empty stats file left by a run
 /// that then failed would read as a run with no stats).
 pub fn check_stats_path(path: &Path) -> Result<(), StreamError> {
-    let existed = path.exists();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(|source| StreamError::StatsJson { path: path.to_path_buf(), source })?;
-    if !existed {
-        let _ = std::fs::remove_file(path);
-    }
-    Ok(())
+    crate::probe::writable_file(path).map_err(|source| StreamError::StatsJson { path: path.to_path_buf(), source })
 }
 
 /// The last line of a run that never had a live connection: where it tried, for how long, and the

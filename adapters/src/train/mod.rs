@@ -535,20 +535,14 @@ pub fn run_until(args: TrainArgs, stop: impl Fn(u64) -> bool) -> anyhow::Result<
     Ok(ExitCode::SUCCESS)
 }
 
-/// Checks that the file `path` (given by `flag`) can be written, without changing it: an existing
-/// file is opened for appending, an absent one created and removed. Run before training, so that a
-/// bad path costs no training time.
+/// Checks that the file `path` (given by `flag`) can be written, without changing it
+/// ([`crate::probe::writable_file`]). Run before training, so that a bad path costs no training time.
 fn probe_file(path: &Path, flag: &str) -> anyhow::Result<()> {
     let fix = "choose a writable path in an existing directory";
     if path.is_dir() {
         anyhow::bail!("{flag} {} is a directory; name a file", path.display());
     }
-    let opened = if path.exists() {
-        std::fs::OpenOptions::new().append(true).open(path).map(drop)
-    } else {
-        std::fs::OpenOptions::new().write(true).create_new(true).open(path).and_then(|_| std::fs::remove_file(path))
-    };
-    opened.with_context(|| format!("{flag} {}: cannot write it; {fix}", path.display()))
+    crate::probe::writable_file(path).with_context(|| format!("{flag} {}: cannot write it; {fix}", path.display()))
 }
 
 /// Forecast `(pred_len, c_out)` standardized values after the last row of `values`/`times_ms`
