@@ -167,6 +167,58 @@ fn output_paths_are_checked_before_connecting_and_os_errors_said_once() {
     assert_eq!(ex.connections().len(), 0, "nothing connected before the paths were checked");
 }
 
+/// A full disk mid-run: the aggTrade file of the day is `/dev/full` (it opens, and every write
+/// fails with ENOSPC, as on a full disk), the kline file a real one.
+#[test]
+fn a_full_disk_mid_run_stops_cleanly_keeping_the_summary_stats_and_other_files() {
+    let ex = Exchange::start(ExchangeConfig { tick: Duration::from_millis(20), ..ExchangeConfig::default() }).unwrap();
+    let dir = tmp("full-disk");
+    let data = dir.join("data");
+    let agg = data.join("btcusdt@aggTrade");
+    std::fs::create_dir_all(&agg).unwrap();
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    // Today's and tomorrow's, for a run across midnight.
+    for day in [now_ms, now_ms + 86_400_000] {
+        let file = agg.join(format!("{}.csv", keel::stream::recorder::utc_day(day)));
+        std::os::unix::fs::symlink("/dev/full", file).unwrap();
+    }
+    let stats = dir.join("stats.json");
+    ex.write_ca(&dir.join("ca.pem")).unwrap();
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["stream", "--url", &ex.url(), "--rest-url", &ex.rest_url()])
+        .args(["--streams", "btcusdt@aggTrade,btcusdt@kline_1m", "--duration", "30"])
+        .arg("--ca-file")
+        .arg(dir.join("ca.pem"))
+        .arg("--out")
+        .arg(&data)
+        .arg("--stats-json")
+        .arg(&stats)
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    // Stopped at the first flush (about a second in), not at --duration.
+    assert!(took < Duration::from_secs(15), "{took:?}: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("keel")).collect();
+    let at = lines.iter().position(|l| l.starts_with("keel stream: ") && l.contains("market events")).expect(&err);
+    let error = lines.get(at + 1).copied().unwrap_or_default();
+    assert!(error.starts_with("keel: error: cannot write recording file"), "the error after the summary: {err}");
+    assert!(error.contains("btcusdt@aggTrade") && error.contains("--out"), "names the file and the fix: {error}");
+    assert_eq!(error.matches("os error 28").count(), 1, "the OS error once: {error}");
+    assert!(lines.get(at + 2).is_some_and(|l| l.contains("stopped")), "{err}");
+    // The counters survive, and the run closed its connection cleanly.
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    assert!(json["market_events"].as_u64().unwrap() > 0, "{json}");
+    assert_eq!(json["connects"], 1, "{json}");
+    // The kline file, on a disk with room, holds its rows.
+    let klines = std::fs::read_dir(data.join("btcusdt@kline_1m")).unwrap().next().unwrap().unwrap().path();
+    let text = std::fs::read_to_string(&klines).unwrap();
+    assert!(text.starts_with("event_time,open_time,") && text.lines().count() > 1, "{text}");
+    assert!(text.ends_with('\n'), "whole rows: {text}");
+}
+
 #[test]
 fn an_unwritable_stats_json_at_the_end_keeps_the_summary() {
     let ex = Exchange::start(ExchangeConfig::default()).unwrap();

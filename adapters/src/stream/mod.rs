@@ -91,6 +91,8 @@ pub enum StopCause {
     Signal,
     /// The core gave up (fatal error or too many failures).
     GaveUp,
+    /// A recording or trace file could not be written (see [`StreamReport::write_error`]).
+    WriteFailed,
 }
 
 /// One lost or refused transport, as the core reported it.
@@ -137,8 +139,11 @@ pub struct StreamReport {
     pub opened: Vec<String>,
     /// Market events passed on by the core, per stream.
     pub market_events: BTreeMap<Name, u64>,
-    /// Rows written by the recorder.
+    /// Rows written by the recorder (without [`StreamReport::rows_lost`]).
     pub rows_written: u64,
+    /// Rows a file that failed may not hold: those given to it since its last successful flush
+    /// (at most a second's; some may have reached it).
+    pub rows_lost: u64,
     /// Files written to.
     pub files: Vec<PathBuf>,
     /// Set when the core gave up.
@@ -160,6 +165,11 @@ pub struct StreamReport {
     /// A connection attempt still under way when the run was stopped (TCP connect, TLS handshake
     /// or WebSocket upgrade unanswered), and how long it had been waiting; the longest of them.
     pub pending_attempt: Option<Duration>,
+    /// The first recording or trace write that failed (disk full, a failing mount), as `{:#}`
+    /// prints it. The run ended there, cleanly: its connections closed, this report kept.
+    pub write_error: Option<String>,
+    /// Market events passed on after recording failed, which no file holds.
+    pub unrecorded: u64,
 }
 
 /// The top of one synced order book.
@@ -209,7 +219,8 @@ pub enum StreamError {
     /// The TLS settings cannot be used.
     #[error(transparent)]
     Settings(#[from] SettingsError),
-    /// Recording failed (disk full, permissions).
+    /// Recording failed (disk full, permissions). Mid-run it does not end [`stream`] with an error:
+    /// the run stops cleanly and keeps it in [`StreamReport::write_error`].
     #[error(transparent)]
     Recorder(#[from] RecorderError),
     /// The REST client cannot be built (bad `rest.url`, unusable TLS settings).
@@ -485,6 +496,8 @@ async fn stream_on(
     // The core's clock as of the last wake-up: one clock read per frame.
     let mut clock = now();
     let mut fed = Fed::All;
+    // A trace write that failed while the shards were borrowed, handled after them.
+    let mut trace_failed: Option<StreamError> = None;
     let shutdown_all = |shards: &mut Vec<Shard>, at: Timestamp| {
         for s in shards.iter_mut() {
             s.machine.handle_input(Input::Shutdown, at);
@@ -624,11 +637,18 @@ async fn stream_on(
                     }
                 }
             }
-            shard.machine.write_trace()?;
+            if let Err(e) = shard.machine.write_trace() {
+                trace_failed.get_or_insert(e);
+            }
             stopped_now |= shard.machine.conn().is_stopped();
             if let Some(p) = pool.as_mut() {
                 p.handle_wants(si, shard.machine.conn().wants_attempt());
             }
+        }
+        if let Some(e) = trace_failed.take() {
+            write_failed(e, &mut report, &mut recorder, &mut stopping, &mut shards, now());
+            fed = Fed::All;
+            continue;
         }
         // 1a. Split run: the shared attempt budget grants what it can now; a granted machine has an
         // Open to drain.
@@ -666,8 +686,17 @@ async fn stream_on(
             tracing::debug!(request = %req.0, path = %req.1.path(), weight = req.1.weight(), "rest: requesting");
             let _ = rest_tx.try_send(req);
         }
+        let mut failed_now = false;
         while let Some(out) = recovery.poll_output() {
-            pass_on(out, &mut report, recorder.as_mut(), &mut total_market)?;
+            if let Err(e) = pass_on(out, &mut report, &mut recorder, &mut total_market) {
+                write_failed(e.into(), &mut report, &mut recorder, &mut stopping, &mut shards, now());
+                failed_now = true;
+            }
+        }
+        if failed_now {
+            // The shutdown's closes to hand out.
+            fed = Fed::All;
+            continue;
         }
         if stopped_now && shards.iter().all(|s| s.machine.conn().is_stopped()) {
             break;
@@ -864,11 +893,13 @@ async fn stream_on(
                 }
                 if t >= next_flush {
                     next_flush = t + Duration::from_secs(1);
-                    if let Some(r) = recorder.as_mut() {
-                        r.flush()?;
+                    if let Some(Err(e)) = recorder.as_mut().map(Recorder::flush) {
+                        write_failed(e.into(), &mut report, &mut recorder, &mut stopping, &mut shards, now());
                     }
                     for s in &mut shards {
-                        s.machine.flush_trace()?;
+                        if let Err(e) = s.machine.flush_trace() {
+                            trace_failed.get_or_insert(e);
+                        }
                     }
                     if let Some(m) = &opts.metrics {
                         let at = now();
@@ -937,16 +968,24 @@ async fn stream_on(
     // itself is reported abandoned) rather than drop them with the buffer.
     recovery.handle_shutdown(now());
     while let Some(out) = recovery.poll_output() {
-        pass_on(out, &mut report, recorder.as_mut(), &mut total_market)?;
+        if let Err(e) = pass_on(out, &mut report, &mut recorder, &mut total_market) {
+            write_failed(e.into(), &mut report, &mut recorder, &mut stopping, &mut shards, now());
+        }
     }
-    if let Some(r) = recorder.as_mut() {
-        r.flush()?;
+    if let Some(Err(e)) = recorder.as_mut().map(Recorder::flush) {
+        write_failed(e.into(), &mut report, &mut recorder, &mut stopping, &mut shards, now());
+    }
+    if let Some(r) = &recorder {
         report.rows_written = r.rows();
         report.files = r.paths().to_vec();
     }
     for s in &mut shards {
-        s.machine.write_trace()?;
-        s.machine.flush_trace()?;
+        if let Err(e) = s.machine.write_trace().and_then(|()| s.machine.flush_trace()) {
+            trace_failed.get_or_insert(e);
+        }
+    }
+    if let Some(e) = trace_failed.take() {
+        write_failed(e, &mut report, &mut recorder, &mut stopping, &mut shards, now());
     }
     report.connections = shards
         .iter()
@@ -971,6 +1010,44 @@ async fn stream_on(
     }
     report.elapsed = start.elapsed();
     Ok(report)
+}
+
+/// Ends a run whose recording or trace could not be written, as a stop request would: the
+/// connections close cleanly and the report is kept, so the summary, `--stats-json` and the rows
+/// already written survive a full disk. Only the first failure is kept; a failed recorder is
+/// dropped (what it holds of the files that can still be written goes out as it drops), and
+/// later events are counted in [`StreamReport::unrecorded`] rather than lost silently.
+fn write_failed(
+    e: StreamError,
+    report: &mut StreamReport,
+    recorder: &mut Option<Recorder>,
+    stopping: &mut Option<Instant>,
+    shards: &mut [Shard],
+    at: Timestamp,
+) {
+    if matches!(e, StreamError::Recorder(_))
+        && let Some(r) = recorder.take()
+    {
+        let rows = r.rows();
+        report.files = r.paths().to_vec();
+        // Every other file's rows out now; the failed one's error is already in hand.
+        let (lost, _) = r.close();
+        report.rows_written = rows - lost;
+        report.rows_lost = lost;
+    }
+    if report.write_error.is_some() {
+        return;
+    }
+    let text = format!("{:#}", anyhow::Error::from(e));
+    tracing::error!("{text}: ending the run");
+    report.write_error = Some(text);
+    if stopping.is_none() {
+        report.cause = StopCause::WriteFailed;
+        *stopping = Some(Instant::now());
+        for s in shards.iter_mut() {
+            s.machine.handle_input(Input::Shutdown, at);
+        }
+    }
 }
 
 /// The `conn` field of connection log lines: the transport id (`#3`), prefixed by its connection
@@ -1010,9 +1087,9 @@ fn book_tops(recovery: &Recovery, symbols: &[String]) -> BTreeMap<String, BookTo
 fn pass_on(
     out: RecoveryOutput,
     report: &mut StreamReport,
-    recorder: Option<&mut Recorder>,
+    recorder: &mut Option<Recorder>,
     total_market: &mut u64,
-) -> Result<(), StreamError> {
+) -> Result<(), RecorderError> {
     match out {
         RecoveryOutput::Deliver { stream, event, backfilled } => {
             *total_market += 1;
@@ -1020,10 +1097,15 @@ fn pass_on(
             if backfilled {
                 count(&mut report.backfilled_events, &stream);
             }
-            if let Some(r) = recorder {
-                // The wall clock only for events without a time of their own (it picks their file's day).
-                let received_ms = if event.event_time() == 0 { wall_ms() } else { 0 };
-                r.record(&stream, &event, received_ms)?;
+            match recorder {
+                Some(r) => {
+                    // The wall clock only for events without a time of their own (it picks their file's day).
+                    let received_ms = if event.event_time() == 0 { wall_ms() } else { 0 };
+                    r.record(&stream, &event, received_ms)?;
+                }
+                // Recording failed earlier in the run (a run without recording has no error).
+                None if report.write_error.is_some() => report.unrecorded += 1,
+                None => {}
             }
         }
         other => {
@@ -1267,11 +1349,17 @@ fn summary(report: &StreamReport) -> String {
     let s = &report.stats;
     let r = &report.recovery;
     let mut line = format!(
-        "keel stream: {} market events, {} rows in {} files, {} reconnects, {} gaps ({} ids missing: {} backfilled over REST, {} abandoned), {} book resyncs, {} malformed, {:.1}s",
+        "keel stream: {} market events, {} rows in {} files, {} reconnects{}, {} gaps ({} ids missing: {} backfilled over REST, {} abandoned), {} book resyncs, {} malformed, {:.1}s",
         s.market_events,
         report.rows_written,
         report.files.len(),
         s.reconnects,
+        // "0 reconnects" alone read as a quiet run when every attempt had failed.
+        match s.failures {
+            0 => String::new(),
+            1 => " (1 failure)".to_string(),
+            n => format!(" ({n} failures)"),
+        },
         s.gaps,
         s.missing_ids,
         r.backfilled_trades,
@@ -1287,7 +1375,7 @@ fn summary(report: &StreamReport) -> String {
 }
 
 /// Runs `keel stream`. Exit codes: 0 clean stop, 2 certificate rejected, 1 anything else (a run
-/// that never connected, a `--stats-json` that could not be written).
+/// that never connected, a recording, trace or `--stats-json` file that could not be written).
 pub fn run(args: StreamArgs) -> anyhow::Result<ExitCode> {
     if let Some(d) = args.duration.filter(|d| !(d.is_finite() && *d > 0.0)) {
         anyhow::bail!("--duration must be > 0 seconds, got {d}");
@@ -1348,8 +1436,9 @@ pub fn run(args: StreamArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// What the end of a run prints (the summary first, always) and its exit code: 2 for a rejected
-/// certificate, whatever else failed; 1 for a run that gave up, never connected, or could not write
-/// its `--stats-json` (`stats_error`); 0 otherwise.
+/// certificate, whatever else failed; 1 for a run that gave up, never connected, could not write a
+/// recording or trace file (the run stopped there), or could not write its `--stats-json`
+/// (`stats_error`); 0 otherwise.
 fn outcome(
     report: &StreamReport,
     stats_error: Option<String>,
@@ -1359,6 +1448,22 @@ fn outcome(
 ) -> (Vec<String>, u8) {
     let mut lines = vec![summary(report)];
     let mut code = 0u8;
+    if let Some(e) = &report.write_error {
+        lines.push(format!("keel: error: {e}"));
+        let mut after = "keel: the run was stopped there".to_string();
+        if report.rows_lost > 0 {
+            after.push_str(&format!(
+                "; up to {} rows given to the file that failed may be missing from it (its last second)",
+                report.rows_lost
+            ));
+        }
+        if report.unrecorded > 0 {
+            after.push_str(&format!("; {} market events received after the failure are in no file", report.unrecorded));
+        }
+        after.push_str("; every other row is in its file");
+        lines.push(after);
+        code = 1;
+    }
     if let Some(e) = stats_error {
         lines.push(format!("keel: error: {e}"));
         code = 1;
@@ -1438,13 +1543,18 @@ mod tests {
     #[test]
     fn a_run_that_never_connected_fails_and_says_why() {
         let refused = StreamReport {
-            stats: ConnectionStats { last_error: Some("connection refused: x".into()), ..ConnectionStats::default() },
+            stats: ConnectionStats {
+                last_error: Some("connection refused: x".into()),
+                failures: 4,
+                ..ConnectionStats::default()
+            },
             elapsed: Duration::from_millis(4_020),
             ..StreamReport::default()
         };
         let (lines, code) = outcome(&refused, None, "wss://localhost:1", None, 30_000);
         assert_eq!(code, 1);
         assert!(lines[0].ends_with(", last error: connection refused: x"), "{lines:?}");
+        assert!(lines[0].contains(" 0 reconnects (4 failures), "), "failed attempts are not a quiet run: {lines:?}");
         assert_eq!(
             lines[1],
             "keel: error: never connected to wss://localhost:1 in 4.0 s; last error: connection refused: x"
@@ -1453,6 +1563,42 @@ mod tests {
         let (lines, code) = outcome(&silent, None, "wss://localhost:2", None, 30_000);
         assert_eq!(code, 1);
         assert!(lines[1].contains("no answer after 4.0 s") && lines[1].contains("tls.handshake_timeout_ms = 30000"));
+    }
+
+    #[test]
+    fn a_failed_write_follows_the_summary_with_what_the_files_lack() {
+        let report = StreamReport {
+            stats: ConnectionStats { connects: 1, market_events: 90, ..ConnectionStats::default() },
+            write_error: Some(
+                "cannot write recording file d/x.csv (...): No space left on device (os error 28)".into(),
+            ),
+            unrecorded: 7,
+            rows_lost: 12,
+            cause: StopCause::WriteFailed,
+            ..StreamReport::default()
+        };
+        let (lines, code) = outcome(&report, None, "wss://h", None, 30_000);
+        assert_eq!(code, 1);
+        assert!(lines[0].starts_with("keel stream: 90 market events") && !lines[0].contains("failures"), "{lines:?}");
+        assert_eq!(lines[1], format!("keel: error: {}", report.write_error.as_deref().unwrap_or_default()));
+        assert_eq!(
+            lines[2],
+            "keel: the run was stopped there; up to 12 rows given to the file that failed may be missing from it \
+             (its last second); 7 market events received after the failure are in no file; every other row is in \
+             its file"
+        );
+        // A rejected certificate still says so, and keeps its 2.
+        let rejected = StreamReport {
+            gave_up: Some(GiveUp {
+                error: TransportError::CertificateRejected("x".into()),
+                class: ErrorClass::Fatal,
+                failures: 1,
+                reason: "x".into(),
+            }),
+            ..report
+        };
+        let (_, code) = outcome(&rejected, None, "wss://h", None, 30_000);
+        assert_eq!(code, 2);
     }
 
     #[test]

@@ -39,7 +39,10 @@ pub enum RecorderError {
         source: std::io::Error,
     },
     /// Writing or flushing failed (disk full, permissions...).
-    #[error("cannot write recording file {path}")]
+    #[error(
+        "cannot write recording file {path} (free space where it is, or pick another --out; a restarted run \
+         appends to it)"
+    )]
     Write {
         /// The file.
         path: PathBuf,
@@ -365,6 +368,8 @@ struct OpenFile {
     day_start: u64,
     path: PathBuf,
     writer: BufWriter<File>,
+    /// Rows appended since the last flush that succeeded: those a failing file may not hold.
+    unflushed: u64,
 }
 
 /// Writes events to one append-only CSV file per stream and UTC day.
@@ -372,6 +377,8 @@ pub struct Recorder {
     dir: PathBuf,
     files: BTreeMap<String, OpenFile>,
     rows: u64,
+    /// Rows of files given up on whose last flush failed (see [`Recorder::close`]).
+    lost: u64,
     paths: Vec<PathBuf>,
     /// The row being written, reused (no allocation per row).
     line: String,
@@ -380,7 +387,14 @@ pub struct Recorder {
 impl Recorder {
     /// A recorder writing under `dir` (created on the first event).
     pub fn new(dir: &Path) -> Recorder {
-        Recorder { dir: dir.to_path_buf(), files: BTreeMap::new(), rows: 0, paths: Vec::new(), line: String::new() }
+        Recorder {
+            dir: dir.to_path_buf(),
+            files: BTreeMap::new(),
+            rows: 0,
+            lost: 0,
+            paths: Vec::new(),
+            line: String::new(),
+        }
     }
 
     /// Appends `event` of `stream`. The file's day is the event's time, or `received_ms` for
@@ -430,8 +444,12 @@ impl Recorder {
             if stream.is_empty() || stream.contains(['/', '\\']) || stream.contains("..") {
                 return Err(RecorderError::BadStreamName(stream.to_string()));
             }
-            if let Some(mut old) = self.files.remove(stream) {
-                old.writer.flush().map_err(|source| RecorderError::Write { path: old.path.clone(), source })?;
+            if let Some(mut old) = self.files.remove(stream)
+                && let Err(source) = old.writer.flush()
+            {
+                // The day is over for this file: what it could not take is lost with it.
+                self.lost += old.unflushed;
+                return Err(RecorderError::Write { path: old.path, source });
             }
             let f = self.open(stream, t, header)?;
             self.files.insert(stream.to_string(), f);
@@ -443,6 +461,7 @@ impl Recorder {
         f.writer
             .write_all(self.line.as_bytes())
             .map_err(|source| RecorderError::Write { path: f.path.clone(), source })?;
+        f.unflushed += 1;
         self.rows += 1;
         Ok(())
     }
@@ -467,18 +486,39 @@ impl Recorder {
         if !self.paths.contains(&path) {
             self.paths.push(path.clone());
         }
-        Ok(OpenFile { day_start: t - t % DAY_MS, path, writer })
+        Ok(OpenFile { day_start: t - t % DAY_MS, path, writer, unflushed: 0 })
     }
 
-    /// Writes every buffered row to its file.
+    /// Writes every buffered row to its file. Every file is tried, so one that cannot be written
+    /// (a full disk, a file on a failing mount) does not keep the others' rows in memory; the
+    /// first error is returned.
     pub fn flush(&mut self) -> Result<(), RecorderError> {
+        let mut first = None;
         for f in self.files.values_mut() {
-            f.writer.flush().map_err(|source| RecorderError::Write { path: f.path.clone(), source })?;
+            match f.writer.flush() {
+                Ok(()) => f.unflushed = 0,
+                Err(source) => {
+                    first.get_or_insert(RecorderError::Write { path: f.path.clone(), source });
+                }
+            }
         }
-        Ok(())
+        first.map_or(Ok(()), Err)
     }
 
-    /// Rows written (buffered or flushed).
+    /// Flushes every file and closes them all: the rows that may be missing from their files
+    /// (those appended to a file since its last successful flush, when its last flush failed;
+    /// some of them may have reached it), and the first error. Dropping a recorder flushes too,
+    /// but can only log what failed.
+    pub fn close(mut self) -> (u64, Result<(), RecorderError>) {
+        let flushed = self.flush();
+        let lost = self.lost + self.files.values().map(|f| f.unflushed).sum::<u64>();
+        // A buffer that could not be written is dropped with its writer (which tries it once more,
+        // silently), so the drop below has nothing left to flush or log.
+        self.files.clear();
+        (lost, flushed)
+    }
+
+    /// Rows appended (buffered or flushed; see [`Recorder::close`] for those a failed file lost).
     pub fn rows(&self) -> u64 {
         self.rows
     }
@@ -812,6 +852,40 @@ mod tests {
             assert!(!partial_path(&file).exists());
             let _ = std::fs::remove_dir_all(&dir);
         }
+    }
+
+    /// `/dev/full` takes the open and refuses every write with ENOSPC: a real full disk.
+    #[test]
+    fn a_file_that_cannot_be_written_does_not_keep_the_other_files_rows_unwritten() {
+        let e = event(AGG);
+        let dir = std::env::temp_dir().join(format!("keel-recorder-full-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("a@aggTrade")).unwrap();
+        let full = dir.join("a@aggTrade/2022-12-31.csv");
+        std::os::unix::fs::symlink("/dev/full", &full).unwrap();
+        let mut r = Recorder::new(&dir);
+        // `a` sorts first, so an early return would have skipped `b`.
+        r.record("a@aggTrade", &e, 0).unwrap();
+        r.record("b@aggTrade", &e, 0).unwrap();
+        let err = r.flush().unwrap_err();
+        assert!(
+            matches!(&err, RecorderError::Write { path, source } if *path == full && source.raw_os_error() == Some(28)),
+            "{err:?}"
+        );
+        let b = std::fs::read_to_string(dir.join("b@aggTrade/2022-12-31.csv")).unwrap();
+        assert_eq!(b, format!("{}\n{}\n", header(&e), row(&e)), "the other file was flushed");
+        // Two more rows for each: `b`'s go out at the close, `a`'s three are counted lost.
+        for _ in 0..2 {
+            r.record("a@aggTrade", &e, 0).unwrap();
+            r.record("b@aggTrade", &e, 0).unwrap();
+        }
+        assert_eq!(r.rows(), 6);
+        let (lost, closed) = r.close();
+        assert_eq!(lost, 3);
+        assert!(matches!(closed, Err(RecorderError::Write { path, .. }) if path == full));
+        let b = std::fs::read_to_string(dir.join("b@aggTrade/2022-12-31.csv")).unwrap();
+        assert_eq!(b.lines().count(), 4, "{b}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
