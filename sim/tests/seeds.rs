@@ -24,6 +24,7 @@ const REGRESSIONS: &[(u64, &str)] = &[
     (416815, "a one-frame numbering reordered behind the next numbering's first frame: it went first, not as a gap"),
     (432418, "ids produced during a 1008 wait, revealed by a rollover's new transport: the earlier outage's gap"),
     (451557, "a reorder-held trade released on the old transport behind the id that handed over: the fault's gap"),
+    (607188, "a restart just before the first frames, reordered: the new numbering's first id went out before it"),
 ];
 
 /// Runs `seeds` on every CPU; returns the failing seeds and the simulated hours.

@@ -33,6 +33,15 @@ pub(super) enum Kind {
     Kline(KlineInterval),
 }
 
+/// The time of a trade event (aggTrade or trade `T`), which REST answers carry too.
+fn trade_time(event: &MarketEvent) -> Option<u64> {
+    match event {
+        MarketEvent::AggTrade(t) => Some(t.trade_time),
+        MarketEvent::Trade(t) => Some(t.trade_time),
+        _ => None,
+    }
+}
+
 impl Kind {
     /// The kind of `stream` by its name, if it is sequenced here (a kline stream whose interval or
     /// offset cannot be read is not: its klines pass through unsequenced, as before).
@@ -154,6 +163,8 @@ struct Fill {
     next: u64,
     /// Events fetched so far.
     fetched: u64,
+    /// The trade time of the last event fetched (0: none, or a kline).
+    fetched_time: u64,
     /// Failures in a row.
     failures: u32,
     /// Not before this (after a failure).
@@ -181,6 +192,9 @@ pub(super) struct SeqStream {
     /// The last missing key of the gap queued last. Gaps leave the queue from the front only, so
     /// while any gap is queued this one is: `want` reads it instead of scanning the held events.
     last_gap_end: u64,
+    /// After a numbering restart whose first key lay inside a gap already partly fetched: keys
+    /// `.0...1` with a trade time at or before `.2` were delivered as backfill (see [`Self::restart`]).
+    fetched_ahead: Option<(u64, u64, u64)>,
 }
 
 /// What an answer to a backfill request said.
@@ -212,6 +226,7 @@ impl SeqStream {
             queue: VecDeque::new(),
             held: 0,
             last_gap_end: 0,
+            fetched_ahead: None,
         }
     }
 
@@ -230,6 +245,13 @@ impl SeqStream {
     /// (whether or not the connection reported it).
     pub(super) fn on_event(&mut self, event: MarketEvent, now: Timestamp, cx: &mut Ctx<'_>) {
         let Some((key, complete)) = self.kind.key(&event) else { return };
+        if let Some((first, end, time)) = self.fetched_ahead {
+            if key >= end {
+                self.fetched_ahead = None;
+            } else if key >= first && trade_time(&event).is_some_and(|t| t <= time) {
+                return; // the same trade, delivered as backfill before the restart was known
+            }
+        }
         if self.symbol.is_empty() {
             self.symbol = event.symbol().to_string();
         }
@@ -283,6 +305,7 @@ impl SeqStream {
             last,
             next: first,
             fetched: 0,
+            fetched_time: 0,
             failures: 0,
             retry_at: None,
             in_flight: false,
@@ -380,6 +403,7 @@ impl SeqStream {
             }
             g.next = kind.next(key);
             g.fetched += 1;
+            g.fetched_time = trade_time(&event).unwrap_or(0);
             g.failures = 0;
             g.retry_at = None;
             delivered_any = true;
@@ -457,9 +481,22 @@ impl SeqStream {
         }
     }
 
-    /// The server restarted its numbering: open gaps are abandoned with `reason`, held events are
-    /// delivered, and the next key starts the stream over.
-    pub(super) fn restart(&mut self, reason: &str, cx: &mut Ctx<'_>) {
+    /// The server restarted its numbering at key `first`: open gaps are abandoned with `reason`,
+    /// held events are delivered, and the next key starts the stream over.
+    ///
+    /// A restart whose first key lies inside a gap already fetched past it means the gap was none:
+    /// the new numbering's first frame arrived before the old numbering's last one (keel-sim seed
+    /// 607188), which read as a jump forward, and REST, serving the new numbering, filled the "gap"
+    /// with the new numbering's trades. Those come again live after the restart; they are dropped
+    /// by key and trade time (a real trade of the new numbering with a key the old one was fetched
+    /// at happened after the old one's trades, so its time is later).
+    pub(super) fn restart(&mut self, first: u64, reason: &str, cx: &mut Ctx<'_>) {
+        self.fetched_ahead = self.queue.iter().find_map(|item| match item {
+            Item::Gap(g) if g.first <= first && first < g.next && g.fetched_time > 0 => {
+                Some((first, g.next, g.fetched_time))
+            }
+            _ => None,
+        });
         self.finish(reason, cx);
         self.expect = None;
     }

@@ -335,7 +335,7 @@ impl Recovery {
                 ts.kind.label()
             );
             let mut cx = Self::ctx(&mut self.out, &mut self.stats, &mut self.serial, self.backfill, self.max_held);
-            ts.restart(&reason, &mut cx);
+            ts.restart(first, &reason, &mut cx);
             return;
         }
         let symbol = symbol_of(stream);

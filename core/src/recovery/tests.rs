@@ -832,6 +832,54 @@ fn a_numbering_restart_abandons_the_old_gaps_and_starts_the_stream_over() {
     assert_eq!((rec.stats().abandoned_ids, rec.stats().held_events), (9, 1));
 }
 
+/// keel-sim seed 607188: the new numbering's first frame (100) arrived before the old numbering's
+/// last (900_000), which read as a gap 101..=899_999; REST, already serving the new numbering, filled
+/// its start with 101 and 102. The restart the connection then reports starts at 101: the live 101
+/// and 102 it held are the trades already delivered as backfill, not new ones.
+#[test]
+fn a_restart_inside_a_gap_already_fetched_does_not_deliver_the_fetched_trades_twice() {
+    let mut rec = Recovery::new(&config(100, true, 1200), t(0));
+    rec.handle_event(S, live(100), t(0));
+    rec.handle_event(S, live(900_000), t(0));
+    let (id, from, _) = agg_request(&mut rec, t(0)).unwrap();
+    assert_eq!(from, 101);
+    rec.handle_response(id, body([101, 102]), t(1));
+    assert_eq!(drain(&mut rec), ["D100", "R101", "R102"]);
+    rec.handle_restart(S, 900_000, 101, t(2));
+    assert_eq!(drain(&mut rec), ["B101-102/2", "A103-899999", "D900000"]);
+    for id in [101, 102, 103, 104] {
+        rec.handle_event(S, live(id), t(3));
+    }
+    assert_eq!(drain(&mut rec), ["D103", "D104"], "101 and 102 were delivered once, as backfill");
+    // Past the fetched keys, the stream goes on as after any restart.
+    rec.handle_event(S, live(106), t(4));
+    assert_eq!(drain(&mut rec), Vec::<String>::new(), "105 is missing: 106 is held behind it");
+
+    // A real restart below a gap fetched past its first key: the new numbering's trades at those keys
+    // are later than anything fetched, and all delivered.
+    let mut rec = Recovery::new(&config(100, true, 1200), t(0));
+    rec.handle_event(S, live(5_000), t(0));
+    rec.handle_event(S, live(20_000), t(0));
+    let (id, _, _) = agg_request(&mut rec, t(0)).unwrap();
+    rec.handle_response(id, body(5_001..=5_003), t(1));
+    rec.handle_restart(S, 20_000, 5_002, t(2));
+    drain(&mut rec);
+    let later = |id: u64| {
+        let mut tr = trade(id);
+        tr.trade_time += 1_000_000;
+        MarketEvent::AggTrade(tr)
+    };
+    rec.handle_event(S, later(5_002), t(3));
+    rec.handle_event(S, later(5_003), t(3));
+    let delivered: Vec<u64> = std::iter::from_fn(|| rec.poll_output())
+        .filter_map(|o| match o {
+            RecoveryOutput::Deliver { event: MarketEvent::AggTrade(a), .. } => Some(a.agg_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(delivered, [5_002, 5_003]);
+}
+
 #[test]
 fn a_numbering_restart_on_a_depth_stream_resyncs_the_book_from_a_fresh_snapshot() {
     let mut rec = Recovery::new(&config(100, true, 1200), t(0));
