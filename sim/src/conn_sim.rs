@@ -128,6 +128,10 @@ struct RecCheck {
     live: BTreeMap<Name, u64>,
     /// Per depth symbol: the book's update id last compared with the model (`None`: not synced).
     book: BTreeMap<String, Option<u64>>,
+    /// Per (restarted stream, first id of a numbering): the trades of that numbering delivered once
+    /// the stream had restarted. `end` starts over at each restart, so it cannot see a trade of the
+    /// new numbering delivered before the restart was reported and again after it (seed 607188).
+    numbered: BTreeMap<(Name, u64), Coverage>,
 }
 
 /// The client's-eye state of one transport.
@@ -616,6 +620,15 @@ impl<'p> ConnSim<'p> {
                     };
                     if fields != trade_fields(id) || !agg_ids {
                         return Err(self.fail(format!("recovery delivered trade {id} on {stream} as {event:?}")));
+                    }
+                    if self.net.id_restarts(stream.as_str()) > 0
+                        && let Some(numbering) = self.net.numbering_of(stream.as_str(), id)
+                        && let Err((l, h)) =
+                            self.rc.numbered.entry((stream.clone(), numbering)).or_default().add(id, id)
+                    {
+                        return Err(self.fail(format!(
+                            "recovery delivered trade {id} on {stream} twice in its numbering (delivered: {l}..={h})"
+                        )));
                     }
                     if backfilled {
                         self.summary.backfilled += 1;

@@ -530,6 +530,17 @@ impl Network {
         }
     }
 
+    /// The epoch time the stream sent trade `id` of `stream` with (`T`), if it is among the market's
+    /// recent trades of the current numbering (a REST answer carries the same time).
+    pub fn trade_time(&self, stream: &str, id: u64) -> Option<u64> {
+        let m = self.market(stream)?;
+        let &(_, last) = m.recent.back()?;
+        // Recent ids of one numbering count up by one (a trade no one heard still took its id).
+        let back = usize::try_from(last.checked_sub(id)?).ok()?;
+        let &(at, found) = m.recent.get(m.recent.len().checked_sub(back + 1)?)?;
+        (found == id).then_some(self.epoch_offset + at)
+    }
+
     /// Whether any stream restarted its ids so far.
     pub fn any_id_restarts(&self) -> bool {
         !self.old_numberings.is_empty()
@@ -977,6 +988,34 @@ mod tests {
         assert!(texts.iter().all(|t| t.contains("btcusdt@aggTrade")));
         // Server pings every 20 s are not due yet.
         assert!(!out.iter().any(|(_, _, m)| matches!(m, ToClient::Ping(_))));
+    }
+
+    #[test]
+    fn rest_answers_carry_the_trade_time_the_stream_sent() {
+        let p = quiet_profile();
+        let mut net = Network::new(&p, 0);
+        net.open(1, "wss://sim.invalid:9443/stream?streams=btcusdt@aggTrade", 0);
+        let out = run_until(&mut net, 0, 10_000);
+        let sent: Vec<(u64, u64)> = out
+            .iter()
+            .filter_map(|(_, _, m)| match m {
+                ToClient::Text(t) => match keel_core::protocol::decode(t) {
+                    Ok(keel_core::protocol::Frame::Market {
+                        event: keel_core::protocol::MarketEvent::AggTrade(a),
+                        ..
+                    }) => Some((a.agg_id, a.trade_time)),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect();
+        assert!(sent.len() >= 3, "{out:?}");
+        for &(id, time) in &sent {
+            assert_eq!(net.trade_time("btcusdt@aggTrade", id), Some(time), "trade {id}");
+        }
+        let next = net.next_id("btcusdt@aggTrade").unwrap();
+        assert_eq!(net.trade_time("btcusdt@aggTrade", next), None, "not produced yet");
+        assert_eq!(net.trade_time("btcusdt@aggTrade", sent[0].0.saturating_sub(5_000)), None, "older than the window");
     }
 
     #[test]

@@ -229,7 +229,10 @@ impl RestModel {
                 }
                 self.count("ok");
                 let end = from_id.saturating_add(n).min(next);
-                let body = if historical { trades_body(*from_id..end) } else { agg_trades_body(*from_id..end) };
+                // A trade's time as the stream sent it, where the market still knows it.
+                let time = |id: u64| net.trade_time(&stream, id);
+                let body =
+                    if historical { trades_body(*from_id..end, time) } else { agg_trades_body(*from_id..end, time) };
                 http(200, None, body)
             }
             RestRequest::Klines { interval, start_time, end_time, limit, .. } if interval == "1m" => {
@@ -273,8 +276,10 @@ pub fn klines_body(opens: impl Iterator<Item = u64>) -> String {
     format!("[{}]", items.join(","))
 }
 
-/// The `/api/v3/aggTrades` body for `ids`, with the same fields the stream sends for them.
-pub fn agg_trades_body(ids: std::ops::Range<u64>) -> String {
+/// The `/api/v3/aggTrades` body for `ids`, with the same fields the stream sends for them; `T` is
+/// `time(id)`, the time the stream sent, or the id where it is not known (older than the market's
+/// recent window: earlier than any trade the stream sent since).
+pub fn agg_trades_body(ids: std::ops::Range<u64>, time: impl Fn(u64) -> Option<u64>) -> String {
     let mut body = String::from("[");
     for a in ids {
         if body.len() > 1 {
@@ -282,9 +287,10 @@ pub fn agg_trades_body(ids: std::ops::Range<u64>) -> String {
         }
         let (p, q) = agg_trade_fields(a);
         body.push_str(&format!(
-            r#"{{"a":{a},"p":"{p}","q":"{q}","f":{},"l":{},"T":{a},"m":{},"M":true}}"#,
+            r#"{{"a":{a},"p":"{p}","q":"{q}","f":{},"l":{},"T":{},"m":{},"M":true}}"#,
             3 * a,
             3 * a + 2,
+            time(a).unwrap_or(a),
             a.is_multiple_of(2)
         ));
     }
@@ -294,7 +300,7 @@ pub fn agg_trades_body(ids: std::ops::Range<u64>) -> String {
 
 /// The `/api/v3/historicalTrades` body for trade ids `ids`, with the fields the `@trade` stream sends
 /// for them (and Binance's `quoteQty` = price x qty, `isBestMatch`).
-pub fn trades_body(ids: std::ops::Range<u64>) -> String {
+pub fn trades_body(ids: std::ops::Range<u64>, time: impl Fn(u64) -> Option<u64>) -> String {
     let mut body = String::from("[");
     for t in ids {
         if body.len() > 1 {
@@ -304,9 +310,10 @@ pub fn trades_body(ids: std::ops::Range<u64>) -> String {
         let ((pm, _), (qm, _), maker) = crate::exchange::trade_fields(t);
         let quote = u128::from(pm) * u128::from(qm);
         body.push_str(&format!(
-            r#"{{"id":{t},"price":"{p}","qty":"{q}","quoteQty":"{}.{:05}","time":{t},"isBuyerMaker":{maker},"isBestMatch":true}}"#,
+            r#"{{"id":{t},"price":"{p}","qty":"{q}","quoteQty":"{}.{:05}","time":{},"isBuyerMaker":{maker},"isBestMatch":true}}"#,
             quote / 100_000,
-            quote % 100_000
+            quote % 100_000,
+            time(t).unwrap_or(t)
         ));
     }
     body.push(']');
@@ -319,22 +326,23 @@ mod tests {
 
     #[test]
     fn bodies_decode_to_the_stream_fields() {
-        let trades = keel_core::protocol::rest::decode_agg_trades(&agg_trades_body(41..43), "BTCUSDT").unwrap();
+        let trades =
+            keel_core::protocol::rest::decode_agg_trades(&agg_trades_body(41..43, |_| None), "BTCUSDT").unwrap();
         assert_eq!(trades.len(), 2);
         assert_eq!((trades[0].agg_id, trades[0].first_trade_id, trades[0].last_trade_id), (41, 123, 125));
         assert_eq!((trades[0].price.to_string(), trades[0].quantity.to_string()), ("30041.41".into(), "0.042".into()));
         assert!(trades[1].buyer_is_maker);
-        assert_eq!(agg_trades_body(5..5), "[]");
-        let trades = keel_core::protocol::rest::decode_trades(&trades_body(41..43), "BTCUSDT").unwrap();
+        assert_eq!(agg_trades_body(5..5, |_| None), "[]");
+        let trades = keel_core::protocol::rest::decode_trades(&trades_body(41..43, |_| None), "BTCUSDT").unwrap();
         assert_eq!(trades.len(), 2);
         assert_eq!((trades[0].trade_id, trades[0].trade_time), (41, 41));
         assert_eq!((trades[0].price.to_string(), trades[0].quantity.to_string()), ("30041.41".into(), "0.042".into()));
         assert!(!trades[0].buyer_is_maker && trades[1].buyer_is_maker);
         assert_eq!(
-            trades_body(7..8),
+            trades_body(7..8, |_| None),
             r#"[{"id":7,"price":"30007.07","qty":"0.008","quoteQty":"240.05656","time":7,"isBuyerMaker":false,"isBestMatch":true}]"#
         );
-        assert_eq!(trades_body(5..5), "[]");
+        assert_eq!(trades_body(5..5, |_| None), "[]");
     }
 
     #[test]
