@@ -25,6 +25,8 @@ const REGRESSIONS: &[(u64, &str)] = &[
     (432418, "ids produced during a 1008 wait, revealed by a rollover's new transport: the earlier outage's gap"),
     (451557, "a reorder-held trade released on the old transport behind the id that handed over: the fault's gap"),
     (607188, "a restart just before the first frames, reordered: the new numbering's first id went out before it"),
+    (636102, "restart candidates held when an outage cut the connection, the next one's first frame far above them"),
+    (647703, "a 1008 close sent just before the heal arrives after it: its 60 s wait delays liveness legitimately"),
 ];
 
 /// Runs `seeds` on every CPU; returns the failing seeds and the simulated hours.

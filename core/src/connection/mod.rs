@@ -395,7 +395,12 @@ fn first_id(event: &MarketEvent) -> Option<u64> {
 ///   the newer numbering, reported as a gap, and the newer numbering's next frames as a second restart
 ///   (sim seed 416815).
 ///
-/// Two ids are in one numbering when they are within the restart distance of each other.
+/// Two ids are in one numbering when they are within the restart distance of each other, or when the
+/// higher one arrived on a later transport: frames of two transports arrive in the order they were
+/// sent, and a restart goes down, so a later transport's run far above an earlier one's is the same
+/// numbering, grown while keel reconnected (sim seed 636102: 4 candidates held when an outage cut the
+/// connection, the next connection's first frame 1 040 ids above them; taken for an older numbering,
+/// it went first and the 4 were dropped behind it as duplicates).
 fn sort_numbering_runs(held: &mut [(TransportId, MarketEvent)], policy: RestartPolicy) {
     // Ascending (stable: of two copies of an id, the one that came first stays first), then reversed;
     // reversing each numbering's run again makes it ascending and restores that order.
@@ -404,10 +409,11 @@ fn sort_numbering_runs(held: &mut [(TransportId, MarketEvent)], policy: RestartP
     let mut start = 0;
     for i in 1..=held.len() {
         let boundary = i == held.len()
-            || matches!(
-                (first_id(&held[i - 1].1), first_id(&held[i].1)),
-                (Some(above), Some(id)) if policy.far_below(above, id)
-            );
+            || held[i - 1].0 <= held[i].0
+                && matches!(
+                    (first_id(&held[i - 1].1), first_id(&held[i].1)),
+                    (Some(above), Some(id)) if policy.far_below(above, id)
+                );
         if boundary {
             held[start..i].reverse();
             start = i;

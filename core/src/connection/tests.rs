@@ -1538,6 +1538,34 @@ fn a_one_frame_numbering_reordered_behind_the_next_numbering_is_passed_on_first(
 }
 
 #[test]
+fn candidates_cut_off_by_an_outage_start_the_numbering_the_next_connection_confirms() {
+    // Simulator seed 636102: two candidates of a restart held when the connection died; the next
+    // connection's first frame is far below the old numbering (a restart at once) and far above the
+    // candidates too (ids went on during the outage). They are one numbering: the candidates first.
+    let (mut h, _) = H::new(&restart_cfg());
+    h.input(Input::Opened { id: id(1) });
+    h.input(Input::Text { id: id(1), text: agg(100_000) });
+    assert_eq!(h.input(Input::Text { id: id(1), text: agg(10) }), []);
+    assert_eq!(h.input(Input::Text { id: id(1), text: agg(11) }), []);
+    h.input_at(1_000, Input::Failed { id: id(1), error: TransportError::Reset("outage".into()) });
+    let (_, out) = h.tick();
+    assert_eq!(out, [open(2)]);
+    h.input(Input::Opened { id: id(2) });
+    let out = h.input(Input::Text { id: id(2), text: agg(2_000) });
+    assert_eq!(out[0], restarted(100_000, 10));
+    assert_eq!(delivered(&out), [(1, 10), (1, 11), (2, 2_000)]);
+    let gaps: Vec<(u64, u64)> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Gap(g) => Some((g.first_missing, g.last_missing)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(gaps, [(12, 1_999)], "the ids produced during the outage: {out:?}");
+    assert_eq!((h.c.stats().sequence_restarts, h.c.stats().duplicates), (1, 0));
+}
+
+#[test]
 fn two_restarts_inside_one_confirmation_run_keep_their_order() {
     let (mut h, _) = H::new(&restart_cfg());
     h.input(Input::Opened { id: id(1) });
