@@ -458,10 +458,15 @@ impl<'p> ConnSim<'p> {
             .min()
     }
 
+    /// `n` one-way network trips at their longest (latency + jitter).
+    fn trips(&self, n: u64) -> u64 {
+        n * (self.profile.latency_ms + self.profile.latency_jitter_ms)
+    }
+
     fn set_live_deadline(&mut self, budget: u64) {
         let p = self.profile;
         // A few network trips: the reset of a dead transport, TCP + TLS + upgrade, Opened.
-        let trips = 8 * (p.latency_ms + p.latency_jitter_ms) + 1;
+        let trips = self.trips(8) + 1;
         // A rate-limit wait already running (the exchange's Retry-After, or the floor the machine
         // applies after a 1008 close) legitimately delays the first attempt.
         let ban = self.net.ban_until().saturating_sub(self.now);
@@ -970,7 +975,7 @@ impl<'p> ConnSim<'p> {
                         )));
                     }
                 }
-                if self.healed && now > self.heal_at + 2 * (self.profile.latency_ms + self.profile.latency_jitter_ms) {
+                if self.healed && now > self.heal_at + self.trips(2) {
                     self.live_since_heal = true;
                     self.live_after_heal.get_or_insert(now);
                 }
@@ -1007,9 +1012,9 @@ impl<'p> ConnSim<'p> {
                 if matches!(class, ErrorClass::RateLimited { .. })
                     && self.healed
                     && self.live_by.is_some()
-                    && now <= self.heal_at + 2 * (p.latency_ms + p.latency_jitter_ms)
+                    && now <= self.heal_at + self.trips(2)
                 {
-                    let trips = 8 * (p.latency_ms + p.latency_jitter_ms) + 1;
+                    let trips = self.trips(8) + 1;
                     let by = now + retry + p.config.tls.handshake_timeout_ms + trips;
                     self.live_by = self.live_by.max(Some(by));
                 }
@@ -1126,10 +1131,7 @@ impl<'p> ConnSim<'p> {
         if let Some(p) = problem {
             return Err(self.fail(format!("stats do not add up: {p}")));
         }
-        if self.healed
-            && self.conn.is_live()
-            && now > self.heal_at + 2 * (self.profile.latency_ms + self.profile.latency_jitter_ms)
-        {
+        if self.healed && self.conn.is_live() && now > self.heal_at + self.trips(2) {
             self.live_since_heal = true;
             self.live_after_heal.get_or_insert(now);
         }
