@@ -2,7 +2,7 @@
 
 use crate::stream::transport::{SettingsError, TransportSettings};
 use clap::{Args, Subcommand};
-use keel_core::config::{Config, ConfigError, reference};
+use keel_core::config::{Config, reference};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -93,31 +93,40 @@ pub fn run(args: ConfigArgs) -> anyhow::Result<ExitCode> {
         ConfigCommand::Check { file } => {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", file.display()))?;
-            match Config::from_ron(&text) {
-                Ok(cfg) => {
-                    let problems = check_files(&cfg);
-                    if problems.is_empty() {
-                        println!("{}: ok", file.display());
-                        return Ok(ExitCode::SUCCESS);
-                    }
-                    for p in &problems {
-                        println!("{}: {p}", file.display());
-                    }
-                    println!("{}: {} unusable path(s)", file.display(), problems.len());
-                    Ok(ExitCode::from(1))
-                }
-                Err(ConfigError::Invalid(errors)) => {
-                    for e in &errors.0 {
-                        println!("{}: {e}", file.display());
-                    }
-                    println!("{}: {} invalid value(s)", file.display(), errors.0.len());
-                    Ok(ExitCode::from(1))
-                }
+            // Parsed but not validated, so that one run names every out-of-range value and every
+            // unusable path: fixing the values first and only then learning the CA path is wrong
+            // costs a second round trip for nothing (the path checks do not depend on the ranges).
+            let cfg = match Config::parse_ron(&text) {
+                Ok(cfg) => cfg,
                 Err(e) => {
                     println!("{}: {e}", file.display());
-                    Ok(ExitCode::from(1))
+                    return Ok(ExitCode::from(1));
                 }
+            };
+            let invalid = match cfg.validate() {
+                Ok(()) => Vec::new(),
+                Err(errors) => errors.0,
+            };
+            let unusable = check_files(&cfg);
+            if invalid.is_empty() && unusable.is_empty() {
+                println!("{}: ok", file.display());
+                return Ok(ExitCode::SUCCESS);
             }
+            for e in &invalid {
+                println!("{}: {e}", file.display());
+            }
+            for p in &unusable {
+                println!("{}: {p}", file.display());
+            }
+            let mut counts = Vec::new();
+            if !invalid.is_empty() {
+                counts.push(format!("{} invalid value(s)", invalid.len()));
+            }
+            if !unusable.is_empty() {
+                counts.push(format!("{} unusable path(s)", unusable.len()));
+            }
+            println!("{}: {}", file.display(), counts.join(", "));
+            Ok(ExitCode::from(1))
         }
     }
 }

@@ -78,3 +78,28 @@ fn a_usable_file_is_ok() {
     assert!(all.trim_end().ends_with(": ok"), "{all}");
     assert!(!dir.join("data").exists(), "the check creates nothing");
 }
+
+#[test]
+fn one_check_names_out_of_range_values_and_unusable_paths_together() {
+    // Before, a file with a bad value stopped at the values, and the missing CA file surfaced only
+    // on the second run, after the value was fixed.
+    let dir = tmp("both");
+    let (code, all) = check(&dir, r#"(heartbeat: (ping_interval_ms: 0), tls: (ca_file: Some("/nonexistent/ca.pem")))"#);
+    assert_eq!(code, Some(1), "{all}");
+    for needle in [
+        "heartbeat.ping_interval_ms",
+        "cannot read the CA file /nonexistent/ca.pem",
+        "2 invalid value(s), 1 unusable path(s)", // the zero also breaks pong < ping
+    ] {
+        assert!(all.contains(needle), "{needle:?} missing from: {all}");
+    }
+}
+
+#[test]
+fn a_file_that_does_not_parse_is_reported_without_path_checks() {
+    let dir = tmp("unparsed");
+    let (code, all) = check(&dir, r#"(heartbeet: (), tls: (ca_file: Some("/nonexistent/ca.pem")))"#);
+    assert_eq!(code, Some(1), "{all}");
+    assert!(all.contains("heartbeet"), "{all}");
+    assert!(!all.contains("CA file"), "a file that does not parse has no paths to check: {all}");
+}

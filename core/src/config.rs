@@ -474,9 +474,17 @@ impl Config {
     /// Parses RON text and validates it. A parse error names the key path, the line and column,
     /// and how to write the value (see `explain`).
     pub fn from_ron(text: &str) -> Result<Config, ConfigError> {
-        let cfg = explain::parse(text)?;
+        let cfg = Config::parse_ron(text)?;
         cfg.validate().map_err(ConfigError::Invalid)?;
         Ok(cfg)
+    }
+
+    /// Parses RON text without checking ranges, for a checker that reports every problem of a file
+    /// at once (out-of-range values and unusable paths together) instead of stopping at the first
+    /// kind. Anything that runs on the configuration takes `from_ron`: a value out of range here
+    /// (a zero interval, an unparseable URL) is not safe to use.
+    pub fn parse_ron(text: &str) -> Result<Config, ConfigError> {
+        explain::parse(text)
     }
 
     /// The configuration as pretty RON (what `keel config default` prints).

@@ -287,8 +287,8 @@ pub fn markdown() -> String {
          (or section) takes its default, so old files keep loading. An unknown key, or a value that does\n\
          not parse, is an error naming the key, its line and column and how to write it (`Some(...)`\n\
          for `tls.ca_file`, `Fixed(65536.0)` or `Auto` for a scale). `keel config check FILE` prints\n\
-         every invalid value with its allowed range, then reads the files the config names\n\
-         (`tls.ca_file`) as `keel stream` would.\n",
+         every invalid value with its allowed range and, in the same run, reads the paths the config\n\
+         names (`tls.ca_file`, `stream.out_dir`) as `keel stream` would.\n",
     );
     for (section, about) in SECTIONS {
         out.push_str(&format!(
