@@ -463,10 +463,15 @@ impl<'p> ConnSim<'p> {
         n * (self.profile.latency_ms + self.profile.latency_jitter_ms)
     }
 
+    /// What a connection takes past its first attempt's start to come up: a few network trips (the
+    /// reset of a dead transport, TCP + TLS + upgrade, Opened) and a millisecond of rounding.
+    fn connect_trips(&self) -> u64 {
+        self.trips(8) + 1
+    }
+
     fn set_live_deadline(&mut self, budget: u64) {
         let p = self.profile;
-        // A few network trips: the reset of a dead transport, TCP + TLS + upgrade, Opened.
-        let trips = self.trips(8) + 1;
+        let trips = self.connect_trips();
         // A rate-limit wait already running (the exchange's Retry-After, or the floor the machine
         // applies after a 1008 close) legitimately delays the first attempt.
         let ban = self.net.ban_until().saturating_sub(self.now);
@@ -1014,8 +1019,7 @@ impl<'p> ConnSim<'p> {
                     && self.live_by.is_some()
                     && now <= self.heal_at + self.trips(2)
                 {
-                    let trips = self.trips(8) + 1;
-                    let by = now + retry + p.config.tls.handshake_timeout_ms + trips;
+                    let by = now + retry + p.config.tls.handshake_timeout_ms + self.connect_trips();
                     self.live_by = self.live_by.max(Some(by));
                 }
             }

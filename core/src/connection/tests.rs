@@ -410,6 +410,16 @@ fn delivered(out: &[Output]) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// The (first, last) missing ids of the gaps reported in `out`.
+fn gaps(out: &[Output]) -> Vec<(u64, u64)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Gap(g) => Some((g.first_missing, g.last_missing)),
+            _ => None,
+        })
+        .collect()
+}
+
 #[test]
 fn scheduled_rollover_opens_the_new_transport_before_closing_the_old() {
     let mut c = cfg();
@@ -1461,14 +1471,7 @@ fn a_refuted_candidate_below_a_lost_id_is_taken_back_and_the_lost_id_reported() 
     let out = h.input(Input::Text { id: id(1), text: agg(5) });
     assert_eq!(out[0], restarted(5_001, 1));
     assert_eq!(delivered(&out), [(1, 1), (1, 3), (1, 4), (1, 5)]);
-    let gaps: Vec<(u64, u64)> = out
-        .iter()
-        .filter_map(|o| match o {
-            Output::Gap(g) => Some((g.first_missing, g.last_missing)),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(gaps, [(2, 2)]);
+    assert_eq!(gaps(&out), [(2, 2)]);
     assert_eq!(h.c.stats().duplicates, 0);
 }
 
@@ -1554,14 +1557,7 @@ fn candidates_cut_off_by_an_outage_start_the_numbering_the_next_connection_confi
     let out = h.input(Input::Text { id: id(2), text: agg(2_000) });
     assert_eq!(out[0], restarted(100_000, 10));
     assert_eq!(delivered(&out), [(1, 10), (1, 11), (2, 2_000)]);
-    let gaps: Vec<(u64, u64)> = out
-        .iter()
-        .filter_map(|o| match o {
-            Output::Gap(g) => Some((g.first_missing, g.last_missing)),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(gaps, [(12, 1_999)], "the ids produced during the outage: {out:?}");
+    assert_eq!(gaps(&out), [(12, 1_999)], "the ids produced during the outage: {out:?}");
     assert_eq!((h.c.stats().sequence_restarts, h.c.stats().duplicates), (1, 0));
 }
 
