@@ -57,11 +57,13 @@ pub enum DtypeArg {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum FeaturesArg {
     /// Many inputs, many outputs.
+    #[value(name = "M")]
     M,
     /// Target only.
+    #[value(name = "S")]
     S,
     /// Many inputs, target output.
-    #[value(name = "MS", alias = "ms")]
+    #[value(name = "MS")]
     Ms,
 }
 
@@ -687,6 +689,19 @@ mod tests {
         assert_eq!((c.train.features, c.train.target.as_str()), (Features::S, "Open"));
         let e = resolve_config(&args(&["--seq-len", "8", "--label-len", "16"])).unwrap_err().to_string();
         assert!(e.contains("label_len 16 must not exceed seq_len 8"), "{e}");
+    }
+
+    #[test]
+    fn features_take_informers_names_in_any_case() {
+        for (flag, want) in [("M", Features::M), ("s", Features::S), ("MS", Features::MS), ("ms", Features::MS)] {
+            let c = resolve_config(&args(&["--features", flag])).unwrap();
+            assert_eq!(c.train.features, want, "--features {flag}");
+        }
+        // Help lists the names the config file and Informer use, not clap's lower-cased ones.
+        let help = <Cli as clap::CommandFactory>::command().render_long_help().to_string();
+        for line in ["- M:", "- S:", "- MS:"] {
+            assert!(help.contains(line), "{line} missing from help:\n{help}");
+        }
     }
 
     #[test]
