@@ -1083,25 +1083,85 @@ pub fn stream_name(event: &MarketEvent) -> String {
     }
 }
 
-/// Why a stream name is not one keel can decode.
+/// Why a stream name is not one keel can decode. Each message ends with the corrected name when the
+/// only fault is letter case (`BTCUSDT@aggtrade`), the commonest slip when names are copied from REST
+/// symbols or typed by hand.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StreamNameError {
     /// No `@` between symbol and stream type.
     #[error("stream {0:?} has no '@' (expected <symbol>@<type>, e.g. btcusdt@aggTrade)")]
     NoAt(String),
     /// The symbol part is empty or not lower-case letters and digits (Binance stream names are lower case).
-    #[error("stream {0:?}: the symbol must be lower-case letters and digits (e.g. btcusdt)")]
+    #[error("stream {0:?}: the symbol must be lower-case letters and digits (e.g. btcusdt){hint}", hint = CaseHint(.0))]
     BadSymbol(String),
     /// A stream type keel does not decode.
     #[error(
-        "stream {0:?}: unsupported type (keel decodes aggTrade, trade, kline_<interval>, depth, depth@100ms, \
+        "stream {0:?}: unsupported type{hint} (keel decodes aggTrade, trade, kline_<interval>, depth, depth@100ms, \
          depth5/10/20[@100ms], bookTicker, ticker, ticker_1h/4h/1d, miniTicker, and the all-market arrays \
-         !miniTicker@arr, !ticker@arr, !ticker_1h@arr, !ticker_4h@arr, !ticker_1d@arr)"
+         !miniTicker@arr, !ticker@arr, !ticker_1h@arr, !ticker_4h@arr, !ticker_1d@arr)",
+        hint = CaseHint(.0)
     )]
     UnsupportedType(String),
     /// A kline interval Binance does not offer.
-    #[error("stream {0:?}: unknown kline interval (1s 1m 3m 5m 15m 30m 1h 2h 4h 6h 8h 12h 1d 3d 1w 1M)")]
+    #[error("stream {0:?}: unknown kline interval (1s 1m 3m 5m 15m 30m 1h 2h 4h 6h 8h 12h 1d 3d 1w 1M){hint}", hint = CaseHint(.0))]
     BadInterval(String),
+}
+
+/// `; did you mean "btcusdt@aggTrade"?` when [`case_fix`] finds a name keel decodes, else nothing.
+struct CaseHint<'a>(&'a str);
+
+impl std::fmt::Display for CaseHint<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match case_fix(self.0) {
+            Some(fixed) => write!(f, "; did you mean {fixed:?}?"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// `name` with its symbol lower-cased and each word of its type in Binance's spelling, if that is a
+/// different name keel decodes. Kline intervals keep their case: `1m` is a minute, `1M` a month, so
+/// `kline_1H` is not guessed at.
+fn case_fix(name: &str) -> Option<String> {
+    const WORDS: [&str; 20] = [
+        "aggTrade",
+        "trade",
+        "bookTicker",
+        "depth",
+        "depth5",
+        "depth10",
+        "depth20",
+        "100ms",
+        "1000ms",
+        "ticker",
+        "ticker_1h",
+        "ticker_4h",
+        "ticker_1d",
+        "miniTicker",
+        "arr",
+        "!miniTicker",
+        "!ticker",
+        "!ticker_1h",
+        "!ticker_4h",
+        "!ticker_1d",
+    ];
+    let fix_word = |word: &str| -> String {
+        if let Some(known) = WORDS.iter().find(|w| w.eq_ignore_ascii_case(word)) {
+            return (*known).to_owned();
+        }
+        match word.get(..6) {
+            Some(prefix) if prefix.eq_ignore_ascii_case("kline_") => format!("kline_{}", &word[6..]),
+            _ => word.to_owned(),
+        }
+    };
+    let fixed = match name.split_once('@') {
+        Some((symbol, kind)) if !symbol.starts_with('!') => {
+            let kind: Vec<String> = kind.split('@').map(fix_word).collect();
+            format!("{}@{}", symbol.to_ascii_lowercase(), kind.join("@"))
+        }
+        _ => name.split('@').map(fix_word).collect::<Vec<_>>().join("@"),
+    };
+    (fixed != name && check_stream_name(&fixed).is_ok()).then_some(fixed)
 }
 
 /// Checks that `name` is a stream keel decodes (`btcusdt@aggTrade`, `btcusdt@kline_1m`,

@@ -1353,6 +1353,29 @@ fn stream_names_are_checked() {
 }
 
 #[test]
+fn a_name_wrong_only_in_letter_case_gets_the_right_spelling() {
+    for (name, fixed) in [
+        ("BTCUSDT@aggTrade", "btcusdt@aggTrade"),
+        ("btcusdt@aggtrade", "btcusdt@aggTrade"),
+        ("BtcUsdt@BOOKTICKER", "btcusdt@bookTicker"),
+        ("ethusdt@Depth20@100MS", "ethusdt@depth20@100ms"),
+        ("btcusdt@KLINE_1m", "btcusdt@kline_1m"),
+        ("btcusdt@Ticker_1H", "btcusdt@ticker_1h"),
+        ("!MINITICKER@ARR", "!miniTicker@arr"),
+        ("!Ticker_4h@arr", "!ticker_4h@arr"),
+    ] {
+        let message = check_stream_name(name).unwrap_err().to_string();
+        assert!(message.contains(&format!("; did you mean {fixed:?}?")), "{message}");
+        assert_eq!(check_stream_name(fixed), Ok(()), "{fixed}");
+    }
+    // No guess where case carries meaning (1M is a month), or where no spelling would do.
+    for name in ["btcusdt@kline_1H", "btcusdt@avgPrice", "BTCUSDT@avgPrice", "btc-usdt@trade", "!bookTicker"] {
+        let message = check_stream_name(name).unwrap_err().to_string();
+        assert!(!message.contains("did you mean"), "{message}");
+    }
+}
+
+#[test]
 fn decode_on_stream_attributes_raw_frames_to_the_known_stream() {
     let Ok(Frame::Market { stream, event }) = decode_on_stream(AGG, "bnbbtc@aggTrade") else { panic!() };
     assert_eq!((stream.as_str(), event), ("bnbbtc@aggTrade", MarketEvent::AggTrade(agg_event())));
