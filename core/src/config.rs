@@ -1126,6 +1126,8 @@ mod tests {
             &["did you mean `Fixed`?", "Fixed(65536.0)"],
         ),
         ("(scaler: (init_scale: Fixed(\"big\")))", "scaler.init_scale", "1:29", &["Fixed(65536.0)"]),
+        ("(scaler: (init_scale: -1.0))", "scaler.init_scale", "1:23", &["-1.0 is not a loss scale", "Fixed(65536.0)"]),
+        ("(scaler: (reset_scale: \"Auto\"))", "scaler.reset_scale", "1:24", &["quoted: write Auto without quotes"]),
         ("(rest: (book_depth_limit: 70000))", "rest.book_depth_limit", "1:27", &["from 0 to 65535", "5, 10, 20"]),
         ("(rest: (backfill: yes))", "rest.backfill", "1:19", &["expected true or false, found yes"]),
         ("(stream: (streams: [\"a@trade\", 5]))", "stream.streams[1]", "1:32", &["expected a string in double quotes"]),

@@ -265,10 +265,17 @@ fn explain(text: &str, path: Option<&Path>, spanned: SpannedError) -> ConfigErro
             did_you_mean(found, expected),
             expected.join(", ")
         ),
-        _ if is_scale && value.starts_with(|c: char| c.is_ascii_digit() || c == '.') => {
+        _ if is_scale && value.starts_with(|c: char| c.is_ascii_digit() || c == '.' || c == '+') => {
             format!(
                 "a given loss scale is written Fixed({value}): write Fixed({value}), or Auto to size it from the model"
             )
+        }
+        _ if is_scale && value.starts_with('-') => format!(
+            "{value} is not a loss scale: a given scale is a positive number written Fixed(65536.0), or write Auto to \
+             size it from the model"
+        ),
+        _ if is_scale && value.starts_with('"') => {
+            format!("{value} is quoted: write Auto without quotes, or Fixed(65536.0) for a given scale")
         }
         _ if is_scale => format!(
             "{}: write Auto, or Fixed(65536.0) for a given scale (a positive number)",
