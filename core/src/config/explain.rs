@@ -123,9 +123,7 @@ fn key_path(path: &Path) -> Option<String> {
 /// The value written at `pos` (ron's spans may start on the whitespace before it, or after a
 /// sign) and where it starts; `None` at the end of the text.
 fn value_at<'a>(text: &'a str, pos: &Position) -> Option<(&'a str, Position)> {
-    let line_start = text.split_inclusive('\n').take(pos.line.saturating_sub(1)).map(str::len).sum::<usize>();
-    let line = text.get(line_start..)?;
-    let mut offset = line_start + line.char_indices().nth(pos.col.saturating_sub(1)).map_or(line.len(), |(i, _)| i);
+    let mut offset = byte_offset(text, pos)?;
     // A sign, or the opening quote of a string whose content ron points into.
     if let Some(c) = text[..offset].chars().next_back().filter(|c| matches!(c, '-' | '+' | '"')) {
         offset -= c.len_utf8();
@@ -149,10 +147,47 @@ fn value_at<'a>(text: &'a str, pos: &Position) -> Option<(&'a str, Position)> {
     if len == 0 {
         return None;
     }
+    Some((&rest[..len], position(text, offset)))
+}
+
+/// The byte offset of `pos` (1-based line and column in characters), or of the end of its line when
+/// the column is past it; `None` past the last line.
+fn byte_offset(text: &str, pos: &Position) -> Option<usize> {
+    let line_start = text.split_inclusive('\n').take(pos.line.saturating_sub(1)).map(str::len).sum::<usize>();
+    let line = text.get(line_start..)?;
+    Some(line_start + line.char_indices().nth(pos.col.saturating_sub(1)).map_or(line.len(), |(i, _)| i))
+}
+
+/// The 1-based line and column of byte `offset`.
+fn position(text: &str, offset: usize) -> Position {
     let before = &text[..offset];
     let line = 1 + before.matches('\n').count();
     let col = 1 + before.rsplit('\n').next().map_or(0, |l| l.chars().count());
-    Some((&rest[..len], Position { line, col }))
+    Position { line, col }
+}
+
+/// When ron stopped at the '.' of a number written to a whole-number key (`epochs: 1.5`): the key
+/// as written before the number, the whole number as written, and where it starts.
+fn fraction_after_whole<'a>(text: &'a str, pos: &Position) -> Option<(&'a str, &'a str, Position)> {
+    let offset = byte_offset(text, pos)?;
+    let after = &text[offset..];
+    if !after.starts_with('.') {
+        return None;
+    }
+    let before = &text[..offset];
+    let whole_start = before.trim_end_matches(|c: char| c.is_ascii_digit() || c == '_').len();
+    let whole_start = before[..whole_start].strip_suffix(['-', '+']).map_or(whole_start, str::len);
+    if whole_start == offset {
+        return None;
+    }
+    let end = offset + 1 + after[1..].find(|c: char| !(c.is_ascii_digit() || c == '_')).unwrap_or(after.len() - 1);
+    let field = before[..whole_start].trim_end().strip_suffix(':')?.trim_end();
+    let field_start = field.trim_end_matches(|c: char| c.is_ascii_alphanumeric() || c == '_').len();
+    let field = &field[field_start..];
+    if field.is_empty() {
+        return None;
+    }
+    Some((field, &text[whole_start..end], position(text, whole_start)))
 }
 
 /// Edit distance (insertions, deletions, substitutions), for "did you mean".
@@ -218,12 +253,26 @@ fn explain(text: &str, path: Option<&Path>, spanned: SpannedError) -> ConfigErro
         // The path ends at the section; the key set twice is the one to look for.
         key = Some(key.map_or_else(|| field.to_string(), |k| format!("{k}.{field}")));
     }
-    let names: Vec<&str> = path
+    let mut names: Vec<&str> = path
         .map(|p| {
             p.iter().filter_map(|s| if let Segment::Map { key } = s { Some(key.as_str()) } else { None }).collect()
         })
         .unwrap_or_default();
-    let found = value_at(text, &spanned.span.start);
+    // `epochs: 1.5` for a whole-number key: ron reads the 1, then wants a comma at the '.', with a
+    // path that ends at the section; the key is the one written before the number.
+    let fraction = match spanned.code {
+        RonError::ExpectedComma => fraction_after_whole(text, &spanned.span.start),
+        _ => None,
+    };
+    let found = match fraction {
+        Some((field, number, at)) => {
+            names.retain(|n| *n != field);
+            names.push(field);
+            key = Some(names.join("."));
+            Some((number, at))
+        }
+        None => value_at(text, &spanned.span.start),
+    };
     let (line, column) =
         found.as_ref().map_or((spanned.span.start.line, spanned.span.start.col), |(_, p)| (p.line, p.col));
     let value = found.map_or("nothing", |(v, _)| v);
@@ -235,7 +284,9 @@ fn explain(text: &str, path: Option<&Path>, spanned: SpannedError) -> ConfigErro
     // What a value error should end with: the key's documented rule and its default.
     let rule =
         doc.map(|d| format!(" (allowed: {}; default: {})", d.rule, d.value_in(&Config::default()))).unwrap_or_default();
+    let ms = if names.last().is_some_and(|k| k.ends_with("_ms")) { " of milliseconds" } else { "" };
     let message = match &spanned.code {
+        _ if fraction.is_some() => format!("expected a whole number{ms}, found {value}: drop the fraction{rule}"),
         RonError::NoSuchStructField { expected, found, .. } if names.len() <= 1 => format!(
             "unknown section `{found}`{}; the sections are {}",
             did_you_mean(found, expected),
@@ -296,10 +347,10 @@ fn explain(text: &str, path: Option<&Path>, spanned: SpannedError) -> ConfigErro
             format!("{value} is out of range: write a whole number from 0 to {max}{rule}")
         }
         RonError::ExpectedInteger | RonError::InvalidIntegerDigit { .. } => {
-            let unit = if names.last().is_some_and(|k| k.ends_with("_ms")) {
-                " of milliseconds, without quotes or a unit (30 s = 30000)"
-            } else {
+            let unit = if ms.is_empty() {
                 ", without quotes"
+            } else {
+                " of milliseconds, without quotes or a unit (30 s = 30000)"
             };
             format!("expected a whole number{unit}, found {value}{rule}")
         }
