@@ -441,6 +441,22 @@ fn predict_refuses_non_finite_weights_and_a_non_finite_forecast_naming_them() {
     keel::train::run(args).unwrap();
     let dev = candle_core::Device::Cpu;
     keel::train::predict_file(&good, &csv, &dev, false).unwrap();
+    // A directory that is not a checkpoint, and an --out that is a directory, say what to give instead.
+    let e = format!("{:#}", keel::train::predict_file(&dir, &csv, &dev, false).unwrap_err());
+    assert!(e.contains("holds no meta.ron, so it is not a checkpoint directory") && e.contains("`keel train`"), "{e}");
+    let predict = |out: &std::path::Path| {
+        keel::train::predict(keel::train::PredictArgs {
+            checkpoint: good.clone(),
+            data: csv.clone(),
+            out: Some(out.to_path_buf()),
+            device: keel::train::DeviceArg::Cpu,
+            include_open_candle: false,
+        })
+    };
+    let e = format!("{:#}", predict(&dir).unwrap_err());
+    assert!(e.contains("is a directory; give a file path, e.g.") && e.contains("forecast.csv"), "{e}");
+    predict(&dir.join("forecast.csv")).unwrap();
+    assert!(std::fs::read_to_string(dir.join("forecast.csv")).unwrap().starts_with("date,Close\n"));
     // A copy of the checkpoint with one weight changed in model.safetensors.
     let edited = |name: &str, value: f32| {
         let ck = dir.join(name);

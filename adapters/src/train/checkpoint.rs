@@ -421,6 +421,13 @@ pub fn load_meta(dir: &Path) -> anyhow::Result<Meta> {
             dir.display()
         );
     }
+    if dir.is_dir() && !path.exists() {
+        anyhow::bail!(
+            "{} holds no {META}, so it is not a checkpoint directory: give the --out directory of a `keel train` run \
+             (it holds {META} and {WEIGHTS})",
+            dir.display()
+        );
+    }
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read checkpoint metadata {}", path.display()))?;
     let v: VersionOnly =

@@ -642,6 +642,13 @@ pub fn predict_file(
 
 /// Runs `keel predict`.
 pub fn predict(args: PredictArgs) -> anyhow::Result<ExitCode> {
+    if let Some(p) = args.out.as_deref().filter(|p| p.is_dir()) {
+        anyhow::bail!(
+            "--out {} is a directory; give a file path, e.g. {}",
+            p.display(),
+            p.join("forecast.csv").display()
+        );
+    }
     let dev = device(args.device)?;
     let text = predict_file(&args.checkpoint, &args.data, &dev, args.include_open_candle)?;
     match &args.out {
