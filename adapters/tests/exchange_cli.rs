@@ -134,3 +134,19 @@ fn an_unwritable_cert_out_stops_before_listening() {
     assert!(stderr.contains("--cert-out"), "{stderr}");
     assert!(!stdout.contains("listening") && !stderr.contains("listening"), "did not start: {stdout}{stderr}");
 }
+
+#[test]
+fn a_port_in_use_names_the_flag_and_the_way_out() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    for (ports, name) in [([&*port, "0"], "--port"), (["0", &*port], "for REST (--rest-port")] {
+        let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+            .args(["exchange", "--duration", "30", "--port", ports[0], "--rest-port", ports[1]])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")) && stderr.contains(name), "{stderr}");
+        assert!(stderr.contains("0 for a free one"), "{stderr}");
+    }
+}

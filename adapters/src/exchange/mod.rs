@@ -133,12 +133,14 @@ impl Exchange {
             .min_protocol_version(Some(native_tls::Protocol::Tlsv12))
             .build()
             .context("cannot build the TLS acceptor")?;
-        let std_listener = std::net::TcpListener::bind(("127.0.0.1", cfg.port))
-            .with_context(|| format!("cannot listen on 127.0.0.1:{}", cfg.port))?;
+        let std_listener = std::net::TcpListener::bind(("127.0.0.1", cfg.port)).with_context(|| {
+            format!("cannot listen on 127.0.0.1:{} (--port; another --port, or 0 for a free one)", cfg.port)
+        })?;
         let addr = std_listener.local_addr()?;
         let listener = smol::net::TcpListener::try_from(std_listener).context("cannot register the listener")?;
-        let std_rest = std::net::TcpListener::bind(("127.0.0.1", cfg.rest_port))
-            .with_context(|| format!("cannot listen on 127.0.0.1:{} for REST", cfg.rest_port))?;
+        let std_rest = std::net::TcpListener::bind(("127.0.0.1", cfg.rest_port)).with_context(|| {
+            format!("cannot listen on 127.0.0.1:{} for REST (--rest-port; another, or 0 for a free one)", cfg.rest_port)
+        })?;
         let rest_addr = std_rest.local_addr()?;
         let rest_listener = smol::net::TcpListener::try_from(std_rest).context("cannot register the REST listener")?;
         let (shutdown_tx, shutdown_rx) = smol::channel::bounded::<()>(1);
