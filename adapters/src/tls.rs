@@ -7,7 +7,7 @@
 //! glue itself: [`TlsConnector`] holds the built connector (cheap to share: OpenSSL reference-counts
 //! its context) and [`TlsConnector::connect`] only runs the handshake.
 //!
-//! How: native-tls speaks blocking `std::io::Read + Write`. [`AllowStd`] wraps the async stream,
+//! How: native-tls speaks blocking `std::io::Read + Write`. `AllowStd` wraps the async stream,
 //! keeps the waker of the task currently polling, and turns the stream's `Pending` into
 //! `ErrorKind::WouldBlock`; OpenSSL then returns "want read/write" (a `MidHandshakeTlsStream` during
 //! the handshake), which becomes `Pending` again here, and the stream has already registered the

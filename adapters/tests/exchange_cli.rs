@@ -141,7 +141,8 @@ fn a_port_in_use_names_the_flag_and_the_way_out() {
     let port = taken.local_addr().unwrap().port().to_string();
     for (ports, name) in [([&*port, "0"], "--port"), (["0", &*port], "for REST (--rest-port")] {
         let out = Command::new(env!("CARGO_BIN_EXE_keel"))
-            .args(["exchange", "--duration", "30", "--port", ports[0], "--rest-port", ports[1]])
+            .args(["exchange", "--duration", "30", "--port", ports[0], "--rest-port", ports[1], "--cert-out"])
+            .arg(tmp("portinuse"))
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);

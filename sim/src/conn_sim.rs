@@ -6,7 +6,7 @@
 //! a safety phase with the seed's faults, then a liveness phase with the network healed, in which
 //! the machine must be live again within `max_delay + handshake_timeout` (or, when a rate-limit
 //! wait is already running, that wait + handshake timeout), plus a few network round trips. The invariants of issue 4 are checked after every
-//! step by [`Checker`], from what the machine emitted and what the model knows it sent.
+//! step by `Checker`, from what the machine emitted and what the model knows it sent.
 //!
 //! A machine that gave up (fatal error, or too many failures through a long outage) is checked to
 //! have done so for a reason, then replaced by a fresh one when the network is back, the way an

@@ -17,7 +17,7 @@
 //!
 //! Writes are atomic: every file goes into a temporary directory beside the checkpoint
 //! (`.NAME.keel-tmp`), is fsynced, and the directory then replaces the checkpoint in one
-//! `renameat2(RENAME_EXCHANGE)` (Linux; elsewhere two renames, see [`replace_dir`]); a process
+//! `renameat2(RENAME_EXCHANGE)` (Linux; elsewhere two renames, see `replace_dir`); a process
 //! killed mid-write leaves the previous checkpoint as it was, and the next save discards the
 //! partial directory. Other files in the checkpoint directory (the loss plot, a user's notes) are
 //! carried over by hard link; a weights-only save drops an older resume state.

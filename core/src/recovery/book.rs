@@ -168,7 +168,7 @@ impl Side {
 /// One symbol's book; see the module docs.
 ///
 /// Each side holds the levels as last sent (price text and quantity), ordered by price value (see
-/// [`Side`]): a diff that changes a level's quantity, nearly all of them, updates it in place, and the
+/// `Side`): a diff that changes a level's quantity, nearly all of them, updates it in place, and the
 /// price keeps the spelling of the latest diff.
 #[derive(Debug, Clone)]
 pub struct OrderBook {

@@ -82,7 +82,7 @@ pub(crate) fn par_map<R: Send>(n: usize, f: impl Fn(usize) -> R + Sync + Send) -
 /// probability `ceil(keep * 2^32) / 2^32` (within 2^-32 of `keep`; two decisions per 64-bit
 /// draw: the mask is drawn for millions of elements per step).
 ///
-/// Each part of [`row_parts`] draws from its own SplitMix64 stream, seeded by hashing `seed`
+/// Each part of `row_parts` draws from its own SplitMix64 stream, seeded by hashing `seed`
 /// with the part's first index, so the parts can be drawn in parallel and the mask depends only
 /// on `seed` and `n`, not on the thread count. (One sequential stream for the whole mask was 3
 /// to 5 % of a small step, on one thread whatever the pool.)
@@ -252,7 +252,7 @@ impl CustomOp3 for LinearOp {
 /// candle runs such a batch as one gemm call per matrix, one after the other: each product of
 /// the small preset's heads (96 x 16 by 16 x 96) is far below gemm's threshold for splitting, so
 /// all of them ran on one thread whatever the pool. Here the batch is cut into parts of about
-/// [`PART`] output elements that run on the trainer's pool, each through candle's own CPU matmul
+/// `PART` output elements that run on the trainer's pool, each through candle's own CPU matmul
 /// (the same gemm calls per matrix as before). The backward is two such products on transposed
 /// views (`da = dc b^T`, `db = a^T dc`). Other devices and dtypes use `Tensor::matmul`.
 pub fn batch_matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
