@@ -64,7 +64,8 @@ impl std::fmt::Display for CaseHint<'_> {
 /// different name keel decodes. Kline intervals keep their case: `1m` is a minute, `1M` a month, so
 /// `kline_1H` is not guessed at.
 fn case_fix(name: &str) -> Option<String> {
-    const WORDS: [&str; 20] = [
+    // The words of the symbol streams' types; the all-market arrays are matched whole below.
+    const WORDS: [&str; 14] = [
         "aggTrade",
         "trade",
         "bookTicker",
@@ -79,12 +80,6 @@ fn case_fix(name: &str) -> Option<String> {
         "ticker_4h",
         "ticker_1d",
         "miniTicker",
-        "arr",
-        "!miniTicker",
-        "!ticker",
-        "!ticker_1h",
-        "!ticker_4h",
-        "!ticker_1d",
     ];
     let fix_word = |word: &str| -> String {
         if let Some(known) = WORDS.iter().find(|w| w.eq_ignore_ascii_case(word)) {
@@ -95,12 +90,12 @@ fn case_fix(name: &str) -> Option<String> {
             _ => word.to_owned(),
         }
     };
-    let fixed = match name.split_once('@') {
-        Some((symbol, kind)) if !symbol.starts_with('!') => {
-            let kind: Vec<String> = kind.split('@').map(fix_word).collect();
-            format!("{}@{}", symbol.to_ascii_lowercase(), kind.join("@"))
-        }
-        _ => name.split('@').map(fix_word).collect::<Vec<_>>().join("@"),
+    let fixed = if name.starts_with('!') {
+        ARRAY_STREAMS.iter().find(|a| a.eq_ignore_ascii_case(name))?.to_string()
+    } else {
+        let (symbol, kind) = name.split_once('@')?;
+        let kind: Vec<String> = kind.split('@').map(fix_word).collect();
+        format!("{}@{}", symbol.to_ascii_lowercase(), kind.join("@"))
     };
     (fixed != name && check_stream_name(&fixed).is_ok()).then_some(fixed)
 }
