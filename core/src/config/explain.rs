@@ -41,6 +41,10 @@ pub(super) const SCALE_KEYS: [&str; 2] = ["scaler.init_scale", "scaler.reset_sca
 
 /// Parses `text` as a [`Config`] (without validating it).
 pub(super) fn parse(text: &str) -> Result<Config, ConfigError> {
+    // Notepad and some other Windows editors save UTF-8 with a byte-order mark; ron takes it for
+    // a stray character and reports a missing `(`. Editors do not show it or count it as a column,
+    // so it is dropped before anything counts positions.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     if is_blank(text) {
         return Err(ConfigError::Empty);
     }
@@ -394,6 +398,19 @@ mod tests {
         for not_blank in ["()", "// c\n()", "/* unclosed", "/* c */ x"] {
             assert!(!is_blank(not_blank), "{not_blank:?}");
         }
+    }
+
+    /// A byte-order mark (Notepad's UTF-8) neither breaks a valid file nor shifts the line and
+    /// column that an error names.
+    #[test]
+    fn a_byte_order_mark_is_ignored() {
+        let plain = Config::default().to_ron();
+        assert_eq!(parse(&format!("\u{feff}{plain}")).ok(), Some(Config::default()));
+        assert!(matches!(parse("\u{feff}"), Err(ConfigError::Empty)));
+        let bad = "(\n  heartbeat: (ping_interval_ms: -5),\n)";
+        let message = |text: &str| parse(text).err().map(|e| e.to_string());
+        assert_eq!(message(&format!("\u{feff}{bad}")), message(bad));
+        assert!(message(bad).is_some_and(|m| m.contains("2:")), "{:?}", message(bad));
     }
 
     #[test]
