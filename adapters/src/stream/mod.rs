@@ -1374,12 +1374,21 @@ fn summary(report: &StreamReport) -> String {
     line
 }
 
+/// `--duration` as a `Duration`. Checked here rather than by clap so that `-1` gets keel's
+/// message; a value past what `Duration` holds (~5.8e11 years) would otherwise panic.
+fn duration_arg(secs: f64) -> anyhow::Result<Duration> {
+    if secs.is_nan() || secs <= 0.0 {
+        anyhow::bail!("--duration must be > 0 seconds, got {secs}");
+    }
+    Duration::try_from_secs_f64(secs).map_err(|_| {
+        anyhow::anyhow!("--duration {secs} s is too long to count; leave --duration out to stream until Ctrl-C")
+    })
+}
+
 /// Runs `keel stream`. Exit codes: 0 clean stop, 2 certificate rejected, 1 anything else (a run
 /// that never connected, a recording, trace or `--stats-json` file that could not be written).
 pub fn run(args: StreamArgs) -> anyhow::Result<ExitCode> {
-    if let Some(d) = args.duration.filter(|d| !(d.is_finite() && *d > 0.0)) {
-        anyhow::bail!("--duration must be > 0 seconds, got {d}");
-    }
+    let duration = args.duration.map(duration_arg).transpose()?;
     let cfg = config_from_args(&args)?;
     // Every path is checked before connecting (see check_out_dir).
     if !args.no_record {
@@ -1403,7 +1412,7 @@ pub fn run(args: StreamArgs) -> anyhow::Result<ExitCode> {
     let seed = args.seed.unwrap_or_else(|| wall_ms() ^ u64::from(std::process::id()));
     let opts = StreamOptions {
         seed,
-        duration: args.duration.map(Duration::from_secs_f64),
+        duration,
         max_messages: args.max_messages,
         stop: Some(stop_rx),
         record: !args.no_record,
