@@ -121,7 +121,7 @@ pub fn classify_error_with_floor(error: &TransportError, floor: Duration) -> Cla
         E::Dns(_) => (ErrorClass::Transient, "DNS lookup failed: check the host name in stream.url and the resolver; retrying with backoff".into()),
         E::Refused(_) => (ErrorClass::Transient, "connection refused: the endpoint is down or a firewall blocks the port; retrying with backoff".into()),
         E::Reset(_) => (ErrorClass::Transient, "connection reset by the peer or a middlebox (proxy, NAT); retrying with backoff".into()),
-        E::Timeout(_) => (ErrorClass::Transient, "timed out: the network is slow or the server does not answer; raise tls.handshake_timeout_ms if this persists".into()),
+        E::Timeout(text) => (ErrorClass::Transient, timeout_diagnosis(text).into()),
         // Not retried as fatal: a proxy or a port being switched over may answer in clear for a while.
         E::TlsHandshake(text) if answered_without_tls(text) => (ErrorClass::Transient, "the server did not answer TLS: the port may serve plain HTTP (ws://), or it is the wrong port; check the port in --url / stream.url; retrying with backoff".into()),
         E::TlsHandshake(_) => (ErrorClass::Transient, "TLS handshake failed: a proxy may intercept TLS, or the server refused our TLS version; retrying with backoff".into()),
@@ -163,6 +163,29 @@ pub fn answered_without_tls(text: &str) -> bool {
     ["wrong version number", "packet length too long", "unknown protocol", "http request"].iter().any(|s| l.contains(s))
 }
 
+/// The limits whose expiry the core reports as [`TransportError::Timeout`]. The core names the key
+/// in the error text, so that the diagnosis can give the advice that fits the limit: a silent
+/// connection is not fixed by a longer handshake timeout.
+pub(crate) const HANDSHAKE_TIMEOUT_KEY: &str = "tls.handshake_timeout_ms";
+/// See [`HANDSHAKE_TIMEOUT_KEY`].
+pub(crate) const PONG_TIMEOUT_KEY: &str = "heartbeat.pong_timeout_ms";
+/// See [`HANDSHAKE_TIMEOUT_KEY`].
+pub(crate) const STALL_KEY: &str = "stream.stall_after_ms";
+
+/// The diagnosis of a timeout, by the limit its text names; a timeout from the operating system
+/// (a TCP connect or keepalive timing out) names none.
+fn timeout_diagnosis(text: &str) -> &'static str {
+    if text.contains(PONG_TIMEOUT_KEY) {
+        "heartbeat timeout: the connection died silently (neither data nor a pong came back; a NAT or proxy dropped it, or the server hung); reconnecting with backoff"
+    } else if text.contains(STALL_KEY) {
+        "stream stalled: the connection answers but a subscribed stream stopped, even after resubscribing; reconnecting; raise stream.stall_after_ms for a stream that is quiet by nature"
+    } else if text.contains(HANDSHAKE_TIMEOUT_KEY) {
+        "timed out connecting: the network is slow or the server does not answer; retrying with backoff; raise tls.handshake_timeout_ms if this persists on a slow link"
+    } else {
+        "timed out: the network is slow or the server does not answer; retrying with backoff"
+    }
+}
+
 /// What to do about a rejected server certificate, from the TLS library's reason `why` and the
 /// extra CA file the run trusted (`--ca-file` / `tls.ca_file`), if any. Advising "pass its CA with
 /// --ca-file" to someone who just did is no help: with a file, an unknown issuer means that file
@@ -200,6 +223,16 @@ mod tests {
 
     fn class(e: TransportError) -> ErrorClass {
         classify_error(&e).class
+    }
+
+    /// A timeout from the operating system names no keel limit, so the advice names none either.
+    #[test]
+    fn a_timeout_is_advised_by_the_limit_it_names() {
+        let diagnosis = |text: &str| classify_error(&TransportError::Timeout(text.into())).diagnosis;
+        assert!(diagnosis("Connection timed out (os error 110)").ends_with("retrying with backoff"));
+        assert!(diagnosis("... (tls.handshake_timeout_ms)").contains("raise tls.handshake_timeout_ms"));
+        assert!(diagnosis("... (heartbeat.pong_timeout_ms)").starts_with("heartbeat timeout"));
+        assert!(diagnosis("... (stream.stall_after_ms)").starts_with("stream stalled"));
     }
 
     #[test]

@@ -68,7 +68,9 @@
 //! the new transport repeats are counted in `duplicates`.
 
 use crate::backoff::{AttemptBudget, AttemptOutcome, Backoff, BackoffDecision};
-use crate::classify::{ErrorClass, TransportError, classify_error_with_floor};
+use crate::classify::{
+    ErrorClass, HANDSHAKE_TIMEOUT_KEY, PONG_TIMEOUT_KEY, STALL_KEY, TransportError, classify_error_with_floor,
+};
 use crate::config::{Config, HeartbeatConfig};
 use crate::gaps::{Gap, GapTracker, RestartPolicy, Verdict};
 use crate::heartbeat::{ControlLimiter, Heartbeat, HeartbeatAction, PongMatch, StallAction, StallDetector};
@@ -698,7 +700,7 @@ impl Connection {
                     let id = *id;
                     let ms = self.handshake_timeout.as_millis();
                     let error = TransportError::Timeout(format!(
-                        "connect + TLS handshake + WebSocket upgrade did not finish within {ms} ms (tls.handshake_timeout_ms)"
+                        "connect + TLS handshake + WebSocket upgrade did not finish within {ms} ms ({HANDSHAKE_TIMEOUT_KEY})"
                     ));
                     self.lose(error, Some((id, "handshake timeout")), now);
                 }
@@ -1451,8 +1453,9 @@ impl Connection {
                     self.stats.heartbeat_timeouts += 1;
                     self.emit(Output::Event(Event::HeartbeatTimeout { id }));
                     let error = TransportError::Timeout(format!(
-                        "no frame for {} ms after our ping (heartbeat.pong_timeout_ms)",
-                        silent_for.as_millis()
+                        "no frame for {} ms, and no pong within {} ms of our ping ({PONG_TIMEOUT_KEY})",
+                        silent_for.as_millis(),
+                        self.heartbeat_config.pong_timeout_ms
                     ));
                     self.lose(error, Some((id, "heartbeat timeout")), now);
                     return;
@@ -1478,7 +1481,7 @@ impl Connection {
                 StallAction::Reconnect => {
                     let ms = 2 * self.stall_after.as_millis();
                     let error = TransportError::Timeout(format!(
-                        "stream {stream} delivered no event for {ms} ms, even after resubscribing (stream.stall_after_ms)"
+                        "stream {stream} delivered no event for {ms} ms, even after resubscribing ({STALL_KEY})"
                     ));
                     self.lose(error, Some((id, "stream stalled")), now);
                     return;
@@ -1497,7 +1500,7 @@ impl Connection {
                 if now >= *deadline {
                     let ms = self.handshake_timeout.as_millis();
                     let error = TransportError::Timeout(format!(
-                        "connect + TLS handshake + WebSocket upgrade did not finish within {ms} ms (tls.handshake_timeout_ms)"
+                        "connect + TLS handshake + WebSocket upgrade did not finish within {ms} ms ({HANDSHAKE_TIMEOUT_KEY})"
                     ));
                     self.standby_failed(error, Some("handshake timeout"), now);
                     return false;
@@ -1511,8 +1514,9 @@ impl Connection {
                             self.stats.heartbeat_timeouts += 1;
                             self.emit(Output::Event(Event::HeartbeatTimeout { id }));
                             let error = TransportError::Timeout(format!(
-                                "no frame for {} ms after our ping (heartbeat.pong_timeout_ms)",
-                                silent_for.as_millis()
+                                "no frame for {} ms, and no pong within {} ms of our ping ({PONG_TIMEOUT_KEY})",
+                                silent_for.as_millis(),
+                                self.heartbeat_config.pong_timeout_ms
                             ));
                             self.standby_failed(error, Some("heartbeat timeout"), now);
                             return false;

@@ -113,6 +113,14 @@ fn retry_in(out: &[Output]) -> Option<u64> {
     })
 }
 
+/// The error and the diagnosis of the disconnect in `out`.
+fn disconnect(out: &[Output]) -> Option<(String, &str)> {
+    out.iter().find_map(|o| match o {
+        Output::Event(Event::Disconnected { error, diagnosis, .. }) => Some((error.to_string(), diagnosis.as_str())),
+        _ => None,
+    })
+}
+
 fn refused() -> TransportError {
     TransportError::Refused("nothing listens".into())
 }
@@ -195,6 +203,9 @@ fn handshake_timeout_closes_and_ignores_the_late_transport() {
         Output::Event(Event::Disconnected { id: TransportId(1), error: TransportError::Timeout(_), .. })
     ));
     assert_eq!(retry_in(&out), Some(1_000));
+    let (error, diagnosis) = disconnect(&out).unwrap();
+    assert!(error.contains("within 30000 ms (tls.handshake_timeout_ms)"), "{error}");
+    assert!(diagnosis.contains("raise tls.handshake_timeout_ms"), "{diagnosis}");
     assert_eq!(h.input(Input::Opened { id: id(1) }), []);
     assert!(!h.c.is_live());
     assert_eq!(h.tick(), (31_000, vec![open(2)]));
@@ -211,6 +222,11 @@ fn silent_connection_is_pinged_then_closed_and_reopened() {
     assert_eq!(out[1], close(1, "heartbeat timeout"));
     // Up for 40 s (stable): the backoff starts over at the initial delay.
     assert_eq!(retry_in(&out), Some(1_000));
+    // The advice fits a silent connection: a longer handshake timeout would not help.
+    let (error, diagnosis) = disconnect(&out).unwrap();
+    assert!(error.contains("no frame for 40000 ms, and no pong within 10000 ms of our ping"), "{error}");
+    assert!(diagnosis.starts_with("heartbeat timeout: the connection died silently"), "{diagnosis}");
+    assert!(!diagnosis.contains("handshake"), "{diagnosis}");
     assert_eq!(h.tick(), (41_000, vec![open(2)]));
     assert_eq!(h.c.stats().heartbeat_timeouts, 1);
 }
@@ -603,6 +619,12 @@ fn a_stalled_stream_is_resubscribed_then_reconnected() {
     assert_eq!(at_stall[0], Output::Event(Event::StreamStalled { stream: AGG.into(), action: StallAction::Reconnect }));
     assert_eq!(at_stall[1], close(1, "stream stalled"));
     assert_eq!(retry_in(&at_stall), Some(1_000));
+    let (error, diagnosis) = disconnect(&at_stall).unwrap();
+    assert!(error.contains("no event for 240000 ms, even after resubscribing (stream.stall_after_ms)"), "{error}");
+    assert!(
+        diagnosis.starts_with("stream stalled:") && diagnosis.contains("raise stream.stall_after_ms"),
+        "{diagnosis}"
+    );
     assert_eq!(h.c.stats().stalls, 2);
 }
 
