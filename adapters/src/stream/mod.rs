@@ -1283,28 +1283,17 @@ pub fn config_from_args(args: &StreamArgs) -> anyhow::Result<Config> {
     if let Some(o) = &args.out {
         cfg.stream.out_dir = o.display().to_string();
     }
-    cfg.validate().map_err(|e| {
-        let lines: Vec<String> = e.0.iter().map(|f| name_the_flag(&f.to_string(), f.field, args)).collect();
-        anyhow::anyhow!("invalid configuration: {}", lines.join("\n"))
-    })?;
+    // The user typed the flag, not the key: an error about a key a flag set names the flag.
+    let passed = [
+        ("stream.url", "--url", args.url.is_some()),
+        ("stream.streams", "--streams", args.streams.is_some()),
+        ("rest.url", "--rest-url", args.rest_url.is_some()),
+        ("tls.ca_file", "--ca-file", args.ca_file.is_some()),
+        ("stream.out_dir", "--out", args.out.is_some()),
+    ];
+    cfg.validate()
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {}", crate::config_cmd::name_flags(&e, &passed)))?;
     Ok(cfg)
-}
-
-/// `message` about config key `field`, with the flag that set it in front (`--url (stream.url) = ...`)
-/// when the user passed that flag: they typed the flag, not the key.
-fn name_the_flag(message: &str, field: &str, args: &StreamArgs) -> String {
-    let flag = match field {
-        "stream.url" if args.url.is_some() => "--url",
-        f if f.starts_with("stream.streams") && args.streams.is_some() => "--streams",
-        "rest.url" if args.rest_url.is_some() => "--rest-url",
-        "tls.ca_file" if args.ca_file.is_some() => "--ca-file",
-        "stream.out_dir" if args.out.is_some() => "--out",
-        _ => return message.to_string(),
-    };
-    match message.strip_prefix(field) {
-        Some(rest) => format!("{flag} ({field}){rest}"),
-        None => format!("{flag}: {message}"),
-    }
 }
 
 /// Creates the output directory and checks that a file can be created in it, before connecting: a

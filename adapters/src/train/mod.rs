@@ -238,10 +238,21 @@ fn apply_flags(mut cfg: Config, args: &TrainArgs) -> anyhow::Result<Config> {
             FeaturesArg::Ms => Features::MS,
         };
     }
-    if t.label_len > t.seq_len {
-        anyhow::bail!("label_len {} must not exceed seq_len {}", t.label_len, t.seq_len);
-    }
-    cfg.validate().context("configuration after applying flags")?;
+    // The user typed the flag, not the key: an error about a key a flag set names the flag.
+    let passed = [
+        ("train.target", "--target", args.target.is_some()),
+        ("train.epochs", "--epochs", args.epochs.is_some()),
+        ("train.batch_size", "--batch-size", args.batch_size.is_some()),
+        ("train.seq_len", "--seq-len", args.seq_len.is_some()),
+        ("train.label_len", "--label-len", args.label_len.is_some()),
+        ("train.pred_len", "--pred-len", args.pred_len.is_some()),
+        ("train.patience", "--patience", args.patience.is_some()),
+        ("train.d_model", "--model-size", args.model_size.is_some()),
+        ("train.n_heads", "--model-size", args.model_size.is_some()),
+        ("train.d_ff", "--model-size", args.model_size.is_some()),
+    ];
+    cfg.validate()
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {}", crate::config_cmd::name_flags(&e, &passed)))?;
     Ok(cfg)
 }
 
@@ -695,7 +706,15 @@ mod tests {
         let c = resolve_config(&args(&["--features", "S", "--target", "Open"])).unwrap();
         assert_eq!((c.train.features, c.train.target.as_str()), (Features::S, "Open"));
         let e = resolve_config(&args(&["--seq-len", "8", "--label-len", "16"])).unwrap_err().to_string();
-        assert!(e.contains("label_len 16 must not exceed seq_len 8"), "{e}");
+        assert!(e.contains("--label-len (train.label_len) = 16 is invalid: must be <= train.seq_len (8)"), "{e}");
+        // A key the flags did not set keeps its key alone.
+        let e = resolve_config(&args(&["--seq-len", "8"])).unwrap_err().to_string();
+        assert!(e.contains("invalid configuration: train.label_len = 48 is invalid"), "{e}");
+        let e = resolve_config(&args(&["--batch-size", "0", "--patience", "0"])).unwrap_err().to_string();
+        assert!(
+            e.contains("--batch-size (train.batch_size) = 0 is invalid: must be > 0\n--patience (train.patience) = 0"),
+            "{e}"
+        );
     }
 
     #[test]
