@@ -119,3 +119,28 @@ fn search_appends_resumes_fails_nan_trials_and_writes_a_loadable_best() {
     assert_eq!((t.learning_rate, t.dropout, t.pred_len, t.label_len), (p.learning_rate, p.dropout, 4, p.seq_len / 2));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// What every trial shares with the data is checked before the first trial: each of these failed
+/// every trial alike before, with the reason only in trials.jsonl.
+#[test]
+fn a_search_that_cannot_fit_the_data_stops_before_its_first_trial() {
+    let dir = tmp("tune-unfit");
+    let data = csv(&dir);
+    let out = dir.join("search");
+    let with = |flags: &[&str]| {
+        let mut argv = vec!["keel", "--max-seq-len", "24", "--epochs", "1", "--max-batches", "1", "--data"];
+        let (data, out) = (data.display().to_string(), out.display().to_string());
+        argv.push(&data);
+        argv.extend(["--out", &out]);
+        argv.extend(flags);
+        format!("{:#}", run(Cli::try_parse_from(argv).unwrap().args).unwrap_err())
+    };
+    let e = with(&["--target", "Nope"]);
+    assert!(e.contains("series.csv") && e.contains("target column \"Nope\" is not in the data"), "{e}");
+    let e = with(&["--pred-len", "100"]);
+    assert!(e.contains("300 rows are too few for even the shortest input the search tries (seq_len 24)"), "{e}");
+    assert!(e.contains("need at least 984"), "{e}");
+    let e = with(&["--pred-len", "0"]);
+    assert!(e.contains("--pred-len (train.pred_len) = 0 is invalid: must be > 0"), "{e}");
+    assert!(!out.join("trials.jsonl").exists(), "no trial ran");
+}

@@ -57,7 +57,8 @@ pub struct TuneArgs {
     #[arg(long, default_value_t = 20, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..))]
     pub trials: u32,
     /// Start no new trial after this many seconds (a running trial finishes).
-    #[arg(long, allow_negative_numbers = true)]
+    // 0 ran no trial and then reported "every trial failed".
+    #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: Option<u64>,
     /// Directory for trials.jsonl and best.ron.
     #[arg(long, default_value = "tune")]
@@ -472,7 +473,35 @@ fn base_config(args: &TuneArgs) -> anyhow::Result<Config> {
             FeaturesArg::Ms => Features::MS,
         };
     }
+    // Checked once here: a bad base value failed every trial alike, each with the message only in
+    // trials.jsonl.
+    let passed = [
+        ("train.target", "--target", args.target.is_some()),
+        ("train.pred_len", "--pred-len", args.pred_len.is_some()),
+    ];
+    cfg.validate()
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {}", crate::config_cmd::name_flags(&e, &passed)))?;
     Ok(cfg)
+}
+
+/// Checks what every trial shares with the data (the target column, and rows enough for the
+/// shortest input the search tries), so that a search that cannot fit fails before its first trial
+/// and says why, instead of failing each trial alike.
+fn check_data_fits(table: &Table, t: &TrainConfig, space: &Space, data_path: &Path) -> anyhow::Result<()> {
+    data::select_columns(table, &t.target, t.features).with_context(|| format!("--data {}", data_path.display()))?;
+    let seq_len = space.seq_lens.iter().copied().min().unwrap_or(t.seq_len) as usize;
+    let w = Windows { seq_len, label_len: seq_len / 2, pred_len: t.pred_len as usize };
+    let needed = data::rows_needed(w);
+    if table.rows.len() < needed {
+        anyhow::bail!(
+            "--data {}: {} rows are too few for even the shortest input the search tries (seq_len {seq_len}) + \
+             pred_len {} with a 70/10/20 split: need at least {needed}; use more data or a shorter --pred-len",
+            data_path.display(),
+            table.rows.len(),
+            t.pred_len
+        );
+    }
+    Ok(())
 }
 
 /// The best finished trial (lowest validation loss among the ok ones).
@@ -527,6 +556,17 @@ pub fn table(records: &[TrialRecord], rows: usize) -> String {
     s
 }
 
+/// Why a search has no best trial. One cause for all of them (a data or setup problem) is worth
+/// printing; several are left to the file.
+fn all_failed(records: &[TrialRecord], trials_path: &Path) -> String {
+    let mut errors: Vec<&str> = records.iter().filter_map(|r| r.error.as_deref()).collect();
+    errors.dedup();
+    match errors[..] {
+        [only] => format!("every trial failed ({} of them) with: {only}; see {}", records.len(), trials_path.display()),
+        _ => format!("every trial failed; see the error fields in {}", trials_path.display()),
+    }
+}
+
 /// Runs `keel tune`.
 pub fn run(args: TuneArgs) -> anyhow::Result<ExitCode> {
     let base = base_config(&args)?;
@@ -545,6 +585,7 @@ pub fn run(args: TuneArgs) -> anyhow::Result<ExitCode> {
         Vec::new()
     };
     let table_data = data::load(&args.data, args.include_open_candle)?;
+    check_data_fits(&table_data, &base.train, &space, &args.data)?;
     let mut sampler = Sampler::new(space, args.seed ^ records.len() as u64)?;
     for r in &records {
         sampler.tell(&r.params, r.score())?;
@@ -588,7 +629,7 @@ pub fn run(args: TuneArgs) -> anyhow::Result<ExitCode> {
     println!("{} trials ({failed} failed) in {}", records.len(), trials_path.display());
     print!("{}", table(&records, 5));
     let Some(b) = best(&records) else {
-        anyhow::bail!("every trial failed; see the error fields in {}", trials_path.display());
+        anyhow::bail!("{}", all_failed(&records, &trials_path));
     };
     let mut cfg = base;
     cfg.train = b.params.apply(&cfg.train);
@@ -622,9 +663,21 @@ mod tests {
         assert!(e.contains("--trials") && e.contains("0 is not in 1.."), "{e}");
         let e = parse(&["--max-batches", "0"]).unwrap_err();
         assert!(e.contains("--max-batches") && e.contains("0 is not in 1.."), "{e}");
+        let e = parse(&["--timeout", "0"]).unwrap_err();
+        assert!(e.contains("--timeout") && e.contains("0 is not in 1.."), "{e}");
         let e = parse(&["--trials", "-3"]).unwrap_err();
         assert!(e.contains("invalid value '-3' for '--trials"), "{e}");
         assert_eq!(parse(&["--trials", "1", "--max-batches", "1"]).unwrap().trials, 1);
+    }
+
+    #[test]
+    fn a_cause_shared_by_every_failed_trial_is_printed() {
+        let failed = |e: &str| TrialRecord { error: Some(e.into()), ..rec(0, TrialStatus::Failed, None) };
+        let path = Path::new("t/trials.jsonl");
+        let same = [failed("out of memory"), failed("out of memory")];
+        assert_eq!(all_failed(&same, path), "every trial failed (2 of them) with: out of memory; see t/trials.jsonl");
+        let mixed = [failed("out of memory"), failed("diverged"), failed("out of memory")];
+        assert_eq!(all_failed(&mixed, path), "every trial failed; see the error fields in t/trials.jsonl");
     }
 
     fn rec(number: u32, status: TrialStatus, val: Option<f64>) -> TrialRecord {
