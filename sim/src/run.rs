@@ -47,8 +47,10 @@ pub const DEFAULT_SCALER_STEPS: u64 = 10_000;
 
 /// Parses `A..B` (B excluded) into `(A, B)`.
 pub fn parse_range(text: &str) -> Result<(u64, u64), String> {
-    let (a, b) =
-        text.split_once("..").ok_or_else(|| format!("seed range {text:?} must look like A..B, e.g. 0..500"))?;
+    let (a, b) = text.split_once("..").ok_or_else(|| match text.trim().parse::<u64>() {
+        Ok(n) => format!("seed range {text:?} must look like A..B (B excluded); for seed {n} alone use --seed {n}"),
+        Err(_) => format!("seed range {text:?} must look like A..B, e.g. 0..500"),
+    })?;
     let a: u64 = a.trim().parse().map_err(|_| format!("seed range {text:?}: {a:?} is not a number"))?;
     let b: u64 = b.trim().parse().map_err(|_| format!("seed range {text:?}: {b:?} is not a number"))?;
     if b <= a {
@@ -347,7 +349,8 @@ mod tests {
     #[test]
     fn seed_ranges_parse_and_bad_ones_say_why() {
         assert_eq!(parse_range("0..500"), Ok((0, 500)));
-        assert!(parse_range("5").unwrap_err().contains("A..B"));
+        assert!(parse_range("5").unwrap_err().contains("A..B (B excluded); for seed 5 alone use --seed 5"));
+        assert!(parse_range("x").unwrap_err().contains("A..B, e.g. 0..500"));
         assert!(parse_range("x..5").unwrap_err().contains("not a number"));
         assert!(parse_range("5..5").unwrap_err().contains("empty"));
     }
