@@ -477,7 +477,8 @@ async fn stream_on(
         .filter_map(|s| s.split('@').next())
         .map(str::to_ascii_uppercase)
         .collect();
-    let end_at = opts.duration.map(|d| start + d);
+    // A duration past the clock's range (library callers are not checked like --duration) never ends the run.
+    let end_at = opts.duration.and_then(|d| start.checked_add(d));
     let mut stopping: Option<Instant> = None;
     let mut next_flush = start + Duration::from_secs(1);
     let status_every = opts.status_every.unwrap_or(Duration::from_secs(5));
@@ -1369,7 +1370,8 @@ fn duration_arg(secs: f64) -> anyhow::Result<Duration> {
     if secs.is_nan() || secs <= 0.0 {
         anyhow::bail!("--duration must be > 0 seconds, got {secs}");
     }
-    Duration::try_from_secs_f64(secs).map_err(|_| {
+    // The monotonic clock counts less far than `Duration` does (1e19 s fits one, not the other).
+    Duration::try_from_secs_f64(secs).ok().filter(|d| Instant::now().checked_add(*d).is_some()).ok_or_else(|| {
         anyhow::anyhow!("--duration {secs} s is too long to count; leave --duration out to stream until Ctrl-C")
     })
 }
