@@ -37,8 +37,9 @@ pub struct DemoArgs {
     /// report describes this run).
     #[arg(long, default_value = "demo-out")]
     pub out: PathBuf,
-    /// Seconds of streaming.
-    #[arg(long, default_value_t = 60)]
+    /// Seconds of streaming (at least 20: the fault schedule takes about 16 s to play out).
+    // 0 ran the stages anyway and listed nine failed checks, one a missing directory.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(MIN_STREAM_SECS..))]
     pub stream_secs: u64,
     /// Training epochs (early stopping may end sooner).
     #[arg(long, default_value_t = 4)]
@@ -47,6 +48,9 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
 }
+
+/// The shortest stream in which every scheduled fault happens (the cutoff, last, comes ~16 s in).
+pub const MIN_STREAM_SECS: u64 = 20;
 
 /// The faults of the demo, by connection number (in the exchange's accept order).
 fn fault_plan() -> FaultPlan {
@@ -387,8 +391,19 @@ fn check_training(stats_json: &Path, scaler: &ScalerConfig) -> anyhow::Result<Ve
         failures.push(format!("{overflows} overflows but {skipped} skipped steps: an overflowing step was applied"));
     }
     if num("resets").is_nan() || num("resets") < 1.0 {
+        // A short stream records few klines, and few klines make few steps: say so, rather than
+        // leave it to look like a scaler bug.
+        let too_few = if num("steps") <= f64::from(scaler.max_consecutive_overflows) {
+            format!(
+                "; only {} training step(s) ran, too few for that many overflows in a row: stream longer \
+                 (--stream-secs) or train longer (--epochs)",
+                num("steps")
+            )
+        } else {
+            String::new()
+        };
         failures.push(format!(
-            "no scale reset after the injected overflows (scaler.max_consecutive_overflows is {})",
+            "no scale reset after the injected overflows (scaler.max_consecutive_overflows is {}){too_few}",
             scaler.max_consecutive_overflows
         ));
     }
@@ -402,6 +417,45 @@ fn check_training(stats_json: &Path, scaler: &ScalerConfig) -> anyhow::Result<Ve
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: DemoArgs,
+    }
+
+    #[test]
+    fn a_stream_too_short_for_the_fault_schedule_is_refused() {
+        use clap::Parser;
+        let parse = |v: &str| Cli::try_parse_from(["keel", "--stream-secs", v]).map(|c| c.args.stream_secs);
+        for short in ["0", "19"] {
+            let e = parse(short).unwrap_err().to_string();
+            assert!(e.contains("--stream-secs") && e.contains(&format!("{short} is not in 20..")), "{e}");
+        }
+        assert_eq!(parse("20").unwrap(), 20);
+    }
+
+    /// Too few steps for a reset is named as such; enough steps and still no reset is not.
+    #[test]
+    fn too_few_steps_for_a_reset_says_to_stream_or_train_longer() {
+        let dir = std::env::temp_dir().join(format!("keel-demo-steps-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let stats = dir.join("training-stats.json");
+        let scaler = ScalerConfig::default();
+        let failures = |steps: u64| {
+            let json = format!(
+                r#"{{"nan_losses":0,"test_mse":0.5,"steps":{steps},"overflows":{steps},"skipped":{steps},"applied":0,"resets":0,"current_scale":4194304}}"#
+            );
+            std::fs::write(&stats, json).unwrap();
+            check_training(&stats, &scaler).unwrap().join("\n")
+        };
+        let few = failures(2);
+        assert!(few.contains("no scale reset") && few.contains("only 2 training step(s) ran"), "{few}");
+        assert!(few.contains("--stream-secs") && few.contains("--epochs"), "{few}");
+        let many = failures(40);
+        assert!(many.contains("no scale reset") && !many.contains("training step(s) ran"), "{many}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn a_second_demo_clears_its_own_outputs_and_nothing_else() {
