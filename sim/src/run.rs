@@ -42,6 +42,10 @@ pub struct RunArgs {
     pub jobs: Option<usize>,
 }
 
+/// The longest run of one seed. Far below where the millisecond clock (a u64 from an epoch start)
+/// overflows: past that a run ended after one step and reported hours it never simulated.
+pub const MAX_HOURS: f64 = 1_000_000.0;
+
 /// Scaler steps per seed unless told otherwise.
 pub const DEFAULT_SCALER_STEPS: u64 = 10_000;
 
@@ -243,6 +247,13 @@ pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     if !(args.hours.is_finite() && args.hours > 0.0) {
         anyhow::bail!("--hours {} is invalid: give a positive number of simulated hours", args.hours);
+    }
+    if args.hours > MAX_HOURS {
+        anyhow::bail!(
+            "--hours {} is more than the simulator runs per seed (at most {MAX_HOURS}, ~114 years; a seed \
+             simulates ~1 000 h per CPU second): for more simulated time, run more seeds",
+            args.hours
+        );
     }
     let opts = SimOptions { hours: args.hours, scaler_steps: args.scaler_steps };
     if let Some(path) = &args.trace {

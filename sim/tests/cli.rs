@@ -55,4 +55,11 @@ fn bad_arguments_say_what_to_do() {
     let (code, _, err) = keel_sim(&["run", "--seed", "1", "--hours", "0"]);
     assert_ne!(code, 0);
     assert!(err.contains("positive"), "{err}");
+    // Past the clock's range a run stopped after one step and claimed ~5e12 simulated hours.
+    for (huge, shown) in [("1e15", "1000000000000000"), ("1000001", "1000001")] {
+        let (code, out, err) = keel_sim(&["run", "--seed", "1", "--hours", huge]);
+        assert_ne!(code, 0, "{out}");
+        assert!(err.contains(&format!("--hours {shown} is more than")), "{err}");
+        assert!(err.contains("at most 1000000") && err.contains("run more seeds"), "{err}");
+    }
 }
