@@ -2,25 +2,9 @@
 
 use crate::stream::transport::{SettingsError, TransportSettings};
 use clap::{Args, Subcommand};
-use keel_core::config::{Config, ValidationErrors, reference};
+use keel_core::config::{Config, reference};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-
-/// Validation errors one per line, each about a key that a passed flag set led by that flag:
-/// `--url (stream.url) = ... is invalid: ...`. `flags` holds (key, flag, whether it was passed).
-pub fn name_flags(errors: &ValidationErrors, flags: &[(&str, &str, bool)]) -> String {
-    let line = |e: &keel_core::config::FieldError| {
-        let message = e.to_string();
-        match flags.iter().find(|(key, _, passed)| *passed && *key == e.field) {
-            Some((_, flag, _)) => match message.strip_prefix(e.field) {
-                Some(rest) => format!("{flag} ({}){rest}", e.field),
-                None => format!("{flag}: {message}"),
-            },
-            None => message,
-        }
-    };
-    errors.0.iter().map(line).collect::<Vec<_>>().join("\n")
-}
 
 /// Flags of `keel config`.
 #[derive(Debug, Clone, Args)]

@@ -428,6 +428,19 @@ pub struct FieldError {
 #[derive(Debug, Clone, PartialEq, Error)]
 pub struct ValidationErrors(pub Vec<FieldError>);
 
+impl ValidationErrors {
+    /// The errors one per line, each about a key that a command-line flag set led by that flag
+    /// (`--url (stream.url) = ... is invalid: ...`): the user typed the flag, not the key. `flags`
+    /// holds (key, flag, whether the flag was passed).
+    pub fn naming_flags(&self, flags: &[(&str, &str, bool)]) -> String {
+        let line = |e: &FieldError| match flags.iter().find(|(key, _, passed)| *passed && *key == e.field) {
+            Some((_, flag, _)) => format!("{flag} ({}) = {} is invalid: must be {}", e.field, e.value, e.allowed),
+            None => e.to_string(),
+        };
+        self.0.iter().map(line).collect::<Vec<_>>().join("\n")
+    }
+}
+
 impl fmt::Display for ValidationErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, e) in self.0.iter().enumerate() {
@@ -1149,6 +1162,19 @@ mod tests {
         ),
         ("(tls: (), tls: ())", "tls", "1:11", &["section `tls` is written twice"]),
     ];
+
+    #[test]
+    fn errors_about_keys_a_flag_set_name_the_flag() {
+        let mut c = Config::default();
+        c.train.batch_size = 0;
+        c.train.patience = 0;
+        let e = c.validate().unwrap_err();
+        let flags = [("train.batch_size", "--batch-size", true), ("train.patience", "--patience", false)];
+        assert_eq!(
+            e.naming_flags(&flags),
+            "--batch-size (train.batch_size) = 0 is invalid: must be > 0\ntrain.patience = 0 is invalid: must be > 0"
+        );
+    }
 
     #[test]
     fn parse_errors_name_the_key_the_place_and_the_fix() {

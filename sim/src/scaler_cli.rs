@@ -8,7 +8,6 @@
 //! `ScaleMonitor` (resets after consecutive overflows, the minimum-scale error) and prints its
 //! events to stderr, prefixed with `#`, so that stdout stays a clean table.
 
-use anyhow::Context;
 use clap::Args;
 use keel_core::config::{Config, ScaleChoice, ScalerConfig};
 use keel_core::monitor::ScalerDriver;
@@ -97,9 +96,18 @@ pub fn config_from(args: &ScalerArgs) -> anyhow::Result<ScalerConfig> {
         hysteresis: args.hysteresis.unwrap_or(d.hysteresis),
         ..d
     };
+    let passed = [
+        ("scaler.init_scale", "--init", args.init.is_some()),
+        ("scaler.growth_factor", "--growth", args.growth.is_some()),
+        ("scaler.backoff_factor", "--backoff", args.backoff.is_some()),
+        ("scaler.growth_interval", "--interval", args.interval.is_some()),
+        ("scaler.min_scale", "--min", args.min.is_some()),
+        ("scaler.max_scale", "--max", args.max.is_some()),
+        ("scaler.hysteresis", "--hysteresis", args.hysteresis.is_some()),
+    ];
     Config { scaler: cfg.clone(), ..Config::default() }
         .validate()
-        .context("flags --init/--growth/--backoff/--interval/--min/--max/--hysteresis set scaler.* keys")?;
+        .map_err(|e| anyhow::anyhow!("invalid scaler: {}", e.naming_flags(&passed)))?;
     Ok(cfg)
 }
 

@@ -73,7 +73,12 @@ fn bad_input_is_a_clear_error() {
     let out = keel_sim(&["--flags", "01", "--growth", "0.9"]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("scaler.growth_factor = 0.9 is invalid: must be > 1.0"), "{err}");
+    assert!(err.contains("--growth (scaler.growth_factor) = 0.9 is invalid: must be > 1.0"), "{err}");
+    // Each bad flag is named, all at once; a key no flag set keeps its key alone.
+    let out = keel_sim(&["--flags", "01", "--interval", "0", "--min", "10", "--max", "5"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--interval (scaler.growth_interval) = 0 is invalid"), "{err}");
+    assert!(err.contains("--max (scaler.max_scale) = 5 is invalid: must be >= scaler.min_scale (10)"), "{err}");
 }
 
 /// With --monitor, 5 overflows in a row reset to the size-based scale (8192 for 200 M parameters),

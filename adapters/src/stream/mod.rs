@@ -1292,8 +1292,7 @@ pub fn config_from_args(args: &StreamArgs) -> anyhow::Result<Config> {
         ("tls.ca_file", "--ca-file", args.ca_file.is_some()),
         ("stream.out_dir", "--out", args.out.is_some()),
     ];
-    cfg.validate()
-        .map_err(|e| anyhow::anyhow!("invalid configuration: {}", crate::config_cmd::name_flags(&e, &passed)))?;
+    cfg.validate().map_err(|e| anyhow::anyhow!("invalid configuration: {}", e.naming_flags(&passed)))?;
     Ok(cfg)
 }
 

@@ -251,8 +251,7 @@ fn apply_flags(mut cfg: Config, args: &TrainArgs) -> anyhow::Result<Config> {
         ("train.n_heads", "--model-size", args.model_size.is_some()),
         ("train.d_ff", "--model-size", args.model_size.is_some()),
     ];
-    cfg.validate()
-        .map_err(|e| anyhow::anyhow!("invalid configuration: {}", crate::config_cmd::name_flags(&e, &passed)))?;
+    cfg.validate().map_err(|e| anyhow::anyhow!("invalid configuration: {}", e.naming_flags(&passed)))?;
     Ok(cfg)
 }
 

@@ -479,8 +479,7 @@ fn base_config(args: &TuneArgs) -> anyhow::Result<Config> {
         ("train.target", "--target", args.target.is_some()),
         ("train.pred_len", "--pred-len", args.pred_len.is_some()),
     ];
-    cfg.validate()
-        .map_err(|e| anyhow::anyhow!("invalid configuration: {}", crate::config_cmd::name_flags(&e, &passed)))?;
+    cfg.validate().map_err(|e| anyhow::anyhow!("invalid configuration: {}", e.naming_flags(&passed)))?;
     Ok(cfg)
 }
 
