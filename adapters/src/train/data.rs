@@ -173,6 +173,25 @@ pub enum DataError {
         /// Further rows whose time does not increase.
         more: usize,
     },
+    /// A `keel stream` recording of a stream other than klines.
+    #[error(
+        "{path} is keel's recording of the {stream} stream; train, tune and predict take kline recordings (a \
+         directory like <out>/btcusdt@kline_1m, or one file of it) or a CSV in Informer's layout"
+    )]
+    NotKlines {
+        /// The file or directory.
+        path: String,
+        /// The stream, from the directory name.
+        stream: String,
+    },
+    /// `keel stream`'s output directory (one directory per stream) instead of one stream's.
+    #[error("{path} holds no .csv files: it is keel stream's output, one directory per stream; {hint}")]
+    RecordingRoot {
+        /// The directory.
+        path: String,
+        /// Which directory to give instead.
+        hint: String,
+    },
     /// The file has a header and no rows.
     #[error("{path} has a header but no data rows; give a file with data")]
     Empty {
@@ -245,7 +264,13 @@ pub fn load(path: &Path, include_open_candle: bool) -> Result<Table, DataError> 
             .collect();
         files.sort();
         if files.is_empty() {
-            return Err(DataError::Io { path: path.display().to_string(), message: "no .csv files in it".into() });
+            return Err(recording_root(path).unwrap_or_else(|| DataError::Io {
+                path: path.display().to_string(),
+                message: "no .csv files in it".into(),
+            }));
+        }
+        if let Some(stream) = recorded_stream(path).filter(|s| !s.contains("@kline_")) {
+            return Err(DataError::NotKlines { path: path.display().to_string(), stream });
         }
         let mut all = Vec::new();
         for f in &files {
@@ -258,7 +283,39 @@ pub fn load(path: &Path, include_open_candle: bool) -> Result<Table, DataError> 
         let rows = read_kline_rows(path)?;
         return klines_to_table(path, rows, include_open_candle);
     }
+    // A day file of another recorded stream: its first column is a time, so it would otherwise be
+    // read as an Informer CSV and fail on a missing target column or a boolean cell.
+    if let Some(stream) = path.parent().and_then(recorded_stream).filter(|s| !s.contains("@kline_")) {
+        return Err(DataError::NotKlines { path: path.display().to_string(), stream });
+    }
     read_informer_csv(path)
+}
+
+/// The stream whose recordings `dir` holds, by its name (`keel stream` writes `<out>/<stream>/`);
+/// only a name keel would subscribe to counts, so that `me@host/data.csv` stays an Informer CSV.
+fn recorded_stream(dir: &Path) -> Option<String> {
+    let name = dir.file_name()?.to_str()?;
+    keel_core::protocol::check_stream_name(name).is_ok().then(|| name.to_string())
+}
+
+/// Why `dir`, which holds no .csv files, is `keel stream`'s output directory, if it is one: its
+/// subdirectories are named after streams.
+fn recording_root(dir: &Path) -> Option<DataError> {
+    let mut streams: Vec<String> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .filter_map(|p| recorded_stream(&p))
+        .collect();
+    streams.sort();
+    let first = streams.first()?;
+    let hint = match streams.iter().find(|s| s.contains("@kline_")) {
+        Some(k) => format!("give a kline stream's directory, e.g. --data {}", dir.join(k).display()),
+        None => {
+            format!("it holds no kline stream ({first} ...): record one, e.g. keel stream --streams btcusdt@kline_1m")
+        }
+    };
+    Some(DataError::RecordingRoot { path: dir.display().to_string(), hint })
 }
 
 fn io_err(path: &Path, e: impl std::fmt::Display) -> DataError {
@@ -718,6 +775,43 @@ mod tests {
         // The same times a second apart are in order.
         let t = load(&write("seconds", "date,a\n2020-01-01 00:00:00,1\n2020-01-01 00:00:01,2\n"), false).unwrap();
         assert_eq!(t.times_ms[1] - t.times_ms[0], 1000);
+    }
+
+    /// keel stream's own layout, given at the wrong level or for the wrong stream, is named as such.
+    #[test]
+    fn recordings_of_other_streams_and_the_output_root_say_what_to_give() {
+        let root = std::env::temp_dir().join(format!("keel-data-{}-rec", std::process::id()));
+        let (agg, kline) = (root.join("btcusdt@aggTrade"), root.join("btcusdt@kline_1m"));
+        for d in [&agg, &kline] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let day = agg.join("2026-12-07.csv");
+        std::fs::write(&day, "event_time,agg_id,price,quantity,first_trade_id,last_trade_id,trade_time,buyer_is_maker\n1,2,3.5,1,2,2,1,true\n").unwrap();
+        for p in [&agg, &day] {
+            let e = load(p, false).unwrap_err().to_string();
+            assert!(
+                e.contains(
+                    "is keel's recording of the btcusdt@aggTrade stream; train, tune and predict take kline recordings"
+                ),
+                "{e}"
+            );
+        }
+        let e = load(&root, false).unwrap_err().to_string();
+        assert!(e.contains("it is keel stream's output, one directory per stream"), "{e}");
+        assert!(e.contains(&format!("e.g. --data {}", kline.display())), "{e}");
+        std::fs::remove_dir_all(&kline).unwrap();
+        let e = load(&root, false).unwrap_err().to_string();
+        assert!(e.contains("it holds no kline stream (btcusdt@aggTrade ...)"), "{e}");
+        // A CSV in a directory whose name only looks like a stream is read as Informer's layout.
+        let other = root.join("me@host");
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(other.join("x.csv"), "date,a,b\n2020-01-01,1,2\n").unwrap();
+        assert_eq!(load(&other.join("x.csv"), false).unwrap().columns, ["a", "b"]);
+        std::fs::remove_dir_all(&other).unwrap();
+        // An empty directory of anything else keeps the plain message.
+        std::fs::remove_dir_all(&agg).unwrap();
+        assert!(load(&root, false).unwrap_err().to_string().contains("no .csv files in it"));
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
