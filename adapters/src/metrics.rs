@@ -531,6 +531,27 @@ pub fn serve(addr: SocketAddr, metrics: Metrics) -> anyhow::Result<MetricsServer
     Ok(MetricsServer { addr: local, _stop: stop })
 }
 
+/// Parses `--metrics-addr`: `IP:PORT`, or `HOST:PORT` resolved now (`localhost:9898`, which
+/// `SocketAddr` alone refuses with "invalid socket address syntax").
+pub fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let usage = "give IP:PORT or HOST:PORT to listen on, e.g. 127.0.0.1:9898 or localhost:9898";
+    if !text.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok()) {
+        return Err(format!("{text:?} is not an address: {usage}"));
+    }
+    let all: Vec<SocketAddr> =
+        text.to_socket_addrs().map_err(|e| format!("cannot resolve {text:?}: {e}; {usage}"))?.collect();
+    // IPv4 first: `localhost` often resolves to ::1 too, and scrapers mostly dial 127.0.0.1.
+    all.iter()
+        .find(|a| a.is_ipv4())
+        .or(all.first())
+        .copied()
+        .ok_or_else(|| format!("{text:?} resolves to no address; {usage}"))
+}
+
 /// [`serve`] with a fresh handle: what `--metrics-addr` does. Keep the server alive as long as the
 /// handle is published into.
 pub fn serve_new(addr: SocketAddr) -> anyhow::Result<(Metrics, MetricsServer)> {
@@ -590,6 +611,18 @@ fn respond<B>(req: &Request<B>, metrics: &Metrics) -> Response<Full<Bytes>> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn metrics_addresses_take_ips_and_host_names() {
+        use super::parse_addr;
+        assert_eq!(parse_addr("127.0.0.1:9898").unwrap().to_string(), "127.0.0.1:9898");
+        assert_eq!(parse_addr("[::1]:9898").unwrap().to_string(), "[::1]:9898");
+        assert_eq!(parse_addr("localhost:9898").unwrap().to_string(), "127.0.0.1:9898");
+        for bad in ["9898", "localhost", ":9898", "localhost:99999", "localhost:x"] {
+            let e = parse_addr(bad).unwrap_err();
+            assert!(e.contains("is not an address") && e.contains("e.g. 127.0.0.1:9898"), "{bad}: {e}");
+        }
+    }
+
     use super::*;
     use std::collections::BTreeMap;
 

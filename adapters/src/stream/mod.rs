@@ -1217,7 +1217,7 @@ fn log_event(ev: &Event, c: &Connection, split: bool, shard: usize, report: &mut
 #[derive(Debug, Clone, Args)]
 pub struct StreamArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9898).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", value_parser = crate::metrics::parse_addr)]
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Config file (RON); defaults apply to everything it leaves out.
     #[arg(long)]

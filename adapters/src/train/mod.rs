@@ -81,7 +81,7 @@ pub enum DeviceArg {
 #[derive(Debug, Clone, Args)]
 pub struct TrainArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9898).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", value_parser = crate::metrics::parse_addr)]
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// CSV in Informer's layout (date column, then numeric columns), a recorded kline file, or a
     /// directory of recorded kline files.

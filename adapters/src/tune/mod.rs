@@ -48,7 +48,7 @@ pub const DROPOUT: (f64, f64) = (0.0, 0.3);
 #[derive(Debug, Clone, Args)]
 pub struct TuneArgs {
     /// Serve the running trial's training metrics at http://ADDR/metrics (e.g. 127.0.0.1:9898).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", value_parser = crate::metrics::parse_addr)]
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// CSV in Informer's layout, a recorded kline file, or a directory of them.
     #[arg(long)]
