@@ -513,6 +513,9 @@ impl Config {
         let mut v = Validator::default();
         let s = &self.stream;
         check_url(&mut v, "stream.url", &s.url, "wss", true);
+        if let Some(why) = endpoint_in_stream_url(&s.url) {
+            v.check(false, "stream.url", &crate::redact::redact_url(&s.url), &why);
+        }
         v.check(!s.streams.is_empty(), "stream.streams", &format!("{:?}", s.streams), "at least one stream name");
         for name in &s.streams {
             // The decoder's own list, so that a stream keel cannot decode (say `@avgPrice`) fails here
@@ -840,6 +843,37 @@ fn check_url(v: &mut Validator, field: &'static str, text: &str, scheme: &str, a
     }
 }
 
+/// Why `url` is a Binance endpoint URL copied whole (`.../ws/btcusdt@trade`,
+/// `.../stream?streams=a/b`) rather than the base keel appends `/stream?streams=...` to, if it is:
+/// appended to, it makes a path the server does not serve, and the streams in it are silently not
+/// the ones subscribed. A proxy's own path (`wss://proxy/binance`, even `wss://proxy/ws`) and a
+/// listenKey path pass; `/ws` and `/stream` are refused on Binance's hosts only.
+fn endpoint_in_stream_url(url: &str) -> Option<String> {
+    let parsed = url::parse(url).ok()?;
+    let (path, binance) = (parsed.path, parsed.host.to_ascii_lowercase().contains("binance"));
+    let (path, query) = path.split_once('?').unwrap_or((path, ""));
+    let mut named: Vec<&str> = query
+        .split('&')
+        .filter_map(|kv| kv.strip_prefix("streams="))
+        .flat_map(|list| list.split('/'))
+        .chain(path.rsplit('/').next().filter(|last| crate::protocol::check_stream_name(last).is_ok()))
+        .collect();
+    named.dedup();
+    let endpoint = binance && matches!(path.trim_end_matches('/').rsplit('/').next(), Some("ws" | "stream"));
+    if named.is_empty() && !endpoint {
+        return None;
+    }
+    let streams = if named.is_empty() {
+        String::new()
+    } else {
+        format!(" and list {} in stream.streams (--streams)", named.join(", "))
+    };
+    Some(format!(
+        "the base URL only, wss://HOST[:PORT]: keel appends /stream?streams=... itself; remove the /ws or /stream \
+         part and what follows it{streams}"
+    ))
+}
+
 /// A diff-depth stream (`btcusdt@depth`, `@depth@100ms`, `@depth@1000ms`): its book starts from a
 /// REST snapshot. The partial-depth streams (`@depth5`...) are snapshots themselves.
 fn is_diff_depth(name: &str) -> bool {
@@ -1163,6 +1197,28 @@ mod tests {
         ("(tls: (), tls: ())", "tls", "1:11", &["section `tls` is written twice"]),
     ];
 
+    /// A Binance endpoint URL copied whole names the streams to move into stream.streams; a
+    /// proxy's path and a listenKey path are left alone.
+    #[test]
+    fn a_copied_endpoint_url_is_refused_with_its_streams() {
+        let why = |url: &str| endpoint_in_stream_url(url);
+        let copied = why("wss://stream.binance.com:9443/stream?streams=btcusdt@trade/ethusdt@kline_1m").unwrap();
+        assert!(copied.contains("keel appends /stream?streams=... itself"), "{copied}");
+        assert!(copied.ends_with("list btcusdt@trade, ethusdt@kline_1m in stream.streams (--streams)"), "{copied}");
+        let one = why("wss://stream.binance.com:9443/ws/btcusdt@depth@100ms").unwrap();
+        assert!(one.ends_with("list btcusdt@depth@100ms in stream.streams (--streams)"), "{one}");
+        assert!(why("wss://stream.binance.com:9443/ws/").unwrap().ends_with("and what follows it"));
+        for fine in [
+            "wss://stream.binance.com:9443",
+            "wss://stream.binance.com:9443/",
+            "wss://proxy.example/binance",
+            "wss://proxy.example/ws",
+            "wss://h:9/ws/Zq8VxY0aB1cD2eF3gH4iJ5kL6mN7oP8qR9sT0uV1wX2yZ3aB4cD5eF6gH7iJ8kL9?signature=ab12",
+        ] {
+            assert_eq!(why(fine), None, "{fine}");
+        }
+    }
+
     #[test]
     fn errors_about_keys_a_flag_set_name_the_flag() {
         let mut c = Config::default();
@@ -1212,6 +1268,9 @@ mod tests {
     /// Each bad value, written as a RON fragment, and the field its error must name.
     const BAD_VALUES: &[(&str, &str)] = &[
         (r#"stream: (url: "http://x")"#, "stream.url"),
+        (r#"stream: (url: "wss://stream.binance.com:9443/ws/btcusdt@trade")"#, "stream.url"),
+        (r#"stream: (url: "wss://stream.binance.com:9443/stream?streams=btcusdt@trade")"#, "stream.url"),
+        (r#"stream: (url: "wss://stream.binance.com:9443/ws")"#, "stream.url"),
         ("stream: (streams: [])", "stream.streams"),
         (r#"stream: (streams: ["BTCUSDT"])"#, "stream.streams"),
         (r#"stream: (streams: ["btcusdt@avgPrice"])"#, "stream.streams"),
