@@ -42,7 +42,7 @@ pub const KEYS: &[KeyDoc] = &[
     key!(
         stream.url,
         "wss://HOST[:PORT][/PATH] (TLS is mandatory; port 1..=65535)",
-        "Base URL of the stream endpoint; `/stream?streams=a/b` is appended. Point it at `keel exchange` for offline runs."
+        "Base URL of the stream endpoint; `/stream?streams=a/b` is appended, so a Binance URL copied with `/ws/...` or `?streams=` in it is refused (the streams go in stream.streams). Point it at `keel exchange` for offline runs."
     ),
     key!(
         stream.streams,
