@@ -41,7 +41,7 @@ fn a_file_the_stream_would_refuse_fails_the_check() {
         ),
         (
             format!("(tls: (ca_file: Some({not_pem:?})))"),
-            vec!["holds no valid PEM certificate", "tls.ca_file", &not_pem],
+            vec!["holds no valid PEM or DER certificate", "tls.ca_file", &not_pem],
         ),
         (format!("(stream: (out_dir: {a_file:?}))"), vec!["stream.out_dir", "is not a directory"]),
     ];

@@ -42,6 +42,35 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// A CA in DER (what `openssl x509 -outform der` and Windows' export write) is trusted like its PEM;
+/// bytes that are neither say so.
+#[test]
+fn a_der_ca_file_is_trusted_like_its_pem() {
+    let ex = Exchange::start(ExchangeConfig::default()).unwrap();
+    let dir = tmp("der-ca");
+    let der = dir.join("ca.der");
+    std::fs::write(&der, native_tls::Certificate::from_pem(ex.ca_pem().as_bytes()).unwrap().to_der().unwrap()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["stream", "--url", &ex.url(), "--rest-url", &ex.rest_url(), "--streams", "btcusdt@aggTrade"])
+        .args(["--max-messages", "3", "--duration", "20", "--no-record", "--ca-file"])
+        .arg(&der)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("keel stream: 3 market events"), "{err}");
+    let junk = dir.join("junk.der");
+    std::fs::write(&junk, [0x30, 0x82, 0x01, 0x00, 0xff]).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["stream", "--url", &ex.url(), "--rest-url", &ex.rest_url(), "--no-record", "--ca-file"])
+        .arg(&junk)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("holds no valid PEM or DER certificate: not PEM, and not a DER certificate either"), "{err}");
+}
+
 #[test]
 fn wrong_ca_exits_2_with_a_clear_message_and_no_retry() {
     let ex = Exchange::start(ExchangeConfig::default()).unwrap();

@@ -637,7 +637,7 @@ impl Config {
         let t = &self.tls;
         v.check(t.handshake_timeout_ms > 0, "tls.handshake_timeout_ms", &t.handshake_timeout_ms, "> 0");
         if let Some(ca) = &t.ca_file {
-            v.check(!ca.is_empty(), "tls.ca_file", ca, "a path to a PEM file, or None");
+            v.check(!ca.is_empty(), "tls.ca_file", ca, "a path to a PEM or DER certificate file, or None");
         }
 
         let r = &self.rest;

@@ -44,8 +44,8 @@ pub enum SettingsError {
         /// Why.
         why: String,
     },
-    /// The CA file holds no usable PEM certificate.
-    #[error("the CA file {path} (--ca-file / tls.ca_file) holds no valid PEM certificate: {why}")]
+    /// The CA file holds no usable certificate, PEM or DER.
+    #[error("the CA file {path} (--ca-file / tls.ca_file) holds no valid PEM or DER certificate: {why}")]
     CaInvalid {
         /// The path.
         path: String,
@@ -60,6 +60,20 @@ pub enum SettingsError {
     },
 }
 
+/// The certificates of a CA file: PEM (one or more), or one DER certificate, as `openssl x509
+/// -outform der` and Windows' certificate export write it.
+fn ca_certificates(bytes: &[u8]) -> Result<Vec<native_tls::Certificate>, String> {
+    match native_tls::Certificate::stack_from_pem(bytes) {
+        Ok(certs) if !certs.is_empty() => Ok(certs),
+        // A DER certificate is an ASN.1 SEQUENCE: its first byte is 0x30.
+        _ if bytes.first() == Some(&0x30) => native_tls::Certificate::from_der(bytes)
+            .map(|c| vec![c])
+            .map_err(|e| format!("not PEM, and not a DER certificate either: {e}")),
+        Ok(_) => Err("no certificate in the file".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 impl TransportSettings {
     /// Builds the TLS connector (minimum version, extra root from `tls.ca_file`; host names and
     /// certificates always verified) and the WebSocket limits from `config`. The connector is built
@@ -72,13 +86,9 @@ impl TransportSettings {
         let mut builder = native_tls::TlsConnector::builder();
         builder.min_protocol_version(Some(min));
         if let Some(path) = &config.tls.ca_file {
-            let pem = std::fs::read(path)
+            let bytes = std::fs::read(path)
                 .map_err(|e| SettingsError::CaUnreadable { path: path.clone(), why: e.to_string() })?;
-            let certs = native_tls::Certificate::stack_from_pem(&pem)
-                .map_err(|e| SettingsError::CaInvalid { path: path.clone(), why: e.to_string() })?;
-            if certs.is_empty() {
-                return Err(SettingsError::CaInvalid { path: path.clone(), why: "no certificate in the file".into() });
-            }
+            let certs = ca_certificates(&bytes).map_err(|why| SettingsError::CaInvalid { path: path.clone(), why })?;
             for c in certs {
                 builder.add_root_certificate(c);
             }

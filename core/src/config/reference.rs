@@ -142,7 +142,7 @@ pub const KEYS: &[KeyDoc] = &[
     key!(
         tls.ca_file,
         "None or Some(\"path.pem\")",
-        "An extra trusted root, for `keel exchange` or a private endpoint. Verification is never disabled. `keel config check` reads it as `keel stream` does (a relative path from the directory keel runs in)."
+        "An extra trusted root (PEM, one or more certificates; or one DER certificate), for `keel exchange` or a private endpoint. Verification is never disabled. `keel config check` reads it as `keel stream` does (a relative path from the directory keel runs in)."
     ),
     key!(
         rest.url,
