@@ -590,18 +590,21 @@ impl Normalization {
     }
 }
 
+/// Where column `name` is: the exact name first, then a unique case-insensitive match (`Close` for
+/// recorded klines' `close`, a model trained on klines forecasting from an `Open,High,...` CSV).
+pub fn column_index(columns: &[String], name: &str) -> Option<usize> {
+    columns.iter().position(|c| c == name).or_else(|| {
+        let mut m = columns.iter().enumerate().filter(|(_, c)| c.eq_ignore_ascii_case(name)).map(|(i, _)| i);
+        match (m.next(), m.next()) {
+            (Some(i), None) => Some(i),
+            _ => None,
+        }
+    })
+}
+
 /// Selects and orders columns for `features` and `target`: S keeps the target only, M and MS put it last.
 pub fn select_columns(table: &Table, target: &str, features: Features) -> Result<(Vec<String>, Vec<usize>), DataError> {
-    // Exact name first, then a unique case-insensitive match (`Close` for recorded klines' `close`).
-    let ti = table
-        .columns
-        .iter()
-        .position(|c| c == target)
-        .or_else(|| {
-            let m: Vec<usize> =
-                (0..table.columns.len()).filter(|&i| table.columns[i].eq_ignore_ascii_case(target)).collect();
-            if m.len() == 1 { Some(m[0]) } else { None }
-        })
+    let ti = column_index(&table.columns, target)
         .ok_or_else(|| DataError::UnknownTarget { target: target.into(), columns: table.columns.clone() })?;
     let idx: Vec<usize> = match features {
         Features::S => vec![ti],
@@ -748,6 +751,18 @@ mod tests {
         let text = "date,a\n2020-01-01,1\n\n\n2020-01-02,2\n2020-01-03,3\n\n2020-01-04,NaN\n";
         let e = load(&write("blank", text), false).unwrap_err().to_string();
         assert!(e.contains("row 4 (line 8), column \"a\""), "{e}");
+    }
+
+    #[test]
+    fn columns_match_exactly_then_by_a_unique_case_insensitive_name() {
+        let cols = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let klines = cols(&["open", "high", "low", "close", "volume"]);
+        assert_eq!(column_index(&klines, "Close"), Some(3));
+        assert_eq!(column_index(&cols(&["Open", "Close", "OpenInt"]), "open"), Some(0));
+        // Exact wins over a case-insensitive match; two case-insensitive matches are no match.
+        assert_eq!(column_index(&cols(&["close", "Close"]), "Close"), Some(1));
+        assert_eq!(column_index(&cols(&["close", "Close"]), "CLOSE"), None);
+        assert_eq!(column_index(&klines, "trades"), None);
     }
 
     #[test]

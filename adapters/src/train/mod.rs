@@ -601,7 +601,7 @@ pub fn standardize(table: &data::Table, norm: &data::Normalization) -> anyhow::R
         .columns
         .iter()
         .map(|c| {
-            table.columns.iter().position(|x| x == c).with_context(|| {
+            data::column_index(&table.columns, c).with_context(|| {
                 format!("column \"{c}\" the model was trained on is not in the data (columns: {:?})", table.columns)
             })
         })
