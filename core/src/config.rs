@@ -442,14 +442,9 @@ impl ValidationErrors {
 }
 
 impl fmt::Display for ValidationErrors {
+    /// One error per line, each under its key (no flag was passed).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
+        f.write_str(&self.naming_flags(&[]))
     }
 }
 
