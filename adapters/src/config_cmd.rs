@@ -108,8 +108,16 @@ pub fn run(args: ConfigArgs) -> anyhow::Result<ExitCode> {
                 Err(errors) => errors.0,
             };
             let unusable = check_files(&cfg);
+            // Legal values that keep a feed down for hours: printed, never a failure (see Caution).
+            let cautions = cfg.cautions();
+            for c in &cautions {
+                println!("{}: caution: {c}", file.display());
+            }
             if invalid.is_empty() && unusable.is_empty() {
-                println!("{}: ok", file.display());
+                match cautions.len() {
+                    0 => println!("{}: ok", file.display()),
+                    n => println!("{}: ok, with {n} caution(s) above", file.display()),
+                }
                 return Ok(ExitCode::SUCCESS);
             }
             for e in &invalid {

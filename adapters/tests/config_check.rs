@@ -103,3 +103,42 @@ fn a_file_that_does_not_parse_is_reported_without_path_checks() {
     assert!(all.contains("heartbeet"), "{all}");
     assert!(!all.contains("CA file"), "a file that does not parse has no paths to check: {all}");
 }
+
+#[test]
+fn a_legal_value_that_keeps_the_feed_down_for_ages_passes_with_a_caution() {
+    // Before, `rate_limit_floor_ms: u64::MAX` said "ok", and the first 1008 close or bare 429 then
+    // waited forever with nothing saying why.
+    let dir = tmp("caution");
+    let (code, all) = check(&dir, "(reconnect: (rate_limit_floor_ms: 18446744073709551615), rest: (backfill: false))");
+    assert_eq!(code, Some(0), "cautioned, not refused: {all}");
+    for needle in [
+        "caution: reconnect.rate_limit_floor_ms = 18446744073709551615 is allowed, but",
+        "584542046 years",
+        "the default is 60000",
+        "ok, with 1 caution(s) above",
+    ] {
+        assert!(all.contains(needle), "{needle:?} missing from: {all}");
+    }
+}
+
+#[test]
+fn the_stream_logs_each_caution_on_start() {
+    use keel::exchange::{Exchange, ExchangeConfig};
+    let ex = Exchange::start(ExchangeConfig::default()).unwrap();
+    let dir = tmp("stream-caution");
+    let mut cfg = ex.client_config(&dir.join("ca.pem"), &dir.join("data"), &["btcusdt@aggTrade"]).unwrap();
+    cfg.reconnect.max_delay_ms = 86_400_000;
+    std::fs::write(dir.join("keel.ron"), cfg.to_ron()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["stream", "--duration", "1", "--no-record", "--config"])
+        .arg(dir.join("keel.ron"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "a caution does not stop the run: {stderr}");
+    assert!(
+        stderr.contains("configuration caution: reconnect.max_delay_ms = 86400000 is allowed, but")
+            && stderr.contains("up to 24 h"),
+        "{stderr}"
+    );
+}

@@ -10,9 +10,12 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use thiserror::Error;
 
+mod caution;
 mod explain;
 pub mod reference;
 pub mod url;
+
+pub use caution::Caution;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]

@@ -421,6 +421,11 @@ async fn stream_on(
     opts: StreamOptions,
 ) -> Result<StreamReport, StreamError> {
     cfg.validate().map_err(|e| StreamError::Config(e.to_string()))?;
+    // Legal but probably unintended (an hour-long backoff cap, a floor of u64::MAX): said once on
+    // start, so that a feed that then sits silent for hours has its reason at the top of the log.
+    for c in cfg.cautions() {
+        tracing::warn!(key = c.field, "configuration caution: {c}");
+    }
     let settings = TransportSettings::from_config(&cfg)?;
     let mut recorder = opts.record.then(|| Recorder::new(Path::new(&cfg.stream.out_dir)));
     let start = Instant::now();

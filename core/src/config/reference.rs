@@ -288,7 +288,10 @@ pub fn markdown() -> String {
          not parse, is an error naming the key, its line and column and how to write it (`Some(...)`\n\
          for `tls.ca_file`, `Fixed(65536.0)` or `Auto` for a scale). `keel config check FILE` prints\n\
          every invalid value with its allowed range and, in the same run, reads the paths the config\n\
-         names (`tls.ca_file`, `stream.out_dir`) as `keel stream` would.\n",
+         names (`tls.ca_file`, `stream.out_dir`) as `keel stream` would. It also prints a caution,\n\
+         without failing, for a legal value that would keep a feed down for hours (a backoff cap or a\n\
+         rate-limit floor above an hour, a stall or stability threshold no connection lives to reach);\n\
+         `keel stream` logs the same cautions when it starts.\n",
     );
     for (section, about) in SECTIONS {
         out.push_str(&format!(
