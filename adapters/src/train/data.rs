@@ -39,7 +39,16 @@ pub enum DataError {
         /// The OS or CSV reader's message.
         message: String,
     },
-    /// The header is missing or has fewer than two columns.
+    /// The file holds nothing at all (not even a header): a truncated download or a file never written.
+    #[error(
+        "{path} is empty: a training CSV starts with a header, a date/time column then numeric columns \
+         (date,Open,High,Low,Close,Volume)"
+    )]
+    EmptyFile {
+        /// The file.
+        path: String,
+    },
+    /// The header has fewer than two columns or an empty name.
     #[error("{path}: the header must be a date/time column followed by numeric feature columns, got {header:?}")]
     BadHeader {
         /// The file.
@@ -389,6 +398,9 @@ pub fn parse_time(cell: &str) -> Option<i64> {
 
 fn read_informer_csv(path: &Path) -> Result<Table, DataError> {
     let bytes = read_all(path)?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(DataError::EmptyFile { path: path.display().to_string() });
+    }
     let mut r = reader_of(&bytes);
     let header: Vec<String> = r.headers().map_err(|e| io_err(path, e))?.iter().map(str::to_string).collect();
     if header.len() < 2 || header.iter().any(String::is_empty) {
@@ -781,6 +793,8 @@ mod tests {
             ),
             ("header", "date,a,b,a\n2020-01-01,1,2,3\n", "column \"a\" appears twice in the header (columns 2 and 4)"),
             ("empty", "date,a\n", "has a header but no data rows"),
+            ("nothing", "", "is empty: a training CSV starts with a header"),
+            ("blank", "\n\n", "is empty: a training CSV starts with a header"),
         ];
         for (name, text, want) in cases {
             let p = write(name, text);
