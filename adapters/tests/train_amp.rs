@@ -444,6 +444,16 @@ fn predict_refuses_non_finite_weights_and_a_non_finite_forecast_naming_them() {
     // A directory that is not a checkpoint, and an --out that is a directory, say what to give instead.
     let e = format!("{:#}", keel::train::predict_file(&dir, &csv, &dev, false).unwrap_err());
     assert!(e.contains("holds no meta.ron, so it is not a checkpoint directory") && e.contains("`keel train`"), "{e}");
+    // A path that does not exist, and a file of the checkpoint given for its directory.
+    let e = format!("{:#}", keel::train::predict_file(&dir.join("nope"), &csv, &dev, false).unwrap_err());
+    assert!(e.contains("nope does not exist: give the --out directory of a `keel train` run"), "{e}");
+    let weights = good.join("model.safetensors");
+    let e = format!("{:#}", keel::train::predict_file(&weights, &csv, &dev, false).unwrap_err());
+    assert!(
+        e.contains("model.safetensors is a file, not a checkpoint directory")
+            && e.contains(&format!("(here perhaps {})", good.display())),
+        "{e}"
+    );
     let predict = |out: &std::path::Path| {
         keel::train::predict(keel::train::PredictArgs {
             checkpoint: good.clone(),

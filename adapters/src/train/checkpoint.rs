@@ -421,7 +421,23 @@ pub fn load_meta(dir: &Path) -> anyhow::Result<Meta> {
             dir.display()
         );
     }
-    if dir.is_dir() && !path.exists() {
+    if !dir.exists() {
+        anyhow::bail!(
+            "checkpoint directory {} does not exist: give the --out directory of a `keel train` run (it holds {META} \
+             and {WEIGHTS})",
+            dir.display()
+        );
+    }
+    if !dir.is_dir() {
+        let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        anyhow::bail!(
+            "{} is a file, not a checkpoint directory: give the directory that holds {META} and {WEIGHTS} (here \
+             perhaps {})",
+            dir.display(),
+            parent.display()
+        );
+    }
+    if !path.exists() {
         anyhow::bail!(
             "{} holds no {META}, so it is not a checkpoint directory: give the --out directory of a `keel train` run \
              (it holds {META} and {WEIGHTS})",
