@@ -151,3 +151,35 @@ fn a_port_in_use_names_the_flag_and_the_way_out() {
         assert!(stderr.contains("0 for a free one"), "{stderr}");
     }
 }
+
+#[test]
+fn a_cert_out_naming_a_pem_file_is_the_ca_file() {
+    // `--cert-out certs/my-ca.pem` used to create a directory `my-ca.pem/` holding `ca.pem`, and the
+    // printed `--ca-file certs/my-ca.pem/ca.pem` was not what the user had asked for.
+    let dir = tmp("certfile");
+    let ca = dir.join("certs").join("my-ca.pem");
+    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["exchange", "--port", "0", "--rest-port", "0", "--duration", "1", "--cert-out"])
+        .arg(&ca)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(ca.is_file(), "{} is the certificate file", ca.display());
+    assert!(std::fs::read_to_string(&ca).unwrap().contains("BEGIN CERTIFICATE"));
+    assert!(stdout.contains(&format!("--ca-file {} ", ca.display())), "{stdout}");
+    // A directory still gets ca.pem inside it (every other test here relies on that).
+    assert!(!dir.join("certs").join("ca.pem").exists());
+}
+
+#[test]
+fn a_clock_speed_of_zero_is_refused() {
+    // It was raised to 1 without a word.
+    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["exchange", "--port", "0", "--duration", "1", "--clock-speed", "0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("--clock-speed") && stderr.contains("0 is not in 1.."), "{stderr}");
+}

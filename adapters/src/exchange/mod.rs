@@ -327,7 +327,8 @@ pub struct ExchangeArgs {
     /// Port on 127.0.0.1 (0 picks a free one and prints it).
     #[arg(long, default_value_t = 9443)]
     pub port: u16,
-    /// Directory where the CA certificate is written as `ca.pem`, for clients' --ca-file.
+    /// Directory where the CA certificate is written as `ca.pem`, for clients' --ca-file; a path
+    /// ending in .pem, .crt or .cer is the certificate file itself.
     #[arg(long, default_value = ".")]
     pub cert_out: PathBuf,
     /// Market seed.
@@ -346,7 +347,7 @@ pub struct ExchangeArgs {
     #[arg(long, default_value_t = 60_000)]
     pub pong_deadline_ms: u64,
     /// Clock speed for event times and klines (60: a 1m candle per second).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub clock_speed: u32,
     // A fault per connection or for all; the help is built from FAULT_SPECS, the parser's own list.
     #[arg(long = "fault", help = fault_help())]
@@ -370,6 +371,16 @@ fn fault_help() -> String {
     )
 }
 
+/// Where `--cert-out` puts the CA: into the directory as `ca.pem`, or at the path itself when it
+/// names a certificate file. `--cert-out ca.pem` used to make a directory `ca.pem/` holding `ca.pem`.
+fn ca_file_of(cert_out: &Path) -> PathBuf {
+    let is_cert_file = cert_out
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| ["pem", "crt", "cer"].iter().any(|x| e.eq_ignore_ascii_case(x)));
+    if is_cert_file { cert_out.to_path_buf() } else { cert_out.join("ca.pem") }
+}
+
 /// Runs `keel exchange`.
 pub fn run(args: ExchangeArgs) -> anyhow::Result<ExitCode> {
     let mut plan = FaultPlan::default();
@@ -389,15 +400,15 @@ pub fn run(args: ExchangeArgs) -> anyhow::Result<ExitCode> {
         tick: Duration::from_millis(args.tick_ms),
         ping_interval: Duration::from_millis(args.ping_interval_ms),
         pong_deadline: Duration::from_millis(args.pong_deadline_ms),
-        clock_speed: args.clock_speed.max(1),
+        clock_speed: args.clock_speed,
         faults: plan,
         rest_port: args.rest_port,
         ..ExchangeConfig::default()
     };
     let rest_faults = args.rest_faults.iter().map(|f| f.parse::<RestFault>()).collect::<Result<Vec<_>, _>>()?;
     // The CA's place is checked before the exchange listens: it logged "listening" and then failed.
-    let ca_path = args.cert_out.join("ca.pem");
-    std::fs::create_dir_all(&args.cert_out)
+    let ca_path = ca_file_of(&args.cert_out);
+    std::fs::create_dir_all(ca_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))
         .and_then(|()| std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(&ca_path))
         .with_context(|| {
             format!(
