@@ -105,6 +105,9 @@ pub struct FaultParseError {
     pub expected: &'static str,
 }
 
+/// The largest `oversize` padding the exchange builds.
+const MAX_OVERSIZE_BYTES: u64 = 1 << 30;
+
 impl FromStr for Fault {
     type Err = FaultParseError;
 
@@ -135,8 +138,17 @@ impl FromStr for Fault {
             }
             "cutoff" if parts.len() == 2 => Fault::Cutoff { after: Duration::from_millis(num(1)?) },
             "slow" if parts.len() == 2 => Fault::SlowReads { delay: Duration::from_millis(num(1)?) },
-            "blast" if parts.len() == 2 => Fault::Blast { frames: num(1)? },
-            "oversize" if parts.len() == 3 => Fault::Oversize { after: num(1)?, bytes: num(2)? },
+            "blast" if parts.len() == 2 => {
+                Fault::Blast { frames: Some(num(1)?).filter(|n| *n > 0).ok_or_else(|| err("FRAMES must be > 0"))? }
+            }
+            "oversize" if parts.len() == 3 => {
+                // The padding is built in memory: past 1 GiB it aborts the exchange instead of testing
+                // the client's limit (stream.max_message_bytes, 1 MiB by default).
+                let bytes = Some(num(2)?)
+                    .filter(|n| (1..=MAX_OVERSIZE_BYTES).contains(n))
+                    .ok_or_else(|| err(&format!("BYTES must be between 1 and {MAX_OVERSIZE_BYTES} (1 GiB)")))?;
+                Fault::Oversize { after: num(1)?, bytes }
+            }
             "dropdepth" if parts.len() == 2 => Fault::DropDepth { after: num(1)? },
             "restart" if parts.len() == 2 => Fault::Restart { after: num(1)? },
             _ => return Err(err("unknown kind or wrong number of fields")),
@@ -358,6 +370,9 @@ mod tests {
             ("close:99:1", "close code"),
             ("reject:200", "HTTP error status"),
             ("malformed:0", "> 0"),
+            ("blast:0", "FRAMES must be > 0"),
+            ("oversize:3:0", "BYTES must be between 1 and 1073741824"),
+            ("oversize:3:18446744073709551615", "BYTES must be between 1 and 1073741824"),
             ("explode:1", "unknown kind"),
             ("restart", "unknown kind"),
             ("restart:-1", "not a non-negative integer"),

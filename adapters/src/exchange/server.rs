@@ -189,21 +189,24 @@ struct Armed {
 impl Armed {
     fn arm(&mut self, fault: &Fault, sent: u64) {
         match fault {
-            Fault::Reset { after } => self.reset_at = Some(sent + after),
-            Fault::Eof { after } => self.eof_at = Some(sent + after),
-            Fault::Stall { after } => self.stall_at = Some(sent + after),
-            Fault::Close { after, code } => self.close_at = Some((sent + after, *code)),
+            Fault::Reset { after } => self.reset_at = Some(sent.saturating_add(*after)),
+            Fault::Eof { after } => self.eof_at = Some(sent.saturating_add(*after)),
+            Fault::Stall { after } => self.stall_at = Some(sent.saturating_add(*after)),
+            Fault::Close { after, code } => self.close_at = Some((sent.saturating_add(*after), *code)),
             Fault::Malformed { every } => self.malformed_every = Some((*every).max(1)),
             Fault::Cutoff { after } => {
                 // serverShutdown goes out a little before the cutoff, as Binance announces it.
+                // A cutoff past what the clock can count (a library caller's `Duration::MAX`) never
+                // comes; `Instant + Duration` would panic on it.
                 let now = Instant::now();
-                self.cutoff = Some((now + *after - (*after / 2).min(Duration::from_secs(1)), now + *after));
+                self.cutoff =
+                    now.checked_add(*after).map(|close| (close - (*after / 2).min(Duration::from_secs(1)), close));
             }
             Fault::SlowReads { delay } => self.slow_reads = Some(*delay),
             Fault::Blast { frames } => self.blast = Some(*frames),
-            Fault::Oversize { after, bytes } => self.oversize = Some((sent + after, *bytes)),
-            Fault::DropDepth { after } => self.drop_depth_at = Some(sent + after),
-            Fault::Restart { after } => self.restart_at = Some(sent + after),
+            Fault::Oversize { after, bytes } => self.oversize = Some((sent.saturating_add(*after), *bytes)),
+            Fault::DropDepth { after } => self.drop_depth_at = Some(sent.saturating_add(*after)),
+            Fault::Restart { after } => self.restart_at = Some(sent.saturating_add(*after)),
             Fault::RejectUpgrade { .. } => {}
         }
     }
@@ -702,5 +705,30 @@ fn answer_request(shared: &Shared, conn: &mut Conn, text: &str) -> String {
             serde_json::json!({"result": list, "id": id}).to_string()
         }
         other => err(0, &format!("Unknown property: method {other:?}"), &id),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thresholds_past_the_counters_never_fire_instead_of_wrapping_or_panicking() {
+        // `reset:18446744073709551615` armed after 5 frames wrapped to 4 in release (a reset at once)
+        // and overflowed in debug; a cutoff of `Duration::MAX` panicked in `Instant + Duration`.
+        let mut armed = Armed::default();
+        for fault in [
+            Fault::Reset { after: u64::MAX },
+            Fault::Oversize { after: u64::MAX, bytes: 1 },
+            Fault::Cutoff { after: Duration::MAX },
+        ] {
+            armed.arm(&fault, 5);
+        }
+        assert_eq!(armed.reset_at, Some(u64::MAX));
+        assert_eq!(armed.oversize, Some((u64::MAX, 1)));
+        assert!(armed.cutoff.is_none());
+        armed.arm(&Fault::Cutoff { after: Duration::from_millis(3000) }, 0);
+        let (notice, close) = armed.cutoff.expect("armed");
+        assert_eq!(close - notice, Duration::from_secs(1), "serverShutdown one second before the close");
     }
 }
