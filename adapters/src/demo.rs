@@ -42,7 +42,8 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(MIN_STREAM_SECS..))]
     pub stream_secs: u64,
     /// Training epochs (early stopping may end sooner).
-    #[arg(long, default_value_t = 4)]
+    // 0 streamed for the whole --stream-secs and only then failed in training's validation.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
     pub epochs: u32,
     /// Seed of the exchange's market and of the client's jitter.
     #[arg(long, default_value_t = 7)]
@@ -134,7 +135,9 @@ pub fn run_demo(args: &DemoArgs) -> anyhow::Result<DemoOutcome> {
     let out = &args.out;
     let data = out.join("data");
     clear_outputs(out)?;
-    std::fs::create_dir_all(&data).with_context(|| format!("cannot create {}", data.display()))?;
+    std::fs::create_dir_all(&data).with_context(|| {
+        format!("cannot create {} (--out {}: pick a writable directory)", data.display(), out.display())
+    })?;
 
     // 1. The exchange.
     let exchange = Exchange::start(ExchangeConfig {
@@ -433,6 +436,24 @@ mod tests {
             assert!(e.contains("--stream-secs") && e.contains(&format!("{short} is not in 20..")), "{e}");
         }
         assert_eq!(parse("20").unwrap(), 20);
+    }
+
+    #[test]
+    fn an_out_that_cannot_be_created_names_the_flag() {
+        let file = std::env::temp_dir().join(format!("keel-demo-outfile-{}", std::process::id()));
+        std::fs::write(&file, "a file, not a directory").unwrap();
+        let args = DemoArgs { out: file.join("demo"), stream_secs: MIN_STREAM_SECS, epochs: 1, seed: 1 };
+        let e = format!("{:#}", run_demo(&args).err().expect("a file cannot hold a directory"));
+        assert!(e.contains(&format!("--out {}: pick a writable directory", args.out.display())), "{e}");
+        std::fs::remove_file(&file).unwrap();
+    }
+
+    #[test]
+    fn zero_epochs_is_refused_before_streaming() {
+        use clap::Parser;
+        let e = Cli::try_parse_from(["keel", "--epochs", "0"]).map(|c| c.args.epochs).unwrap_err().to_string();
+        assert!(e.contains("--epochs") && e.contains("0 is not in 1.."), "{e}");
+        assert_eq!(Cli::try_parse_from(["keel", "--epochs", "1"]).unwrap().args.epochs, 1);
     }
 
     /// Too few steps for a reset is named as such; enough steps and still no reset is not.
