@@ -443,7 +443,8 @@ mod tests {
         let file = std::env::temp_dir().join(format!("keel-demo-outfile-{}", std::process::id()));
         std::fs::write(&file, "a file, not a directory").unwrap();
         let args = DemoArgs { out: file.join("demo"), stream_secs: MIN_STREAM_SECS, epochs: 1, seed: 1 };
-        let e = format!("{:#}", run_demo(&args).err().expect("a file cannot hold a directory"));
+        let Err(e) = run_demo(&args) else { panic!("a file cannot hold a directory") };
+        let e = format!("{e:#}");
         assert!(e.contains(&format!("--out {}: pick a writable directory", args.out.display())), "{e}");
         std::fs::remove_file(&file).unwrap();
     }
