@@ -617,6 +617,11 @@ impl<'p> ConnSim<'p> {
                 RecoveryOutput::Abandoned { first, last, .. } => (11, *first, *last),
                 RecoveryOutput::BookSynced { last_update_id, .. } => (12, *last_update_id, 0),
                 RecoveryOutput::BookResync { .. } => (13, 0, 0),
+                // Only a resumed stream can discard its resume, and the simulator runs one process
+                // life: no recording of an earlier run to resume from.
+                RecoveryOutput::ResumeDiscarded { stream, .. } => {
+                    return Err(self.fail(format!("recovery discarded a resume on {stream}, but none was made")));
+                }
             };
             for x in [now, kind, a, b] {
                 mix(&mut self.summary.hash, x);

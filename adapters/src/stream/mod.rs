@@ -465,6 +465,9 @@ async fn stream_on(
     // HTTPS connection (opened on the first request), so all shards share one REST weight budget
     // (Binance counts weight per IP).
     let mut recovery = Recovery::new(&cfg, now());
+    if opts.record {
+        resume_from_recordings(&cfg, &mut recovery);
+    }
     let rest_client = crate::rest::RestClient::new(
         &cfg.rest.url,
         settings.clone(),
@@ -1133,6 +1136,31 @@ fn count(counts: &mut BTreeMap<Name, u64>, stream: &Name) {
     }
 }
 
+/// Continues each sequenced stream (aggTrade, trade, kline) where its recording under
+/// `stream.out_dir` ends, so that what traded while keel was not running is backfilled over REST
+/// and the files have no hole between runs (a restarted run used to start from the live ids and
+/// report no gap). A recording that cannot be read is left out with a warning: the run goes on as
+/// a fresh one for that stream.
+fn resume_from_recordings(cfg: &Config, recovery: &mut Recovery) {
+    let dir = Path::new(&cfg.stream.out_dir);
+    for stream in &cfg.stream.streams {
+        match recorder::recorded_end(dir, stream) {
+            Ok(Some(last)) => {
+                if recovery.resume(stream, last) {
+                    tracing::info!(
+                        %stream,
+                        last = last.key,
+                        complete = last.complete,
+                        "resuming after the recording's last row: what was missed since is backfilled"
+                    );
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(%stream, "not resuming from the recording ({e}): starting from the live feed"),
+        }
+    }
+}
+
 /// Logs what the recovery reports (Deliver is recorded, not logged).
 fn log_recovery(out: &RecoveryOutput) {
     match out {
@@ -1152,6 +1180,13 @@ fn log_recovery(out: &RecoveryOutput) {
         RecoveryOutput::BookResync { symbol, reason } => {
             tracing::warn!(%symbol, "book discarded, resyncing this symbol: {reason}")
         }
+        RecoveryOutput::ResumeDiscarded { stream, recorded, first } => tracing::warn!(
+            %stream,
+            recorded,
+            first,
+            "ids start over since the recording (its last id {recorded}, now {first}, traded later): \
+             the server renumbered, nothing is fetched across"
+        ),
     }
 }
 

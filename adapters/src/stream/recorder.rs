@@ -11,6 +11,7 @@
 
 use chrono::{DateTime, Utc};
 use keel_core::protocol::{Decimal, Level, MarketEvent, MiniTicker, Ticker, TickerWindow};
+use keel_core::recovery::Recorded;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
@@ -626,6 +627,101 @@ impl Drop for Recorder {
     }
 }
 
+/// Where an earlier run's recording of `stream` under `dir` ends: the last complete row of its latest
+/// day file, for [`keel_core::recovery::Recovery::resume`]. `Ok(None)`: nothing to resume from (no
+/// recording yet, or a stream that is not sequenced by id or kline open time). A partial last row
+/// (a run killed mid-write) is skipped, as the recorder will set it aside; a day file holding only
+/// its header gives way to the day before.
+pub fn recorded_end(dir: &Path, stream: &str) -> Result<Option<Recorded>, String> {
+    // (key column, trade-time column) by the header's names: the layout is the recorder's own.
+    let (key_col, time_col) = if stream.ends_with("@aggTrade") {
+        ("agg_id", Some("trade_time"))
+    } else if stream.ends_with("@trade") {
+        ("trade_id", Some("trade_time"))
+    } else if stream.contains("@kline_") {
+        ("open_time", None)
+    } else {
+        return Ok(None);
+    };
+    let sdir = dir.join(stream);
+    let mut days: Vec<PathBuf> = match std::fs::read_dir(&sdir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(is_day_file))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot list {}: {e}", sdir.display())),
+    };
+    days.sort();
+    for path in days.iter().rev() {
+        let (header, last) = match header_and_last_row(path) {
+            Ok(Some(found)) => found,
+            Ok(None) => continue,
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+        let names: Vec<&str> = header.split(',').collect();
+        let cells: Vec<&str> = last.split(',').collect();
+        let cell = |name: &str| -> Result<u64, String> {
+            let i =
+                names.iter().position(|n| *n == name).ok_or_else(|| format!("{}: no {name} column", path.display()))?;
+            let text = cells.get(i).copied().unwrap_or("");
+            text.parse::<u64>().map_err(|_| format!("{}: last row's {name} is {text:?}, not a number", path.display()))
+        };
+        let key = cell(key_col)?;
+        let (complete, trade_time) = match time_col {
+            Some(col) => (true, cell(col)?),
+            None => {
+                let i = names.iter().position(|n| *n == "is_closed");
+                (i.and_then(|i| cells.get(i)).is_some_and(|c| *c == "1"), 0)
+            }
+        };
+        return Ok(Some(Recorded { key, complete, trade_time }));
+    }
+    Ok(None)
+}
+
+/// `YYYY-MM-DD.csv`.
+fn is_day_file(name: &str) -> bool {
+    let b = name.as_bytes();
+    b.len() == 14
+        && name.ends_with(".csv")
+        && b[..10].iter().enumerate().all(|(i, c)| if i == 4 || i == 7 { *c == b'-' } else { c.is_ascii_digit() })
+}
+
+/// The header and the last complete row of a recording file; None when it has no complete row.
+fn header_and_last_row(path: &Path) -> std::io::Result<Option<(String, String)>> {
+    let mut file = File::open(path)?;
+    let len = file.metadata()?.len();
+    let head = read_at(&mut file, 0, len.min(FIRST_LINE_MAX))?;
+    let Some(header_end) = head.iter().position(|&b| b == b'\n') else { return Ok(None) };
+    let header = String::from_utf8_lossy(&head[..header_end]).trim_end_matches('\r').to_string();
+    // Complete rows end with a newline; anything after the last one is a partial row.
+    let mut end = len;
+    let last_newline = loop {
+        let start = end.saturating_sub(8 * 1024);
+        let chunk = read_at(&mut file, start, end - start)?;
+        if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
+            break start + i as u64;
+        }
+        end = start;
+    };
+    if last_newline <= header_end as u64 {
+        return Ok(None);
+    }
+    // The row before that newline: back to the newline before it (the header's, at the latest).
+    let mut start = last_newline;
+    let row_start = loop {
+        let from = start.saturating_sub(8 * 1024);
+        let chunk = read_at(&mut file, from, start - from)?;
+        if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
+            break from + i as u64 + 1;
+        }
+        start = from;
+    };
+    let row = read_at(&mut file, row_start, last_newline - row_start)?;
+    Ok(Some((header, String::from_utf8_lossy(&row).trim_end_matches('\r').to_string())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -647,6 +743,41 @@ mod tests {
     const TICKER: &str = r#"{"e":"24hrTicker","E":1672515782136,"s":"BNBBTC","p":"0.0015","P":"250.00","w":"0.0018","x":"0.0009","c":"0.0025","Q":"10","b":"0.0024","B":"10","a":"0.0026","A":"100","o":"0.0010","h":"0.0025","l":"0.0010","v":"10000","q":"18","O":0,"C":86400000,"F":0,"L":18150,"n":18151}"#;
     const TICKER_1H: &str = r#"{"e":"1hTicker","E":1672515782136,"s":"BNBBTC","p":"-0.0015","P":"-60.00","o":"0.0010","h":"0.0025","l":"0.0010","c":"0.0004","w":"0.0018","v":"10000","q":"18","O":0,"C":1675216573749,"F":-1,"L":-1,"n":0}"#;
     const MINI: &str = r#"{"e":"24hrMiniTicker","E":1672515782136,"s":"BNBBTC","c":"0.0025","o":"0.0010","h":"0.0025","l":"0.0010","v":"10000","q":"18"}"#;
+
+    #[test]
+    fn a_recording_ends_at_its_last_complete_row_of_its_latest_day() {
+        let dir = std::env::temp_dir().join(format!("keel-rec-end-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut rec = Recorder::new(&dir);
+        rec.record("bnbbtc@aggTrade", &event(AGG), 0).unwrap();
+        rec.record("bnbbtc@kline_1m", &event(KLINE), 0).unwrap();
+        rec.record("bnbbtc@depth", &event(DEPTH), 0).unwrap();
+        rec.flush().unwrap();
+        let end = |stream: &str| recorded_end(&dir, stream).unwrap();
+        let agg = Recorded { key: 12345, complete: true, trade_time: 1672515782136 };
+        assert_eq!(end("bnbbtc@aggTrade"), Some(agg));
+        // A running kline (x: false): its close is still wanted.
+        assert_eq!(end("bnbbtc@kline_1m"), Some(Recorded { key: 1672515780000, complete: false, trade_time: 0 }));
+        assert_eq!(end("bnbbtc@depth"), None, "depth books resync from snapshots; nothing to resume");
+        assert_eq!(end("ethbtc@aggTrade"), None, "never recorded");
+        // A partial last row (a run killed mid-write) is not where the recording ends.
+        let day = dir.join("bnbbtc@aggTrade/2022-12-31.csv");
+        std::fs::OpenOptions::new().append(true).open(&day).unwrap().write_all(b"1672515782999,99999,0.0").unwrap();
+        assert_eq!(end("bnbbtc@aggTrade"), Some(agg));
+        // A newer day holding only its header gives way to the day before; other files are not days.
+        std::fs::write(dir.join("bnbbtc@aggTrade/2023-01-01.csv"), format!("{}\n", header(&event(AGG)))).unwrap();
+        std::fs::write(dir.join("bnbbtc@aggTrade/notes.csv"), "x\n1\n").unwrap();
+        assert_eq!(end("bnbbtc@aggTrade"), Some(agg));
+        // A last row that does not parse is an error naming the file, not a guess.
+        std::fs::write(
+            dir.join("bnbbtc@aggTrade/2023-01-02.csv"),
+            format!("{}\n1,x,2,3,4,5,6,1\n", header(&event(AGG))),
+        )
+        .unwrap();
+        let e = recorded_end(&dir, "bnbbtc@aggTrade").unwrap_err();
+        assert!(e.contains("2023-01-02.csv") && e.contains("agg_id is \"x\""), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn rows_follow_the_documented_columns() {

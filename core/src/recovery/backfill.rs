@@ -195,6 +195,9 @@ pub(super) struct SeqStream {
     /// After a numbering restart whose first key lay inside a gap already partly fetched: keys
     /// `.0...1` with a trade time at or before `.2` were delivered as backfill (see [`Self::restart`]).
     fetched_ahead: Option<(u64, u64, u64)>,
+    /// Resumed from an earlier run's recording ([`Self::resume`]) and no live key at or past `expect`
+    /// seen yet: the recorded last key and its trade time (0 for klines, whose keys are times).
+    resumed: Option<(u64, u64)>,
 }
 
 /// What an answer to a backfill request said.
@@ -227,7 +230,21 @@ impl SeqStream {
             held: 0,
             last_gap_end: 0,
             fetched_ahead: None,
+            resumed: None,
         }
+    }
+
+    /// An earlier run recorded this stream up to `last` (see [`super::Recorded`]): what follows it is
+    /// expected next, so that the keys missed while keel was not running are fetched like any gap,
+    /// and live keys at or below it (already in the recording) are not delivered twice. Only before
+    /// the first event; later it would move `expect` under events already handed on.
+    pub(super) fn resume(&mut self, last: &super::Recorded) -> bool {
+        if self.expect.is_some() || !self.queue.is_empty() {
+            return false;
+        }
+        self.expect = Some(if last.complete { self.kind.next(last.key) } else { last.key });
+        self.resumed = Some((last.key, last.trade_time));
+        true
     }
 
     /// The symbol REST is asked about (upper case).
@@ -254,6 +271,22 @@ impl SeqStream {
         }
         if self.symbol.is_empty() {
             self.symbol = event.symbol().to_string();
+        }
+        if let (Some((recorded, recorded_time)), Some(expect)) = (self.resumed, self.expect) {
+            if key >= expect {
+                self.resumed = None;
+            } else if trade_time(&event).is_some_and(|t| t > recorded_time) {
+                // A lower id traded after the recording's last one: the server numbers afresh since
+                // that run (an exchange restarted). Taken as already recorded, every event would be
+                // dropped until the ids pass the old ones: a silent feed.
+                self.resumed = None;
+                self.expect = None;
+                cx.out.push_back(RecoveryOutput::ResumeDiscarded {
+                    stream: self.stream.to_string(),
+                    recorded,
+                    first: key,
+                });
+            }
         }
         if let Some(expect) = self.expect {
             if key < expect {

@@ -113,6 +113,30 @@ pub enum RecoveryOutput {
         /// Why, for the log.
         reason: String,
     },
+    /// A stream resumed from an earlier run's recording ([`Recovery::resume`]) got a live id below
+    /// the recorded last one but traded later: the server numbers afresh since that run. The
+    /// recording's end is forgotten and the stream starts at `first` (nothing is fetched across).
+    ResumeDiscarded {
+        /// The stream.
+        stream: String,
+        /// The last id the recording holds.
+        recorded: u64,
+        /// The live id that showed the new numbering.
+        first: u64,
+    },
+}
+
+/// Where an earlier run's recording of a sequenced stream ends (its last complete row), for
+/// [`Recovery::resume`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recorded {
+    /// The last key: aggTrade `a`, trade `t`, or a kline's open time.
+    pub key: u64,
+    /// Whether that key is complete: always for trades; for a kline, whether the row was its close
+    /// (a running update leaves the close of its interval still wanted).
+    pub complete: bool,
+    /// The trade time of that row (aggTrade/trade `T`, ms); 0 for klines.
+    pub trade_time: u64,
 }
 
 /// Backfill counters of one kind of sequenced stream (`aggTrade`, `trade`, `kline`).
@@ -255,6 +279,16 @@ impl Recovery {
         max_held: usize,
     ) -> Ctx<'a> {
         Ctx { out, stats, backfill, max_held, serial }
+    }
+
+    /// `stream` was recorded by an earlier run up to `last`: continue from there, so that the keys
+    /// missed while keel was not running are backfilled like any gap and the recording has no hole
+    /// between runs (call before the first event; returns whether it applies: false for a stream
+    /// that is not sequenced here, or already has events). A live id below `last` with a later trade
+    /// time means the server numbers afresh: [`RecoveryOutput::ResumeDiscarded`], and the stream
+    /// starts over there.
+    pub fn resume(&mut self, stream: &str, last: Recorded) -> bool {
+        self.trades.get_mut(stream).is_some_and(|ts| ts.resume(&last))
     }
 
     /// An event the connection delivered on `stream` (call for each `Event::Market`, in order; pass
