@@ -171,6 +171,9 @@ struct Fill {
     retry_at: Option<Timestamp>,
     /// A request for it is out.
     in_flight: bool,
+    /// The gap since an earlier run's recording ([`SeqStream::resume`]): that recording's last trade
+    /// time. A fetched trade older than it is of another numbering (0: no such floor).
+    not_before: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -272,9 +275,11 @@ impl SeqStream {
         if self.symbol.is_empty() {
             self.symbol = event.symbol().to_string();
         }
+        let mut resumed_floor = None;
         if let (Some((recorded, recorded_time)), Some(expect)) = (self.resumed, self.expect) {
             if key >= expect {
                 self.resumed = None;
+                resumed_floor = Some(recorded_time);
             } else if trade_time(&event).is_some_and(|t| t > recorded_time) {
                 // A lower id traded after the recording's last one: the server numbers afresh since
                 // that run (an exchange restarted). Taken as already recorded, every event would be
@@ -294,6 +299,10 @@ impl SeqStream {
             }
             if key > expect {
                 self.on_gap(expect, self.kind.prev(key), now, cx);
+                // The queue was empty at the resume: a gap at its back is the one since the recording.
+                if let (Some(floor), Some(Item::Gap(g))) = (resumed_floor, self.queue.back_mut()) {
+                    g.not_before = floor;
+                }
             }
         }
         self.expect = Some(if complete { self.kind.next(key) } else { key });
@@ -342,6 +351,7 @@ impl SeqStream {
             failures: 0,
             retry_at: None,
             in_flight: false,
+            not_before: 0,
         }));
     }
 
@@ -417,6 +427,17 @@ impl SeqStream {
             }
             if key < g.next || key > g.last {
                 continue; // outside what is missing: earlier keys are done, later ones come live
+            }
+            if trade_time(&event).is_some_and(|t| t < g.not_before) {
+                // The ids after the recording's last one traded before it: the recording is of another
+                // numbering (another server, or one renumbered since). Fetching on would write old
+                // trades of a different market into the files.
+                self.abandon_front(
+                    "the trades after the recording's last id traded before it: the recording is of another \
+                     numbering (another server?); not backfilled",
+                    cx,
+                );
+                return;
             }
             if key > g.next {
                 // Binance answered from a later key: the ones in between do not exist (any more).

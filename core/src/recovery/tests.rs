@@ -1314,3 +1314,20 @@ fn a_resumed_kline_stream_fetches_the_closes_it_missed() {
     rec.handle_event(K1, m1(180_000, false), t(1));
     assert_eq!((drain_keys(&mut rec), rec.poll_request(t(1))), (vec!["d180000".to_string()], None));
 }
+
+#[test]
+fn a_recording_of_another_numbering_is_not_backfilled_from_this_one() {
+    // The recording (of another server) ended at id 100 traded at a late time; this server's ids run
+    // higher, but its trade 101 traded long before: fetching on would write its old trades.
+    let mut rec = Recovery::new(&config(1000, true, 1200), t(0));
+    let mut r = recorded(100);
+    r.trade_time = trade(5_000).trade_time;
+    assert!(rec.resume(S, r));
+    rec.handle_event(S, live(6_000), t(0));
+    let (id, from, _) = agg_request(&mut rec, t(0)).unwrap();
+    assert_eq!(from, 101);
+    rec.handle_response(id, body(101..=1100), t(10));
+    assert_eq!(drain(&mut rec), ["A101-5999", "D6000"], "nothing of the other numbering delivered");
+    assert_eq!(rec.stats().backfilled_trades, 0);
+    assert_eq!(rec.poll_request(t(20)), None);
+}
