@@ -371,12 +371,20 @@ impl Arbitrary for Step {
 }
 
 /// Runs a scenario, then answers everything fully until quiet, and checks the contract.
-fn ids_in_order_each_once(steps: Vec<Step>, max_held: u8, limit_pages: bool) -> Result<(), String> {
+/// `resume`: an earlier run recorded up to `100 - resume % 64` (the exchange traded on to 100 while
+/// keel was not running); every id after it is then owed, not just those from the first seen.
+fn ids_in_order_each_once(steps: Vec<Step>, max_held: u8, limit_pages: bool, resume: Option<u8>) -> Result<(), String> {
     let max_held = u32::from(max_held % 16) + 1;
     let mut rec = Recovery::new(&config(max_held, true, if limit_pages { 12 } else { 6000 }), t(0));
     let mut now = t(0);
     let mut produced = 100u64; // the exchange's last trade id
     let mut first_seen: Option<u64> = None;
+    let recorded = resume.map(|k| 100 - u64::from(k % 64));
+    if let Some(r) = recorded
+        && !rec.resume(S, super::Recorded { key: r, complete: true, trade_time: trade(r).trade_time })
+    {
+        return Err("resume refused before any event".into());
+    }
     let mut open: VecDeque<(RequestId, u64, u16)> = VecDeque::new();
     let mut delivered: Vec<u64> = Vec::new();
     let mut abandoned: Vec<(u64, u64)> = Vec::new();
@@ -467,9 +475,10 @@ fn ids_in_order_each_once(steps: Vec<Step>, max_held: u8, limit_pages: bool) -> 
         all.extend(*a..=*b);
     }
     all.sort_unstable();
-    let want: Vec<u64> = match first_seen {
-        Some(first) => (first..=produced).collect(),
-        None => vec![],
+    let want: Vec<u64> = match (first_seen, recorded) {
+        (Some(_), Some(r)) => (r + 1..=produced).collect(),
+        (Some(first), None) => (first..=produced).collect(),
+        (None, _) => vec![],
     };
     if all != want {
         return Err(format!("delivered ∪ abandoned != {first_seen:?}..={produced}: {delivered:?} / {abandoned:?}"));
@@ -483,8 +492,8 @@ fn ids_in_order_each_once(steps: Vec<Step>, max_held: u8, limit_pages: bool) -> 
 
 #[test]
 fn delivered_and_abandoned_ids_cover_everything_once_in_order() {
-    fn prop(steps: Vec<Step>, max_held: u8, limit_pages: bool) -> quickcheck::TestResult {
-        match ids_in_order_each_once(steps, max_held, limit_pages) {
+    fn prop(steps: Vec<Step>, max_held: u8, limit_pages: bool, resume: Option<u8>) -> quickcheck::TestResult {
+        match ids_in_order_each_once(steps, max_held, limit_pages, resume) {
             Ok(()) => quickcheck::TestResult::passed(),
             Err(e) => quickcheck::TestResult::error(e),
         }
@@ -492,7 +501,7 @@ fn delivered_and_abandoned_ids_cover_everything_once_in_order() {
     QuickCheck::new()
         .tests(300)
         .rng(Gen::new(60))
-        .quickcheck(prop as fn(Vec<Step>, u8, bool) -> quickcheck::TestResult);
+        .quickcheck(prop as fn(Vec<Step>, u8, bool, Option<u8>) -> quickcheck::TestResult);
 }
 
 // ---- order books ----
