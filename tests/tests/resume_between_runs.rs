@@ -52,6 +52,8 @@ fn a_second_run_backfills_what_traded_between_runs() {
     std::thread::sleep(Duration::from_millis(2_500));
     let second = run(&ex, &dir, &[AGG, KLINE], 1_500);
     assert_eq!((first.resumed.len(), second.resumed.clone()), (0, vec![AGG.to_string(), KLINE.to_string()]));
+    let json: serde_json::Value = serde_json::from_str(&second.stats_json()).unwrap();
+    assert_eq!(json["resumed_streams"], serde_json::json!([AGG, KLINE]), "--stats-json names them");
 
     let ids: Vec<u64> = rows(&data, AGG).iter().map(|r| r[1].parse().unwrap()).collect();
     let expected: Vec<u64> = (ids[0]..ids[0] + ids.len() as u64).collect();

@@ -187,7 +187,8 @@ pub struct BookTop {
 
 impl StreamReport {
     /// `--stats-json`: the counters of all connections together (top level, as before), `"recovery"`,
-    /// and `"connections"`: each connection's `index`, `streams` and own counters.
+    /// `"connections"`: each connection's `index`, `streams` and own counters, and `"resumed_streams"`:
+    /// the streams that continued an earlier run's recording.
     pub fn stats_json(&self) -> String {
         let mut v = serde_json::to_value(&self.stats).unwrap_or(serde_json::Value::Null);
         if let (Some(o), Ok(r)) = (v.as_object_mut(), serde_json::to_value(&self.recovery)) {
@@ -207,6 +208,7 @@ impl StreamReport {
             .collect();
         if let Some(o) = v.as_object_mut() {
             o.insert("connections".into(), connections.into());
+            o.insert("resumed_streams".into(), self.resumed.clone().into());
         }
         serde_json::to_string_pretty(&v).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
     }
