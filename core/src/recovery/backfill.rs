@@ -553,6 +553,8 @@ impl SeqStream {
         });
         self.finish(reason, cx);
         self.expect = None;
+        // The recording's end belongs to the old numbering too: kept, it would judge the new one's keys.
+        self.resumed = None;
     }
 
     /// Delivers held live events up to the next gap.

@@ -1340,3 +1340,16 @@ fn a_recording_of_another_numbering_is_not_backfilled_from_this_one() {
     assert_eq!(rec.stats().backfilled_trades, 0);
     assert_eq!(rec.poll_request(t(20)), None);
 }
+
+#[test]
+fn a_restart_before_the_first_event_forgets_the_recording_too() {
+    // The recording's end belonged to the old numbering; kept, it took the new numbering's replayed
+    // 1 (traded after the recording) for another renumbering and delivered it twice.
+    let mut rec = Recovery::new(&config(100, true, 1200), t(0));
+    assert!(rec.resume(S, Recorded { key: 100, complete: true, trade_time: 1_000_000 }));
+    rec.handle_restart(S, 100, 1, t(0));
+    rec.handle_event(S, live(1), t(1));
+    rec.handle_event(S, live(1), t(2));
+    rec.handle_event(S, live(2), t(3));
+    assert_eq!(drain(&mut rec), ["D1", "D2"]);
+}
