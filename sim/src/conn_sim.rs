@@ -22,7 +22,7 @@ use keel_core::classify::{ErrorClass, classify_error};
 use keel_core::connection::{Connection, Event, Input, Output, StopReason, TransportId, WsMessage};
 use keel_core::gaps::{GapKind, Sequence};
 use keel_core::protocol::{self, Decimal, Frame, MarketEvent, Name};
-use keel_core::recovery::{OrderBook, Recovery, RecoveryOutput};
+use keel_core::recovery::{OrderBook, Recorded, Recovery, RecoveryOutput};
 use keel_core::time::Timestamp;
 use keel_core::trace::TraceRecord;
 use std::collections::{BTreeMap, VecDeque};
@@ -86,6 +86,9 @@ pub struct ConnSummary {
     pub book_resyncs: u64,
     /// Numbering restarts the machine reported (`Event::SequenceRestarted`).
     pub id_restarts: u64,
+    /// Streams a restarted process resumed from the recording, and resumes discarded (a new numbering).
+    pub resumes: u64,
+    pub resumes_discarded: u64,
 }
 
 /// The distance between consecutive keys of `stream`: 60 000 ms of open time on the model's 1m kline
@@ -132,6 +135,9 @@ struct RecCheck {
     /// the stream had restarted. `end` starts over at each restart, so it cannot see a trade of the
     /// new numbering delivered before the restart was reported and again after it (seed 607188).
     numbered: BTreeMap<(Name, u64), Coverage>,
+    /// Per sequenced stream, the last event delivered: what the recording ends with, which a
+    /// restarted process resumes from (as `keel stream` does from its files).
+    recorded: BTreeMap<Name, Recorded>,
 }
 
 /// The client's-eye state of one transport.
@@ -494,7 +500,21 @@ impl<'p> ConnSim<'p> {
         // The recovery machine lives in the same process: it restarts too, and what it held is gone.
         self.rec = Recovery::new(&self.profile.config, Timestamp::from_millis(self.now));
         self.rest.clear();
+        // What was recorded survives the process: the new one resumes each stream after its last
+        // delivered key, and the checker demands continuity from there (what was abandoned after it
+        // is owed again: the new process fetches it anew).
+        let recorded = std::mem::take(&mut self.rc.recorded);
         self.rc = RecCheck::default();
+        for (stream, last) in recorded {
+            if !self.rec.resume(stream.as_str(), last) {
+                return Err(self.fail(format!("a fresh recovery machine refused to resume {stream} at {last:?}")));
+            }
+            let end = if last.complete { last.key } else { last.key.saturating_sub(kline_step(stream.as_str())) };
+            self.note(|| format!("resume {stream} after {} (complete: {})", last.key, last.complete));
+            self.summary.resumes += 1;
+            self.rc.end.insert(stream.clone(), end);
+            self.rc.recorded.insert(stream, last);
+        }
         self.m = Machine { base: self.incarnation << 32, started: self.now, ..Machine::default() };
         if self.healed {
             let handshake = self.profile.config.tls.handshake_timeout_ms;
@@ -617,11 +637,7 @@ impl<'p> ConnSim<'p> {
                 RecoveryOutput::Abandoned { first, last, .. } => (11, *first, *last),
                 RecoveryOutput::BookSynced { last_update_id, .. } => (12, *last_update_id, 0),
                 RecoveryOutput::BookResync { .. } => (13, 0, 0),
-                // Only a resumed stream can discard its resume, and the simulator runs one process
-                // life: no recording of an earlier run to resume from.
-                RecoveryOutput::ResumeDiscarded { stream, .. } => {
-                    return Err(self.fail(format!("recovery discarded a resume on {stream}, but none was made")));
-                }
+                RecoveryOutput::ResumeDiscarded { stream, .. } => (14, self.net.id_restarts(stream) as u64, 0),
             };
             for x in [now, kind, a, b] {
                 mix(&mut self.summary.hash, x);
@@ -651,10 +667,18 @@ impl<'p> ConnSim<'p> {
                             self.summary.trade_backfilled += 1;
                         }
                     }
+                    let trade_time = match &event {
+                        MarketEvent::AggTrade(t) => t.trade_time,
+                        MarketEvent::Trade(t) => t.trade_time,
+                        _ => 0,
+                    };
+                    self.rc.recorded.insert(stream.clone(), Recorded { key: id, complete: true, trade_time });
                     (stream, id, id)
                 }
                 RecoveryOutput::Deliver { stream, event: MarketEvent::Kline(k), backfilled } => {
                     let end = self.rc.end.get(stream.as_str()).copied();
+                    let last = Recorded { key: k.open_time, complete: k.is_closed, trade_time: 0 };
+                    self.rc.recorded.insert(stream.clone(), last);
                     if !k.is_closed {
                         // A running update: never of an interval already closed (delivered or abandoned).
                         if end.is_some_and(|end| k.open_time <= end) {
@@ -691,6 +715,19 @@ impl<'p> ConnSim<'p> {
                     if count > last - first + 1 {
                         return Err(self.fail(format!("Backfilled {first}..={last} on {stream}: {count} trades")));
                     }
+                    continue;
+                }
+                RecoveryOutput::ResumeDiscarded { stream, recorded, first } => {
+                    // Only a new numbering since the recording may discard it; the stream starts over.
+                    if self.net.id_restarts(&stream) == 0 {
+                        return Err(self.fail(format!(
+                            "recovery discarded the resume of {stream} (recorded {recorded}, live {first}) but its ids \
+                             never restarted"
+                        )));
+                    }
+                    self.note(|| format!("resume of {stream} discarded: recorded {recorded}, live {first}"));
+                    self.summary.resumes_discarded += 1;
+                    self.rc.end.remove(stream.as_str());
                     continue;
                 }
                 _ => continue,

@@ -162,7 +162,7 @@ pub fn simulate(seed: u64, opts: &SimOptions) -> SeedReport {
     };
     report.result = Ok(format!(
         "connection {:.1} h, {} steps, {} attempts, {} connects, {} market events, {} gaps, {} heartbeat timeouts, \
-         {} stalls, {} rollovers, {} gave up, {} id restarts seen; faults: {}; recovery {} backfilled, {} ids abandoned (@trade: {} backfilled, {} abandoned), {} book syncs, {} resyncs, rest: {}; \
+         {} stalls, {} rollovers, {} gave up ({} streams resumed, {} resumes discarded), {} id restarts seen; faults: {}; recovery {} backfilled, {} ids abandoned (@trade: {} backfilled, {} abandoned), {} book syncs, {} resyncs, rest: {}; \
          scaler {} steps, {} overflows, {} resets, {} warnings{stop}",
         conn.simulated_ms as f64 / 3_600_000.0,
         conn.steps,
@@ -174,6 +174,8 @@ pub fn simulate(seed: u64, opts: &SimOptions) -> SeedReport {
         conn.stalls,
         conn.rollovers,
         conn.gave_up,
+        conn.resumes,
+        conn.resumes_discarded,
         conn.id_restarts,
         if conn.faults.is_empty() { "none" } else { &conn.faults },
         conn.backfilled,

@@ -72,3 +72,13 @@ fn regression_seeds() {
     let (failed, _) = run_seeds(&seeds, &SimOptions::default());
     assert!(failed.is_empty(), "regressed seeds: {failed:?}");
 }
+
+/// Seed 14 gives up four times; each fresh process resumes its streams from what the last one
+/// delivered (as `keel stream` resumes from its recording), and one resume meets a numbering the
+/// exchange restarted meanwhile. Pins that the simulator exercises both paths.
+#[test]
+fn a_restarted_process_resumes_its_streams_and_discards_a_renumbered_one() {
+    let (_, result) = check_seed(14, &SimOptions::default(), false);
+    let line = result.unwrap_or_else(|f| panic!("seed 14 failed: {f:?}"));
+    assert!(line.contains("4 gave up (8 streams resumed, 1 resumes discarded)"), "{line}");
+}
