@@ -568,18 +568,24 @@ fn prepare_existing(file: &mut File, path: &Path, header: &'static str, len: u64
         return Ok(false);
     }
     // The first line ends with a newline, so one is found before it.
-    let mut end = len;
-    let cut = loop {
-        let start = end.saturating_sub(8 * 1024);
-        let chunk = read_at(file, start, end - start).map_err(open_err)?;
-        if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
-            break start + i as u64 + 1;
-        }
-        end = start;
-    };
+    let cut = last_newline_before(file, len).map_err(open_err)?.map_or(0, |i| i + 1);
     let tail = read_at(file, cut, len - cut).map_err(open_err)?;
     set_aside(file, path, cut, tail).map_err(open_err)?;
     Ok(false)
+}
+
+/// The offset of the last newline in `file` before `end`, read backwards 8 KiB at a time (rows are
+/// short; a file is not read whole to find its end).
+fn last_newline_before(file: &mut File, mut end: u64) -> std::io::Result<Option<u64>> {
+    while end > 0 {
+        let start = end.saturating_sub(8 * 1024);
+        let chunk = read_at(file, start, end - start)?;
+        if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
+            return Ok(Some(start + i as u64));
+        }
+        end = start;
+    }
+    Ok(None)
 }
 
 /// `len` bytes of `file` from `offset`.
@@ -696,28 +702,12 @@ fn header_and_last_row(path: &Path) -> std::io::Result<Option<(String, String)>>
     let Some(header_end) = head.iter().position(|&b| b == b'\n') else { return Ok(None) };
     let header = String::from_utf8_lossy(&head[..header_end]).trim_end_matches('\r').to_string();
     // Complete rows end with a newline; anything after the last one is a partial row.
-    let mut end = len;
-    let last_newline = loop {
-        let start = end.saturating_sub(8 * 1024);
-        let chunk = read_at(&mut file, start, end - start)?;
-        if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
-            break start + i as u64;
-        }
-        end = start;
-    };
+    let last_newline = last_newline_before(&mut file, len)?.unwrap_or(0);
     if last_newline <= header_end as u64 {
         return Ok(None);
     }
     // The row before that newline: back to the newline before it (the header's, at the latest).
-    let mut start = last_newline;
-    let row_start = loop {
-        let from = start.saturating_sub(8 * 1024);
-        let chunk = read_at(&mut file, from, start - from)?;
-        if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
-            break from + i as u64 + 1;
-        }
-        start = from;
-    };
+    let row_start = last_newline_before(&mut file, last_newline)?.map_or(0, |i| i + 1);
     let row = read_at(&mut file, row_start, last_newline - row_start)?;
     Ok(Some((header, String::from_utf8_lossy(&row).trim_end_matches('\r').to_string())))
 }
